@@ -1,0 +1,474 @@
+"""Tests for core.statistics: each checks behaviour against an independent reference."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from core import statistics as st
+
+
+def _binormal(rng: np.random.Generator, n_pos: int, n_neg: int, d: float):
+    """Negatives ~ N(0, 1), positives ~ N(d, 1): population AUC = Phi(d / sqrt(2))."""
+    y = np.r_[np.ones(n_pos, dtype=int), np.zeros(n_neg, dtype=int)]
+    s = np.r_[rng.normal(d, 1.0, n_pos), rng.normal(0.0, 1.0, n_neg)]
+    return y, s
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+# --------------------------------------------------------------------------
+# binary_metrics
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.71])
+def test_binary_metrics_matches_sklearn(seed: int, threshold: float) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    s = np.round(np.clip(0.35 * y + rng.random(300) * 0.65, 0, 1), 2)  # ties on purpose
+    pred = (s >= threshold).astype(int)
+
+    m = st.binary_metrics(y, s, threshold)
+
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    assert (m["tp"], m["fp"], m["tn"], m["fn"], m["n"]) == (tp, fp, tn, fn, 300)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["sensitivity"] == pytest.approx(recall_score(y, pred))
+    assert m["specificity"] == pytest.approx(recall_score(y, pred, pos_label=0))
+    assert m["precision"] == pytest.approx(precision_score(y, pred))
+    assert m["npv"] == pytest.approx(precision_score(y, pred, pos_label=0))
+    assert m["f1"] == pytest.approx(f1_score(y, pred))
+    assert m["auc"] == pytest.approx(roc_auc_score(y, s))
+
+
+def test_binary_metrics_zero_division_and_single_class_give_nan() -> None:
+    y = np.array([0, 1, 1, 0])
+    s = np.array([0.1, 0.2, 0.3, 0.4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # undefined metrics must not warn or crash
+        nothing_positive = st.binary_metrics(y, s, threshold=0.9)
+        single_class = st.binary_metrics(np.ones(4, dtype=int), s, threshold=0.25)
+    assert math.isnan(nothing_positive["precision"])
+    assert nothing_positive["sensitivity"] == 0.0
+    assert nothing_positive["specificity"] == 1.0
+    assert math.isnan(single_class["auc"])
+    assert math.isnan(single_class["specificity"])
+    assert single_class["sensitivity"] == 0.5  # 0.3 and 0.4 of 0.1..0.4 reach 0.25
+
+
+def test_binary_metrics_rejects_non_binary_labels() -> None:
+    with pytest.raises(ValueError, match="only 0"):
+        st.binary_metrics([0, 2, 1], [0.1, 0.2, 0.3], 0.5)
+
+
+# --------------------------------------------------------------------------
+# bootstrap_ci
+# --------------------------------------------------------------------------
+
+
+def test_weighted_metrics_match_sklearn_sample_weight() -> None:
+    # A resample is a vector of draw counts; the vectorised metrics must equal
+    # scikit-learn's weighted ones (integer weights == repeated images).
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 80)
+    s = np.round(rng.random(80) + 0.3 * y, 1)  # heavy ties
+    weights = rng.integers(0, 4, size=(5, 80))
+    got = st._weighted_metrics(weights, y, s, threshold=0.6)
+    pred = (s >= 0.6).astype(int)
+    for r, w in enumerate(weights):
+        assert got["auc"][r] == pytest.approx(roc_auc_score(y, s, sample_weight=w))
+        assert got["sensitivity"][r] == pytest.approx(recall_score(y, pred, sample_weight=w))
+        assert got["specificity"][r] == pytest.approx(recall_score(y, pred, pos_label=0, sample_weight=w))
+        assert got["accuracy"][r] == pytest.approx(accuracy_score(y, pred, sample_weight=w))
+
+
+def test_bootstrap_auc_interval_has_nominal_coverage() -> None:
+    # Binormal data with known population AUC; the 95% percentile interval
+    # should contain it in roughly 95% of simulated test sets.
+    rng = np.random.default_rng(2024)
+    d = 1.2
+    true_auc = _phi(d / math.sqrt(2.0))
+    n_sim = 200
+    hits = 0
+    for i in range(n_sim):
+        y, s = _binormal(rng, 60, 60, d)
+        ci = st.bootstrap_ci(y, s, threshold=0.5, n_resamples=200, seed=i)["auc"]
+        assert ci.low <= ci.estimate <= ci.high
+        hits += ci.low <= true_auc <= ci.high
+    coverage = hits / n_sim
+    assert 0.85 <= coverage <= 0.99, coverage
+
+
+def test_patient_resampling_is_wider_when_images_are_duplicated() -> None:
+    # 40 patients with 8 identical images each: the effective sample size is
+    # 40, not 320, so the patient bootstrap must be markedly wider.
+    rng = np.random.default_rng(7)
+    y_pat, s_pat = _binormal(rng, 20, 20, 1.0)
+    reps = 8
+    y, s = np.repeat(y_pat, reps), np.repeat(s_pat, reps)
+    groups = np.repeat(np.arange(40), reps)
+
+    by_image = st.bootstrap_ci(y, s, 0.5, n_resamples=500, seed=1)
+    by_patient = st.bootstrap_ci(y, s, 0.5, groups=groups, n_resamples=500, seed=1)
+    for metric in ("auc", "sensitivity", "specificity", "accuracy"):
+        w_img = by_image[metric].high - by_image[metric].low
+        w_pat = by_patient[metric].high - by_patient[metric].low
+        assert w_pat > 1.8 * w_img, (metric, w_img, w_pat)
+        assert by_patient[metric].estimate == by_image[metric].estimate
+
+
+def test_one_image_per_patient_equals_image_resampling() -> None:
+    rng = np.random.default_rng(11)
+    y, s = _binormal(rng, 30, 50, 1.0)
+    groups = [f"patient{i:03d}" for i in range(y.size)]
+    a = st.bootstrap_ci(y, s, 0.2, n_resamples=300, seed=5)
+    b = st.bootstrap_ci(y, s, 0.2, groups=groups, n_resamples=300, seed=5)
+    assert a == b
+
+
+def test_bootstrap_counts_and_limits_skipped_resamples() -> None:
+    # Three patients, only the first has pneumonia. A resample lacks a class
+    # when it draws patient 0 never or every time: (2/3)^3 + (1/3)^3 = 1/3.
+    y = np.array([1, 1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.3, 0.6, 0.1, 0.2])
+    groups = np.array([0, 0, 1, 1, 2, 2])
+    res = st.bootstrap_ci(y, s, 0.5, groups=groups, n_resamples=600, seed=0)
+    auc = res["auc"]
+    assert auc.n_resamples + auc.n_skipped == 600
+    assert abs(auc.n_skipped / 600 - 1 / 3) < 0.1
+    with pytest.raises(ValueError, match="skipped"):
+        st.bootstrap_ci(y, s, 0.5, groups=groups, n_resamples=600, max_skipped_fraction=0.1)
+    with pytest.raises(ValueError, match="both classes"):
+        st.bootstrap_ci(np.ones(6, dtype=int), s, 0.5)
+
+
+def test_bootstrap_is_reproducible_and_confidence_orders_widths() -> None:
+    rng = np.random.default_rng(5)
+    y, s = _binormal(rng, 50, 50, 1.0)
+    assert st.bootstrap_ci(y, s, 0.5, seed=3) == st.bootstrap_ci(y, s, 0.5, seed=3)
+    narrow = st.bootstrap_ci(y, s, 0.5, confidence=0.8, seed=3)["auc"]
+    wide = st.bootstrap_ci(y, s, 0.5, confidence=0.99, seed=3)["auc"]
+    assert wide.low < narrow.low and narrow.high < wide.high
+
+
+# --------------------------------------------------------------------------
+# DeLong
+# --------------------------------------------------------------------------
+
+
+def _slow_delong(y: np.ndarray, scores: list[np.ndarray]):
+    """Textbook DeLong et al. (1988, Biometrics 44:837) structural components.
+
+    psi(x, y) = 1 if x > y, 1/2 if x == y, else 0. For positive i the
+    placement V10_i = mean_j psi(X_i, Y_j); for negative j V01_j =
+    mean_i psi(X_i, Y_j). S10 and S01 are their sample covariance matrices
+    across classifiers and Cov(AUC) = S10 / m + S01 / n. O(m n), explicit
+    pairwise comparisons; independent of the midrank shortcut under test.
+    """
+    v10, v01, aucs = [], [], []
+    for s in scores:
+        x, z = s[y == 1], s[y == 0]
+        psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+        aucs.append(psi.mean())
+        v10.append(psi.mean(axis=1))
+        v01.append(psi.mean(axis=0))
+    m, n = len(v10[0]), len(v01[0])
+    k = len(scores)
+    cov = np.zeros((k, k))
+    for r in range(k):
+        for t in range(k):
+            s10 = sum((v10[r][i] - aucs[r]) * (v10[t][i] - aucs[t]) for i in range(m)) / (m - 1)
+            s01 = sum((v01[r][j] - aucs[r]) * (v01[t][j] - aucs[t]) for j in range(n)) / (n - 1)
+            cov[r, t] = s10 / m + s01 / n
+    return aucs, cov
+
+
+# Fixed small example with ties within and across classes (11 positives, 9 negatives).
+_Y = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+_A = np.array(
+    [0.9, 0.8, 0.8, 0.7, 0.65, 0.6, 0.55, 0.4, 0.35, 0.3, 0.2,
+     0.7, 0.5, 0.45, 0.4, 0.3, 0.25, 0.2, 0.1, 0.05]
+)  # fmt: skip
+_B = np.array(
+    [0.6, 0.9, 0.5, 0.5, 0.8, 0.3, 0.7, 0.6, 0.2, 0.45, 0.1,
+     0.5, 0.6, 0.2, 0.35, 0.1, 0.5, 0.3, 0.15, 0.4]
+)  # fmt: skip
+
+
+def test_delong_matches_slow_reference_and_sklearn() -> None:
+    aucs, cov = _slow_delong(_Y, [_A, _B])
+    diff = aucs[0] - aucs[1]
+    se = math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    z = diff / se
+    p = math.erfc(abs(z) / math.sqrt(2.0))  # two-sided normal p-value
+
+    res = st.delong_test(_Y, _A, _B)
+
+    assert res.auc_a == pytest.approx(roc_auc_score(_Y, _A))
+    assert res.auc_b == pytest.approx(roc_auc_score(_Y, _B))
+    assert res.auc_a == pytest.approx(aucs[0])
+    assert res.difference == pytest.approx(diff)
+    assert res.se == pytest.approx(se)
+    assert res.z == pytest.approx(z)
+    assert res.p_value == pytest.approx(p)
+    assert res.ci_low == pytest.approx(diff - 1.959963984540054 * se)
+    assert res.ci_high == pytest.approx(diff + 1.959963984540054 * se)
+    assert (res.n_positive, res.n_negative) == (11, 9)
+
+    single = st.delong_ci(_Y, _A)
+    assert single.auc == pytest.approx(aucs[0])
+    assert single.se == pytest.approx(math.sqrt(cov[0, 0]))
+    assert single.low == pytest.approx(max(0.0, aucs[0] - 1.959963984540054 * single.se))
+
+
+def test_delong_random_data_matches_slow_reference() -> None:
+    rng = np.random.default_rng(0)
+    y, a = _binormal(rng, 25, 35, 1.0)
+    b = np.round(a + rng.normal(0, 0.8, a.size), 1)
+    aucs, cov = _slow_delong(y, [a, b])
+    res = st.delong_test(y, a, b)
+    assert res.difference == pytest.approx(aucs[0] - aucs[1])
+    assert res.se**2 == pytest.approx(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    # Swapping the classifiers flips the sign but not the evidence.
+    swapped = st.delong_test(y, b, a)
+    assert swapped.z == pytest.approx(-res.z)
+    assert swapped.p_value == pytest.approx(res.p_value)
+
+
+def test_delong_identical_scores_and_power() -> None:
+    res = st.delong_test(_Y, _A, _A)
+    assert res.difference == 0.0 and res.p_value == 1.0
+    # A clearly better classifier on many shared images must be detected.
+    rng = np.random.default_rng(1)
+    y, strong = _binormal(rng, 300, 300, 2.0)
+    weak = strong + rng.normal(0, 2.0, strong.size)
+    assert st.delong_test(y, strong, weak).p_value < 1e-4
+
+
+# --------------------------------------------------------------------------
+# McNemar
+# --------------------------------------------------------------------------
+
+
+def _paired_outcomes(b: int, c: int, both_right: int, both_wrong: int):
+    """Labels and predictions with exactly b (A right, B wrong) and c (A wrong, B right)."""
+    y = np.ones(b + c + both_right + both_wrong, dtype=int)
+    a_right = np.r_[np.ones(b), np.zeros(c), np.ones(both_right), np.zeros(both_wrong)]
+    b_right = np.r_[np.zeros(b), np.ones(c), np.ones(both_right), np.zeros(both_wrong)]
+    return y, a_right.astype(int), b_right.astype(int)  # y = 1, so right == predicted 1
+
+
+def test_mcnemar_exact_small_counts() -> None:
+    # b=10, c=2: p = 2 * sum_{k<=2} C(12, k) / 2^12 = 2 * (1 + 12 + 66) / 4096 = 0.03857
+    y, pa, pb = _paired_outcomes(10, 2, 50, 5)
+    res = st.mcnemar_test(y, pa, pb)
+    assert (res.b, res.c, res.method) == (10, 2, "exact")
+    assert res.p_value == pytest.approx(158 / 4096)
+    assert res.statistic == 2
+    # Direction does not change the two-sided p-value.
+    flipped = st.mcnemar_test(y, pb, pa)
+    assert (flipped.b, flipped.c) == (2, 10)
+    assert flipped.p_value == pytest.approx(res.p_value)
+
+
+def test_mcnemar_chi_square_with_continuity_correction() -> None:
+    # b=30, c=15: chi2 = (|30 - 15| - 1)^2 / 45 = 196 / 45; with 1 df the
+    # survival function is erfc(sqrt(x / 2)), giving p = 0.0369.
+    y, pa, pb = _paired_outcomes(30, 15, 100, 10)
+    res = st.mcnemar_test(y, pa, pb)
+    assert res.method == "chi2_cc"
+    assert res.statistic == pytest.approx(196 / 45)
+    assert res.p_value == pytest.approx(math.erfc(math.sqrt(196 / 45 / 2)))
+
+
+def test_mcnemar_switches_method_at_25_discordant_and_handles_none() -> None:
+    assert st.mcnemar_test(*_paired_outcomes(12, 12, 5, 0)).method == "exact"
+    assert st.mcnemar_test(*_paired_outcomes(13, 12, 5, 0)).method == "chi2_cc"
+    none = st.mcnemar_test(*_paired_outcomes(0, 0, 10, 3))
+    assert none.p_value == 1.0
+
+
+# --------------------------------------------------------------------------
+# Pairing
+# --------------------------------------------------------------------------
+
+
+def test_check_paired_reports_mismatched_ids() -> None:
+    st.check_paired(["a", "b", "c"], ["c", "a", "b"])  # order does not matter
+    with pytest.raises(
+        ValueError,
+        match=r"different test images: 1 only in A, 2 only in B; pair runs evaluated "
+        r"on the same test split",
+    ):
+        st.check_paired(["a", "b", "c", "d"], ["b", "c", "d", "e", "f"])
+
+
+def test_align_paired_aligns_by_path_and_validates() -> None:
+    df_a = pd.DataFrame({"path": ["x1", "x2", "x3", "x4"], "y_true": [1, 0, 1, 0], "probability": [0.9, 0.2, 0.6, 0.4]})
+    df_b = pd.DataFrame({"path": ["x3", "x1", "x4", "x2"], "y_true": [1, 1, 0, 0], "probability": [0.7, 0.8, 0.1, 0.3]})
+    paired = st.align_paired(df_a, df_b)
+    assert list(paired.ids) == ["x1", "x2", "x3", "x4"]
+    assert list(paired.y_true) == [1, 0, 1, 0]
+    assert list(paired.score_a) == [0.9, 0.2, 0.6, 0.4]
+    assert list(paired.score_b) == [0.8, 0.3, 0.7, 0.1]
+
+    with pytest.raises(ValueError, match="1 only in A, 1 only in B"):
+        st.align_paired(df_a, df_b.replace({"path": {"x4": "x5"}}))
+    with pytest.raises(ValueError, match="disagree on y_true"):
+        st.align_paired(df_a, df_b.assign(y_true=[1, 1, 1, 0]))
+
+
+# --------------------------------------------------------------------------
+# Precision-recall and calibration
+# --------------------------------------------------------------------------
+
+
+def test_precision_recall_average_precision_hand_example() -> None:
+    # Ranked: pos (P=1, R=1/2), neg, pos (P=2/3, R=1) -> AP = 1/2 * 1 + 1/2 * 2/3 = 5/6.
+    y = np.array([1, 0, 1, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.1])
+    pr = st.precision_recall(y, s)
+    assert pr["average_precision"] == pytest.approx(5 / 6)
+    assert pr["average_precision"] == pytest.approx(average_precision_score(y, s))
+    assert len(pr["precision"]) == len(pr["recall"]) == len(pr["thresholds"]) + 1
+
+
+# Tiny calibration example, bins of width 0.1:
+#   [0.0, 0.1): 0.05 (y=0)              gap |0.05 - 0|    = 0.05,  weight 1/6
+#   [0.1, 0.2): 0.15 (y=0), 0.12 (y=1)  gap |0.135 - 0.5| = 0.365, weight 2/6
+#   [0.5, 0.6): 0.55 (y=0)              gap |0.55 - 0|    = 0.55,  weight 1/6
+#   [0.9, 1.0]: 0.95 (y=1), 1.0 (y=1)   gap |0.975 - 1|   = 0.025, weight 2/6
+#   ECE = (0.05 + 0.73 + 0.55 + 0.05) / 6 = 0.23
+#   Brier = (0.0025 + 0.0225 + 0.7744 + 0.3025 + 0.0025 + 0) / 6 = 1.1044 / 6
+_CAL_Y = np.array([0, 0, 1, 0, 1, 1])
+_CAL_S = np.array([0.05, 0.15, 0.12, 0.55, 0.95, 1.0])
+
+
+def test_ece_and_brier_hand_computed() -> None:
+    assert st.expected_calibration_error(_CAL_Y, _CAL_S) == pytest.approx(0.23)
+    assert st.brier_score(_CAL_Y, _CAL_S) == pytest.approx(1.1044 / 6)
+    # A perfectly calibrated, perfectly confident model has zero of both.
+    assert st.expected_calibration_error([0, 1, 1], [0.0, 1.0, 1.0]) == 0.0
+    assert st.brier_score([0, 1, 1], [0.0, 1.0, 1.0]) == 0.0
+
+
+def test_reliability_curve_bins_and_edges() -> None:
+    curve = st.reliability_curve(_CAL_Y, _CAL_S)
+    assert list(curve["count"]) == [1, 2, 1, 2]  # empty bins dropped
+    assert curve["mean_predicted"] == pytest.approx([0.05, 0.135, 0.55, 0.975])
+    assert curve["fraction_positive"] == pytest.approx([0.0, 0.5, 0.0, 1.0])
+    # Scores exactly on an edge belong to the bin that starts there; 1.0 to the last.
+    edges = st.reliability_curve([0, 1, 0, 1, 1], [0.0, 0.1, 0.3, 0.7, 1.0])
+    assert list(edges["count"]) == [1, 1, 1, 1, 1]
+    assert edges["mean_predicted"] == pytest.approx([0.0, 0.1, 0.3, 0.7, 1.0])
+    two_bins = st.reliability_curve([0, 1, 0, 1], [0.1, 0.5, 0.3, 1.0], n_bins=2)
+    assert list(two_bins["count"]) == [2, 2]
+    quantile = st.reliability_curve(_CAL_Y, _CAL_S, n_bins=3, strategy="quantile")
+    assert quantile["count"].sum() == _CAL_Y.size
+    with pytest.raises(ValueError, match="probabilities"):
+        st.brier_score([0, 1], [0.2, 1.3])
+
+
+# --------------------------------------------------------------------------
+# Operating points
+# --------------------------------------------------------------------------
+
+
+def _sens_spec(y: np.ndarray, s: np.ndarray, thr: float) -> tuple[float, float]:
+    pred = s >= thr
+    return float(pred[y == 1].mean()), float((~pred[y == 0]).mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_operating_points_achieve_targets_and_are_optimal(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y, s = _binormal(rng, 120, 90, 1.3)
+    s = np.round(s, 1)  # ties
+    points = {p.name: p for p in st.operating_points(y, s)}
+    assert list(points) == ["sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95", "youden"]
+
+    candidates = [*np.unique(s), s.max() + 1.0]
+    achievable = {t: _sens_spec(y, s, t) for t in candidates}
+    for name, target, fixed in [
+        ("sens@spec90", 0.90, "spec"),
+        ("sens@spec95", 0.95, "spec"),
+        ("spec@sens90", 0.90, "sens"),
+        ("spec@sens95", 0.95, "sens"),
+    ]:
+        p = points[name]
+        sens, spec = _sens_spec(y, s, p.threshold)
+        assert (sens, spec) == pytest.approx((p.sensitivity, p.specificity))
+        if fixed == "spec":
+            assert spec >= target
+            best = max(se for se, sp in achievable.values() if sp >= target)
+            assert sens == pytest.approx(best)
+        else:
+            assert sens >= target
+            best = max(sp for se, sp in achievable.values() if se >= target)
+            assert spec == pytest.approx(best)
+
+    best_j = max(se + sp for se, sp in achievable.values())
+    youden = points["youden"]
+    assert sum(_sens_spec(y, s, youden.threshold)) == pytest.approx(best_j)
+    assert st.youden_threshold(y, s) == youden.threshold
+    assert all(math.isfinite(p.threshold) for p in points.values())
+
+
+# --------------------------------------------------------------------------
+# Error breakdown and serialisation
+# --------------------------------------------------------------------------
+
+
+def test_error_breakdown_per_kind() -> None:
+    df = pd.DataFrame(
+        {
+            "y_true": [0, 0, 0, 1, 1, 1, 1],
+            "probability": [0.1, 0.7, 0.4, 0.9, 0.3, 0.2, 0.8],
+            "kind": ["normal", "normal", "normal", "bacteria", "bacteria", "virus", "virus"],
+        }
+    )
+    out = st.error_breakdown(df, threshold=0.5).set_index("kind")
+    assert list(out.index) == ["bacteria", "normal", "virus", "all"]
+    assert out.loc["normal", "n"] == 3 and out.loc["normal", "errors"] == 1
+    assert out.loc["normal", "false_positives"] == 1
+    assert out.loc["normal", "false_positive_rate"] == pytest.approx(1 / 3)
+    assert math.isnan(out.loc["normal", "false_negative_rate"])
+    assert out.loc["bacteria", "error_rate"] == pytest.approx(0.5)
+    assert out.loc["virus", "false_negatives"] == 1
+    assert out.loc["all", "errors"] == 3
+    assert out.loc["all", "error_rate"] == pytest.approx(3 / 7)
+
+
+def test_results_serialise_to_strict_json() -> None:
+    rng = np.random.default_rng(0)
+    y, s = _binormal(rng, 20, 20, 1.0)
+    p = 1 / (1 + np.exp(-s))
+    results = [
+        st.bootstrap_ci(y, p, 0.5, n_resamples=50)["auc"],
+        st.delong_test(y, p, p**2),
+        st.delong_ci(y, p),
+        st.mcnemar_test(y, (p >= 0.5).astype(int), (p >= 0.6).astype(int)),
+        *st.operating_points(y, p),
+        st.DeLongResult(*([math.nan] * 9), 1, 2),
+    ]
+    for r in results:
+        text = json.dumps(r.to_dict(), allow_nan=False)
+        assert json.loads(text).keys() == r.to_dict().keys()

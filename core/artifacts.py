@@ -1,0 +1,322 @@
+"""Saved runs: the layout of a run folder, atomic writes, and reading runs back.
+
+One folder per run under the artifacts folder. Every file is written to a temporary file in the
+same folder and renamed into place, so a crash leaves the previous version or the new one, never
+half a file. A run's state comes from `progress.json` plus a check that its process still lives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+SETTINGS = "settings.json"
+DATA_SUMMARY = "data_summary.json"
+SPLITS = "splits.csv"
+PROGRESS = "progress.json"
+TRIALS = "trials.json"
+BEST_HYPERPARAMETERS = "best_hyperparameters.json"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+MODEL = "model.keras"
+LOG = "log.txt"
+LOCK = "search.lock"
+TUNER_DIR = "tuner"
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+ACTIVE_STATES = ("starting", "running", "stopping")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class RunError(ValueError):
+    """A run that does not exist, has a bad name or cannot be used; the message says why."""
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; runs are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value):
+    """NaN and infinity are not JSON; store them as null so every reader can parse the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    text = json.dumps(_json_safe(data), indent=2, sort_keys=False)
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+
+def read_json(path: str | os.PathLike, default=None):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return default
+
+
+def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> None:
+    _atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    _atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def write_npy(path: str | os.PathLike, array) -> None:
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+    _atomic_write(Path(path), write)
+
+
+def save_model(path: str | os.PathLike, model) -> None:
+    """Save a Keras model atomically (Keras needs the `.keras` suffix on the temporary name)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------- names and folders
+
+
+def default_artifacts_dir() -> Path:
+    return Path(os.environ.get("CXR_ARTIFACTS_DIR", "artifacts"))
+
+
+def check_run_name(name: str) -> str:
+    """Accept names that are one plain folder inside the artifacts folder, nothing else."""
+    if not isinstance(name, str) or not RUN_NAME.match(name) or name in (".", ".."):
+        raise RunError(
+            f"invalid run name {name!r}: use 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def run_dir(artifacts: str | os.PathLike, name: str) -> Path:
+    return Path(artifacts) / check_run_name(name)
+
+
+def existing_run_dir(artifacts: str | os.PathLike, name: str) -> Path:
+    folder = run_dir(artifacts, name)
+    if not (folder / SETTINGS).exists():
+        known = ", ".join(r.name for r in list_runs(artifacts)[:10]) or "none yet"
+        raise RunError(f"no run named {name!r} in {artifacts} (runs there: {known})")
+    return folder
+
+
+# ---------------------------------------------------------------------------- process liveness
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not running.
+    try:
+        with open(f"/proc/{int(pid)}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def effective_state(progress: dict | None) -> str:
+    """The state to show: a run whose process died while 'running' was interrupted, not running."""
+    if not progress:
+        return "unknown"
+    state = progress.get("state", "unknown")
+    if state in ACTIVE_STATES and progress.get("host", this_host()) == this_host():
+        if not pid_alive(progress.get("pid")):
+            return "interrupted"
+    return state
+
+
+# ---------------------------------------------------------------------------- a lock per run
+
+
+@contextmanager
+def run_lock(folder: Path):
+    """Hold the run's lock for the life of a search; refuse if another live process holds it.
+
+    `fcntl.flock` is released by the kernel when the process dies, even by SIGKILL, so a killed
+    search never leaves a stale lock behind.
+    """
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunError(f"run {folder.name!r} is already running in another process: stop it first, or pick another name") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def is_locked(folder: Path) -> bool:
+    import fcntl
+
+    lock = folder / LOCK
+    if not lock.exists():
+        return False
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+# ---------------------------------------------------------------------------- reading runs
+
+
+@dataclass
+class Run:
+    """A saved run, read lazily from its folder."""
+
+    name: str
+    folder: Path
+    settings: dict
+    progress: dict
+    metrics: dict | None
+
+    @property
+    def state(self) -> str:
+        return effective_state(self.progress)
+
+    @property
+    def family(self) -> str:
+        return self.settings.get("family", "?")
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / MODEL
+
+    @property
+    def has_model(self) -> bool:
+        return self.model_path.exists()
+
+    def read(self, file_name: str, default=None):
+        return read_json(self.folder / file_name, default)
+
+    def predictions(self) -> pd.DataFrame:
+        path = self.folder / PREDICTIONS
+        if not path.exists():
+            raise RunError(f"run {self.name!r} has no test predictions yet (state: {self.state})")
+        return pd.read_csv(path)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.folder / LOG, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 64_000))
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def load_run(artifacts: str | os.PathLike, name: str) -> Run:
+    folder = existing_run_dir(artifacts, name)
+    return Run(
+        name=name,
+        folder=folder,
+        settings=read_json(folder / SETTINGS, {}),
+        progress=read_json(folder / PROGRESS, {}),
+        metrics=read_json(folder / METRICS),
+    )
+
+
+def list_runs(artifacts: str | os.PathLike) -> list[Run]:
+    """Every run folder under `artifacts`, newest first; folders without settings are skipped."""
+    root = Path(artifacts)
+    if not root.is_dir():
+        return []
+    runs = []
+    for folder in root.iterdir():
+        if folder.is_dir() and RUN_NAME.match(folder.name) and (folder / SETTINGS).exists():
+            runs.append(load_run(root, folder.name))
+    return sorted(runs, key=lambda r: r.progress.get("started_at") or "", reverse=True)
+
+
+def runs_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: what it is, its state and its test metrics (blank until evaluated)."""
+    rows = []
+    for run in runs:
+        metrics = (run.metrics or {}).get("test", {})
+        rows.append(
+            {
+                "run": run.name,
+                "family": run.family,
+                "mode": run.settings.get("mode"),
+                "tuner": run.settings.get("tuner"),
+                "image_size": run.settings.get("image_size"),
+                "state": run.state,
+                "trials": f"{run.progress.get('trials_done', 0)}/{run.progress.get('trials_total', '?')}",
+                "best_val_auc": run.progress.get("best_val_auc"),
+                "test_auc": metrics.get("auc"),
+                "accuracy": metrics.get("accuracy"),
+                "sensitivity": metrics.get("sensitivity"),
+                "specificity": metrics.get("specificity"),
+                "threshold": (run.metrics or {}).get("threshold"),
+                "started_at": run.progress.get("started_at"),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,183 @@
+"""The command line: `python -m core tune|resume|stop|runs|predict|evaluate|data`.
+
+Headless twin of the dashboard, for terminals, GPU boxes and clusters. Errors a user can fix
+print one line (`error: ...`) and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core import artifacts, models, tuning
+
+    parser = argparse.ArgumentParser(prog="python -m core", description="Compare pneumonia classifiers on chest X-rays.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    artifacts_default = str(artifacts.default_artifacts_dir())
+
+    tune = commands.add_parser("tune", help="run a Keras Tuner search and save the run")
+    tune.add_argument("--data", required=True, help="folder with train/ (val/, test/) and NORMAL/ PNEUMONIA/ inside")
+    tune.add_argument("--family", required=True, choices=sorted(models.FAMILIES))
+    tune.add_argument("--tuner", default="random", choices=tuning.TUNERS)
+    tune.add_argument("--trials", type=_positive_int, default=10)
+    tune.add_argument("--epochs", type=_positive_int, default=5)
+    tune.add_argument("--image-size", type=_positive_int, default=None, help="pixels (default: the family's)")
+    tune.add_argument("--weights", default="imagenet", help="imagenet, none, or a path to a weights file")
+    tune.add_argument("--mode", default="frozen", choices=models.MODES)
+    tune.add_argument("--max-per-class", type=_positive_int, default=None, help="cap images per class and split (quick runs)")
+    tune.add_argument("--batch-size", type=_positive_int, default=32)
+    tune.add_argument("--seed", type=int, default=42)
+    tune.add_argument("--mobilenet-version", default="v2", choices=sorted(models.MOBILENET_VERSIONS))
+    tune.add_argument("--alpha", type=float, default=1.0, help="MobileNet width multiplier")
+    tune.add_argument("--no-feature-cache", action="store_true", help="frozen mode: recompute the backbone every step")
+    tune.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
+    tune.add_argument("--name", default=None, help="run name (default: family-mode-date)")
+    tune.add_argument("--artifacts", default=artifacts_default)
+
+    resume = commands.add_parser("resume", help="continue a stopped or interrupted search")
+    resume.add_argument("run")
+    resume.add_argument("--artifacts", default=artifacts_default)
+
+    stop = commands.add_parser("stop", help="ask a running search to stop (completed trials are kept)")
+    stop.add_argument("run")
+    stop.add_argument("--artifacts", default=artifacts_default)
+
+    runs = commands.add_parser("runs", help="table of saved runs and their metrics")
+    runs.add_argument("--artifacts", default=artifacts_default)
+
+    predict = commands.add_parser("predict", help="score images with a saved run")
+    predict.add_argument("--run", required=True)
+    predict.add_argument("--artifacts", default=artifacts_default)
+    predict.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    predict.add_argument("images", nargs="+", help="image files or folders")
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a saved run on a data folder")
+    evaluate.add_argument("--run", required=True)
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--artifacts", default=artifacts_default)
+
+    summary = commands.add_parser("data", help="summarise a data folder (images, patients, unreadable files)")
+    summary.add_argument("--data", required=True)
+    return parser
+
+
+def _tune(args) -> int:
+    from core import tuning
+
+    settings = tuning.SearchSettings(
+        data_dir=args.data, family=args.family, tuner=args.tuner, trials=args.trials, epochs=args.epochs,
+        image_size=args.image_size, weights=args.weights, mode=args.mode, batch_size=args.batch_size, seed=args.seed,
+        max_per_class=args.max_per_class, name=args.name, artifacts_dir=args.artifacts,
+        mobilenet_version=args.mobilenet_version, alpha=args.alpha, feature_cache=not args.no_feature_cache,
+        engine=args.engine,
+    )
+    return _finish(tuning.run_search(settings))
+
+
+def _resume(args) -> int:
+    from core import artifacts, tuning
+
+    run = artifacts.load_run(args.artifacts, args.run)
+    settings = tuning.SearchSettings.from_dict({**run.settings, "artifacts_dir": args.artifacts})
+    return _finish(tuning.run_search(settings, resume=True))
+
+
+def _finish(result: dict) -> int:
+    if result.get("state") == "stopped":
+        return 0
+    test = result["test"]
+    print(
+        f"test: AUC {test['auc']:.4f}  accuracy {test['accuracy']:.4f}  sensitivity {test['sensitivity']:.4f}  "
+        f"specificity {test['specificity']:.4f}  (threshold {result['threshold']:.3f}, chosen on validation)"
+    )
+    return 0
+
+
+def _stop(args) -> int:
+    from core import jobs
+
+    print(jobs.stop_search(args.artifacts, args.run))
+    return 0
+
+
+def _runs(args) -> int:
+    from core import artifacts
+
+    table = artifacts.runs_table(artifacts.list_runs(args.artifacts))
+    if table.empty:
+        print(f"no runs in {args.artifacts}")
+        return 0
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _predict(args) -> int:
+    from core import artifacts, evaluation
+
+    run = artifacts.load_run(args.artifacts, args.run)
+    paths = evaluation.expand_image_paths(args.images)
+    if not paths:
+        raise FileNotFoundError("no .jpeg/.jpg/.png images in the given paths")
+    table = evaluation.predict_files(run, paths)
+    if args.csv:
+        artifacts.write_csv(args.csv, table)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    failed = int((table["error"] != "").sum())
+    if failed:
+        print(f"{failed} of {len(table)} files could not be read (see the error column)", file=sys.stderr)
+    return 1 if failed == len(table) else 0
+
+
+def _evaluate(args) -> int:
+    from core import artifacts, evaluation
+
+    run = artifacts.load_run(args.artifacts, args.run)
+    metrics, _ = evaluation.evaluate_run_on_folder(run, args.data, args.split)
+    if metrics["patients_seen_in_training"]:
+        print(f"warning: {metrics['patients_seen_in_training']} patients of this folder were in the run's training data")
+    for key in ("n", "auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "unreadable"):
+        value = metrics[key]
+        print(f"{key:>12}: {value:.4f}" if isinstance(value, float) else f"{key:>12}: {value}")
+    return 0
+
+
+def _data(args) -> int:
+    import json
+
+    from core import data
+
+    dataset = data.scan_folder(args.data)
+    print(json.dumps(data.summarize(dataset), indent=2))
+    return 0
+
+
+HANDLERS = {"tune": _tune, "resume": _resume, "stop": _stop, "runs": _runs, "predict": _predict, "evaluate": _evaluate, "data": _data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides our messages
+    args = build_parser().parse_args(argv)
+    from core import artifacts, data, models, tuning
+
+    user_errors = (data.DataError, models.WeightsError, artifacts.RunError, tuning.SettingsError, FileNotFoundError)
+    try:
+        return HANDLERS[args.command](args)
+    except user_errors as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

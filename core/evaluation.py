@@ -1,0 +1,184 @@
+"""Evaluation and prediction: probabilities from a model, the threshold, metrics, per-image rows.
+
+The decision threshold is chosen on the validation split (Youden's J) and only then applied to
+the test split, so test metrics never guide a choice. Saved models are loaded with Keras
+`safe_mode`, and predictions go through the fast inference engine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from core import artifacts, data, statistics
+from core.models import positive_probability
+
+THRESHOLD_RULE = "Youden's J on the validation split"
+
+
+def probabilities(model, inputs: np.ndarray, engine: str = "auto", batch_size: int = 64, cache_path=None) -> tuple[np.ndarray, str]:
+    """Probability of pneumonia for each input (pixels as uint8 (n,s,s,1) or features (n,d))."""
+    from core.engine import make_engine
+
+    runner = make_engine(model, engine, cache_path=cache_path)
+    x = data.to_network_input(inputs) if inputs.ndim == 4 else np.asarray(inputs, np.float32)
+    if len(x) == 0:
+        return np.zeros(0, np.float32), runner.name
+    return positive_probability(runner.predict(x, batch_size=batch_size)).astype(float), runner.name
+
+
+def roc_points(y_true: np.ndarray, y_score: np.ndarray) -> dict:
+    fpr, tpr, thresholds = roc_curve(y_true, y_score)
+    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf: "nothing positive"
+    return {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist(), "thresholds": thresholds.round(6).tolist()}
+
+
+def prediction_rows(table: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float, task=data.BINARY) -> pd.DataFrame:
+    """One row per image: where it is, what it is, what the model said."""
+    predicted = (y_score >= threshold).astype(int)
+    return pd.DataFrame(
+        {
+            "path": table["path"].to_numpy(),
+            "patient": table["patient"].to_numpy(),
+            "kind": table["kind"].to_numpy(),
+            "class_name": table["class_name"].to_numpy(),
+            "y_true": y_true.astype(int),
+            "probability": np.round(y_score, 6),
+            "prediction": [task.classes[p] for p in predicted],
+            "correct": predicted == y_true,
+        }
+    )
+
+
+def summarize_predictions(y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> dict:
+    metrics = statistics.binary_metrics(y_true, y_score, threshold)
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in metrics.items()}
+
+
+def evaluate_model(model, inputs, labels, table, part, engine="auto", batch_size=64) -> dict:
+    """Threshold from validation, then metrics, ROC and per-image rows on test."""
+    val_scores, engine_name = probabilities(model, inputs[part["val"]], engine, batch_size)
+    threshold = float(statistics.youden_threshold(labels[part["val"]], val_scores))
+    test_scores, _ = probabilities(model, inputs[part["test"]], engine, batch_size)
+    y_test = labels[part["test"]]
+    test = summarize_predictions(y_test, test_scores, threshold)
+    return {
+        "threshold": threshold,
+        "threshold_rule": THRESHOLD_RULE,
+        "val": summarize_predictions(labels[part["val"]], val_scores, threshold),
+        "test": test,
+        "confusion_matrix": [[test["tn"], test["fp"]], [test["fn"], test["tp"]]],
+        "labels": list(data.BINARY.classes),
+        "roc": roc_points(y_test, test_scores),
+        "engine": engine_name,
+        "predictions": prediction_rows(table[part["test"]], y_test, test_scores, threshold),
+    }
+
+
+def time_inference(model, sample_pixels: np.ndarray, engine: str = "auto", cache_path=None) -> dict:
+    """Milliseconds per image through the saved model: batched, and for a single image."""
+    from core.engine import make_engine
+
+    runner = make_engine(model, engine, cache_path=cache_path)
+    x = data.to_network_input(sample_pixels)
+    runner.predict(x[:2])  # warm-up: the first call pays for tracing and allocation
+    start = time.perf_counter()
+    runner.predict(x, batch_size=32)
+    batched = (time.perf_counter() - start) / max(1, len(x))
+    singles = []
+    for image in x[:5]:
+        start = time.perf_counter()
+        runner.predict_one(image)
+        singles.append(time.perf_counter() - start)
+    return {"engine": runner.name, "ms_per_image": round(batched * 1000, 3), "single_image_ms": round(float(np.median(singles)) * 1000, 3)}
+
+
+# ---------------------------------------------------------------------------- saved runs
+
+
+def load_model(path: str | os.PathLike):
+    """Load a saved model without running any code stored in it (Keras `safe_mode`)."""
+    import keras
+
+    path = Path(path)
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:
+        raise artifacts.RunError(f"cannot load model {path}: {str(error)[:200]}") from None
+
+
+def run_image_size(run: artifacts.Run) -> int:
+    return int(run.settings.get("image_size") or 224)
+
+
+def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto") -> pd.DataFrame:
+    """Score image files with a saved run: path, probability of pneumonia, label, error.
+
+    A file that cannot be read gets its reason in `error` and no probability; the others are
+    still scored.
+    """
+    if not run.has_model:
+        raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
+    model = model or load_model(run.model_path)
+    size = run_image_size(run)
+    threshold = float((run.metrics or {}).get("threshold", 0.5))
+    rows, pixels, readable = [], [], []
+    for path in paths:
+        try:
+            pixels.append(data.load_image(path, size))
+            readable.append(len(rows))
+            rows.append({"path": str(path), "probability": np.nan, "label": "", "error": ""})
+        except Exception as error:  # any unreadable file is reported, not fatal
+            rows.append({"path": str(path), "probability": np.nan, "label": "", "error": f"cannot read image: {error}"})
+    if pixels:
+        scores, _ = probabilities(model, np.stack(pixels), engine, cache_path=run.folder / "model.tflite")
+        for row_index, score in zip(readable, scores, strict=True):
+            rows[row_index]["probability"] = round(float(score), 6)
+            rows[row_index]["label"] = data.BINARY.classes[int(score >= threshold)]
+    return pd.DataFrame(rows, columns=["path", "probability", "label", "error"])
+
+
+def expand_image_paths(items: list[str]) -> list[str]:
+    """Files as given, and the images inside folders (recursively), in a stable order."""
+    paths: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in data.IMAGE_EXTENSIONS and p.is_file())
+        elif path.exists():
+            paths.append(str(path))
+        else:
+            raise FileNotFoundError(f"{item} does not exist")
+    return paths
+
+
+def evaluate_run_on_folder(run: artifacts.Run, folder: str, split: str = "test", engine: str = "auto") -> tuple[dict, pd.DataFrame]:
+    """Metrics of a saved run on one split folder of a data set, at the run's own threshold."""
+    dataset = data.scan_folder(folder)
+    table = dataset.table[dataset.table["folder_split"] == split].reset_index(drop=True)
+    if table.empty:
+        raise data.DataError(f"no images in the {split}/ folder of {dataset.root}: pick another --split")
+    data.require_usable(data.Dataset(dataset.root, table))
+    trained_on = _training_patients(run)
+    overlap = sorted(set(table["patient"]) & trained_on)
+    predictions = predict_files(run, list(table["path"]), engine=engine)
+    ok = predictions["error"] == ""
+    y_true = data.BINARY.labels(table)[ok.to_numpy()]
+    scores = predictions.loc[ok, "probability"].to_numpy(float)
+    threshold = float((run.metrics or {}).get("threshold", 0.5))
+    metrics = summarize_predictions(y_true, scores, threshold)
+    metrics.update({"threshold": threshold, "unreadable": int((~ok).sum()), "patients_seen_in_training": len(overlap)})
+    return metrics, predictions
+
+
+def _training_patients(run: artifacts.Run) -> set[str]:
+    path = run.folder / artifacts.SPLITS
+    if not path.exists():
+        return set()
+    table = pd.read_csv(path, dtype={"patient": str})
+    return set(table.loc[table["split"].isin(["train", "val"]), "patient"])

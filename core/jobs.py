@@ -1,0 +1,108 @@
+"""Background searches: start the CLI in its own process, stop it, resume it, estimate time left.
+
+The dashboard never trains inside its own process: a search is `python -m core resume NAME` in a
+new process session, so closing the browser tab, reloading, or a second user changes nothing.
+The run folder is the only channel between them: `progress.json` going out, `stop.request`
+(plus SIGTERM) coming in. Creating the run folder is atomic (`mkdir`), so one name is one search.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from core import artifacts
+from core.tuning import SearchSettings, StopFlag
+
+PROCESS_LOG = "process.log"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_children: list[subprocess.Popen] = []
+
+
+def _reap() -> None:
+    """Collect finished children so they do not linger as zombies under a long-lived server."""
+    for child in list(_children):
+        if child.poll() is not None:
+            _children.remove(child)
+
+
+def _launch(folder: Path, artifacts_dir: str) -> int:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    with open(folder / PROCESS_LOG, "ab") as output:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "core", "resume", folder.name, "--artifacts", os.path.abspath(artifacts_dir)],
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # not in the server's process group: no signal of its reaches it
+        )
+    _children.append(child)
+    return child.pid
+
+
+def start_search(settings: SearchSettings) -> str:
+    """Create the run folder and start its search in the background; returns the run name."""
+    _reap()
+    settings = settings.resolved()
+    folder = artifacts.run_dir(settings.artifacts_dir, settings.name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()  # atomic: of two clicks on Start, one gets the folder
+    except FileExistsError:
+        raise artifacts.RunError(f"a run named {settings.name!r} already exists: pick another name") from None
+    artifacts.write_json(folder / artifacts.SETTINGS, settings.to_dict())
+    pid = _launch(folder, settings.artifacts_dir)
+    artifacts.write_json(
+        folder / artifacts.PROGRESS,
+        {"state": "starting", "phase": "starting", "pid": pid, "host": artifacts.this_host(), "trials_done": 0},
+    )
+    return settings.name
+
+
+def resume_search(artifacts_dir: str, name: str) -> int:
+    """Continue a stopped, failed or interrupted search in the background; returns its pid."""
+    _reap()
+    run = artifacts.load_run(artifacts_dir, name)
+    if run.state in artifacts.ACTIVE_STATES or artifacts.is_locked(run.folder):
+        raise artifacts.RunError(f"run {name!r} is still running")
+    if run.metrics:
+        raise artifacts.RunError(f"run {name!r} is already complete")
+    pid = _launch(run.folder, artifacts_dir)
+    artifacts.write_json(run.folder / artifacts.PROGRESS, {**run.progress, "state": "starting", "pid": pid, "error": None})
+    return pid
+
+
+def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
+    """Ask a search to stop after the current batch; `force` kills it (it can still be resumed)."""
+    _reap()
+    run = artifacts.load_run(artifacts_dir, name)
+    if run.state not in artifacts.ACTIVE_STATES:
+        return f"run {name!r} is not running (state: {run.state})"
+    (run.folder / StopFlag.FILE).touch()
+    pid = run.progress.get("pid")
+    if pid and run.progress.get("host") == artifacts.this_host() and artifacts.pid_alive(pid):
+        try:
+            os.kill(int(pid), signal.SIGKILL if force else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    _reap()
+    return f"{'killed' if force else 'asked to stop'}: run {name!r} (completed trials are kept; resume to continue)"
+
+
+def estimate_remaining_s(progress: dict) -> float | None:
+    """Seconds left, from the time spent so far on the trials and epochs already done."""
+    total, done = progress.get("trials_total"), progress.get("trials_done") or 0
+    epochs, epoch = progress.get("epochs"), progress.get("epoch") or 0
+    elapsed = (progress.get("elapsed_s") or 0.0) + (progress.get("elapsed_before_s") or 0.0)
+    if not total or not epochs or progress.get("phase") != "searching":
+        return None
+    finished = done + min(max(epoch - 1, 0), epochs) / epochs  # the current epoch is not done yet
+    if finished <= 0:
+        return None
+    return max(0.0, elapsed / finished * (total - finished))

@@ -1,0 +1,529 @@
+"""Hyperparameter searches: settings, the Keras Tuner search loop, progress, stop and resume.
+
+`run_search(settings)` does a whole run: scan and split the data (by patient), decode the pixels,
+in frozen mode fill the feature cache, search with Keras Tuner, keep the best model, choose the
+decision threshold on validation, evaluate on test and save everything into the run folder.
+The same name resumes a stopped or killed search where it stopped (Keras Tuner `overwrite=False`),
+with the settings and the split it started with.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import artifacts, data, evaluation, features, models
+
+TUNERS = ("random", "bayesian", "hyperband")
+OBJECTIVE = "val_auc"
+
+
+class SettingsError(ValueError):
+    """Search settings that cannot work; the message says which and why."""
+
+
+class SearchStopped(BaseException):  # noqa: N818 - a signal, not an error
+    """Raised inside training when a stop was asked for.
+
+    A BaseException on purpose: Keras Tuner records an `Exception` in a trial as a failed trial
+    and goes on, whereas this must end the search and leave the trial to be retried on resume.
+    """
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass
+class SearchSettings:
+    """Everything that defines a search; saved as `settings.json` in the run folder."""
+
+    data_dir: str
+    family: str = "custom_cnn"
+    tuner: str = "random"
+    trials: int = 10
+    epochs: int = 5
+    image_size: int | None = None  # None: the family's default
+    weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
+    mode: str = "frozen"  # transfer families: "frozen" (cached features) or "finetune"
+    batch_size: int = 32
+    seed: int = 42
+    max_per_class: int | None = None
+    name: str | None = None
+    artifacts_dir: str = "artifacts"
+    mobilenet_version: str = "v2"
+    alpha: float = 1.0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    feature_cache: bool = True
+    engine: str = "auto"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SearchSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def family_info(self) -> models.Family:
+        return models.FAMILIES[self.family]
+
+    def resolved(self) -> SearchSettings:
+        """Fill in defaults that depend on other settings, then check the whole."""
+        settings = copy.replace(self) if hasattr(copy, "replace") else copy.copy(self)
+        if settings.family not in models.FAMILIES:
+            raise SettingsError(f"unknown family {settings.family!r}: choose one of {', '.join(models.FAMILIES)}")
+        family = settings.family_info
+        settings.data_dir = os.path.abspath(os.path.expanduser(settings.data_dir))
+        settings.image_size = settings.image_size or family.default_image_size
+        if not family.transfer:
+            settings.weights, settings.mode = "none", "scratch"
+        if not settings.name:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            settings.name = f"{settings.family}-{settings.mode}-{stamp}"
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        problems = []
+        if self.tuner not in TUNERS:
+            problems.append(f"tuner must be one of {', '.join(TUNERS)}")
+        if self.family_info.transfer and self.mode not in models.MODES:
+            problems.append(f"mode must be one of {', '.join(models.MODES)}")
+        if not 1 <= int(self.trials) <= 1000:
+            problems.append("trials must be between 1 and 1000")
+        if not 1 <= int(self.epochs) <= 1000:
+            problems.append("epochs must be between 1 and 1000")
+        if self.tuner == "hyperband" and int(self.epochs) < 2:
+            problems.append("hyperband needs at least 2 epochs (it trains candidates for more and more epochs)")
+        if not 32 <= int(self.image_size) <= 1024:
+            problems.append("image size must be between 32 and 1024 pixels")
+        if self.family_info.transfer and self.image_size < 75 and self.family in ("inception_v3", "xception"):
+            problems.append(f"{self.family} needs images of at least 75 pixels")
+        if not 1 <= int(self.batch_size) <= 4096:
+            problems.append("batch size must be between 1 and 4096")
+        if self.max_per_class is not None and int(self.max_per_class) < 4:
+            problems.append("max images per class must be at least 4 (or unset for all images)")
+        if self.mobilenet_version not in models.MOBILENET_VERSIONS:
+            problems.append(f"MobileNet version must be one of {', '.join(models.MOBILENET_VERSIONS)}")
+        if self.alpha not in (0.25, 0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
+            problems.append("alpha (MobileNet width) must be one of 0.25, 0.35, 0.5, 0.75, 1.0, 1.3, 1.4")
+        if not (0.05 <= self.val_fraction <= 0.4 and 0.05 <= self.test_fraction <= 0.4):
+            problems.append("validation and test fractions must be between 0.05 and 0.4")
+        if self.engine not in ("auto", "tflite", "keras"):
+            problems.append("engine must be auto, tflite or keras")
+        if problems:
+            raise SettingsError("; ".join(problems))
+        artifacts.check_run_name(self.name)
+
+    def backbone(self) -> models.BackboneSpec | None:
+        return self.family_info.backbone(self.image_size, self.weights, self.mobilenet_version, self.alpha)
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Progress:
+    """The run's `progress.json`, rewritten atomically so another process can always read it."""
+
+    def __init__(self, folder: Path, previous: dict | None = None):
+        self.path = folder / artifacts.PROGRESS
+        previous = previous or {}
+        self.state = {
+            "state": "starting",
+            "phase": "starting",
+            "message": "",
+            "trial": 0,
+            "trials_total": None,
+            "trials_done": previous.get("trials_done", 0),
+            "epoch": 0,
+            "epochs": None,
+            "latest_val_auc": previous.get("latest_val_auc"),
+            "best_val_auc": previous.get("best_val_auc"),
+            "elapsed_s": 0.0,
+            "elapsed_before_s": previous.get("elapsed_before_s", 0.0) + previous.get("elapsed_s", 0.0),
+            "started_at": previous.get("started_at") or _now(),
+            "resumed_at": _now() if previous else None,
+            "updated_at": _now(),
+            "pid": os.getpid(),
+            "host": artifacts.this_host(),
+            "error": None,
+        }
+        self._start = time.monotonic()
+        self._last_write = 0.0
+        self.write()
+
+    def update(self, force: bool = False, **values) -> None:
+        self.state.update(values)
+        now = time.monotonic()
+        if force or now - self._last_write >= 1.0:
+            self.write()
+
+    def write(self) -> None:
+        self.state["elapsed_s"] = round(time.monotonic() - self._start, 1)
+        self.state["updated_at"] = _now()
+        self._last_write = time.monotonic()
+        artifacts.write_json(self.path, self.state)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT or by a `stop.request` file in the run folder."""
+
+    FILE = "stop.request"
+
+    def __init__(self, folder: Path):
+        self.file = folder / self.FILE
+        self.event = threading.Event()
+        self._last_check = 0.0
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.event.set())
+
+    def is_set(self) -> bool:
+        if self.event.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._last_check > 0.5:  # a stat per half second, not per batch
+            self._last_check = now
+            if self.file.exists():
+                self.event.set()
+        return self.event.is_set()
+
+    def check(self) -> None:
+        if self.is_set():
+            raise SearchStopped()
+
+
+def _make_progress_callback(progress: Progress, stop: StopFlag, log):
+    import keras
+
+    class ProgressCallback(keras.callbacks.Callback):
+        """Reports epochs to `progress.json` and turns a stop request into `SearchStopped`."""
+
+        def __deepcopy__(self, memo):  # Keras Tuner deep-copies callbacks per trial; keep one.
+            return self
+
+        def on_epoch_begin(self, epoch, logs=None):
+            progress.update(epoch=epoch + 1, force=True)
+
+        def on_train_batch_end(self, batch, logs=None):
+            stop.check()
+
+        def on_test_batch_end(self, batch, logs=None):
+            stop.check()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            val_auc = logs.get(OBJECTIVE)
+            best = progress.state.get("best_val_auc")
+            if val_auc is not None and (best is None or val_auc > best):
+                best = float(val_auc)
+            progress.update(epoch=epoch + 1, latest_val_auc=val_auc, best_val_auc=best, force=True)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float)))
+            log(f"  trial {progress.state['trial']}/{progress.state['trials_total']} epoch {epoch + 1}: {shown}")
+
+    return ProgressCallback()
+
+
+def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Progress, stop: StopFlag, log):
+    import keras_tuner
+
+    base = {
+        "random": keras_tuner.RandomSearch,
+        "bayesian": keras_tuner.BayesianOptimization,
+        "hyperband": keras_tuner.Hyperband,
+    }[settings.tuner]
+
+    class ReportingTuner(base):
+        """The chosen Keras Tuner, reporting trial starts and ends to `progress.json`."""
+
+        def on_trial_begin(self, trial):
+            stop.check()
+            number = len(self.oracle.trials)
+            progress.update(trial=number, epoch=0, phase="searching", message=f"trial {number}", force=True)
+            shown = {k: round(v, 6) if isinstance(v, float) else v for k, v in trial.hyperparameters.values.items()}
+            log(f"trial {number}/{progress.state['trials_total']}: {shown}")
+            super().on_trial_begin(trial)
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            done = sum(t.status == "COMPLETED" for t in self.oracle.trials.values())
+            progress.update(trials_done=done, force=True)
+            _save_trials(self, folder)
+
+    options = {
+        "hypermodel": hypermodel,
+        "objective": keras_tuner.Objective(OBJECTIVE, direction="max"),
+        "directory": str(folder),
+        "project_name": artifacts.TUNER_DIR,
+        "overwrite": False,
+        "seed": settings.seed,
+        "max_consecutive_failed_trials": 3,
+    }
+    if settings.tuner == "hyperband":
+        tuner = ReportingTuner(max_epochs=settings.epochs, factor=3, **options)
+        tuner.oracle.max_trials = settings.trials  # a cap: Hyperband itself sizes its brackets
+    else:
+        tuner = ReportingTuner(max_trials=settings.trials, **options)
+    return tuner
+
+
+def _planned_trials(tuner, settings: SearchSettings) -> int:
+    oracle = tuner.oracle
+    if settings.tuner != "hyperband":
+        return settings.trials
+    brackets = oracle._get_num_brackets()
+    planned = sum(oracle._get_size(b, r) for b in range(brackets) for r in range(b + 1))
+    return min(settings.trials, planned)
+
+
+def _trial_rows(tuner) -> list[dict]:
+    rows = []
+    for trial in sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id) if t.trial_id.isdigit() else 0):
+        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        rows.append(
+            {
+                "trial_id": trial.trial_id,
+                "status": trial.status,
+                "score": trial.score,
+                "best_step": trial.best_step,
+                "hyperparameters": values,
+                "message": (trial.message or "").strip().splitlines()[-1:] if trial.message else None,
+            }
+        )
+    return rows
+
+
+def _save_trials(tuner, folder: Path) -> None:
+    artifacts.write_json(folder / artifacts.TRIALS, _trial_rows(tuner))
+
+
+# ---------------------------------------------------------------------------- data for a run
+
+
+def prepare_split(settings: SearchSettings, folder: Path, log) -> tuple[pd.DataFrame, dict]:
+    """The run's split table: saved on the first start, read back on resume so it never changes."""
+    saved = folder / artifacts.SPLITS
+    summary = artifacts.read_json(folder / artifacts.DATA_SUMMARY)
+    if saved.exists() and summary:
+        table = pd.read_csv(saved, dtype={"patient": str})
+        missing = [p for p in table["path"] if not os.path.exists(p)]
+        if missing:
+            raise data.DataError(
+                f"{len(missing)} images of this run's split are gone (e.g. {missing[0]}): restore the data folder "
+                "or start a new run"
+            )
+        log(f"resuming with the saved split: {len(table)} images")
+        return table, summary
+    log(f"scanning {settings.data_dir}")
+    dataset = data.scan_folder(settings.data_dir)
+    data.require_usable(dataset)
+    table, notes = data.assign_splits(dataset.table, settings.val_fraction, settings.test_fraction, settings.seed)
+    dataset.notes.extend(notes)
+    table = data.cap_per_class(table, settings.max_per_class, settings.seed)
+    data.check_patient_disjoint(table)
+    data.require_splits(table)
+    summary = data.summarize(dataset, table)
+    artifacts.write_csv(saved, table)
+    artifacts.write_json(folder / artifacts.DATA_SUMMARY, summary)
+    for note in summary["notes"]:
+        log(f"note: {note}")
+    if summary["unreadable"]:
+        log(f"skipped {len(summary['unreadable'])} unreadable files (listed in {artifacts.DATA_SUMMARY})")
+    return table, summary
+
+
+def _drop_undecodable(table: pd.DataFrame, pixels: np.ndarray, errors, folder: Path, log):
+    if not errors:
+        return table, pixels
+    bad = {e.path for e in errors}
+    keep = ~table["path"].isin(bad).to_numpy()
+    log(f"skipped {len(bad)} images that could not be decoded")
+    summary = artifacts.read_json(folder / artifacts.DATA_SUMMARY, {})
+    listed = {u["path"] for u in summary.get("unreadable", [])}
+    summary.setdefault("unreadable", []).extend({"path": e.path, "reason": e.reason} for e in errors if e.path not in listed)
+    artifacts.write_json(folder / artifacts.DATA_SUMMARY, summary)
+    return table[keep].reset_index(drop=True), pixels[keep]
+
+
+def cache_root(settings: SearchSettings) -> Path:
+    """Decoded pixels and backbone features are shared by runs: they live beside the runs."""
+    return Path(os.environ.get("CXR_CACHE_DIR") or Path(settings.artifacts_dir) / ".cache")
+
+
+# ---------------------------------------------------------------------------- the search
+
+
+def run_search(settings: SearchSettings, log=print, resume: bool = False) -> dict:
+    """Run (or resume) a search and save the run; returns the test metrics.
+
+    Raises SettingsError, data.DataError, models.WeightsError or artifacts.RunError with a message
+    for the user; a stop request ends it with state "stopped" and returns {"state": "stopped"}.
+    """
+    settings = settings.resolved()
+    folder = artifacts.run_dir(settings.artifacts_dir, settings.name)
+    existing = artifacts.read_json(folder / artifacts.SETTINGS)
+    if existing and not resume:
+        raise artifacts.RunError(
+            f"a run named {settings.name!r} already exists: resume it with `python -m core resume {settings.name}` "
+            "or pick another --name"
+        )
+    if resume:
+        if not existing:
+            raise artifacts.RunError(f"no run named {settings.name!r} to resume in {settings.artifacts_dir}")
+        settings = SearchSettings.from_dict({**existing, "artifacts_dir": settings.artifacts_dir})
+        if (folder / artifacts.METRICS).exists():
+            raise artifacts.RunError(f"run {settings.name!r} is already complete; start a new run to search again")
+
+    with artifacts.run_lock(folder):
+        run_log = _open_log(folder, log)
+        previous = artifacts.read_json(folder / artifacts.PROGRESS) if resume else None
+        progress = Progress(folder, previous)
+        stop = StopFlag(folder)
+        stop.file.unlink(missing_ok=True)
+        stop.install_signal_handlers()
+        if not existing:
+            artifacts.write_json(folder / artifacts.SETTINGS, settings.to_dict())
+        try:
+            result = _search(settings, folder, progress, stop, run_log)
+            progress.update(state="completed", phase="done", message="completed", force=True)
+            run_log(f"done: test AUC {result['test']['auc']:.4f}, accuracy {result['test']['accuracy']:.4f}")
+            return result
+        except SearchStopped:
+            progress.update(state="stopped", phase="stopped", message="stopped by request; resume to continue", force=True)
+            run_log(f"stopped: completed trials are kept; resume with `python -m core resume {settings.name}`")
+            return {"state": "stopped"}
+        except BaseException as error:
+            progress.update(state="failed", phase="failed", error=f"{type(error).__name__}: {error}", force=True)
+            run_log(f"failed: {error}")
+            raise
+        finally:
+            stop.file.unlink(missing_ok=True)
+
+
+def _open_log(folder: Path, echo):
+    path = folder / artifacts.LOG
+
+    def log(message: str) -> None:
+        line = f"[{datetime.now().strftime('%H:%M:%S')}] {message}"
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        if echo:
+            echo(line)
+
+    return log
+
+
+def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: StopFlag, log) -> dict:
+    import warnings
+
+    import keras
+
+    # Keras Tuner passes shuffle=True to fit and reloads checkpoints without optimizer state: both harmless.
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+    warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
+
+    timings: dict[str, float] = {}
+    clock = time.monotonic()
+    keras.utils.set_random_seed(settings.seed)
+    task = data.BINARY
+
+    progress.update(phase="reading data", message="scanning and splitting the data", force=True)
+    table, _ = prepare_split(settings, folder, log)
+    timings["scan_s"] = time.monotonic() - clock
+
+    spec = settings.backbone()
+    use_features = spec is not None and settings.mode == "frozen" and settings.feature_cache
+    backbone = models.build_backbone(spec) if spec is not None and settings.mode == "frozen" else None
+    if spec is not None and backbone is None:
+        models.resolve_weights(spec)  # finetune: fail on missing weights now, not in every trial
+
+    clock = time.monotonic()
+    progress.update(phase="decoding images", message=f"decoding {len(table)} images at {settings.image_size} px", force=True)
+    log(f"decoding {len(table)} images at {settings.image_size} px (cached per size)")
+    inputs = None
+    if use_features:
+        inputs, errors = features.cached_features(
+            backbone, spec, list(table["path"]), settings.image_size, cache_root(settings),
+            engine=settings.engine, seed=settings.seed,
+            progress=lambda done, total: progress.update(message=f"features {done}/{total}"),
+            log=log, stop=stop.check,
+        )
+    else:
+        inputs, errors = data.load_images(
+            list(table["path"]), settings.image_size, cache_root(settings) / "pixels",
+            progress=lambda done, total: progress.update(message=f"decoded {done}/{total}"),
+        )
+    table, inputs = _drop_undecodable(table, inputs, errors, folder, log)
+    data.require_splits(table)
+    timings["features_s" if use_features else "decode_s"] = time.monotonic() - clock
+    stop.check()
+
+    labels = task.labels(table)
+    part = {split: (table["split"] == split).to_numpy() for split in data.SPLITS}
+    weights = data.class_weights(labels[part["train"]], len(task.classes))
+    hypermodel = models.SearchSpace(
+        settings.family, settings.mode, settings.image_size, spec,
+        n_features=inputs.shape[1] if use_features else None, task=task,
+    )
+
+    clock = time.monotonic()
+    tuner = _make_tuner(settings, hypermodel, folder, progress, stop, log)
+    total = _planned_trials(tuner, settings)
+    progress.update(state="running", phase="searching", trials_total=total, epochs=settings.epochs, force=True)
+    log(f"searching: {settings.tuner} search, {total} trials, {settings.epochs} epochs, class weights {weights}")
+    train_ds = data.make_tf_dataset(inputs[part["train"]], labels[part["train"]], settings.batch_size, shuffle=True, seed=settings.seed)
+    val_ds = data.make_tf_dataset(inputs[part["val"]], labels[part["val"]], settings.batch_size)
+    callback = _make_progress_callback(progress, stop, log)
+    tuner.search(train_ds, validation_data=val_ds, epochs=settings.epochs, class_weight=weights, callbacks=[callback], verbose=0)
+    stop.check()
+    _save_trials(tuner, folder)
+    timings["search_s"] = time.monotonic() - clock
+
+    completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
+    if not completed:
+        messages = [row["message"] for row in _trial_rows(tuner) if row["message"]]
+        raise RuntimeError(f"no trial finished; last error: {messages[-1] if messages else 'unknown'}")
+
+    progress.update(phase="evaluating", message="evaluating the best model", force=True)
+    clock = time.monotonic()
+    best_hp = tuner.get_best_hyperparameters(1)[0]
+    trained = tuner.get_best_models(1)[0]
+    artifacts.write_json(folder / artifacts.BEST_HYPERPARAMETERS, {k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")})
+    model = models.attach_head(backbone, trained) if use_features else trained
+    # Evaluate what the search trained on (features or pixels): the same numbers, much faster.
+    result = evaluation.evaluate_model(trained, inputs, labels, table, part, settings.engine, settings.batch_size)
+    timings["evaluate_s"] = time.monotonic() - clock
+    artifacts.save_model(folder / artifacts.MODEL, model)
+    sample = data.load_images(list(table.loc[part["test"], "path"][:32]), settings.image_size)[0]
+    result["inference"] = evaluation.time_inference(model, sample, settings.engine, folder / "model.tflite")
+    result.update(
+        {
+            "parameters": models.count_parameters(model),
+            "best_hyperparameters": {k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")},
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+            "trials_completed": len(completed),
+            "feature_cache": use_features,
+            "finished_at": _now(),
+        }
+    )
+    artifacts.write_csv(folder / artifacts.PREDICTIONS, result.pop("predictions"))
+    artifacts.write_json(folder / artifacts.METRICS, result)
+    return result

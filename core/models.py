@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,7 +155,14 @@ def build_backbone(spec: BackboneSpec) -> keras.Model:
     base = constructor(**options)
     if weights:
         try:
-            base.load_weights(weights)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                base.load_weights(weights)
+            # Keras 3 skips parts of a file that do not match with only a warning: refuse instead,
+            # or some layers would silently keep random weights.
+            skipped = [str(w.message) for w in caught if "Skipping" in str(w.message) or "mismatch" in str(w.message)]
+            if skipped:
+                raise ValueError(skipped[0])
         except Exception as error:
             raise WeightsError(
                 f"weights file {weights} does not fit {arch.name} (alpha {spec.alpha}) at {spec.image_size} px: "

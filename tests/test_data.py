@@ -1,0 +1,162 @@
+"""core.data: file names, folder layouts, patient-grouped splits, summaries, pixels."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core import data
+from tests.helpers import SHARED_DATA, make_dataset
+
+
+@pytest.mark.parametrize(
+    ("name", "class_name", "patient", "kind"),
+    [
+        ("person123_bacteria_456.jpeg", "PNEUMONIA", "person123", "bacteria"),
+        ("person45_virus_98.jpeg", "PNEUMONIA", "person45", "virus"),
+        ("person447_virus_921_1.jpeg", "PNEUMONIA", "person447", "virus"),
+        ("IM-0115-0001.jpeg", "NORMAL", "IM-0115", "normal"),
+        ("IM-0429-0001-0002.jpeg", "NORMAL", "IM-0429", "normal"),
+        ("NORMAL2-IM-0372-0001.jpeg", "NORMAL", "NORMAL2-IM-0372", "normal"),
+        ("scan_7.png", "PNEUMONIA", "scan_7", "unknown"),
+    ],
+)
+def test_file_names_give_patient_and_kind(name, class_name, patient, kind):
+    assert data.parse_file_name(name, class_name) == (patient, kind)
+
+
+def test_public_layout_keeps_official_test_and_carves_validation(tmp_path):
+    # The public download: a real test/ split and a tiny val/ (16 images there, 4 here).
+    root = make_dataset(tmp_path / "chest_xray", {"train": 40, "val": 1, "test": 15})
+    dataset = data.scan_folder(tmp_path)  # the parent folder: the root is found one level down
+    assert dataset.root == root
+    table, notes = data.assign_splits(dataset.table, val_fraction=0.2, seed=1)
+    data.check_patient_disjoint(table)
+    test = table[table["split"] == "test"]
+    assert (test["folder_split"] == "test").all() and len(test) == 60
+    val = table[table["split"] == "val"]
+    # The tiny val/ folder joins the pool and a real validation split is carved from it.
+    assert (val["folder_split"] != "test").all() and set(val["class_name"]) == {"NORMAL", "PNEUMONIA"}
+    assert 0.12 < len(val) / (table["split"] != "test").sum() < 0.3
+    assert any("val/ has only" in note for note in notes)
+
+
+def test_missing_test_split_is_carved_by_patient_with_both_classes(tmp_path):
+    make_dataset(tmp_path, {"train": 60}, images_per_patient=3)
+    table, notes = data.assign_splits(data.scan_folder(tmp_path).table, 0.15, 0.15, seed=3)
+    data.check_patient_disjoint(table)
+    data.require_splits(table)
+    fractions = table["split"].value_counts(normalize=True)
+    assert 0.08 < fractions["test"] < 0.25 and 0.08 < fractions["val"] < 0.25
+    assert any("carved a patient-grouped test split" in n for n in notes)
+    # The same seed gives the same split; another seed another one.
+    again, _ = data.assign_splits(data.scan_folder(tmp_path).table, 0.15, 0.15, seed=3)
+    other, _ = data.assign_splits(data.scan_folder(tmp_path).table, 0.15, 0.15, seed=4)
+    assert table["split"].tolist() == again["split"].tolist()
+    assert table["split"].tolist() != other["split"].tolist()
+
+
+def test_patients_shared_with_official_test_are_dropped_from_training(tmp_path):
+    make_dataset(tmp_path, {"train": 30, "test": 15})
+    scanned = data.scan_folder(tmp_path).table
+    # Copy one test patient's name into train/ as a second image of the same child.
+    leaked = scanned[scanned["folder_split"] == "test"].iloc[0]
+    extra = pd.DataFrame([{**leaked.to_dict(), "path": leaked["path"] + ".copy", "folder_split": "train"}])
+    table, notes = data.assign_splits(pd.concat([scanned, extra], ignore_index=True), seed=0)
+    data.check_patient_disjoint(table)
+    assert leaked["path"] + ".copy" not in set(table["path"])
+    assert any("also appear in the official" in n for n in notes)
+
+
+def test_cap_per_class_keeps_whole_patients(tmp_path):
+    make_dataset(tmp_path, {"train": 30, "test": 10}, images_per_patient=3)
+    table, _ = data.assign_splits(data.scan_folder(tmp_path).table, seed=0)
+    capped = data.cap_per_class(table, 7, seed=0)
+    counts = capped.groupby(["split", "class_name"]).size()
+    assert (counts <= 7).all() and (counts >= 3).all()
+    for patient, group in capped.groupby("patient"):
+        assert len(group) == (table["patient"] == patient).sum(), "a capped patient keeps all images"
+
+
+def test_unreadable_files_are_listed_and_skipped(tmp_path):
+    make_dataset(tmp_path, {"train": 6})
+    folder = tmp_path / "train" / "NORMAL"
+    (folder / "IM-9000-0001.jpeg").write_bytes(b"")
+    (folder / "IM-9001-0001.jpeg").write_text("not an image at all")
+    (folder / "notes.txt").write_text("hello")
+    (tmp_path / "train" / "OTHER").mkdir()
+    dataset = data.scan_folder(tmp_path)
+    reasons = {p.split("/")[-1]: r for p, r in ((u.path, u.reason) for u in dataset.unreadable)}
+    assert "empty" in reasons["IM-9000-0001.jpeg"]
+    assert "not an image" in reasons["IM-9001-0001.jpeg"]
+    assert "notes.txt" in reasons
+    assert len(dataset.table) == 24 and not dataset.table["path"].str.contains("IM-900").any()
+    summary = data.summarize(dataset)
+    assert len(summary["unreadable"]) == 3
+    assert any("OTHER" in note for note in summary["notes"])
+
+
+def test_wrong_folders_are_refused_with_a_reason(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.find_data_root(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match="expected train/"):
+        data.find_data_root(tmp_path / "empty")
+    (tmp_path / "only" / "train" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "only" / "train" / "PNEUMONIA").mkdir(parents=True)
+    with pytest.raises(data.DataError, match="no usable NORMAL or PNEUMONIA images"):
+        data.require_usable(data.scan_folder(tmp_path / "only"))
+
+
+def test_summary_of_the_real_training_folder():
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data is not beside the repository")
+    dataset = data.scan_folder(SHARED_DATA)
+    summary = data.summarize(dataset)
+    assert summary["images"]["train"] == {"NORMAL": 1341, "PNEUMONIA": 3875}
+    assert summary["pneumonia_to_normal_ratio"] == pytest.approx(3875 / 1341, abs=1e-3)
+    assert summary["class_weights"]["NORMAL"] > 1 > summary["class_weights"]["PNEUMONIA"]
+    table, _ = data.assign_splits(dataset.table)
+    data.check_patient_disjoint(table)
+    assert table.groupby("split")["kind"].nunique().min() == 3  # bacteria, virus, normal everywhere
+
+
+def test_load_image_handles_real_world_formats(tmp_path):
+    gray16 = tmp_path / "deep.png"
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(gray16)
+    rgba = tmp_path / "alpha.png"
+    Image.new("RGBA", (40, 30), (200, 200, 200, 255)).save(rgba)
+    cmyk = tmp_path / "cmyk.jpeg"
+    Image.new("CMYK", (40, 40), (0, 0, 0, 100)).save(cmyk)
+    for path in (gray16, rgba, cmyk):
+        pixels = data.load_image(path, 32)
+        assert pixels.shape == (32, 32, 1) and pixels.dtype == np.uint8
+    deep = data.load_image(gray16, 32)
+    assert deep.min() < 20 and deep.max() > 235, "16-bit images are rescaled to 0..255, not clipped"
+    # EXIF orientation 6 (rotate 90°): a wide image is stored, a tall one is meant.
+    wide = Image.new("L", (60, 20), 0)
+    wide.paste(255, (0, 0, 10, 20))  # white bar on the left of the stored image
+    exif = wide.getexif()
+    exif[0x0112] = 6
+    wide.save(tmp_path / "rotated.jpeg", exif=exif)
+    rotated = data.load_image(tmp_path / "rotated.jpeg", 60)[..., 0]
+    assert rotated[:10].mean() > 200 and rotated[-10:].mean() < 50, "the bar ends up on top once rotated"
+
+
+def test_pixels_are_decoded_once_per_size(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "d", {"train": 3})
+    paths = sorted(str(p) for p in (tmp_path / "d").rglob("*.jpeg"))
+    first, errors = data.load_images(paths, 24, tmp_path / "cache")
+    assert first.shape == (12, 24, 24, 1) and not errors
+    monkeypatch.setattr(data, "load_image", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    again, _ = data.load_images(paths, 24, tmp_path / "cache")
+    np.testing.assert_array_equal(first, again)
+    _, errors = data.load_images(paths, 28, tmp_path / "cache")  # another size is another decode
+    assert len(errors) == 12 and "decoded again" in errors[0].reason
+
+
+def test_tf_dataset_gives_rgb_float_batches(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, (10, 16, 16, 1), dtype=np.uint8)
+    batches = list(data.make_tf_dataset(pixels, np.arange(10) % 2, batch_size=4).as_numpy_iterator())
+    assert [b[0].shape for b in batches] == [(4, 16, 16, 3), (4, 16, 16, 3), (2, 16, 16, 3)]
+    np.testing.assert_array_equal(batches[0][0][..., 2], pixels[:4, ..., 0].astype(np.float32))

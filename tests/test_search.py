@@ -1,0 +1,196 @@
+"""Searches end to end through the CLI and the job runner: saved runs, resume, errors."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from core import artifacts, evaluation, jobs, tuning
+from tests.helpers import make_dataset, run_cli, wait_for
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "chest_xray"
+    return make_dataset(root, {"train": 24, "val": 1, "test": 13}, images_per_patient=2, size=40)
+
+
+@pytest.fixture(scope="module")
+def finished_run(dataset, tmp_path_factory):
+    store = tmp_path_factory.mktemp("artifacts")
+    result = run_cli(
+        "tune", "--data", str(dataset), "--family", "custom_cnn", "--trials", "2", "--epochs", "2",
+        "--image-size", "32", "--name", "cnn", "--artifacts", str(store),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return store, artifacts.load_run(store, "cnn"), result
+
+
+def test_a_finished_run_has_every_file_and_consistent_metrics(finished_run):
+    store, run, result = finished_run
+    for name in ("settings.json", "data_summary.json", "splits.csv", "progress.json", "trials.json",
+                 "best_hyperparameters.json", "metrics.json", "predictions.csv", "model.keras", "log.txt"):
+        assert (run.folder / name).exists(), name
+    assert run.state == "completed" and "test: AUC" in result.stdout
+    trials = json.loads((run.folder / "trials.json").read_text())
+    assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
+    assert all(0 <= t["score"] <= 1 and "learning_rate" in t["hyperparameters"] for t in trials)
+    # The metrics are those of the saved per-image predictions, at the validation threshold.
+    predictions = run.predictions()
+    metrics = run.metrics
+    assert metrics["test"]["auc"] == pytest.approx(roc_auc_score(predictions["y_true"], predictions["probability"]), abs=1e-4)
+    predicted = (predictions["probability"] >= metrics["threshold"]).astype(int)
+    assert metrics["test"]["accuracy"] == pytest.approx((predicted == predictions["y_true"]).mean())
+    assert metrics["test"]["n"] == len(predictions) == 52  # the official test/ folder, all of it
+    assert metrics["confusion_matrix"] == [[metrics["test"]["tn"], metrics["test"]["fp"]], [metrics["test"]["fn"], metrics["test"]["tp"]]]
+    assert metrics["engine"] in ("tflite", "keras") and metrics["inference"]["ms_per_image"] > 0
+    # The learnable synthetic opacity is found: far better than chance.
+    assert metrics["test"]["auc"] > 0.8
+
+
+def test_splits_are_patient_disjoint_and_test_is_the_official_folder(finished_run):
+    _, run, _ = finished_run
+    splits = pd.read_csv(run.folder / "splits.csv")
+    assert splits.groupby("patient")["split"].nunique().max() == 1
+    assert (splits.loc[splits["split"] == "test", "folder_split"] == "test").all()
+    summary = run.read("data_summary.json")
+    assert summary["patients"]["test"] == 26 and summary["images"]["test"] == {"NORMAL": 26, "PNEUMONIA": 26}
+
+
+def test_saved_model_reproduces_the_saved_predictions(finished_run):
+    store, run, _ = finished_run
+    saved = run.predictions().head(6)
+    scored = evaluation.predict_files(run, list(saved["path"]), engine="keras")
+    np.testing.assert_allclose(scored["probability"], saved["probability"], atol=1e-4)
+    out = store / "scores.csv"
+    result = run_cli("predict", "--run", "cnn", "--artifacts", str(store), "--csv", str(out), *saved["path"][:2])
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["path", "probability", "label", "error"]
+    np.testing.assert_allclose(table["probability"], saved["probability"][:2], atol=1e-4)
+
+
+def test_runs_and_evaluate_commands(finished_run, dataset):
+    store, run, _ = finished_run
+    listing = run_cli("runs", "--artifacts", str(store))
+    assert listing.returncode == 0 and "cnn" in listing.stdout and "completed" in listing.stdout
+    evaluated = run_cli("evaluate", "--run", "cnn", "--data", str(dataset), "--artifacts", str(store))
+    assert evaluated.returncode == 0, evaluated.stderr
+    auc = float(next(line for line in evaluated.stdout.splitlines() if line.strip().startswith("auc:")).split(":")[1])
+    assert auc == pytest.approx(run.metrics["test"]["auc"], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["tune", "--data", "/no/such/folder", "--family", "custom_cnn"], "does not exist"),
+        (["tune", "--data", "{data}", "--family", "mobilenet", "--weights", "/no/weights.h5", "--image-size", "32"], "weights file"),
+        (["tune", "--data", "{data}", "--family", "custom_cnn", "--name", "../escape"], "invalid run name"),
+        (["tune", "--data", "{data}", "--family", "custom_cnn", "--name", "cnn"], "already exists"),
+        (["predict", "--run", "nobody", "{data}"], "no run named 'nobody'"),
+        (["resume", "cnn"], "already complete"),
+        (["evaluate", "--run", "cnn", "--data", "{data}/test/NORMAL"], "no chest X-ray images found"),
+    ],
+)
+def test_cli_errors_are_one_line_without_traceback(finished_run, dataset, arguments, message):
+    store, _, _ = finished_run
+    arguments = [a.replace("{data}", str(dataset)) for a in arguments] + ["--artifacts", str(store)]
+    result = run_cli(*arguments)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and pytest.importorskip("re").search(message, errors[0]), result.stderr[-500:]
+    assert not (store / "escape").exists() and not (store.parent / "escape").exists()
+
+
+def test_frozen_search_fills_the_feature_cache_once(dataset, tmp_path):
+    common = ["--data", str(dataset), "--family", "mobilenet", "--weights", "none", "--image-size", "32",
+              "--trials", "1", "--epochs", "1", "--artifacts", str(tmp_path)]
+    first = run_cli("tune", *common, "--name", "first")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "backbone pass: 152 of 152 images" in first.stdout
+    second = run_cli("tune", *common, "--name", "second", "--tuner", "bayesian")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "backbone pass skipped: all 152 images are in the feature cache" in second.stdout
+    first_metrics = artifacts.load_run(tmp_path, "first").metrics
+    assert first_metrics["feature_cache"] is True and first_metrics["timings"]["features_s"] >= 0
+    # The saved model is the whole image classifier (backbone + head), not the head alone.
+    model = evaluation.load_model(tmp_path / "first" / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3)
+
+
+def _progress(store, name):
+    return artifacts.read_json(store / name / "progress.json", {})
+
+
+def test_stop_then_resume_keeps_every_trial(dataset, tmp_path):
+    settings = tuning.SearchSettings(
+        data_dir=str(dataset), family="custom_cnn", trials=4, epochs=3, image_size=32, name="stoppable",
+        artifacts_dir=str(tmp_path),
+    )
+    jobs.start_search(settings)
+    wait_for(lambda: _progress(tmp_path, "stoppable").get("trials_done", 0) >= 1, 180, what="a first completed trial")
+    message = jobs.stop_search(str(tmp_path), "stoppable")
+    assert "asked to stop" in message
+    wait_for(lambda: artifacts.load_run(tmp_path, "stoppable").state == "stopped", 120, what="the stopped state")
+    kept = {t["trial_id"]: t for t in artifacts.read_json(tmp_path / "stoppable" / "trials.json") if t["status"] == "COMPLETED"}
+    assert 1 <= len(kept) < 4
+    assert not (tmp_path / "stoppable" / "metrics.json").exists()
+
+    jobs.resume_search(str(tmp_path), "stoppable")
+    wait_for(lambda: artifacts.load_run(tmp_path, "stoppable").state in ("completed", "failed"), 240, what="completion")
+    run = artifacts.load_run(tmp_path, "stoppable")
+    assert run.state == "completed", run.progress.get("error")
+    trials = artifacts.read_json(run.folder / "trials.json")
+    completed = {t["trial_id"]: t for t in trials if t["status"] == "COMPLETED"}
+    assert len(completed) == 4
+    for trial_id, trial in kept.items():  # trials done before the stop are kept, not redone
+        assert completed[trial_id]["score"] == trial["score"]
+        assert completed[trial_id]["hyperparameters"] == trial["hyperparameters"]
+    assert run.metrics["trials_completed"] == 4
+
+
+def test_a_killed_search_is_interrupted_and_resumes(dataset, tmp_path):
+    settings = tuning.SearchSettings(
+        data_dir=str(dataset), family="custom_cnn", trials=3, epochs=3, image_size=32, name="killed",
+        artifacts_dir=str(tmp_path),
+    )
+    jobs.start_search(settings)
+    wait_for(lambda: _progress(tmp_path, "killed").get("trials_done", 0) >= 1, 180, what="a first completed trial")
+    os.kill(_progress(tmp_path, "killed")["pid"], signal.SIGKILL)
+    wait_for(lambda: artifacts.load_run(tmp_path, "killed").state == "interrupted", 30, what="the interrupted state")
+    assert "stopped" not in artifacts.load_run(tmp_path, "killed").state
+    result = run_cli("resume", "killed", "--artifacts", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = artifacts.load_run(tmp_path, "killed")
+    assert run.state == "completed" and run.metrics["trials_completed"] == 3
+
+
+def test_one_name_is_one_search(dataset, tmp_path):
+    settings = tuning.SearchSettings(data_dir=str(dataset), family="custom_cnn", trials=1, epochs=1, image_size=32,
+                                     name="once", artifacts_dir=str(tmp_path))
+    jobs.start_search(settings)
+    with pytest.raises(artifacts.RunError, match="already exists"):
+        jobs.start_search(settings)
+    wait_for(lambda: artifacts.load_run(tmp_path, "once").state in ("completed", "failed"), 180, what="completion")
+    with pytest.raises(artifacts.RunError, match="already complete"):
+        jobs.resume_search(str(tmp_path), "once")
+
+
+def test_progress_estimates_time_left():
+    progress = {"phase": "searching", "trials_total": 4, "trials_done": 1, "epochs": 2, "epoch": 1, "elapsed_s": 30.0}
+    assert jobs.estimate_remaining_s(progress) == pytest.approx(90.0)
+    assert jobs.estimate_remaining_s({**progress, "phase": "decoding images"}) is None
+
+
+def test_settings_are_checked_before_anything_starts(tmp_path):
+    with pytest.raises(tuning.SettingsError, match="hyperband needs at least 2 epochs"):
+        tuning.SearchSettings(data_dir=str(tmp_path), tuner="hyperband", epochs=1).resolved()
+    with pytest.raises(tuning.SettingsError, match="unknown family"):
+        tuning.SearchSettings(data_dir=str(tmp_path), family="resnet").resolved()
+    resolved = tuning.SearchSettings(data_dir=str(tmp_path), family="inception_v3").resolved()
+    assert resolved.image_size == 299 and resolved.name.startswith("inception_v3-frozen-")

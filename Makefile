@@ -1,0 +1,31 @@
+# Two commands set up a fresh machine and do the work:
+#   make dashboard   - install into .venv, then open the dashboard (http://localhost:8501)
+#   make test        - install into .venv (and Chromium for the browser test), then lint and test
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: dashboard test browser bench
+
+$(VENV)/.installed: requirements.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+dashboard: $(VENV)/.installed
+	$(PY) -m streamlit run streamlit_app.py
+
+# The browser test drives Debian's Chromium with Playwright (no browser download); without it,
+# that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		echo "Chromium not installed: the browser test will be skipped"; }
+
+test: $(VENV)/.installed browser
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) bench/run_all.py

@@ -88,7 +88,12 @@ def read_json(path: str | os.PathLike, default=None):
 
 
 def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> None:
-    _atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False))
+    _atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False, encoding="utf-8"))
+
+
+def read_csv(path: str | os.PathLike, **options) -> pd.DataFrame:
+    """Read a CSV written by `write_csv`; patient ids stay strings ("007" is not 7)."""
+    return pd.read_csv(path, dtype={"patient": str}, encoding="utf-8", **options)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -260,7 +265,7 @@ class Run:
         path = self.folder / PREDICTIONS
         if not path.exists():
             raise RunError(f"run {self.name!r} has no test predictions yet (state: {self.state})")
-        return pd.read_csv(path)
+        return read_csv(path)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

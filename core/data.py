@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.artifacts import write_csv, write_npy
+from core.artifacts import read_csv, write_csv, write_npy
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
@@ -185,6 +185,12 @@ def _image_files(class_folder: Path, unreadable: list[UnreadableFile]) -> list[P
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if name.startswith(".") or name in _IGNORED_NAMES:
+                continue
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes in the name: tables and CSVs cannot hold it
+                shown = name.encode("utf-8", "replace").decode("utf-8")
+                unreadable.append(UnreadableFile(str(Path(dirpath) / shown), "file name is not valid UTF-8: rename the file"))
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 unreadable.append(UnreadableFile(str(path), f"not a .jpeg/.jpg/.png file ({path.suffix or 'no extension'})"))
@@ -472,7 +478,7 @@ def load_images(
     if cache_file and cache_file.exists():
         try:
             pixels = np.load(cache_file, mmap_mode="r")
-            errors = pd.read_csv(errors_file) if errors_file.exists() else pd.DataFrame(columns=["path", "reason"])
+            errors = read_csv(errors_file) if errors_file.exists() else pd.DataFrame(columns=["path", "reason"])
             if pixels.shape == (len(paths), size, size, 1):
                 return pixels, [UnreadableFile(p, r) for p, r in zip(errors["path"], errors["reason"], strict=True)]
         except (OSError, ValueError):

@@ -180,5 +180,5 @@ def _training_patients(run: artifacts.Run) -> set[str]:
     path = run.folder / artifacts.SPLITS
     if not path.exists():
         return set()
-    table = pd.read_csv(path, dtype={"patient": str})
+    table = artifacts.read_csv(path)
     return set(table.loc[table["split"].isin(["train", "val"]), "patient"])

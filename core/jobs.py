@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from core import artifacts
-from core.tuning import SearchSettings, StopFlag
+from core.tuning import SearchSettings, StopFlag, preflight
 
 PROCESS_LOG = "process.log"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,9 @@ def start_search(settings: SearchSettings) -> str:
     _reap()
     settings = settings.resolved()
     folder = artifacts.run_dir(settings.artifacts_dir, settings.name)
+    if folder.exists():
+        raise artifacts.RunError(f"a run named {settings.name!r} already exists: pick another name")
+    preflight(settings)  # bad data or missing weights: say so now, in the page, not in a log
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         folder.mkdir()  # atomic: of two clicks on Start, one gets the folder

@@ -318,12 +318,26 @@ def _save_trials(tuner, folder: Path) -> None:
 # ---------------------------------------------------------------------------- data for a run
 
 
-def prepare_split(settings: SearchSettings, folder: Path, log) -> tuple[pd.DataFrame, dict]:
+def preflight(settings: SearchSettings) -> data.Dataset:
+    """Check what can be checked before a run folder exists: the data and the weights.
+
+    A folder without usable images of both classes, or weights that cannot be had, is refused
+    here, so a mistake leaves no half-made run behind.
+    """
+    dataset = data.scan_folder(settings.data_dir)
+    data.require_usable(dataset)
+    spec = settings.backbone()
+    if spec is not None:
+        models.resolve_weights(spec)
+    return dataset
+
+
+def prepare_split(settings: SearchSettings, folder: Path, log, dataset: data.Dataset | None = None) -> tuple[pd.DataFrame, dict]:
     """The run's split table: saved on the first start, read back on resume so it never changes."""
     saved = folder / artifacts.SPLITS
     summary = artifacts.read_json(folder / artifacts.DATA_SUMMARY)
     if saved.exists() and summary:
-        table = pd.read_csv(saved, dtype={"patient": str})
+        table = artifacts.read_csv(saved)
         missing = [p for p in table["path"] if not os.path.exists(p)]
         if missing:
             raise data.DataError(
@@ -332,9 +346,10 @@ def prepare_split(settings: SearchSettings, folder: Path, log) -> tuple[pd.DataF
             )
         log(f"resuming with the saved split: {len(table)} images")
         return table, summary
-    log(f"scanning {settings.data_dir}")
-    dataset = data.scan_folder(settings.data_dir)
-    data.require_usable(dataset)
+    if dataset is None:
+        log(f"scanning {settings.data_dir}")
+        dataset = data.scan_folder(settings.data_dir)
+        data.require_usable(dataset)
     table, notes = data.assign_splits(dataset.table, settings.val_fraction, settings.test_fraction, settings.seed)
     dataset.notes.extend(notes)
     table = data.cap_per_class(table, settings.max_per_class, settings.seed)
@@ -391,6 +406,7 @@ def run_search(settings: SearchSettings, log=print, resume: bool = False) -> dic
         settings = SearchSettings.from_dict({**existing, "artifacts_dir": settings.artifacts_dir})
         if (folder / artifacts.METRICS).exists():
             raise artifacts.RunError(f"run {settings.name!r} is already complete; start a new run to search again")
+    dataset = None if resume else preflight(settings)
 
     with artifacts.run_lock(folder):
         run_log = _open_log(folder, log)
@@ -402,7 +418,7 @@ def run_search(settings: SearchSettings, log=print, resume: bool = False) -> dic
         if not existing:
             artifacts.write_json(folder / artifacts.SETTINGS, settings.to_dict())
         try:
-            result = _search(settings, folder, progress, stop, run_log)
+            result = _search(settings, folder, progress, stop, run_log, dataset)
             progress.update(state="completed", phase="done", message="completed", force=True)
             run_log(f"done: test AUC {result['test']['auc']:.4f}, accuracy {result['test']['accuracy']:.4f}")
             return result
@@ -431,7 +447,7 @@ def _open_log(folder: Path, echo):
     return log
 
 
-def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: StopFlag, log) -> dict:
+def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: StopFlag, log, dataset=None) -> dict:
     import warnings
 
     import keras
@@ -446,7 +462,7 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     task = data.BINARY
 
     progress.update(phase="reading data", message="scanning and splitting the data", force=True)
-    table, _ = prepare_split(settings, folder, log)
+    table, _ = prepare_split(settings, folder, log, dataset)
     timings["scan_s"] = time.monotonic() - clock
 
     spec = settings.backbone()

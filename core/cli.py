@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
     tune.add_argument("--name", default=None, help="run name (default: family-mode-date)")
     tune.add_argument("--artifacts", default=artifacts_default)
+    tune.add_argument("--distributed", choices=("chief",), default=None,
+                      help="serve this search's trials to workers (`python -m core worker`)")
+    tune.add_argument("--oracle", default=None, help="HOST:PORT the chief listens on (with --distributed)")
+
+    worker = commands.add_parser("worker", help="train trials for a distributed search's chief")
+    worker.add_argument("run", help="the run name the chief was started with")
+    worker.add_argument("--oracle", required=True, help="HOST:PORT of the chief")
+    worker.add_argument("--id", default=None, help="a name for this worker (default: its process id)")
+    worker.add_argument("--artifacts", default=artifacts_default, help="the artifacts folder the chief uses (shared)")
 
     resume = commands.add_parser("resume", help="continue a stopped or interrupted search")
     resume.add_argument("run")
@@ -84,7 +93,21 @@ def _tune(args) -> int:
         mobilenet_version=args.mobilenet_version, alpha=args.alpha, feature_cache=not args.no_feature_cache,
         engine=args.engine,
     )
-    return _finish(tuning.run_search(settings))
+    if args.distributed:
+        if not args.oracle:
+            raise tuning.SettingsError("--distributed chief needs --oracle HOST:PORT to listen on")
+        tuning.configure_distributed("chief", args.oracle)
+    return _finish(tuning.run_search(settings, role=args.distributed))
+
+
+def _worker(args) -> int:
+    from core import tuning
+
+    worker_id = args.id or str(os.getpid())
+    tuning.configure_distributed("worker", args.oracle, worker_id)
+    result = tuning.run_worker(args.artifacts, args.run, worker_id)
+    print(f"worker {worker_id}: trials {', '.join(result.get('trials_run', [])) or 'none'}")
+    return 0
 
 
 def _resume(args) -> int:
@@ -164,7 +187,7 @@ def _data(args) -> int:
     return 0
 
 
-HANDLERS = {"tune": _tune, "resume": _resume, "stop": _stop, "runs": _runs, "predict": _predict, "evaluate": _evaluate, "data": _data}
+HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "stop": _stop, "runs": _runs, "predict": _predict, "evaluate": _evaluate, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

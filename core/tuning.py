@@ -140,8 +140,8 @@ def _now() -> str:
 class Progress:
     """The run's `progress.json`, rewritten atomically so another process can always read it."""
 
-    def __init__(self, folder: Path, previous: dict | None = None):
-        self.path = folder / artifacts.PROGRESS
+    def __init__(self, folder: Path, previous: dict | None = None, file_name: str = artifacts.PROGRESS):
+        self.path = folder / file_name
         previous = previous or {}
         self.state = {
             "state": "starting",
@@ -256,7 +256,8 @@ def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Pr
 
         def on_trial_begin(self, trial):
             stop.check()
-            number = len(self.oracle.trials)
+            # A distributed worker's oracle is a client without the trial list: count its own.
+            number = len(self.oracle.trials) if hasattr(self.oracle, "trials") else int(trial.trial_id) + 1
             progress.update(trial=number, epoch=0, phase="searching", message=f"trial {number}", force=True)
             shown = {k: round(v, 6) if isinstance(v, float) else v for k, v in trial.hyperparameters.values.items()}
             log(f"trial {number}/{progress.state['trials_total']}: {shown}")
@@ -264,6 +265,11 @@ def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Pr
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
+            if not hasattr(self.oracle, "trials"):  # a distributed worker: the chief keeps the list
+                ran = progress.state.setdefault("trials_run", [])
+                ran.append(trial.trial_id)
+                progress.update(trials_done=len(ran), force=True)
+                return
             done = sum(t.status == "COMPLETED" for t in self.oracle.trials.values())
             progress.update(trials_done=done, force=True)
             _save_trials(self, folder)
@@ -287,7 +293,7 @@ def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Pr
 
 def _planned_trials(tuner, settings: SearchSettings) -> int:
     oracle = tuner.oracle
-    if settings.tuner != "hyperband":
+    if settings.tuner != "hyperband" or not hasattr(oracle, "trials"):  # a worker's client oracle
         return settings.trials
     brackets = oracle._get_num_brackets()
     planned = sum(oracle._get_size(b, r) for b in range(brackets) for r in range(b + 1))
@@ -386,7 +392,7 @@ def cache_root(settings: SearchSettings) -> Path:
 # ---------------------------------------------------------------------------- the search
 
 
-def run_search(settings: SearchSettings, log=print, resume: bool = False) -> dict:
+def run_search(settings: SearchSettings, log=print, resume: bool = False, role: str | None = None) -> dict:
     """Run (or resume) a search and save the run; returns the test metrics.
 
     Raises SettingsError, data.DataError, models.WeightsError or artifacts.RunError with a message
@@ -418,7 +424,7 @@ def run_search(settings: SearchSettings, log=print, resume: bool = False) -> dic
         if not existing:
             artifacts.write_json(folder / artifacts.SETTINGS, settings.to_dict())
         try:
-            result = _search(settings, folder, progress, stop, run_log, dataset)
+            result = _search(settings, folder, progress, stop, run_log, dataset, role)
             progress.update(state="completed", phase="done", message="completed", force=True)
             run_log(f"done: test AUC {result['test']['auc']:.4f}, accuracy {result['test']['accuracy']:.4f}")
             return result
@@ -434,8 +440,8 @@ def run_search(settings: SearchSettings, log=print, resume: bool = False) -> dic
             stop.file.unlink(missing_ok=True)
 
 
-def _open_log(folder: Path, echo):
-    path = folder / artifacts.LOG
+def _open_log(folder: Path, echo, file_name: str = artifacts.LOG):
+    path = folder / file_name
 
     def log(message: str) -> None:
         line = f"[{datetime.now().strftime('%H:%M:%S')}] {message}"
@@ -447,7 +453,7 @@ def _open_log(folder: Path, echo):
     return log
 
 
-def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: StopFlag, log, dataset=None) -> dict:
+def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: StopFlag, log, dataset=None, role=None) -> dict:
     import warnings
 
     import keras
@@ -466,6 +472,9 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     timings["scan_s"] = time.monotonic() - clock
 
     spec = settings.backbone()
+    if spec is not None and spec.weights == "none" and settings.mode == "frozen":
+        log("note: a frozen backbone with random weights gives random features; expect results near chance "
+            "(a baseline for what ImageNet features add). Use --mode finetune to train a backbone from scratch")
     use_features = spec is not None and settings.mode == "frozen" and settings.feature_cache
     backbone = models.build_backbone(spec) if spec is not None and settings.mode == "frozen" else None
     if spec is not None and backbone is None:
@@ -508,7 +517,13 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     train_ds = data.make_tf_dataset(inputs[part["train"]], labels[part["train"]], settings.batch_size, shuffle=True, seed=settings.seed)
     val_ds = data.make_tf_dataset(inputs[part["val"]], labels[part["val"]], settings.batch_size)
     callback = _make_progress_callback(progress, stop, log)
+    watcher = _watch_chief(tuner, progress, folder) if role == "chief" else None
     tuner.search(train_ds, validation_data=val_ds, epochs=settings.epochs, class_weight=weights, callbacks=[callback], verbose=0)
+    if watcher:
+        watcher.set()
+    if role == "worker":
+        log(f"worker finished: ran trials {progress.state.get('trials_run', [])}")
+        return {"state": "worker-done", "trials_run": progress.state.get("trials_run", [])}
     stop.check()
     _save_trials(tuner, folder)
     timings["search_s"] = time.monotonic() - clock
@@ -543,3 +558,65 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     artifacts.write_csv(folder / artifacts.PREDICTIONS, result.pop("predictions"))
     artifacts.write_json(folder / artifacts.METRICS, result)
     return result
+
+
+# ---------------------------------------------------------------------------- distributed searches
+
+
+def configure_distributed(role: str, oracle: str, worker_id: str | None = None) -> None:
+    """Set Keras Tuner's own distribution variables: one chief oracle, any number of workers.
+
+    All processes must see the same artifacts folder (one machine, or a shared file system):
+    workers write trial checkpoints there and the chief evaluates the best one at the end.
+    """
+    host, _, port = oracle.rpartition(":")
+    if role not in ("chief", "worker") or not host or not port.isdigit():
+        raise SettingsError("distributed searches need --distributed chief|worker and --oracle HOST:PORT")
+    os.environ["KERASTUNER_ORACLE_IP"] = host
+    os.environ["KERASTUNER_ORACLE_PORT"] = port
+    os.environ["KERASTUNER_TUNER_ID"] = "chief" if role == "chief" else f"tuner-{worker_id or os.getpid()}"
+
+
+def _watch_chief(tuner, progress: Progress, folder: Path) -> threading.Event:
+    """The chief only serves the oracle; a thread reports the workers' trials as they end."""
+    done_event = threading.Event()
+
+    def watch() -> None:
+        while not done_event.wait(2.0):
+            trials = list(tuner.oracle.trials.values())
+            scores = [t.score for t in trials if t.status == "COMPLETED" and t.score is not None]
+            progress.update(
+                trial=len(trials), trials_done=len(scores), best_val_auc=max(scores) if scores else None,
+                message=f"serving trials to workers; {len(scores)} done", force=True,
+            )
+            _save_trials(tuner, folder)
+
+    threading.Thread(target=watch, daemon=True, name="chief-progress").start()
+    return done_event
+
+
+def run_worker(artifacts_dir: str, name: str, worker_id: str, log=print, wait_s: float = 900) -> dict:
+    """A distributed worker: wait for the chief's split, then train the trials the chief hands out."""
+    folder = artifacts.run_dir(artifacts_dir, name)
+    deadline = time.monotonic() + wait_s
+    while not ((folder / artifacts.SPLITS).exists() and (folder / artifacts.DATA_SUMMARY).exists()):
+        if time.monotonic() > deadline:
+            raise artifacts.RunError(f"no chief started run {name!r} in {artifacts_dir} within {wait_s:.0f} s")
+        time.sleep(1.0)
+    settings = SearchSettings.from_dict({**artifacts.read_json(folder / artifacts.SETTINGS), "artifacts_dir": artifacts_dir})
+    workers = folder / "workers"
+    workers.mkdir(exist_ok=True)
+    run_log = _open_log(workers, log, f"{worker_id}.log")
+    progress = Progress(workers, file_name=f"{worker_id}.json")
+    stop = StopFlag(folder)
+    stop.install_signal_handlers()
+    try:
+        result = _search(settings, folder, progress, stop, run_log, role="worker")
+        progress.update(state="completed", phase="done", force=True)
+        return result
+    except SearchStopped:
+        progress.update(state="stopped", phase="stopped", force=True)
+        return {"state": "stopped"}
+    except BaseException as error:
+        progress.update(state="failed", phase="failed", error=f"{type(error).__name__}: {error}", force=True)
+        raise

@@ -1,0 +1,215 @@
+"""Plotly figure builders for the dashboard (and any later HTML report).
+
+Pure functions: plain dicts and DataFrames in, a `plotly.graph_objects.Figure` out, every axis
+titled with its unit. No Streamlit in here, so a report can call the same builders and
+`fig.write_html(...)` them. Data go in as plain lists (not numpy arrays, which plotly 6+ stores
+as base64 typed arrays), so a figure's JSON stays readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+CLASS_COLORS = {"NORMAL": "#3b82c4", "PNEUMONIA": "#d1495b"}
+KIND_COLORS = {"normal": "#3b82c4", "bacteria": "#d1495b", "virus": "#edae49", "unknown": "#9e9e9e"}
+# Colour-blind-safe qualitative palette (Okabe-Ito, without the black and the yellow).
+RUN_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#7f7f7f", "#8c564b")
+SPLIT_ORDER = ("train", "val", "test")
+TEMPLATE = "plotly_white"
+_MARGIN = {"l": 10, "r": 10, "t": 50, "b": 10}
+
+
+def run_colors(names: Sequence[str]) -> dict[str, str]:
+    """A stable colour per run, in the order given, so every figure of a page agrees."""
+    return {name: RUN_PALETTE[i % len(RUN_PALETTE)] for i, name in enumerate(names)}
+
+
+def _ordered_splits(keys) -> list[str]:
+    keys = list(keys)
+    return [s for s in SPLIT_ORDER if s in keys] + [k for k in keys if k not in SPLIT_ORDER]
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 340, **extra) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0, "xanchor": "left"},
+        template=TEMPLATE,
+        height=height,
+        margin=_MARGIN,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1},
+        **extra,
+    )
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+# ---------------------------------------------------------------------------- data set
+
+
+def images_per_split_figure(images: Mapping[str, Mapping[str, int]]) -> go.Figure:
+    """Grouped bars: images of each class in each split (`summary["images"]`)."""
+    splits = _ordered_splits(images)
+    fig = go.Figure()
+    for class_name, color in CLASS_COLORS.items():
+        counts = [int(images[s].get(class_name, 0)) for s in splits]
+        fig.add_bar(name=class_name, x=splits, y=counts, marker_color=color, text=[f"{c:,}" for c in counts], textposition="outside")
+    _layout(fig, "Images per split and class", "Split", "Images (count)", barmode="group")
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_traces(cliponaxis=False)
+    return fig
+
+
+def patients_per_split_figure(patients: Mapping[str, int]) -> go.Figure:
+    """Bars: distinct patients in each split (`summary["patients"]`)."""
+    splits = _ordered_splits(patients)
+    counts = [int(patients[s]) for s in splits]
+    fig = go.Figure(go.Bar(x=splits, y=counts, marker_color="#5b6770", text=[f"{c:,}" for c in counts], textposition="outside", cliponaxis=False))
+    _layout(fig, "Patients per split", "Split", "Patients (count)", showlegend=False)
+    fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+def kinds_figure(kinds: Mapping[str, Mapping[str, int]]) -> go.Figure:
+    """Stacked bars: normal, bacterial and viral images per split (`summary["kinds"]`)."""
+    splits = _ordered_splits(kinds)
+    names = sorted({k for split in kinds.values() for k in split}, key=lambda k: (list(KIND_COLORS).index(k) if k in KIND_COLORS else 99, k))
+    fig = go.Figure()
+    for kind in names:
+        counts = [int(kinds[s].get(kind, 0)) for s in splits]
+        fig.add_bar(name=kind, x=splits, y=counts, marker_color=KIND_COLORS.get(kind, "#9e9e9e"), text=[f"{c:,}" if c else "" for c in counts], textposition="inside")
+    return _layout(fig, "Pneumonia kinds per split", "Split", "Images (count)", barmode="stack")
+
+
+def class_balance_figure(images: Mapping[str, Mapping[str, int]]) -> go.Figure:
+    """100 % stacked horizontal bars: the share of each class in each split."""
+    splits = _ordered_splits(images)[::-1]  # train on top
+    totals = [max(1, sum(images[s].values())) for s in splits]
+    fig = go.Figure()
+    for class_name, color in CLASS_COLORS.items():
+        counts = [int(images[s].get(class_name, 0)) for s in splits]
+        shares = [100.0 * c / t for c, t in zip(counts, totals, strict=True)]
+        fig.add_bar(
+            name=class_name, y=splits, x=shares, orientation="h", marker_color=color,
+            text=[f"{p:.0f} % ({c:,})" for p, c in zip(shares, counts, strict=True)], textposition="inside",
+            hovertemplate="%{y}: %{x:.1f} %<extra>" + class_name + "</extra>",
+        )
+    _layout(fig, "Class balance", "Share of the split's images (%)", "Split", height=max(200, 90 + 60 * len(splits)), barmode="stack")
+    fig.update_xaxes(range=[0, 100], ticksuffix=" %")
+    return fig
+
+
+# ---------------------------------------------------------------------------- comparing runs
+
+
+def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
+    """ROC curves of several runs overlaid, AUC in the legend, chance diagonal, operating points.
+
+    Each curve: `name`, `fpr`, `tpr`, `auc` and optionally `point` = {"fpr", "tpr", "threshold"}
+    (the operating point at the threshold in use).
+    """
+    colors = dict(colors or run_colors([c["name"] for c in curves]))
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[0, 1], y=[0, 1], mode="lines", name="chance (AUC 0.5)",
+        line={"dash": "dash", "color": "#9e9e9e", "width": 1}, hoverinfo="skip",
+    )
+    for curve in curves:
+        name = curve["name"]
+        color = colors.get(name, RUN_PALETTE[0])
+        auc = curve.get("auc")
+        label = f"{name} (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else f"{name} (AUC n/a)"
+        fig.add_scatter(
+            x=list(curve["fpr"]), y=list(curve["tpr"]), mode="lines", name=label, legendgroup=name,
+            line={"color": color, "width": 2},
+            hovertemplate="1 − specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>" + name + "</extra>",
+        )
+        point = curve.get("point")
+        if point:
+            fig.add_scatter(
+                x=[point["fpr"]], y=[point["tpr"]], mode="markers", name=f"{name} at threshold {point['threshold']:.3f}",
+                legendgroup=name, showlegend=False,
+                marker={"color": color, "size": 12, "symbol": "circle", "line": {"color": "white", "width": 2}},
+                hovertemplate=(
+                    f"{name}<br>threshold {point['threshold']:.3f}<br>"
+                    "1 − specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>operating point</extra>"
+                ),
+            )
+    _layout(
+        fig, "ROC curves on the test split (dots: operating points)",
+        "False positive rate (1 − specificity)", "True positive rate (sensitivity)", height=480,
+    )
+    fig.update_layout(legend={"orientation": "v", "yanchor": "top", "y": 1.0, "xanchor": "left", "x": 1.02})
+    fig.update_xaxes(range=[-0.01, 1.01], constrain="domain")
+    fig.update_yaxes(range=[-0.01, 1.01], scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def confusion_matrix_figure(matrix, labels: Sequence[str] = ("NORMAL", "PNEUMONIA"), title: str = "Confusion matrix") -> go.Figure:
+    """Heatmap of `[[tn, fp], [fn, tp]]` with counts and the percentage of each true class."""
+    counts = np.asarray(matrix, dtype=int)
+    row_totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, row_totals, out=np.zeros(counts.shape, dtype=float), where=row_totals > 0) * 100
+    text = [[f"{counts[i, j]:,}<br>{shares[i, j]:.1f} %" for j in range(counts.shape[1])] for i in range(counts.shape[0])]
+    fig = go.Figure(
+        go.Heatmap(
+            z=shares.round(2).tolist(), x=list(labels), y=list(labels), text=text, texttemplate="%{text}",
+            textfont={"size": 15}, colorscale="Blues", zmin=0, zmax=100, showscale=False,
+            hovertemplate="true %{y}, predicted %{x}<br>%{text}<extra></extra>",
+        )
+    )
+    _layout(fig, title, "Predicted class", "True class", height=300)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def probability_figure(rows: pd.DataFrame, colors: Mapping[str, str] | None = None, title: str = "") -> go.Figure:
+    """One horizontal bar per run: its probability of pneumonia, with the run's threshold marked.
+
+    `rows` has columns `run`, `probability` (0..1, NaN when the run could not score the image),
+    `threshold` and optionally `label`.
+    """
+    rows = rows.reset_index(drop=True)
+    runs = list(rows["run"])
+    colors = dict(colors or run_colors(runs))
+    probabilities = rows["probability"].astype(float)
+    labels = rows["label"] if "label" in rows else pd.Series([""] * len(rows))
+    fig = go.Figure()
+    fig.add_bar(
+        y=runs, x=probabilities.fillna(0).tolist(), orientation="h",
+        marker_color=[CLASS_COLORS.get(label, colors.get(run, RUN_PALETTE[0])) for run, label in zip(runs, labels, strict=True)],
+        text=[f"{p:.3f} · {label}" if np.isfinite(p) else "not scored" for p, label in zip(probabilities, labels, strict=True)],
+        textposition="outside", cliponaxis=False, showlegend=False,
+        hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+    )
+    fig.add_scatter(
+        y=runs, x=rows["threshold"].astype(float).tolist(), mode="markers", name="run's threshold",
+        marker={"symbol": "line-ns", "size": 26, "line": {"width": 3, "color": "#222"}},
+        hovertemplate="threshold %{x:.3f}<extra>%{y}</extra>",
+    )
+    _layout(fig, title, "Probability of pneumonia", "", height=110 + 46 * len(runs))
+    fig.update_xaxes(range=[0, 1.18], tickvals=[0, 0.25, 0.5, 0.75, 1.0])
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    return fig
+
+
+def trial_scores_figure(trials: Sequence[Mapping]) -> go.Figure:
+    """Validation AUC of each Keras Tuner trial (from `trials.json`), best so far as a line."""
+    rows = [t for t in trials if t.get("score") is not None]
+    ids = [str(t.get("trial_id")) for t in rows]
+    scores = [float(t["score"]) for t in rows]
+    fig = go.Figure()
+    fig.add_bar(x=ids, y=scores, name="trial", marker_color="#5b6770")
+    if scores:
+        fig.add_scatter(x=ids, y=np.maximum.accumulate(scores).tolist(), mode="lines+markers", name="best so far", line={"color": "#d1495b"})
+    _layout(fig, "Validation AUC per trial", "Trial", "Validation AUC", height=280)
+    fig.update_yaxes(range=[0, 1])
+    return fig

@@ -1,0 +1,330 @@
+"""What every page of the dashboard shares: the two folders, cached loaders and small helpers.
+
+Not a page itself (streamlit_app.py lists the pages). The folders live in `st.session_state`
+under `data_dir` and `artifacts_dir`, so they survive page switches; every cached loader takes a
+file's mtime or a folder fingerprint as an argument, so a changed run or folder is re-read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import artifacts, data
+
+DATA_KEY = "data_dir"
+ARTIFACTS_KEY = "artifacts_dir"
+_PENDING_DATA_KEY = "_pending_data_dir"
+DEFAULT_DATA_DIR = "data/chest_xray"
+DEFAULT_ARTIFACTS_DIR = "artifacts"
+STATE_ICONS = {
+    "starting": ":material/hourglass_top:", "running": ":material/directions_run:", "stopping": ":material/pan_tool:",
+    "stopped": ":material/pause_circle:", "completed": ":material/check_circle:", "failed": ":material/error:",
+    "interrupted": ":material/warning:", "unknown": ":material/help:",
+}
+
+
+# ---------------------------------------------------------------------------- page set-up
+
+
+def leave_pages_folder_mode() -> None:
+    """Make sure the page runs under streamlit_app.py's `st.navigation`, not Streamlit's old mode.
+
+    Streamlit sees a `pages/` folder beside the main script and, until `st.navigation` has been
+    called once in the server process, runs the requested page file on its own (no sidebar, no
+    page config, every .py in pages/ listed). A first visit straight to /data would get that. So
+    on such a run we switch the server to `st.navigation` mode and rerun: the rerun goes through
+    streamlit_app.py and lands on the same page. (Relies on PagesManager.uses_pages_directory,
+    the flag `st.navigation` itself clears.)
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the old mode
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+# ---------------------------------------------------------------------------- the two folders
+
+
+def init_state() -> None:
+    """Defaults from CXR_DATA_DIR / CXR_ARTIFACTS_DIR, and a data folder asked for by a button."""
+    state = st.session_state
+    if _PENDING_DATA_KEY in state:  # set by a button on the last run, applied before the widget exists
+        state[DATA_KEY] = state.pop(_PENDING_DATA_KEY)
+    if DATA_KEY not in state:
+        state[DATA_KEY] = os.environ.get("CXR_DATA_DIR") or DEFAULT_DATA_DIR
+    if ARTIFACTS_KEY not in state:
+        state[ARTIFACTS_KEY] = str(artifacts.default_artifacts_dir())  # CXR_ARTIFACTS_DIR, else artifacts/
+
+
+def data_dir() -> str:
+    init_state()
+    return str(st.session_state[DATA_KEY]).strip()
+
+
+def artifacts_dir() -> str:
+    init_state()
+    return str(st.session_state[ARTIFACTS_KEY]).strip() or DEFAULT_ARTIFACTS_DIR
+
+
+def use_data_dir(path: str | os.PathLike) -> None:
+    """Point the app at another data folder from the next run on (then rerun)."""
+    st.session_state[_PENDING_DATA_KEY] = str(path)
+
+
+def check_data_dir(folder: str) -> tuple[Path | None, str]:
+    """(data root, "") for a usable folder, else (None, what is wrong with it)."""
+    if not folder:
+        return None, "type the folder that holds train/ and test/ (each with NORMAL/ and PNEUMONIA/)"
+    try:
+        return data.find_data_root(folder), ""
+    except data.DataError as error:
+        return None, str(error)
+
+
+def check_artifacts_dir(folder: str) -> tuple[bool, str]:
+    """(usable, message): runs found, a folder still to be created, or why it cannot be used."""
+    path = Path(folder).expanduser()
+    if path.is_file():
+        return False, f"{path} is a file, not a folder: runs are saved in a folder"
+    if path.is_dir():
+        if not os.access(path, os.W_OK):
+            count = len(artifacts.list_runs(path))
+            return True, f"{count} saved runs; the folder is read-only, so new searches cannot be started here"
+        count = len(artifacts.list_runs(path))
+        return True, f"{count} saved run{'s' if count != 1 else ''} in {path.resolve()}"
+    parent = next((p for p in path.resolve().parents if p.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK):
+        return False, f"{path} does not exist and cannot be created ({parent} is read-only)"
+    return True, f"{path} does not exist yet: it is created when you start a search"
+
+
+def sidebar() -> None:
+    """The folder inputs, checked as typed; rendered by streamlit_app.py on every page."""
+    init_state()
+    with st.sidebar:
+        st.subheader("Folders")
+        st.text_input(
+            "Data folder", key=DATA_KEY, live="600ms",
+            help="The folder that holds train/, val/, test/ (each with NORMAL/ and PNEUMONIA/), as in the public "
+            "download. A parent folder is fine: it is searched a few levels down.",
+        )
+        root, problem = check_data_dir(data_dir())
+        if root is None:
+            st.error(problem, icon=":material/folder_off:")
+        else:
+            summary = summary_for(root)
+            found = f"{summary['total_images']:,} images" if summary else "found"
+            where = f" in {root}" if Path(os.path.abspath(data_dir())) != root else ""
+            st.caption(f":material/check_circle: {found}{where}")
+        st.text_input(
+            "Artifacts folder (saved runs)", key=ARTIFACTS_KEY, live="600ms",
+            help="Where searches save their runs (one sub-folder per run), and where the other pages read them.",
+        )
+        usable, message = check_artifacts_dir(artifacts_dir())
+        if usable:
+            st.caption(f"{':material/check_circle:' if Path(artifacts_dir()).is_dir() else ':material/info:'} {message}")
+        else:
+            st.error(message, icon=":material/folder_off:")
+
+
+# ---------------------------------------------------------------------------- cached loaders
+
+
+def folder_fingerprint(root: Path) -> str:
+    """Changes when images are added to or removed from the split and class folders."""
+    digest = hashlib.sha256(str(root).encode())
+    folders = [root]
+    for _ in range(2):  # root -> split folders -> class folders
+        children = []
+        for folder in folders:
+            try:
+                children += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                continue
+        folders += children
+        folders = list(dict.fromkeys(folders))
+    for folder in folders:
+        try:
+            digest.update(f"|{folder}|{folder.stat().st_mtime_ns}".encode())
+        except OSError:
+            digest.update(f"|{folder}|gone".encode())
+    return digest.hexdigest()[:20]
+
+
+@st.cache_data(max_entries=4, show_spinner="Scanning the data folder…")
+def _scan(root: str, fingerprint: str) -> tuple[dict, pd.DataFrame]:
+    dataset = data.scan_folder(root)
+    return data.summarize(dataset), dataset.table
+
+
+@st.cache_data(max_entries=4, show_spinner="Splitting by patient…")
+def _split(root: str, fingerprint: str, seed: int = 42) -> tuple[dict | None, str]:
+    dataset = data.scan_folder(root)
+    try:
+        data.require_usable(dataset)
+        table, notes = data.assign_splits(dataset.table, seed=seed)
+    except data.DataError as error:
+        return None, str(error)
+    dataset.notes.extend(notes)
+    return data.summarize(dataset, table), ""
+
+
+def summary_for(root: Path) -> dict | None:
+    try:
+        return _scan(str(root), folder_fingerprint(root))[0]
+    except data.DataError:
+        return None
+
+
+def scan_for(root: Path) -> tuple[dict, pd.DataFrame]:
+    return _scan(str(root), folder_fingerprint(root))
+
+
+def split_summary_for(root: Path) -> tuple[dict | None, str]:
+    return _split(str(root), folder_fingerprint(root))
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _model(path: str, mtime_ns: int):
+    from core import evaluation
+
+    return evaluation.load_model(path)
+
+
+def model_for(run: artifacts.Run):
+    return _model(str(run.model_path), _mtime(run.model_path))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _predictions(path: str, mtime_ns: int) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def predictions_for(run: artifacts.Run) -> pd.DataFrame:
+    path = run.folder / artifacts.PREDICTIONS
+    if not path.exists():
+        raise artifacts.RunError(f"run {run.name!r} has no test predictions yet (state: {run.state})")
+    return _predictions(str(path), _mtime(path))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _trained_on(path: str, mtime_ns: int) -> frozenset[str]:
+    table = pd.read_csv(path, usecols=["path", "split"])
+    return frozenset(table.loc[table["split"].isin(["train", "val"]), "path"])
+
+
+def trained_on(run: artifacts.Run) -> frozenset[str]:
+    """Paths of the images a run trained or chose its threshold on (from its splits.csv)."""
+    path = run.folder / artifacts.SPLITS
+    return _trained_on(str(path), _mtime(path)) if path.exists() else frozenset()
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _predict(artifacts_folder: str, name: str, model_mtime_ns: int, images: tuple[tuple[str, bytes], ...]) -> pd.DataFrame:
+    from core import evaluation
+
+    run = artifacts.load_run(artifacts_folder, name)
+    model = _model(str(run.model_path), model_mtime_ns)
+    with tempfile.TemporaryDirectory(prefix="cxr-predict-") as folder:
+        paths = []
+        for i, (file_name, content) in enumerate(images):
+            suffix = Path(file_name).suffix.lower()
+            path = Path(folder) / f"{i:04d}{suffix if suffix in data.IMAGE_EXTENSIONS else '.img'}"
+            path.write_bytes(content)
+            paths.append(str(path))
+        table = evaluation.predict_files(run, paths, model=model)
+    table.insert(0, "image", [file_name for file_name, _ in images])
+    return table.drop(columns=["path"])
+
+
+def predict_images(run: artifacts.Run, images: list[tuple[str, bytes]]) -> pd.DataFrame:
+    """Score (name, bytes) images with a run: image, probability, label, error (one row each)."""
+    return _predict(str(run.folder.parent), run.name, _mtime(run.model_path), tuple(images))
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def runs_with_metrics(folder: str) -> list[artifacts.Run]:
+    return [r for r in artifacts.list_runs(folder) if r.metrics and (r.folder / artifacts.PREDICTIONS).exists()]
+
+
+def runs_with_model(folder: str) -> list[artifacts.Run]:
+    return [r for r in artifacts.list_runs(folder) if r.metrics and r.has_model]
+
+
+def test_auc(run: artifacts.Run) -> float:
+    value = ((run.metrics or {}).get("test") or {}).get("auc")
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else float("-inf")
+
+
+def best_per_family(runs: list[artifacts.Run]) -> list[str]:
+    """Names of the run with the best test AUC in each family, in the order of `runs`."""
+    best: dict[str, artifacts.Run] = {}
+    for run in runs:
+        if run.family not in best or test_auc(run) > test_auc(best[run.family]):
+            best[run.family] = run
+    chosen = {r.name for r in best.values()}
+    return [r.name for r in runs if r.name in chosen]
+
+
+def run_label(run: artifacts.Run) -> str:
+    auc = test_auc(run)
+    shown = f"test AUC {auc:.3f}" if np.isfinite(auc) else run.state
+    return f"{run.name} ({run.family}, {shown})"
+
+
+def tail_text(path: Path, lines: int = 30) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 32_000))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def elapsed_s(progress: dict, active: bool) -> float:
+    """Seconds the search has run, over all its starts; a live run counts up to now."""
+    total = float(progress.get("elapsed_s") or 0.0) + float(progress.get("elapsed_before_s") or 0.0)
+    if active and progress.get("updated_at"):
+        try:
+            updated = datetime.fromisoformat(progress["updated_at"])
+            total += max(0.0, (datetime.now(UTC) - updated).total_seconds())
+        except (TypeError, ValueError):
+            pass
+    return total
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not np.isfinite(seconds):
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
+
+
+def format_number(value, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and np.isfinite(value) else "–"

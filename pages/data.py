@@ -1,0 +1,138 @@
+"""Data page: what is in the data folder, and how to get the public data set when there is none."""
+
+import random
+
+import pandas as pd
+import streamlit as st
+
+from core import data, figures
+from core.download import DOWNLOAD_SIZE, KAGGLE_URL, DownloadError, download_public_dataset
+from pages import _shared as ui
+
+ui.leave_pages_folder_mode()
+st.title("Data")
+
+folder = ui.data_dir()
+root, problem = ui.check_data_dir(folder)
+
+
+def _get_the_data(problem: str) -> None:
+    st.error(f"The data folder cannot be used: {problem}", icon=":material/folder_off:")
+    st.header("Get the public data set")
+    st.markdown(
+        "The models are trained on the public **Chest X-Ray Images (Pneumonia)** data set "
+        f"(Kermany et al., 2018; 5,863 JPEG X-rays of children, {DOWNLOAD_SIZE} zipped), "
+        f"hosted on Kaggle: [{KAGGLE_URL}]({KAGGLE_URL})."
+    )
+    left, right = st.columns(2, border=True)
+    with left:
+        st.subheader("Download it now")
+        st.markdown(
+            "One click downloads it with `kagglehub` into its cache (`~/.cache/kagglehub`) and points the app "
+            "at it. It needs network access; Kaggle may ask for an account (`KAGGLE_USERNAME` / `KAGGLE_KEY`)."
+        )
+        if st.button(f"Download from Kaggle ({DOWNLOAD_SIZE})", type="primary", icon=":material/download:", key="download"):
+            with st.spinner("Downloading the data set from Kaggle… this can take several minutes."):
+                try:
+                    path = download_public_dataset()
+                except DownloadError as error:
+                    st.session_state["download_error"] = str(error)
+                else:
+                    st.session_state.pop("download_error", None)
+                    ui.use_data_dir(path)
+                    st.rerun()
+        if st.session_state.get("download_error"):
+            st.error(f"Download failed: {st.session_state['download_error']}")
+    with right:
+        st.subheader("Use a copy you already have")
+        st.markdown(
+            "Type its folder in **Data folder** in the sidebar, or start the app with "
+            "`CXR_DATA_DIR=/path/to/chest_xray streamlit run streamlit_app.py`. The folder must look like the "
+            "download (a parent folder is fine, it is searched a few levels down):"
+        )
+        st.code("chest_xray/\n  train/  NORMAL/  PNEUMONIA/\n  val/    NORMAL/  PNEUMONIA/   (optional)\n  test/   NORMAL/  PNEUMONIA/   (optional)", language=None)
+        st.caption("Without train/val/test folders, NORMAL/ and PNEUMONIA/ directly inside also work: splits are then made by patient.")
+
+
+if root is None:
+    _get_the_data(problem)
+    st.stop()
+
+try:
+    summary, table = ui.scan_for(root)
+except data.DataError as error:
+    _get_the_data(str(error))
+    st.stop()
+
+st.caption(f"Data folder: `{root}`")
+if summary["total_images"] == 0:
+    st.warning("No .jpeg/.jpg/.png images in NORMAL/ or PNEUMONIA/ folders here.")
+
+view = st.radio(
+    "Splits", ["As stored in the folders", "As a search splits them (by patient)"], horizontal=True, key="data_view",
+    help="A search keeps test/ when it has enough images, folds a tiny val/ into training, and carves "
+    "validation (and test, if missing) out of train/ so that no patient is in two splits.",
+)
+shown = summary
+if view.startswith("As a search"):
+    split_summary, split_problem = ui.split_summary_for(root)
+    if split_summary is None:
+        st.warning(f"A search could not split this folder: {split_problem}")
+    else:
+        shown = split_summary
+        st.caption("Default split fractions (15 % validation, 15 % test when carved) and seed 42, as `python -m core tune` uses.")
+
+images = shown["images"]
+total_patients = int(table["patient"].nunique()) if len(table) else 0
+normal = sum(split.get("NORMAL", 0) for split in images.values())
+pneumonia = sum(split.get("PNEUMONIA", 0) for split in images.values())
+cols = st.columns(4)
+cols[0].metric("Images", f"{shown['total_images']:,}")
+cols[1].metric("Patients", f"{total_patients:,}")
+cols[2].metric("Pneumonia : normal", f"{pneumonia / normal:.2f} : 1" if normal else "–", help="Over all splits shown")
+cols[3].metric("Unreadable files", f"{len(summary['unreadable']):,}")
+
+if images:
+    left, right = st.columns(2)
+    left.plotly_chart(figures.images_per_split_figure(images), key="fig_images")
+    right.plotly_chart(figures.patients_per_split_figure(shown["patients"]), key="fig_patients")
+    left, right = st.columns(2)
+    left.plotly_chart(figures.kinds_figure(shown["kinds"]), key="fig_kinds")
+    with right:
+        st.plotly_chart(figures.class_balance_figure(images), key="fig_balance")
+        weights = shown.get("class_weights") or {}
+        if weights:
+            st.caption(
+                "Training split: "
+                + (f"{shown['pneumonia_to_normal_ratio']:.2f} pneumonia images per normal one; " if shown.get("pneumonia_to_normal_ratio") else "")
+                + "class weights used in training "
+                + ", ".join(f"{name} {value:.2f}" for name, value in weights.items())
+                + " (each class counts equally)."
+            )
+
+st.header("Sample images")
+per_class = st.slider("Images per class", 2, 12, 6, key="data_samples")
+if st.button("Show other images", icon=":material/shuffle:"):
+    st.session_state["data_sample_seed"] = st.session_state.get("data_sample_seed", 0) + 1
+rng = random.Random(st.session_state.get("data_sample_seed", 0))
+for class_name in data.CLASS_NAMES:
+    rows = table[table["class_name"] == class_name]
+    st.subheader(f"{class_name.title()} ({len(rows):,} images)")
+    if rows.empty:
+        st.caption("none")
+        continue
+    picked = rows.iloc[sorted(rng.sample(range(len(rows)), min(per_class, len(rows))))]
+    captions = [f"{kind} · {patient}" for kind, patient in zip(picked["kind"], picked["patient"], strict=True)]
+    st.image(list(picked["path"]), caption=captions, width=150)
+
+st.header("Unreadable files")
+if summary["unreadable"]:
+    st.warning(f"{len(summary['unreadable'])} files are skipped by every search:")
+    st.dataframe(pd.DataFrame(summary["unreadable"]), hide_index=True, key="unreadable")
+else:
+    st.success("Every image file reads fine.", icon=":material/check_circle:")
+
+notes = list(dict.fromkeys(summary["notes"] + (shown["notes"] if shown is not summary else [])))
+if notes:
+    st.header("Notes")
+    st.markdown("\n".join(f"- {note}" for note in notes))

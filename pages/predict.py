@@ -1,0 +1,123 @@
+"""Predict page: score uploaded X-rays (or samples from the data folder) with saved runs, side by side."""
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import artifacts, data, figures
+from pages import _shared as ui
+
+ui.leave_pages_folder_mode()
+st.title("Predict")
+st.caption("Research tool, not a medical device: these probabilities come from models trained on one public data set.")
+
+folder = ui.artifacts_dir()
+runs = ui.runs_with_model(folder)
+if not runs:
+    st.info(f"No saved models in `{folder}` yet: finish a search on the **Tune** page first.", icon=":material/inbox:")
+    st.stop()
+by_name = {r.name: r for r in runs}
+picked = st.multiselect(
+    "Runs", list(by_name), default=ui.best_per_family(runs), key="predict_runs",
+    format_func=lambda name: ui.run_label(by_name[name]),
+    help="Each picked run scores every image with its saved model and its own threshold.",
+)
+
+left, right = st.columns([3, 2])
+with left:
+    uploads = st.file_uploader(
+        "Upload chest X-rays (JPEG or PNG)", type=["jpg", "jpeg", "png"], accept_multiple_files=True, key="predict_upload",
+    )
+with right:
+    st.markdown("**…or take images from the data folder**")
+    root, problem = ui.check_data_dir(ui.data_dir())
+    if root is None:
+        st.caption(f"No usable data folder: {problem}")
+    else:
+        _, table = ui.scan_for(root)
+        c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
+        how_many = c1.number_input("How many", 1, 24, 4, key="predict_sample_count")
+        if c2.button("Pick at random", icon=":material/shuffle:", key="predict_pick", disabled=table.empty):
+            rng = random.Random()
+            chosen = []
+            for i, class_name in enumerate(data.CLASS_NAMES):  # half of each class
+                paths = list(table.loc[table["class_name"] == class_name, "path"])
+                want = int(how_many) // 2 + (int(how_many) % 2 if i == len(data.CLASS_NAMES) - 1 else 0)
+                chosen += [(path, class_name) for path in rng.sample(paths, min(want, len(paths)))]
+            st.session_state["predict_samples"] = chosen
+        if st.session_state.get("predict_samples") and st.button("Clear the picked images", key="predict_clear"):
+            st.session_state["predict_samples"] = []
+
+images: list[tuple[str, bytes]] = []
+truth: dict[str, str] = {}
+sample_paths: dict[str, str] = {}
+for upload in uploads or []:
+    images.append((upload.name, upload.getvalue()))
+for path, class_name in st.session_state.get("predict_samples", []):
+    try:
+        images.append((Path(path).name, Path(path).read_bytes()))
+    except OSError as error:
+        st.error(f"Cannot read {path}: {error}")
+        continue
+    truth[Path(path).name] = class_name
+    sample_paths[Path(path).name] = path
+
+if not picked:
+    st.info("Pick at least one run.")
+    st.stop()
+if not images:
+    st.info("Upload one or more X-rays, or pick images from the data folder.")
+    st.stop()
+
+results: dict[str, pd.DataFrame] = {}
+with st.spinner(f"Scoring {len(images)} image{'s' if len(images) != 1 else ''} with {len(picked)} run{'s' if len(picked) != 1 else ''}…"):
+    for name in picked:
+        try:
+            results[name] = ui.predict_images(by_name[name], images)
+        except artifacts.RunError as error:
+            st.error(f"{name} cannot predict: {error}")
+picked = [name for name in picked if name in results]
+if not picked:
+    st.stop()
+
+# A file is unreadable for every run alike: report it once, with the first run's reason.
+first = results[picked[0]]
+bad = first[first["error"] != ""]
+for _, row in bad.iterrows():
+    st.error(f"**{row['image']}** was not scored: {row['error']}. Upload a JPEG or PNG chest X-ray.", icon=":material/block:")
+
+colors = figures.run_colors(picked)
+long_rows = []
+for index, (image_name, content) in enumerate(images):
+    if first["error"].iat[index]:
+        continue
+    rows = pd.DataFrame(
+        {
+            "run": picked,
+            "probability": [results[n]["probability"].iat[index] for n in picked],
+            "label": [results[n]["label"].iat[index] for n in picked],
+            "threshold": [float(by_name[n].metrics.get("threshold", 0.5)) for n in picked],
+        }
+    )
+    for row in rows.itertuples():
+        long_rows.append({"image": image_name, "run": row.run, "probability": row.probability, "label": row.label, "threshold": row.threshold, "true class": truth.get(image_name, "")})
+    with st.container(border=True):
+        left, right = st.columns([1, 3], vertical_alignment="center")
+        caption = image_name + (f" · true class {truth[image_name]}" if image_name in truth else "")
+        left.image(content, caption=caption, width="stretch")
+        with right:
+            st.plotly_chart(figures.probability_figure(rows, colors), key=f"fig_predict_{index}")
+            seen = [n for n in picked if sample_paths.get(image_name) in ui.trained_on(by_name[n])]
+            if seen:
+                st.caption(f":material/warning: {', '.join(seen)} trained or chose its threshold on this image: its score here is optimistic.")
+
+if long_rows:
+    st.header("All predictions")
+    table = pd.DataFrame(long_rows)
+    st.dataframe(
+        table, hide_index=True, key="predict_table",
+        column_config={"probability": st.column_config.NumberColumn("probability of pneumonia", format="%.3f"), "threshold": st.column_config.NumberColumn(format="%.3f")},
+    )
+    st.download_button("Download (CSV)", table.to_csv(index=False).encode(), file_name="predictions.csv", mime="text/csv", key="predict_download", icon=":material/download:")

@@ -1,0 +1,262 @@
+"""Tune page: start a Keras Tuner search in the background, follow it live, stop and resume it."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from core import artifacts, data, figures, jobs, models, tuning
+from pages import _shared as ui
+
+ui.leave_pages_folder_mode()
+st.title("Tune")
+st.caption(
+    "Each search runs as its own background process (`python -m core resume NAME`): closing this tab or "
+    "reloading the page does not stop it. Everything it does goes into its run folder."
+)
+
+folder = ui.artifacts_dir()
+data_folder = ui.data_dir()
+
+# Rough costs on a 2-4 core laptop CPU, measured with this code base: forward pass per image at the
+# family's default input size (transfer families) and a training step per image (custom CNN).
+FORWARD_MS = {"mobilenet": 60.0, "inception_v3": 250.0, "xception": 250.0}
+CNN_STEP_MS = 8.0
+FAMILY_HINTS = {
+    "custom_cnn": "Trains every weight from scratch, so every epoch passes over all training images; "
+    "cheap per image, and the cost grows with the square of the input size. No ImageNet weights needed.",
+    "mobilenet": "Light ImageNet backbone (about 60 ms per image at 224 px on a CPU). Frozen: features are "
+    "computed once per image and cached, then each trial trains a small head in seconds. Fine-tuning "
+    "retrains the top layers: several minutes per epoch on all images.",
+    "inception_v3": "The paper's backbone, at 299 px about 4× MobileNet's cost per image. Frozen mode is "
+    "practical on a CPU (features once, cached); fine-tuning all images takes hours.",
+    "xception": "Deeper Inception-style backbone at 299 px, similar cost to InceptionV3. Frozen mode is "
+    "practical on a CPU; fine-tuning is for a GPU.",
+}
+
+
+def estimate_seconds(family: str, mode: str, size: int, trials: int, epochs: int, n_images: int) -> float:
+    """Order of magnitude of a search's CPU time (decode, features or training, evaluation)."""
+    info = models.FAMILIES[family]
+    scale = (size / info.default_image_size) ** 2
+    n_train, n_val = 0.7 * n_images, 0.15 * n_images
+    decode = n_images * 0.004
+    if not info.transfer:
+        step = CNN_STEP_MS * scale / 1000
+        return decode + trials * epochs * (n_train * step + n_val * step / 3)
+    forward = FORWARD_MS[family] * scale / 1000
+    if mode == "frozen":
+        return decode + n_images * forward + trials * (2 + epochs * 0.5)
+    return decode + trials * epochs * (n_train * 3 * forward + n_val * forward) + 0.15 * n_images * forward
+
+
+# ---------------------------------------------------------------------------- the form
+
+
+st.header("New search")
+root, data_problem = ui.check_data_dir(data_folder)
+if root is None:
+    st.warning(f"Set a usable data folder in the sidebar first: {data_problem}", icon=":material/folder_off:")
+summary = ui.summary_for(root) if root is not None else None
+
+with st.container(border=True):
+    family = st.selectbox(
+        "Model family", list(models.FAMILIES), key="tune_family",
+        format_func=lambda name: f"{name} — {models.FAMILIES[name].description}",
+    )
+    info = models.FAMILIES[family]
+    st.caption(f":material/lightbulb: {FAMILY_HINTS.get(family, info.description)}")
+
+    c1, c2, c3 = st.columns(3)
+    tuner = c1.selectbox(
+        "Tuner", tuning.TUNERS, key="tune_tuner",
+        help="random: independent draws. bayesian: learns from earlier trials. hyperband: many short trainings, "
+        "the best trained longer (needs at least 2 epochs).",
+    )
+    default_trials, default_epochs = (5, 5) if not info.transfer else (10, 10)
+    trials = c2.number_input("Trials", 1, 1000, default_trials, key=f"tune_trials_{family}", help="Hyperparameter sets to try.")
+    epochs = c3.number_input("Epochs per trial", 1, 1000, default_epochs, key=f"tune_epochs_{family}")
+
+    c1, c2, c3 = st.columns(3)
+    image_size = c1.number_input(
+        "Input size (pixels)", 32, 1024, info.default_image_size, step=1, key=f"tune_size_{family}",
+        help=f"Images are resized to a square. {family}'s default: {info.default_image_size} px.",
+    )
+    max_per_class = c2.number_input(
+        "Images per class and split (0 = all)", 0, 100_000, 0, step=50, key="tune_max_per_class",
+        help="Cap for quick runs: at most this many images of each class in each split, drawn by patient.",
+    )
+    name = c3.text_input(
+        "Run name", key="tune_name", placeholder=f"{family}-…-date (automatic)",
+        help="1-80 letters, digits, '.', '_' or '-'. Empty: family-mode-date.",
+    )
+
+    mode, weights = "scratch", "none"
+    if info.transfer:
+        c1, c2 = st.columns(2)
+        mode = c1.radio(
+            "Transfer mode", models.MODES, horizontal=True, key="tune_mode",
+            help="frozen: the ImageNet backbone is fixed and only a head is trained (the paper's protocol). "
+            "finetune: the backbone's top layers train too (slower, often better).",
+        )
+        weights_choice = c2.radio(
+            "Backbone weights", ["imagenet", "none", "file"], horizontal=True, key="tune_weights",
+            help="imagenet: pretrained weights (downloaded once into ~/.keras/models). none: random weights "
+            "(only for tests). file: a local .h5 weights file.",
+        )
+        weights = weights_choice
+        if weights_choice == "file":
+            weights = st.text_input("Weights file (.h5)", key="tune_weights_file").strip()
+        elif weights_choice == "imagenet":
+            spec = info.backbone(int(image_size), "imagenet")
+            local = models.keras_models_dir() / spec.arch.weights_file(int(image_size), spec.alpha)
+            st.caption(
+                f"ImageNet weights: {'found in ' + str(local.parent) if local.exists() else 'not in ' + str(local.parent) + ' yet; downloaded on the first run (needs network)'}."
+            )
+
+    total_images = summary["total_images"] if summary else 0
+    n_images = min(total_images, 6 * int(max_per_class)) if max_per_class else total_images
+    if n_images:
+        seconds = estimate_seconds(family, mode, int(image_size), int(trials), int(epochs), n_images)
+        st.info(
+            f"Rough CPU time for this search on about {n_images:,} images: **{ui.format_duration(seconds)}** "
+            "(order of magnitude; the live panel below gives a real estimate once the first epoch ends).",
+            icon=":material/timer:",
+        )
+
+    start = st.button("Start search", type="primary", icon=":material/play_arrow:", key="tune_start")
+
+if start:
+    try:
+        if root is None:
+            raise data.DataError(data_problem)
+        if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
+            raise tuning.SettingsError(f"weights file {weights or '(empty)'} does not exist: pick an existing .h5 file, imagenet or none")
+        settings = tuning.SearchSettings(
+            data_dir=str(root), family=family, tuner=tuner, trials=int(trials), epochs=int(epochs),
+            image_size=int(image_size), weights=weights, mode=mode if info.transfer else "frozen",
+            max_per_class=int(max_per_class) or None, name=name.strip() or None, artifacts_dir=folder,
+        ).resolved()
+        started = jobs.start_search(settings)
+    except (tuning.SettingsError, artifacts.RunError, data.DataError, OSError) as error:
+        st.error(f"Not started: {error}", icon=":material/block:")
+    else:
+        st.session_state["tune_started"] = started
+        st.success(f"Started search **{started}** in the background.", icon=":material/rocket_launch:")
+
+
+# ---------------------------------------------------------------------------- live runs
+
+
+@st.fragment(run_every="2s")
+def live_panel(folder: str, name: str) -> None:
+    """One running search, re-read every two seconds (only this panel reruns)."""
+    try:
+        run = artifacts.load_run(folder, name)
+    except artifacts.RunError:
+        st.rerun(scope="app")
+        return
+    state, progress = run.state, run.progress
+    if state not in artifacts.ACTIVE_STATES:
+        st.rerun(scope="app")  # finished: move it to the list below
+        return
+    with st.container(border=True):
+        st.markdown(f"**{ui.STATE_ICONS.get(state, '')} {name}** · {run.family} · {run.settings.get('tuner')} search · state **{state}**")
+        total, done = progress.get("trials_total"), progress.get("trials_done") or 0
+        epoch, epochs = progress.get("epoch") or 0, progress.get("epochs")
+        cols = st.columns(6)
+        cols[0].metric("Phase", progress.get("phase") or state)
+        cols[1].metric("Trial", f"{progress.get('trial') or '–'} of {total or '?'}", help=f"{done} completed")
+        cols[2].metric("Epoch", f"{epoch or '–'} of {epochs or '?'}")
+        cols[3].metric("Best val AUC", ui.format_number(progress.get("best_val_auc")))
+        cols[4].metric("Elapsed", ui.format_duration(ui.elapsed_s(progress, active=True)))
+        cols[5].metric("Time left", ui.format_duration(jobs.estimate_remaining_s(progress)), help="From the time the finished epochs took")
+        if total and epochs:
+            fraction = min(1.0, (done + min(max(epoch - 1, 0), epochs) / epochs) / total)
+            st.progress(fraction, text=progress.get("message") or "")
+        elif progress.get("message"):
+            st.caption(progress["message"])
+        log = run.log_tail(12)
+        st.code(log or "(no log yet)", language=None, wrap_lines=True)
+        c1, c2, _ = st.columns([1, 1, 4])
+        if c1.button("Stop", key=f"stop_{name}", icon=":material/stop:", help="Stop after the current batch; completed trials are kept and it can be resumed."):
+            st.toast(jobs.stop_search(folder, name))
+        if c2.button("Kill now", key=f"kill_{name}", icon=":material/cancel:", help="Kill the process at once (SIGKILL). Completed trials are kept; resume continues."):
+            st.toast(jobs.stop_search(folder, name, force=True))
+
+
+runs = artifacts.list_runs(folder)
+active = [r for r in runs if r.state in artifacts.ACTIVE_STATES]
+finished = [r for r in runs if r.state not in artifacts.ACTIVE_STATES]
+
+st.header("Running searches")
+if not active:
+    st.caption("None running.")
+for run in active:
+    live_panel(folder, run.name)
+
+
+# ---------------------------------------------------------------------------- earlier runs
+
+
+def _resume(name: str) -> None:
+    try:
+        jobs.resume_search(folder, name)
+        st.session_state["tune_message"] = ("success", f"Resumed {name} in the background.")
+    except (artifacts.RunError, OSError) as error:
+        st.session_state["tune_message"] = ("error", f"Cannot resume {name}: {error}")
+
+
+st.header("Finished, stopped and failed runs")
+if message := st.session_state.pop("tune_message", None):
+    (st.success if message[0] == "success" else st.error)(message[1])
+if not finished:
+    st.caption(f"No runs in {folder} yet." if not runs else "None yet.")
+else:
+    table = artifacts.runs_table(finished)
+    table.insert(0, "outcome", table["state"])
+    st.dataframe(
+        table.drop(columns=["state"]), hide_index=True, key="tune_runs",
+        column_config={
+            "best_val_auc": st.column_config.NumberColumn("best val AUC", format="%.3f"),
+            "test_auc": st.column_config.NumberColumn("test AUC", format="%.3f"),
+            "accuracy": st.column_config.NumberColumn(format="%.3f"),
+            "sensitivity": st.column_config.NumberColumn(format="%.3f"),
+            "specificity": st.column_config.NumberColumn(format="%.3f"),
+            "threshold": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+    unfinished = [r for r in finished if r.state != "completed"][:10]
+    for run in unfinished:
+        with st.container(border=True):
+            progress = run.progress
+            st.markdown(
+                f"**{ui.STATE_ICONS.get(run.state, '')} {run.name}** · {run.family} · **{run.state}** · "
+                f"{progress.get('trials_done') or 0} of {progress.get('trials_total') or run.settings.get('trials', '?')} trials done · "
+                f"ran {ui.format_duration(ui.elapsed_s(progress, active=False))}"
+            )
+            if run.state == "failed":
+                st.error(progress.get("error") or "failed without an error message; see the process output below")
+            elif run.state == "interrupted":
+                st.warning("Its process ended without saying why (killed, or the machine restarted). Resume continues from the last completed trial.")
+            elif run.state == "stopped":
+                st.info(progress.get("message") or "stopped by request")
+            output = ui.tail_text(run.folder / jobs.PROCESS_LOG, 25)
+            with st.expander("Process output (last lines)", expanded=run.state == "failed"):
+                st.code(output or "(empty)", language=None, wrap_lines=True)
+            st.button("Resume", key=f"resume_{run.name}", icon=":material/play_arrow:", on_click=_resume, args=(run.name,))
+
+    st.subheader("Run details")
+    detail = st.selectbox("Run", [r.name for r in finished], key="tune_detail")
+    run = next(r for r in finished if r.name == detail)
+    left, right = st.columns(2)
+    with left:
+        trials = run.read(artifacts.TRIALS, []) or []
+        if any(t.get("score") is not None for t in trials):
+            st.plotly_chart(figures.trial_scores_figure(trials), key="fig_trials")
+        else:
+            st.caption("No completed trials.")
+        st.caption("Settings")
+        st.json(run.settings, expanded=False)
+    with right:
+        st.caption("Log (last lines)")
+        st.code(run.log_tail(30) or "(no log)", language=None, wrap_lines=True)

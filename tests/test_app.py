@@ -1,0 +1,338 @@
+"""The dashboard under Streamlit's AppTest: every page, empty and with real runs, and the workflows.
+
+Pages are run on their own (`AppTest.from_file("pages/x.py")`) with the two folders put in
+session state, as the sidebar of streamlit_app.py would; the main app is run too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import artifacts, download, evaluation
+from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, REPO
+
+# Loading a saved model without compiling it makes Keras say it skips the optimizer's state.
+pytestmark = pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
+PAGES = ("data", "tune", "compare", "predict")
+TIMEOUT = 90  # the first page to import TensorFlow pays for it
+
+
+def page(name: str, data_dir, artifacts_dir) -> AppTest:
+    at = AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
+    at.session_state["data_dir"] = str(data_dir)
+    at.session_state["artifacts_dir"] = str(artifacts_dir)
+    return at.run()
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, "\n".join(e.value for e in at.exception)
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def trace_names(at: AppTest) -> list[str]:
+    return [trace.get("name") or "" for spec in charts(at) for trace in spec["data"]]
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def metrics_of(runs_dir: Path, name: str) -> dict:
+    return json.loads((runs_dir / name / "metrics.json").read_text())
+
+
+def best_per_family(runs_dir: Path) -> set[str]:
+    best: dict[str, tuple[float, str]] = {}
+    for folder in runs_dir.iterdir():
+        if (folder / "metrics.json").exists():
+            family = json.loads((folder / "settings.json").read_text())["family"]
+            auc = metrics_of(runs_dir, folder.name)["test"]["auc"]
+            if family not in best or auc > best[family][0]:
+                best[family] = (auc, folder.name)
+    return {name for _, name in best.values()}
+
+
+# ---------------------------------------------------------------------------- every page renders
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_renders_on_an_empty_artifacts_folder(name, data_dir, empty_dir):
+    at = page(name, data_dir, empty_dir)
+    no_exception(at)
+    if name == "data":
+        assert {m.label: m.value for m in at.metric}["Images"] == "5,216"
+    elif name == "tune":
+        assert "None running." in texts(at.caption)
+        assert f"No runs in {empty_dir}" in texts(at.caption)
+    elif name == "compare":
+        assert "No finished runs with test results" in texts(at.info)
+    else:
+        assert "No saved models" in texts(at.info)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_renders_with_runs(name, data_dir, runs_dir):
+    at = page(name, data_dir, runs_dir)
+    no_exception(at)
+    if name == "data":
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["Images"] == "5,216" and metrics["Unreadable files"] == "0"
+        titles = [spec["layout"]["title"]["text"] for spec in charts(at)]
+        assert titles == ["Images per split and class", "Patients per split", "Pneumonia kinds per split", "Class balance"]
+        for spec in charts(at):
+            assert spec["layout"]["xaxis"]["title"]["text"] and spec["layout"]["yaxis"]["title"]["text"]
+        rows = at.get("image")  # one row of sample images per class, 6 by default
+        assert len(rows) == 2 and [len(row.value) for row in rows] == [6, 6]
+        assert all(caption.startswith("normal") for caption in rows[0].captions)
+        assert all(caption.split(" ")[0] in ("bacteria", "virus") for caption in rows[1].captions)
+    elif name == "tune":
+        table = at.dataframe[0].value
+        assert set(table["run"]) == {"cnn-small", "cnn-wide", "mobilenet-none", FAILED_RUN, INTERRUPTED_RUN}
+        outcome = dict(zip(table["run"], table["outcome"], strict=True))
+        assert outcome[FAILED_RUN] == "failed" and outcome[INTERRUPTED_RUN] == "interrupted"
+        assert outcome["cnn-small"] == "completed"
+        assert FAILED_ERROR in texts(at.error)  # the failed run's error, from progress.json
+        assert "line 300, in prepare_split" in texts(at.code)  # and the tail of its process.log
+        assert "Its process ended without saying why" in texts(at.warning)
+        assert {b.key for b in at.button} >= {f"resume_{FAILED_RUN}", f"resume_{INTERRUPTED_RUN}"}
+    elif name == "compare":
+        assert set(at.multiselect(key="compare_runs").value) == best_per_family(runs_dir)
+        roc = charts(at)[0]
+        assert roc["layout"]["xaxis"]["title"]["text"] == "False positive rate (1 − specificity)"
+        assert roc["layout"]["yaxis"]["title"]["text"] == "True positive rate (sensitivity)"
+        names = [t.get("name", "") for t in roc["data"]]
+        for run in best_per_family(runs_dir):
+            auc = metrics_of(runs_dir, run)["test"]["auc"]
+            assert f"{run} (AUC {auc:.3f})" in names
+    else:
+        assert set(at.multiselect(key="predict_runs").value) == best_per_family(runs_dir)
+        assert at.file_uploader[0].accept_multiple_files
+
+
+def test_main_app_sidebar_checks_the_folders(data_dir, runs_dir, monkeypatch):
+    monkeypatch.setenv("CXR_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=TIMEOUT).run()
+    no_exception(at)
+    assert at.text_input(key="data_dir").value == str(data_dir)
+    assert "5,216 images" in texts(at.sidebar.caption)
+    assert "5 saved runs" in texts(at.sidebar.caption)
+    for name in PAGES[1:]:
+        at.switch_page(f"pages/{name}.py").run()
+        no_exception(at)
+        assert at.text_input(key="artifacts_dir").value == str(runs_dir)  # kept across pages
+
+    at.text_input(key="data_dir").input("/no/such/folder").run()
+    assert "does not exist" in texts(at.sidebar.error)
+    at.text_input(key="artifacts_dir").input(str(runs_dir / "cnn-small" / "settings.json")).run()
+    assert "is a file, not a folder" in texts(at.sidebar.error)
+
+
+# ---------------------------------------------------------------------------- Data page
+
+
+def test_data_page_without_data_offers_the_download(tmp_path, runs_dir, monkeypatch):
+    at = page("data", tmp_path / "missing", runs_dir)
+    no_exception(at)
+    assert "does not exist" in texts(at.error)
+    assert download.KAGGLE_URL in texts(at.markdown)
+
+    import kagglehub
+
+    def offline(handle, *args, **kwargs):
+        raise ConnectionError("Failed to resolve 'www.kaggle.com'")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    at.button(key="download").click().run()
+    no_exception(at)
+    shown = texts(at.error)
+    assert "Download failed" in shown and download.KAGGLE_URL in shown and "Without network access" in shown
+
+
+def test_data_page_download_points_the_app_at_the_data(tmp_path, data_dir, runs_dir, monkeypatch):
+    fake = tmp_path / "kaggle" / "chest_xray"  # the download's layout: chest_xray/{train,test}/{NORMAL,PNEUMONIA}
+    for split in ("train", "test"):
+        for class_name in ("NORMAL", "PNEUMONIA"):
+            target = fake / split / class_name
+            target.mkdir(parents=True)
+            for source in sorted((data_dir / "train" / class_name).glob("*.jpeg"))[:3]:
+                shutil.copy(source, target / source.name)
+    (fake / "train" / "NORMAL" / "broken.jpeg").write_text("not an image")
+
+    import kagglehub
+
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, *a, **k: str(tmp_path / "kaggle"))
+    at = page("data", tmp_path / "missing", runs_dir)
+    at.button(key="download").click().run()
+    no_exception(at)
+    assert at.session_state["data_dir"] == str(fake)
+    assert {m.label: m.value for m in at.metric}["Images"] == "12"
+    assert "broken.jpeg" in at.dataframe[0].value["path"].iloc[0]  # the unreadable file is listed
+
+
+def test_download_errors_say_what_to_do(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # as if not installed
+    with pytest.raises(download.DownloadError, match="pip install kagglehub") as error:
+        download.download_public_dataset()
+    assert download.KAGGLE_URL in str(error.value)
+
+
+# ---------------------------------------------------------------------------- Tune page
+
+
+def set_tiny_search(at: AppTest, name: str) -> AppTest:
+    at.selectbox(key="tune_family").set_value("custom_cnn").run()
+    at.number_input(key="tune_trials_custom_cnn").set_value(1)
+    at.number_input(key="tune_epochs_custom_cnn").set_value(1)
+    at.number_input(key="tune_size_custom_cnn").set_value(32)
+    at.number_input(key="tune_max_per_class").set_value(12)
+    at.text_input(key="tune_name").input(name)
+    return at.run()
+
+
+def test_tune_form_refuses_a_bad_name(data_dir, empty_dir):
+    at = set_tiny_search(page("tune", data_dir, empty_dir), "bad name!")
+    at.button(key="tune_start").click().run()
+    no_exception(at)
+    assert "invalid run name 'bad name!'" in texts(at.error)
+    assert list(empty_dir.iterdir()) == []
+
+
+def test_tune_form_refuses_a_missing_data_folder(tmp_path, empty_dir):
+    at = page("tune", tmp_path / "nowhere", empty_dir)
+    assert "does not exist" in texts(at.warning)
+    set_tiny_search(at, "ok-name").button(key="tune_start").click().run()
+    assert "Not started" in texts(at.error)
+    assert list(empty_dir.iterdir()) == []
+
+
+def test_search_started_from_tune_finishes_and_shows_on_compare(data_dir, copy_runs):
+    folder = copy_runs(["cnn-small"])
+    at = set_tiny_search(page("tune", data_dir, folder), "from-the-ui")
+    at.button(key="tune_start").click().run()
+    no_exception(at)
+    assert "Started search **from-the-ui**" in texts(at.success)
+    settings = json.loads((folder / "from-the-ui" / "settings.json").read_text())
+    assert (settings["family"], settings["trials"], settings["epochs"], settings["image_size"], settings["max_per_class"]) == (
+        "custom_cnn", 1, 1, 32, 12,
+    )
+
+    at.run()  # the live panel of the running search
+    no_exception(at)
+    assert " from-the-ui** · custom_cnn · random search · state **" in texts(at.markdown)
+    assert [m.label for m in at.metric] == ["Phase", "Trial", "Epoch", "Best val AUC", "Elapsed", "Time left"]
+    assert {b.key for b in at.button} >= {"stop_from-the-ui", "kill_from-the-ui"}
+
+    deadline = time.monotonic() + 120
+    while True:
+        run = artifacts.load_run(folder, "from-the-ui")
+        if run.state not in artifacts.ACTIVE_STATES:
+            break
+        assert time.monotonic() < deadline, f"search still {run.state} after 120 s: {run.progress}"
+        time.sleep(1)
+    assert run.state == "completed", (run.progress, (run.folder / "process.log").read_text()[-2000:])
+
+    at.run()
+    table = at.dataframe[0].value
+    assert dict(zip(table["run"], table["outcome"], strict=True))["from-the-ui"] == "completed"
+
+    compare = page("compare", data_dir, folder)
+    no_exception(compare)
+    compare.multiselect(key="compare_runs").set_value(["from-the-ui", "cnn-small"]).run()
+    auc = run.metrics["test"]["auc"]
+    assert f"from-the-ui (AUC {auc:.3f})" in trace_names(compare)
+
+
+# ---------------------------------------------------------------------------- Compare page
+
+
+def test_compare_threshold_moves_the_confusion_matrix(data_dir, runs_dir):
+    at = page("compare", data_dir, runs_dir)
+    at.multiselect(key="compare_runs").set_value(["cnn-small"]).run()
+    saved = metrics_of(runs_dir, "cnn-small")
+    test = saved["test"]
+    # At the validation-chosen threshold the page shows exactly the saved test metrics.
+    assert f"Sensitivity **{test['sensitivity']:.3f}** · specificity **{test['specificity']:.3f}**" in texts(at.markdown)
+    matrix = charts(at)[1]["data"][0]["text"]
+    assert matrix[0][0].startswith(f"{test['tn']}<br>") and matrix[1][1].startswith(f"{test['tp']}<br>")
+
+    at.slider(key="threshold::cnn-small").set_value(0.0).run()  # everything is called pneumonia
+    no_exception(at)
+    assert "Sensitivity **1.000** · specificity **0.000**" in texts(at.markdown)
+    table = at.dataframe[0].value
+    assert table.loc[0, "threshold"] == 0.0 and table.loc[0, "sensitivity"] == 1.0
+    point = next(t for t in charts(at)[0]["data"] if t.get("name", "").startswith("cnn-small at threshold"))
+    assert (point["x"], point["y"]) == ([1.0], [1.0])
+    assert any(b.key == "reset_cnn-small" for b in at.button)
+
+
+def test_compare_per_image_filters(data_dir, runs_dir):
+    at = page("compare", data_dir, runs_dir)
+    at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide"]).run()
+    a = pd.read_csv(runs_dir / "cnn-small" / "predictions.csv").set_index("path")
+    b = pd.read_csv(runs_dir / "cnn-wide" / "predictions.csv").set_index("path")
+    ta, tb = (metrics_of(runs_dir, n)["threshold"] for n in ("cnn-small", "cnn-wide"))
+    both = a.join(b, lsuffix="_a", rsuffix="_b", how="inner")
+    assert len(both) == len(a) == len(b)  # same seed and cap: the same test images
+    called_a, called_b = both["probability_a"] >= ta, both["probability_b"] >= tb
+    wrong_a, wrong_b = called_a != (both["y_true_a"] == 1), called_b != (both["y_true_b"] == 1)
+    images = at.dataframe[1].value
+    assert len(images) == len(both)
+    assert (images["wrong in"].to_numpy() == (wrong_a.astype(int) + wrong_b.astype(int)).loc[images["path"]].to_numpy()).all()
+    assert set(images.columns) >= {"image", "class_name", "kind", "p:cnn-small", "p:cnn-wide", "wrong in"}
+
+    at.checkbox(key="filter_wrong").check().run()
+    assert len(at.dataframe[1].value) == int((wrong_a | wrong_b).sum())
+    at.checkbox(key="filter_wrong").uncheck()
+    at.checkbox(key="filter_disagree").check().run()
+    assert len(at.dataframe[1].value) == int((called_a != called_b).sum())
+
+
+# ---------------------------------------------------------------------------- Predict page
+
+
+def test_predict_scores_uploads_and_reports_a_bad_file(data_dir, runs_dir, sample_image):
+    at = page("predict", data_dir, runs_dir)
+    at.multiselect(key="predict_runs").set_value(["cnn-small", "mobilenet-none"])
+    at.file_uploader(key="predict_upload").set_value(
+        [("chest.jpeg", sample_image.read_bytes(), "image/jpeg"), ("notes.jpeg", b"this is a text file, not an X-ray", "image/jpeg")]
+    )
+    at.run()
+    no_exception(at)
+    assert "**notes.jpeg** was not scored" in texts(at.error)
+    assert "chest.jpeg" not in texts(at.error)
+
+    table = at.dataframe[0].value
+    assert list(table["image"]) == ["chest.jpeg", "chest.jpeg"] and list(table["run"]) == ["cnn-small", "mobilenet-none"]
+    run = artifacts.load_run(runs_dir, "cnn-small")
+    expected = evaluation.predict_files(run, [str(sample_image)]).iloc[0]
+    assert table.loc[0, "probability"] == pytest.approx(expected["probability"], abs=1e-6)
+    assert table.loc[0, "label"] == expected["label"]
+
+    figure = charts(at)[0]
+    assert figure["layout"]["xaxis"]["title"]["text"] == "Probability of pneumonia"
+    assert figure["layout"]["xaxis"]["range"][0] == 0
+    thresholds = next(t for t in figure["data"] if t.get("name") == "run's threshold")["x"]
+    assert thresholds[0] == pytest.approx(metrics_of(runs_dir, "cnn-small")["threshold"])
+
+
+def test_predict_samples_from_the_data_folder(data_dir, runs_dir):
+    at = page("predict", data_dir, runs_dir)
+    at.number_input(key="predict_sample_count").set_value(2)
+    at.button(key="predict_pick").click().run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert sorted(set(table["true class"])) == ["NORMAL", "PNEUMONIA"]
+    assert table["probability"].between(0, 1).all()
+    assert len(charts(at)) == 2  # one figure per image

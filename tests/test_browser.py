@@ -1,0 +1,176 @@
+"""One real-browser test: the dashboard served by `streamlit run`, every page opened in Chromium.
+
+Uses the system Chromium (`apt-get install chromium`) through Playwright's Python package, so no
+browser is downloaded. Screenshots of every page go to $CXR_SCREENSHOT_DIR (default
+/tmp/cxr-screenshots/<artifacts kind>/<page>.png); their paths are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+# url path -> text the page must show once rendered, with the fixture runs and without runs
+# (Data is the default page: it lives at the app's root, "/").
+PAGES = {
+    "": ("Images per split and class", "Images per split and class"),
+    "tune": ("Finished, stopped and failed runs", "No runs in"),
+    "compare": ("ROC curves on the test split", "No finished runs with test results"),
+    "predict": ("Upload chest X-rays", "No saved models in"),
+}
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_server(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {process.returncode}:\n{process.stdout.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
+
+
+def _wait_until_rendered(page, expected: str, timeout_ms: int = 90_000) -> None:
+    """Wait for the page's own text, then for the script run to finish (no 'Running' widget)."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
+    page.get_by_text(expected, exact=False).first.wait_for(timeout=timeout_ms)
+    quiet_since = None
+    deadline = time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        running = page.locator('[data-testid="stStatusWidget"]').count() > 0
+        if running:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 1.0:
+            break
+        time.sleep(0.2)
+    page.wait_for_timeout(500)  # let plotly finish drawing
+
+
+def _select_first_row(page) -> None:
+    """Tick the first row of the last table (a canvas grid: click where its checkbox is drawn)."""
+    grid = page.locator('[data-testid="stDataFrame"]').last
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)
+    page.locator('[data-testid="stImage"]').first.wait_for(timeout=30_000)
+    _wait_until_rendered(page, "true: ")
+
+
+def _screenshot(page, path: Path) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so grow the viewport to fit it."""
+    height = page.evaluate(
+        "() => Math.max(...['[data-testid=\"stMain\"]', '[data-testid=\"stMainBlockContainer\"]']"
+        ".map(s => document.querySelector(s)).filter(Boolean).map(e => e.scrollHeight), 900)"
+    )
+    width = page.viewport_size["width"]
+    page.set_viewport_size({"width": width, "height": min(int(height) + 40, 8000)})
+    page.wait_for_timeout(600)
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": width, "height": 900})
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield instance
+        instance.close()
+
+
+@pytest.mark.parametrize("kind", ["empty", "full"])
+def test_every_page_renders_in_a_browser(kind, browser, runs_dir, empty_dir, data_dir, capsys):
+    artifacts_dir = runs_dir if kind == "full" else empty_dir
+    port = _free_port()
+    env = dict(
+        os.environ, CXR_ARTIFACTS_DIR=str(artifacts_dir), CXR_DATA_DIR=str(data_dir),
+        PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        ],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    shots = Path(os.environ.get("CXR_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "cxr-screenshots") / kind
+    shots.mkdir(parents=True, exist_ok=True)
+    saved = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_server(base, server)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        for path, texts in PAGES.items():
+            expected = texts[0] if kind == "full" else texts[1]
+            page.goto(f"{base}/{path}")
+            _wait_until_rendered(page, expected)
+            if kind == "full" and path == "predict":  # score two images of the data folder
+                page.get_by_role("button", name="Pick at random").click()
+                _wait_until_rendered(page, "All predictions")
+            if kind == "full" and path == "compare":  # select the first image of the per-image table
+                _select_first_row(page)
+            shot = shots / f"{path or 'data'}.png"
+            _screenshot(page, shot)
+            saved.append(shot)
+            errors = page.locator('[data-testid="stException"]')
+            assert errors.count() == 0, f"{path or 'data'} page shows an exception: {errors.first.inner_text()[:2000]}"
+            if kind == "full" and path == "compare":
+                legend = page.locator(".js-plotly-plot .legendtext").evaluate_all("els => els.map(e => e.textContent)")
+                assert any(text.startswith("cnn-") and "AUC" in text for text in legend), legend
+                assert any(text.startswith("mobilenet-none (AUC") for text in legend), legend
+            if kind == "full" and path == "tune":
+                assert page.get_by_text("broken-search").count() > 0
+        # The sidebar checks the folders: a wrong data folder says what is wrong with it.
+        page.goto(base)
+        _wait_until_rendered(page, PAGES[""][0])
+        box = page.get_by_role("textbox", name="Data folder")
+        box.fill("/no/such/folder")
+        box.press("Enter")
+        page.get_by_role("button", name="Download from Kaggle", exact=False).wait_for(timeout=30_000)
+        assert "does not exist" in page.locator('[data-testid="stSidebar"] [data-testid="stAlert"]').first.inner_text()
+        _wait_until_rendered(page, "Get the public data set")
+        _screenshot(page, shots / "data-missing.png")
+        saved.append(shots / "data-missing.png")
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        with capsys.disabled():
+            for shot in saved:
+                print(f"\nscreenshot: {shot}", end="")
+            print()

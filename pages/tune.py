@@ -107,11 +107,25 @@ with st.container(border=True):
         if weights_choice == "file":
             weights = st.text_input("Weights file (.h5)", key="tune_weights_file").strip()
         elif weights_choice == "imagenet":
-            spec = info.backbone(int(image_size), "imagenet")
-            local = models.keras_models_dir() / spec.arch.weights_file(int(image_size), spec.alpha)
-            st.caption(
-                f"ImageNet weights: {'found in ' + str(local.parent) if local.exists() else 'not in ' + str(local.parent) + ' yet; downloaded on the first run (needs network)'}."
+            spec = info.backbone(
+                int(image_size), "imagenet", st.session_state.get("tune_mobilenet_version", "v2"), st.session_state.get("tune_alpha", 1.0)
             )
+            try:
+                local = models.keras_models_dir() / spec.arch.weights_file(int(image_size), spec.alpha)
+            except (KeyError, ValueError):
+                st.caption(f"Keras publishes no ImageNet weights for {spec.architecture} at width {spec.alpha}: pick another width.")
+            else:
+                where = f"found in {local.parent}" if local.exists() else f"not in {local.parent} yet: downloaded on the first run (needs network)"
+                st.caption(f"ImageNet weights ({local.name}): {where}.")
+
+    version, alpha = "v2", 1.0
+    with st.expander("More settings"):
+        c1, c2, c3, c4 = st.columns(4)
+        batch_size = c1.number_input("Batch size", 1, 4096, 32, key="tune_batch_size")
+        seed = c2.number_input("Seed", 0, 2**31 - 1, 42, key="tune_seed", help="Fixes the patient split, the image cap and the search's draws.")
+        if family == "mobilenet":
+            version = c3.selectbox("MobileNet version", sorted(models.MOBILENET_VERSIONS), index=sorted(models.MOBILENET_VERSIONS).index("v2"), key="tune_mobilenet_version")
+            alpha = c4.selectbox("Width (alpha)", [0.35, 0.5, 0.75, 1.0, 1.3, 1.4], index=3, key="tune_alpha", help="v1 takes 0.25-1.0; v2 0.35-1.4; v3 0.75 or 1.0")
 
     total_images = summary["total_images"] if summary else 0
     n_images = min(total_images, 6 * int(max_per_class)) if max_per_class else total_images
@@ -135,13 +149,17 @@ if start:
             data_dir=str(root), family=family, tuner=tuner, trials=int(trials), epochs=int(epochs),
             image_size=int(image_size), weights=weights, mode=mode if info.transfer else "frozen",
             max_per_class=int(max_per_class) or None, name=name.strip() or None, artifacts_dir=folder,
+            batch_size=int(batch_size), seed=int(seed), mobilenet_version=version, alpha=float(alpha),
         ).resolved()
         started = jobs.start_search(settings)
     except (tuning.SettingsError, artifacts.RunError, data.DataError, OSError) as error:
         st.error(f"Not started: {error}", icon=":material/block:")
     else:
+        # Rerun so the sidebar and the lists below see the new run; the message survives the rerun.
         st.session_state["tune_started"] = started
-        st.success(f"Started search **{started}** in the background.", icon=":material/rocket_launch:")
+        st.rerun()
+if started := st.session_state.pop("tune_started", None):
+    st.success(f"Started search **{started}** in the background: follow it below.", icon=":material/rocket_launch:")
 
 
 # ---------------------------------------------------------------------------- live runs
@@ -160,16 +178,18 @@ def live_panel(folder: str, name: str) -> None:
         st.rerun(scope="app")  # finished: move it to the list below
         return
     with st.container(border=True):
-        st.markdown(f"**{ui.STATE_ICONS.get(state, '')} {name}** · {run.family} · {run.settings.get('tuner')} search · state **{state}**")
+        st.markdown(
+            f"**{ui.STATE_ICONS.get(state, '')} {name}** · {run.family} · {run.settings.get('tuner')} search · "
+            f"state **{state}** · phase **{progress.get('phase') or state}**"
+        )
         total, done = progress.get("trials_total"), progress.get("trials_done") or 0
         epoch, epochs = progress.get("epoch") or 0, progress.get("epochs")
-        cols = st.columns(6)
-        cols[0].metric("Phase", progress.get("phase") or state)
-        cols[1].metric("Trial", f"{progress.get('trial') or '–'} of {total or '?'}", help=f"{done} completed")
-        cols[2].metric("Epoch", f"{epoch or '–'} of {epochs or '?'}")
-        cols[3].metric("Best val AUC", ui.format_number(progress.get("best_val_auc")))
-        cols[4].metric("Elapsed", ui.format_duration(ui.elapsed_s(progress, active=True)))
-        cols[5].metric("Time left", ui.format_duration(jobs.estimate_remaining_s(progress)), help="From the time the finished epochs took")
+        cols = st.columns(5)
+        cols[0].metric("Trial", f"{progress.get('trial') or '–'} of {total or '?'}", help=f"{done} completed")
+        cols[1].metric("Epoch", f"{epoch or '–'} of {epochs or '?'}")
+        cols[2].metric("Best val AUC", ui.format_number(progress.get("best_val_auc")))
+        cols[3].metric("Elapsed", ui.format_duration(ui.elapsed_s(progress, active=True)))
+        cols[4].metric("Time left", ui.format_duration(jobs.estimate_remaining_s(progress)), help="From the time the finished epochs took")
         if total and epochs:
             fraction = min(1.0, (done + min(max(epoch - 1, 0), epochs) / epochs) / total)
             st.progress(fraction, text=progress.get("message") or "")

@@ -96,6 +96,12 @@ def test_page_renders_with_runs(name, data_dir, runs_dir):
         assert len(rows) == 2 and [len(row.value) for row in rows] == [6, 6]
         assert all(caption.startswith("normal") for caption in rows[0].captions)
         assert all(caption.split(" ")[0] in ("bacteria", "virus") for caption in rows[1].captions)
+        # The split a search would make: patient-grouped train/val/test carved out of train/.
+        at.radio(key="data_view").set_value("As a search splits them (by patient)").run()
+        no_exception(at)
+        images, patients = charts(at)[0], charts(at)[1]
+        assert images["data"][0]["x"] == ["train", "val", "test"]
+        assert sum(patients["data"][0]["y"]) == int(metrics["Patients"].replace(",", ""))  # no patient in two splits
     elif name == "tune":
         table = at.dataframe[0].value
         assert set(table["run"]) == {"cnn-small", "cnn-wide", "mobilenet-none", FAILED_RUN, INTERRUPTED_RUN}
@@ -191,6 +197,16 @@ def test_download_errors_say_what_to_do(monkeypatch):
 # ---------------------------------------------------------------------------- Tune page
 
 
+def wait_until_done(folder: Path, name: str, seconds: float) -> artifacts.Run:
+    deadline = time.monotonic() + seconds
+    while True:
+        run = artifacts.load_run(folder, name)
+        if run.state not in artifacts.ACTIVE_STATES:
+            return run
+        assert time.monotonic() < deadline, f"search still {run.state} after {seconds} s: {run.progress}"
+        time.sleep(0.5)
+
+
 def set_tiny_search(at: AppTest, name: str) -> AppTest:
     at.selectbox(key="tune_family").set_value("custom_cnn").run()
     at.number_input(key="tune_trials_custom_cnn").set_value(1)
@@ -199,6 +215,28 @@ def set_tiny_search(at: AppTest, name: str) -> AppTest:
     at.number_input(key="tune_max_per_class").set_value(12)
     at.text_input(key="tune_name").input(name)
     return at.run()
+
+
+def test_tune_form_adapts_to_each_family(data_dir, empty_dir):
+    from core import models
+
+    at = page("tune", data_dir, empty_dir)
+    for family, info in models.FAMILIES.items():
+        at.selectbox(key="tune_family").set_value(family).run()
+        no_exception(at)
+        assert at.number_input(key=f"tune_size_{family}").value == info.default_image_size
+        assert bool(at.get("radio")) == info.transfer  # transfer mode and weights only for backbones
+        assert "Rough CPU time" in texts(at.info)
+    at.selectbox(key="tune_family").set_value("mobilenet").run()
+    at.selectbox(key="tune_mobilenet_version").set_value("v1")
+    at.selectbox(key="tune_alpha").set_value(0.35).run()  # a width Keras has no v1 weights for
+    no_exception(at)
+    assert "no ImageNet weights for mobilenet_v1 at width 0.35" in texts(at.caption)
+    at.radio(key="tune_weights").set_value("file").run()
+    at.text_input(key="tune_weights_file").input("/nowhere/weights.h5")
+    at.button(key="tune_start").click().run()
+    assert "weights file /nowhere/weights.h5 does not exist" in texts(at.error)
+    assert list(empty_dir.iterdir()) == []
 
 
 def test_tune_form_refuses_a_bad_name(data_dir, empty_dir):
@@ -231,16 +269,20 @@ def test_search_started_from_tune_finishes_and_shows_on_compare(data_dir, copy_r
     at.run()  # the live panel of the running search
     no_exception(at)
     assert " from-the-ui** · custom_cnn · random search · state **" in texts(at.markdown)
-    assert [m.label for m in at.metric] == ["Phase", "Trial", "Epoch", "Best val AUC", "Elapsed", "Time left"]
-    assert {b.key for b in at.button} >= {"stop_from-the-ui", "kill_from-the-ui"}
+    assert [m.label for m in at.metric] == ["Trial", "Epoch", "Best val AUC", "Elapsed", "Time left"]
 
-    deadline = time.monotonic() + 120
-    while True:
-        run = artifacts.load_run(folder, "from-the-ui")
-        if run.state not in artifacts.ACTIVE_STATES:
-            break
-        assert time.monotonic() < deadline, f"search still {run.state} after 120 s: {run.progress}"
-        time.sleep(1)
+    # Stop it at once (it may still be starting: then it is killed and shows as interrupted) ...
+    at.button(key="stop_from-the-ui").click().run()
+    no_exception(at)
+    run = wait_until_done(folder, "from-the-ui", 60)
+    assert run.state in ("stopped", "interrupted"), run.progress
+    at.run()
+    assert not (folder / "from-the-ui" / "metrics.json").exists()
+    # ... and resume it from its own row in the list of unfinished runs.
+    at.button(key="resume_from-the-ui").click().run()
+    no_exception(at)
+    assert "Resumed from-the-ui in the background." in texts(at.success)
+    run = wait_until_done(folder, "from-the-ui", 120)
     assert run.state == "completed", (run.progress, (run.folder / "process.log").read_text()[-2000:])
 
     at.run()

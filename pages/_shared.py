@@ -251,7 +251,10 @@ def _predict(artifacts_folder: str, name: str, model_mtime_ns: int, images: tupl
             path.write_bytes(content)
             paths.append(str(path))
         table = evaluation.predict_files(run, paths, model=model)
-    table.insert(0, "image", [file_name for file_name, _ in images])
+    names = [file_name for file_name, _ in images]
+    # Reasons name the temporary copy: name the file the user gave instead.
+    table["error"] = [error.replace(path, name) for error, path, name in zip(table["error"], paths, names, strict=True)]
+    table.insert(0, "image", names)
     return table.drop(columns=["path"])
 
 
@@ -284,6 +287,14 @@ def best_per_family(runs: list[artifacts.Run]) -> list[str]:
             best[run.family] = run
     chosen = {r.name for r in best.values()}
     return [r.name for r in runs if r.name in chosen]
+
+
+def forget_stale_choice(key: str, options) -> None:
+    """A multiselect whose remembered runs are gone (another folder, a deleted run) starts over
+    from its default instead of silently showing fewer runs or none."""
+    chosen = st.session_state.get(key)
+    if chosen is not None and any(name not in options for name in chosen):
+        del st.session_state[key]
 
 
 def run_label(run: artifacts.Run) -> str:

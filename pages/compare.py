@@ -21,6 +21,7 @@ if not runs:
     st.stop()
 
 by_name = {r.name: r for r in runs}
+ui.forget_stale_choice("compare_runs", by_name)
 picked = st.multiselect(
     "Runs to compare", list(by_name), default=ui.best_per_family(runs), key="compare_runs",
     format_func=lambda name: ui.run_label(by_name[name]),

@@ -19,6 +19,7 @@ if not runs:
     st.info(f"No saved models in `{folder}` yet: finish a search on the **Tune** page first.", icon=":material/inbox:")
     st.stop()
 by_name = {r.name: r for r in runs}
+ui.forget_stale_choice("predict_runs", by_name)
 picked = st.multiselect(
     "Runs", list(by_name), default=ui.best_per_family(runs), key="predict_runs",
     format_func=lambda name: ui.run_label(by_name[name]),

@@ -319,6 +319,16 @@ def test_compare_threshold_moves_the_confusion_matrix(data_dir, runs_dir):
     assert any(b.key == "reset_cnn-small" for b in at.button)
 
 
+@pytest.mark.parametrize("name", ["compare", "predict"])
+def test_run_choice_starts_over_in_another_artifacts_folder(name, data_dir, runs_dir, copy_runs):
+    at = page(name, data_dir, runs_dir)
+    assert set(at.multiselect[0].value) == best_per_family(runs_dir)
+    at.session_state["artifacts_dir"] = str(copy_runs(["cnn-wide"]))
+    at.run()
+    no_exception(at)
+    assert at.multiselect[0].value == ["cnn-wide"]  # the new folder's default, not an empty choice
+
+
 def test_compare_per_image_filters(data_dir, runs_dir):
     at = page("compare", data_dir, runs_dir)
     at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide"]).run()
@@ -352,7 +362,7 @@ def test_predict_scores_uploads_and_reports_a_bad_file(data_dir, runs_dir, sampl
     )
     at.run()
     no_exception(at)
-    assert "**notes.jpeg** was not scored" in texts(at.error)
+    assert "**notes.jpeg** was not scored: cannot read image: cannot identify image file 'notes.jpeg'" in texts(at.error)
     assert "chest.jpeg" not in texts(at.error)
 
     table = at.dataframe[0].value

@@ -301,6 +301,11 @@ def list_runs(artifacts: str | os.PathLike) -> list[Run]:
     return sorted(runs, key=lambda r: r.progress.get("started_at") or "", reverse=True)
 
 
+def _number(value) -> float:
+    """NaN for a missing value, so metric columns stay numeric (sortable) for unfinished runs."""
+    return float("nan") if value is None else float(value)
+
+
 def runs_table(runs: list[Run]) -> pd.DataFrame:
     """One row per run: what it is, its state and its test metrics (blank until evaluated)."""
     rows = []
@@ -315,12 +320,12 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
                 "image_size": run.settings.get("image_size"),
                 "state": run.state,
                 "trials": f"{run.progress.get('trials_done', 0)}/{run.progress.get('trials_total', '?')}",
-                "best_val_auc": run.progress.get("best_val_auc"),
-                "test_auc": metrics.get("auc"),
-                "accuracy": metrics.get("accuracy"),
-                "sensitivity": metrics.get("sensitivity"),
-                "specificity": metrics.get("specificity"),
-                "threshold": (run.metrics or {}).get("threshold"),
+                "best_val_auc": _number(run.progress.get("best_val_auc")),
+                "test_auc": _number(metrics.get("auc")),
+                "accuracy": _number(metrics.get("accuracy")),
+                "sensitivity": _number(metrics.get("sensitivity")),
+                "specificity": _number(metrics.get("specificity")),
+                "threshold": _number((run.metrics or {}).get("threshold")),
                 "started_at": run.progress.get("started_at"),
             }
         )

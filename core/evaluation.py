@@ -103,11 +103,15 @@ def time_inference(model, sample_pixels: np.ndarray, engine: str = "auto", cache
 
 def load_model(path: str | os.PathLike):
     """Load a saved model without running any code stored in it (Keras `safe_mode`)."""
+    import warnings
+
     import keras
 
     path = Path(path)
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        with warnings.catch_warnings():  # the optimizer state is not saved for inference: harmless
+            warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:
         raise artifacts.RunError(f"cannot load model {path}: {str(error)[:200]}") from None
 

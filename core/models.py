@@ -84,6 +84,8 @@ ARCHITECTURES = {
     )
 }
 MOBILENET_VERSIONS = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3": "mobilenet_v3_large", "v3_small": "mobilenet_v3_small"}
+# The width multipliers each version has (Keras refuses others, and only these have ImageNet weights).
+MOBILENET_WIDTHS = {"v1": (0.25, 0.5, 0.75, 1.0), "v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), "v3": (0.75, 1.0), "v3_small": (0.75, 1.0)}
 
 
 @dataclass(frozen=True)

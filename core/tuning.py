@@ -116,8 +116,11 @@ class SearchSettings:
             problems.append("max images per class must be at least 4 (or unset for all images)")
         if self.mobilenet_version not in models.MOBILENET_VERSIONS:
             problems.append(f"MobileNet version must be one of {', '.join(models.MOBILENET_VERSIONS)}")
-        if self.alpha not in (0.25, 0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
-            problems.append("alpha (MobileNet width) must be one of 0.25, 0.35, 0.5, 0.75, 1.0, 1.3, 1.4")
+        widths = models.MOBILENET_WIDTHS.get(self.mobilenet_version, ())
+        if self.family == "mobilenet" and self.alpha not in widths:
+            problems.append(f"MobileNet {self.mobilenet_version} comes in widths (alpha) {', '.join(map(str, widths))}")
+        if self.weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(self.weights)):
+            problems.append(f"weights file {self.weights} does not exist (use imagenet, none or an existing file)")
         if not (0.05 <= self.val_fraction <= 0.4 and 0.05 <= self.test_fraction <= 0.4):
             problems.append("validation and test fractions must be between 0.05 and 0.4")
         if self.engine not in ("auto", "tflite", "keras"):

@@ -1,0 +1,72 @@
+"""Benchmark: time to first render of each dashboard page with 20 saved runs.
+
+Run by hand from the repository root: `python bench/bench_dashboard.py`. It trains one tiny real
+run (custom CNN, 32 px, on ../shared data), copies it to 20 runs, and renders every page with
+Streamlit's AppTest, first with cold caches (a fresh process-level cache) and then warm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO.parent / "shared" / "data" / "chest_xray"
+PAGES = ("data", "tune", "compare", "predict")
+RUNS = 20
+
+
+def make_runs(store: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "core", "tune", "--data", str(DATA), "--family", "custom_cnn", "--trials", "1",
+         "--epochs", "1", "--image-size", "32", "--max-per-class", "40", "--name", "run-00", "--artifacts", str(store)],
+        cwd=REPO, check=True, capture_output=True,
+    )
+    for i in range(1, RUNS):
+        name = f"run-{i:02d}"
+        shutil.copytree(store / "run-00", store / name)
+        settings = json.loads((store / name / "settings.json").read_text())
+        (store / name / "settings.json").write_text(json.dumps({**settings, "name": name}))
+
+
+def render(page: str, store: Path) -> float:
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(REPO / "pages" / f"{page}.py"), default_timeout=300)
+    app.session_state["data_dir"] = str(DATA)
+    app.session_state["artifacts_dir"] = str(store)
+    start = time.perf_counter()
+    app.run()
+    elapsed = time.perf_counter() - start
+    if app.exception:
+        raise RuntimeError(f"{page}: {app.exception[0].value}")
+    return elapsed
+
+
+def main() -> None:
+    import logging
+
+    logging.getLogger("streamlit").setLevel(logging.ERROR)  # "missing ScriptRunContext" in bare mode
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("streamlit"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as folder:
+        store = Path(folder)
+        make_runs(store)
+        print(f"{RUNS} saved runs, {os.cpu_count()} cores; seconds to render each page")
+        print(f"{'page':<10}{'first':>10}{'again':>10}")
+        for page in PAGES:
+            first, again = render(page, store), render(page, store)
+            print(f"{page:<10}{first:>10.2f}{again:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

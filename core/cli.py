@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", required=True)
     predict.add_argument("--artifacts", default=artifacts_default)
     predict.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    predict.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
     predict.add_argument("images", nargs="+", help="image files or folders")
 
     evaluate = commands.add_parser("evaluate", help="metrics of a saved run on a data folder")
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
     evaluate.add_argument("--artifacts", default=artifacts_default)
+    evaluate.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
 
     summary = commands.add_parser("data", help="summarise a data folder (images, patients, unreadable files)")
     summary.add_argument("--data", required=True)
@@ -154,7 +156,7 @@ def _predict(args) -> int:
     paths = evaluation.expand_image_paths(args.images)
     if not paths:
         raise FileNotFoundError("no .jpeg/.jpg/.png images in the given paths")
-    table = evaluation.predict_files(run, paths)
+    table = evaluation.predict_files(run, paths, engine=args.engine)
     if args.csv:
         artifacts.write_csv(args.csv, table)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -168,7 +170,7 @@ def _evaluate(args) -> int:
     from core import artifacts, evaluation
 
     run = artifacts.load_run(args.artifacts, args.run)
-    metrics, _ = evaluation.evaluate_run_on_folder(run, args.data, args.split)
+    metrics, _ = evaluation.evaluate_run_on_folder(run, args.data, args.split, engine=args.engine)
     if metrics["patients_seen_in_training"]:
         print(f"warning: {metrics['patients_seen_in_training']} patients of this folder were in the run's training data")
     for key in ("n", "auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "unreadable"):

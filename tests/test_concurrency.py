@@ -34,7 +34,8 @@ def test_two_searches_at_once_both_finish(dataset, tmp_path):
 
 
 def test_a_running_name_cannot_be_started_or_resumed_twice(dataset, tmp_path):
-    jobs.start_search(_settings(dataset, tmp_path, "busy", trials=3, epochs=3))
+    # Long enough that it is still running when stopped, however slow or fast the machine.
+    jobs.start_search(_settings(dataset, tmp_path, "busy", trials=50, epochs=5))
     wait_for(lambda: artifacts.load_run(tmp_path, "busy").state == "running", 120, what="running")
     with pytest.raises(artifacts.RunError, match="still running"):
         jobs.resume_search(str(tmp_path), "busy")

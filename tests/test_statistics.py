@@ -239,6 +239,22 @@ def test_delong_matches_slow_reference_and_sklearn() -> None:
     assert single.low == pytest.approx(max(0.0, aucs[0] - 1.959963984540054 * single.se))
 
 
+def test_delong_fixed_example_written_out() -> None:
+    # Expected numbers for the fixed example above, with their source:
+    # - AUCs by counting pairs by hand: A wins 75 of the 11 x 9 = 99 positive-negative pairs and
+    #   ties 4, so AUC_A = (75 + 4/2) / 99 = 0.777778; B wins 66 and ties 9: (66 + 4.5) / 99 = 0.712121.
+    # - The standard error of the difference from DeLong, DeLong & Clarke-Pearson (1988),
+    #   Biometrics 44:837-845, structural components (V10, V01), evaluated with exact pairwise
+    #   comparisons by `_slow_delong` above: se = 0.1035600, z = 0.6339955, two-sided p = 0.5260838.
+    res = st.delong_test(_Y, _A, _B)
+    assert res.auc_a == pytest.approx(77 / 99)
+    assert res.auc_b == pytest.approx(70.5 / 99)
+    assert res.se == pytest.approx(0.1035600, abs=1e-7)
+    assert res.z == pytest.approx(0.6339955, abs=1e-7)
+    assert res.p_value == pytest.approx(0.5260838, abs=1e-7)
+    assert (res.ci_low, res.ci_high) == (pytest.approx(-0.1373173, abs=1e-7), pytest.approx(0.2686304, abs=1e-7))
+
+
 def test_delong_random_data_matches_slow_reference() -> None:
     rng = np.random.default_rng(0)
     y, a = _binormal(rng, 25, 35, 1.0)

@@ -2,7 +2,9 @@
 
 The runs are tiny (32 px, 12 images per class and split, 1 trial of 1 epoch) but real: trained,
 evaluated and saved by `python -m core tune` on the shared data set. Beside them, two runs are
-written by hand to stand for a failed and an interrupted search.
+written by hand to stand for a failed and an interrupted search. One more real run, made on another
+patient split (another seed), lives in a folder of its own with a copy of cnn-small: a pair whose
+test images differ, which paired tests must refuse.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ FIXTURE_RUNS = {
     "cnn-wide": ["--family", "custom_cnn", "--image-size", "40", "--seed", "42"],  # same seed: same test images
     "mobilenet-none": ["--family", "mobilenet", "--weights", "none", "--image-size", "32", "--seed", "42"],
 }
+# Another seed splits the patients differently: its test images are not those of the runs above.
+OTHER_SPLIT_RUN = "cnn-other-split"
+OTHER_SPLIT_ARGS = ["--family", "custom_cnn", "--image-size", "32", "--seed", "7"]
 FAILED_RUN = "broken-search"
 INTERRUPTED_RUN = "cut-short"
 FAILED_ERROR = "DataError: the val split has no NORMAL images: add images, or raise --max-per-class"
@@ -38,16 +43,23 @@ def _tune_command(name: str, extra: list[str], artifacts_dir: Path) -> list[str]
     ]
 
 
-def make_runs(artifacts_dir: Path) -> Path:
-    """Train the fixture runs (in parallel) and add a failed and an interrupted one."""
+def make_runs(artifacts_dir: Path, other_split_dir: Path | None = None) -> Path:
+    """Train the fixture runs (in parallel) and add a failed and an interrupted one.
+
+    With `other_split_dir`, the run on another patient split is trained there at the same time.
+    """
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    jobs = {name: (extra, artifacts_dir) for name, extra in FIXTURE_RUNS.items()}
+    if other_split_dir is not None:
+        other_split_dir.mkdir(parents=True, exist_ok=True)
+        jobs[OTHER_SPLIT_RUN] = (OTHER_SPLIT_ARGS, other_split_dir)
     processes = {
         name: subprocess.Popen(
-            _tune_command(name, extra, artifacts_dir), cwd=REPO, env=env,
+            _tune_command(name, extra, folder), cwd=REPO, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        for name, extra in FIXTURE_RUNS.items()
+        for name, (extra, folder) in jobs.items()
     }
     for name, process in processes.items():
         output, _ = process.communicate(timeout=300)
@@ -84,9 +96,25 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def runs_dir(tmp_path_factory, data_dir) -> Path:
+def _fixture_runs(tmp_path_factory, data_dir) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    make_runs(root / "artifacts", root / "other-split")
+    return root
+
+
+@pytest.fixture(scope="session")
+def runs_dir(_fixture_runs) -> Path:
     """An artifacts folder with three real finished runs, one failed and one interrupted."""
-    return make_runs(tmp_path_factory.mktemp("artifacts"))
+    return _fixture_runs / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def other_split_dir(_fixture_runs, runs_dir) -> Path:
+    """cnn-small beside a real run made on another patient split: their test images differ."""
+    folder = _fixture_runs / "other-split"
+    if not (folder / "cnn-small").exists():
+        shutil.copytree(runs_dir / "cnn-small", folder / "cnn-small", ignore=shutil.ignore_patterns("search.lock"))
+    return folder
 
 
 @pytest.fixture

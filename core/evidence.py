@@ -1,0 +1,336 @@
+"""A run's predictions turned into the evidence a clinical reader needs, and two runs compared.
+
+Glue between saved runs (`predictions.csv`, `metrics.json`) and `core.statistics`: metrics at a
+threshold with patient-bootstrap intervals, ROC, precision-recall and calibration curves,
+operating points and errors per pneumonia kind, and the paired tests (DeLong, McNemar) of two
+runs scored on the same test images. No Streamlit here: the Compare page caches these results and
+`core.report` writes them into an HTML file.
+
+Operating points other than the saved threshold are measured on the test images themselves, so
+they describe the test set rather than a choice made before seeing it. The saved runs keep no
+validation predictions, which is why they cannot be recomputed on validation here; the threshold
+chosen on validation (Youden's J) remains the honest one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core import statistics
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 1000
+SEED = 0
+CALIBRATION_BINS = 10
+INTERVAL_METRICS = statistics.BOOTSTRAP_METRICS  # auc, sensitivity, specificity, accuracy
+
+VALIDATION_CHOICE = "validation"
+CUSTOM_CHOICE = "custom"
+# Operating point name in `statistics.operating_points` -> what the reader sees.
+POINT_LABELS = {
+    "youden": "Youden's J on test",
+    "sens@spec90": "best sensitivity at specificity ≥ 90 %",
+    "sens@spec95": "best sensitivity at specificity ≥ 95 %",
+    "spec@sens90": "best specificity at sensitivity ≥ 90 %",
+    "spec@sens95": "best specificity at sensitivity ≥ 95 %",
+}
+DESCRIPTIVE_NOTE = (
+    "Operating points other than the validation-chosen threshold are measured on the test images: "
+    "they are descriptive (optimistic for this test set). Runs save no validation predictions, so these "
+    "points cannot be chosen on validation; the validation-chosen threshold is the honest one."
+)
+
+
+# ---------------------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """One entry of the threshold control: an operating point and what it gives on test."""
+
+    key: str  # "validation", "youden", "sens@spec90", ... ("custom" is the page's own)
+    label: str
+    threshold: float
+    sensitivity: float
+    specificity: float
+    on_test: bool  # True: chosen on the test images (descriptive only)
+
+
+@dataclass(frozen=True)
+class RunEvidence:
+    """Everything the Compare page and the report show about one run at one threshold."""
+
+    name: str
+    threshold: float  # the threshold in use
+    saved_threshold: float  # chosen on validation by the search
+    n_images: int
+    n_patients: int
+    n_positive: int
+    metrics: dict[str, Any]  # statistics.binary_metrics at `threshold`
+    intervals: dict[str, statistics.Interval] | None  # None when the test set is too small for a bootstrap
+    interval_problem: str  # why there are no intervals ("" when there are)
+    n_resamples: int
+    seed: int
+    confidence: float
+    roc: dict[str, list[float]]  # fpr, tpr
+    pr: dict[str, Any]  # precision, recall, average_precision, prevalence
+    reliability: dict[str, list[float]]  # mean_predicted, fraction_positive, count
+    brier: float
+    ece: float
+    choices: list[ThresholdChoice] = field(default_factory=list)
+    errors: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def interval(self, metric: str) -> statistics.Interval | None:
+        return (self.intervals or {}).get(metric)
+
+    def choice(self, key: str) -> ThresholdChoice | None:
+        return next((c for c in self.choices if c.key == key), None)
+
+
+def arrays(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, probabilities, patients) of a predictions table, checked."""
+    missing = [c for c in ("y_true", "probability", "patient") if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions lack columns {missing}")
+    y = predictions["y_true"].to_numpy(dtype=np.int64)
+    s = predictions["probability"].to_numpy(dtype=np.float64)
+    groups = predictions["patient"].astype(str).to_numpy()
+    return y, s, groups
+
+
+def _plain(values) -> list[float]:
+    return [round(float(v), 6) for v in np.asarray(values, dtype=np.float64)]
+
+
+def threshold_choices(y: np.ndarray, s: np.ndarray, saved_threshold: float) -> list[ThresholdChoice]:
+    """The validation-chosen threshold first, then the operating points measured on test."""
+    saved = statistics.binary_metrics(y, s, saved_threshold)
+    choices = [
+        ThresholdChoice(
+            VALIDATION_CHOICE, "validation-chosen (Youden's J on validation)", float(saved_threshold),
+            float(saved["sensitivity"]), float(saved["specificity"]), on_test=False,
+        )
+    ]
+    try:
+        points = statistics.operating_points(y, s)
+    except ValueError:  # one class only: no operating points
+        return choices
+    by_name = {p.name: p for p in points}
+    for name, label in POINT_LABELS.items():
+        point = by_name.get(name)
+        if point is None:
+            continue
+        # A threshold above every score is written as the next float above the top score; keep it
+        # in [0, 1] so a slider can show it (only a score of exactly 1.0 would be called differently).
+        threshold = min(max(float(point.threshold), 0.0), 1.0)
+        choices.append(ThresholdChoice(name, f"{label} (on test, descriptive)", threshold, point.sensitivity, point.specificity, on_test=True))
+    return choices
+
+
+def run_evidence(
+    name: str,
+    predictions: pd.DataFrame,
+    threshold: float,
+    saved_threshold: float | None = None,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+    n_bins: int = CALIBRATION_BINS,
+) -> RunEvidence:
+    """The evidence for one run's test predictions at `threshold`.
+
+    Intervals are percentile bootstraps that resample patients (`groups=patient`), so the images
+    of one patient stay together; `seed` makes them reproducible.
+    """
+    y, s, groups = arrays(predictions)
+    saved_threshold = float(threshold if saved_threshold is None else saved_threshold)
+    metrics = statistics.binary_metrics(y, s, threshold)
+    intervals, problem = None, ""
+    try:
+        intervals = statistics.bootstrap_ci(y, s, threshold, groups=groups, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    except ValueError as error:
+        problem = str(error)
+
+    n_pos = int(y.sum())
+    both = 0 < n_pos < y.size
+    if both:
+        from sklearn.metrics import roc_curve
+
+        fpr, tpr, _ = roc_curve(y, s)
+        roc = {"fpr": _plain(fpr), "tpr": _plain(tpr)}
+    else:
+        roc = {"fpr": [], "tpr": []}
+    pr_raw = statistics.precision_recall(y, s)
+    pr = {
+        "precision": _plain(pr_raw["precision"]),
+        "recall": _plain(pr_raw["recall"]),
+        "average_precision": float(pr_raw["average_precision"]),
+        "prevalence": n_pos / y.size if y.size else math.nan,
+    }
+    curve = statistics.reliability_curve(y, s, n_bins=n_bins)
+    reliability = {
+        "mean_predicted": _plain(curve["mean_predicted"]),
+        "fraction_positive": _plain(curve["fraction_positive"]),
+        "count": [int(c) for c in curve["count"]],
+    }
+    return RunEvidence(
+        name=name,
+        threshold=float(threshold),
+        saved_threshold=saved_threshold,
+        n_images=int(y.size),
+        n_patients=int(len(set(groups))),
+        n_positive=n_pos,
+        metrics=metrics,
+        intervals=intervals,
+        interval_problem=problem,
+        n_resamples=int(n_resamples),
+        seed=int(seed),
+        confidence=float(confidence),
+        roc=roc,
+        pr=pr,
+        reliability=reliability,
+        brier=statistics.brier_score(y, s),
+        ece=statistics.expected_calibration_error(y, s, n_bins=n_bins),
+        choices=threshold_choices(y, s, saved_threshold) if both else [],
+        errors=statistics.error_breakdown(predictions, threshold) if "kind" in predictions.columns else pd.DataFrame(),
+    )
+
+
+# ---------------------------------------------------------------------------- two runs
+
+
+@dataclass(frozen=True)
+class PairedEvidence:
+    """DeLong's test of the AUCs and McNemar's test at each run's threshold, on shared images."""
+
+    name_a: str
+    name_b: str
+    threshold_a: float
+    threshold_b: float
+    n_images: int
+    delong: statistics.DeLongResult
+    mcnemar: statistics.McNemarResult
+
+
+def paired_evidence(
+    name_a: str, predictions_a: pd.DataFrame, threshold_a: float,
+    name_b: str, predictions_b: pd.DataFrame, threshold_b: float,
+    confidence: float = CONFIDENCE,
+) -> PairedEvidence:
+    """Paired tests of two runs; `ValueError` (from `statistics.align_paired`) when their test images differ."""
+    paired = statistics.align_paired(predictions_a, predictions_b)
+    delong = statistics.delong_test(paired.y_true, paired.score_a, paired.score_b, confidence=confidence)
+    pred_a = (paired.score_a >= threshold_a).astype(int)
+    pred_b = (paired.score_b >= threshold_b).astype(int)
+    mcnemar = statistics.mcnemar_test(paired.y_true, pred_a, pred_b)
+    return PairedEvidence(name_a, name_b, float(threshold_a), float(threshold_b), int(paired.y_true.size), delong, mcnemar)
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def format_interval(interval: statistics.Interval | None, digits: int = 3) -> str:
+    """'0.932–0.968', or 'n/a' when there is no interval."""
+    if interval is None or not (math.isfinite(interval.low) and math.isfinite(interval.high)):
+        return "n/a"
+    return f"{interval.low:.{digits}f}–{interval.high:.{digits}f}"
+
+
+def format_p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def ci_label(confidence: float) -> str:
+    return f"{100 * confidence:g}% CI"
+
+
+def metrics_table(evidence: list[RunEvidence], combined: bool = False) -> pd.DataFrame:
+    """One row per run: threshold, point estimates and their intervals, calibration, sizes.
+
+    Each interval metric gets a number column and a text column `"<metric> 95% CI"`
+    ("0.932–0.968"); with `combined` one text column `"<metric> (95% CI)"` ("0.951 (0.932–0.968)")
+    instead, as a paper's table would print it.
+    """
+    rows = []
+    for ev in evidence:
+        label = ci_label(ev.confidence)
+        row: dict[str, Any] = {"run": ev.name, "threshold": ev.threshold}
+        for metric, title in (("auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("accuracy", "accuracy")):
+            value = float(ev.metrics[metric])
+            if combined:
+                shown = f"{value:.3f}" if math.isfinite(value) else "n/a"
+                row[f"{title} ({label})"] = f"{shown} ({format_interval(ev.interval(metric))})"
+            else:
+                row[title] = value
+                row[f"{title} {label}"] = format_interval(ev.interval(metric))
+        row.update(
+            {
+                "precision": float(ev.metrics["precision"]),
+                "F1": float(ev.metrics["f1"]),
+                "average precision": ev.pr["average_precision"],
+                "Brier": ev.brier,
+                "ECE": ev.ece,
+                "test images": ev.n_images,
+                "test patients": ev.n_patients,
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_row(paired: PairedEvidence, compact: bool = False) -> dict[str, Any]:
+    """One table row of a pair's tests; `compact` folds A/B columns together for a printed table."""
+    d, m = paired.delong, paired.mcnemar
+    label = ci_label(d.confidence)
+    difference_ci = f"{d.ci_low:+.3f} to {d.ci_high:+.3f}" if math.isfinite(d.ci_low) and math.isfinite(d.ci_high) else "n/a"
+    method = "exact binomial" if m.method == "exact" else "chi-square, continuity-corrected"
+    if compact:
+        return {
+            "run A": paired.name_a,
+            "run B": paired.name_b,
+            "images": paired.n_images,
+            "AUC A / B": f"{d.auc_a:.3f} / {d.auc_b:.3f}",
+            f"AUC A − B ({label})": f"{d.difference:+.3f} ({difference_ci})",
+            "DeLong p": format_p(d.p_value),
+            "thresholds A / B": f"{paired.threshold_a:.3f} / {paired.threshold_b:.3f}",
+            "McNemar b / c": f"{m.b} / {m.c}",
+            "McNemar p": format_p(m.p_value),
+            "McNemar method": method,
+        }
+    return {
+        "run A": paired.name_a,
+        "run B": paired.name_b,
+        "images": paired.n_images,
+        "AUC A": d.auc_a,
+        "AUC B": d.auc_b,
+        "AUC difference (A − B)": d.difference,
+        f"difference {label}": difference_ci,
+        "DeLong p": format_p(d.p_value),
+        "threshold A": paired.threshold_a,
+        "threshold B": paired.threshold_b,
+        "McNemar b (A right, B wrong)": m.b,
+        "McNemar c (A wrong, B right)": m.c,
+        "McNemar p": format_p(m.p_value),
+        "McNemar method": method,
+    }
+
+
+def errors_table(evidence: list[RunEvidence]) -> pd.DataFrame:
+    """Errors per pneumonia kind (normal, bacteria, virus, all) of every run, one row per run and kind."""
+    parts = []
+    for ev in evidence:
+        if ev.errors.empty:
+            continue
+        part = ev.errors.copy()
+        part.insert(0, "run", ev.name)
+        part.insert(1, "threshold", ev.threshold)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

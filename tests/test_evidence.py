@@ -1,0 +1,150 @@
+"""core.evidence: a run's evidence is exactly what core.statistics says about its predictions.
+
+Most tests use a synthetic test set big enough for meaningful intervals (300 images of 150
+patients, two images each); one uses the real fixture runs, including a pair made on different
+patient splits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import artifacts, evidence, statistics
+
+
+@pytest.fixture(scope="module")
+def predictions() -> pd.DataFrame:
+    """300 test images, 150 patients with 2 images each; a fair but imperfect classifier."""
+    rng = np.random.default_rng(3)
+    patients = np.repeat([f"p{i:03d}" for i in range(150)], 2)
+    y = np.repeat(rng.integers(0, 2, 150), 2)
+    patient_effect = np.repeat(rng.normal(0, 0.6, 150), 2)  # images of one patient are correlated
+    logit = 1.6 * (2 * y - 1) + patient_effect + rng.normal(0, 0.9, y.size)
+    probability = np.round(1 / (1 + np.exp(-logit)), 6)
+    kind = np.where(y == 1, np.where(rng.random(y.size) < 0.6, "bacteria", "virus"), "normal")
+    return pd.DataFrame(
+        {
+            "path": [f"/data/img{i:04d}.jpeg" for i in range(y.size)],
+            "patient": patients,
+            "kind": kind,
+            "class_name": np.where(y == 1, "PNEUMONIA", "NORMAL"),
+            "y_true": y,
+            "probability": probability,
+        }
+    )
+
+
+def test_evidence_equals_direct_statistics(predictions):
+    y, s, groups = predictions["y_true"].to_numpy(), predictions["probability"].to_numpy(), predictions["patient"].to_numpy()
+    ev = evidence.run_evidence("synthetic", predictions, 0.42, 0.5, n_resamples=400, seed=11)
+
+    assert ev.metrics == statistics.binary_metrics(y, s, 0.42)
+    assert ev.intervals == statistics.bootstrap_ci(y, s, 0.42, groups=groups, n_resamples=400, seed=11)
+    assert (ev.threshold, ev.saved_threshold, ev.n_images, ev.n_patients, ev.n_positive) == (0.42, 0.5, 300, 150, int(y.sum()))
+    assert ev.brier == statistics.brier_score(y, s)
+    assert ev.ece == statistics.expected_calibration_error(y, s)
+    curve = statistics.reliability_curve(y, s)
+    assert ev.reliability["count"] == curve["count"].tolist()
+    np.testing.assert_allclose(ev.reliability["fraction_positive"], curve["fraction_positive"], atol=1e-6)
+    pr = statistics.precision_recall(y, s)
+    assert ev.pr["average_precision"] == pr["average_precision"]
+    np.testing.assert_allclose(ev.pr["precision"], pr["precision"], atol=1e-6)
+    assert ev.pr["prevalence"] == pytest.approx(y.mean())
+    pd.testing.assert_frame_equal(ev.errors, statistics.error_breakdown(predictions, 0.42))
+
+
+def test_intervals_contain_their_estimate_and_follow_the_seed(predictions):
+    ev = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=1)
+    for metric in evidence.INTERVAL_METRICS:
+        interval = ev.interval(metric)
+        assert interval.low <= interval.estimate <= interval.high, (metric, interval)
+        assert interval.high - interval.low > 0.01  # a real interval, not a point
+        assert interval.estimate == pytest.approx(ev.metrics[metric])
+    again = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=1)
+    other = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=2)
+    assert again.intervals == ev.intervals
+    assert other.intervals["auc"] != ev.intervals["auc"]
+
+
+def test_intervals_resample_patients_not_images(predictions):
+    """Two correlated images per patient: the patient bootstrap is what the evidence uses, and it is wider."""
+    y, s = predictions["y_true"].to_numpy(), predictions["probability"].to_numpy()
+    ev = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=1000, seed=0)
+    by_image = statistics.bootstrap_ci(y, s, 0.5, n_resamples=1000, seed=0)
+    width = ev.interval("auc").high - ev.interval("auc").low
+    assert width > by_image["auc"].high - by_image["auc"].low
+
+
+def test_threshold_choices_are_the_validation_threshold_then_test_operating_points(predictions):
+    y, s = predictions["y_true"].to_numpy(), predictions["probability"].to_numpy()
+    ev = evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=100)
+    keys = [c.key for c in ev.choices]
+    assert keys == ["validation", "youden", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95"]
+    validation = ev.choice("validation")
+    assert validation.threshold == 0.47 and not validation.on_test
+    expected = {p.name: p for p in statistics.operating_points(y, s)}
+    for choice in ev.choices[1:]:
+        assert choice.on_test and "on test, descriptive" in choice.label
+        assert choice.threshold == expected[choice.key].threshold
+        at = statistics.binary_metrics(y, s, choice.threshold)  # the point really gives what it claims
+        assert (at["sensitivity"], at["specificity"]) == pytest.approx((choice.sensitivity, choice.specificity))
+    assert ev.choice("sens@spec95").specificity >= 0.95 and ev.choice("spec@sens90").sensitivity >= 0.90
+
+
+def test_a_test_set_of_one_class_gets_no_interval_and_says_why(predictions):
+    normal = predictions[predictions["y_true"] == 0]
+    ev = evidence.run_evidence("normals", normal, 0.5, n_resamples=50)
+    assert ev.intervals is None and "both classes" in ev.interval_problem
+    assert ev.choices == [] and math.isnan(ev.metrics["auc"])
+    assert evidence.metrics_table([ev])["AUC 95% CI"].tolist() == ["n/a"]
+
+
+def test_tables_show_the_intervals(predictions):
+    ev = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=200)
+    row = evidence.metrics_table([ev]).iloc[0]
+    auc = ev.interval("auc")
+    assert row["AUC"] == ev.metrics["auc"]
+    assert row["AUC 95% CI"] == f"{auc.low:.3f}–{auc.high:.3f}"
+    combined = evidence.metrics_table([ev], combined=True).iloc[0]
+    assert combined["AUC (95% CI)"] == f"{auc.estimate:.3f} ({auc.low:.3f}–{auc.high:.3f})"
+    errors = evidence.errors_table([ev, evidence.run_evidence("again", predictions, 0.2, n_resamples=50)])
+    assert list(errors["run"].unique()) == ["synthetic", "again"]
+    assert errors.loc[(errors["run"] == "again") & (errors["kind"] == "all"), "threshold"].item() == 0.2
+
+
+def test_paired_evidence_equals_delong_and_mcnemar(predictions):
+    b = predictions.copy()
+    rng = np.random.default_rng(5)
+    b["probability"] = np.clip(b["probability"] + rng.normal(0, 0.15, len(b)), 0, 1)
+    b = b.sample(frac=1.0, random_state=0)  # another row order: pairing goes by path
+    paired = evidence.paired_evidence("a", predictions, 0.5, "b", b, 0.4)
+
+    y = predictions["y_true"].to_numpy()
+    score_b = b.set_index("path").loc[predictions["path"], "probability"].to_numpy()
+    assert paired.delong == statistics.delong_test(y, predictions["probability"].to_numpy(), score_b)
+    assert paired.mcnemar == statistics.mcnemar_test(y, (predictions["probability"] >= 0.5).astype(int), (score_b >= 0.4).astype(int))
+    row = evidence.paired_row(paired)
+    assert row["DeLong p"] == evidence.format_p(paired.delong.p_value)
+    assert (row["McNemar b (A right, B wrong)"], row["McNemar c (A wrong, B right)"]) == (paired.mcnemar.b, paired.mcnemar.c)
+
+
+def test_real_runs_evidence_and_a_pair_on_different_splits_is_refused(runs_dir, other_split_dir):
+    run = artifacts.load_run(runs_dir, "cnn-small")
+    table = run.predictions()
+    ev = evidence.run_evidence(run.name, table, run.metrics["threshold"], run.metrics["threshold"], n_resamples=300)
+    for metric in ("accuracy", "sensitivity", "specificity", "tp", "fp", "tn", "fn"):
+        assert ev.metrics[metric] == pytest.approx(run.metrics["test"][metric])  # the saved test metrics
+    for metric in evidence.INTERVAL_METRICS:
+        assert ev.interval(metric).low <= ev.metrics[metric] <= ev.interval(metric).high
+
+    wide = artifacts.load_run(runs_dir, "cnn-wide")
+    paired = evidence.paired_evidence("cnn-small", table, ev.threshold, "cnn-wide", wide.predictions(), wide.metrics["threshold"])
+    assert paired.n_images == len(table)
+
+    other = artifacts.load_run(other_split_dir, "cnn-other-split")
+    with pytest.raises(ValueError, match="different test images"):
+        evidence.paired_evidence("cnn-small", table, 0.5, other.name, other.predictions(), 0.5)

@@ -105,11 +105,36 @@ def class_balance_figure(images: Mapping[str, Mapping[str, int]]) -> go.Figure:
 # ---------------------------------------------------------------------------- comparing runs
 
 
-def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
-    """ROC curves of several runs overlaid, AUC in the legend, chance diagonal, operating points.
+def _legend_below(fig: go.Figure, entries: int, base_height: int = 430) -> go.Figure:
+    """Legend under the plot (one entry per line), so a figure can sit in a narrow column."""
+    fig.update_layout(
+        height=base_height + 24 * entries,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.16, "xanchor": "left", "x": 0, "entrywidth": 1, "entrywidthmode": "fraction"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return fig
 
-    Each curve: `name`, `fpr`, `tpr`, `auc` and optionally `point` = {"fpr", "tpr", "threshold"}
-    (the operating point at the threshold in use).
+
+def _auc_label(name: str, auc, low=None, high=None, confidence: float = 0.95) -> str:
+    if auc is None or not np.isfinite(auc):
+        return f"{name} (AUC n/a)"
+    if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+        return f"{name} (AUC {auc:.3f}, {100 * confidence:g}% CI {low:.3f}–{high:.3f})"
+    return f"{name} (AUC {auc:.3f})"
+
+
+def _unit_square(fig: go.Figure) -> go.Figure:
+    fig.update_xaxes(range=[-0.01, 1.01], constrain="domain")
+    fig.update_yaxes(range=[-0.01, 1.01], scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
+    """ROC curves of several runs overlaid, AUC (and its interval) in the legend, chance diagonal, operating points.
+
+    Each curve: `name`, `fpr`, `tpr`, `auc`, optionally `auc_low`, `auc_high` and `confidence`
+    (the AUC's interval, shown in the legend) and `point` = {"fpr", "tpr", "threshold"} (the
+    operating point at the threshold in use).
     """
     colors = dict(colors or run_colors([c["name"] for c in curves]))
     fig = go.Figure()
@@ -120,8 +145,7 @@ def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = Non
     for curve in curves:
         name = curve["name"]
         color = colors.get(name, RUN_PALETTE[0])
-        auc = curve.get("auc")
-        label = f"{name} (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else f"{name} (AUC n/a)"
+        label = _auc_label(name, curve.get("auc"), curve.get("auc_low"), curve.get("auc_high"), curve.get("confidence", 0.95))
         fig.add_scatter(
             x=list(curve["fpr"]), y=list(curve["tpr"]), mode="lines", name=label, legendgroup=name,
             line={"color": color, "width": 2},
@@ -140,11 +164,101 @@ def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = Non
             )
     _layout(
         fig, "ROC curves on the test split (dots: operating points)",
-        "False positive rate (1 − specificity)", "True positive rate (sensitivity)", height=480,
+        "False positive rate (1 − specificity)", "True positive rate (sensitivity)",
     )
-    fig.update_layout(legend={"orientation": "v", "yanchor": "top", "y": 1.0, "xanchor": "left", "x": 1.02})
-    fig.update_xaxes(range=[-0.01, 1.01], constrain="domain")
-    fig.update_yaxes(range=[-0.01, 1.01], scaleanchor="x", scaleratio=1)
+    _legend_below(fig, len(curves) + 1)
+    return _unit_square(fig)
+
+
+def precision_recall_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
+    """Precision against recall for several runs, average precision in the legend.
+
+    Each curve: `name`, `precision`, `recall`, `average_precision` and optionally `prevalence`
+    (the share of pneumonia images: a classifier that guesses has that precision at every recall,
+    drawn as a dashed line).
+    """
+    colors = dict(colors or run_colors([c["name"] for c in curves]))
+    fig = go.Figure()
+    prevalences = sorted({round(float(c["prevalence"]), 4) for c in curves if c.get("prevalence") is not None and np.isfinite(c["prevalence"])})
+    for prevalence in prevalences:
+        fig.add_scatter(
+            x=[0, 1], y=[prevalence, prevalence], mode="lines", name=f"chance (prevalence {prevalence:.2f})",
+            line={"dash": "dash", "color": "#9e9e9e", "width": 1}, hoverinfo="skip",
+        )
+    for curve in curves:
+        name = curve["name"]
+        ap = curve.get("average_precision")
+        label = f"{name} (AP {ap:.3f})" if ap is not None and np.isfinite(ap) else f"{name} (AP n/a)"
+        fig.add_scatter(
+            x=list(curve["recall"]), y=list(curve["precision"]), mode="lines", name=label, legendgroup=name,
+            line={"color": colors.get(name, RUN_PALETTE[0]), "width": 2, "shape": "hv"},
+            hovertemplate="recall %{x:.3f}<br>precision %{y:.3f}<extra>" + name + "</extra>",
+        )
+    _layout(fig, "Precision-recall on the test split", "Recall (sensitivity)", "Precision (positive predictive value)")
+    _legend_below(fig, len(curves) + len(prevalences))
+    return _unit_square(fig)
+
+
+def calibration_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None, n_bins: int = 10) -> go.Figure:
+    """Reliability curves: observed share of pneumonia against the mean predicted probability per bin.
+
+    Each curve: `name`, `mean_predicted`, `fraction_positive`, `count` (images per non-empty
+    bin), and optionally `brier` and `ece` (shown in the legend). The diagonal is perfect
+    calibration.
+    """
+    colors = dict(colors or run_colors([c["name"] for c in curves]))
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+        line={"dash": "dash", "color": "#9e9e9e", "width": 1}, hoverinfo="skip",
+    )
+    for curve in curves:
+        name = curve["name"]
+        parts = [
+            f"{title} {curve[key]:.3f}" for key, title in (("brier", "Brier"), ("ece", "ECE"))
+            if curve.get(key) is not None and np.isfinite(curve[key])
+        ]
+        label = f"{name} ({', '.join(parts)})" if parts else name
+        counts = [int(c) for c in curve.get("count", [])]
+        fig.add_scatter(
+            x=list(curve["mean_predicted"]), y=list(curve["fraction_positive"]), mode="lines+markers", name=label,
+            legendgroup=name, line={"color": colors.get(name, RUN_PALETTE[0]), "width": 2},
+            marker={"size": 8}, customdata=counts or None,
+            hovertemplate="mean predicted %{x:.3f}<br>observed share %{y:.3f}"
+            + ("<br>%{customdata} images" if counts else "") + "<extra>" + name + "</extra>",
+        )
+    _layout(
+        fig, f"Calibration on the test split ({n_bins} equal-width bins)",
+        "Mean predicted probability of pneumonia", "Observed share with pneumonia",
+    )
+    _legend_below(fig, len(curves) + 1)
+    return _unit_square(fig)
+
+
+def error_breakdown_figure(table: pd.DataFrame, colors: Mapping[str, str] | None = None) -> go.Figure:
+    """Grouped bars: each run's error rate per kind of image (normal, bacteria, virus, all).
+
+    `table` has columns `run`, `kind`, `n`, `errors`, `error_rate` (`core.evidence.errors_table`).
+    For normal images an error is a false alarm; for bacterial and viral ones a missed pneumonia.
+    """
+    runs = list(dict.fromkeys(table["run"])) if not table.empty else []
+    colors = dict(colors or run_colors(runs))
+    order = [k for k in ("normal", "bacteria", "virus") if k in set(table.get("kind", []))]
+    order += sorted(k for k in set(table.get("kind", [])) if k not in order and k != "all")
+    if "all" in set(table.get("kind", [])):
+        order.append("all")
+    fig = go.Figure()
+    for run in runs:
+        part = table[table["run"] == run].set_index("kind").reindex(order)
+        rates = [100.0 * float(r) if pd.notna(r) else None for r in part["error_rate"]]
+        fig.add_bar(
+            name=run, x=order, y=rates, marker_color=colors.get(run, RUN_PALETTE[0]),
+            text=[f"{int(e)}/{int(n)}" if pd.notna(n) else "" for e, n in zip(part["errors"], part["n"], strict=True)],
+            textposition="outside", cliponaxis=False,
+            hovertemplate="%{x}: %{y:.1f} % wrong (%{text})<extra>" + run + "</extra>",
+        )
+    _layout(fig, "Errors by kind of image (at each run's threshold)", "True kind of image", "Images misclassified (%)", barmode="group")
+    fig.update_yaxes(rangemode="tozero", ticksuffix=" %")
     return fig
 
 

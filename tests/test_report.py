@@ -1,0 +1,115 @@
+"""core.report: one self-contained HTML file, checked as text and opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from core import artifacts, evidence, report
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+RUNS = ("cnn-small", "cnn-wide", "mobilenet-none")
+
+
+@pytest.fixture(scope="module")
+def fixture_runs(runs_dir, other_split_dir) -> list[artifacts.Run]:
+    """The three fixture runs plus one made on another patient split (a pair that cannot be paired)."""
+    return [artifacts.load_run(runs_dir, name) for name in RUNS] + [artifacts.load_run(other_split_dir, "cnn-other-split")]
+
+
+@pytest.fixture(scope="module")
+def report_file(fixture_runs, tmp_path_factory) -> Path:
+    html = report.build_report(fixture_runs, n_resamples=300, seed=4, generated_at=datetime(2026, 1, 2, 3, 4, tzinfo=UTC))
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def test_report_holds_the_evidence_of_every_run(fixture_runs, report_file):
+    html = report_file.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>")
+    assert "Generated 2026-01-02 03:04 UTC" in html
+    assert "Youden&#x27;s J on the validation split" in html  # the tool's threshold rule
+    assert "300 resamples, seed 4" in html
+    for run in fixture_runs:
+        ev = evidence.run_evidence(run.name, run.predictions(), run.metrics["threshold"], n_resamples=300, seed=4)
+        auc = ev.interval("auc")
+        # the metrics table row and the ROC legend carry the same interval
+        assert f"{auc.estimate:.3f} ({auc.low:.3f}–{auc.high:.3f})" in html
+        legend = f"{run.name} (AUC {auc.estimate:.3f}, 95% CI {auc.low:.3f}–{auc.high:.3f})"
+        assert json.dumps(legend)[1:-1] in html  # as plotly's JSON writes it
+        assert f"id='run-{run.name}'" in html  # its settings and data section
+        assert f"<td>{run.settings['seed']}</td>" in html
+    # paired tests: every pair on the same images is tested, the other split's pairs are refused with the reason
+    assert html.count("exact binomial") + html.count("chi-square, continuity-corrected") >= 3
+    assert html.count("not tested: runs were evaluated on different test images") == 3
+    assert "Errors by kind of image" in html and "missed pneumonia" in html
+
+
+def test_report_is_self_contained(report_file):
+    html = report_file.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src\s*=", html)  # plotly.js is inline, not fetched
+    assert not re.search(r"<link[^>]+href\s*=\s*[\"']?https?:", html)
+    assert html.count("Plotly.newPlot") == 4  # ROC, precision-recall, calibration, errors by kind
+    assert len(html) > 3_000_000  # the plotly.js bundle is in the file ...
+    assert html.count("plotly.js v") <= 2  # ... once (its banner), not once per figure
+
+
+def test_report_uses_the_thresholds_it_is_given(fixture_runs):
+    html = report.build_report(fixture_runs[:2], {"cnn-small": 0.0}, n_resamples=100)
+    assert "0.0000 (set by hand)" in html  # cnn-small at the given threshold
+    assert "(validation-chosen)" in html  # cnn-wide keeps its own
+    assert "1.000 (1.000–1.000)" in html  # at threshold 0 every image is called pneumonia: sensitivity 1
+    with pytest.raises(ValueError, match="at least one run"):
+        report.build_report([])
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`")
+def test_report_draws_every_figure_offline_in_chromium(fixture_runs, report_file):
+    from playwright.sync_api import sync_playwright
+
+    html = report_file.read_text(encoding="utf-8")
+    expected_figures = html.count("Plotly.newPlot")
+    requests: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("request", lambda request: requests.append(request.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(report_file.as_uri(), wait_until="load")
+            page.wait_for_function(
+                f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected_figures}", timeout=30_000
+            )
+            drawn = page.evaluate(
+                """() => [...document.querySelectorAll('.js-plotly-plot')].map(plot => ({
+                    svg: plot.querySelectorAll('svg.main-svg').length,
+                    traces: plot.querySelectorAll('.scatterlayer .trace path.js-line, .barlayer .trace .point path').length,
+                    title: (plot.querySelector('.gtitle') || {}).textContent || '',
+                    legend: [...plot.querySelectorAll('.legendtext')].map(t => t.textContent),
+                }))"""
+            )
+            text = page.inner_text("body")
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert all(url.startswith(("file://", "data:", "blob:", "about:")) for url in requests), requests
+    assert len(drawn) == expected_figures == 4
+    for figure in drawn:
+        assert figure["svg"] >= 1 and figure["traces"] >= len(fixture_runs), figure
+    titles = [f["title"] for f in drawn]
+    assert titles[0].startswith("ROC curves") and titles[1].startswith("Precision-recall") and titles[2].startswith("Calibration")
+    for run in fixture_runs:
+        assert run.name in text
+        assert any(entry.startswith(f"{run.name} (AUC ") and "95% CI" in entry for entry in drawn[0]["legend"]), drawn[0]["legend"]
+        assert any(entry.startswith(f"{run.name} (AP ") for entry in drawn[1]["legend"])
+        assert any(entry.startswith(f"{run.name} (Brier ") and "ECE" in entry for entry in drawn[2]["legend"])

@@ -267,9 +267,10 @@ class Run:
             raise RunError(f"run {self.name!r} has no test predictions yet (state: {self.state})")
         return read_csv(path)
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 30, file_name: str = LOG) -> str:
+        """The last lines of the run's log (or of another text file in its folder, e.g. process.log)."""
         try:
-            with open(self.folder / LOG, "rb") as handle:
+            with open(self.folder / file_name, "rb") as handle:
                 handle.seek(0, os.SEEK_END)
                 handle.seek(max(0, handle.tell() - 64_000))
                 text = handle.read().decode("utf-8", "replace")

@@ -334,3 +334,40 @@ def errors_table(evidence: list[RunEvidence]) -> pd.DataFrame:
         part.insert(1, "threshold", ev.threshold)
         parts.append(part)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count}/{total} ({100 * count / total:.1f} %)" if total else "–"
+
+
+def errors_by_kind_wide(evidence: list[RunEvidence]) -> pd.DataFrame:
+    """Errors per kind and class, one column per run: "wrong/of (rate)".
+
+    Rows: normal images (false alarms), each pneumonia kind (missed cases), all pneumonia images
+    (the class), and all images.
+    """
+    columns: dict[str, dict[str, str]] = {}
+    order: list[str] = []
+    for ev in evidence:
+        if ev.errors.empty:
+            continue
+        cells: dict[str, str] = {}
+        for row in ev.errors.itertuples():
+            if row.kind == "all":
+                continue
+            what = "false alarms" if row.n_negative and not row.n_positive else "missed"
+            label = f"{row.kind} ({what})"
+            cells[label] = _share(int(row.errors), int(row.n))
+            if label not in order:
+                order.append(label)
+        total = ev.errors[ev.errors["kind"] == "all"].iloc[0]
+        cells["pneumonia, all kinds (missed)"] = _share(int(total["false_negatives"]), int(total["n_positive"]))
+        cells["all images"] = _share(int(total["errors"]), int(total["n"]))
+        columns[ev.name] = cells
+    order.sort(key=lambda label: (not label.startswith("normal"), label))
+    order += ["pneumonia, all kinds (missed)", "all images"]
+    table = pd.DataFrame({"images": order})
+    for name, cells in columns.items():
+        table[name] = [cells.get(label, "–") for label in order]
+    return table
+

@@ -105,27 +105,42 @@ def class_balance_figure(images: Mapping[str, Mapping[str, int]]) -> go.Figure:
 # ---------------------------------------------------------------------------- comparing runs
 
 
-def _legend_below(fig: go.Figure, entries: int, base_height: int = 430) -> go.Figure:
-    """Legend under the plot (one entry per line), so a figure can sit in a narrow column."""
+def _legend_below(fig: go.Figure, entries: int, subtitle: str = "", base_height: int = 440, entry_height: int = 19) -> go.Figure:
+    """Legend under the plot (one entry per row) and a compact title, so a figure fits a narrow column."""
+    title = {"font": {"size": 15}}
+    if subtitle:
+        title["subtitle"] = {"text": subtitle, "font": {"size": 12, "color": "#5b6770"}}
     fig.update_layout(
-        height=base_height + 24 * entries,
-        legend={"orientation": "h", "yanchor": "top", "y": -0.16, "xanchor": "left", "x": 0, "entrywidth": 1, "entrywidthmode": "fraction"},
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        title=title,
+        height=base_height + entry_height * entries,
+        legend={
+            "orientation": "h", "yanchor": "top", "y": -0.16, "xanchor": "left", "x": 0,
+            "entrywidth": 1, "entrywidthmode": "fraction", "font": {"size": 11},
+        },
+        margin={"l": 10, "r": 10, "t": 70 if subtitle else 50, "b": 10},
     )
     return fig
 
 
+def _legend_rows(curves: Sequence) -> int:
+    """Legend rows the ROC, precision-recall and calibration figures all reserve (two lines per run, one
+    for the reference line), so side by side their plot areas have the same size."""
+    return 2 * len(curves) + 1
+
+
 def _auc_label(name: str, auc, low=None, high=None, confidence: float = 0.95) -> str:
+    """'run (AUC 0.951,<br>95% CI 0.932–0.968)': the interval on a second line, so the legend fits a narrow figure."""
     if auc is None or not np.isfinite(auc):
         return f"{name} (AUC n/a)"
     if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
-        return f"{name} (AUC {auc:.3f}, {100 * confidence:g}% CI {low:.3f}–{high:.3f})"
+        return f"{name} (AUC {auc:.3f},<br>{100 * confidence:g}% CI {low:.3f}–{high:.3f})"
     return f"{name} (AUC {auc:.3f})"
 
 
 def _unit_square(fig: go.Figure) -> go.Figure:
     fig.update_xaxes(range=[-0.01, 1.01], constrain="domain")
-    fig.update_yaxes(range=[-0.01, 1.01], scaleanchor="x", scaleratio=1)
+    # constrain="domain" on both axes: a plot area that is not square shrinks, the 0..1 ranges stay.
+    fig.update_yaxes(range=[-0.01, 1.01], scaleanchor="x", scaleratio=1, constrain="domain")
     return fig
 
 
@@ -162,11 +177,8 @@ def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = Non
                     "1 − specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>operating point</extra>"
                 ),
             )
-    _layout(
-        fig, "ROC curves on the test split (dots: operating points)",
-        "False positive rate (1 − specificity)", "True positive rate (sensitivity)",
-    )
-    _legend_below(fig, len(curves) + 1)
+    _layout(fig, "ROC curves on the test split", "False positive rate (1 − specificity)", "True positive rate (sensitivity)")
+    _legend_below(fig, _legend_rows(curves), "dots: each run's operating point")
     return _unit_square(fig)
 
 
@@ -195,7 +207,7 @@ def precision_recall_figure(curves: Sequence[Mapping], colors: Mapping[str, str]
             hovertemplate="recall %{x:.3f}<br>precision %{y:.3f}<extra>" + name + "</extra>",
         )
     _layout(fig, "Precision-recall on the test split", "Recall (sensitivity)", "Precision (positive predictive value)")
-    _legend_below(fig, len(curves) + len(prevalences))
+    _legend_below(fig, _legend_rows(curves), "AP: average precision")
     return _unit_square(fig)
 
 
@@ -218,7 +230,7 @@ def calibration_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | No
             f"{title} {curve[key]:.3f}" for key, title in (("brier", "Brier"), ("ece", "ECE"))
             if curve.get(key) is not None and np.isfinite(curve[key])
         ]
-        label = f"{name} ({', '.join(parts)})" if parts else name
+        label = f"{name} ({',<br>'.join(parts)})" if parts else name
         counts = [int(c) for c in curve.get("count", [])]
         fig.add_scatter(
             x=list(curve["mean_predicted"]), y=list(curve["fraction_positive"]), mode="lines+markers", name=label,
@@ -227,11 +239,8 @@ def calibration_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | No
             hovertemplate="mean predicted %{x:.3f}<br>observed share %{y:.3f}"
             + ("<br>%{customdata} images" if counts else "") + "<extra>" + name + "</extra>",
         )
-    _layout(
-        fig, f"Calibration on the test split ({n_bins} equal-width bins)",
-        "Mean predicted probability of pneumonia", "Observed share with pneumonia",
-    )
-    _legend_below(fig, len(curves) + 1)
+    _layout(fig, "Calibration on the test split", "Mean predicted probability of pneumonia", "Observed share with pneumonia")
+    _legend_below(fig, _legend_rows(curves), f"{n_bins} equal-width bins of predicted probability")
     return _unit_square(fig)
 
 

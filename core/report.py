@@ -332,8 +332,9 @@ def build_report(
     ]
     if not errors.empty:
         body.append(figure(figures.error_breakdown_figure(errors, colors)))
+        body.append(_table(ev.errors_by_kind_wide(items)))
         shown = errors[list(_ERROR_COLUMNS)].rename(columns=_ERROR_COLUMNS)
-        body.append(_table(shown))
+        body.append(f"<details><summary>Every count and rate</summary>{_table(shown)}</details>")
     else:
         body.append("<p class='meta'>The predictions carry no kind of image.</p>")
     body += [

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import plotly.io
 import pytest
 
 from core import artifacts, evidence, report
@@ -44,8 +44,8 @@ def test_report_holds_the_evidence_of_every_run(fixture_runs, report_file):
         auc = ev.interval("auc")
         # the metrics table row and the ROC legend carry the same interval
         assert f"{auc.estimate:.3f} ({auc.low:.3f}–{auc.high:.3f})" in html
-        legend = f"{run.name} (AUC {auc.estimate:.3f}, 95% CI {auc.low:.3f}–{auc.high:.3f})"
-        assert json.dumps(legend)[1:-1] in html  # as plotly's JSON writes it
+        legend = f"{run.name} (AUC {auc.estimate:.3f},<br>95% CI {auc.low:.3f}–{auc.high:.3f})"
+        assert plotly.io.json.to_json_plotly(legend)[1:-1] in html  # as plotly writes it into the page
         assert f"id='run-{run.name}'" in html  # its settings and data section
         assert f"<td>{run.settings['seed']}</td>" in html
     # paired tests: every pair on the same images is tested, the other split's pairs are refused with the reason

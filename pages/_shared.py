@@ -263,6 +263,67 @@ def predict_images(run: artifacts.Run, images: list[tuple[str, bytes]]) -> pd.Da
     return _predict(str(run.folder.parent), run.name, _mtime(run.model_path), tuple(images))
 
 
+@st.cache_data(max_entries=128, show_spinner=False)
+def _evidence(path: str, mtime_ns: int, name: str, threshold: float, saved_threshold: float, n_resamples: int, seed: int):
+    from core import evidence
+
+    return evidence.run_evidence(name, _predictions(path, mtime_ns), threshold, saved_threshold, n_resamples=n_resamples, seed=seed)
+
+
+def saved_threshold(run: artifacts.Run) -> float:
+    return float((run.metrics or {}).get("threshold", 0.5))
+
+
+def evidence_for(run: artifacts.Run, threshold: float, n_resamples: int, seed: int):
+    """The run's `core.evidence.RunEvidence` at `threshold`, cached on its predictions file's mtime."""
+    path = run.folder / artifacts.PREDICTIONS
+    if not path.exists():
+        raise artifacts.RunError(f"run {run.name!r} has no test predictions yet (state: {run.state})")
+    return _evidence(str(path), _mtime(path), run.name, float(threshold), saved_threshold(run), int(n_resamples), int(seed))
+
+
+# Grad-CAM overlays are shown this wide at most: the original is shrunk to it before blending.
+OVERLAY_PX = 640
+
+
+@st.cache_data(max_entries=96, show_spinner=False)
+def _heatmap(artifacts_folder: str, name: str, model_mtime_ns: int, file_name: str, content: bytes) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    from core import explanation
+
+    run = artifacts.load_run(artifacts_folder, name)
+    model = _model(str(run.model_path), model_mtime_ns)
+    suffix = Path(file_name).suffix.lower()
+    with tempfile.TemporaryDirectory(prefix="cxr-gradcam-") as folder:
+        path = Path(folder) / f"image{suffix if suffix in data.IMAGE_EXTENSIONS else '.img'}"
+        path.write_bytes(content)
+        heatmap, original = explanation.heatmap_for_run(run, path, model=model)
+    original.thumbnail((OVERLAY_PX, OVERLAY_PX), Image.Resampling.LANCZOS)
+    return heatmap, np.asarray(original)
+
+
+def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity: float = 0.4):
+    """(the run's Grad-CAM of one image blended over it, whether any region points to pneumonia).
+
+    The picture is PIL RGB at most OVERLAY_PX wide. The heatmap is cached per run, model file and
+    image bytes; only the blend follows `opacity`. An all-zero heatmap (nothing in the image pushes
+    the run towards pneumonia) gives a uniformly cold overlay, hence the flag. Raises `RunError`
+    (no model) or `ValueError`/`OSError` (an image or a model Grad-CAM cannot use).
+    """
+    from core import explanation
+
+    if not run.has_model:
+        raise artifacts.RunError(f"run {run.name!r} has no saved model")
+    heatmap, original = _heatmap(str(run.folder.parent), run.name, _mtime(run.model_path), file_name, content)
+    return explanation.overlay(original, heatmap, opacity=float(opacity)), bool(np.max(heatmap) > 0)
+
+
+def gradcam_caption(run_name: str, probability: float, label: str, has_evidence: bool) -> str:
+    shown = f"p = {probability:.3f}, {label}" if np.isfinite(probability) else "not scored"
+    return f"{run_name} · Grad-CAM · {shown}" + ("" if has_evidence else " · no region points to pneumonia")
+
+
 # ---------------------------------------------------------------------------- runs
 
 

@@ -1,10 +1,19 @@
-"""Compare page: ROC curves, confusion matrices at a movable threshold, metrics and per-image results."""
+"""Compare page: the evidence behind "which run to trust".
+
+ROC, precision-recall and calibration curves; confusion matrices at a movable threshold (or a
+named operating point); metrics with patient-bootstrap intervals; a paired test of two runs;
+errors by kind of image; per-image results with each run's Grad-CAM; and the whole comparison as
+one HTML report.
+"""
+
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, figures, statistics
+from core import artifacts, evidence, figures, report
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -22,11 +31,21 @@ if not runs:
 
 by_name = {r.name: r for r in runs}
 ui.forget_stale_choice("compare_runs", by_name)
-picked = st.multiselect(
+top_left, top_right = st.columns([4, 1], vertical_alignment="bottom")
+picked = top_left.multiselect(
     "Runs to compare", list(by_name), default=ui.best_per_family(runs), key="compare_runs",
     format_func=lambda name: ui.run_label(by_name[name]),
     help="Default: the run with the best test AUC in each model family.",
 )
+with top_right.popover("Intervals", icon=":material/tune:", width="stretch"):
+    n_resamples = int(
+        st.number_input(
+            "Bootstrap resamples", min_value=100, max_value=20_000, value=evidence.N_RESAMPLES, step=100, key="compare_resamples",
+            help="Each resample draws the test patients with replacement (all images of a drawn patient together).",
+        )
+    )
+    seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=evidence.SEED, step=1, key="compare_seed"))
+    st.caption("95 % percentile intervals; the same seed gives the same intervals.")
 if not picked:
     st.info("Pick at least one run.")
     st.stop()
@@ -39,80 +58,143 @@ for name in picked:
     except (artifacts.RunError, OSError, ValueError) as error:
         st.error(f"Cannot read the predictions of {name}: {error}")
 picked = [name for name in picked if name in predictions]
+if not picked:
+    st.stop()
+
+
+# ---------------------------------------------------------------------------- thresholds
 
 
 def saved_threshold(name: str) -> float:
-    return float(by_name[name].metrics.get("threshold", 0.5))
+    return ui.saved_threshold(by_name[name])
 
 
 def threshold_key(name: str) -> str:
     return f"threshold::{name}"
 
 
+def choice_key(name: str) -> str:
+    return f"operating_point::{name}"
+
+
+# The validation-chosen threshold and the operating points do not depend on the threshold in use.
+choices = {name: ui.evidence_for(by_name[name], saved_threshold(name), n_resamples, seed).choices for name in picked}
+SHORT_LABELS = {
+    evidence.VALIDATION_CHOICE: "validation-chosen (Youden's J on validation)",
+    "youden": "Youden's J · on test",
+    "sens@spec90": "sens@spec90 · on test",
+    "sens@spec95": "sens@spec95 · on test",
+    "spec@sens90": "spec@sens90 · on test",
+    "spec@sens95": "spec@sens95 · on test",
+    evidence.CUSTOM_CHOICE: "custom (the slider)",
+}
+
+
+def apply_choice(name: str) -> None:
+    """An operating point was picked: move the slider to its threshold."""
+    picked_choice = next((c for c in choices[name] if c.key == st.session_state[choice_key(name)]), None)
+    if picked_choice is not None:
+        st.session_state[threshold_key(name)] = picked_choice.threshold
+
+
+def slider_moved(name: str) -> None:
+    """The slider was moved by hand: the operating point becomes "custom" (unless it landed on one)."""
+    value = float(st.session_state[threshold_key(name)])
+    current = next((c for c in choices[name] if c.key == st.session_state.get(choice_key(name))), None)
+    if current is None or abs(current.threshold - value) > 1e-9:
+        st.session_state[choice_key(name)] = evidence.CUSTOM_CHOICE
+
+
 def reset_threshold(name: str) -> None:
     st.session_state[threshold_key(name)] = saved_threshold(name)
+    st.session_state[choice_key(name)] = evidence.VALIDATION_CHOICE
 
 
-thresholds = {}
-scores = {}
+thresholds: dict[str, float] = {}
+items: dict[str, evidence.RunEvidence] = {}
 for name in picked:
     st.session_state.setdefault(threshold_key(name), saved_threshold(name))
+    st.session_state.setdefault(choice_key(name), evidence.VALIDATION_CHOICE)
     thresholds[name] = float(st.session_state[threshold_key(name)])
-    table = predictions[name]
-    scores[name] = statistics.binary_metrics(table["y_true"].to_numpy(int), table["probability"].to_numpy(float), thresholds[name])
+    items[name] = ui.evidence_for(by_name[name], thresholds[name], n_resamples, seed)
+scores = {name: items[name].metrics for name in picked}
 
 
-# ---------------------------------------------------------------------------- ROC curves
+# ---------------------------------------------------------------------------- curves
+
+
+def auc_interval(name: str) -> tuple[float | None, float | None]:
+    interval = items[name].interval("auc")
+    return (interval.low, interval.high) if interval else (None, None)
 
 
 curves = []
 for name in picked:
-    metrics, m = by_name[name].metrics, scores[name]
-    roc = metrics.get("roc") or {}
+    m, low_high = scores[name], auc_interval(name)
     curves.append(
         {
-            "name": name,
-            "fpr": roc.get("fpr", []),
-            "tpr": roc.get("tpr", []),
-            "auc": (metrics.get("test") or {}).get("auc", m["auc"]),
+            "name": name, "fpr": items[name].roc["fpr"], "tpr": items[name].roc["tpr"], "auc": m["auc"],
+            "auc_low": low_high[0], "auc_high": low_high[1], "confidence": items[name].confidence,
             "point": {"fpr": 1 - m["specificity"], "tpr": m["sensitivity"], "threshold": thresholds[name]}
             if np.isfinite(m["specificity"]) and np.isfinite(m["sensitivity"])
             else None,
         }
     )
-left, right = st.columns([2, 1])
-left.plotly_chart(figures.roc_figure(curves, colors), key="fig_roc")
-with right:
-    st.markdown("**How to read it**")
-    st.markdown(
-        "- Each curve shows sensitivity against 1 − specificity over every threshold on the test split.\n"
-        "- The dot is the run's operating point at the threshold set below (by default the one chosen "
-        "on the validation split with Youden's J, never on test).\n"
-        "- The dashed diagonal is a coin toss (AUC 0.5)."
+roc_col, pr_col, cal_col = st.columns(3)
+roc_col.plotly_chart(figures.roc_figure(curves, colors), key="fig_roc")
+pr_col.plotly_chart(figures.precision_recall_figure([{"name": n, **items[n].pr} for n in picked], colors), key="fig_pr")
+cal_col.plotly_chart(
+    figures.calibration_figure([{"name": n, **items[n].reliability, "brier": items[n].brier, "ece": items[n].ece} for n in picked], colors),
+    key="fig_calibration",
+)
+st.caption(
+    "**ROC:** sensitivity against 1 − specificity over every threshold; the dot is the run's operating point at the "
+    "threshold set below; the dashed diagonal is a coin toss. AUC intervals resample patients "
+    f"({n_resamples:,} resamples, seed {seed}). **Precision-recall:** how many pneumonia calls are right at each "
+    "sensitivity; AP = average precision; the dashed line is the share of pneumonia images. **Calibration:** "
+    "observed share of pneumonia in each band of predicted probability; on the diagonal a predicted 0.8 means "
+    "pneumonia 8 times in 10. Brier = mean squared error of the probability; ECE = expected calibration error."
+)
+sizes = {name: len(predictions[name]) for name in picked}
+if len(set(sizes.values())) > 1 or len({frozenset(predictions[n]["path"]) for n in picked}) > 1:
+    st.warning(
+        "The picked runs were tested on different images ("
+        + ", ".join(f"{n}: {k}" for n, k in sizes.items())
+        + "), e.g. a different image cap or seed: their numbers are not directly comparable."
     )
-    sizes = {name: len(predictions[name]) for name in picked}
-    if len(set(sizes.values())) > 1 or len({frozenset(predictions[n]["path"]) for n in picked}) > 1:
-        st.warning(
-            "The picked runs were tested on different images ("
-            + ", ".join(f"{n}: {k}" for n, k in sizes.items())
-            + "), e.g. a different image cap or seed: their numbers are not directly comparable."
-        )
 
 
 # ---------------------------------------------------------------------------- confusion matrices
 
 
-st.header("Confusion matrices")
-st.caption("Move a run's threshold: its matrix, sensitivity and specificity, its dot on the ROC curve and the tables below follow.")
+st.header("Thresholds and confusion matrices")
+st.caption(
+    "Pick an operating point or move a run's threshold: its matrix, its dot on the ROC curve and the tables below "
+    f"follow. {evidence.DESCRIPTIVE_NOTE}"
+)
 per_row = 3
 for start in range(0, len(picked), per_row):
     cols = st.columns(per_row)
     for col, name in zip(cols, picked[start : start + per_row], strict=False):
         m = scores[name]
+        options = [c.key for c in choices[name]] + [evidence.CUSTOM_CHOICE]
+        by_key = {c.key: c for c in choices[name]}
+        if st.session_state.get(choice_key(name)) not in options:
+            st.session_state[choice_key(name)] = evidence.CUSTOM_CHOICE
         with col.container(border=True):
             st.markdown(f"<span style='color:{colors[name]}'>●</span> **{name}**", unsafe_allow_html=True)
+            st.selectbox(
+                "Operating point", options, key=choice_key(name), on_change=apply_choice, args=(name,),
+                format_func=lambda key, by_key=by_key: SHORT_LABELS.get(key, key)
+                + (f" — {by_key[key].threshold:.3f}" if key in by_key else ""),
+                help="Validation-chosen: the search's own threshold (Youden's J on the validation split), the honest "
+                "choice. The others are measured on the test images (sens@spec90: the best sensitivity with specificity "
+                "at least 90 %, and so on): descriptive only. This run's folder keeps no validation predictions, so they "
+                "cannot be chosen on validation.",
+            )
             st.slider(
                 "Threshold (probability of pneumonia)", 0.0, 1.0, step=0.001, format="%.3f", key=threshold_key(name),
+                on_change=slider_moved, args=(name,),
                 help=f"Validation-chosen threshold: {saved_threshold(name):.3f}. An image is called pneumonia when its probability is at least this.",
             )
             st.plotly_chart(
@@ -123,6 +205,9 @@ for start in range(0, len(picked), per_row):
                 f"Sensitivity **{ui.format_number(m['sensitivity'])}** · specificity **{ui.format_number(m['specificity'])}** · "
                 f"accuracy **{ui.format_number(m['accuracy'])}**"
             )
+            chosen = by_key.get(st.session_state[choice_key(name)])
+            if chosen is not None and chosen.on_test:
+                st.caption(":material/info: On test — descriptive; the validation-chosen threshold is the honest one.")
             if abs(thresholds[name] - saved_threshold(name)) > 1e-9:
                 st.button("Back to the validation threshold", key=f"reset_{name}", on_click=reset_threshold, args=(name,))
 
@@ -131,48 +216,129 @@ for start in range(0, len(picked), per_row):
 
 
 st.header("Metrics")
-rows = []
-for name in picked:
-    run, m = by_name[name], scores[name]
-    metrics = run.metrics
-    timings, inference = metrics.get("timings") or {}, metrics.get("inference") or {}
-    rows.append(
+ci = evidence.ci_label(evidence.CONFIDENCE)
+metrics_table = evidence.metrics_table([items[n] for n in picked])
+extra = pd.DataFrame(
+    [
         {
-            "run": name,
-            "family": run.family,
-            "mode": run.settings.get("mode"),
-            "input px": run.settings.get("image_size"),
-            "threshold": thresholds[name],
-            "accuracy": m["accuracy"],
-            "AUC": m["auc"],
-            "sensitivity": m["sensitivity"],
-            "specificity": m["specificity"],
-            "precision": m["precision"],
-            "F1": m["f1"],
-            "test images": m["n"],
-            "parameters": metrics.get("parameters"),
-            "training time (s)": timings.get("search_s"),
-            "inference (ms/image)": inference.get("ms_per_image"),
-            "single image (ms)": inference.get("single_image_ms"),
+            "family": by_name[n].family,
+            "mode": by_name[n].settings.get("mode"),
+            "input px": by_name[n].settings.get("image_size"),
+            "parameters": by_name[n].metrics.get("parameters"),
+            "training time (s)": (by_name[n].metrics.get("timings") or {}).get("search_s"),
+            "inference (ms/image)": (by_name[n].metrics.get("inference") or {}).get("ms_per_image"),
+            "single image (ms)": (by_name[n].metrics.get("inference") or {}).get("single_image_ms"),
         }
-    )
-metrics_table = pd.DataFrame(rows)
+        for n in picked
+    ]
+)
+metrics_table = pd.concat([metrics_table, extra], axis=1)  # the evidence first, what the run is after it
 number = st.column_config.NumberColumn
+interval_help = f"{ci}: percentile bootstrap over patients, {n_resamples:,} resamples, seed {seed}"
 st.dataframe(
     metrics_table, hide_index=True, key="metrics_table",
     column_config={
         "threshold": number(format="%.3f"),
-        **{k: number(format="%.3f") for k in ("accuracy", "AUC", "sensitivity", "specificity", "precision", "F1")},
+        **{k: number(format="%.3f") for k in ("accuracy", "AUC", "sensitivity", "specificity", "precision", "F1", "average precision", "Brier", "ECE")},
+        **{f"{k} {ci}": st.column_config.TextColumn(help=interval_help) for k in ("AUC", "sensitivity", "specificity", "accuracy")},
         "parameters": number(format="localized"),
         "training time (s)": number(format="%.1f", help="Time of the hyperparameter search (all trials)"),
         "inference (ms/image)": number(format="%.2f", help="Batched, through the saved model's inference engine"),
         "single image (ms)": number(format="%.2f"),
     },
 )
-st.download_button(
+for name in picked:
+    if items[name].intervals is None:
+        st.warning(f"{name}: no intervals: {items[name].interval_problem}")
+c1, c2 = st.columns([1, 1])
+c1.download_button(
     "Download metrics (CSV)", metrics_table.to_csv(index=False).encode(), file_name="metrics.csv",
     mime="text/csv", icon=":material/download:", key="download_metrics",
 )
+report_runs = [by_name[n] for n in picked]
+report_thresholds = dict(thresholds)
+report_predictions = dict(predictions)
+
+
+def report_html() -> bytes:
+    """Built only when the button is clicked (Streamlit calls it then), with the page's current choices."""
+    return report.build_report(
+        report_runs, report_thresholds, predictions=report_predictions, n_resamples=n_resamples, seed=seed
+    ).encode("utf-8")
+
+
+c2.download_button(
+    "Download report (HTML)", report_html, file_name=f"cxr-report-{datetime.now(UTC):%Y%m%d-%H%M}.html", mime="text/html",
+    icon=":material/description:", key="download_report", on_click="ignore",
+    help="One self-contained HTML file (opens offline): these curves, the metrics with intervals, paired tests, errors "
+    "by kind, and each run's settings and data, at the thresholds set above.",
+)
+
+
+# ---------------------------------------------------------------------------- paired test
+
+
+st.header("Paired test")
+if len(picked) < 2:
+    st.info("Pick two or more runs above to test one against another on the same test images.")
+else:
+    if st.session_state.get("paired_a") not in picked:  # a remembered run that is no longer picked
+        st.session_state.pop("paired_a", None)
+    c1, c2 = st.columns(2)
+    run_a = c1.selectbox("Run A", picked, index=0, key="paired_a")
+    others = [n for n in picked if n != run_a]
+    if st.session_state.get("paired_b") not in others:
+        st.session_state.pop("paired_b", None)
+    run_b = c2.selectbox("Run B", others, index=0, key="paired_b")
+    try:
+        paired = evidence.paired_evidence(run_a, predictions[run_a], thresholds[run_a], run_b, predictions[run_b], thresholds[run_b])
+    except ValueError as error:
+        st.error(f"Cannot pair **{run_a}** and **{run_b}**: {error}", icon=":material/block:")
+    else:
+        d, mc = paired.delong, paired.mcnemar
+        left, right = st.columns(2)
+        with left.container(border=True):
+            st.markdown(f"**DeLong's test of the AUCs** · {paired.n_images:,} shared test images")
+            k1, k2, k3 = st.columns(3)
+            k1.metric("AUC A", f"{d.auc_a:.3f}")
+            k2.metric("AUC difference (A − B)", f"{d.difference:+.3f}")
+            k3.metric("DeLong p", evidence.format_p(d.p_value))
+            interval = f"{d.ci_low:+.3f} to {d.ci_high:+.3f}" if np.isfinite(d.ci_low) and np.isfinite(d.ci_high) else "n/a"
+            st.markdown(f"{ci} of the difference: **{interval}** · AUC B {d.auc_b:.3f}")
+            verdict = (
+                f"{'A' if d.difference > 0 else 'B'}'s AUC is higher (p < 0.05)."
+                if d.p_value < 0.05
+                else "No evidence at the 5 % level that the AUCs differ (which does not show that they are equal)."
+            )
+            st.caption(verdict)
+        with right.container(border=True):
+            st.markdown(
+                f"**McNemar's test of the errors** · A at {paired.threshold_a:.3f}, B at {paired.threshold_b:.3f} (the thresholds set above)"
+            )
+            k1, k2, k3 = st.columns(3)
+            k1.metric("b: A right, B wrong", f"{mc.b:,}")
+            k2.metric("c: A wrong, B right", f"{mc.c:,}")
+            k3.metric("McNemar p", evidence.format_p(mc.p_value))
+            method = "exact binomial test (under 25 discordant images)" if mc.method == "exact" else "chi-square with continuity correction"
+            st.caption(f"Method: {method}. Only the images the two runs disagree on carry information.")
+
+
+# ---------------------------------------------------------------------------- errors by kind
+
+
+st.header("Errors by kind of image")
+errors = evidence.errors_table([items[n] for n in picked])
+if errors.empty:
+    st.info("These predictions carry no kind of image (normal, bacteria, virus).")
+else:
+    st.caption("At each run's threshold. For normal images an error is a false alarm; for bacterial and viral pneumonia a missed case.")
+    left, right = st.columns([1, 1])
+    left.plotly_chart(figures.error_breakdown_figure(errors, colors), key="fig_errors")
+    with right:
+        st.dataframe(
+            evidence.errors_by_kind_wide([items[n] for n in picked]), hide_index=True, key="errors_table",
+            column_config={"images": st.column_config.TextColumn("images (error)")},
+        )
 
 
 # ---------------------------------------------------------------------------- per-image predictions
@@ -209,7 +375,7 @@ if only_disagree:
 if true_class != "all":
     mask &= joined["class_name"] == true_class
 shown = joined[mask].reset_index(drop=True)
-st.caption(f"{len(shown):,} of {len(joined):,} test images · probabilities of pneumonia · select a row to see the image")
+st.caption(f"{len(shown):,} of {len(joined):,} test images · probabilities of pneumonia · select a row to see the image and where each run looks")
 event = st.dataframe(
     shown, hide_index=True, key="image_table", on_select="rerun", selection_mode="single-row",
     column_order=["image", "class_name", "kind", *column.values(), "wrong in"],
@@ -221,22 +387,42 @@ event = st.dataframe(
 selected = event.selection.rows if event is not None and hasattr(event, "selection") else []
 if selected and selected[0] < len(shown):
     row = shown.iloc[selected[0]]
-    left, right = st.columns([1, 2])
-    with left:
-        try:
-            st.image(row["path"], caption=f"{row['image']} · true class {row['class_name']} ({row['kind']})", width="stretch")
-        except Exception as error:  # the image may have moved since the run
-            st.error(f"Cannot show {row['path']}: {error}")
-    with right:
-        detail = pd.DataFrame(
-            {
-                "run": picked,
-                "probability": [row[column[name]] for name in picked],
-                "threshold": [thresholds[name] for name in picked],
-                "label": [
-                    ("PNEUMONIA" if row[column[name]] >= thresholds[name] else "NORMAL") if pd.notna(row[column[name]]) else ""
-                    for name in picked
-                ],
-            }
+    try:
+        content = Path(row["path"]).read_bytes()
+    except OSError as error:  # the image may have moved since the run
+        content = None
+        st.error(f"Cannot show {row['path']}: {error}")
+    detail = pd.DataFrame(
+        {
+            "run": picked,
+            "probability": [row[column[name]] for name in picked],
+            "threshold": [thresholds[name] for name in picked],
+            "label": [
+                ("PNEUMONIA" if row[column[name]] >= thresholds[name] else "NORMAL") if pd.notna(row[column[name]]) else ""
+                for name in picked
+            ],
+        }
+    )
+    st.plotly_chart(figures.probability_figure(detail, colors, title=f"{row['image']} (true: {row['class_name']})"), key="fig_selected")
+    if content is not None:
+        opacity = st.slider(
+            "Grad-CAM opacity", 0.0, 1.0, 0.4, step=0.05, key="compare_opacity",
+            help="Grad-CAM: the regions that push each run towards pneumonia (red: most).",
         )
-        st.plotly_chart(figures.probability_figure(detail, colors, title=f"{row['image']} (true: {row['class_name']})"), key="fig_selected")
+        tiles = [("image", None)] + [("run", name) for name in picked]
+        per_row = 4
+        for start in range(0, len(tiles), per_row):
+            cols = st.columns(per_row)
+            for col, (what, name) in zip(cols, tiles[start : start + per_row], strict=False):
+                with col:
+                    if what == "image":
+                        st.image(content, caption=f"{row['image']} · true class {row['class_name']} ({row['kind']})", width="stretch")
+                        continue
+                    try:
+                        picture, has_evidence = ui.gradcam_overlay(by_name[name], str(row["path"]), content, opacity)
+                    except (artifacts.RunError, ValueError, OSError) as error:
+                        st.caption(f"{name}: no Grad-CAM ({error})")
+                        continue
+                    label = detail.loc[detail["run"] == name, "label"].iat[0]
+                    probability = float(row[column[name]]) if pd.notna(row[column[name]]) else float("nan")
+                    st.image(picture, caption=ui.gradcam_caption(name, probability, label, has_evidence), width="stretch")

@@ -1,4 +1,5 @@
-"""Predict page: score uploaded X-rays (or samples from the data folder) with saved runs, side by side."""
+"""Predict page: score uploaded X-rays (or samples from the data folder) with saved runs, side by side,
+and show where each run looks (Grad-CAM)."""
 
 import random
 from pathlib import Path
@@ -50,6 +51,11 @@ with right:
             st.session_state["predict_samples"] = chosen
         if st.session_state.get("predict_samples") and st.button("Clear the picked images", key="predict_clear"):
             st.session_state["predict_samples"] = []
+opacity = st.slider(
+    "Grad-CAM opacity", 0.0, 1.0, 0.4, step=0.05, key="predict_opacity",
+    help="Under each prediction, each run's Grad-CAM is blended over the X-ray: the regions that push the run towards "
+    "pneumonia (red: most). 0 shows the X-ray alone, 1 the heatmap alone.",
+)
 
 images: list[tuple[str, bytes]] = []
 truth: dict[str, str] = {}
@@ -90,6 +96,24 @@ for _, row in bad.iterrows():
     st.error(f"**{row['image']}** was not scored: {row['error']}. Upload a JPEG or PNG chest X-ray.", icon=":material/block:")
 
 colors = figures.run_colors(picked)
+GRADCAM_PER_ROW = 4
+
+
+def gradcam(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
+    """A row of Grad-CAM overlays under a prediction, one per picked run."""
+    st.caption("Where each run looks (Grad-CAM: regions that push it towards pneumonia, red most)")
+    for start in range(0, len(picked), GRADCAM_PER_ROW):
+        cols = st.columns(GRADCAM_PER_ROW)
+        for col, row in zip(cols, rows.iloc[start : start + GRADCAM_PER_ROW].itertuples(), strict=False):
+            with col:
+                try:
+                    picture, has_evidence = ui.gradcam_overlay(by_name[row.run], image_name, content, opacity)
+                except (artifacts.RunError, ValueError, OSError) as error:
+                    st.caption(f"{row.run}: no Grad-CAM ({error})")
+                    continue
+                st.image(picture, caption=ui.gradcam_caption(row.run, float(row.probability), row.label, has_evidence), width="stretch")
+
+
 long_rows = []
 for index, (image_name, content) in enumerate(images):
     if first["error"].iat[index]:
@@ -113,6 +137,7 @@ for index, (image_name, content) in enumerate(images):
             seen = [n for n in picked if sample_paths.get(image_name) in ui.trained_on(by_name[n])]
             if seen:
                 st.caption(f":material/warning: {', '.join(seen)} trained or chose its threshold on this image: its score here is optimistic.")
+        gradcam(image_name, content, rows)
 
 if long_rows:
     st.header("All predictions")

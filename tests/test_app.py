@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import artifacts, download, evaluation
-from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, REPO
+from core import artifacts, download, evaluation, evidence, statistics
+from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, OTHER_SPLIT_RUN, REPO
 
 # Loading a saved model without compiling it makes Keras say it skips the optimizer's state.
 pytestmark = pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
@@ -46,6 +46,30 @@ def trace_names(at: AppTest) -> list[str]:
 
 def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def chart(at: AppTest, title: str) -> dict:
+    """The plotly figure whose title starts with `title`."""
+    specs = [spec for spec in charts(at) if (spec["layout"].get("title") or {}).get("text", "").startswith(title)]
+    assert specs, f"no figure titled {title!r}: {[(s['layout'].get('title') or {}).get('text') for s in charts(at)]}"
+    return specs[0]
+
+
+def confusion_matrices(at: AppTest) -> list[dict]:
+    return [spec for spec in charts(at) if spec["data"] and spec["data"][0].get("type") == "heatmap"]
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The first st.dataframe that has `column`."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def image_captions(at: AppTest) -> list[str]:
+    return [caption for element in at.get("image") for caption in element.captions]
+
+
+def image_urls(at: AppTest) -> dict[str, str]:
+    return {caption: img.url for element in at.get("image") for caption, img in zip(element.captions, element.proto.imgs, strict=True)}
 
 
 def metrics_of(runs_dir: Path, name: str) -> dict:
@@ -120,7 +144,7 @@ def test_page_renders_with_runs(name, data_dir, runs_dir):
         names = [t.get("name", "") for t in roc["data"]]
         for run in best_per_family(runs_dir):
             auc = metrics_of(runs_dir, run)["test"]["auc"]
-            assert f"{run} (AUC {auc:.3f})" in names
+            assert any(n.startswith(f"{run} (AUC {auc:.3f},<br>95% CI ") for n in names), names
     else:
         assert set(at.multiselect(key="predict_runs").value) == best_per_family(runs_dir)
         assert at.file_uploader[0].accept_multiple_files
@@ -293,7 +317,7 @@ def test_search_started_from_tune_finishes_and_shows_on_compare(data_dir, copy_r
     no_exception(compare)
     compare.multiselect(key="compare_runs").set_value(["from-the-ui", "cnn-small"]).run()
     auc = run.metrics["test"]["auc"]
-    assert f"from-the-ui (AUC {auc:.3f})" in trace_names(compare)
+    assert any(n.startswith(f"from-the-ui (AUC {auc:.3f}") for n in trace_names(compare))
 
 
 # ---------------------------------------------------------------------------- Compare page
@@ -306,7 +330,7 @@ def test_compare_threshold_moves_the_confusion_matrix(data_dir, runs_dir):
     test = saved["test"]
     # At the validation-chosen threshold the page shows exactly the saved test metrics.
     assert f"Sensitivity **{test['sensitivity']:.3f}** · specificity **{test['specificity']:.3f}**" in texts(at.markdown)
-    matrix = charts(at)[1]["data"][0]["text"]
+    matrix = confusion_matrices(at)[0]["data"][0]["text"]
     assert matrix[0][0].startswith(f"{test['tn']}<br>") and matrix[1][1].startswith(f"{test['tp']}<br>")
 
     at.slider(key="threshold::cnn-small").set_value(0.0).run()  # everything is called pneumonia
@@ -314,7 +338,7 @@ def test_compare_threshold_moves_the_confusion_matrix(data_dir, runs_dir):
     assert "Sensitivity **1.000** · specificity **0.000**" in texts(at.markdown)
     table = at.dataframe[0].value
     assert table.loc[0, "threshold"] == 0.0 and table.loc[0, "sensitivity"] == 1.0
-    point = next(t for t in charts(at)[0]["data"] if t.get("name", "").startswith("cnn-small at threshold"))
+    point = next(t for t in chart(at, "ROC")["data"] if t.get("name", "").startswith("cnn-small at threshold"))
     assert (point["x"], point["y"]) == ([1.0], [1.0])
     assert any(b.key == "reset_cnn-small" for b in at.button)
 
@@ -339,16 +363,210 @@ def test_compare_per_image_filters(data_dir, runs_dir):
     assert len(both) == len(a) == len(b)  # same seed and cap: the same test images
     called_a, called_b = both["probability_a"] >= ta, both["probability_b"] >= tb
     wrong_a, wrong_b = called_a != (both["y_true_a"] == 1), called_b != (both["y_true_b"] == 1)
-    images = at.dataframe[1].value
+    images = frame_with(at, "wrong in")
     assert len(images) == len(both)
     assert (images["wrong in"].to_numpy() == (wrong_a.astype(int) + wrong_b.astype(int)).loc[images["path"]].to_numpy()).all()
     assert set(images.columns) >= {"image", "class_name", "kind", "p:cnn-small", "p:cnn-wide", "wrong in"}
 
     at.checkbox(key="filter_wrong").check().run()
-    assert len(at.dataframe[1].value) == int((wrong_a | wrong_b).sum())
+    assert len(frame_with(at, "wrong in")) == int((wrong_a | wrong_b).sum())
     at.checkbox(key="filter_wrong").uncheck()
     at.checkbox(key="filter_disagree").check().run()
-    assert len(at.dataframe[1].value) == int((called_a != called_b).sum())
+    assert len(frame_with(at, "wrong in")) == int((called_a != called_b).sum())
+
+
+# ---------------------------------------------------------------------------- Compare page: evidence
+
+
+def fixture_predictions(runs_dir: Path, name: str) -> pd.DataFrame:
+    return artifacts.read_csv(runs_dir / name / "predictions.csv")
+
+
+def test_compare_shows_intervals_and_the_evidence_figures(data_dir, runs_dir):
+    at = page("compare", data_dir, runs_dir)
+    at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide"]).run()
+    no_exception(at)
+    for resamples, seed in ((1000, 0), (300, 5)):  # the default, then other interval settings
+        table = frame_with(at, "AUC 95% CI").set_index("run")
+        roc_names = [t.get("name", "") for t in chart(at, "ROC")["data"]]
+        for name in ("cnn-small", "cnn-wide"):
+            table_p = fixture_predictions(runs_dir, name)
+            threshold = metrics_of(runs_dir, name)["threshold"]
+            expected = statistics.bootstrap_ci(
+                table_p["y_true"], table_p["probability"], threshold, groups=table_p["patient"], n_resamples=resamples, seed=seed
+            )
+            for metric, column in (("auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("accuracy", "accuracy")):
+                interval = expected[metric]
+                assert table.loc[name, f"{column} 95% CI"] == f"{interval.low:.3f}–{interval.high:.3f}"
+                assert interval.low <= table.loc[name, column] <= interval.high
+            auc = expected["auc"]
+            assert f"{name} (AUC {auc.estimate:.3f},<br>95% CI {auc.low:.3f}–{auc.high:.3f})" in roc_names
+        at.number_input(key="compare_resamples").set_value(300)
+        at.number_input(key="compare_seed").set_value(5).run()
+        no_exception(at)
+
+    pr, calibration = chart(at, "Precision-recall"), chart(at, "Calibration")
+    assert pr["layout"]["xaxis"]["title"]["text"] == "Recall (sensitivity)"
+    assert calibration["layout"]["xaxis"]["title"]["text"] == "Mean predicted probability of pneumonia"
+    assert any(t.get("name") == "perfectly calibrated" and t["x"] == [0, 1] and t["y"] == [0, 1] for t in calibration["data"])
+    small = fixture_predictions(runs_dir, "cnn-small")
+    y, s = small["y_true"].to_numpy(), small["probability"].to_numpy()
+    ap = statistics.precision_recall(y, s)["average_precision"]
+    assert f"cnn-small (AP {ap:.3f})" in [t.get("name") for t in pr["data"]]
+    brier, ece = statistics.brier_score(y, s), statistics.expected_calibration_error(y, s)
+    assert f"cnn-small (Brier {brier:.3f},<br>ECE {ece:.3f})" in [t.get("name") for t in calibration["data"]]
+
+    errors = frame_with(at, "images").set_index("images")  # errors by kind and class, at each run's threshold
+    expected = statistics.error_breakdown(small, metrics_of(runs_dir, "cnn-small")["threshold"]).set_index("kind")
+    assert list(errors.columns) == ["cnn-small", "cnn-wide"]
+
+    def share(count, total):
+        return f"{count}/{total} ({100 * count / total:.1f} %)"
+
+    got = errors["cnn-small"]
+    assert got["normal (false alarms)"] == share(expected.loc["normal", "false_positives"], expected.loc["normal", "n"])
+    for kind in ("bacteria", "virus"):
+        assert got[f"{kind} (missed)"] == share(expected.loc[kind, "false_negatives"], expected.loc[kind, "n"])
+    assert got["pneumonia, all kinds (missed)"] == share(expected.loc["all", "false_negatives"], expected.loc["all", "n_positive"])
+    assert got["all images"] == share(expected.loc["all", "errors"], expected.loc["all", "n"])
+    assert chart(at, "Errors by kind")["layout"]["yaxis"]["title"]["text"] == "Images misclassified (%)"
+
+
+def paired_metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_compare_paired_test_of_two_runs_on_the_same_images(data_dir, runs_dir):
+    at = page("compare", data_dir, runs_dir)
+    at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide"]).run()
+    assert (at.selectbox(key="paired_a").value, at.selectbox(key="paired_b").value) == ("cnn-small", "cnn-wide")
+    paired = statistics.align_paired(fixture_predictions(runs_dir, "cnn-small"), fixture_predictions(runs_dir, "cnn-wide"))
+    delong = statistics.delong_test(paired.y_true, paired.score_a, paired.score_b)
+    shown = paired_metrics(at)
+    assert shown["DeLong p"] == evidence.format_p(delong.p_value)
+    assert shown["AUC difference (A − B)"] == f"{delong.difference:+.3f}"
+    assert f"95% CI of the difference: **{delong.ci_low:+.3f} to {delong.ci_high:+.3f}**" in texts(at.markdown)
+
+    def mcnemar(threshold_a: float) -> statistics.McNemarResult:
+        threshold_b = metrics_of(runs_dir, "cnn-wide")["threshold"]
+        return statistics.mcnemar_test(paired.y_true, (paired.score_a >= threshold_a).astype(int), (paired.score_b >= threshold_b).astype(int))
+
+    expected = mcnemar(metrics_of(runs_dir, "cnn-small")["threshold"])
+    assert (shown["b: A right, B wrong"], shown["c: A wrong, B right"], shown["McNemar p"]) == (
+        str(expected.b), str(expected.c), evidence.format_p(expected.p_value),
+    )
+    at.slider(key="threshold::cnn-small").set_value(0.0).run()  # McNemar follows A's threshold
+    moved = mcnemar(0.0)
+    shown = paired_metrics(at)
+    assert (shown["b: A right, B wrong"], shown["c: A wrong, B right"]) == (str(moved.b), str(moved.c))
+    assert not at.error
+
+
+def test_compare_refuses_to_pair_runs_tested_on_different_images(data_dir, other_split_dir):
+    at = page("compare", data_dir, other_split_dir)
+    at.multiselect(key="compare_runs").set_value(["cnn-small", OTHER_SPLIT_RUN]).run()
+    no_exception(at)
+    message = texts(at.error)
+    assert f"Cannot pair **cnn-small** and **{OTHER_SPLIT_RUN}**" in message
+    assert "runs were evaluated on different test images: 24 only in A, 24 only in B" in message
+    assert "DeLong p" not in paired_metrics(at)
+    assert "tested on different images" in texts(at.warning)
+
+
+def test_compare_operating_point_sets_the_threshold(data_dir, runs_dir):
+    at = page("compare", data_dir, runs_dir)
+    at.multiselect(key="compare_runs").set_value(["cnn-small"]).run()
+    saved = metrics_of(runs_dir, "cnn-small")["threshold"]
+    choice = at.selectbox(key="operating_point::cnn-small")
+    assert choice.value == "validation" and at.slider(key="threshold::cnn-small").value == pytest.approx(saved)
+    assert choice.options[0].startswith("validation-chosen") and choice.options[-1].startswith("custom")
+
+    small = fixture_predictions(runs_dir, "cnn-small")
+    points = {p.name: p for p in statistics.operating_points(small["y_true"], small["probability"])}
+    for key in ("sens@spec90", "spec@sens95"):
+        at.selectbox(key="operating_point::cnn-small").set_value(key).run()
+        no_exception(at)
+        point = points[key]
+        assert at.slider(key="threshold::cnn-small").value == pytest.approx(point.threshold)
+        assert frame_with(at, "AUC 95% CI").loc[0, "threshold"] == pytest.approx(point.threshold)
+        assert f"Sensitivity **{point.sensitivity:.3f}** · specificity **{point.specificity:.3f}**" in texts(at.markdown)
+        assert "On test — descriptive" in texts(at.caption)
+
+    at.slider(key="threshold::cnn-small").set_value(0.25).run()  # a hand-set threshold is "custom"
+    assert at.selectbox(key="operating_point::cnn-small").value == "custom"
+    at.button(key="reset_cnn-small").click().run()
+    assert at.selectbox(key="operating_point::cnn-small").value == "validation"
+    assert at.slider(key="threshold::cnn-small").value == pytest.approx(saved)
+
+
+def test_compare_report_download_holds_every_run(data_dir, runs_dir, monkeypatch):
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    reports: list = []  # the page hands Streamlit a callable that builds the report on click
+    original = MediaFileManager.add_deferred
+
+    def spy(self, data_callable, *args, **kwargs):
+        if str(kwargs.get("file_name", "")).startswith("cxr-report-"):
+            reports.append(data_callable)
+        return original(self, data_callable, *args, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
+    names = ["cnn-small", "cnn-wide", "mobilenet-none"]
+    at = page("compare", data_dir, runs_dir)
+    at.multiselect(key="compare_runs").set_value(names).run()
+    at.number_input(key="compare_resamples").set_value(200)
+    at.slider(key="threshold::cnn-wide").set_value(0.0).run()
+    no_exception(at)
+    assert [b.label for b in at.get("download_button") if b.key == "download_report"] == ["Download report (HTML)"]
+    html = reports[-1]().decode("utf-8")
+    assert html.startswith("<!DOCTYPE html>") and "200 resamples, seed 0" in html
+    for name in names:
+        assert f"id='run-{name}'" in html
+    assert "0.0000 (set by hand)" in html  # the report uses the page's thresholds
+
+
+# ---------------------------------------------------------------------------- Grad-CAM
+
+
+def test_compare_selected_image_shows_each_runs_grad_cam(data_dir, runs_dir):
+    at = AppTest.from_file(str(REPO / "pages" / "compare.py"), default_timeout=TIMEOUT)
+    at.session_state["data_dir"], at.session_state["artifacts_dir"] = str(data_dir), str(runs_dir)
+    at.session_state["compare_runs"] = ["cnn-small", "mobilenet-none"]
+    at.session_state["image_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}  # as a click on row 0
+    at.run()
+    no_exception(at)
+    first = frame_with(at, "wrong in").iloc[0]
+    captions = image_captions(at)
+    assert captions[0].startswith(first["image"])
+    assert [c.split(" · ")[:2] for c in captions[1:]] == [["cnn-small", "Grad-CAM"], ["mobilenet-none", "Grad-CAM"]]
+    assert at.slider(key="compare_opacity").value == 0.4
+    before = image_urls(at)
+    at.slider(key="compare_opacity").set_value(0.9).run()
+    after = image_urls(at)
+    assert after[captions[0]] == before[captions[0]]  # the X-ray itself is unchanged
+    assert all(after[c] != before[c] for c in captions[1:])  # each overlay is blended anew
+
+
+def test_predict_shows_a_grad_cam_per_run_and_none_for_a_bad_file(data_dir, runs_dir, sample_image):
+    at = page("predict", data_dir, runs_dir)
+    slider = at.slider(key="predict_opacity")
+    assert (slider.value, slider.min, slider.max) == (0.4, 0.0, 1.0)
+    at.multiselect(key="predict_runs").set_value(["cnn-small", "mobilenet-none"])
+    at.file_uploader(key="predict_upload").set_value(
+        [("chest.jpeg", sample_image.read_bytes(), "image/jpeg"), ("notes.jpeg", b"not an image", "image/jpeg")]
+    )
+    at.run()
+    no_exception(at)
+    assert "**notes.jpeg** was not scored" in texts(at.error)
+    table = at.dataframe[0].value
+    captions = image_captions(at)
+    assert captions[0] == "chest.jpeg" and len(captions) == 1 + len(table)  # the X-ray, then one overlay per run; none for notes.jpeg
+    for caption, row in zip(captions[1:], table.itertuples(), strict=True):
+        assert caption.startswith(f"{row.run} · Grad-CAM · p = {row.probability:.3f}, {row.label}")
+    before = image_urls(at)
+    at.slider(key="predict_opacity").set_value(0.0).run()
+    after = image_urls(at)
+    assert all(after[c] != before[c] for c in captions[1:]) and after["chest.jpeg"] == before["chest.jpeg"]
 
 
 # ---------------------------------------------------------------------------- Predict page

@@ -184,10 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (1 if args.quick else 2)
     import tensorflow as tf
 
+    load_before = os.getloadavg()[0]
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {default_threads()} usable cores, "
         f"{n_images} images x best of {repeats} passes, batch {args.batch}, latency = median of {calls}, "
-        f"load average {os.getloadavg()[0]:.1f}",
+        f"load average {load_before:.1f}",
         flush=True,
     )
     rows = []
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         rows += bench_model(name, n_images, args.batch, calls, repeats, args.threads)
         keras.backend.clear_session()
     print_table(rows)
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} (above the core count, other processes shared the CPU)")
+    if load_before > 0.5:
+        # The benchmark itself loads every core, so only the load before it started tells of others.
+        print(f"note: load average {load_before:.1f} before the run: other processes shared the CPU, figures may be low")
 
 
 if __name__ == "__main__":

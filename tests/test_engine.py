@@ -208,6 +208,20 @@ def test_tflite_has_dynamic_batch_and_float32(engines) -> None:
     assert {d["dtype"] for d in interp.get_tensor_details()} <= {np.float32, np.int32}
 
 
+def test_tflite_runs_images_a_few_per_invoke_and_features_whole(models) -> None:
+    model, x, ref = models["custom_cnn"]
+    e = eng.make_engine(model, "tflite", threads=1)
+    assert e.invoke_batch == 2
+    sizes: list[int] = []
+    run = e._batch_runner.run
+    e._batch_runner.run = lambda b: sizes.append(len(b)) or run(b)
+    out = e.predict(x, batch_size=32)  # 7 images: invokes of 2, 2, 2 and 1
+    assert sizes == [2, 2, 2, 1] and _max_diff(out, ref) <= TOL
+    head, features, head_ref = models["dense_head"]
+    h = eng.make_engine(head, "tflite", threads=1)
+    assert h.invoke_batch is None and _max_diff(h.predict(features, batch_size=32), head_ref) <= TOL
+
+
 def test_predict_dataset_and_inputs(models, engines) -> None:
     _, x, ref = models["custom_cnn"]
     e = engines("custom_cnn", "tflite")

@@ -28,6 +28,7 @@ TRIALS = "trials.json"
 BEST_HYPERPARAMETERS = "best_hyperparameters.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
+VAL_PREDICTIONS = "val_predictions.csv"  # where operating points are chosen
 MODEL = "model.keras"
 LOG = "log.txt"
 LOCK = "search.lock"
@@ -266,6 +267,11 @@ class Run:
         if not path.exists():
             raise RunError(f"run {self.name!r} has no test predictions yet (state: {self.state})")
         return read_csv(path)
+
+    def val_predictions(self) -> pd.DataFrame | None:
+        """The validation split's predictions, or None for runs saved before they were kept."""
+        path = self.folder / VAL_PREDICTIONS
+        return read_csv(path) if path.exists() else None
 
     def log_tail(self, lines: int = 30, file_name: str = LOG) -> str:
         """The last lines of the run's log (or of another text file in its folder, e.g. process.log)."""

@@ -77,6 +77,7 @@ def evaluate_model(model, inputs, labels, table, part, engine="auto", batch_size
         "roc": roc_points(y_test, test_scores),
         "engine": engine_name,
         "predictions": prediction_rows(table[part["test"]], y_test, test_scores, threshold),
+        "val_predictions": prediction_rows(table[part["val"]], labels[part["val"]], val_scores, threshold),
     }
 
 

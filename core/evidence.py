@@ -6,10 +6,10 @@ operating points and errors per pneumonia kind, and the paired tests (DeLong, Mc
 runs scored on the same test images. No Streamlit here: the Compare page caches these results and
 `core.report` writes them into an HTML file.
 
-Operating points other than the saved threshold are measured on the test images themselves, so
-they describe the test set rather than a choice made before seeing it. The saved runs keep no
-validation predictions, which is why they cannot be recomputed on validation here; the threshold
-chosen on validation (Youden's J) remains the honest one.
+Operating points (sensitivity at 90 % specificity, ...) are chosen on the run's validation
+predictions (`val_predictions.csv`) and then measured on test, like the saved threshold. Runs saved
+before validation predictions were kept fall back to points found on the test images themselves,
+marked as descriptive: they describe the test set rather than a choice made before seeing it.
 """
 
 from __future__ import annotations
@@ -33,16 +33,21 @@ VALIDATION_CHOICE = "validation"
 CUSTOM_CHOICE = "custom"
 # Operating point name in `statistics.operating_points` -> what the reader sees.
 POINT_LABELS = {
-    "youden": "Youden's J on test",
+    "youden": "Youden's J",
     "sens@spec90": "best sensitivity at specificity ≥ 90 %",
     "sens@spec95": "best sensitivity at specificity ≥ 95 %",
     "spec@sens90": "best specificity at sensitivity ≥ 90 %",
     "spec@sens95": "best specificity at sensitivity ≥ 95 %",
 }
+ON_VALIDATION = "chosen on validation"
+ON_TEST = "on test, descriptive"
+VALIDATION_NOTE = (
+    "Operating points are chosen on the validation split, like the saved threshold, and measured on test: "
+    "a target met on validation (e.g. specificity ≥ 90 %) may be missed slightly on test, which is the honest figure."
+)
 DESCRIPTIVE_NOTE = (
-    "Operating points other than the validation-chosen threshold are measured on the test images: "
-    "they are descriptive (optimistic for this test set). Runs save no validation predictions, so these "
-    "points cannot be chosen on validation; the validation-chosen threshold is the honest one."
+    "Runs saved without validation predictions get their operating points from the test images: those are "
+    "descriptive (optimistic for this test set); their validation-chosen threshold is the honest one."
 )
 
 
@@ -56,9 +61,9 @@ class ThresholdChoice:
     key: str  # "validation", "youden", "sens@spec90", ... ("custom" is the page's own)
     label: str
     threshold: float
-    sensitivity: float
+    sensitivity: float  # sensitivity and specificity on test, at `threshold`
     specificity: float
-    on_test: bool  # True: chosen on the test images (descriptive only)
+    on_test: bool  # True: chosen on the test images (descriptive only); False: chosen on validation
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,11 @@ class RunEvidence:
     def choice(self, key: str) -> ThresholdChoice | None:
         return next((c for c in self.choices if c.key == key), None)
 
+    @property
+    def points_on_test(self) -> bool:
+        """True when the operating points were found on the test images (no validation predictions)."""
+        return any(c.on_test for c in self.choices)
+
 
 def arrays(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, probabilities, patients) of a predictions table, checked."""
@@ -107,8 +117,15 @@ def _plain(values) -> list[float]:
     return [round(float(v), 6) for v in np.asarray(values, dtype=np.float64)]
 
 
-def threshold_choices(y: np.ndarray, s: np.ndarray, saved_threshold: float) -> list[ThresholdChoice]:
-    """The validation-chosen threshold first, then the operating points measured on test."""
+def threshold_choices(
+    y: np.ndarray, s: np.ndarray, saved_threshold: float, validation: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[ThresholdChoice]:
+    """The validation-chosen threshold first, then the operating points, each measured on test.
+
+    With `validation` (labels, probabilities of the validation split) the points are chosen there,
+    as the saved threshold was (its Youden point is the saved threshold, so it is not repeated);
+    without it, or when validation has one class only, they are chosen on test and marked so.
+    """
     saved = statistics.binary_metrics(y, s, saved_threshold)
     choices = [
         ThresholdChoice(
@@ -116,19 +133,27 @@ def threshold_choices(y: np.ndarray, s: np.ndarray, saved_threshold: float) -> l
             float(saved["sensitivity"]), float(saved["specificity"]), on_test=False,
         )
     ]
+    chosen_on = (y, s)
+    on_test = True
+    if validation is not None and len(np.unique(validation[0])) == 2:
+        chosen_on, on_test = validation, False
     try:
-        points = statistics.operating_points(y, s)
+        points = statistics.operating_points(*chosen_on)
     except ValueError:  # one class only: no operating points
         return choices
     by_name = {p.name: p for p in points}
     for name, label in POINT_LABELS.items():
         point = by_name.get(name)
-        if point is None:
+        if point is None or (name == "youden" and not on_test):
             continue
         # A threshold above every score is written as the next float above the top score; keep it
         # in [0, 1] so a slider can show it (only a score of exactly 1.0 would be called differently).
         threshold = min(max(float(point.threshold), 0.0), 1.0)
-        choices.append(ThresholdChoice(name, f"{label} (on test, descriptive)", threshold, point.sensitivity, point.specificity, on_test=True))
+        at = statistics.binary_metrics(y, s, threshold)
+        where = ON_TEST if on_test else ON_VALIDATION
+        choices.append(
+            ThresholdChoice(name, f"{label} ({where})", threshold, float(at["sensitivity"]), float(at["specificity"]), on_test=on_test)
+        )
     return choices
 
 
@@ -142,13 +167,16 @@ def run_evidence(
     seed: int = SEED,
     confidence: float = CONFIDENCE,
     n_bins: int = CALIBRATION_BINS,
+    validation: pd.DataFrame | None = None,
 ) -> RunEvidence:
     """The evidence for one run's test predictions at `threshold`.
 
     Intervals are percentile bootstraps that resample patients (`groups=patient`), so the images
-    of one patient stay together; `seed` makes them reproducible.
+    of one patient stay together; `seed` makes them reproducible. `validation` (the run's
+    validation predictions) is where the operating points are chosen; see `threshold_choices`.
     """
     y, s, groups = arrays(predictions)
+    val = arrays(validation)[:2] if validation is not None and len(validation) else None
     saved_threshold = float(threshold if saved_threshold is None else saved_threshold)
     metrics = statistics.binary_metrics(y, s, threshold)
     intervals, problem = None, ""
@@ -197,7 +225,7 @@ def run_evidence(
         reliability=reliability,
         brier=statistics.brier_score(y, s),
         ece=statistics.expected_calibration_error(y, s, n_bins=n_bins),
-        choices=threshold_choices(y, s, saved_threshold) if both else [],
+        choices=threshold_choices(y, s, saved_threshold, val) if both else [],
         errors=statistics.error_breakdown(predictions, threshold) if "kind" in predictions.columns else pd.DataFrame(),
     )
 

@@ -137,9 +137,9 @@ def _threshold_rule(runs: Sequence[Run]) -> str:
 def _threshold_source(evidence: ev.RunEvidence) -> str:
     if abs(evidence.threshold - evidence.saved_threshold) <= 1e-12:
         return "validation-chosen"
-    for choice in evidence.choices:
-        if choice.on_test and abs(choice.threshold - evidence.threshold) <= 1e-12:
-            return f"{choice.key} (on test, descriptive)"
+    for choice in evidence.choices[1:]:
+        if abs(choice.threshold - evidence.threshold) <= 1e-12:
+            return f"{choice.key} ({ev.ON_TEST if choice.on_test else ev.ON_VALIDATION})"
     return "set by hand"
 
 
@@ -176,7 +176,7 @@ def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
     metrics = run.metrics or {}
     choices = pd.DataFrame(
         [
-            {"operating point": c.label, "threshold": c.threshold, "sensitivity": c.sensitivity, "specificity": c.specificity}
+            {"operating point": c.label, "threshold": c.threshold, "sensitivity on test": c.sensitivity, "specificity on test": c.specificity}
             for c in evidence.choices
         ]
     )
@@ -267,7 +267,7 @@ def build_report(
         saved = float((run.metrics or {}).get("threshold", 0.5))
         evidence[run.name] = ev.run_evidence(
             run.name, predictions[run.name], float(thresholds.get(run.name, saved)), saved,
-            n_resamples=n_resamples, seed=seed, confidence=confidence,
+            n_resamples=n_resamples, seed=seed, confidence=confidence, validation=run.val_predictions(),
         )
     items = [evidence[n] for n in names]
 
@@ -307,8 +307,9 @@ def build_report(
         "(validation-chosen unless the reader moved it on the dashboard). "
         f"<b>Intervals.</b> {ci}: percentile bootstrap over patients (all images of a drawn patient together), "
         f"{n_resamples:,} resamples, seed {seed}. "
-        f"<b>Operating points.</b> {_e(ev.DESCRIPTIVE_NOTE)}"
-        "</div>",
+        f"<b>Operating points.</b> {_e(ev.VALIDATION_NOTE)}"
+        + (f" {_e(ev.DESCRIPTIVE_NOTE)}" if any(e.points_on_test for e in items) else "")
+        + "</div>",
     ]
     if not same_images:
         body.append(

@@ -558,6 +558,7 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
             "finished_at": _now(),
         }
     )
+    artifacts.write_csv(folder / artifacts.VAL_PREDICTIONS, result.pop("val_predictions"))
     artifacts.write_csv(folder / artifacts.PREDICTIONS, result.pop("predictions"))
     artifacts.write_json(folder / artifacts.METRICS, result)
     return result

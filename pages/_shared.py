@@ -264,10 +264,15 @@ def predict_images(run: artifacts.Run, images: list[tuple[str, bytes]]) -> pd.Da
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def _evidence(path: str, mtime_ns: int, name: str, threshold: float, saved_threshold: float, n_resamples: int, seed: int):
+def _evidence(
+    path: str, mtime_ns: int, val_path: str, val_mtime_ns: int, name: str, threshold: float, saved_threshold: float, n_resamples: int, seed: int
+):
     from core import evidence
 
-    return evidence.run_evidence(name, _predictions(path, mtime_ns), threshold, saved_threshold, n_resamples=n_resamples, seed=seed)
+    validation = _predictions(val_path, val_mtime_ns) if val_mtime_ns else None
+    return evidence.run_evidence(
+        name, _predictions(path, mtime_ns), threshold, saved_threshold, n_resamples=n_resamples, seed=seed, validation=validation
+    )
 
 
 def saved_threshold(run: artifacts.Run) -> float:
@@ -279,7 +284,10 @@ def evidence_for(run: artifacts.Run, threshold: float, n_resamples: int, seed: i
     path = run.folder / artifacts.PREDICTIONS
     if not path.exists():
         raise artifacts.RunError(f"run {run.name!r} has no test predictions yet (state: {run.state})")
-    return _evidence(str(path), _mtime(path), run.name, float(threshold), saved_threshold(run), int(n_resamples), int(seed))
+    val_path = run.folder / artifacts.VAL_PREDICTIONS  # absent in older runs (mtime 0): points then come from test
+    return _evidence(
+        str(path), _mtime(path), str(val_path), _mtime(val_path), run.name, float(threshold), saved_threshold(run), int(n_resamples), int(seed)
+    )
 
 
 # Grad-CAM overlays are shown this wide at most: the original is shrunk to it before blending.

@@ -81,13 +81,20 @@ def choice_key(name: str) -> str:
 choices = {name: ui.evidence_for(by_name[name], saved_threshold(name), n_resamples, seed).choices for name in picked}
 SHORT_LABELS = {
     evidence.VALIDATION_CHOICE: "validation-chosen (Youden's J on validation)",
-    "youden": "Youden's J · on test",
-    "sens@spec90": "sens@spec90 · on test",
-    "sens@spec95": "sens@spec95 · on test",
-    "spec@sens90": "spec@sens90 · on test",
-    "spec@sens95": "spec@sens95 · on test",
+    "youden": "Youden's J",
     evidence.CUSTOM_CHOICE: "custom (the slider)",
 }
+
+
+def choice_label(key: str, by_key: dict[str, evidence.ThresholdChoice]) -> str:
+    """e.g. "sens@spec90 · on validation — 0.412" for the operating-point selectbox."""
+    choice = by_key.get(key)
+    label = SHORT_LABELS.get(key, key)
+    if choice is None:
+        return label
+    if key != evidence.VALIDATION_CHOICE:
+        label += " · on test" if choice.on_test else " · on validation"
+    return f"{label} — {choice.threshold:.3f}"
 
 
 def apply_choice(name: str) -> None:
@@ -170,7 +177,8 @@ if len(set(sizes.values())) > 1 or len({frozenset(predictions[n]["path"]) for n 
 st.header("Thresholds and confusion matrices")
 st.caption(
     "Pick an operating point or move a run's threshold: its matrix, its dot on the ROC curve and the tables below "
-    f"follow. {evidence.DESCRIPTIVE_NOTE}"
+    f"follow. {evidence.VALIDATION_NOTE}"
+    + (f" {evidence.DESCRIPTIVE_NOTE}" if any(items[n].points_on_test for n in picked) else "")
 )
 per_row = 3
 for start in range(0, len(picked), per_row):
@@ -185,12 +193,11 @@ for start in range(0, len(picked), per_row):
             st.markdown(f"<span style='color:{colors[name]}'>●</span> **{name}**", unsafe_allow_html=True)
             st.selectbox(
                 "Operating point", options, key=choice_key(name), on_change=apply_choice, args=(name,),
-                format_func=lambda key, by_key=by_key: SHORT_LABELS.get(key, key)
-                + (f" — {by_key[key].threshold:.3f}" if key in by_key else ""),
-                help="Validation-chosen: the search's own threshold (Youden's J on the validation split), the honest "
-                "choice. The others are measured on the test images (sens@spec90: the best sensitivity with specificity "
-                "at least 90 %, and so on): descriptive only. This run's folder keeps no validation predictions, so they "
-                "cannot be chosen on validation.",
+                format_func=lambda key, by_key=by_key: choice_label(key, by_key),
+                help="Validation-chosen: the search's own threshold (Youden's J on the validation split). The others "
+                "(sens@spec90: the best sensitivity with specificity at least 90 %, and so on) are chosen on the "
+                "validation split too and measured on test; a run saved without validation predictions gets them "
+                "from the test images instead, marked 'on test' (descriptive only).",
             )
             st.slider(
                 "Threshold (probability of pneumonia)", 0.0, 1.0, step=0.001, format="%.3f", key=threshold_key(name),

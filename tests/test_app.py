@@ -481,22 +481,38 @@ def test_compare_operating_point_sets_the_threshold(data_dir, runs_dir):
     assert choice.value == "validation" and at.slider(key="threshold::cnn-small").value == pytest.approx(saved)
     assert choice.options[0].startswith("validation-chosen") and choice.options[-1].startswith("custom")
 
+    # The operating points are chosen on the run's validation predictions and measured on test.
     small = fixture_predictions(runs_dir, "cnn-small")
-    points = {p.name: p for p in statistics.operating_points(small["y_true"], small["probability"])}
+    val = artifacts.read_csv(runs_dir / "cnn-small" / artifacts.VAL_PREDICTIONS)
+    points = {p.name: p for p in statistics.operating_points(val["y_true"], val["probability"])}
     for key in ("sens@spec90", "spec@sens95"):
         at.selectbox(key="operating_point::cnn-small").set_value(key).run()
         no_exception(at)
-        point = points[key]
-        assert at.slider(key="threshold::cnn-small").value == pytest.approx(point.threshold)
-        assert frame_with(at, "AUC 95% CI").loc[0, "threshold"] == pytest.approx(point.threshold)
-        assert f"Sensitivity **{point.sensitivity:.3f}** · specificity **{point.specificity:.3f}**" in texts(at.markdown)
-        assert "On test — descriptive" in texts(at.caption)
+        threshold = points[key].threshold
+        on_test = statistics.binary_metrics(small["y_true"], small["probability"], threshold)
+        assert at.slider(key="threshold::cnn-small").value == pytest.approx(threshold)
+        assert frame_with(at, "AUC 95% CI").loc[0, "threshold"] == pytest.approx(threshold)
+        assert f"Sensitivity **{on_test['sensitivity']:.3f}** · specificity **{on_test['specificity']:.3f}**" in texts(at.markdown)
+        assert "On test — descriptive" not in texts(at.caption)
 
     at.slider(key="threshold::cnn-small").set_value(0.25).run()  # a hand-set threshold is "custom"
     assert at.selectbox(key="operating_point::cnn-small").value == "custom"
     at.button(key="reset_cnn-small").click().run()
     assert at.selectbox(key="operating_point::cnn-small").value == "validation"
     assert at.slider(key="threshold::cnn-small").value == pytest.approx(saved)
+
+
+def test_compare_falls_back_to_test_operating_points_for_runs_without_validation_predictions(data_dir, runs_dir, tmp_path):
+    shutil.copytree(runs_dir / "cnn-small", tmp_path / "cnn-small")
+    (tmp_path / "cnn-small" / artifacts.VAL_PREDICTIONS).unlink()  # as saved by an older version
+    at = page("compare", data_dir, tmp_path)
+    at.selectbox(key="operating_point::cnn-small").set_value("sens@spec90").run()
+    no_exception(at)
+    small = fixture_predictions(runs_dir, "cnn-small")
+    point = {p.name: p for p in statistics.operating_points(small["y_true"], small["probability"])}["sens@spec90"]
+    assert at.slider(key="threshold::cnn-small").value == pytest.approx(point.threshold)
+    assert "On test — descriptive" in texts(at.caption)
+    assert "descriptive (optimistic for this test set)" in texts(at.caption)
 
 
 def test_compare_report_download_holds_every_run(data_dir, runs_dir, monkeypatch):

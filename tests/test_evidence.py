@@ -95,6 +95,27 @@ def test_threshold_choices_are_the_validation_threshold_then_test_operating_poin
     assert ev.choice("sens@spec95").specificity >= 0.95 and ev.choice("spec@sens90").sensitivity >= 0.90
 
 
+def test_operating_points_are_chosen_on_validation_and_measured_on_test(predictions):
+    y, s = predictions["y_true"].to_numpy(), predictions["probability"].to_numpy()
+    # A validation split from a shifted scorer: its thresholds differ from the test-chosen ones.
+    validation = predictions.assign(probability=np.clip(predictions["probability"] * 0.8 + 0.1, 0, 1))
+    ev = evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=100, validation=validation)
+    # Youden's J on validation is the saved threshold itself, so it is not offered twice.
+    assert [c.key for c in ev.choices] == ["validation", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95"]
+    assert not ev.points_on_test
+    on_val = {p.name: p for p in statistics.operating_points(validation["y_true"], validation["probability"])}
+    on_test = {p.name: p for p in statistics.operating_points(y, s)}
+    for choice in ev.choices[1:]:
+        assert not choice.on_test and "chosen on validation" in choice.label
+        assert choice.threshold == on_val[choice.key].threshold != on_test[choice.key].threshold
+        at = statistics.binary_metrics(y, s, choice.threshold)  # what the threshold gives on test
+        assert (at["sensitivity"], at["specificity"]) == pytest.approx((choice.sensitivity, choice.specificity))
+    # A validation split of one class cannot choose points: they come from test, marked so.
+    one_class = validation[validation["y_true"] == 1]
+    fallback = evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=100, validation=one_class)
+    assert fallback.points_on_test and fallback.choice("youden").on_test
+
+
 def test_a_test_set_of_one_class_gets_no_interval_and_says_why(predictions):
     normal = predictions[predictions["y_true"] == 0]
     ev = evidence.run_evidence("normals", normal, 0.5, n_resamples=50)

@@ -9,7 +9,7 @@ from pathlib import Path
 import plotly.io
 import pytest
 
-from core import artifacts, evidence, report
+from core import artifacts, evidence, report, statistics
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -48,6 +48,12 @@ def test_report_holds_the_evidence_of_every_run(fixture_runs, report_file):
         assert plotly.io.json.to_json_plotly(legend)[1:-1] in html  # as plotly writes it into the page
         assert f"id='run-{run.name}'" in html  # its settings and data section
         assert f"<td>{run.settings['seed']}</td>" in html
+        # its operating points, chosen on its validation predictions
+        val = run.val_predictions()
+        point = {p.name: p for p in statistics.operating_points(val["y_true"], val["probability"])}["sens@spec90"]
+        assert f"<td>{point.threshold:.4f}</td>" in html.split(f"id='run-{run.name}'")[1].split("</section>")[0]
+    assert html.count("(chosen on validation)") >= 4 * len(fixture_runs)
+    assert "descriptive (optimistic" not in html
     # paired tests: every pair on the same images is tested, the other split's pairs are refused with the reason
     assert html.count("exact binomial") + html.count("chi-square, continuity-corrected") >= 3
     assert html.count("not tested: runs were evaluated on different test images") == 3

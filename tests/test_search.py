@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import artifacts, evaluation, jobs, tuning
+from core import artifacts, evaluation, jobs, statistics, tuning
 from tests.helpers import make_dataset, run_cli, wait_for
 
 
@@ -33,7 +33,7 @@ def finished_run(dataset, tmp_path_factory):
 def test_a_finished_run_has_every_file_and_consistent_metrics(finished_run):
     store, run, result = finished_run
     for name in ("settings.json", "data_summary.json", "splits.csv", "progress.json", "trials.json",
-                 "best_hyperparameters.json", "metrics.json", "predictions.csv", "model.keras", "log.txt"):
+                 "best_hyperparameters.json", "metrics.json", "predictions.csv", "val_predictions.csv", "model.keras", "log.txt"):
         assert (run.folder / name).exists(), name
     assert run.state == "completed" and "test: AUC" in result.stdout
     trials = json.loads((run.folder / "trials.json").read_text())
@@ -50,6 +50,14 @@ def test_a_finished_run_has_every_file_and_consistent_metrics(finished_run):
     assert metrics["engine"] in ("tflite", "keras") and metrics["inference"]["ms_per_image"] > 0
     # The learnable synthetic opacity is found: far better than chance.
     assert metrics["test"]["auc"] > 0.8
+    # The validation predictions are those the threshold was chosen on: the validation split's
+    # images, whose saved metrics they reproduce, with no test patient among them.
+    val = run.val_predictions()
+    splits = pd.read_csv(run.folder / "splits.csv")
+    assert set(val["path"]) == set(splits.loc[splits["split"] == "val", "path"])
+    assert not set(val["patient"]) & set(predictions["patient"])
+    assert metrics["val"]["auc"] == pytest.approx(roc_auc_score(val["y_true"], val["probability"]), abs=1e-4)
+    assert metrics["threshold"] == pytest.approx(statistics.youden_threshold(val["y_true"], val["probability"]))
 
 
 def test_splits_are_patient_disjoint_and_test_is_the_official_folder(finished_run):

@@ -372,17 +372,6 @@ def run_label(run: artifacts.Run) -> str:
     return f"{run.name} ({run.family}, {shown})"
 
 
-def tail_text(path: Path, lines: int = 30) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 32_000))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
-
-
 def elapsed_s(progress: dict, active: bool) -> float:
     """Seconds the search has run, over all its starts; a live run counts up to now."""
     total = float(progress.get("elapsed_s") or 0.0) + float(progress.get("elapsed_before_s") or 0.0)

@@ -260,7 +260,7 @@ else:
                 st.warning("Its process ended without saying why (killed, or the machine restarted). Resume continues from the last completed trial.")
             elif run.state == "stopped":
                 st.info(progress.get("message") or "stopped by request")
-            output = ui.tail_text(run.folder / jobs.PROCESS_LOG, 25)
+            output = run.log_tail(25, jobs.PROCESS_LOG)
             with st.expander("Process output (last lines)", expanded=run.state == "failed"):
                 st.code(output or "(empty)", language=None, wrap_lines=True)
             st.button("Resume", key=f"resume_{run.name}", icon=":material/play_arrow:", on_click=_resume, args=(run.name,))

@@ -41,6 +41,21 @@ def test_public_layout_keeps_official_test_and_carves_validation(tmp_path):
     assert any("val/ has only" in note for note in notes)
 
 
+def test_a_zip_unpacked_on_a_mac_is_found_and_its_litter_ignored(tmp_path):
+    # chest_xray/chest_xray/{train,test}, __MACOSX/ beside it, AppleDouble "._" twins and .DS_Store.
+    root = make_dataset(tmp_path / "download" / "chest_xray" / "chest_xray", {"train": 6, "test": 3})
+    litter = tmp_path / "download" / "chest_xray" / "__MACOSX" / "chest_xray" / "train" / "NORMAL"
+    litter.mkdir(parents=True)
+    (litter / "._IM-0001-0001.jpeg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    for folder in (root, root / "train", root / "train" / "PNEUMONIA"):
+        (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "train" / "PNEUMONIA" / "._person1_bacteria_10.jpeg").write_bytes(b"\x00\x05\x16\x07")
+    dataset = data.scan_folder(tmp_path / "download")
+    assert dataset.root == root
+    assert len(dataset.table) == (6 + 3) * 2 * 2 and dataset.unreadable == []
+    assert not dataset.table["path"].str.contains("__MACOSX|/\\._", regex=True).any()
+
+
 def test_missing_test_split_is_carved_by_patient_with_both_classes(tmp_path):
     make_dataset(tmp_path, {"train": 60}, images_per_patient=3)
     table, notes = data.assign_splits(data.scan_folder(tmp_path).table, 0.15, 0.15, seed=3)

@@ -1,4 +1,4 @@
-"""Run every benchmark in turn and print their figures (`make bench`). Takes about 25 minutes on
+"""Run every benchmark in turn and print their figures (`make bench`). Takes about 20 minutes on
 2 cores, most of it the uncached search in bench_search.py."""
 
 import os

@@ -1,4 +1,4 @@
-"""Background searches: start the CLI in its own process, stop it, resume it, estimate time left.
+"""Background searches: start the CLI in its own process, stop it, resume it, estimate their cost.
 
 The dashboard never trains inside its own process: a search is `python -m core resume NAME` in a
 new process session, so closing the browser tab, reloading, or a second user changes nothing.
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core import artifacts
+from core import artifacts, models
 from core.tuning import SearchSettings, StopFlag, preflight
 
 PROCESS_LOG = "process.log"
@@ -109,3 +109,36 @@ def estimate_remaining_s(progress: dict) -> float | None:
     if finished <= 0:
         return None
     return max(0.0, elapsed / finished * (total - finished))
+
+
+# What a search costs on 2 x86-64 cores, measured with this code base on the real training images
+# (README, "Measured here" and "Benchmarks"), per image at the family's default input size.
+FROZEN_PASS_MS = {"mobilenet": 2.6, "inception_v3": 27.0, "xception": 45.0}  # engine pass + decode
+# Keras train step with the default 20 top layers unfrozen (measured 10, 43 and 84 ms), rounded up
+# since the search also tries deeper unfreezing.
+FINETUNE_STEP_MS = {"mobilenet": 12.0, "inception_v3": 50.0, "xception": 95.0}
+CNN_STEP_MS = 8.0  # custom CNN train step at 150 px, mid-size hyperparameters
+HEAD_STEP_MS = 0.1  # a head on cached feature vectors
+STARTUP_S = 10.0  # TensorFlow import, scanning, model build and conversion
+DECODE_MS = 1.5  # first decode and resize (pixels are cached per size afterwards)
+TRAIN_SHARE, VAL_SHARE = 0.7, 0.15  # of the images, when splits are carved
+
+
+def estimate_search_s(family: str, mode: str, image_size: int, trials: int, epochs: int, n_images: int) -> float:
+    """Order of magnitude of a search's time on a 2-core CPU, before it starts.
+
+    Frozen transfer learning pays for one backbone pass, then seconds per trial; fine-tuning and
+    the custom CNN pay a training step per image and epoch. Costs scale with the pixel count.
+    """
+    info = models.FAMILIES[family]
+    scale = (image_size / info.default_image_size) ** 2
+    n_train, n_val = TRAIN_SHARE * n_images, VAL_SHARE * n_images
+    fixed = STARTUP_S + n_images * DECODE_MS / 1000
+    if not info.transfer:
+        step = CNN_STEP_MS * scale / 1000
+        return fixed + trials * epochs * (n_train + n_val / 3) * step  # validation: forward only
+    if mode == "frozen":
+        features = n_images * FROZEN_PASS_MS[family] * scale / 1000
+        return fixed + features + trials * (0.5 + epochs * n_train * HEAD_STEP_MS / 1000)
+    step = FINETUNE_STEP_MS[family] * scale / 1000
+    return fixed + trials * epochs * (n_train + n_val / 3) * step

@@ -17,36 +17,17 @@ st.caption(
 folder = ui.artifacts_dir()
 data_folder = ui.data_dir()
 
-# Rough costs on a 2-4 core laptop CPU, measured with this code base: forward pass per image at the
-# family's default input size (transfer families) and a training step per image (custom CNN).
-FORWARD_MS = {"mobilenet": 60.0, "inception_v3": 250.0, "xception": 250.0}
-CNN_STEP_MS = 8.0
 FAMILY_HINTS = {
     "custom_cnn": "Trains every weight from scratch, so every epoch passes over all training images; "
     "cheap per image, and the cost grows with the square of the input size. No ImageNet weights needed.",
-    "mobilenet": "Light ImageNet backbone (about 60 ms per image at 224 px on a CPU). Frozen: features are "
-    "computed once per image and cached, then each trial trains a small head in seconds. Fine-tuning "
-    "retrains the top layers: several minutes per epoch on all images.",
-    "inception_v3": "The paper's backbone, at 299 px about 4× MobileNet's cost per image. Frozen mode is "
+    "mobilenet": "Light ImageNet backbone (a few ms per image at 224 px through the inference engine). Frozen: "
+    "features are computed once per image and cached, then each trial trains a small head in seconds. "
+    "Fine-tuning retrains the top layers through Keras: minutes per epoch on all images.",
+    "inception_v3": "The paper's backbone, at 299 px about 10× MobileNet's cost per image. Frozen mode is "
     "practical on a CPU (features once, cached); fine-tuning all images takes hours.",
     "xception": "Deeper Inception-style backbone at 299 px, similar cost to InceptionV3. Frozen mode is "
     "practical on a CPU; fine-tuning is for a GPU.",
 }
-
-
-def estimate_seconds(family: str, mode: str, size: int, trials: int, epochs: int, n_images: int) -> float:
-    """Order of magnitude of a search's CPU time (decode, features or training, evaluation)."""
-    info = models.FAMILIES[family]
-    scale = (size / info.default_image_size) ** 2
-    n_train, n_val = 0.7 * n_images, 0.15 * n_images
-    decode = n_images * 0.004
-    if not info.transfer:
-        step = CNN_STEP_MS * scale / 1000
-        return decode + trials * epochs * (n_train * step + n_val * step / 3)
-    forward = FORWARD_MS[family] * scale / 1000
-    if mode == "frozen":
-        return decode + n_images * forward + trials * (2 + epochs * 0.5)
-    return decode + trials * epochs * (n_train * 3 * forward + n_val * forward) + 0.15 * n_images * forward
 
 
 # ---------------------------------------------------------------------------- the form
@@ -130,7 +111,7 @@ with st.container(border=True):
     total_images = summary["total_images"] if summary else 0
     n_images = min(total_images, 6 * int(max_per_class)) if max_per_class else total_images
     if n_images:
-        seconds = estimate_seconds(family, mode, int(image_size), int(trials), int(epochs), n_images)
+        seconds = jobs.estimate_search_s(family, mode, int(image_size), int(trials), int(epochs), n_images)
         st.info(
             f"Rough CPU time for this search on about {n_images:,} images: **{ui.format_duration(seconds)}** "
             "(order of magnitude; the live panel below gives a real estimate once the first epoch ends).",

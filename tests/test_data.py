@@ -12,9 +12,11 @@ from tests.helpers import SHARED_DATA, make_dataset
 @pytest.mark.parametrize(
     ("name", "class_name", "patient", "kind"),
     [
-        ("person123_bacteria_456.jpeg", "PNEUMONIA", "person123", "bacteria"),
-        ("person45_virus_98.jpeg", "PNEUMONIA", "person45", "virus"),
-        ("person447_virus_921_1.jpeg", "PNEUMONIA", "person447", "virus"),
+        ("person123_bacteria_456.jpeg", "PNEUMONIA", "person123_bacteria", "bacteria"),
+        ("person123_virus_457.jpeg", "PNEUMONIA", "person123_virus", "virus"),  # another child
+        ("person45_virus_98.jpeg", "PNEUMONIA", "person45_virus", "virus"),
+        ("person447_virus_921_1.jpeg", "PNEUMONIA", "person447_virus", "virus"),
+        ("Person12_Bacteria_3.JPEG", "PNEUMONIA", "person12_bacteria", "bacteria"),
         ("IM-0115-0001.jpeg", "NORMAL", "IM-0115", "normal"),
         ("IM-0429-0001-0002.jpeg", "NORMAL", "IM-0429", "normal"),
         ("NORMAL2-IM-0372-0001.jpeg", "NORMAL", "NORMAL2-IM-0372", "normal"),
@@ -123,17 +125,39 @@ def test_wrong_folders_are_refused_with_a_reason(tmp_path):
         data.require_usable(data.scan_folder(tmp_path / "only"))
 
 
-def test_summary_of_the_real_training_folder():
+def test_summary_of_the_real_shared_folder():
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is not beside the repository")
     dataset = data.scan_folder(SHARED_DATA)
     summary = data.summarize(dataset)
     assert summary["images"]["train"] == {"NORMAL": 1341, "PNEUMONIA": 3875}
+    if (SHARED_DATA / "test").is_dir():  # half of the official test split (data README)
+        assert summary["images"]["test"] == {"NORMAL": 117, "PNEUMONIA": 195}
     assert summary["pneumonia_to_normal_ratio"] == pytest.approx(3875 / 1341, abs=1e-3)
     assert summary["class_weights"]["NORMAL"] > 1 > summary["class_weights"]["PNEUMONIA"]
-    table, _ = data.assign_splits(dataset.table)
+    table, notes = data.assign_splits(dataset.table)
     data.check_patient_disjoint(table)
     assert table.groupby("split")["kind"].nunique().min() == 3  # bacteria, virus, normal everywhere
+
+
+def test_real_file_names_key_patients_by_number_and_kind():
+    """A person number is counted per kind: with (number, kind) as the patient the official test
+    split is patient-disjoint from train/, and no training image is dropped for it."""
+    if not (SHARED_DATA / "test").is_dir():
+        pytest.skip("../shared/data has no test/ folder")
+    table = data.scan_folder(SHARED_DATA, check_images=False).table
+    pneumonia = table[table["class_name"] == "PNEUMONIA"]
+    numbers = pneumonia["patient"].str.extract(r"^(person\d+)_", expand=False)
+    assert numbers.notna().all()
+    both_kinds = pneumonia.groupby(numbers)["kind"].nunique()
+    assert (both_kinds == 2).sum() > 100, "many person numbers carry both kinds: they must be two patients"
+    assert (pneumonia.groupby("patient")["kind"].nunique() == 1).all()
+    by_folder = table.groupby("patient")["folder_split"].nunique()
+    assert (by_folder == 1).all(), "no (number, kind) patient is in both train/ and test/"
+    split, notes = data.assign_splits(table)
+    assert len(split) == len(table) and not any("dropped" in note for note in notes)
+    assert (split.loc[split["folder_split"] == "test", "split"] == "test").all()
+    data.check_patient_disjoint(split)
 
 
 def test_load_image_handles_real_world_formats(tmp_path):

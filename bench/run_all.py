@@ -13,6 +13,6 @@ if __name__ == "__main__":
     env = dict(os.environ)
     if KERAS_HOME.exists():
         env.setdefault("KERAS_HOME", str(KERAS_HOME))
-    for script in ("bench_engine.py", "bench_pipeline.py", "bench_search.py", "bench_dashboard.py"):
+    for script in ("bench_engine.py", "bench_pipeline.py", "bench_search.py", "bench_finetune.py", "bench_dashboard.py"):
         print(f"\n## {script}", flush=True)
         subprocess.run([sys.executable, str(HERE / script)], env=env, check=False)

@@ -21,7 +21,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core import artifacts, models, tuning
+    from core import artifacts, augmentation, models, tuning
 
     parser = argparse.ArgumentParser(prog="python -m core", description="Compare pneumonia classifiers on chest X-rays.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--alpha", type=float, default=1.0, help="MobileNet width multiplier")
     tune.add_argument("--no-feature-cache", action="store_true", help="frozen mode: recompute the backbone every step")
     tune.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
+    tune.add_argument("--cut", default=None,
+                      help="finetune mode: train the backbone's layers above this layer (default: the architecture's)")
+    tune.add_argument("--no-activation-cache", action="store_true",
+                      help="finetune mode: run the whole backbone every step instead of caching below the cut (slow)")
+    tune.add_argument("--augment", default="off", choices=(*augmentation.AUGMENTATIONS, augmentation.SEARCH),
+                      help="training augmentation preset (finetune and custom CNN); 'search' makes it a hyperparameter")
+    tune.add_argument("--augment-views", type=_positive_int, default=3,
+                      help="augmented copies of each training image cached for cut-point fine-tuning")
+    tune.add_argument("--tta", type=_positive_int, default=1,
+                      help=f"test-time augmentation: average over this many fixed views (1 = off, at most {augmentation.TTA_MAX_VIEWS})")
     tune.add_argument("--name", default=None, help="run name (default: family-mode-date)")
     tune.add_argument("--artifacts", default=artifacts_default)
     tune.add_argument("--distributed", choices=("chief",), default=None,
@@ -93,7 +103,8 @@ def _tune(args) -> int:
         image_size=args.image_size, weights=args.weights, mode=args.mode, batch_size=args.batch_size, seed=args.seed,
         max_per_class=args.max_per_class, name=args.name, artifacts_dir=args.artifacts,
         mobilenet_version=args.mobilenet_version, alpha=args.alpha, feature_cache=not args.no_feature_cache,
-        engine=args.engine,
+        engine=args.engine, activation_cache=not args.no_activation_cache, cut=args.cut, augment=args.augment,
+        augment_views=args.augment_views, tta=args.tta,
     )
     if args.distributed:
         if not args.oracle:

@@ -15,21 +15,32 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from core import artifacts, data, statistics
+from core import artifacts, augmentation, data, statistics
 from core.models import positive_probability
 
 THRESHOLD_RULE = "Youden's J on the validation split"
 
 
-def probabilities(model, inputs: np.ndarray, engine: str = "auto", batch_size: int = 64, cache_path=None) -> tuple[np.ndarray, str]:
-    """Probability of pneumonia for each input (pixels as uint8 (n,s,s,1) or features (n,d))."""
+def probabilities(
+    model, inputs: np.ndarray, engine: str = "auto", batch_size: int = 64, cache_path=None, tta: int = 1
+) -> tuple[np.ndarray, str]:
+    """Probability of pneumonia for each input (pixels as uint8 (n,s,s,1) or features (n,d)).
+
+    With `tta` > 1 (pixels only), the mean over that many fixed views of each image
+    (`augmentation.tta_views`).
+    """
     from core.engine import make_engine
 
     runner = make_engine(model, engine, cache_path=cache_path)
-    x = data.to_network_input(inputs) if inputs.ndim == 4 else np.asarray(inputs, np.float32)
-    if len(x) == 0:
+    if len(inputs) == 0:
         return np.zeros(0, np.float32), runner.name
-    return positive_probability(runner.predict(x, batch_size=batch_size)).astype(float), runner.name
+    if inputs.ndim != 4:
+        return positive_probability(runner.predict(np.asarray(inputs, np.float32), batch_size=batch_size)).astype(float), runner.name
+    scores = [
+        positive_probability(runner.predict(data.to_network_input(view), batch_size=batch_size)).astype(float)
+        for view in augmentation.tta_views(inputs, tta)
+    ]
+    return np.mean(scores, axis=0), runner.name
 
 
 def roc_points(y_true: np.ndarray, y_score: np.ndarray) -> dict:
@@ -60,11 +71,11 @@ def summarize_predictions(y_true: np.ndarray, y_score: np.ndarray, threshold: fl
     return {k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in metrics.items()}
 
 
-def evaluate_model(model, inputs, labels, table, part, engine="auto", batch_size=64) -> dict:
+def evaluate_model(model, inputs, labels, table, part, engine="auto", batch_size=64, tta=1, cache_path=None) -> dict:
     """Threshold from validation, then metrics, ROC and per-image rows on test."""
-    val_scores, engine_name = probabilities(model, inputs[part["val"]], engine, batch_size)
+    val_scores, engine_name = probabilities(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
     threshold = float(statistics.youden_threshold(labels[part["val"]], val_scores))
-    test_scores, _ = probabilities(model, inputs[part["test"]], engine, batch_size)
+    test_scores, _ = probabilities(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
     y_test = labels[part["test"]]
     test = summarize_predictions(y_test, test_scores, threshold)
     return {
@@ -76,6 +87,7 @@ def evaluate_model(model, inputs, labels, table, part, engine="auto", batch_size
         "labels": list(data.BINARY.classes),
         "roc": roc_points(y_test, test_scores),
         "engine": engine_name,
+        "tta": {"views": int(tta), "rule": "mean probability over fixed views (core.augmentation.tta_views)"} if tta > 1 else None,
         "predictions": prediction_rows(table[part["test"]], y_test, test_scores, threshold),
         "val_predictions": prediction_rows(table[part["val"]], labels[part["val"]], val_scores, threshold),
     }
@@ -141,7 +153,8 @@ def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str 
         except Exception as error:  # any unreadable file is reported, not fatal
             rows.append({"path": str(path), "probability": np.nan, "label": "", "error": f"cannot read image: {error}"})
     if pixels:
-        scores, _ = probabilities(model, np.stack(pixels), engine, cache_path=run.folder / "model.tflite")
+        tta = int(((run.metrics or {}).get("tta") or {}).get("views", 1))
+        scores, _ = probabilities(model, np.stack(pixels), engine, cache_path=run.folder / "model.tflite", tta=tta)
         for row_index, score in zip(readable, scores, strict=True):
             rows[row_index]["probability"] = round(float(score), 6)
             rows[row_index]["label"] = data.BINARY.classes[int(score >= threshold)]

@@ -46,6 +46,9 @@ class Architecture:
     preprocessing: str  # "tf": scale 0..255 to -1..1; "none": the model does it itself
     weights_module: str  # keras.src.applications module holding the download address
     weights_sizes: tuple[int, ...] = ()  # sizes with their own weight files; others use 224
+    # Where fine-tuning cuts the backbone by default: the last few blocks above it train (see
+    # core.activations). A layer whose output alone feeds everything above it.
+    default_cut: str | None = None
 
     def weights_file(self, image_size: int, alpha: float) -> str:
         """The file name Keras looks for in `$KERAS_HOME/models` for no-top ImageNet weights."""
@@ -75,12 +78,12 @@ class Architecture:
 ARCHITECTURES = {
     a.name: a
     for a in (
-        Architecture("mobilenet_v1", "MobileNet", "tf", "mobilenet", (128, 160, 192, 224)),
-        Architecture("mobilenet_v2", "MobileNetV2", "tf", "mobilenet_v2", (96, 128, 160, 192, 224)),
-        Architecture("mobilenet_v3_large", "MobileNetV3Large", "none", "mobilenet_v3"),
-        Architecture("mobilenet_v3_small", "MobileNetV3Small", "none", "mobilenet_v3"),
-        Architecture("inception_v3", "InceptionV3", "tf", "inception_v3"),
-        Architecture("xception", "Xception", "tf", "xception"),
+        Architecture("mobilenet_v1", "MobileNet", "tf", "mobilenet", (128, 160, 192, 224), "conv_pw_11_relu"),
+        Architecture("mobilenet_v2", "MobileNetV2", "tf", "mobilenet_v2", (96, 128, 160, 192, 224), "block_12_add"),
+        Architecture("mobilenet_v3_large", "MobileNetV3Large", "none", "mobilenet_v3", (), "expanded_conv_12_project_bn"),
+        Architecture("mobilenet_v3_small", "MobileNetV3Small", "none", "mobilenet_v3", (), "expanded_conv_8_project_bn"),
+        Architecture("inception_v3", "InceptionV3", "tf", "inception_v3", (), "mixed8"),
+        Architecture("xception", "Xception", "tf", "xception", (), "block14_sepconv1_act"),
     )
 }
 MOBILENET_VERSIONS = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3": "mobilenet_v3_large", "v3_small": "mobilenet_v3_small"}
@@ -197,6 +200,18 @@ def _compile(model: keras.Model, loss: str, learning_rate: float, steps_per_exec
     return model
 
 
+def _augmented(hp: keras_tuner.HyperParameters, augment: str, x, seed: int = 0):
+    """Augmentation layers in front of a pixel model: off at inference. `search` makes the preset
+    a hyperparameter."""
+    from core import augmentation
+
+    if augment == augmentation.SEARCH:
+        augment = hp.Choice("augment", list(augmentation.AUGMENTATIONS), default="off")
+    for layer in augmentation.augmentation_layers(augmentation.preset(augment), seed):
+        x = layer(x)
+    return x
+
+
 def _head_layers(hp: keras_tuner.HyperParameters, x):
     dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
     x = keras.layers.Dropout(dropout)(x)
@@ -223,7 +238,7 @@ def attach_head(backbone: keras.Model, head: keras.Model) -> keras.Model:
 
 
 def build_finetune(
-    hp: keras_tuner.HyperParameters, spec: BackboneSpec, task: Task = BINARY, unfreeze: int | None = None
+    hp: keras_tuner.HyperParameters, spec: BackboneSpec, task: Task = BINARY, unfreeze: int | None = None, augment: str = "off"
 ) -> keras.Model:
     """The finetune-mode model: the backbone with its top `unfreeze_layers` layers trainable.
 
@@ -238,12 +253,24 @@ def build_finetune(
     for i, layer in enumerate(weighted):
         # Batch norms stay frozen: their statistics come from ImageNet-sized batches.
         layer.trainable = i >= len(weighted) - unfreeze and not isinstance(layer, keras.layers.BatchNormalization)
-    outputs, loss = _output_and_loss(task, _head_layers(hp, backbone.output))
+    if augment == "off":
+        inputs, features = backbone.input, backbone.output
+    else:  # augmentation layers go in front of the whole backbone, preprocessing included
+        inputs = keras.Input(backbone.input.shape[1:], name="image")
+        features = backbone(_augmented(hp, augment, inputs))
+    outputs, loss = _output_and_loss(task, _head_layers(hp, features))
     if unfreeze:
         learning_rate = hp.Float("learning_rate", 1e-5, 1e-3, sampling="log", default=1e-4)
     else:
         learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
-    return _compile(keras.Model(backbone.input, outputs, name="classifier"), loss, learning_rate)
+    return _compile(keras.Model(inputs, outputs, name="classifier"), loss, learning_rate)
+
+
+def build_cut_finetune(hp: keras_tuner.HyperParameters, cut, task: Task = BINARY) -> keras.Model:
+    """The finetune-mode model on cached activations: the top above the cut and a head."""
+    from core import activations
+
+    return activations.build_top_model(hp, cut, task, _head_layers, _output_and_loss, _compile)
 
 
 def max_conv_blocks(image_size: int) -> int:
@@ -251,10 +278,10 @@ def max_conv_blocks(image_size: int) -> int:
     return max(1, min(5, int(math.log2(image_size)) - 2))
 
 
-def build_custom_cnn(hp: keras_tuner.HyperParameters, image_size: int, task: Task = BINARY) -> keras.Model:
+def build_custom_cnn(hp: keras_tuner.HyperParameters, image_size: int, task: Task = BINARY, augment: str = "off") -> keras.Model:
     """A plain CNN trained from scratch: conv blocks (conv, optional batch norm, ReLU, pooling)."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(inputs)
+    x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(_augmented(hp, augment, inputs))
     top = max_conv_blocks(image_size)
     blocks = hp.Int("conv_blocks", 1, top, default=min(3, top))
     filters = hp.Choice("filters", [16, 32, 64], default=32)
@@ -317,18 +344,22 @@ class SearchSpace(keras_tuner.HyperModel):
     backbone: BackboneSpec | None = None
     n_features: int | None = None
     task: Task = field(default=BINARY)
+    augment: str = "off"  # an augmentation preset, or "search" (in-model augmentation only)
+    cut: object | None = None  # an activations.CutBackbone: finetune on cached activations
 
     def __post_init__(self):
         keras_tuner.HyperModel.__init__(self, name=f"{self.family}-{self.mode}", tunable=True)
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         if self.backbone is None:
-            return build_custom_cnn(hp, self.image_size, self.task)
+            return build_custom_cnn(hp, self.image_size, self.task, self.augment)
         if self.mode == "frozen" and self.n_features:
             return build_head(hp, self.n_features, self.task)
         if self.mode == "frozen":  # no feature cache: the frozen backbone runs in every step
             return build_finetune(hp, self.backbone, self.task, unfreeze=0)
-        return build_finetune(hp, self.backbone, self.task)
+        if self.cut is not None:
+            return build_cut_finetune(hp, self.cut, self.task)
+        return build_finetune(hp, self.backbone, self.task, augment=self.augment)
 
 
 def positive_probability(outputs) -> object:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import artifacts, data, evaluation, features, models
+from core import activations, artifacts, augmentation, data, evaluation, features, models
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_auc"
@@ -66,6 +66,13 @@ class SearchSettings:
     test_fraction: float = 0.15
     feature_cache: bool = True
     engine: str = "auto"
+    # finetune mode: train the layers above `cut` (None: the architecture's default) on cached
+    # activations of the layers below it; off, every step runs the whole backbone (slow on a CPU)
+    activation_cache: bool = True
+    cut: str | None = None
+    augment: str = "off"  # an augmentation preset (core.augmentation), or "search" for in-model augmentation
+    augment_views: int = 3  # augmented copies of each training image cached for cut-point fine-tuning
+    tta: int = 1  # test-time augmentation: views averaged when evaluating and predicting (1: off)
 
     @classmethod
     def from_dict(cls, values: dict) -> SearchSettings:
@@ -126,9 +133,38 @@ class SearchSettings:
             problems.append("validation and test fractions must be between 0.05 and 0.4")
         if self.engine not in ("auto", "tflite", "keras"):
             problems.append("engine must be auto, tflite or keras")
+        problems += self._augmentation_problems()
+        if not 1 <= int(self.tta) <= augmentation.TTA_MAX_VIEWS:
+            problems.append(f"test-time augmentation takes 1 (off) to {augmentation.TTA_MAX_VIEWS} views")
         if problems:
             raise SettingsError("; ".join(problems))
         artifacts.check_run_name(self.name)
+
+    def _augmentation_problems(self) -> list[str]:
+        problems = []
+        if self.augment not in (*augmentation.AUGMENTATIONS, augmentation.SEARCH):
+            problems.append(f"augmentation must be one of {', '.join(augmentation.AUGMENTATIONS)} or {augmentation.SEARCH}")
+        elif self.augment != "off" and self.mode == "frozen":
+            problems.append("augmentation needs --mode finetune or the custom CNN: frozen features are computed once, unaugmented")
+        elif self.augment == augmentation.SEARCH and self.uses_activation_cache:
+            problems.append("augmentation 'search' changes the images per trial, which the activation cache cannot: "
+                            "pick a preset, or turn the activation cache off")
+        if not 1 <= int(self.augment_views) <= 16:
+            problems.append("augmented views must be between 1 and 16")
+        if self.cut and not self.uses_activation_cache:
+            problems.append("a cut layer needs --mode finetune with the activation cache on")
+        if self.uses_activation_cache and not self.cut_layer:
+            problems.append(f"{self.backbone().architecture} has no default cut layer: pass --cut LAYER")
+        return problems
+
+    @property
+    def uses_activation_cache(self) -> bool:
+        return self.family_info.transfer and self.mode == "finetune" and bool(self.activation_cache)
+
+    @property
+    def cut_layer(self) -> str | None:
+        spec = self.backbone()
+        return self.cut or (spec.arch.default_cut if spec else None)
 
     def backbone(self) -> models.BackboneSpec | None:
         return self.family_info.backbone(self.image_size, self.weights, self.mobilenet_version, self.alpha)
@@ -480,14 +516,16 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
         log("note: a frozen backbone with random weights gives random features; expect results near chance "
             "(a baseline for what ImageNet features add). Use --mode finetune to train a backbone from scratch")
     use_features = spec is not None and settings.mode == "frozen" and settings.feature_cache
-    backbone = models.build_backbone(spec) if spec is not None and settings.mode == "frozen" else None
+    use_activations = spec is not None and settings.uses_activation_cache
+    backbone = models.build_backbone(spec) if spec is not None and (settings.mode == "frozen" or use_activations) else None
     if spec is not None and backbone is None:
         models.resolve_weights(spec)  # finetune: fail on missing weights now, not in every trial
+    cut = activations.split_backbone(backbone, settings.cut_layer) if use_activations else None
 
     clock = time.monotonic()
     progress.update(phase="decoding images", message=f"decoding {len(table)} images at {settings.image_size} px", force=True)
     log(f"decoding {len(table)} images at {settings.image_size} px (cached per size)")
-    inputs = None
+    inputs = views = None
     if use_features:
         inputs, errors = features.cached_features(
             backbone, spec, list(table["path"]), settings.image_size, cache_root(settings),
@@ -495,14 +533,25 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
             progress=lambda done, total: progress.update(message=f"features {done}/{total}"),
             log=log, stop=stop.check,
         )
+    elif use_activations:
+        cached = activations.cached_activations(
+            cut, spec, list(table["path"]), (table["split"] == "train").to_numpy(), cache_root(settings),
+            augmentation.preset(settings.augment), settings.augment_views, seed=settings.seed, engine=settings.engine,
+            progress=lambda message: progress.update(message=message), log=log, stop=stop.check,
+        )
+        inputs, views, errors = cached.clean, cached.views, cached.errors
     else:
         inputs, errors = data.load_images(
             list(table["path"]), settings.image_size, cache_root(settings) / "pixels",
             progress=lambda done, total: progress.update(message=f"decoded {done}/{total}"),
         )
+    if views is not None and errors:  # the views hold the training rows only: keep them aligned
+        train_rows = (table["split"] == "train").to_numpy()
+        bad = table["path"].isin({e.path for e in errors}).to_numpy()
+        views = views[:, ~bad[train_rows]]
     table, inputs = _drop_undecodable(table, inputs, errors, folder, log)
     data.require_splits(table)
-    timings["features_s" if use_features else "decode_s"] = time.monotonic() - clock
+    timings["features_s" if use_features else "activations_s" if use_activations else "decode_s"] = time.monotonic() - clock
     stop.check()
 
     labels = task.labels(table)
@@ -510,7 +559,7 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     weights = data.class_weights(labels[part["train"]], len(task.classes))
     hypermodel = models.SearchSpace(
         settings.family, settings.mode, settings.image_size, spec,
-        n_features=inputs.shape[1] if use_features else None, task=task,
+        n_features=inputs.shape[1] if use_features else None, task=task, augment=settings.augment, cut=cut,
     )
 
     clock = time.monotonic()
@@ -518,8 +567,12 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     total = _planned_trials(tuner, settings)
     progress.update(state="running", phase="searching", trials_total=total, epochs=settings.epochs, force=True)
     log(f"searching: {settings.tuner} search, {total} trials, {settings.epochs} epochs, class weights {weights}")
-    train_ds = data.make_tf_dataset(inputs[part["train"]], labels[part["train"]], settings.batch_size, shuffle=True, seed=settings.seed)
-    val_ds = data.make_tf_dataset(inputs[part["val"]], labels[part["val"]], settings.batch_size)
+    if use_activations:
+        train_ds = activations.training_dataset(views, inputs[part["train"]], labels[part["train"]], settings.batch_size, settings.seed)
+        val_ds = data.make_tf_dataset(np.asarray(inputs[part["val"]], np.float32), labels[part["val"]], settings.batch_size)
+    else:
+        train_ds = data.make_tf_dataset(inputs[part["train"]], labels[part["train"]], settings.batch_size, shuffle=True, seed=settings.seed)
+        val_ds = data.make_tf_dataset(inputs[part["val"]], labels[part["val"]], settings.batch_size)
     callback = _make_progress_callback(progress, stop, log)
     watcher = _watch_chief(tuner, progress, folder) if role == "chief" else None
     # Keras Tuner clears the Keras session before every trial, and that runs a full gc.collect()
@@ -549,9 +602,25 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     best_hp = tuner.get_best_hyperparameters(1)[0]
     trained = tuner.get_best_models(1)[0]
     artifacts.write_json(folder / artifacts.BEST_HYPERPARAMETERS, {k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")})
-    model = models.attach_head(backbone, trained) if use_features else trained
-    # Evaluate what the search trained on (features or pixels): the same numbers, much faster.
-    result = evaluation.evaluate_model(trained, inputs, labels, table, part, settings.engine, settings.batch_size)
+    if use_features:
+        model = models.attach_head(backbone, trained)
+    elif use_activations:
+        model = activations.join(cut, trained)
+    else:
+        model = trained
+    if use_features and settings.tta == 1:
+        # Evaluate what the search trained on: the same numbers as the saved model, much faster.
+        result = evaluation.evaluate_model(trained, inputs, labels, table, part, settings.engine, settings.batch_size)
+    else:
+        # The saved model on pixels (activations are float16; views need pixels): exactly what
+        # `predict` will give later.
+        rows = (part["val"] | part["test"])
+        pixels, _ = data.load_images(list(table.loc[rows, "path"]), settings.image_size, cache_root(settings) / "pixels")
+        sub = {split: mask[rows] for split, mask in part.items()}
+        result = evaluation.evaluate_model(
+            model, pixels, labels[rows], table[rows], sub, settings.engine, settings.batch_size,
+            tta=settings.tta, cache_path=folder / "model.tflite",
+        )
     timings["evaluate_s"] = time.monotonic() - clock
     artifacts.save_model(folder / artifacts.MODEL, model)
     sample = data.load_images(list(table.loc[part["test"], "path"][:32]), settings.image_size)[0]
@@ -563,6 +632,7 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
             "timings": {k: round(v, 2) for k, v in timings.items()},
             "trials_completed": len(completed),
             "feature_cache": use_features,
+            "activation_cache": {"cut": cut.cut, "augment": settings.augment, "views": settings.augment_views} if cut else None,
             "finished_at": _now(),
         }
     )

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import artifacts, data, figures, jobs, models, tuning
+from core import artifacts, augmentation, data, figures, jobs, models, tuning
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -22,7 +22,8 @@ FAMILY_HINTS = {
     "cheap per image, and the cost grows with the square of the input size. No ImageNet weights needed.",
     "mobilenet": "Light ImageNet backbone (a few ms per image at 224 px through the inference engine). Frozen: "
     "features are computed once per image and cached, then each trial trains a small head in seconds. "
-    "Fine-tuning retrains the top layers through Keras: minutes per epoch on all images.",
+    "Fine-tuning trains the blocks above a cut on activations cached once per image (with augmented "
+    "copies): tens of seconds per epoch on all images at 224 px.",
     "inception_v3": "The paper's backbone, at 299 px about 10× MobileNet's cost per image. Frozen mode is "
     "practical on a CPU (features once, cached); fine-tuning all images takes hours.",
     "xception": "Deeper Inception-style backbone at 299 px, similar cost to InceptionV3. Frozen mode is "
@@ -99,11 +100,34 @@ with st.container(border=True):
                 where = f"found in {local.parent}" if local.exists() else f"not in {local.parent} yet: downloaded on the first run (needs network)"
                 st.caption(f"ImageNet weights ({local.name}): {where}.")
 
+    augment, views = "off", 3
+    if mode in ("finetune", "scratch"):
+        c1, c2 = st.columns(2)
+        choices = [*augmentation.AUGMENTATIONS, augmentation.SEARCH]
+        augment = c1.selectbox(
+            "Training augmentation", choices, key="tune_augment",
+            format_func=lambda n: n if n == augmentation.SEARCH else f"{n} ({augmentation.AUGMENTATIONS[n].describe()})",
+            help="Small rotations, zooms, shifts, contrast and brightness changes of the training images, so the "
+            "model holds up on X-rays from other machines and periods. 'search' lets the tuner pick a preset "
+            "(custom CNN, or fine-tuning without the activation cache).",
+        )
+        if mode == "finetune":
+            views = c2.number_input(
+                "Augmented views per image", 1, 16, 3, key="tune_augment_views",
+                help="Fine-tuning trains the backbone's top on activations cached once per image; this many augmented "
+                "copies of each training image are cached, and each epoch draws one.",
+            )
+
     version, alpha = "v2", 1.0
     with st.expander("More settings"):
         c1, c2, c3, c4 = st.columns(4)
         batch_size = c1.number_input("Batch size", 1, 4096, 32, key="tune_batch_size")
         seed = c2.number_input("Seed", 0, 2**31 - 1, 42, key="tune_seed", help="Fixes the patient split, the image cap and the search's draws.")
+        tta = c1.number_input(
+            "Test-time views", 1, augmentation.TTA_MAX_VIEWS, 1, key="tune_tta",
+            help="Test-time augmentation: evaluation and predictions average the probability over this many fixed views "
+            "of each image (the image, a small zoom, small shifts). 1 = off.",
+        )
         if family == "mobilenet":
             version = c3.selectbox("MobileNet version", sorted(models.MOBILENET_VERSIONS), index=sorted(models.MOBILENET_VERSIONS).index("v2"), key="tune_mobilenet_version")
             alpha = c4.selectbox("Width (alpha)", [0.35, 0.5, 0.75, 1.0, 1.3, 1.4], index=3, key="tune_alpha", help="v1 takes 0.25-1.0; v2 0.35-1.4; v3 0.75 or 1.0")
@@ -131,6 +155,7 @@ if start:
             image_size=int(image_size), weights=weights, mode=mode if info.transfer else "frozen",
             max_per_class=int(max_per_class) or None, name=name.strip() or None, artifacts_dir=folder,
             batch_size=int(batch_size), seed=int(seed), mobilenet_version=version, alpha=float(alpha),
+            augment=augment, augment_views=int(views), tta=int(tta),
         ).resolved()
         started = jobs.start_search(settings)
     except (tuning.SettingsError, artifacts.RunError, data.DataError, OSError) as error:

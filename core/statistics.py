@@ -34,7 +34,6 @@ from sklearn.metrics import (
     average_precision_score,
     precision_recall_curve,
     roc_auc_score,
-    roc_curve,
 )
 
 __all__ = [
@@ -374,6 +373,15 @@ class DeLongResult(_DictMixin):
     confidence: float
     n_positive: int
     n_negative: int
+    # Why the test is undefined ("" when it is defined); then se, z, p and the interval are NaN.
+    problem: str = ""
+    # "delong": every image independent; "clustered_delong": Obuchowski (1997), patients as clusters.
+    method: str = "delong"
+    n_clusters: int = 0  # independent units: images for "delong", patients for "clustered_delong"
+
+    @property
+    def defined(self) -> bool:
+        return not self.problem
 
 
 @dataclass(frozen=True)
@@ -434,39 +442,79 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, confidence: float = 0.9
     Uses DeLong, DeLong & Clarke-Pearson (1988) with the fast midrank
     algorithm of Sun & Xu (2014). The two AUCs are correlated because they
     share images, which is why an unpaired comparison would be too
-    conservative. When both scores give exactly the same placements the
-    standard error is zero; the result is then z = 0, p = 1 if the AUCs are
-    equal (and z = +/-inf, p = 0 otherwise).
+    conservative. Every image counts as independent: when patients have
+    several images use :func:`clustered_delong_test`.
+
+    The variance needs at least two positive and two negative images. With
+    fewer, or when it is zero while the AUCs differ (both classifiers' placement
+    values are constant, e.g. perfect separation), there is no basis for a
+    p-value: the result is *undefined*, with NaN ``se``, ``z``, ``p_value`` and
+    interval and the reason in ``problem``. Identical placements (zero variance,
+    equal AUCs) give z = 0, p = 1.
     """
     y = _labels(y_true)
     a = _scores(score_a, y.size, "score_a")
     b = _scores(score_b, y.size, "score_b")
     _require_both_classes(y, "delong_test")
-    aucs, cov = _delong_components(y, np.vstack([a, b]))
-    diff = float(aucs[0] - aucs[1])
-    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
-    se = math.sqrt(max(var, 0.0))  # guard tiny negative rounding
-    if se > 0:
-        z = diff / se
-        p = _two_sided_p(z)
-    elif diff == 0:
-        z, p = 0.0, 1.0
-    else:
-        z, p = math.copysign(math.inf, diff), 0.0
-    q = float(stats.norm.ppf(0.5 + confidence / 2.0))
     n_pos = int(y.sum())
+    n_neg = int(y.size - n_pos)
+    if min(n_pos, n_neg) < 2:
+        aucs = np.array([roc_auc_score(y, a), roc_auc_score(y, b)])
+        problem = (
+            f"the variance needs at least 2 positive and 2 negative images; there are {n_pos} positive and {n_neg} negative"
+        )
+        return _delong_result(aucs, math.nan, confidence, n_pos, n_neg, problem=problem)
+    aucs, cov = _delong_components(y, np.vstack([a, b]))
+    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+    return _delong_result(aucs, var, confidence, n_pos, n_neg)
+
+
+def _delong_result(
+    aucs: np.ndarray,
+    var: float,
+    confidence: float,
+    n_pos: int,
+    n_neg: int,
+    problem: str = "",
+    method: str = "delong",
+    n_clusters: int | None = None,
+) -> DeLongResult:
+    """A DeLongResult from the two AUCs and the variance of their difference.
+
+    A NaN variance, or a zero variance with different AUCs, makes the result
+    undefined (NaN statistics and ``problem`` set) instead of z = inf, p = 0.
+    """
+    diff = float(aucs[0] - aucs[1])
+    se = z = p = math.nan
+    if not problem:
+        if not math.isfinite(var):
+            problem = "the variance of the AUC difference is undefined"
+        else:
+            se = math.sqrt(max(var, 0.0))  # guard tiny negative rounding
+            if se > 0:
+                z = diff / se
+                p = _two_sided_p(z)
+            elif diff == 0:
+                z, p = 0.0, 1.0
+            else:
+                se = math.nan
+                problem = "the variance of the AUC difference is zero although the AUCs differ (constant placements)"
+    q = float(stats.norm.ppf(0.5 + confidence / 2.0))
     return DeLongResult(
         auc_a=float(aucs[0]),
         auc_b=float(aucs[1]),
         difference=diff,
         se=se,
         z=float(z),
-        p_value=p,
+        p_value=float(p),
         ci_low=diff - q * se,
         ci_high=diff + q * se,
         confidence=float(confidence),
-        n_positive=n_pos,
-        n_negative=int(y.size - n_pos),
+        n_positive=int(n_pos),
+        n_negative=int(n_neg),
+        problem=problem,
+        method=method,
+        n_clusters=int(n_pos + n_neg if n_clusters is None else n_clusters),
     )
 
 
@@ -479,9 +527,13 @@ def delong_ci(y_true: Any, score: Any, confidence: float = 0.95) -> DeLongCI:
     y = _labels(y_true)
     s = _scores(score, y.size)
     _require_both_classes(y, "delong_ci")
-    aucs, cov = _delong_components(y, s[None, :])
-    auc = float(aucs[0])
-    se = math.sqrt(max(float(cov[0, 0]), 0.0))
+    n_pos = int(y.sum())
+    if min(n_pos, y.size - n_pos) < 2:  # no variance (NaN interval), not a zero-width one
+        auc, se = float(roc_auc_score(y, s)), math.nan
+    else:
+        aucs, cov = _delong_components(y, s[None, :])
+        auc = float(aucs[0])
+        se = math.sqrt(max(float(cov[0, 0]), 0.0))
     q = float(stats.norm.ppf(0.5 + confidence / 2.0))
     return DeLongCI(
         auc=auc,
@@ -504,7 +556,8 @@ class McNemarResult(_DictMixin):
     ``b``: images A got right and B got wrong; ``c``: A wrong, B right.
     ``method`` is ``"exact"`` (two-sided binomial, ``statistic = min(b, c)``)
     or ``"chi2_cc"`` (chi-square with continuity correction,
-    ``statistic = (|b - c| - 1)^2 / (b + c)``).
+    ``statistic = max(|b - c| - 1, 0)^2 / (b + c)``: the correction never
+    pushes ``|b - c|`` below zero, so b = c gives p = 1).
     """
 
     b: int
@@ -536,7 +589,7 @@ def mcnemar_test(y_true: Any, pred_a: Any, pred_b: Any) -> McNemarResult:
         p = 1.0 if n_disc == 0 else float(min(1.0, 2.0 * stats.binom.cdf(min(b, c), n_disc, 0.5)))
         method = "exact"
     else:
-        statistic = (abs(b - c) - 1.0) ** 2 / n_disc
+        statistic = max(abs(b - c) - 1.0, 0.0) ** 2 / n_disc
         p = float(stats.chi2.sf(statistic, df=1))
         method = "chi2_cc"
     return McNemarResult(b=b, c=c, statistic=float(statistic), p_value=p, method=method)
@@ -726,73 +779,126 @@ class OperatingPoint(_DictMixin):
     specificity: float
 
 
-def _roc_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All ROC points as (threshold, sensitivity, specificity), highest threshold first.
+@dataclass(frozen=True)
+class _RocCounts:
+    """Every distinct threshold, highest first, with its exact confusion counts."""
 
-    scikit-learn's first threshold is +inf (nothing positive); it is replaced
-    by the next float above the top score, which predicts the same thing but
-    stays a finite, JSON-friendly number.
+    threshold: np.ndarray
+    tp: np.ndarray  # positives with score >= threshold (ints)
+    fp: np.ndarray  # negatives with score >= threshold (ints)
+    n_pos: int
+    n_neg: int
+
+    @property
+    def sensitivity(self) -> np.ndarray:
+        return self.tp / self.n_pos
+
+    @property
+    def specificity(self) -> np.ndarray:
+        return (self.n_neg - self.fp) / self.n_neg
+
+
+def _roc_counts(y: np.ndarray, s: np.ndarray) -> _RocCounts:
+    """All ROC points as exact counts, highest threshold first.
+
+    The thresholds are the distinct scores, as scikit-learn's ``roc_curve``
+    with ``drop_intermediate=False`` gives them, preceded by a "nothing
+    positive" threshold: scikit-learn's +inf is replaced by the next float
+    above the top score, which predicts the same thing but stays a finite,
+    JSON-friendly number. It is never clipped to 1.0, where a probability of
+    exactly 1.0 would count as positive. Counts stay integers so that ties in
+    Youden's J or in a metric are ties, not floating-point noise.
     """
-    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
-    thr = thr.astype(np.float64).copy()
-    thr[~np.isfinite(thr)] = np.nextafter(s.max(), np.inf)
-    return thr, tpr, 1.0 - fpr
+    order = np.argsort(-s, kind="mergesort")
+    ss, yy = s[order], y[order]
+    run_end = np.r_[ss[1:] != ss[:-1], True]  # last image of each run of equal scores
+    tp = np.cumsum(yy)[run_end]
+    fp = np.cumsum(1 - yy)[run_end]
+    n_pos = int(y.sum())
+    return _RocCounts(
+        threshold=np.r_[np.nextafter(ss[0], np.inf), ss[run_end]].astype(np.float64),
+        tp=np.r_[0, tp].astype(np.int64),
+        fp=np.r_[0, fp].astype(np.int64),
+        n_pos=n_pos,
+        n_neg=int(y.size - n_pos),
+    )
 
 
-def _best_meeting(
-    name: str, target: float, thr: np.ndarray, sens: np.ndarray, spec: np.ndarray, fix: str
-) -> OperatingPoint:
-    """Among thresholds meeting ``target`` on the fixed metric, maximise the other."""
-    fixed, other = (spec, sens) if fix == "specificity" else (sens, spec)
+def _point(name: str, roc: _RocCounts, i: int) -> OperatingPoint:
+    return OperatingPoint(
+        name=name,
+        threshold=float(roc.threshold[i]),
+        sensitivity=float(roc.sensitivity[i]),
+        specificity=float(roc.specificity[i]),
+    )
+
+
+def _best_meeting(name: str, target: float, roc: _RocCounts, fix: str) -> OperatingPoint:
+    """Among thresholds meeting ``target`` on the fixed metric, maximise the other.
+
+    Ties in the maximised metric go to the threshold with the better fixed
+    metric (a tie is never broken towards a dominated point): for
+    ``sens@spec`` the higher specificity, for ``spec@sens`` the higher
+    sensitivity. Both comparisons use exact counts.
+    """
+    tn = roc.n_neg - roc.fp
+    if fix == "specificity":
+        fixed, fixed_count, other_count = roc.specificity, tn, roc.tp
+    else:
+        fixed, fixed_count, other_count = roc.sensitivity, roc.tp, tn
     # Small tolerance so e.g. 9/10 counts as meeting a 0.9 target despite rounding.
     ok = np.flatnonzero(fixed >= target - 1e-12)
-    # argmax returns the first maximum, i.e. the highest threshold, which also
-    # has the best value of the fixed metric among ties.
-    i = ok[np.argmax(other[ok])]
-    return OperatingPoint(name=name, threshold=float(thr[i]), sensitivity=float(sens[i]), specificity=float(spec[i]))
+    # lexsort: the last key is the primary one; the last row is the best.
+    i = ok[np.lexsort((fixed_count[ok], other_count[ok]))[-1]]
+    return _point(name, roc, int(i))
+
+
+def _youden_index(roc: _RocCounts) -> int:
+    """Index of the largest Youden's J, ties to the highest threshold.
+
+    J = tp/P + tn/N - 1 is compared as the integer tp*N - fp*P (J*P*N up to a
+    constant), so equal J are found equal whatever the floating-point rounding.
+    """
+    return int(np.argmax(roc.tp * roc.n_neg - roc.fp * roc.n_pos))
 
 
 def youden_threshold(y_true: Any, y_score: Any) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1.
 
-    Ties go to the highest threshold (the most conservative positive call).
+    Ties (equal J, compared with exact counts) go to the highest threshold
+    (the most conservative positive call). Needs both classes: raises
+    ``ValueError`` saying how many images of each class there are otherwise.
     """
     y = _labels(y_true)
     s = _scores(y_score, y.size)
     _require_both_classes(y, "youden_threshold")
-    thr, sens, spec = _roc_points(y, s)
-    return float(thr[np.argmax(sens + spec)])
+    roc = _roc_counts(y, s)
+    return float(roc.threshold[_youden_index(roc)])
 
 
 def operating_points(y_true: Any, y_score: Any, targets: Sequence[float] = (0.90, 0.95)) -> list[OperatingPoint]:
     """Clinically framed operating points plus the Youden optimum.
 
     For each target t (default 90% and 95%) returns ``sens@spec{t}`` (the
-    best sensitivity among thresholds with specificity >= t) and
-    ``spec@sens{t}`` (the best specificity with sensitivity >= t), each with
-    the threshold achieving it, then ``youden``. Values are measured on the
-    given data, so on a test set they are optimistic for that set.
+    best sensitivity among thresholds with specificity >= t; among equal
+    sensitivities the best specificity) and ``spec@sens{t}`` (the best
+    specificity with sensitivity >= t; among equal specificities the best
+    sensitivity), each with the threshold achieving it, then ``youden``.
+    Values are measured on the given data, so on a test set they are
+    optimistic for that set.
     """
     y = _labels(y_true)
     s = _scores(y_score, y.size)
     _require_both_classes(y, "operating_points")
-    thr, sens, spec = _roc_points(y, s)
+    roc = _roc_counts(y, s)
     points = []
     for t in targets:
         pct = f"{100 * t:g}"
-        points.append(_best_meeting(f"sens@spec{pct}", t, thr, sens, spec, "specificity"))
+        points.append(_best_meeting(f"sens@spec{pct}", t, roc, "specificity"))
     for t in targets:
         pct = f"{100 * t:g}"
-        points.append(_best_meeting(f"spec@sens{pct}", t, thr, sens, spec, "sensitivity"))
-    j = int(np.argmax(sens + spec))
-    points.append(
-        OperatingPoint(
-            name="youden",
-            threshold=float(thr[j]),
-            sensitivity=float(sens[j]),
-            specificity=float(spec[j]),
-        )
-    )
+        points.append(_best_meeting(f"spec@sens{pct}", t, roc, "sensitivity"))
+    points.append(_point("youden", roc, _youden_index(roc)))
     return points
 
 

@@ -279,6 +279,32 @@ def test_delong_identical_scores_and_power() -> None:
     assert st.delong_test(y, strong, weak).p_value < 1e-4
 
 
+def test_delong_with_one_image_of_a_class_is_undefined_not_p_zero() -> None:
+    # One positive image: the sample variance of its placement needs n - 1 = 0 degrees of
+    # freedom (numpy's np.var(ddof=1) of one value is NaN): no variance, so no p-value.
+    y = np.array([1, 0, 0, 0, 0])
+    a = np.array([0.9, 0.1, 0.2, 0.3, 0.4])
+    b = np.array([0.35, 0.1, 0.2, 0.3, 0.4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "degrees of freedom <= 0" warning either
+        res = st.delong_test(y, a, b)
+        reverse = st.delong_test(1 - y, -a, -b)  # a single negative image
+    for r in (res, reverse):
+        assert not r.defined and "at least 2 positive and 2 negative" in r.problem
+        assert math.isnan(r.p_value) and math.isnan(r.z) and math.isnan(r.se) and math.isnan(r.ci_low)
+        assert r.auc_a == pytest.approx(1.0) and r.auc_b == pytest.approx(0.75)  # hand count: 4 of 4, 3 of 4 pairs
+        assert json.loads(json.dumps(r.to_dict(), allow_nan=False))["p_value"] is None
+    assert math.isnan(st.delong_ci(y, a).se)
+    # Zero variance with different AUCs (A separates perfectly, B ties everything): undefined, not z = inf.
+    y4 = np.array([1, 1, 0, 0])
+    flat = st.delong_test(y4, np.array([0.9, 0.8, 0.2, 0.1]), np.full(4, 0.5))
+    assert not flat.defined and "zero" in flat.problem and math.isnan(flat.p_value)
+    # Two of each class: defined (checked against the textbook components).
+    two = st.delong_test(y4, np.array([0.9, 0.3, 0.4, 0.1]), np.array([0.6, 0.8, 0.2, 0.7]))
+    aucs, cov = _slow_delong(y4, [np.array([0.9, 0.3, 0.4, 0.1]), np.array([0.6, 0.8, 0.2, 0.7])])
+    assert two.defined and two.se**2 == pytest.approx(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+
+
 # --------------------------------------------------------------------------
 # McNemar
 # --------------------------------------------------------------------------
@@ -320,6 +346,18 @@ def test_mcnemar_switches_method_at_25_discordant_and_handles_none() -> None:
     assert st.mcnemar_test(*_paired_outcomes(13, 12, 5, 0)).method == "chi2_cc"
     none = st.mcnemar_test(*_paired_outcomes(0, 0, 10, 3))
     assert none.p_value == 1.0
+
+
+@pytest.mark.parametrize("b", [12, 13, 20, 60])
+def test_mcnemar_with_b_equal_c_gives_p_one(b: int) -> None:
+    # b = c is no evidence at all: the exact two-sided binomial test (scipy) gives p = 1, and
+    # the continuity-corrected statistic max(|b - c| - 1, 0)^2 / (b + c) is 0, also p = 1.
+    from scipy.stats import binomtest
+
+    res = st.mcnemar_test(*_paired_outcomes(b, b, 30, 4))
+    assert binomtest(b, 2 * b).pvalue == 1.0
+    assert res.p_value == 1.0
+    assert (res.method, res.statistic) == (("exact", b) if 2 * b < 25 else ("chi2_cc", 0.0))
 
 
 # --------------------------------------------------------------------------
@@ -446,6 +484,66 @@ def test_operating_points_achieve_targets_and_are_optimal(seed: int) -> None:
     assert sum(_sens_spec(y, s, youden.threshold)) == pytest.approx(best_j)
     assert st.youden_threshold(y, s) == youden.threshold
     assert all(math.isfinite(p.threshold) for p in points.values())
+
+
+def _best_by_brute_force(y, s, fixed: str, target: float) -> tuple[float, float]:
+    """Reference: every candidate threshold, exact fractions; best other metric, then best fixed one."""
+    from fractions import Fraction
+
+    P, N = int(np.sum(y == 1)), int(np.sum(y == 0))
+    rows = []
+    for t in [*np.unique(s), np.inf]:
+        sens = Fraction(int(np.sum((s >= t) & (y == 1))), P)
+        spec = Fraction(int(np.sum((s < t) & (y == 0))), N)
+        rows.append((sens, spec))
+    if fixed == "sens":
+        sens, spec = max((r for r in rows if r[0] >= Fraction(target).limit_denominator(1000)), key=lambda r: (r[1], r[0]))
+    else:
+        sens, spec = max((r for r in rows if r[1] >= Fraction(target).limit_denominator(1000)), key=lambda r: (r[0], r[1]))
+    return float(sens), float(spec)
+
+
+def test_specificity_at_target_sensitivity_breaks_ties_towards_higher_sensitivity() -> None:
+    # Negatives 0.95 and 0.1; positives 0.9, 0.8, 0.3, 0.2. Thresholds 0.8, 0.3 and 0.2 all give
+    # specificity 1/2 (only 0.95 is a false alarm) with sensitivity 1/2, 3/4 and 1: the best
+    # specificity at sensitivity >= 50 % is 1/2, and of those points 0.2 (sensitivity 1) dominates.
+    y = np.array([0, 1, 1, 1, 1, 0])
+    s = np.array([0.95, 0.9, 0.8, 0.3, 0.2, 0.1])
+    point = {p.name: p for p in st.operating_points(y, s, targets=(0.5,))}["spec@sens50"]
+    assert (point.threshold, point.sensitivity, point.specificity) == (0.2, 1.0, 0.5)
+    rng = np.random.default_rng(9)
+    for _ in range(30):  # random small sets with many ties against the brute-force reference
+        y = rng.integers(0, 2, 40)
+        y[:2] = [0, 1]
+        s = np.round(rng.random(40) * 0.6 + 0.3 * y, 1)
+        points = {p.name: p for p in st.operating_points(y, s, targets=(0.8,))}
+        for name, fixed in (("spec@sens80", "sens"), ("sens@spec80", "spec")):
+            assert (points[name].sensitivity, points[name].specificity) == pytest.approx(_best_by_brute_force(y, s, fixed, 0.8))
+
+
+def test_youden_ties_are_exact_not_floating_point_noise() -> None:
+    # Scores 0.9 > ... > 0.4 with labels 1 1 0 1 0 0 (3 positives, 3 negatives). Thresholds 0.8
+    # (2/3 sensitivity, 1 specificity) and 0.6 (1 and 2/3) both have J = 2/3 exactly, but in floats
+    # 2/3 + 1 = 1.6666666666666665 < 1 + (1 - 1/3) = 1.6666666666666667. Ties go to the higher threshold.
+    from fractions import Fraction
+
+    y = np.array([1, 1, 0, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    j = {t: Fraction(int(np.sum((s >= t) & (y == 1))), 3) - Fraction(int(np.sum((s >= t) & (y == 0))), 3) for t in s}
+    best = max(j.values())
+    assert [t for t in s if j[t] == best] == [0.8, 0.6]
+    assert st.youden_threshold(y, s) == 0.8
+    assert {p.name: p for p in st.operating_points(y, s)}["youden"].threshold == 0.8
+
+
+def test_nothing_positive_threshold_is_above_a_probability_of_one() -> None:
+    # When only "call nothing positive" meets a target, its threshold must exclude a score of 1.0.
+    y = np.array([0, 1, 0, 1])
+    s = np.array([1.0, 0.9, 0.8, 0.2])
+    point = {p.name: p for p in st.operating_points(y, s, targets=(0.99,))}["sens@spec99"]
+    assert point.threshold > 1.0 and (point.sensitivity, point.specificity) == (0.0, 1.0)
+    at = st.binary_metrics(y, s, point.threshold)
+    assert (at["tp"], at["fp"]) == (0, 0)
 
 
 # --------------------------------------------------------------------------

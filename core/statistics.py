@@ -3,7 +3,8 @@
 This module owns the numbers behind every "model A is better than model B"
 claim the tool makes: threshold metrics, bootstrap and DeLong confidence
 intervals, paired significance tests (DeLong for AUC, McNemar for
-accuracy), precision-recall, calibration, clinically framed operating
+accuracy, each also clustered by patient), Holm's adjustment for several
+comparisons, precision-recall, calibration, clinically framed operating
 points and per-kind error breakdowns.
 
 Conventions shared by every function:
@@ -38,6 +39,7 @@ from sklearn.metrics import (
 
 __all__ = [
     "BOOTSTRAP_METRICS",
+    "ClusteredMcNemarResult",
     "DeLongCI",
     "DeLongResult",
     "Interval",
@@ -49,10 +51,13 @@ __all__ = [
     "bootstrap_ci",
     "brier_score",
     "check_paired",
+    "clustered_delong_test",
+    "clustered_mcnemar_test",
     "delong_ci",
     "delong_test",
     "error_breakdown",
     "expected_calibration_error",
+    "holm_adjust",
     "mcnemar_test",
     "operating_points",
     "precision_recall",
@@ -544,6 +549,78 @@ def delong_ci(y_true: Any, score: Any, confidence: float = 0.95) -> DeLongCI:
     )
 
 
+def _cluster_codes(groups: Any, n: int) -> np.ndarray:
+    """Integer cluster code per image (0..k-1) from a patient id per image."""
+    g = np.asarray(groups)
+    if g.ndim != 1 or g.size != n:
+        raise ValueError(f"groups has {g.size} values but y_true has {n}")
+    return np.unique(g, return_inverse=True)[1].ravel()
+
+
+def clustered_delong_test(
+    y_true: Any, score_a: Any, score_b: Any, groups: Any, confidence: float = 0.95
+) -> DeLongResult:
+    """DeLong's paired test of two AUCs with the images of a patient kept together.
+
+    Obuchowski (1997), "Nonparametric analysis of clustered ROC curve data",
+    Biometrics 53:567-578. The placement values of DeLong's test are summed
+    per patient (cluster i, with m_i positive and n_i negative images):
+    V10_i = sum of its positives' placements, V01_i likewise for negatives.
+    With M positive and N negative images in all, I10 / I01 patients with at
+    least one positive / negative image and I patients::
+
+        S10 = I10 / ((I10 - 1) M) * sum_i (V10_i^A - m_i AUC_A) (V10_i^B - m_i AUC_B)
+        S01 = I01 / ((I01 - 1) N) * sum_i (V01_i^A - n_i AUC_A) (V01_i^B - n_i AUC_B)
+        S11 = I / (I - 1) * sum_i (V10_i^A - m_i AUC_A) (V01_i^B - n_i AUC_B)
+        Cov(AUC_A, AUC_B) = S10 / M + S01 / N + (S11^AB + S11^BA) / (M N)
+
+    With one image per patient this is exactly :func:`delong_test`; with k
+    identical copies of every patient's image it equals DeLong's test on the
+    patients. The result is undefined (``problem`` set) unless at least two
+    patients have a positive and two a negative image.
+    """
+    y = _labels(y_true)
+    a = _scores(score_a, y.size, "score_a")
+    b = _scores(score_b, y.size, "score_b")
+    _require_both_classes(y, "clustered_delong_test")
+    codes = _cluster_codes(groups, y.size)
+    pos = y == 1
+    n_pos, n_neg = int(pos.sum()), int(y.size - pos.sum())
+    n_clusters = int(codes.max()) + 1
+    m_i = np.bincount(codes[pos], minlength=n_clusters).astype(np.float64)
+    n_i = np.bincount(codes[~pos], minlength=n_clusters).astype(np.float64)
+    i10, i01 = int(np.sum(m_i > 0)), int(np.sum(n_i > 0))
+    kwargs = {"method": "clustered_delong", "n_clusters": n_clusters}
+    if min(i10, i01) < 2:
+        aucs = np.array([roc_auc_score(y, a), roc_auc_score(y, b)])
+        problem = (
+            "the clustered variance needs at least 2 patients with a positive image and 2 with a negative one; "
+            f"there are {i10} and {i01}"
+        )
+        return _delong_result(aucs, math.nan, confidence, n_pos, n_neg, problem=problem, **kwargs)
+
+    scores = np.vstack([a, b])
+    aucs, _ = _delong_components(y, scores)
+    # Placement values per image (as in _delong_components), summed per patient.
+    v10 = np.empty((2, n_pos))
+    v01 = np.empty((2, n_neg))
+    for r in range(2):
+        x, z = scores[r, pos], scores[r, ~pos]
+        tz = _midrank(np.concatenate([x, z]))
+        v10[r] = (tz[:n_pos] - _midrank(x)) / n_neg
+        v01[r] = 1.0 - (tz[n_pos:] - _midrank(z)) / n_pos
+    d10 = np.vstack([np.bincount(codes[pos], weights=v10[r], minlength=n_clusters) for r in range(2)])
+    d10 -= aucs[:, None] * m_i[None, :]
+    d01 = np.vstack([np.bincount(codes[~pos], weights=v01[r], minlength=n_clusters) for r in range(2)])
+    d01 -= aucs[:, None] * n_i[None, :]
+    s10 = i10 / ((i10 - 1) * n_pos) * (d10 @ d10.T)
+    s01 = i01 / ((i01 - 1) * n_neg) * (d01 @ d01.T)
+    s11 = n_clusters / (n_clusters - 1) * (d10 @ d01.T)
+    cov = s10 / n_pos + s01 / n_neg + (s11 + s11.T) / (n_pos * n_neg)
+    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+    return _delong_result(aucs, var, confidence, n_pos, n_neg, **kwargs)
+
+
 # --------------------------------------------------------------------------
 # 4. McNemar's test
 # --------------------------------------------------------------------------
@@ -593,6 +670,106 @@ def mcnemar_test(y_true: Any, pred_a: Any, pred_b: Any) -> McNemarResult:
         p = float(stats.chi2.sf(statistic, df=1))
         method = "chi2_cc"
     return McNemarResult(b=b, c=c, statistic=float(statistic), p_value=p, method=method)
+
+
+@dataclass(frozen=True)
+class ClusteredMcNemarResult(_DictMixin):
+    """McNemar's test of paired errors with the images of a patient kept together.
+
+    ``b`` / ``c`` count images as in :class:`McNemarResult`;
+    ``n_discordant_patients`` are the patients with b_k != c_k, the only ones
+    that carry information. ``method`` is ``"exact_sign_flip"`` (exact
+    permutation test of the per-patient differences b_k - c_k,
+    ``statistic = b - c``) or ``"durkalski"`` (Durkalski et al. 2003 chi-square,
+    ``statistic = (b - c)^2 / sum_k (b_k - c_k)^2``, 1 degree of freedom).
+    """
+
+    b: int
+    c: int
+    n_patients: int
+    n_discordant_patients: int
+    statistic: float
+    p_value: float
+    method: str
+
+
+def _sign_flip_p(d: np.ndarray) -> float:
+    """Exact two-sided p of the sum of ``d`` under independent random signs of its entries.
+
+    P(|sum_k e_k |d_k|| >= |sum_k d_k|) with e_k = +/-1, each with probability
+    1/2; the null distribution is built by convolution over the integer
+    support [-sum|d|, sum|d|].
+    """
+    observed = abs(int(np.sum(d)))
+    size = np.abs(d[d != 0]).astype(np.int64)
+    if size.size == 0:
+        return 1.0
+    total = int(size.sum())
+    dist = np.zeros(2 * total + 1)
+    dist[total] = 1.0
+    for k in size:
+        dist = 0.5 * (np.roll(dist, k) + np.roll(dist, -k))  # never wraps: |sum| <= total
+    support = np.abs(np.arange(-total, total + 1))
+    return float(min(1.0, dist[support >= observed].sum()))
+
+
+def clustered_mcnemar_test(y_true: Any, pred_a: Any, pred_b: Any, groups: Any) -> ClusteredMcNemarResult:
+    """Test whether two classifiers' error rates differ, patients kept together.
+
+    Per patient k, b_k counts its images A got right and B wrong, c_k the
+    reverse. Under the null the patient differences d_k = b_k - c_k are
+    symmetric about zero. With fewer than 25 discordant images the exact
+    sign-flip (permutation) test of sum d_k is used: for one image per patient
+    it is exactly McNemar's exact binomial test. Otherwise Durkalski, Palesch,
+    Lipsitz & Rust (2003), "Analysis of clustered matched-pair data", Stat Med
+    22:2417-2428: ``X^2 = (sum_k d_k)^2 / sum_k d_k^2`` on 1 degree of
+    freedom, which for one image per patient is McNemar's chi-square without
+    continuity correction. b = c gives p = 1 in both.
+    """
+    y = _labels(y_true)
+    pa = _labels(pred_a, "pred_a")
+    pb = _labels(pred_b, "pred_b")
+    if not (pa.size == pb.size == y.size):
+        raise ValueError(f"lengths differ: y_true {y.size}, pred_a {pa.size}, pred_b {pb.size}")
+    codes = _cluster_codes(groups, y.size)
+    n_clusters = int(codes.max()) + 1 if y.size else 0
+    right_a, right_b = pa == y, pb == y
+    b_img = (right_a & ~right_b).astype(np.int64)
+    c_img = (~right_a & right_b).astype(np.int64)
+    b, c = int(b_img.sum()), int(c_img.sum())
+    d = np.bincount(codes, weights=b_img - c_img, minlength=n_clusters).astype(np.int64)
+    n_disc_patients = int(np.sum(d != 0))
+    if b + c < _MCNEMAR_EXACT_BELOW:
+        p = _sign_flip_p(d)
+        statistic, method = float(b - c), "exact_sign_flip"
+    else:
+        denominator = float(np.sum(d.astype(np.float64) ** 2))
+        statistic = (b - c) ** 2 / denominator if denominator else 0.0
+        p = float(stats.chi2.sf(statistic, df=1)) if statistic else 1.0
+        method = "durkalski"
+    return ClusteredMcNemarResult(
+        b=b, c=c, n_patients=n_clusters, n_discordant_patients=n_disc_patients,
+        statistic=float(statistic), p_value=p, method=method,
+    )
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's (1979) step-down adjustment of a family of p-values.
+
+    Sorted ascending, the j-th smallest of m p-values (j = 1..m) becomes
+    ``max over i <= j of min(1, (m - i + 1) p_(i))``. Rejecting adjusted p
+    below alpha controls the family-wise error rate at alpha. NaN entries
+    (undefined tests) stay NaN and do not count in m.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m:
+        order = ok[np.argsort(p[ok], kind="mergesort")]
+        scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+        out[order] = np.maximum.accumulate(scaled)
+    return [float(v) for v in out]
 
 
 # --------------------------------------------------------------------------

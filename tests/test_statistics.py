@@ -305,6 +305,95 @@ def test_delong_with_one_image_of_a_class_is_undefined_not_p_zero() -> None:
     assert two.defined and two.se**2 == pytest.approx(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
 
 
+def _slow_obuchowski(y: np.ndarray, scores: list[np.ndarray], groups: np.ndarray) -> tuple[list[float], np.ndarray]:
+    """Obuchowski (1997, Biometrics 53:567) clustered AUC covariance, written out from the paper.
+
+    psi(x, y) = 1 if x > y, 1/2 if tied, else 0 over every positive-negative image pair, also
+    across patients. V10(X_ij) = mean of psi(X_ij, .) over all N negatives; V01(Y_ik) = mean of
+    psi(., Y_ik) over all M positives; V10(X_i.) and V01(Y_i.) are their sums in patient i;
+    S10 = I10 / ((I10 - 1) M) sum_i [V10^r(X_i.) - m_i theta_r][V10^t(X_i.) - m_i theta_t],
+    S01 likewise with I01 and N, S11 = I / (I - 1) sum_i [V10^r(X_i.) - m_i theta_r][V01^t(Y_i.) - n_i theta_t],
+    Cov(theta_r, theta_t) = S10 / M + S01 / N + (S11^rt + S11^tr) / (M N). Plain loops over patients.
+    """
+    patients = sorted(set(groups.tolist()))
+    thetas, v10s, v01s = [], [], []
+    for s in scores:
+        x, z = s[y == 1], s[y == 0]
+        psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+        thetas.append(psi.mean())
+        v10s.append(dict(zip(np.flatnonzero(y == 1), psi.mean(axis=1), strict=True)))
+        v01s.append(dict(zip(np.flatnonzero(y == 0), psi.mean(axis=0), strict=True)))
+    M, N = int(np.sum(y == 1)), int(np.sum(y == 0))
+    per_patient = []
+    for patient in patients:
+        idx = np.flatnonzero(groups == patient)
+        m_i, n_i = int(np.sum(y[idx] == 1)), int(np.sum(y[idx] == 0))
+        v10 = [sum(v10s[r][j] for j in idx if y[j] == 1) for r in range(len(scores))]
+        v01 = [sum(v01s[r][j] for j in idx if y[j] == 0) for r in range(len(scores))]
+        per_patient.append((m_i, n_i, v10, v01))
+    i10 = sum(1 for m_i, *_ in per_patient if m_i)
+    i01 = sum(1 for _, n_i, *_ in per_patient if n_i)
+    big_i = len(per_patient)
+    k = len(scores)
+    cov = np.zeros((k, k))
+    for r in range(k):
+        for t in range(k):
+            s10 = s01 = s11_rt = s11_tr = 0.0
+            for m_i, n_i, v10, v01 in per_patient:
+                s10 += (v10[r] - m_i * thetas[r]) * (v10[t] - m_i * thetas[t])
+                s01 += (v01[r] - n_i * thetas[r]) * (v01[t] - n_i * thetas[t])
+                s11_rt += (v10[r] - m_i * thetas[r]) * (v01[t] - n_i * thetas[t])
+                s11_tr += (v10[t] - m_i * thetas[t]) * (v01[r] - n_i * thetas[r])
+            s10 *= i10 / ((i10 - 1) * M)
+            s01 *= i01 / ((i01 - 1) * N)
+            s11_rt *= big_i / (big_i - 1)
+            s11_tr *= big_i / (big_i - 1)
+            cov[r, t] = s10 / M + s01 / N + (s11_rt + s11_tr) / (M * N)
+    return thetas, cov
+
+
+def test_clustered_delong_matches_obuchowski_written_out() -> None:
+    # Patients with 1-3 images, some holding both a positive and a negative image (S11 != 0), ties.
+    rng = np.random.default_rng(4)
+    sizes = rng.integers(1, 4, 30)
+    groups = np.repeat(np.arange(30), sizes)
+    y = rng.integers(0, 2, groups.size)
+    a = np.round(y + rng.normal(0, 1, groups.size) + np.repeat(rng.normal(0, 1, 30), sizes), 1)
+    b = np.round(a + rng.normal(0, 0.7, a.size), 1)
+    thetas, cov = _slow_obuchowski(y, [a, b], groups)
+    res = st.clustered_delong_test(y, a, b, groups)
+    assert (res.auc_a, res.auc_b) == (pytest.approx(thetas[0]), pytest.approx(thetas[1]))
+    se = math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    assert res.se == pytest.approx(se, rel=1e-12)
+    assert res.p_value == pytest.approx(math.erfc(abs(res.difference / se) / math.sqrt(2.0)), rel=1e-12)
+    assert (res.method, res.n_clusters, res.problem) == ("clustered_delong", 30, "")
+
+
+def test_clustered_delong_reduces_to_delong_for_singletons_and_patients_for_copies() -> None:
+    # One image per patient: Obuchowski's estimator is DeLong's (which matches R's pROC).
+    res = st.clustered_delong_test(_Y, _A, _B, [f"p{i}" for i in range(_Y.size)])
+    plain = st.delong_test(_Y, _A, _B)
+    assert res.se == pytest.approx(plain.se, rel=1e-12) and res.p_value == pytest.approx(plain.p_value, rel=1e-12)
+    assert res.se == pytest.approx(0.1035600, abs=1e-7)  # the written-out value above
+    # Every patient's image copied 4 times: the copies add no information, so the clustered test
+    # equals DeLong's on the 20 patients, while the image-level test believes it has 80 images.
+    copies = 4
+    y, a, b = np.repeat(_Y, copies), np.repeat(_A, copies), np.repeat(_B, copies)
+    groups = np.repeat(np.arange(_Y.size), copies)
+    clustered = st.clustered_delong_test(y, a, b, groups)
+    assert clustered.se == pytest.approx(plain.se, rel=1e-12)
+    assert clustered.p_value == pytest.approx(plain.p_value, rel=1e-12)
+    assert st.delong_test(y, a, b).p_value < 0.3 < plain.p_value  # the image-level test is fooled
+
+
+def test_clustered_delong_with_one_positive_patient_is_undefined() -> None:
+    y = np.array([1, 1, 0, 0, 0])
+    groups = np.array(["p1", "p1", "n1", "n2", "n3"])  # two positive images, but one patient
+    res = st.clustered_delong_test(y, [0.9, 0.8, 0.1, 0.2, 0.3], [0.7, 0.2, 0.1, 0.3, 0.4], groups)
+    assert not res.defined and "at least 2 patients" in res.problem and math.isnan(res.p_value)
+    assert res.auc_a == 1.0 and res.auc_b == pytest.approx(4 / 6)  # 4 of 6 pairs by hand
+
+
 # --------------------------------------------------------------------------
 # McNemar
 # --------------------------------------------------------------------------
@@ -358,6 +447,110 @@ def test_mcnemar_with_b_equal_c_gives_p_one(b: int) -> None:
     assert binomtest(b, 2 * b).pvalue == 1.0
     assert res.p_value == 1.0
     assert (res.method, res.statistic) == (("exact", b) if 2 * b < 25 else ("chi2_cc", 0.0))
+
+
+def test_clustered_mcnemar_one_image_per_patient_is_mcnemar() -> None:
+    from scipy.stats import binomtest, chi2
+
+    ids = np.arange(60)
+    # Under 25 discordant images: the exact sign-flip test is the exact binomial test (scipy).
+    y, pa, pb = _paired_outcomes(10, 4, 40, 6)
+    res = st.clustered_mcnemar_test(y, pa, pb, ids[: y.size])
+    assert (res.b, res.c, res.method, res.n_discordant_patients) == (10, 4, "exact_sign_flip", 14)
+    assert res.p_value == pytest.approx(binomtest(10, 14).pvalue, rel=1e-12)
+    # From 25 on: Durkalski's statistic is McNemar's (b - c)^2 / (b + c) without continuity correction.
+    y, pa, pb = _paired_outcomes(20, 8, 25, 7)
+    res = st.clustered_mcnemar_test(y, pa, pb, ids[: y.size])
+    assert res.method == "durkalski" and res.statistic == pytest.approx(144 / 28)
+    assert res.p_value == pytest.approx(chi2.sf(144 / 28, 1), rel=1e-12)
+    for b in (5, 20):  # b = c: no evidence, p = 1 in both branches
+        assert st.clustered_mcnemar_test(*_paired_outcomes(b, b, 10, 1), ids[: 2 * b + 11]).p_value == 1.0
+
+
+def test_clustered_mcnemar_hand_example() -> None:
+    # Five patients: per-patient differences d = b_k - c_k = 3, 2, -1, 0, 2 (images A right / B right).
+    rows = [  # (patient, A right, B right)
+        *[("p1", 1, 0)] * 3, ("p1", 1, 1),
+        *[("p2", 1, 0)] * 2,
+        ("p3", 0, 1), ("p3", 1, 1),
+        ("p4", 1, 0), ("p4", 0, 1),
+        *[("p5", 1, 0)] * 2, ("p5", 0, 0),
+    ]  # fmt: skip
+    groups = np.array([r[0] for r in rows])
+    y = np.ones(len(rows), dtype=int)
+    pa, pb = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    res = st.clustered_mcnemar_test(y, pa, pb, groups)
+    assert (res.b, res.c, res.n_patients, res.n_discordant_patients) == (8, 2, 5, 4)
+    # Exact sign flip: of the 2^4 sign patterns of (3, 2, 1, 2) (patient p4 has d = 0), |sum| >= 6
+    # for +(3, 2, 1, 2) = 8 and +(3, 2, -1, 2) = 6 and their mirrors: p = 4/16; brute force agrees.
+    import itertools
+
+    sums = [abs(sum(e * d for e, d in zip(signs, (3, 2, 1, 2), strict=True))) for signs in itertools.product((1, -1), repeat=4)]
+    assert res.method == "exact_sign_flip"
+    assert res.p_value == sum(s >= 6 for s in sums) / 16 == 4 / 16
+    # Three copies of these patients (15 patients, 30 discordant images): Durkalski's statistic
+    # (24 - 6)^2 / (3 * (9 + 4 + 1 + 0 + 4)) = 324 / 54 = 6 on 1 df, p = erfc(sqrt(3)).
+    tripled = st.clustered_mcnemar_test(np.tile(y, 3), np.tile(pa, 3), np.tile(pb, 3), np.r_[groups, groups + "b", groups + "c"])
+    assert (tripled.method, tripled.b, tripled.c, tripled.n_patients) == ("durkalski", 24, 6, 15)
+    assert tripled.statistic == pytest.approx(6.0) and tripled.p_value == pytest.approx(math.erfc(math.sqrt(3.0)))
+
+
+def test_holm_adjust_hand_example() -> None:
+    # Holm (1979): sorted p 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04,
+    # then a running maximum: 0.02, 0.03, 0.06, 0.06. A NaN (undefined test) is left out of m.
+    got = st.holm_adjust([0.01, 0.04, 0.03, 0.005, math.nan])
+    assert got[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(got[4])
+    assert st.holm_adjust([0.3]) == [0.3] and st.holm_adjust([]) == []
+    assert st.holm_adjust([0.6, 0.7]) == [1.0, 1.0]
+
+
+def _null_pair(rng: np.random.Generator, n_patients: int):
+    """1-3 images per patient, two exchangeable scorers: equal AUC and equal error rates (null true).
+
+    Each scorer has its own patient effect (sd 1) on top of a shared one, so the A - B difference
+    is correlated within a patient, as for two networks that each find one patient's images hard.
+    """
+    sizes = rng.integers(1, 4, n_patients)
+    y_patient = (rng.random(n_patients) < 0.5).astype(int)
+    y_patient[:4] = [0, 0, 1, 1]
+    y = np.repeat(y_patient, sizes)
+    groups = np.repeat(np.arange(n_patients), sizes)
+    shared = np.repeat(rng.normal(0, 1, n_patients), sizes)
+
+    def scorer():
+        return 1.5 * y + shared + np.repeat(rng.normal(0, 1, n_patients), sizes) + rng.normal(0, 0.5, y.size)
+
+    return y, scorer(), scorer(), groups
+
+
+def test_paired_tests_by_patient_hold_their_type_one_error() -> None:
+    # 1000 simulated test sets of 150 patients under a true null: the patient-level tests reject
+    # at p < 0.05 in 2-8 % of them (binomial sd of the rate at 5 %: 0.7 points). The image-level
+    # tests, in the same data, reject far more often: the problem the clustered tests fix.
+    rng = np.random.default_rng(2024)
+    reps = 1000
+    rejected = {"clustered_delong": 0, "clustered_mcnemar": 0, "delong": 0, "mcnemar": 0}
+    for _ in range(reps):
+        y, a, b, groups = _null_pair(rng, 150)
+        pa, pb = (a >= 0.75).astype(int), (b >= 0.75).astype(int)
+        rejected["clustered_delong"] += st.clustered_delong_test(y, a, b, groups).p_value < 0.05
+        rejected["clustered_mcnemar"] += st.clustered_mcnemar_test(y, pa, pb, groups).p_value < 0.05
+        rejected["delong"] += st.delong_test(y, a, b).p_value < 0.05
+        rejected["mcnemar"] += st.mcnemar_test(y, pa, pb).p_value < 0.05
+    rate = {k: v / reps for k, v in rejected.items()}
+    assert 0.02 <= rate["clustered_delong"] <= 0.08, rate
+    assert 0.02 <= rate["clustered_mcnemar"] <= 0.08, rate
+    assert rate["delong"] > 0.10 and rate["mcnemar"] > 0.08, rate
+    # Small test sets (12 patients): few discordant images, so the exact sign-flip test runs; an
+    # exact test may be conservative but must not exceed the level.
+    small = 0
+    for _ in range(reps):
+        y, a, b, groups = _null_pair(rng, 12)
+        pa, pb = (a >= 0.75).astype(int), (b >= 0.75).astype(int)
+        res = st.clustered_mcnemar_test(y, pa, pb, groups)
+        assert res.method == "exact_sign_flip"
+        small += res.p_value < 0.05
+    assert small / reps <= 0.06, small / reps
 
 
 # --------------------------------------------------------------------------
@@ -580,6 +773,8 @@ def test_results_serialise_to_strict_json() -> None:
         st.delong_test(y, p, p**2),
         st.delong_ci(y, p),
         st.mcnemar_test(y, (p >= 0.5).astype(int), (p >= 0.6).astype(int)),
+        st.clustered_delong_test(y, p, p**2, np.arange(y.size) // 2),
+        st.clustered_mcnemar_test(y, (p >= 0.5).astype(int), (p >= 0.6).astype(int), np.arange(y.size) // 2),
         *st.operating_points(y, p),
         st.DeLongResult(*([math.nan] * 9), 1, 2),
     ]

@@ -1,7 +1,7 @@
 """A run's predictions turned into the evidence a clinical reader needs, and two runs compared.
 
 Glue between saved runs (`predictions.csv`, `metrics.json`) and `core.statistics`: metrics at a
-threshold with patient-bootstrap intervals, ROC, precision-recall and calibration curves,
+threshold with patient-aware intervals, ROC, precision-recall and calibration curves,
 operating points and errors per pneumonia kind, and the paired tests (DeLong, McNemar) of two
 runs scored on the same test images. No Streamlit here: the Compare page caches these results and
 `core.report` writes them into an HTML file.
@@ -77,7 +77,7 @@ class RunEvidence:
     n_patients: int
     n_positive: int
     metrics: dict[str, Any]  # statistics.binary_metrics at `threshold`
-    intervals: dict[str, statistics.Interval] | None  # None when the test set is too small for a bootstrap
+    intervals: dict[str, statistics.Interval] | None  # None when the test set is too small for intervals
     interval_problem: str  # why there are no intervals ("" when there are)
     n_resamples: int
     seed: int
@@ -171,8 +171,9 @@ def run_evidence(
 ) -> RunEvidence:
     """The evidence for one run's test predictions at `threshold`.
 
-    Intervals are percentile bootstraps that resample patients (`groups=patient`), so the images
-    of one patient stay together; `seed` makes them reproducible. `validation` (the run's
+    Intervals keep the images of one patient together (`statistics.metric_intervals` with
+    `groups=patient`): AUC by percentile bootstrap over patients (`seed` makes it reproducible),
+    sensitivity, specificity and accuracy by Wilson's interval with the patients' design effect. `validation` (the run's
     validation predictions) is where the operating points are chosen; see `threshold_choices`.
     """
     y, s, groups = arrays(predictions)
@@ -181,7 +182,7 @@ def run_evidence(
     metrics = statistics.binary_metrics(y, s, threshold)
     intervals, problem = None, ""
     try:
-        intervals = statistics.bootstrap_ci(y, s, threshold, groups=groups, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        intervals = statistics.metric_intervals(y, s, threshold, groups=groups, n_resamples=n_resamples, confidence=confidence, seed=seed)
     except ValueError as error:
         problem = str(error)
 
@@ -278,6 +279,15 @@ def format_p(p: float) -> str:
 
 def ci_label(confidence: float) -> str:
     return f"{100 * confidence:g}% CI"
+
+
+def intervals_note(n_resamples: int, seed: int, confidence: float = CONFIDENCE) -> str:
+    """How the intervals are made, in one sentence for the page and the report."""
+    return (
+        f"{ci_label(confidence)}: AUC by percentile bootstrap over patients (all images of a drawn patient together), "
+        f"{n_resamples:,} resamples, seed {seed}; sensitivity, specificity and accuracy by Wilson's score interval "
+        "widened by the patients' design effect, which holds near 0 % and 100 % where a bootstrap falls short."
+    )
 
 
 def metrics_table(evidence: list[RunEvidence], combined: bool = False) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """One self-contained HTML file with the evidence behind a comparison of runs.
 
 `build_report(runs)` returns the whole page as a string: interactive plotly figures (plotly.js
-inlined once, so the file opens offline), the metrics with their patient-bootstrap intervals,
+inlined once, so the file opens offline), the metrics with their patient-aware intervals,
 paired tests of every pair of runs, errors by kind of image, operating points, and each run's
 settings and data summary, with the generation date and how thresholds were chosen. Pure: no
 Streamlit, no network, nothing written; the dashboard offers the string as a download.
@@ -248,7 +248,7 @@ def build_report(
 
     `thresholds` (run name -> threshold) defaults to each run's validation-chosen threshold;
     `predictions` (run name -> its predictions table) defaults to reading each run's
-    `predictions.csv`. Intervals resample patients `n_resamples` times with `seed`.
+    `predictions.csv`. AUC intervals resample patients `n_resamples` times with `seed`.
     """
     runs = list(runs)
     if not runs:
@@ -290,7 +290,6 @@ def build_report(
     calibration = figures.calibration_figure([{"name": e.name, **e.reliability, "brier": e.brier, "ece": e.ece} for e in items], colors)
     errors = ev.errors_table(items)
 
-    ci = ev.ci_label(confidence)
     sizes = {e.n_images for e in items}
     same_images = len({frozenset(predictions[n]["path"]) for n in names}) == 1
     problems = [f"<li>{_e(e.name)}: no interval ({_e(e.interval_problem)})</li>" for e in items if e.intervals is None]
@@ -305,8 +304,7 @@ def build_report(
         f"<b>Threshold rule.</b> Each run calls an image pneumonia when its probability is at least the run's threshold, "
         f"chosen by {_e(_threshold_rule(runs))}, never on test. The threshold in use for each run is listed below "
         "(validation-chosen unless the reader moved it on the dashboard). "
-        f"<b>Intervals.</b> {ci}: percentile bootstrap over patients (all images of a drawn patient together), "
-        f"{n_resamples:,} resamples, seed {seed}. "
+        f"<b>Intervals.</b> {_e(ev.intervals_note(n_resamples, seed, confidence))} "
         f"<b>Operating points.</b> {_e(ev.VALIDATION_NOTE)}"
         + (f" {_e(ev.DESCRIPTIVE_NOTE)}" if any(e.points_on_test for e in items) else "")
         + "</div>",

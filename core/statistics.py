@@ -59,9 +59,11 @@ __all__ = [
     "expected_calibration_error",
     "holm_adjust",
     "mcnemar_test",
+    "metric_intervals",
     "operating_points",
     "precision_recall",
     "reliability_curve",
+    "wilson_cluster_ci",
     "youden_threshold",
 ]
 
@@ -209,10 +211,13 @@ def binary_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) -> dict[st
 
 @dataclass(frozen=True)
 class Interval(_DictMixin):
-    """A point estimate with a percentile bootstrap interval.
+    """A point estimate with its confidence interval.
 
-    ``n_resamples`` is the number of resamples actually used; ``n_skipped``
-    those discarded because a resample lacked one of the classes.
+    ``method`` says how the interval was made: ``"percentile_bootstrap"``
+    (:func:`bootstrap_ci`; ``n_resamples`` is the number of resamples actually
+    used, ``n_skipped`` those discarded because a resample lacked one of the
+    classes) or ``"wilson_design_effect"`` (:func:`wilson_cluster_ci`; no
+    resamples, ``n_resamples = 0``).
     """
 
     estimate: float
@@ -221,6 +226,7 @@ class Interval(_DictMixin):
     confidence: float
     n_resamples: int
     n_skipped: int = 0
+    method: str = "percentile_bootstrap"
 
 
 def _tie_bounds(sorted_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -356,6 +362,87 @@ def bootstrap_ci(
             n_skipped=n_skipped,
         )
     return out
+
+
+def wilson_cluster_ci(successes: Any, groups: Any = None, confidence: float = 0.95) -> Interval:
+    """Wilson score interval of a proportion, widened by the patients' design effect.
+
+    ``successes`` is a 0/1 (or bool) outcome per image (e.g. "called
+    positive" for the positive images: sensitivity); ``groups`` a patient id
+    per image. The percentile bootstrap covers badly near 0 % and 100 % (for a
+    true sensitivity of 99 % on 180 images about 80 % of the time); Wilson's
+    interval holds there, and the design effect keeps patients together:
+
+    * ``p = x / n``; per patient k, x_k successes of n_k images.
+    * The cluster (ratio-estimator) variance ``sum_k (x_k - p n_k)^2 / n^2``
+      over the binomial ``p (1 - p) / n`` is the design effect ``deff``,
+      kept at least 1 (conservative: never narrower than Wilson on images).
+      At p = 0 or 1 it cannot be estimated and the effective sample size is
+      the number of patients (as if a patient's images were copies).
+    * Wilson's interval with ``n_eff = n / deff``: centre
+      ``(p + z^2 / 2n_eff) / (1 + z^2 / n_eff)``, half-width
+      ``z / (1 + z^2 / n_eff) * sqrt(p (1 - p) / n_eff + z^2 / 4n_eff^2)``.
+
+    With one image per patient (or no ``groups``) this is Wilson's interval;
+    with k identical copies of each patient's image it is Wilson's interval on
+    the patients. The estimate is NaN (and the interval too) when n = 0.
+    """
+    x = _labels(np.asarray(successes).astype(np.int64), "successes")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError("confidence must be between 0 and 1")
+    n = x.size
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, float(confidence), 0, 0, "wilson_design_effect")
+    codes = np.arange(n) if groups is None else _cluster_codes(groups, n)
+    x_k = np.bincount(codes, weights=x).astype(np.float64)
+    n_k = np.bincount(codes).astype(np.float64)
+    n_k, x_k = n_k[n_k > 0], x_k[n_k > 0]
+    p = float(x.sum()) / n
+    binomial = p * (1.0 - p) / n
+    if binomial > 0:
+        cluster = float(np.sum((x_k - p * n_k) ** 2)) / n**2
+        n_eff = n / max(1.0, cluster / binomial)
+    else:
+        n_eff = float(n_k.size)
+    z = float(stats.norm.ppf(0.5 + confidence / 2.0))
+    z2 = z * z
+    centre = (p + z2 / (2 * n_eff)) / (1 + z2 / n_eff)
+    half = z / (1 + z2 / n_eff) * math.sqrt(p * (1 - p) / n_eff + z2 / (4 * n_eff**2))
+    return Interval(
+        # At p = 0 or 1 the bound is exactly 0 or 1, not a rounding error away from it.
+        estimate=p, low=0.0 if p == 0 else max(0.0, centre - half), high=1.0 if p == 1 else min(1.0, centre + half),
+        confidence=float(confidence), n_resamples=0, n_skipped=0, method="wilson_design_effect",
+    )
+
+
+def metric_intervals(
+    y_true: Any,
+    y_score: Any,
+    threshold: float = 0.5,
+    groups: Any = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Interval]:
+    """The intervals the tool reports: AUC by patient bootstrap, proportions by clustered Wilson.
+
+    AUC gets :func:`bootstrap_ci`'s percentile interval (patients resampled);
+    sensitivity, specificity and accuracy, proportions that are often near
+    100 %, get :func:`wilson_cluster_ci` with the same ``groups``. Raises
+    ``ValueError`` like :func:`bootstrap_ci` (one class, too few patients).
+    """
+    y = _labels(y_true)
+    s = _scores(y_score, y.size)
+    boot = bootstrap_ci(y, s, threshold, groups=groups, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    g = np.arange(y.size) if groups is None else np.asarray(groups)
+    pred = (s >= threshold).astype(np.int64)
+    pos = y == 1
+    return {
+        "auc": boot["auc"],
+        "sensitivity": wilson_cluster_ci(pred[pos], g[pos], confidence),
+        "specificity": wilson_cluster_ci(1 - pred[~pos], g[~pos], confidence),
+        "accuracy": wilson_cluster_ci((pred == y).astype(np.int64), g, confidence),
+    }
 
 
 # --------------------------------------------------------------------------

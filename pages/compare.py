@@ -1,7 +1,7 @@
 """Compare page: the evidence behind "which run to trust".
 
 ROC, precision-recall and calibration curves; confusion matrices at a movable threshold (or a
-named operating point); metrics with patient-bootstrap intervals; a paired test of two runs;
+named operating point); metrics with patient-aware intervals; a paired test of two runs;
 errors by kind of image; per-image results with each run's Grad-CAM; and the whole comparison as
 one HTML report.
 """
@@ -45,7 +45,8 @@ with top_right.popover("Intervals", icon=":material/tune:", width="stretch"):
         )
     )
     seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=evidence.SEED, step=1, key="compare_seed"))
-    st.caption("95 % percentile intervals; the same seed gives the same intervals.")
+    st.caption("95 % intervals: the AUC's is a patient bootstrap (the same seed gives the same interval); sensitivity, "
+               "specificity and accuracy use Wilson's interval with the patients' design effect (no resampling).")
 if not picked:
     st.info("Pick at least one run.")
     st.stop()
@@ -241,7 +242,7 @@ extra = pd.DataFrame(
 )
 metrics_table = pd.concat([metrics_table, extra], axis=1)  # the evidence first, what the run is after it
 number = st.column_config.NumberColumn
-interval_help = f"{ci}: percentile bootstrap over patients, {n_resamples:,} resamples, seed {seed}"
+interval_help = evidence.intervals_note(n_resamples, seed)
 st.dataframe(
     metrics_table, hide_index=True, key="metrics_table",
     column_config={

@@ -398,7 +398,7 @@ def test_compare_shows_intervals_and_the_evidence_figures(data_dir, runs_dir):
         for name in ("cnn-small", "cnn-wide"):
             table_p = fixture_predictions(runs_dir, name)
             threshold = metrics_of(runs_dir, name)["threshold"]
-            expected = statistics.bootstrap_ci(
+            expected = statistics.metric_intervals(
                 table_p["y_true"], table_p["probability"], threshold, groups=table_p["patient"], n_resamples=resamples, seed=seed
             )
             for metric, column in (("auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("accuracy", "accuracy")):

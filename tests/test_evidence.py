@@ -43,7 +43,10 @@ def test_evidence_equals_direct_statistics(predictions):
     ev = evidence.run_evidence("synthetic", predictions, 0.42, 0.5, n_resamples=400, seed=11)
 
     assert ev.metrics == statistics.binary_metrics(y, s, 0.42)
-    assert ev.intervals == statistics.bootstrap_ci(y, s, 0.42, groups=groups, n_resamples=400, seed=11)
+    assert ev.intervals == statistics.metric_intervals(y, s, 0.42, groups=groups, n_resamples=400, seed=11)
+    assert ev.interval("auc") == statistics.bootstrap_ci(y, s, 0.42, groups=groups, n_resamples=400, seed=11)["auc"]
+    pred = (s >= 0.42).astype(int)  # proportions: Wilson's interval with the patients' design effect
+    assert ev.interval("sensitivity") == statistics.wilson_cluster_ci(pred[y == 1], groups[y == 1])
     assert (ev.threshold, ev.saved_threshold, ev.n_images, ev.n_patients, ev.n_positive) == (0.42, 0.5, 300, 150, int(y.sum()))
     assert ev.brier == statistics.brier_score(y, s)
     assert ev.ece == statistics.expected_calibration_error(y, s)
@@ -67,7 +70,8 @@ def test_intervals_contain_their_estimate_and_follow_the_seed(predictions):
     again = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=1)
     other = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=2)
     assert again.intervals == ev.intervals
-    assert other.intervals["auc"] != ev.intervals["auc"]
+    assert other.intervals["auc"] != ev.intervals["auc"]  # the bootstrap follows the seed
+    assert other.intervals["sensitivity"] == ev.intervals["sensitivity"]  # Wilson does not resample
 
 
 def test_intervals_resample_patients_not_images(predictions):
@@ -77,6 +81,9 @@ def test_intervals_resample_patients_not_images(predictions):
     by_image = statistics.bootstrap_ci(y, s, 0.5, n_resamples=1000, seed=0)
     width = ev.interval("auc").high - ev.interval("auc").low
     assert width > by_image["auc"].high - by_image["auc"].low
+    # Proportions: the design effect widens Wilson's interval beyond the one on independent images.
+    plain = statistics.wilson_cluster_ci((s >= 0.5).astype(int) == y)
+    assert ev.interval("accuracy").high - ev.interval("accuracy").low > plain.high - plain.low
 
 
 def test_threshold_choices_are_the_validation_threshold_then_test_operating_points(predictions):

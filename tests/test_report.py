@@ -73,7 +73,13 @@ def test_report_uses_the_thresholds_it_is_given(fixture_runs):
     html = report.build_report(fixture_runs[:2], {"cnn-small": 0.0}, n_resamples=100)
     assert "0.0000 (set by hand)" in html  # cnn-small at the given threshold
     assert "(validation-chosen)" in html  # cnn-wide keeps its own
-    assert "1.000 (1.000–1.000)" in html  # at threshold 0 every image is called pneumonia: sensitivity 1
+    # At threshold 0 every image is called pneumonia: sensitivity 1, and not the bootstrap's empty
+    # 1.000–1.000 but Wilson's interval on the patients, which reaches below 1.
+    small = fixture_runs[0].predictions()
+    positives = small[small["y_true"] == 1]
+    wilson = statistics.wilson_cluster_ci([1] * len(positives), positives["patient"])
+    assert wilson.low < 1.0 and f"1.000 ({wilson.low:.3f}–1.000)" in html
+    assert "1.000 (1.000–1.000)" not in html
     with pytest.raises(ValueError, match="at least one run"):
         report.build_report([])
 

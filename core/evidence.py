@@ -146,9 +146,9 @@ def threshold_choices(
         point = by_name.get(name)
         if point is None or (name == "youden" and not on_test):
             continue
-        # A threshold above every score is written as the next float above the top score; keep it
-        # in [0, 1] so a slider can show it (only a score of exactly 1.0 would be called differently).
-        threshold = min(max(float(point.threshold), 0.0), 1.0)
+        # "Nothing positive" is the next float above the top score: above 1.0 when a probability is
+        # exactly 1.0. It is kept as is (clipped to 1.0 it would call that image positive).
+        threshold = float(point.threshold)
         at = statistics.binary_metrics(y, s, threshold)
         where = ON_TEST if on_test else ON_VALIDATION
         choices.append(

@@ -200,8 +200,10 @@ for start in range(0, len(picked), per_row):
                 "validation split too and measured on test; a run saved without validation predictions gets them "
                 "from the test images instead, marked 'on test' (descriptive only).",
             )
+            # "Nothing positive" lies just above the top score, above 1.0 when a probability is exactly 1.0.
+            top = max(1.0, saved_threshold(name), *(c.threshold for c in choices[name]))
             st.slider(
-                "Threshold (probability of pneumonia)", 0.0, 1.0, step=0.001, format="%.3f", key=threshold_key(name),
+                "Threshold (probability of pneumonia)", 0.0, top, step=0.001, format="%.3f", key=threshold_key(name),
                 on_change=slider_moved, args=(name,),
                 help=f"Validation-chosen threshold: {saved_threshold(name):.3f}. An image is called pneumonia when its probability is at least this.",
             )

@@ -10,7 +10,6 @@ Streamlit, no network, nothing written; the dashboard offers the string as a dow
 from __future__ import annotations
 
 import html
-import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -206,27 +205,31 @@ def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
 def _paired_section(runs: Sequence[Run], evidence: Mapping[str, ev.RunEvidence], predictions: Mapping[str, pd.DataFrame]) -> str:
     if len(runs) < 2:
         return "<p class='meta'>Paired tests need two runs; this report has one.</p>"
-    rows, refused = [], []
-    for a, b in itertools.combinations(runs, 2):
-        try:
-            paired = ev.paired_evidence(
-                a.name, predictions[a.name], evidence[a.name].threshold, b.name, predictions[b.name], evidence[b.name].threshold,
-                confidence=evidence[a.name].confidence,
+    family, refused = ev.pairwise_evidence(
+        [(r.name, predictions[r.name], evidence[r.name].threshold) for r in runs], confidence=evidence[runs[0].name].confidence
+    )
+    out = [f"<p class='meta'>{_e(ev.PAIRED_NOTE)} Only runs scored on exactly the same test images are paired.</p>"]
+    if len(family) > 1:
+        out.append(
+            f"<div class='note'>{len(family)} pairs are compared: the p-values are also given Holm-adjusted over them "
+            "(separately for the AUC tests and the error tests), and the sentences below use the adjusted ones.</div>"
+        )
+    if family:
+        out.append(_table(pd.DataFrame([ev.paired_row(p, compact=True) for p in family])))
+        out.append(
+            "<ul class='verdicts'>"
+            + "".join(
+                f"<li><b>{_e(p.name_a)}</b> vs <b>{_e(p.name_b)}</b>: {_e(ev.auc_sentence(p))} {_e(ev.errors_sentence(p))}</li>"
+                for p in family
             )
-        except ValueError as error:
-            refused.append(f"<li><b>{_e(a.name)}</b> vs <b>{_e(b.name)}</b>: not tested: {_e(error)}</li>")
-            continue
-        rows.append(ev.paired_row(paired, compact=True))
-    out = [
-        "<p class='meta'>DeLong's test compares the two AUCs on the same images (two-sided p, interval of the "
-        "difference A − B). McNemar's test compares the errors at each run's threshold in use: b = images A got "
-        "right and B wrong, c = the reverse (exact binomial test under 25 discordant images, else chi-square with "
-        "continuity correction). Only runs scored on exactly the same test images are paired.</p>"
-    ]
-    if rows:
-        out.append(_table(pd.DataFrame(rows)))
+            + "</ul>"
+        )
     if refused:
-        out.append("<div class='warn'><ul>" + "".join(refused) + "</ul></div>")
+        out.append(
+            "<div class='warn'><ul>"
+            + "".join(f"<li><b>{_e(a)}</b> vs <b>{_e(b)}</b>: not tested: {_e(reason)}</li>" for a, b, reason in refused)
+            + "</ul></div>"
+        )
     return "".join(out)
 
 

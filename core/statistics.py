@@ -882,12 +882,38 @@ def check_paired(ids_a: Sequence[Any], ids_b: Sequence[Any]) -> None:
 
 @dataclass(frozen=True)
 class PairedPredictions(_DictMixin):
-    """Two runs' predictions aligned image by image (in run A's row order)."""
+    """Two runs' predictions aligned image by image (in run A's row order).
+
+    ``groups`` is a patient (cluster) code per image when both tables have a
+    ``patient`` column, else None.
+    """
 
     ids: np.ndarray
     y_true: np.ndarray
     score_a: np.ndarray
     score_b: np.ndarray
+    groups: np.ndarray | None = None
+
+
+def _common_clusters(groups_a: np.ndarray, groups_b: np.ndarray) -> np.ndarray:
+    """Finest clustering that keeps together what either labelling keeps together.
+
+    Two runs normally agree on every image's patient; a run saved with an
+    older patient key may not (e.g. one patient id for a person's bacterial
+    and viral images). Images are linked when they share a patient in A or in
+    B, and the connected components are the clusters.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    codes_a = np.unique(groups_a, return_inverse=True)[1].ravel()
+    codes_b = np.unique(groups_b, return_inverse=True)[1].ravel()
+    n_a = int(codes_a.max()) + 1 if codes_a.size else 0
+    n_b = int(codes_b.max()) + 1 if codes_b.size else 0
+    # Bipartite graph: A-patients 0..n_a-1, B-patients n_a..n_a+n_b-1, an edge per image.
+    graph = coo_matrix((np.ones(codes_a.size), (codes_a, n_a + codes_b)), shape=(n_a + n_b, n_a + n_b))
+    _, component = connected_components(graph, directed=False)
+    return np.unique(component[codes_a], return_inverse=True)[1].ravel()
 
 
 _PAIRED_COLUMNS = ("y_true", "probability")
@@ -896,7 +922,9 @@ _PAIRED_COLUMNS = ("y_true", "probability")
 def align_paired(df_a: pd.DataFrame, df_b: pd.DataFrame, key: str = "path") -> PairedPredictions:
     """Align two per-image prediction tables on ``key`` for paired tests.
 
-    Both frames need columns ``key``, ``y_true`` and ``probability``. Raises
+    Both frames need columns ``key``, ``y_true`` and ``probability``; with a
+    ``patient`` column in both, ``groups`` holds the patient clusters (see
+    :func:`_common_clusters`). Raises
     ``ValueError`` if a column is missing, an id is duplicated, the id sets
     differ (same message as :func:`check_paired`) or the two runs disagree
     on the label of an image (a sign they used different label files).
@@ -922,11 +950,15 @@ def align_paired(df_a: pd.DataFrame, df_b: pd.DataFrame, key: str = "path") -> P
             f"same {key!r} (e.g. {df_a[key].to_numpy()[mismatch][0]!r}); pair runs "
             "evaluated on the same test split and labels"
         )
+    groups = None
+    if "patient" in df_a.columns and "patient" in b_by_key.columns:
+        groups = _common_clusters(df_a["patient"].astype(str).to_numpy(), b_by_key["patient"].astype(str).to_numpy())
     return PairedPredictions(
         ids=df_a[key].to_numpy(),
         y_true=_labels(y_a),
         score_a=df_a["probability"].to_numpy(dtype=np.float64),
         score_b=b_by_key["probability"].to_numpy(dtype=np.float64),
+        groups=groups,
     )
 
 

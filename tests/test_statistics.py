@@ -650,11 +650,27 @@ def test_align_paired_aligns_by_path_and_validates() -> None:
     assert list(paired.y_true) == [1, 0, 1, 0]
     assert list(paired.score_a) == [0.9, 0.2, 0.6, 0.4]
     assert list(paired.score_b) == [0.8, 0.3, 0.7, 0.1]
-
+    assert paired.groups is None  # no patient column: no clusters
     with pytest.raises(ValueError, match="1 only in A, 1 only in B"):
         st.align_paired(df_a, df_b.replace({"path": {"x4": "x5"}}))
     with pytest.raises(ValueError, match="disagree on y_true"):
         st.align_paired(df_a, df_b.assign(y_true=[1, 1, 1, 0]))
+
+
+def test_align_paired_clusters_keep_together_what_either_run_calls_one_patient() -> None:
+    # Same patients in both runs: the clusters are the patients.
+    df = pd.DataFrame({"path": list("abcde"), "y_true": [1, 1, 0, 0, 1], "probability": 0.5, "patient": ["p1", "p1", "n1", "n2", "p2"]})
+
+    def partition(paired):  # cluster labels in order of first appearance
+        return pd.factorize(paired.groups)[0].tolist()
+
+    assert partition(st.align_paired(df, df.iloc[::-1])) == [0, 0, 1, 2, 3]
+    # A run saved with an older, coarser patient key (one id for a person's bacterial and viral
+    # images): a, b and e are one patient in the old key, so they stay together.
+    old = df.assign(patient=["person1", "person1", "n1", "n2", "person1"])
+    new = df.assign(patient=["person1_bacteria", "person1_bacteria", "n1", "n2", "person1_virus"])
+    for first, second in ((new, old), (old, new)):
+        assert partition(st.align_paired(first, second)) == [0, 0, 1, 2, 0]
 
 
 # --------------------------------------------------------------------------

@@ -123,6 +123,17 @@ def test_operating_points_are_chosen_on_validation_and_measured_on_test(predicti
     assert fallback.points_on_test and fallback.choice("youden").on_test
 
 
+def test_a_nothing_positive_choice_stays_above_a_probability_of_one(predictions):
+    # Validation where only "call nothing positive" reaches 99 % specificity: a normal image scored
+    # exactly 1.0. The choice keeps the threshold above 1.0, so on test it calls nothing positive
+    # (clipped to 1.0 it would call every image scored 1.0 pneumonia).
+    validation = pd.DataFrame({"y_true": [0, 1, 0, 1], "probability": [1.0, 0.9, 0.8, 0.2], "patient": list("abcd")})
+    test = predictions.assign(probability=np.where(predictions["y_true"] == 1, 1.0, predictions["probability"]))
+    ev = evidence.run_evidence("ones", test, 0.5, 0.5, n_resamples=50, validation=validation)
+    choice = ev.choice("sens@spec95")
+    assert choice.threshold > 1.0 and (choice.sensitivity, choice.specificity) == (0.0, 1.0)
+
+
 def test_a_test_set_of_one_class_gets_no_interval_and_says_why(predictions):
     normal = predictions[predictions["y_true"] == 0]
     ev = evidence.run_evidence("normals", normal, 0.5, n_resamples=50)

@@ -1,8 +1,11 @@
 """Evaluation and prediction: probabilities from a model, the threshold, metrics, per-image rows.
 
 The decision threshold is chosen on the validation split (Youden's J) and only then applied to
-the test split, so test metrics never guide a choice. Saved models are loaded with Keras
-`safe_mode`, and predictions go through the fast inference engine.
+the test split, so test metrics never guide a choice. Probabilities are rounded to
+`PROBABILITY_DECIMALS` as soon as they are computed, so the threshold, the saved metrics and the
+saved per-image rows all see the same numbers (an image cannot change class between `metrics.json`
+and `predictions.csv`). Saved models are loaded with Keras `safe_mode`, and predictions go through
+the fast inference engine.
 """
 
 from __future__ import annotations
@@ -19,6 +22,30 @@ from core import artifacts, augmentation, data, statistics
 from core.models import positive_probability
 
 THRESHOLD_RULE = "Youden's J on the validation split"
+PROBABILITY_DECIMALS = 6  # what predictions.csv keeps, and so what every decision uses
+
+
+def saved_precision(scores) -> np.ndarray:
+    """Probabilities as they are saved: rounded to `PROBABILITY_DECIMALS` (idempotent)."""
+    return np.round(np.asarray(scores, dtype=np.float64), PROBABILITY_DECIMALS)
+
+
+def choose_threshold(y_val: np.ndarray, val_scores: np.ndarray) -> float:
+    """The decision threshold: Youden's J on the validation split.
+
+    Raises `data.DataError` with what to do when the validation split lacks a class (Youden's J,
+    like any sensitivity/specificity trade-off, needs both).
+    """
+    y_val = np.asarray(y_val)
+    counts = {name: int(np.sum(y_val == i)) for i, name in enumerate(data.BINARY.classes)}
+    missing = [name for name, count in counts.items() if count == 0]
+    if missing:
+        held = ", ".join(f"{count} {name}" for name, count in counts.items())
+        raise data.DataError(
+            f"cannot choose the decision threshold: the validation split has no {' or '.join(missing)} images "
+            f"({held}); Youden's J needs both classes: add images, or raise --max-per-class"
+        )
+    return float(statistics.youden_threshold(y_val, val_scores))
 
 
 def probabilities(
@@ -44,9 +71,18 @@ def probabilities(
 
 
 def roc_points(y_true: np.ndarray, y_score: np.ndarray) -> dict:
+    """The ROC curve for metrics.json: fpr, tpr and the threshold of each point.
+
+    scikit-learn's first threshold is +inf ("nothing positive"); it is written as the next float
+    above the top score, unrounded, so that a probability of exactly 1.0 stays below it (clipping
+    it to 1.0 would call such an image positive at the "nothing positive" point).
+    """
     fpr, tpr, thresholds = roc_curve(y_true, y_score)
-    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf: "nothing positive"
-    return {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist(), "thresholds": thresholds.round(6).tolist()}
+    thresholds = thresholds.astype(np.float64)
+    finite = np.isfinite(thresholds)
+    thresholds[finite] = thresholds[finite].round(PROBABILITY_DECIMALS)
+    thresholds[~finite] = np.nextafter(float(np.max(y_score)), np.inf)
+    return {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist(), "thresholds": thresholds.tolist()}
 
 
 def prediction_rows(table: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float, task=data.BINARY) -> pd.DataFrame:
@@ -59,7 +95,7 @@ def prediction_rows(table: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray
             "kind": table["kind"].to_numpy(),
             "class_name": table["class_name"].to_numpy(),
             "y_true": y_true.astype(int),
-            "probability": np.round(y_score, 6),
+            "probability": saved_precision(y_score),
             "prediction": [task.classes[p] for p in predicted],
             "correct": predicted == y_true,
         }
@@ -72,10 +108,16 @@ def summarize_predictions(y_true: np.ndarray, y_score: np.ndarray, threshold: fl
 
 
 def evaluate_model(model, inputs, labels, table, part, engine="auto", batch_size=64, tta=1, cache_path=None) -> dict:
-    """Threshold from validation, then metrics, ROC and per-image rows on test."""
+    """Threshold from validation, then metrics, ROC and per-image rows on test.
+
+    Every number is computed from the probabilities as saved (`saved_precision`), so the saved
+    metrics are what the saved predictions give at the saved threshold.
+    """
     val_scores, engine_name = probabilities(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
-    threshold = float(statistics.youden_threshold(labels[part["val"]], val_scores))
+    val_scores = saved_precision(val_scores)
+    threshold = choose_threshold(labels[part["val"]], val_scores)
     test_scores, _ = probabilities(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
+    test_scores = saved_precision(test_scores)
     y_test = labels[part["test"]]
     test = summarize_predictions(y_test, test_scores, threshold)
     return {
@@ -155,8 +197,8 @@ def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str 
     if pixels:
         tta = int(((run.metrics or {}).get("tta") or {}).get("views", 1))
         scores, _ = probabilities(model, np.stack(pixels), engine, cache_path=run.folder / "model.tflite", tta=tta)
-        for row_index, score in zip(readable, scores, strict=True):
-            rows[row_index]["probability"] = round(float(score), 6)
+        for row_index, score in zip(readable, saved_precision(scores), strict=True):
+            rows[row_index]["probability"] = float(score)  # the label is decided on the number shown
             rows[row_index]["label"] = data.BINARY.classes[int(score >= threshold)]
     return pd.DataFrame(rows, columns=["path", "probability", "label", "error"])
 

@@ -1,10 +1,12 @@
 """A run's predictions turned into the evidence a clinical reader needs, and two runs compared.
 
 Glue between saved runs (`predictions.csv`, `metrics.json`) and `core.statistics`: metrics at a
-threshold with patient-bootstrap intervals, ROC, precision-recall and calibration curves,
-operating points and errors per pneumonia kind, and the paired tests (DeLong, McNemar) of two
-runs scored on the same test images. No Streamlit here: the Compare page caches these results and
-`core.report` writes them into an HTML file.
+threshold with patient-aware intervals, ROC, precision-recall and calibration curves,
+operating points and errors per pneumonia kind, and the paired tests of two runs scored on the
+same test images (DeLong and McNemar, clustered by patient; Holm-adjusted when several pairs are
+compared), with the sentences that say what they show, written here once for the page and the
+report. No Streamlit here: the Compare page caches these results and `core.report` writes them
+into an HTML file.
 
 Operating points (sensitivity at 90 % specificity, ...) are chosen on the run's validation
 predictions (`val_predictions.csv`) and then measured on test, like the saved threshold. Runs saved
@@ -14,8 +16,9 @@ marked as descriptive: they describe the test set rather than a choice made befo
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -77,7 +80,7 @@ class RunEvidence:
     n_patients: int
     n_positive: int
     metrics: dict[str, Any]  # statistics.binary_metrics at `threshold`
-    intervals: dict[str, statistics.Interval] | None  # None when the test set is too small for a bootstrap
+    intervals: dict[str, statistics.Interval] | None  # None when the test set is too small for intervals
     interval_problem: str  # why there are no intervals ("" when there are)
     n_resamples: int
     seed: int
@@ -146,9 +149,9 @@ def threshold_choices(
         point = by_name.get(name)
         if point is None or (name == "youden" and not on_test):
             continue
-        # A threshold above every score is written as the next float above the top score; keep it
-        # in [0, 1] so a slider can show it (only a score of exactly 1.0 would be called differently).
-        threshold = min(max(float(point.threshold), 0.0), 1.0)
+        # "Nothing positive" is the next float above the top score: above 1.0 when a probability is
+        # exactly 1.0. It is kept as is (clipped to 1.0 it would call that image positive).
+        threshold = float(point.threshold)
         at = statistics.binary_metrics(y, s, threshold)
         where = ON_TEST if on_test else ON_VALIDATION
         choices.append(
@@ -171,8 +174,9 @@ def run_evidence(
 ) -> RunEvidence:
     """The evidence for one run's test predictions at `threshold`.
 
-    Intervals are percentile bootstraps that resample patients (`groups=patient`), so the images
-    of one patient stay together; `seed` makes them reproducible. `validation` (the run's
+    Intervals keep the images of one patient together (`statistics.metric_intervals` with
+    `groups=patient`): AUC by percentile bootstrap over patients (`seed` makes it reproducible),
+    sensitivity, specificity and accuracy by Wilson's interval with the patients' design effect. `validation` (the run's
     validation predictions) is where the operating points are chosen; see `threshold_choices`.
     """
     y, s, groups = arrays(predictions)
@@ -181,7 +185,7 @@ def run_evidence(
     metrics = statistics.binary_metrics(y, s, threshold)
     intervals, problem = None, ""
     try:
-        intervals = statistics.bootstrap_ci(y, s, threshold, groups=groups, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        intervals = statistics.metric_intervals(y, s, threshold, groups=groups, n_resamples=n_resamples, confidence=confidence, seed=seed)
     except ValueError as error:
         problem = str(error)
 
@@ -233,9 +237,26 @@ def run_evidence(
 # ---------------------------------------------------------------------------- two runs
 
 
+LEVEL = 0.05  # the significance level of every sentence
+
+PAIRED_NOTE = (
+    "Both tests keep each patient's images together, as the intervals do: DeLong's test of the AUCs clustered by "
+    "patient (Obuchowski 1997), and McNemar's test of the errors at each run's threshold clustered by patient "
+    "(exact sign-flip test of the per-patient differences under 25 discordant images, else Durkalski 2003). "
+    "b = images A got right and B wrong, c = the reverse. The image-level tests, which treat every image as "
+    "independent, are shown for reference only: with several images per patient their p-values are too small."
+)
+
+
 @dataclass(frozen=True)
 class PairedEvidence:
-    """DeLong's test of the AUCs and McNemar's test at each run's threshold, on shared images."""
+    """Two runs on the same test images: paired tests by patient (the ones to read) and by image.
+
+    `delong` and `mcnemar` are the image-level tests (every image independent), kept for reference;
+    `delong_by_patient` and `mcnemar_by_patient` keep each patient's images together and are the
+    ones the sentences use. With several pairs compared at once (`n_comparisons` > 1) the
+    `*_adjusted` p-values are Holm-adjusted over the pairs and the sentences use them.
+    """
 
     name_a: str
     name_b: str
@@ -244,6 +265,27 @@ class PairedEvidence:
     n_images: int
     delong: statistics.DeLongResult
     mcnemar: statistics.McNemarResult
+    n_patients: int
+    errors_a: int
+    errors_b: int
+    delong_by_patient: statistics.DeLongResult
+    mcnemar_by_patient: statistics.ClusteredMcNemarResult
+    n_comparisons: int = 1
+    p_auc_adjusted: float = math.nan
+    p_errors_adjusted: float = math.nan
+
+    @property
+    def adjusted(self) -> bool:
+        return self.n_comparisons > 1
+
+    @property
+    def p_auc(self) -> float:
+        """The p-value the AUC sentence uses: by patient, Holm-adjusted when several pairs are compared."""
+        return self.p_auc_adjusted if self.adjusted else self.delong_by_patient.p_value
+
+    @property
+    def p_errors(self) -> float:
+        return self.p_errors_adjusted if self.adjusted else self.mcnemar_by_patient.p_value
 
 
 def paired_evidence(
@@ -253,11 +295,92 @@ def paired_evidence(
 ) -> PairedEvidence:
     """Paired tests of two runs; `ValueError` (from `statistics.align_paired`) when their test images differ."""
     paired = statistics.align_paired(predictions_a, predictions_b)
-    delong = statistics.delong_test(paired.y_true, paired.score_a, paired.score_b, confidence=confidence)
+    y = paired.y_true
+    groups = paired.groups if paired.groups is not None else np.arange(y.size)  # no patient ids: images
     pred_a = (paired.score_a >= threshold_a).astype(int)
     pred_b = (paired.score_b >= threshold_b).astype(int)
-    mcnemar = statistics.mcnemar_test(paired.y_true, pred_a, pred_b)
-    return PairedEvidence(name_a, name_b, float(threshold_a), float(threshold_b), int(paired.y_true.size), delong, mcnemar)
+    return PairedEvidence(
+        name_a, name_b, float(threshold_a), float(threshold_b), int(y.size),
+        delong=statistics.delong_test(y, paired.score_a, paired.score_b, confidence=confidence),
+        mcnemar=statistics.mcnemar_test(y, pred_a, pred_b),
+        n_patients=int(len(np.unique(groups))),
+        errors_a=int(np.sum(pred_a != y)),
+        errors_b=int(np.sum(pred_b != y)),
+        delong_by_patient=statistics.clustered_delong_test(y, paired.score_a, paired.score_b, groups, confidence=confidence),
+        mcnemar_by_patient=statistics.clustered_mcnemar_test(y, pred_a, pred_b, groups),
+    )
+
+
+def holm_family(pairs: list[PairedEvidence]) -> list[PairedEvidence]:
+    """The pairs with Holm-adjusted p-values over the family (AUC tests and error tests separately).
+
+    One pair is not a family: it is returned unchanged (unadjusted, `n_comparisons` = 1).
+    """
+    if len(pairs) < 2:
+        return list(pairs)
+    auc = statistics.holm_adjust([p.delong_by_patient.p_value for p in pairs])
+    errors = statistics.holm_adjust([p.mcnemar_by_patient.p_value for p in pairs])
+    return [
+        replace(p, n_comparisons=len(pairs), p_auc_adjusted=a, p_errors_adjusted=e)
+        for p, a, e in zip(pairs, auc, errors, strict=True)
+    ]
+
+
+def pairwise_evidence(
+    runs: list[tuple[str, pd.DataFrame, float]], confidence: float = CONFIDENCE
+) -> tuple[list[PairedEvidence], list[tuple[str, str, str]]]:
+    """Every pair of `runs` (name, predictions, threshold) that can be paired, Holm-adjusted together.
+
+    Returns the tested pairs and the refused ones as (name A, name B, reason).
+    """
+    tested, refused = [], []
+    for (name_a, pred_a, thr_a), (name_b, pred_b, thr_b) in itertools.combinations(runs, 2):
+        try:
+            tested.append(paired_evidence(name_a, pred_a, thr_a, name_b, pred_b, thr_b, confidence=confidence))
+        except ValueError as error:
+            refused.append((name_a, name_b, str(error)))
+    return holm_family(tested), refused
+
+
+def adjusted_as_in(paired: PairedEvidence, family: list[PairedEvidence]) -> PairedEvidence:
+    """`paired` with the adjusted p-values of the same two runs in `family` (either order; p is symmetric)."""
+    for member in family:
+        if {member.name_a, member.name_b} == {paired.name_a, paired.name_b}:
+            return replace(
+                paired, n_comparisons=member.n_comparisons,
+                p_auc_adjusted=member.p_auc_adjusted, p_errors_adjusted=member.p_errors_adjusted,
+            )
+    return paired
+
+
+def _p_phrase(p: float, paired: PairedEvidence) -> str:
+    shown = format_p(p)
+    value = shown if shown.startswith("<") else f"= {shown}"
+    if paired.adjusted:
+        return f"by patient, Holm-adjusted over {paired.n_comparisons} pairs: p {value}"
+    return f"by patient: p {value}"
+
+
+def auc_sentence(paired: PairedEvidence) -> str:
+    """What the AUC test says, in words, from the patient-level test (Holm-adjusted when a family)."""
+    d = paired.delong_by_patient
+    if not d.defined:
+        return f"The patient-level test of the AUCs is undefined: {d.problem}."
+    phrase = _p_phrase(paired.p_auc, paired)
+    if paired.p_auc < LEVEL:
+        higher, lower = (paired.name_a, paired.name_b) if d.difference > 0 else (paired.name_b, paired.name_a)
+        return f"{higher}'s AUC is higher than {lower}'s ({phrase})."
+    return f"No evidence at the 5 % level that the AUCs differ ({phrase}); this does not show that they are equal."
+
+
+def errors_sentence(paired: PairedEvidence) -> str:
+    """What the error test says, in words, at the two thresholds in use."""
+    counts = f"{paired.errors_a} vs {paired.errors_b} errors of {paired.n_images} images"
+    phrase = _p_phrase(paired.p_errors, paired)
+    if paired.p_errors < LEVEL:
+        fewer, more = (paired.name_a, paired.name_b) if paired.errors_a < paired.errors_b else (paired.name_b, paired.name_a)
+        return f"{fewer} makes fewer errors than {more} at the thresholds in use ({counts}; {phrase})."
+    return f"No evidence at the 5 % level that the error rates differ at the thresholds in use ({counts}; {phrase})."
 
 
 # ---------------------------------------------------------------------------- tables
@@ -278,6 +401,15 @@ def format_p(p: float) -> str:
 
 def ci_label(confidence: float) -> str:
     return f"{100 * confidence:g}% CI"
+
+
+def intervals_note(n_resamples: int, seed: int, confidence: float = CONFIDENCE) -> str:
+    """How the intervals are made, in one sentence for the page and the report."""
+    return (
+        f"{ci_label(confidence)}: AUC by percentile bootstrap over patients (all images of a drawn patient together), "
+        f"{n_resamples:,} resamples, seed {seed}; sensitivity, specificity and accuracy by Wilson's score interval "
+        "widened by the patients' design effect, which holds near 0 % and 100 % where a bootstrap falls short."
+    )
 
 
 def metrics_table(evidence: list[RunEvidence], combined: bool = False) -> pd.DataFrame:
@@ -314,40 +446,61 @@ def metrics_table(evidence: list[RunEvidence], combined: bool = False) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def _difference_ci(d: statistics.DeLongResult) -> str:
+    return f"{d.ci_low:+.3f} to {d.ci_high:+.3f}" if math.isfinite(d.ci_low) and math.isfinite(d.ci_high) else "n/a"
+
+
 def paired_row(paired: PairedEvidence, compact: bool = False) -> dict[str, Any]:
-    """One table row of a pair's tests; `compact` folds A/B columns together for a printed table."""
-    d, m = paired.delong, paired.mcnemar
+    """One table row of a pair's tests; `compact` folds A/B columns together for a printed table.
+
+    The patient-level tests come first; the Holm columns appear when the pair is one of several;
+    the image-level p-values come last, labelled as such.
+    """
+    d, m = paired.delong_by_patient, paired.mcnemar_by_patient
     label = ci_label(d.confidence)
-    difference_ci = f"{d.ci_low:+.3f} to {d.ci_high:+.3f}" if math.isfinite(d.ci_low) and math.isfinite(d.ci_high) else "n/a"
-    method = "exact binomial" if m.method == "exact" else "chi-square, continuity-corrected"
+    method = "exact sign-flip" if m.method == "exact_sign_flip" else "Durkalski chi-square"
+    holm_auc = {"AUC p, Holm-adjusted": format_p(paired.p_auc_adjusted)} if paired.adjusted else {}
+    holm_errors = {"errors p, Holm-adjusted": format_p(paired.p_errors_adjusted)} if paired.adjusted else {}
+    image_level = f"{format_p(paired.delong.p_value)} / {format_p(paired.mcnemar.p_value)}"
     if compact:
         return {
             "run A": paired.name_a,
             "run B": paired.name_b,
-            "images": paired.n_images,
+            "images / patients": f"{paired.n_images:,} / {paired.n_patients:,}",
             "AUC A / B": f"{d.auc_a:.3f} / {d.auc_b:.3f}",
-            f"AUC A − B ({label})": f"{d.difference:+.3f} ({difference_ci})",
-            "DeLong p": format_p(d.p_value),
+            f"AUC A − B ({label}, by patient)": f"{d.difference:+.3f} ({_difference_ci(d)})",
+            "AUC p (by patient)": format_p(d.p_value),
+            **holm_auc,
             "thresholds A / B": f"{paired.threshold_a:.3f} / {paired.threshold_b:.3f}",
-            "McNemar b / c": f"{m.b} / {m.c}",
-            "McNemar p": format_p(m.p_value),
-            "McNemar method": method,
+            "errors A / B": f"{paired.errors_a} / {paired.errors_b}",
+            "b / c": f"{m.b} / {m.c}",
+            "errors p (by patient)": format_p(m.p_value),
+            **holm_errors,
+            "errors test": method,
+            "image-level p, DeLong / McNemar (images as independent)": image_level,
         }
     return {
         "run A": paired.name_a,
         "run B": paired.name_b,
         "images": paired.n_images,
+        "patients": paired.n_patients,
         "AUC A": d.auc_a,
         "AUC B": d.auc_b,
         "AUC difference (A − B)": d.difference,
-        f"difference {label}": difference_ci,
-        "DeLong p": format_p(d.p_value),
+        f"difference {label} (by patient)": _difference_ci(d),
+        "AUC p (by patient)": format_p(d.p_value),
+        **holm_auc,
         "threshold A": paired.threshold_a,
         "threshold B": paired.threshold_b,
-        "McNemar b (A right, B wrong)": m.b,
-        "McNemar c (A wrong, B right)": m.c,
-        "McNemar p": format_p(m.p_value),
-        "McNemar method": method,
+        "errors A": paired.errors_a,
+        "errors B": paired.errors_b,
+        "b (A right, B wrong)": m.b,
+        "c (A wrong, B right)": m.c,
+        "errors p (by patient)": format_p(m.p_value),
+        **holm_errors,
+        "errors test": method,
+        "DeLong p (image-level)": format_p(paired.delong.p_value),
+        "McNemar p (image-level)": format_p(paired.mcnemar.p_value),
     }
 
 

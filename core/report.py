@@ -1,7 +1,7 @@
 """One self-contained HTML file with the evidence behind a comparison of runs.
 
 `build_report(runs)` returns the whole page as a string: interactive plotly figures (plotly.js
-inlined once, so the file opens offline), the metrics with their patient-bootstrap intervals,
+inlined once, so the file opens offline), the metrics with their patient-aware intervals,
 paired tests of every pair of runs, errors by kind of image, operating points, and each run's
 settings and data summary, with the generation date and how thresholds were chosen. Pure: no
 Streamlit, no network, nothing written; the dashboard offers the string as a download.
@@ -10,7 +10,6 @@ Streamlit, no network, nothing written; the dashboard offers the string as a dow
 from __future__ import annotations
 
 import html
-import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -206,27 +205,31 @@ def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
 def _paired_section(runs: Sequence[Run], evidence: Mapping[str, ev.RunEvidence], predictions: Mapping[str, pd.DataFrame]) -> str:
     if len(runs) < 2:
         return "<p class='meta'>Paired tests need two runs; this report has one.</p>"
-    rows, refused = [], []
-    for a, b in itertools.combinations(runs, 2):
-        try:
-            paired = ev.paired_evidence(
-                a.name, predictions[a.name], evidence[a.name].threshold, b.name, predictions[b.name], evidence[b.name].threshold,
-                confidence=evidence[a.name].confidence,
+    family, refused = ev.pairwise_evidence(
+        [(r.name, predictions[r.name], evidence[r.name].threshold) for r in runs], confidence=evidence[runs[0].name].confidence
+    )
+    out = [f"<p class='meta'>{_e(ev.PAIRED_NOTE)} Only runs scored on exactly the same test images are paired.</p>"]
+    if len(family) > 1:
+        out.append(
+            f"<div class='note'>{len(family)} pairs are compared: the p-values are also given Holm-adjusted over them "
+            "(separately for the AUC tests and the error tests), and the sentences below use the adjusted ones.</div>"
+        )
+    if family:
+        out.append(_table(pd.DataFrame([ev.paired_row(p, compact=True) for p in family])))
+        out.append(
+            "<ul class='verdicts'>"
+            + "".join(
+                f"<li><b>{_e(p.name_a)}</b> vs <b>{_e(p.name_b)}</b>: {_e(ev.auc_sentence(p))} {_e(ev.errors_sentence(p))}</li>"
+                for p in family
             )
-        except ValueError as error:
-            refused.append(f"<li><b>{_e(a.name)}</b> vs <b>{_e(b.name)}</b>: not tested: {_e(error)}</li>")
-            continue
-        rows.append(ev.paired_row(paired, compact=True))
-    out = [
-        "<p class='meta'>DeLong's test compares the two AUCs on the same images (two-sided p, interval of the "
-        "difference A − B). McNemar's test compares the errors at each run's threshold in use: b = images A got "
-        "right and B wrong, c = the reverse (exact binomial test under 25 discordant images, else chi-square with "
-        "continuity correction). Only runs scored on exactly the same test images are paired.</p>"
-    ]
-    if rows:
-        out.append(_table(pd.DataFrame(rows)))
+            + "</ul>"
+        )
     if refused:
-        out.append("<div class='warn'><ul>" + "".join(refused) + "</ul></div>")
+        out.append(
+            "<div class='warn'><ul>"
+            + "".join(f"<li><b>{_e(a)}</b> vs <b>{_e(b)}</b>: not tested: {_e(reason)}</li>" for a, b, reason in refused)
+            + "</ul></div>"
+        )
     return "".join(out)
 
 
@@ -248,7 +251,7 @@ def build_report(
 
     `thresholds` (run name -> threshold) defaults to each run's validation-chosen threshold;
     `predictions` (run name -> its predictions table) defaults to reading each run's
-    `predictions.csv`. Intervals resample patients `n_resamples` times with `seed`.
+    `predictions.csv`. AUC intervals resample patients `n_resamples` times with `seed`.
     """
     runs = list(runs)
     if not runs:
@@ -290,7 +293,6 @@ def build_report(
     calibration = figures.calibration_figure([{"name": e.name, **e.reliability, "brier": e.brier, "ece": e.ece} for e in items], colors)
     errors = ev.errors_table(items)
 
-    ci = ev.ci_label(confidence)
     sizes = {e.n_images for e in items}
     same_images = len({frozenset(predictions[n]["path"]) for n in names}) == 1
     problems = [f"<li>{_e(e.name)}: no interval ({_e(e.interval_problem)})</li>" for e in items if e.intervals is None]
@@ -305,8 +307,7 @@ def build_report(
         f"<b>Threshold rule.</b> Each run calls an image pneumonia when its probability is at least the run's threshold, "
         f"chosen by {_e(_threshold_rule(runs))}, never on test. The threshold in use for each run is listed below "
         "(validation-chosen unless the reader moved it on the dashboard). "
-        f"<b>Intervals.</b> {ci}: percentile bootstrap over patients (all images of a drawn patient together), "
-        f"{n_resamples:,} resamples, seed {seed}. "
+        f"<b>Intervals.</b> {_e(ev.intervals_note(n_resamples, seed, confidence))} "
         f"<b>Operating points.</b> {_e(ev.VALIDATION_NOTE)}"
         + (f" {_e(ev.DESCRIPTIVE_NOTE)}" if any(e.points_on_test for e in items) else "")
         + "</div>",

@@ -1,7 +1,7 @@
 """Compare page: the evidence behind "which run to trust".
 
 ROC, precision-recall and calibration curves; confusion matrices at a movable threshold (or a
-named operating point); metrics with patient-bootstrap intervals; a paired test of two runs;
+named operating point); metrics with patient-aware intervals; a paired test of two runs by patient;
 errors by kind of image; per-image results with each run's Grad-CAM; and the whole comparison as
 one HTML report.
 """
@@ -45,7 +45,8 @@ with top_right.popover("Intervals", icon=":material/tune:", width="stretch"):
         )
     )
     seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=evidence.SEED, step=1, key="compare_seed"))
-    st.caption("95 % percentile intervals; the same seed gives the same intervals.")
+    st.caption("95 % intervals: the AUC's is a patient bootstrap (the same seed gives the same interval); sensitivity, "
+               "specificity and accuracy use Wilson's interval with the patients' design effect (no resampling).")
 if not picked:
     st.info("Pick at least one run.")
     st.stop()
@@ -199,8 +200,10 @@ for start in range(0, len(picked), per_row):
                 "validation split too and measured on test; a run saved without validation predictions gets them "
                 "from the test images instead, marked 'on test' (descriptive only).",
             )
+            # "Nothing positive" lies just above the top score, above 1.0 when a probability is exactly 1.0.
+            top = max(1.0, saved_threshold(name), *(c.threshold for c in choices[name]))
             st.slider(
-                "Threshold (probability of pneumonia)", 0.0, 1.0, step=0.001, format="%.3f", key=threshold_key(name),
+                "Threshold (probability of pneumonia)", 0.0, top, step=0.001, format="%.3f", key=threshold_key(name),
                 on_change=slider_moved, args=(name,),
                 help=f"Validation-chosen threshold: {saved_threshold(name):.3f}. An image is called pneumonia when its probability is at least this.",
             )
@@ -241,7 +244,7 @@ extra = pd.DataFrame(
 )
 metrics_table = pd.concat([metrics_table, extra], axis=1)  # the evidence first, what the run is after it
 number = st.column_config.NumberColumn
-interval_help = f"{ci}: percentile bootstrap over patients, {n_resamples:,} resamples, seed {seed}"
+interval_help = evidence.intervals_note(n_resamples, seed)
 st.dataframe(
     metrics_table, hide_index=True, key="metrics_table",
     column_config={
@@ -302,32 +305,54 @@ else:
     except ValueError as error:
         st.error(f"Cannot pair **{run_a}** and **{run_b}**: {error}", icon=":material/block:")
     else:
-        d, mc = paired.delong, paired.mcnemar
+        if len(picked) > 2:  # several pairs: Holm-adjust over every pair of the picked runs that can be paired
+            family, _ = evidence.pairwise_evidence([(n, predictions[n], thresholds[n]) for n in picked])
+            paired = evidence.adjusted_as_in(paired, family)
+        d, mc = paired.delong_by_patient, paired.mcnemar_by_patient
         left, right = st.columns(2)
         with left.container(border=True):
-            st.markdown(f"**DeLong's test of the AUCs** · {paired.n_images:,} shared test images")
+            st.markdown(
+                f"**AUCs, by patient** (DeLong's test clustered by patient) · {paired.n_images:,} shared test images "
+                f"of {paired.n_patients:,} patients"
+            )
             k1, k2, k3 = st.columns(3)
             k1.metric("AUC A", f"{d.auc_a:.3f}")
             k2.metric("AUC difference (A − B)", f"{d.difference:+.3f}")
-            k3.metric("DeLong p", evidence.format_p(d.p_value))
+            k3.metric("DeLong p (by patient)", evidence.format_p(d.p_value))
             interval = f"{d.ci_low:+.3f} to {d.ci_high:+.3f}" if np.isfinite(d.ci_low) and np.isfinite(d.ci_high) else "n/a"
-            st.markdown(f"{ci} of the difference: **{interval}** · AUC B {d.auc_b:.3f}")
-            verdict = (
-                f"{'A' if d.difference > 0 else 'B'}'s AUC is higher (p < 0.05)."
-                if d.p_value < 0.05
-                else "No evidence at the 5 % level that the AUCs differ (which does not show that they are equal)."
-            )
-            st.caption(verdict)
+            st.markdown(f"{ci} of the difference, by patient: **{interval}** · AUC B {d.auc_b:.3f}")
+            if paired.adjusted:
+                st.metric("DeLong p, Holm-adjusted", evidence.format_p(paired.p_auc_adjusted))
+            st.caption(evidence.auc_sentence(paired))
         with right.container(border=True):
             st.markdown(
-                f"**McNemar's test of the errors** · A at {paired.threshold_a:.3f}, B at {paired.threshold_b:.3f} (the thresholds set above)"
+                f"**Errors, by patient** (McNemar's test clustered by patient) · A at {paired.threshold_a:.3f}, "
+                f"B at {paired.threshold_b:.3f} (the thresholds set above)"
             )
             k1, k2, k3 = st.columns(3)
             k1.metric("b: A right, B wrong", f"{mc.b:,}")
             k2.metric("c: A wrong, B right", f"{mc.c:,}")
-            k3.metric("McNemar p", evidence.format_p(mc.p_value))
-            method = "exact binomial test (under 25 discordant images)" if mc.method == "exact" else "chi-square with continuity correction"
-            st.caption(f"Method: {method}. Only the images the two runs disagree on carry information.")
+            k3.metric("McNemar p (by patient)", evidence.format_p(mc.p_value))
+            if paired.adjusted:
+                st.metric("McNemar p, Holm-adjusted", evidence.format_p(paired.p_errors_adjusted))
+            method = (
+                "exact sign-flip test of the per-patient differences (under 25 discordant images)"
+                if mc.method == "exact_sign_flip" else "Durkalski's chi-square of the per-patient differences"
+            )
+            st.caption(f"{evidence.errors_sentence(paired)} Method: {method}; {mc.n_discordant_patients:,} patients with a net disagreement.")
+        if paired.adjusted:
+            st.caption(
+                f"{paired.n_comparisons} pairs among the picked runs: p-values are Holm-adjusted over them (AUC and error "
+                "tests separately), and the sentences use the adjusted ones."
+            )
+        with st.expander("Image-level tests (every image treated as independent: for reference only)"):
+            st.caption(
+                "These ignore that a patient's images are alike, so with several images per patient their p-values are too "
+                "small; the tests above keep each patient's images together and are the ones to read."
+            )
+            i1, i2 = st.columns(2)
+            i1.metric("DeLong p (image-level)", evidence.format_p(paired.delong.p_value))
+            i2.metric("McNemar p (image-level)", evidence.format_p(paired.mcnemar.p_value))
 
 
 # ---------------------------------------------------------------------------- errors by kind

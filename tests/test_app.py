@@ -398,7 +398,7 @@ def test_compare_shows_intervals_and_the_evidence_figures(data_dir, runs_dir):
         for name in ("cnn-small", "cnn-wide"):
             table_p = fixture_predictions(runs_dir, name)
             threshold = metrics_of(runs_dir, name)["threshold"]
-            expected = statistics.bootstrap_ci(
+            expected = statistics.metric_intervals(
                 table_p["y_true"], table_p["probability"], threshold, groups=table_p["patient"], n_resamples=resamples, seed=seed
             )
             for metric, column in (("auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("accuracy", "accuracy")):
@@ -446,26 +446,69 @@ def test_compare_paired_test_of_two_runs_on_the_same_images(data_dir, runs_dir):
     at = page("compare", data_dir, runs_dir)
     at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide"]).run()
     assert (at.selectbox(key="paired_a").value, at.selectbox(key="paired_b").value) == ("cnn-small", "cnn-wide")
-    paired = statistics.align_paired(fixture_predictions(runs_dir, "cnn-small"), fixture_predictions(runs_dir, "cnn-wide"))
-    delong = statistics.delong_test(paired.y_true, paired.score_a, paired.score_b)
+    small, wide = fixture_predictions(runs_dir, "cnn-small"), fixture_predictions(runs_dir, "cnn-wide")
+    paired = statistics.align_paired(small, wide)
+    patients = small["patient"].to_numpy()  # both runs share the split, so the same patient per image
+    delong = statistics.clustered_delong_test(paired.y_true, paired.score_a, paired.score_b, patients)
     shown = paired_metrics(at)
-    assert shown["DeLong p"] == evidence.format_p(delong.p_value)
+    assert shown["DeLong p (by patient)"] == evidence.format_p(delong.p_value)
+    assert shown["DeLong p (image-level)"] == evidence.format_p(statistics.delong_test(paired.y_true, paired.score_a, paired.score_b).p_value)
     assert shown["AUC difference (A − B)"] == f"{delong.difference:+.3f}"
-    assert f"95% CI of the difference: **{delong.ci_low:+.3f} to {delong.ci_high:+.3f}**" in texts(at.markdown)
+    assert f"95% CI of the difference, by patient: **{delong.ci_low:+.3f} to {delong.ci_high:+.3f}**" in texts(at.markdown)
+    assert "DeLong p, Holm-adjusted" not in shown  # one pair: nothing to adjust
 
-    def mcnemar(threshold_a: float) -> statistics.McNemarResult:
+    def mcnemar(threshold_a: float) -> statistics.ClusteredMcNemarResult:
         threshold_b = metrics_of(runs_dir, "cnn-wide")["threshold"]
-        return statistics.mcnemar_test(paired.y_true, (paired.score_a >= threshold_a).astype(int), (paired.score_b >= threshold_b).astype(int))
+        pred_a, pred_b = (paired.score_a >= threshold_a).astype(int), (paired.score_b >= threshold_b).astype(int)
+        return statistics.clustered_mcnemar_test(paired.y_true, pred_a, pred_b, patients)
 
     expected = mcnemar(metrics_of(runs_dir, "cnn-small")["threshold"])
-    assert (shown["b: A right, B wrong"], shown["c: A wrong, B right"], shown["McNemar p"]) == (
+    assert (shown["b: A right, B wrong"], shown["c: A wrong, B right"], shown["McNemar p (by patient)"]) == (
         str(expected.b), str(expected.c), evidence.format_p(expected.p_value),
     )
+    pair = evidence.paired_evidence("cnn-small", small, metrics_of(runs_dir, "cnn-small")["threshold"], "cnn-wide", wide, metrics_of(runs_dir, "cnn-wide")["threshold"])
+    assert evidence.auc_sentence(pair) in texts(at.caption)
+    assert evidence.errors_sentence(pair) in texts(at.caption)
     at.slider(key="threshold::cnn-small").set_value(0.0).run()  # McNemar follows A's threshold
     moved = mcnemar(0.0)
     shown = paired_metrics(at)
     assert (shown["b: A right, B wrong"], shown["c: A wrong, B right"]) == (str(moved.b), str(moved.c))
     assert not at.error
+
+    # Three runs: three pairs, so the p-values are Holm-adjusted over them and the sentences say so.
+    at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide", "mobilenet-none"]).run()
+    no_exception(at)
+    runs = [(n, fixture_predictions(runs_dir, n), at.slider(key=f"threshold::{n}").value) for n in ("cnn-small", "cnn-wide", "mobilenet-none")]
+    family, _ = evidence.pairwise_evidence(runs)
+    shown = paired_metrics(at)
+    assert shown["DeLong p, Holm-adjusted"] == evidence.format_p(family[0].p_auc_adjusted)
+    assert shown["McNemar p, Holm-adjusted"] == evidence.format_p(family[0].p_errors_adjusted)
+    assert evidence.auc_sentence(family[0]) in texts(at.caption)
+    assert "3 pairs among the picked runs: p-values are Holm-adjusted" in texts(at.caption)
+
+
+def test_compare_sentence_follows_the_patient_level_test(data_dir, copy_runs):
+    """Six near-identical images per patient: by image the runs differ (p < 0.05), by patient they do not."""
+    from tests.helpers import clustered_pair
+
+    folder = copy_runs(["cnn-small", "cnn-wide"])
+    for name, table in zip(("cnn-small", "cnn-wide"), clustered_pair(), strict=True):
+        artifacts.write_csv(folder / name / artifacts.PREDICTIONS, table)
+        metrics = json.loads((folder / name / "metrics.json").read_text())
+        (folder / name / "metrics.json").write_text(json.dumps({**metrics, "threshold": 0.6}))
+    at = page("compare", data_dir, folder)
+    at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide"]).run()
+    no_exception(at)
+    shown = paired_metrics(at)
+    assert shown["DeLong p (image-level)"] == "< 0.001" and shown["McNemar p (image-level)"] == "0.007"
+    assert (shown["DeLong p (by patient)"], shown["McNemar p (by patient)"]) == ("0.120", "0.213")
+    captions = texts(at.caption)
+    assert "No evidence at the 5 % level that the AUCs differ (by patient: p = 0.120); this does not show that they are equal." in captions
+    assert (
+        "No evidence at the 5 % level that the error rates differ at the thresholds in use "
+        "(73 vs 54 errors of 240 images; by patient: p = 0.213)." in captions
+    )
+    assert "AUC is higher" not in captions and "makes fewer errors" not in captions
 
 
 def test_compare_refuses_to_pair_runs_tested_on_different_images(data_dir, other_split_dir):
@@ -478,7 +521,7 @@ def test_compare_refuses_to_pair_runs_tested_on_different_images(data_dir, other
     a, b = (set(pd.read_csv(other_split_dir / run / "predictions.csv")["path"]) for run in ("cnn-small", OTHER_SPLIT_RUN))
     assert a != b
     assert f"runs were evaluated on different test images: {len(a - b)} only in A, {len(b - a)} only in B" in message
-    assert "DeLong p" not in paired_metrics(at)
+    assert "DeLong p (by patient)" not in paired_metrics(at)
     assert "tested on different images" in texts(at.warning)
 
 

@@ -43,7 +43,10 @@ def test_evidence_equals_direct_statistics(predictions):
     ev = evidence.run_evidence("synthetic", predictions, 0.42, 0.5, n_resamples=400, seed=11)
 
     assert ev.metrics == statistics.binary_metrics(y, s, 0.42)
-    assert ev.intervals == statistics.bootstrap_ci(y, s, 0.42, groups=groups, n_resamples=400, seed=11)
+    assert ev.intervals == statistics.metric_intervals(y, s, 0.42, groups=groups, n_resamples=400, seed=11)
+    assert ev.interval("auc") == statistics.bootstrap_ci(y, s, 0.42, groups=groups, n_resamples=400, seed=11)["auc"]
+    pred = (s >= 0.42).astype(int)  # proportions: Wilson's interval with the patients' design effect
+    assert ev.interval("sensitivity") == statistics.wilson_cluster_ci(pred[y == 1], groups[y == 1])
     assert (ev.threshold, ev.saved_threshold, ev.n_images, ev.n_patients, ev.n_positive) == (0.42, 0.5, 300, 150, int(y.sum()))
     assert ev.brier == statistics.brier_score(y, s)
     assert ev.ece == statistics.expected_calibration_error(y, s)
@@ -67,7 +70,8 @@ def test_intervals_contain_their_estimate_and_follow_the_seed(predictions):
     again = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=1)
     other = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=2)
     assert again.intervals == ev.intervals
-    assert other.intervals["auc"] != ev.intervals["auc"]
+    assert other.intervals["auc"] != ev.intervals["auc"]  # the bootstrap follows the seed
+    assert other.intervals["sensitivity"] == ev.intervals["sensitivity"]  # Wilson does not resample
 
 
 def test_intervals_resample_patients_not_images(predictions):
@@ -77,6 +81,9 @@ def test_intervals_resample_patients_not_images(predictions):
     by_image = statistics.bootstrap_ci(y, s, 0.5, n_resamples=1000, seed=0)
     width = ev.interval("auc").high - ev.interval("auc").low
     assert width > by_image["auc"].high - by_image["auc"].low
+    # Proportions: the design effect widens Wilson's interval beyond the one on independent images.
+    plain = statistics.wilson_cluster_ci((s >= 0.5).astype(int) == y)
+    assert ev.interval("accuracy").high - ev.interval("accuracy").low > plain.high - plain.low
 
 
 def test_threshold_choices_are_the_validation_threshold_then_test_operating_points(predictions):
@@ -116,6 +123,17 @@ def test_operating_points_are_chosen_on_validation_and_measured_on_test(predicti
     assert fallback.points_on_test and fallback.choice("youden").on_test
 
 
+def test_a_nothing_positive_choice_stays_above_a_probability_of_one(predictions):
+    # Validation where only "call nothing positive" reaches 99 % specificity: a normal image scored
+    # exactly 1.0. The choice keeps the threshold above 1.0, so on test it calls nothing positive
+    # (clipped to 1.0 it would call every image scored 1.0 pneumonia).
+    validation = pd.DataFrame({"y_true": [0, 1, 0, 1], "probability": [1.0, 0.9, 0.8, 0.2], "patient": list("abcd")})
+    test = predictions.assign(probability=np.where(predictions["y_true"] == 1, 1.0, predictions["probability"]))
+    ev = evidence.run_evidence("ones", test, 0.5, 0.5, n_resamples=50, validation=validation)
+    choice = ev.choice("sens@spec95")
+    assert choice.threshold > 1.0 and (choice.sensitivity, choice.specificity) == (0.0, 1.0)
+
+
 def test_a_test_set_of_one_class_gets_no_interval_and_says_why(predictions):
     normal = predictions[predictions["y_true"] == 0]
     ev = evidence.run_evidence("normals", normal, 0.5, n_resamples=50)
@@ -137,7 +155,7 @@ def test_tables_show_the_intervals(predictions):
     assert errors.loc[(errors["run"] == "again") & (errors["kind"] == "all"), "threshold"].item() == 0.2
 
 
-def test_paired_evidence_equals_delong_and_mcnemar(predictions):
+def test_paired_evidence_equals_the_tests_by_patient_and_by_image(predictions):
     b = predictions.copy()
     rng = np.random.default_rng(5)
     b["probability"] = np.clip(b["probability"] + rng.normal(0, 0.15, len(b)), 0, 1)
@@ -145,12 +163,84 @@ def test_paired_evidence_equals_delong_and_mcnemar(predictions):
     paired = evidence.paired_evidence("a", predictions, 0.5, "b", b, 0.4)
 
     y = predictions["y_true"].to_numpy()
+    groups = predictions["patient"].to_numpy()
+    score_a = predictions["probability"].to_numpy()
     score_b = b.set_index("path").loc[predictions["path"], "probability"].to_numpy()
-    assert paired.delong == statistics.delong_test(y, predictions["probability"].to_numpy(), score_b)
-    assert paired.mcnemar == statistics.mcnemar_test(y, (predictions["probability"] >= 0.5).astype(int), (score_b >= 0.4).astype(int))
+    pred_a, pred_b = (score_a >= 0.5).astype(int), (score_b >= 0.4).astype(int)
+    assert paired.delong_by_patient == statistics.clustered_delong_test(y, score_a, score_b, groups)
+    assert paired.mcnemar_by_patient == statistics.clustered_mcnemar_test(y, pred_a, pred_b, groups)
+    assert paired.delong == statistics.delong_test(y, score_a, score_b)  # image-level, for reference
+    assert paired.mcnemar == statistics.mcnemar_test(y, pred_a, pred_b)
+    assert (paired.n_images, paired.n_patients) == (300, 150)
+    assert (paired.errors_a, paired.errors_b) == (int(np.sum(pred_a != y)), int(np.sum(pred_b != y)))
+    assert not paired.adjusted and paired.p_auc == paired.delong_by_patient.p_value
     row = evidence.paired_row(paired)
-    assert row["DeLong p"] == evidence.format_p(paired.delong.p_value)
-    assert (row["McNemar b (A right, B wrong)"], row["McNemar c (A wrong, B right)"]) == (paired.mcnemar.b, paired.mcnemar.c)
+    assert row["AUC p (by patient)"] == evidence.format_p(paired.delong_by_patient.p_value)
+    assert row["DeLong p (image-level)"] == evidence.format_p(paired.delong.p_value)
+    assert (row["b (A right, B wrong)"], row["c (A wrong, B right)"]) == (paired.mcnemar_by_patient.b, paired.mcnemar_by_patient.c)
+    assert "AUC p, Holm-adjusted" not in row
+
+
+def test_sentences_follow_the_patient_level_test_not_the_image_level_one():
+    from tests.helpers import clustered_pair
+
+    a, b = clustered_pair()
+    paired = evidence.paired_evidence("cnn-a", a, 0.6, "cnn-b", b, 0.6)
+    # The image-level tests would claim a difference; by patient there is no evidence at 5 %.
+    assert paired.delong.p_value < 0.05 and paired.mcnemar.p_value < 0.05
+    assert paired.delong_by_patient.p_value > 0.05 and paired.mcnemar_by_patient.p_value > 0.05
+    p_auc, p_err = evidence.format_p(paired.delong_by_patient.p_value), evidence.format_p(paired.mcnemar_by_patient.p_value)
+    assert evidence.auc_sentence(paired) == (
+        f"No evidence at the 5 % level that the AUCs differ (by patient: p = {p_auc}); this does not show that they are equal."
+    )
+    assert evidence.errors_sentence(paired) == (
+        "No evidence at the 5 % level that the error rates differ at the thresholds in use "
+        f"({paired.errors_a} vs {paired.errors_b} errors of 240 images; by patient: p = {p_err})."
+    )
+    # One image per patient: the same data are 240 independent patients, and the sentences say so.
+    single = evidence.paired_evidence("cnn-a", a.assign(patient=a["path"]), 0.6, "cnn-b", b.assign(patient=b["path"]), 0.6)
+    assert single.delong_by_patient.p_value == pytest.approx(paired.delong.p_value, rel=1e-9)
+    higher = "cnn-a" if single.delong.difference > 0 else "cnn-b"
+    assert evidence.auc_sentence(single) == f"{higher}'s AUC is higher than {'cnn-b' if higher == 'cnn-a' else 'cnn-a'}'s (by patient: p < 0.001)."
+    fewer = "cnn-a" if single.errors_a < single.errors_b else "cnn-b"
+    assert evidence.errors_sentence(single).startswith(f"{fewer} makes fewer errors than ")
+
+
+def test_an_undefined_paired_test_says_so_instead_of_p_zero(predictions):
+    # One pneumonia patient (two images) among normals: no patient-level variance for the AUC test.
+    one = pd.concat([predictions[predictions["y_true"] == 0], predictions[predictions["y_true"] == 1].head(2).assign(patient="pX")])
+    paired = evidence.paired_evidence("a", one, 0.5, "b", one.assign(probability=one["probability"] ** 2), 0.5)
+    assert not paired.delong_by_patient.defined and math.isnan(paired.delong_by_patient.p_value)
+    assert evidence.auc_sentence(paired).startswith("The patient-level test of the AUCs is undefined: the clustered variance needs")
+    assert evidence.paired_row(paired)["AUC p (by patient)"] == "n/a"
+
+
+def test_several_pairs_are_holm_adjusted_and_the_sentences_use_it(predictions):
+    rng = np.random.default_rng(6)
+    runs = [("a", predictions, 0.5)]
+    for name, noise in (("b", 0.1), ("c", 0.3)):
+        runs.append((name, predictions.assign(probability=np.clip(predictions["probability"] + rng.normal(0, noise, len(predictions)), 0, 1)), 0.5))
+    other = predictions.assign(path=predictions["path"] + "?")  # other images: cannot be paired
+    family, refused = evidence.pairwise_evidence([*runs, ("elsewhere", other, 0.5)])
+    assert [(p.name_a, p.name_b) for p in family] == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert [(a, b) for a, b, _ in refused] == [("a", "elsewhere"), ("b", "elsewhere"), ("c", "elsewhere")]
+    raw_auc = [p.delong_by_patient.p_value for p in family]
+    raw_err = [p.mcnemar_by_patient.p_value for p in family]
+    assert [p.p_auc_adjusted for p in family] == statistics.holm_adjust(raw_auc)
+    assert [p.p_errors_adjusted for p in family] == statistics.holm_adjust(raw_err)
+    for p in family:
+        assert p.adjusted and p.n_comparisons == 3 and p.p_auc >= p.delong_by_patient.p_value
+        assert "Holm-adjusted over 3 pairs: p " in evidence.auc_sentence(p)
+        assert f"p {evidence.format_p(p.p_auc_adjusted)}" in evidence.auc_sentence(p).replace("= ", "")
+        assert evidence.paired_row(p)["AUC p, Holm-adjusted"] == evidence.format_p(p.p_auc_adjusted)
+    # The page's pair, in either order, gets the family's adjusted p-values.
+    single = evidence.paired_evidence("c", runs[2][1], 0.5, "a", predictions, 0.5)
+    as_in = evidence.adjusted_as_in(single, family)
+    assert (as_in.p_auc_adjusted, as_in.n_comparisons) == (family[1].p_auc_adjusted, 3)
+    assert as_in.delong_by_patient.difference == -family[1].delong_by_patient.difference
+    # A family of one pair is not adjusted.
+    alone, _ = evidence.pairwise_evidence(runs[:2])
+    assert not alone[0].adjusted and "Holm" not in evidence.auc_sentence(alone[0])
 
 
 def test_real_runs_evidence_and_a_pair_on_different_splits_is_refused(runs_dir, other_split_dir):

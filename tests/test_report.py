@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from html import escape
 from pathlib import Path
 
 import plotly.io
@@ -54,9 +55,19 @@ def test_report_holds_the_evidence_of_every_run(fixture_runs, report_file):
         assert f"<td>{point.threshold:.4f}</td>" in html.split(f"id='run-{run.name}'")[1].split("</section>")[0]
     assert html.count("(chosen on validation)") >= 4 * len(fixture_runs)
     assert "descriptive (optimistic" not in html
-    # paired tests: every pair on the same images is tested, the other split's pairs are refused with the reason
-    assert html.count("exact binomial") + html.count("chi-square, continuity-corrected") >= 3
-    assert html.count("not tested: runs were evaluated on different test images") == 3
+    # paired tests: every pair on the same images is tested by patient, Holm-adjusted over the three
+    # pairs, with the sentences core.evidence writes; the other split's pairs are refused with the reason
+    family, refused = evidence.pairwise_evidence([(r.name, r.predictions(), r.metrics["threshold"]) for r in fixture_runs])
+    assert len(family) == 3 and len(refused) == 3 and all(p.n_comparisons == 3 for p in family)
+    section = html.split("<h2>Paired tests</h2>")[1].split("<h2>")[0]
+    for pair in family:
+        sentences = f"{evidence.auc_sentence(pair)} {evidence.errors_sentence(pair)}"
+        assert escape(sentences, quote=True) in section
+        assert "Holm-adjusted over 3 pairs" in evidence.auc_sentence(pair) or "undefined" in evidence.auc_sentence(pair)
+        assert f"<td>{evidence.format_p(pair.p_auc_adjusted)}</td>" in section
+    assert "Holm-adjusted over them" in section and "image-level p, DeLong / McNemar (images as independent)" in section
+    assert "clustered by patient (Obuchowski 1997)" in section
+    assert section.count("not tested: runs were evaluated on different test images") == 3
     assert "Errors by kind of image" in html and "missed pneumonia" in html
 
 
@@ -73,7 +84,13 @@ def test_report_uses_the_thresholds_it_is_given(fixture_runs):
     html = report.build_report(fixture_runs[:2], {"cnn-small": 0.0}, n_resamples=100)
     assert "0.0000 (set by hand)" in html  # cnn-small at the given threshold
     assert "(validation-chosen)" in html  # cnn-wide keeps its own
-    assert "1.000 (1.000–1.000)" in html  # at threshold 0 every image is called pneumonia: sensitivity 1
+    # At threshold 0 every image is called pneumonia: sensitivity 1, and not the bootstrap's empty
+    # 1.000–1.000 but Wilson's interval on the patients, which reaches below 1.
+    small = fixture_runs[0].predictions()
+    positives = small[small["y_true"] == 1]
+    wilson = statistics.wilson_cluster_ci([1] * len(positives), positives["patient"])
+    assert wilson.low < 1.0 and f"1.000 ({wilson.low:.3f}–1.000)" in html
+    assert "1.000 (1.000–1.000)" not in html
     with pytest.raises(ValueError, match="at least one run"):
         report.build_report([])
 

@@ -27,6 +27,10 @@ class Augmentation:
     shift: float = 0.0  # move by up to this fraction of the side
     contrast: float = 0.0  # scale contrast by 1 ± this
     brightness: float = 0.0  # add up to ± this fraction of the 0..255 range
+    # blur or sharpen by up to this much (0..0.5): X-ray machines, detectors and the resizing of
+    # the original files differ in sharpness, and a loss of edges is also what an opacity looks
+    # like, so a model must not learn "less sharp = pneumonia"
+    sharpness: float = 0.0
 
     @property
     def is_off(self) -> bool:
@@ -35,17 +39,18 @@ class Augmentation:
     def describe(self) -> str:
         if self.is_off:
             return "off"
-        return (
+        text = (
             f"rotation ±{self.rotation_deg:g}°, zoom ±{self.zoom:.0%}, shift ±{self.shift:.0%}, "
             f"contrast ±{self.contrast:.0%}, brightness ±{self.brightness:.0%}"
         )
+        return text + (f", sharpness ±{self.sharpness:.0%}" if self.sharpness else "")
 
 
 AUGMENTATIONS = {
     "off": Augmentation(),
     "light": Augmentation(rotation_deg=5, zoom=0.05, shift=0.03, contrast=0.1, brightness=0.05),
-    "medium": Augmentation(rotation_deg=10, zoom=0.1, shift=0.06, contrast=0.25, brightness=0.1),
-    "strong": Augmentation(rotation_deg=15, zoom=0.15, shift=0.1, contrast=0.4, brightness=0.15),
+    "medium": Augmentation(rotation_deg=10, zoom=0.1, shift=0.06, contrast=0.25, brightness=0.1, sharpness=0.25),
+    "strong": Augmentation(rotation_deg=15, zoom=0.15, shift=0.1, contrast=0.4, brightness=0.15, sharpness=0.4),
 }
 SEARCH = "search"  # the augmentation preset is a hyperparameter of the search (in-model augmentation only)
 
@@ -80,6 +85,9 @@ def augmentation_layers(augmentation: Augmentation, seed: int = 0) -> list:
         layers.append(keras.layers.RandomContrast(a.contrast, value_range=(0, 255), seed=seed + 3))
     if a.brightness:
         layers.append(keras.layers.RandomBrightness(a.brightness, value_range=(0, 255), seed=seed + 4))
+    if a.sharpness:
+        factor = (0.5 - a.sharpness, 0.5 + a.sharpness)  # 0 = blurred, 0.5 = unchanged, 1 = sharpened
+        layers.append(keras.layers.RandomSharpness(factor, value_range=(0, 255), seed=seed + 5))
     return layers
 
 

@@ -633,6 +633,7 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
             "trials_completed": len(completed),
             "feature_cache": use_features,
             "activation_cache": {"cut": cut.cut, "augment": settings.augment, "views": settings.augment_views} if cut else None,
+            "augmentation": _augmentation_record(settings, best_hp),
             "finished_at": _now(),
         }
     )
@@ -640,6 +641,14 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     artifacts.write_csv(folder / artifacts.PREDICTIONS, result.pop("predictions"))
     artifacts.write_json(folder / artifacts.METRICS, result)
     return result
+
+
+def _augmentation_record(settings: SearchSettings, best_hp) -> dict | None:
+    """What the augmentation preset meant when this run trained (presets may be retuned later)."""
+    name = best_hp.values.get("augment", settings.augment) if settings.augment == augmentation.SEARCH else settings.augment
+    if settings.mode == "frozen" or name == "off":
+        return None
+    return {"preset": name, **asdict(augmentation.preset(name))}
 
 
 # ---------------------------------------------------------------------------- distributed searches

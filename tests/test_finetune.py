@@ -106,7 +106,7 @@ def test_training_data_draws_one_view_per_image_per_epoch():
 
 def test_augmentation_layers_change_images_only_while_training():
     layers = augmentation.augmentation_layers(augmentation.preset("medium"))
-    assert len(layers) == 5 and augmentation.augmentation_layers(augmentation.preset("off")) == []
+    assert len(layers) == 6 and augmentation.augmentation_layers(augmentation.preset("off")) == []
     x = np.random.default_rng(0).uniform(0, 255, (2, 24, 24, 1)).astype("float32")
     inference = train = x
     for layer in layers:

@@ -115,8 +115,12 @@ def estimate_remaining_s(progress: dict) -> float | None:
 # (README, "Measured here" and "Benchmarks"), per image at the family's default input size.
 FROZEN_PASS_MS = {"mobilenet": 2.6, "inception_v3": 27.0, "xception": 45.0}  # engine pass + decode
 # Keras train step with the default 20 top layers unfrozen (measured 10, 43 and 84 ms), rounded up
-# since the search also tries deeper unfreezing.
+# since the search also tries deeper unfreezing: fine-tuning without the activation cache.
 FINETUNE_STEP_MS = {"mobilenet": 12.0, "inception_v3": 50.0, "xception": 95.0}
+# Cut-point fine-tuning: the bottom pass (once per image and augmented view, augmentation
+# included) and a train step of the top above the default cut on cached activations.
+BOTTOM_PASS_MS = {"mobilenet": 2.5, "inception_v3": 24.0, "xception": 42.0}
+TOP_STEP_MS = {"mobilenet": 5.0, "inception_v3": 12.0, "xception": 10.0}
 CNN_STEP_MS = 8.0  # custom CNN train step at 150 px, mid-size hyperparameters
 HEAD_STEP_MS = 0.1  # a head on cached feature vectors
 STARTUP_S = 10.0  # TensorFlow import, scanning, model build and conversion
@@ -124,11 +128,16 @@ DECODE_MS = 1.5  # first decode and resize (pixels are cached per size afterward
 TRAIN_SHARE, VAL_SHARE = 0.7, 0.15  # of the images, when splits are carved
 
 
-def estimate_search_s(family: str, mode: str, image_size: int, trials: int, epochs: int, n_images: int) -> float:
+def estimate_search_s(
+    family: str, mode: str, image_size: int, trials: int, epochs: int, n_images: int,
+    activation_cache: bool = True, views: int = 0,
+) -> float:
     """Order of magnitude of a search's time on a 2-core CPU, before it starts.
 
-    Frozen transfer learning pays for one backbone pass, then seconds per trial; fine-tuning and
-    the custom CNN pay a training step per image and epoch. Costs scale with the pixel count.
+    Frozen transfer learning pays for one backbone pass, then seconds per trial; fine-tuning pays
+    for one pass below the cut (and one per augmented view), then a step of the top per image and
+    epoch; the custom CNN and uncached fine-tuning pay a whole training step per image and epoch.
+    Costs scale with the pixel count.
     """
     info = models.FAMILIES[family]
     scale = (image_size / info.default_image_size) ** 2
@@ -140,5 +149,9 @@ def estimate_search_s(family: str, mode: str, image_size: int, trials: int, epoc
     if mode == "frozen":
         features = n_images * FROZEN_PASS_MS[family] * scale / 1000
         return fixed + features + trials * (0.5 + epochs * n_train * HEAD_STEP_MS / 1000)
+    if activation_cache:
+        bottom = (n_images + views * n_train) * BOTTOM_PASS_MS[family] * scale / 1000
+        step = TOP_STEP_MS[family] * scale / 1000
+        return fixed + bottom + trials * (1.0 + epochs * (n_train + n_val / 3) * step)
     step = FINETUNE_STEP_MS[family] * scale / 1000
     return fixed + trials * epochs * (n_train + n_val / 3) * step

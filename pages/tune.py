@@ -135,7 +135,9 @@ with st.container(border=True):
     total_images = summary["total_images"] if summary else 0
     n_images = min(total_images, 6 * int(max_per_class)) if max_per_class else total_images
     if n_images:
-        seconds = jobs.estimate_search_s(family, mode, int(image_size), int(trials), int(epochs), n_images)
+        seconds = jobs.estimate_search_s(
+            family, mode, int(image_size), int(trials), int(epochs), n_images, views=int(views) if augment != "off" else 0
+        )
         st.info(
             f"Rough CPU time for this search on about {n_images:,} images: **{ui.format_duration(seconds)}** "
             "(order of magnitude; the live panel below gives a real estimate once the first epoch ends).",

@@ -192,8 +192,13 @@ def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str 
     """Score image files with a saved run: path, probability of pneumonia, label, error.
 
     A file that cannot be read gets its reason in `error` and no probability; the others are
-    still scored.
+    still scored. An ensemble averages its members' probabilities (`model` then maps member names
+    to loaded models); see `core.ensemble.predict_files`.
     """
+    if run.is_ensemble:
+        from core import ensemble
+
+        return ensemble.predict_files(run, paths, models=model, engine=engine)
     if not run.has_model:
         raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
     model = model or load_model(run.model_path)

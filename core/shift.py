@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core import statistics
+from core.artifacts import SPLITS, Run, read_csv
 
 CALIBRATION_BINS = 10  # as core.evidence's calibration curves
 FLAG_AT = 0.10  # a change this large (worse) is spelled out
@@ -95,6 +96,20 @@ def run_shift(
     """The shift of one run: its validation and test predictions at `threshold`, its split table."""
     val = split_metrics(validation, threshold) if validation is not None and len(validation) else None
     return Shift(name, float(threshold), test_source(splits), val, split_metrics(test, threshold))
+
+
+def for_run(run: Run, threshold: float | None = None, test: pd.DataFrame | None = None) -> Shift:
+    """`run_shift` of a saved run: its validation and test predictions (or `test`) and its splits.csv,
+    at `threshold` (default: its validation-chosen one)."""
+    path = run.folder / SPLITS
+    splits = read_csv(path, usecols=["split", "folder_split"]) if path.exists() else None
+    chosen = float((run.metrics or {}).get("threshold", 0.5)) if threshold is None else float(threshold)
+    return run_shift(run.name, run.val_predictions(), run.predictions() if test is None else test, chosen, splits)
+
+
+def figure_rows(shifts: Sequence[Shift]) -> list[dict]:
+    """The input of `core.figures.shift_figure`."""
+    return [{"name": s.name, "val": s.val, "test": s.test, "metrics": METRICS} for s in shifts]
 
 
 def shift_table(shifts: Sequence[Shift]) -> pd.DataFrame:

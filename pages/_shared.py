@@ -236,6 +236,23 @@ def predictions_for(run: artifacts.Run) -> pd.DataFrame:
     return _predictions(str(path), _mtime(path))
 
 
+def val_predictions_for(run: artifacts.Run) -> pd.DataFrame | None:
+    """The run's validation predictions (cached), or None for runs saved before they were kept."""
+    path = run.folder / artifacts.VAL_PREDICTIONS
+    return _predictions(str(path), _mtime(path)) if path.exists() else None
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _splits(path: str, mtime_ns: int) -> pd.DataFrame:
+    return artifacts.read_csv(path, usecols=["path", "split", "folder_split"])
+
+
+def splits_for(run: artifacts.Run) -> pd.DataFrame | None:
+    """The run's split table (path, split, folder_split), cached; None when it has none."""
+    path = run.folder / artifacts.SPLITS
+    return _splits(str(path), _mtime(path)) if path.exists() else None
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def _trained_on(path: str, mtime_ns: int) -> frozenset[str]:
     table = pd.read_csv(path, usecols=["path", "split"])

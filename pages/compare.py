@@ -175,28 +175,6 @@ if len(set(sizes.values())) > 1 or len({frozenset(predictions[n]["path"]) for n 
     )
 
 
-# ---------------------------------------------------------------------------- validation against test
-
-
-st.header("Validation against test")
-shifts = [
-    shift.run_shift(n, ui.val_predictions_for(by_name[n]), predictions[n], thresholds[n], ui.splits_for(by_name[n])) for n in picked
-]
-for sentence in shift.shift_warnings(shifts):
-    st.warning(f"Test is clearly worse than validation: {sentence}", icon=":material/trending_down:")
-shift_left, shift_right = st.columns([3, 2])
-shift_left.dataframe(
-    shift.shift_table(shifts), hide_index=True, key="shift_table",
-    column_config={
-        "threshold": number_column(format="%.3f"),
-        **{f"{title} {part}": number_column(format="%.3f") for title in shift.METRICS.values() for part in ("(val)", "(test)")},
-        **{f"{title} test − val": number_column(format="%+.3f", help="test minus validation") for title in shift.METRICS.values()},
-    },
-)
-shift_right.plotly_chart(figures.shift_figure(shift.figure_rows(shifts), colors), key="fig_shift")
-st.caption(f"{shift.NOTE} At the thresholds set below.")
-
-
 # ---------------------------------------------------------------------------- confusion matrices
 
 
@@ -308,6 +286,28 @@ c2.download_button(
     help="One self-contained HTML file (opens offline): these curves, the metrics with intervals, paired tests, errors "
     "by kind, and each run's settings and data, at the thresholds set above.",
 )
+
+
+# ---------------------------------------------------------------------------- validation against test
+
+
+st.header("Validation against test")
+shifts = [
+    shift.run_shift(n, ui.val_predictions_for(by_name[n]), predictions[n], thresholds[n], ui.splits_for(by_name[n])) for n in picked
+]
+for sentence in shift.shift_warnings(shifts):
+    st.warning(f"Test is clearly worse than validation: {sentence}", icon=":material/trending_down:")
+shift_left, shift_right = st.columns([3, 2])
+shift_left.dataframe(
+    shift.shift_table(shifts), hide_index=True, key="shift_table",
+    column_config={
+        "threshold": number_column(format="%.3f"),
+        **{f"{title} {part}": number_column(format="%.3f") for title in shift.METRICS.values() for part in ("(val)", "(test)")},
+        **{f"{title} test − val": number_column(format="%+.3f", help="test minus validation") for title in shift.METRICS.values()},
+    },
+)
+shift_right.plotly_chart(figures.shift_figure(shift.figure_rows(shifts), colors), key="fig_shift")
+st.caption(f"{shift.NOTE} At the thresholds set above.")
 
 
 # ---------------------------------------------------------------------------- ensembles

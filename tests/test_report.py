@@ -90,7 +90,7 @@ def test_report_is_self_contained(report_file):
     html = report_file.read_text(encoding="utf-8")
     assert not re.search(r"<script[^>]+src\s*=", html)  # plotly.js is inline, not fetched
     assert not re.search(r"<link[^>]+href\s*=\s*[\"']?https?:", html)
-    assert html.count("Plotly.newPlot") == 4  # ROC, precision-recall, calibration, errors by kind
+    assert html.count("Plotly.newPlot") == 5  # validation → test, ROC, precision-recall, calibration, errors by kind
     assert len(html) > 3_000_000  # the plotly.js bundle is in the file ...
     assert html.count("plotly.js v") <= 2  # ... once (its banner), not once per figure
 

@@ -243,3 +243,31 @@ def test_real_ensemble_cli_refuses_another_split(other_split_dir):
 def test_cli_refuses_to_resume_an_ensemble(real_ensemble):
     result = run_cli("resume", "duo", "--artifacts", str(real_ensemble))
     assert result.returncode == 2 and "is an ensemble" in result.stderr
+
+
+def test_real_weighted_ensemble_takes_its_weights_from_validation(real_ensemble):
+    result = run_cli("ensemble", "cnn-wide", "cnn-small", "--name", "duo-weighted", "--weighted", "--artifacts", str(real_ensemble))
+    assert result.returncode == 0, result.stderr
+    run = artifacts.load_run(real_ensemble, "duo-weighted")
+    members = [artifacts.load_run(real_ensemble, n) for n in ("cnn-wide", "cnn-small")]
+    paths = members[0].val_predictions()["path"]
+    val = np.column_stack([m.val_predictions().set_index("path").loc[paths, "probability"] for m in members])
+    y_val = members[0].val_predictions()["y_true"].to_numpy()
+    expected, _ = ensemble.choose_weights(y_val, val)
+    assert run.settings["weights"] == pytest.approx(expected.tolist()) and run.members == ["cnn-wide", "cnn-small"]
+    assert f"weights cnn-wide {expected[0]:.2f}, cnn-small {expected[1]:.2f}" in result.stdout
+
+
+def test_an_ensemble_whose_member_is_gone_or_misnamed_cannot_predict(two_runs):
+    ensemble.build_ensemble(two_runs, ["a", "b"], "ab")
+    shutil.rmtree(two_runs / "b")
+    run = artifacts.load_run(two_runs, "ab")
+    assert not run.has_model
+    with pytest.raises(artifacts.RunError, match="ensemble 'ab' cannot use its members: no run named 'b'"):
+        evaluation.predict_files(run, ["x.jpeg"])
+    settings = json.loads((two_runs / "ab" / "settings.json").read_text())
+    (two_runs / "ab" / "settings.json").write_text(json.dumps({**settings, "members": ["a", "../outside"]}))
+    run = artifacts.load_run(two_runs, "ab")
+    assert not run.has_model  # a member name that is not a plain run name is never followed
+    with pytest.raises(artifacts.RunError, match="invalid run name '../outside'"):
+        evaluation.predict_files(run, ["x.jpeg"])

@@ -207,6 +207,7 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
     result.update(
         {
             "engine": "members",
+            "tta": None,  # each member predicts with its own test-time augmentation, if any
             "ensemble": {"members": [r.name for r in runs], "weights": weights.tolist(), "weight_rule": rule},
             # What using the ensemble costs: every member's parameters, search and inference time.
             "parameters": _sum([m.get("parameters") for m in member_metrics]),
@@ -289,14 +290,14 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     scores = np.column_stack([t["probability"].to_numpy(dtype=np.float64) for t in tables])
     errors = [next((e for e in row if e), "") for row in zip(*(t["error"] for t in tables), strict=True)]
     threshold = float((run.metrics or {}).get("threshold", 0.5))
-    combined = combine(scores, weights)
+    combined = evaluation.saved_precision(combine(scores, weights))  # the label is decided on the number shown
     rows = []
     for path, score, error in zip(paths, combined, errors, strict=True):
         ok = not error and np.isfinite(score)
         rows.append(
             {
                 "path": str(path),
-                "probability": round(float(score), 6) if ok else np.nan,
+                "probability": float(score) if ok else np.nan,
                 "label": data.BINARY.classes[int(score >= threshold)] if ok else "",
                 "error": error,
             }

@@ -33,6 +33,9 @@ MODEL = "model.keras"
 LOG = "log.txt"
 LOCK = "search.lock"
 TUNER_DIR = "tuner"
+# An ensemble's settings name this family and its members (runs in the same artifacts folder);
+# it has no model of its own and predicts with theirs (see core.ensemble).
+ENSEMBLE_FAMILY = "ensemble"
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 ACTIVE_STATES = ("starting", "running", "stopping")
@@ -256,8 +259,28 @@ class Run:
         return self.folder / MODEL
 
     @property
+    def is_ensemble(self) -> bool:
+        return self.family == ENSEMBLE_FAMILY
+
+    @property
+    def members(self) -> list[str]:
+        """The names of an ensemble's member runs (beside it in the same folder); [] for other runs."""
+        return [str(m) for m in self.settings.get("members") or []] if self.is_ensemble else []
+
+    @property
+    def model_paths(self) -> list[Path]:
+        """The model files this run predicts with: its own, or each member's for an ensemble."""
+        if self.is_ensemble:  # run_dir refuses a member name that is not a plain run name
+            return [run_dir(self.folder.parent, member) / MODEL for member in self.members]
+        return [self.model_path]
+
+    @property
     def has_model(self) -> bool:
-        return self.model_path.exists()
+        try:
+            paths = self.model_paths
+        except RunError:
+            return False
+        return bool(paths) and all(p.exists() for p in paths)
 
     def read(self, file_name: str, default=None):
         return read_json(self.folder / file_name, default)

@@ -1,4 +1,4 @@
-"""The command line: `python -m core tune|resume|stop|runs|predict|evaluate|data`.
+"""The command line: `python -m core tune|resume|stop|runs|ensemble|predict|evaluate|data`.
 
 Headless twin of the dashboard, for terminals, GPU boxes and clusters. Errors a user can fix
 print one line (`error: ...`) and exit with status 2, without a traceback.
@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="table of saved runs and their metrics")
     runs.add_argument("--artifacts", default=artifacts_default)
 
+    ensemble = commands.add_parser("ensemble", help="combine finished runs into a new run that averages their probabilities")
+    ensemble.add_argument("members", nargs="+", metavar="RUN", help="two or more finished runs, split the same way")
+    ensemble.add_argument("--name", required=True, help="the new run's name")
+    ensemble.add_argument("--weighted", action="store_true",
+                          help="choose the weights on validation (best validation AUC on a grid); default: equal weights")
+    ensemble.add_argument("--artifacts", default=artifacts_default)
+
     predict = commands.add_parser("predict", help="score images with a saved run")
     predict.add_argument("--run", required=True)
     predict.add_argument("--artifacts", default=artifacts_default)
@@ -127,6 +134,8 @@ def _resume(args) -> int:
     from core import artifacts, tuning
 
     run = artifacts.load_run(args.artifacts, args.run)
+    if run.is_ensemble:
+        raise artifacts.RunError(f"run {run.name!r} is an ensemble: it has no search to resume")
     settings = tuning.SearchSettings.from_dict({**run.settings, "artifacts_dir": args.artifacts})
     return _finish(tuning.run_search(settings, resume=True))
 
@@ -158,6 +167,15 @@ def _runs(args) -> int:
         return 0
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
+
+
+def _ensemble(args) -> int:
+    from core import ensemble
+
+    run = ensemble.build_ensemble(args.artifacts, args.members, args.name, weighted=args.weighted)
+    weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(run.members, run.settings["weights"], strict=True))
+    print(f"ensemble {run.name}: weights {weights} ({run.settings['weight_rule']})")
+    return _finish(run.metrics)
 
 
 def _predict(args) -> int:
@@ -200,7 +218,7 @@ def _data(args) -> int:
     return 0
 
 
-HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "stop": _stop, "runs": _runs, "predict": _predict, "evaluate": _evaluate, "data": _data}
+HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "stop": _stop, "runs": _runs, "ensemble": _ensemble, "predict": _predict, "evaluate": _evaluate, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

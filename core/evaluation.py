@@ -107,31 +107,44 @@ def summarize_predictions(y_true: np.ndarray, y_score: np.ndarray, threshold: fl
     return {k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in metrics.items()}
 
 
-def evaluate_model(model, inputs, labels, table, part, engine="auto", batch_size=64, tta=1, cache_path=None) -> dict:
-    """Threshold from validation, then metrics, ROC and per-image rows on test.
+def evaluate_scores(
+    val_table: pd.DataFrame, y_val: np.ndarray, val_scores: np.ndarray,
+    test_table: pd.DataFrame, y_test: np.ndarray, test_scores: np.ndarray,
+) -> dict:
+    """Threshold from validation, then metrics, ROC and per-image rows on test, from probabilities.
 
-    Every number is computed from the probabilities as saved (`saved_precision`), so the saved
-    metrics are what the saved predictions give at the saved threshold.
+    The one place a run's `metrics.json` content (and its two prediction tables) is made: a search
+    calls it through `evaluate_model`, an ensemble with its combined probabilities. Every number is
+    computed from the probabilities as saved (`saved_precision`), so the saved metrics are what the
+    saved predictions give at the saved threshold.
     """
-    val_scores, engine_name = probabilities(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
-    val_scores = saved_precision(val_scores)
-    threshold = choose_threshold(labels[part["val"]], val_scores)
-    test_scores, _ = probabilities(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
-    test_scores = saved_precision(test_scores)
-    y_test = labels[part["test"]]
+    val_scores, test_scores = saved_precision(val_scores), saved_precision(test_scores)
+    threshold = choose_threshold(y_val, val_scores)
     test = summarize_predictions(y_test, test_scores, threshold)
     return {
         "threshold": threshold,
         "threshold_rule": THRESHOLD_RULE,
-        "val": summarize_predictions(labels[part["val"]], val_scores, threshold),
+        "val": summarize_predictions(y_val, val_scores, threshold),
         "test": test,
         "confusion_matrix": [[test["tn"], test["fp"]], [test["fn"], test["tp"]]],
         "labels": list(data.BINARY.classes),
         "roc": roc_points(y_test, test_scores),
+        "predictions": prediction_rows(test_table, y_test, test_scores, threshold),
+        "val_predictions": prediction_rows(val_table, y_val, val_scores, threshold),
+    }
+
+
+def evaluate_model(model, inputs, labels, table, part, engine="auto", batch_size=64, tta=1, cache_path=None) -> dict:
+    """Threshold from validation, then metrics, ROC and per-image rows on test (see `evaluate_scores`)."""
+    val_scores, engine_name = probabilities(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
+    test_scores, _ = probabilities(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
+    result = evaluate_scores(
+        table[part["val"]], labels[part["val"]], val_scores, table[part["test"]], labels[part["test"]], test_scores
+    )
+    return {
+        **result,
         "engine": engine_name,
         "tta": {"views": int(tta), "rule": "mean probability over fixed views (core.augmentation.tta_views)"} if tta > 1 else None,
-        "predictions": prediction_rows(table[part["test"]], y_test, test_scores, threshold),
-        "val_predictions": prediction_rows(table[part["val"]], labels[part["val"]], val_scores, threshold),
     }
 
 
@@ -179,8 +192,13 @@ def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str 
     """Score image files with a saved run: path, probability of pneumonia, label, error.
 
     A file that cannot be read gets its reason in `error` and no probability; the others are
-    still scored.
+    still scored. An ensemble averages its members' probabilities (`model` then maps member names
+    to loaded models); see `core.ensemble.predict_files`.
     """
+    if run.is_ensemble:
+        from core import ensemble
+
+        return ensemble.predict_files(run, paths, models=model, engine=engine)
     if not run.has_model:
         raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
     model = model or load_model(run.model_path)

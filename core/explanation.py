@@ -250,16 +250,41 @@ def heatmap_for_run(run: Run, image_path: str | Path, model: keras.Model | None 
     """Grad-CAM of a saved run on one image file: (heatmap, the original image at its own size).
 
     The network sees the image as prediction does (squashed to the run's square input size); the
-    original is returned unresized so the overlay can keep its aspect ratio.
+    original is returned unresized so the overlay can keep its aspect ratio. For an ensemble
+    (`model` then maps member names to models) it is the weighted mean of its members' heatmaps.
     """
     from core import artifacts, data, evaluation
 
+    if run.is_ensemble:  # `model` is then {member name: model}
+        from core import ensemble
+
+        return ensemble.heatmap_for_run(run, image_path, models=model)
     if model is None:
         if not run.has_model:
             raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
         model = evaluation.load_model(run.model_path)
     pixels = data.load_image(image_path, evaluation.run_image_size(run))
     return grad_cam(model, pixels), load_original(image_path)
+
+
+def combine_heatmaps(heatmaps: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """An ensemble's Grad-CAM: the weighted mean of its members' heatmaps, divided by its maximum.
+
+    Members see different input sizes, so their maps differ in size: each is resized (bilinear)
+    to the largest one first. Like every Grad-CAM here the result is in [0, 1] with 1 at its
+    hottest point, and all zeros when no member finds anything pointing to pneumonia.
+    """
+    if not heatmaps or len(heatmaps) != len(weights):
+        raise ValueError("combining heatmaps needs one weight per heatmap, and at least one")
+    height = max(np.asarray(h).shape[0] for h in heatmaps)
+    width = max(np.asarray(h).shape[1] for h in heatmaps)
+    total = np.zeros((height, width), np.float64)
+    for heatmap, weight in zip(heatmaps, weights, strict=True):
+        image = Image.fromarray(np.nan_to_num(np.asarray(heatmap, np.float32)), mode="F")
+        total += float(weight) * np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), np.float64)
+    total = np.maximum(total, 0.0)
+    peak = total.max()
+    return (total / peak).astype(np.float32) if np.isfinite(peak) and peak > 0 else np.zeros((height, width), np.float32)
 
 
 # ---------------------------------------------------------------------------- overlays

@@ -336,3 +336,37 @@ def trial_scores_figure(trials: Sequence[Mapping]) -> go.Figure:
     _layout(fig, "Validation AUC per trial", "Trial", "Validation AUC", height=280)
     fig.update_yaxes(range=[0, 1])
     return fig
+
+
+def shift_figure(rows: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
+    """Validation → test for each run and metric: an open dot on validation, a filled one on test, joined.
+
+    `rows` are dicts with `name`, `val` and `test` (metric -> value, `val` may be None) and
+    `metrics` (metric key -> title), e.g. from `core.shift`.
+    """
+    names = [r["name"] for r in rows]
+    colors = dict(colors or run_colors(names))
+    titles = dict(rows[0]["metrics"]) if rows else {}
+    width = 0.6 / max(1, len(rows))
+    fig = go.Figure()
+    for j, row in enumerate(rows):
+        offset = (j - (len(rows) - 1) / 2) * width
+        xs = [i + offset for i in range(len(titles))]
+        val = [float((row["val"] or {}).get(m, np.nan)) for m in titles]
+        test = [float(row["test"].get(m, np.nan)) for m in titles]
+        color = colors.get(row["name"], RUN_PALETTE[0])
+        segments_x, segments_y = [], []
+        for x, v, t in zip(xs, val, test, strict=True):
+            segments_x += [x, x, None]
+            segments_y += [v if np.isfinite(v) else None, t if np.isfinite(t) else None, None]
+        fig.add_scatter(x=segments_x, y=segments_y, mode="lines", line={"color": color, "width": 2}, showlegend=False, hoverinfo="skip")
+        for label, values, symbol in (("validation", val, "circle-open"), ("test", test, "circle")):
+            fig.add_scatter(
+                x=xs, y=[v if np.isfinite(v) else None for v in values], mode="markers", name=f"{row['name']} · {label}",
+                legendgroup=row["name"], marker={"symbol": symbol, "size": 11, "color": color, "line": {"width": 2, "color": color}},
+                customdata=list(titles.values()), hovertemplate=f"{row['name']} · {label}<br>%{{customdata}} %{{y:.3f}}<extra></extra>",
+            )
+    _layout(fig, "Validation → test", "Metric", "Value on the split", height=380 + 20 * ((len(rows) + 1) // 2))
+    fig.update_xaxes(tickvals=list(range(len(titles))), ticktext=list(titles.values()), range=[-0.5, len(titles) - 0.5])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig

@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core import evidence as ev
-from core import figures
+from core import figures, shift
 from core.artifacts import Run
 
 TITLE = "Pneumonia classifiers compared"
@@ -233,6 +233,20 @@ def _paired_section(runs: Sequence[Run], evidence: Mapping[str, ev.RunEvidence],
     return "".join(out)
 
 
+def _shift_section(shifts: Sequence[shift.Shift], figure: _Figures, colors: Mapping[str, str]) -> str:
+    """Each run on validation and on test side by side, the change, and a warning for large drops."""
+    out = [f"<p class='meta'>{_e(shift.NOTE)}</p>"]
+    warnings = shift.shift_warnings(shifts)
+    if warnings:
+        out.append(
+            f"<div class='warn'><b>Test is clearly worse than validation</b> (by {shift.FLAG_AT:.2f} or more):<ul>"
+            + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul></div>"
+        )
+    out.append(_table(shift.shift_table(shifts)))
+    out.append("<div class='figures'>" + figure(figures.shift_figure(shift.figure_rows(shifts), colors)) + "</div>")
+    return "".join(out)
+
+
 # ---------------------------------------------------------------------------- the report
 
 
@@ -324,6 +338,8 @@ def build_report(
     body += [
         "<h2>Metrics on the test split</h2>",
         _table(ev.metrics_table(items, combined=True)),
+        "<h2>Validation against test</h2>",
+        _shift_section([shift.for_run(run, evidence[run.name].threshold, predictions[run.name]) for run in runs], figure, colors),
         "<h2>Curves</h2>",
         "<div class='figures'>" + figure(roc) + figure(pr) + figure(calibration) + "</div>",
         "<h2>Paired tests</h2>",

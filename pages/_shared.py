@@ -210,7 +210,18 @@ def _model(path: str, mtime_ns: int):
 
 
 def model_for(run: artifacts.Run):
+    """The run's loaded model; for an ensemble, {member name: model} (what `core` then expects)."""
+    if run.is_ensemble:
+        return {name: _model(str(path), _mtime(path)) for name, path in zip(run.members, run.model_paths, strict=True)}
     return _model(str(run.model_path), _mtime(run.model_path))
+
+
+def models_mtime(run: artifacts.Run) -> tuple[int, ...]:
+    """The mtimes of the model files a run predicts with (its members' for an ensemble): a cache key."""
+    try:
+        return tuple(_mtime(path) for path in run.model_paths)
+    except artifacts.RunError:
+        return ()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -223,6 +234,23 @@ def predictions_for(run: artifacts.Run) -> pd.DataFrame:
     if not path.exists():
         raise artifacts.RunError(f"run {run.name!r} has no test predictions yet (state: {run.state})")
     return _predictions(str(path), _mtime(path))
+
+
+def val_predictions_for(run: artifacts.Run) -> pd.DataFrame | None:
+    """The run's validation predictions (cached), or None for runs saved before they were kept."""
+    path = run.folder / artifacts.VAL_PREDICTIONS
+    return _predictions(str(path), _mtime(path)) if path.exists() else None
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _splits(path: str, mtime_ns: int) -> pd.DataFrame:
+    return artifacts.read_csv(path, usecols=["path", "split", "folder_split"])
+
+
+def splits_for(run: artifacts.Run) -> pd.DataFrame | None:
+    """The run's split table (path, split, folder_split), cached; None when it has none."""
+    path = run.folder / artifacts.SPLITS
+    return _splits(str(path), _mtime(path)) if path.exists() else None
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -238,11 +266,11 @@ def trained_on(run: artifacts.Run) -> frozenset[str]:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _predict(artifacts_folder: str, name: str, model_mtime_ns: int, images: tuple[tuple[str, bytes], ...]) -> pd.DataFrame:
+def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], images: tuple[tuple[str, bytes], ...]) -> pd.DataFrame:
     from core import evaluation
 
     run = artifacts.load_run(artifacts_folder, name)
-    model = _model(str(run.model_path), model_mtime_ns)
+    model = model_for(run)
     with tempfile.TemporaryDirectory(prefix="cxr-predict-") as folder:
         paths = []
         for i, (file_name, content) in enumerate(images):
@@ -260,7 +288,7 @@ def _predict(artifacts_folder: str, name: str, model_mtime_ns: int, images: tupl
 
 def predict_images(run: artifacts.Run, images: list[tuple[str, bytes]]) -> pd.DataFrame:
     """Score (name, bytes) images with a run: image, probability, label, error (one row each)."""
-    return _predict(str(run.folder.parent), run.name, _mtime(run.model_path), tuple(images))
+    return _predict(str(run.folder.parent), run.name, models_mtime(run), tuple(images))
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
@@ -295,13 +323,15 @@ OVERLAY_PX = 640
 
 
 @st.cache_data(max_entries=96, show_spinner=False)
-def _heatmap(artifacts_folder: str, name: str, model_mtime_ns: int, file_name: str, content: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _heatmap(
+    artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], file_name: str, content: bytes
+) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     from core import explanation
 
     run = artifacts.load_run(artifacts_folder, name)
-    model = _model(str(run.model_path), model_mtime_ns)
+    model = model_for(run)
     suffix = Path(file_name).suffix.lower()
     with tempfile.TemporaryDirectory(prefix="cxr-gradcam-") as folder:
         path = Path(folder) / f"image{suffix if suffix in data.IMAGE_EXTENSIONS else '.img'}"
@@ -315,7 +345,8 @@ def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity:
     """(the run's Grad-CAM of one image blended over it, whether any region points to pneumonia).
 
     The picture is PIL RGB at most OVERLAY_PX wide. The heatmap is cached per run, model file and
-    image bytes; only the blend follows `opacity`. An all-zero heatmap (nothing in the image pushes
+    image bytes; only the blend follows `opacity`. An ensemble's is the weighted mean of its
+    members' heatmaps (`core.explanation.combine_heatmaps`). An all-zero heatmap (nothing in the image pushes
     the run towards pneumonia) gives a uniformly cold overlay, hence the flag. Raises `RunError`
     (no model) or `ValueError`/`OSError` (an image or a model Grad-CAM cannot use).
     """
@@ -323,7 +354,7 @@ def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity:
 
     if not run.has_model:
         raise artifacts.RunError(f"run {run.name!r} has no saved model")
-    heatmap, original = _heatmap(str(run.folder.parent), run.name, _mtime(run.model_path), file_name, content)
+    heatmap, original = _heatmap(str(run.folder.parent), run.name, models_mtime(run), file_name, content)
     return explanation.overlay(original, heatmap, opacity=float(opacity)), bool(np.max(heatmap) > 0)
 
 

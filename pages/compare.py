@@ -1,9 +1,9 @@
 """Compare page: the evidence behind "which run to trust".
 
-ROC, precision-recall and calibration curves; confusion matrices at a movable threshold (or a
-named operating point); metrics with patient-aware intervals; a paired test of two runs by patient;
-errors by kind of image; per-image results with each run's Grad-CAM; and the whole comparison as
-one HTML report.
+ROC, precision-recall and calibration curves; each run on validation against test; confusion
+matrices at a movable threshold (or a named operating point); metrics with patient-aware
+intervals; runs combined into an ensemble; a paired test of two runs by patient; errors by kind
+of image; per-image results with each run's Grad-CAM; and the whole comparison as one HTML report.
 """
 
 from datetime import UTC, datetime
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, evidence, figures, report
+from core import artifacts, ensemble, evidence, figures, report, shift
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -126,6 +126,9 @@ for name in picked:
     thresholds[name] = float(st.session_state[threshold_key(name)])
     items[name] = ui.evidence_for(by_name[name], thresholds[name], n_resamples, seed)
 scores = {name: items[name].metrics for name in picked}
+
+
+number_column = st.column_config.NumberColumn
 
 
 # ---------------------------------------------------------------------------- curves
@@ -283,6 +286,68 @@ c2.download_button(
     help="One self-contained HTML file (opens offline): these curves, the metrics with intervals, paired tests, errors "
     "by kind, and each run's settings and data, at the thresholds set above.",
 )
+
+
+# ---------------------------------------------------------------------------- validation against test
+
+
+st.header("Validation against test")
+shifts = [
+    shift.run_shift(n, ui.val_predictions_for(by_name[n]), predictions[n], thresholds[n], ui.splits_for(by_name[n])) for n in picked
+]
+for sentence in shift.shift_warnings(shifts):
+    st.warning(f"Test is clearly worse than validation: {sentence}", icon=":material/trending_down:")
+shift_left, shift_right = st.columns([3, 2])
+shift_left.dataframe(
+    shift.shift_table(shifts), hide_index=True, key="shift_table",
+    column_config={
+        "threshold": number_column(format="%.3f"),
+        **{f"{title} {part}": number_column(format="%.3f") for title in shift.METRICS.values() for part in ("(val)", "(test)")},
+        **{f"{title} test − val": number_column(format="%+.3f", help="test minus validation") for title in shift.METRICS.values()},
+    },
+)
+shift_right.plotly_chart(figures.shift_figure(shift.figure_rows(shifts), colors), key="fig_shift")
+st.caption(f"{shift.NOTE} At the thresholds set above.")
+
+
+# ---------------------------------------------------------------------------- ensembles
+
+
+def build_ensemble() -> None:
+    """The Combine button: save the ensemble as a run and add it to the comparison."""
+    state = st.session_state
+    name = str(state.get("ensemble_name") or "").strip()
+    try:
+        built = ensemble.build_ensemble(folder, list(state.get("ensemble_members") or []), name, bool(state.get("ensemble_weighted")))
+    except (artifacts.RunError, OSError, ValueError) as error:
+        state["ensemble_message"] = ("error", f"No ensemble saved: {error}")
+        return
+    weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(built.members, built.settings["weights"], strict=True))
+    state["ensemble_message"] = ("success", f"Saved ensemble **{built.name}** (weights {weights}) and added it above.")
+    state["compare_runs"] = [*state.get("compare_runs", []), built.name]
+    del state["ensemble_name"]  # the next one gets a fresh default name
+
+
+with st.expander("Combine runs into an ensemble", icon=":material/merge:", expanded="ensemble_message" in st.session_state):
+    st.caption(
+        "The ensemble's probability is the mean of its members' (each reads images at its own size); its threshold is "
+        "chosen on validation like every run's (Youden's J). Weights: "
+        f"{ensemble.EQUAL_RULE}, or with the box ticked {ensemble.WEIGHTED_RULE.format(steps='k')} (k = 10 for up to "
+        "four members). Members must be finished runs split the same way (the same validation and test images); "
+        "it is saved as a run of its own, for every page, the report and Predict."
+    )
+    candidates = [r.name for r in runs if not r.is_ensemble]
+    if any(n not in candidates for n in st.session_state.get("ensemble_members", [])):
+        del st.session_state["ensemble_members"]  # a run of another folder
+    st.session_state.setdefault("ensemble_members", [n for n in picked if n in candidates])
+    st.session_state.setdefault("ensemble_name", f"ensemble-{datetime.now(UTC):%Y%m%d-%H%M%S}")
+    e1, e2 = st.columns([3, 2])
+    e1.multiselect("Members", candidates, key="ensemble_members", help="Ensembles cannot be members: pick their members instead.")
+    e2.text_input("Name of the new run", key="ensemble_name")
+    st.checkbox("Choose the weights on validation", key="ensemble_weighted", help=ensemble.WEIGHTED_RULE.format(steps="k"))
+    st.button("Combine", key="ensemble_build", icon=":material/merge:", on_click=build_ensemble)
+    if message := st.session_state.pop("ensemble_message", None):
+        (st.success if message[0] == "success" else st.error)(message[1])
 
 
 # ---------------------------------------------------------------------------- paired test

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import artifacts, download, evaluation, evidence, statistics
+from core import artifacts, download, evaluation, evidence, shift, statistics
 from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, OTHER_SPLIT_RUN, REPO
 
 # Loading a saved model without compiling it makes Keras say it skips the optimizer's state.
@@ -591,6 +591,72 @@ def test_compare_report_download_holds_every_run(data_dir, runs_dir, monkeypatch
     for name in names:
         assert f"id='run-{name}'" in html
     assert "0.0000 (set by hand)" in html  # the report uses the page's thresholds
+
+
+# ---------------------------------------------------------------------------- validation against test, ensembles
+
+
+def test_compare_sets_validation_beside_test(data_dir, runs_dir):
+    names = ["cnn-small", "mobilenet-none"]
+    at = page("compare", data_dir, runs_dir)
+    at.multiselect(key="compare_runs").set_value(names).run()
+    no_exception(at)
+    table = frame_with(at, "AUC test − val").set_index("run")
+    expected = [shift.for_run(artifacts.load_run(runs_dir, name)) for name in names]
+    for item in expected:
+        row = table.loc[item.name]
+        assert row["test split"] == "external: the download's own test/ folder"
+        for metric, title in shift.METRICS.items():
+            assert row[f"{title} (val)"] == pytest.approx(item.val[metric])
+            assert row[f"{title} (test)"] == pytest.approx(item.test[metric])
+            assert row[f"{title} test − val"] == pytest.approx(item.change(metric))
+    figure = chart(at, "Validation → test")
+    assert figure["layout"]["yaxis"]["title"]["text"] == "Value on the split"
+    for sentence in shift.shift_warnings(expected):
+        assert sentence in texts(at.warning)
+
+
+def test_compare_combines_two_runs_into_an_ensemble_every_page_uses(data_dir, copy_runs, sample_image):
+    folder = copy_runs(["cnn-small", "cnn-wide"])
+    at = page("compare", data_dir, folder)
+    at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide"]).run()
+    at.multiselect(key="ensemble_members").set_value(["cnn-small", "cnn-wide"])
+    at.text_input(key="ensemble_name").set_value("duo")
+    at.button(key="ensemble_build").click().run()
+    no_exception(at)
+    assert "Saved ensemble **duo** (weights cnn-small 0.50, cnn-wide 0.50)" in texts(at.success)
+    assert at.multiselect(key="compare_runs").value == ["cnn-small", "cnn-wide", "duo"]
+    duo = artifacts.load_run(folder, "duo")
+    mean = (fixture_predictions(folder, "cnn-small")["probability"] + fixture_predictions(folder, "cnn-wide")["probability"]) / 2
+    assert duo.predictions()["probability"].to_numpy() == pytest.approx(mean.to_numpy(), abs=1e-6)
+    metrics = frame_with(at, "AUC 95% CI").set_index("run")
+    assert metrics.loc["duo", "AUC"] == pytest.approx(duo.metrics["test"]["auc"])
+    assert metrics.loc["duo", "family"] == "ensemble" and metrics.loc["duo", "threshold"] == pytest.approx(duo.metrics["threshold"])
+    assert frame_with(at, "AUC test − val").set_index("run").loc["duo", "AUC (val)"] == pytest.approx(duo.metrics["val"]["auc"])
+    assert "Cannot pair" not in texts(at.error)  # same test images as its members
+
+    at = page("predict", data_dir, folder)
+    at.multiselect(key="predict_runs").set_value(["duo"])
+    at.file_uploader(key="predict_upload").set_value([("chest.jpeg", sample_image.read_bytes(), "image/jpeg")])
+    at.run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    expected = evaluation.predict_files(duo, [str(sample_image)]).iloc[0]
+    assert table.loc[0, "probability"] == pytest.approx(expected["probability"], abs=1e-6)
+    assert table.loc[0, "label"] == expected["label"]
+    assert image_captions(at)[1].startswith(f"duo · Grad-CAM · p = {expected['probability']:.3f}")
+
+
+def test_compare_refuses_an_ensemble_of_runs_split_differently(data_dir, other_split_dir, tmp_path):
+    folder = tmp_path / "artifacts"
+    shutil.copytree(other_split_dir, folder, ignore=shutil.ignore_patterns("search.lock"))
+    at = page("compare", data_dir, folder)
+    at.multiselect(key="ensemble_members").set_value(["cnn-small", OTHER_SPLIT_RUN])
+    at.text_input(key="ensemble_name").set_value("mixed")
+    at.button(key="ensemble_build").click().run()
+    no_exception(at)
+    assert f"No ensemble saved: cannot combine: cnn-small and {OTHER_SPLIT_RUN} were " in texts(at.error)
+    assert "on different images" in texts(at.error) and not (folder / "mixed").exists()
 
 
 # ---------------------------------------------------------------------------- Grad-CAM

@@ -10,7 +10,7 @@ from pathlib import Path
 import plotly.io
 import pytest
 
-from core import artifacts, evidence, report, statistics
+from core import artifacts, evidence, report, shift, statistics
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,6 +32,21 @@ def report_file(fixture_runs, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("report") / "report.html"
     path.write_text(html, encoding="utf-8")
     return path
+
+
+def test_report_sets_validation_beside_test(fixture_runs, report_file):
+    html = report_file.read_text(encoding="utf-8")
+    section = html.split("<h2>Validation against test</h2>")[1].split("<h2>")[0]
+    assert plotly.io.json.to_json_plotly("Validation → test")[1:-1] in section  # the figure
+    for run in fixture_runs:
+        expected = shift.for_run(run)
+        row = section.split(f"<td>{run.name}</td>")[1].split("</tr>")[0]
+        assert "external: the download&#x27;s own test/ folder" in row  # the shared data's own test/
+        for metric in ("auc", "specificity", "ece"):
+            val, test, change = expected.val[metric], expected.test[metric], expected.change(metric)
+            assert f"<td>{val:.3f}</td><td>{test:.3f}</td><td>{change:.3f}</td>" in row
+    for sentence in shift.shift_warnings([shift.for_run(run) for run in fixture_runs]):
+        assert f"<li>{report._e(sentence)}</li>" in section
 
 
 def test_report_holds_the_evidence_of_every_run(fixture_runs, report_file):
@@ -75,7 +90,7 @@ def test_report_is_self_contained(report_file):
     html = report_file.read_text(encoding="utf-8")
     assert not re.search(r"<script[^>]+src\s*=", html)  # plotly.js is inline, not fetched
     assert not re.search(r"<link[^>]+href\s*=\s*[\"']?https?:", html)
-    assert html.count("Plotly.newPlot") == 4  # ROC, precision-recall, calibration, errors by kind
+    assert html.count("Plotly.newPlot") == 5  # validation → test, ROC, precision-recall, calibration, errors by kind
     assert len(html) > 3_000_000  # the plotly.js bundle is in the file ...
     assert html.count("plotly.js v") <= 2  # ... once (its banner), not once per figure
 

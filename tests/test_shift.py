@@ -1,0 +1,83 @@
+"""core.shift: each run's metrics on validation and on test, side by side, and where test comes from."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import figures, shift, statistics
+
+
+def predictions(y: np.ndarray, probability: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"y_true": y, "probability": probability})
+
+
+@pytest.fixture
+def flattering():
+    """Separates validation perfectly; on test half the normal images score above the threshold."""
+    y = np.repeat([0, 1], 50)
+    val = predictions(y, np.where(y == 1, 0.9, 0.1))
+    normal_test = np.r_[np.full(25, 0.1), np.full(25, 0.8)]
+    test = predictions(y, np.r_[normal_test, np.full(50, 0.9)])
+    return val, test
+
+
+def test_test_source_reads_the_folder_of_the_test_rows():
+    table = pd.DataFrame({"split": ["train", "val", "test", "test"], "folder_split": ["train", "train", "test", "test"]})
+    assert shift.test_source(table) == shift.EXTERNAL
+    assert shift.test_source(table.assign(folder_split="train")) == shift.INTERNAL
+    assert shift.test_source(table.assign(folder_split=["train", "train", "test", "train"])) == shift.MIXED
+    assert shift.test_source(None) == shift.UNKNOWN
+    assert shift.test_source(table.drop(columns="folder_split")) == shift.UNKNOWN
+
+
+def test_split_metrics_agree_with_core_statistics(flattering):
+    _, test = flattering
+    got = shift.split_metrics(test, 0.5)
+    expected = statistics.binary_metrics(test["y_true"], test["probability"], 0.5)
+    assert got["auc"] == pytest.approx(expected["auc"]) and got["specificity"] == pytest.approx(0.5)
+    assert got["sensitivity"] == pytest.approx(1.0) and got["n"] == 100
+    assert got["ece"] == pytest.approx(statistics.expected_calibration_error(test["y_true"], test["probability"], n_bins=10))
+
+
+def test_table_puts_validation_and_test_side_by_side(flattering):
+    val, test = flattering
+    splits = pd.DataFrame({"split": ["test"], "folder_split": ["test"]})
+    runs = [shift.run_shift("flat-run", val, test, 0.5, splits), shift.run_shift("old", None, test, 0.5)]
+    table = shift.shift_table(runs)
+    row = table.set_index("run").loc["flat-run"]
+    assert row["AUC (val)"] == pytest.approx(1.0) and row["specificity (val)"] == pytest.approx(1.0)
+    assert row["specificity (test)"] == pytest.approx(0.5) and row["specificity test − val"] == pytest.approx(-0.5)
+    assert row["ECE test − val"] == pytest.approx(row["ECE (test)"] - row["ECE (val)"])
+    assert row["test split"] == "external: the download's own test/ folder"
+    old = table.set_index("run").loc["old"]
+    assert math.isnan(old["AUC (val)"]) and math.isnan(old["AUC test − val"]) and old["test split"].startswith("unknown")
+    assert list(table.columns[:4]) == ["run", "test split", "threshold", "AUC (val)"]
+
+
+def test_warnings_spell_out_a_large_drop(flattering):
+    val, test = flattering
+    runs = [
+        shift.run_shift("flat-run", val, test, 0.5, pd.DataFrame({"split": ["test"], "folder_split": ["train"]})),
+        shift.run_shift("steady", val, val, 0.5),
+    ]
+    sentences = shift.shift_warnings(runs)
+    assert len(sentences) == 1
+    assert sentences[0].startswith("flat-run: specificity 1.000 on validation → 0.500 on test (−0.500)")
+    assert "internal: carved from train/" in sentences[0]
+    # ECE counts as worse when it grows
+    assert runs[0].worse_by("ece") == pytest.approx(runs[0].change("ece"))
+
+
+def test_figure_has_a_dot_per_split_and_titled_axes(flattering):
+    val, test = flattering
+    item = shift.run_shift("flat-run", val, test, 0.5)
+    fig = figures.shift_figure([{"name": item.name, "val": item.val, "test": item.test, "metrics": shift.METRICS}])
+    assert fig.layout.xaxis.title.text == "Metric" and fig.layout.yaxis.title.text == "Value on the split"
+    names = [t.name for t in fig.data if t.name]
+    assert names == ["flat-run · validation", "flat-run · test"]
+    test_trace = next(t for t in fig.data if t.name == "flat-run · test")
+    assert list(test_trace.y)[2] == pytest.approx(0.5)  # specificity, third metric

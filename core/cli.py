@@ -21,7 +21,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core import artifacts, augmentation, models, tuning
+    from core import artifacts, augmentation, models, presets, tuning
 
     parser = argparse.ArgumentParser(prog="python -m core", description="Compare pneumonia classifiers on chest X-rays.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -29,29 +29,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="run a Keras Tuner search and save the run")
     tune.add_argument("--data", required=True, help="folder with train/ (val/, test/) and NORMAL/ PNEUMONIA/ inside")
-    tune.add_argument("--family", required=True, choices=sorted(models.FAMILIES))
-    tune.add_argument("--tuner", default="random", choices=tuning.TUNERS)
-    tune.add_argument("--trials", type=_positive_int, default=10)
-    tune.add_argument("--epochs", type=_positive_int, default=5)
-    tune.add_argument("--image-size", type=_positive_int, default=None, help="pixels (default: the family's)")
-    tune.add_argument("--weights", default="imagenet", help="imagenet, none, or a path to a weights file")
-    tune.add_argument("--mode", default="frozen", choices=models.MODES)
-    tune.add_argument("--max-per-class", type=_positive_int, default=None, help="cap images per class and split (quick runs)")
-    tune.add_argument("--batch-size", type=_positive_int, default=32)
-    tune.add_argument("--seed", type=int, default=42)
-    tune.add_argument("--mobilenet-version", default="v2", choices=sorted(models.MOBILENET_VERSIONS))
-    tune.add_argument("--alpha", type=float, default=1.0, help="MobileNet width multiplier")
+    # Options left out keep the preset's value, else the setting's default (tuning.SearchSettings).
+    tune.add_argument("--preset", choices=sorted(presets.PRESETS),
+                      help="start from named settings (" + "; ".join(f"{p.name}: {p.title}" for p in presets.PRESETS.values()) + ")")
+    tune.add_argument("--family", choices=sorted(models.FAMILIES), help="required unless a --preset names it")
+    tune.add_argument("--tuner", choices=tuning.TUNERS, help="default: random")
+    tune.add_argument("--trials", type=_positive_int, help="default: 10")
+    tune.add_argument("--epochs", type=_positive_int, help="default: 5")
+    tune.add_argument("--image-size", type=_positive_int, help="pixels (default: the family's)")
+    tune.add_argument("--weights", help="imagenet (default), none, or a path to a weights file")
+    tune.add_argument("--mode", choices=models.MODES, help="default: frozen")
+    tune.add_argument("--max-per-class", type=_positive_int, help="cap images per class and split (quick runs)")
+    tune.add_argument("--batch-size", type=_positive_int, help="default: 32")
+    tune.add_argument("--seed", type=int, help="default: 42")
+    tune.add_argument("--mobilenet-version", choices=sorted(models.MOBILENET_VERSIONS), help="default: v2")
+    tune.add_argument("--alpha", type=float, help="MobileNet width multiplier (default: 1.0)")
     tune.add_argument("--no-feature-cache", action="store_true", help="frozen mode: recompute the backbone every step")
-    tune.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
+    tune.add_argument("--engine", choices=("auto", "tflite", "keras"))
     tune.add_argument("--cut", default=None,
                       help="finetune mode: train the backbone's layers above this layer (default: the architecture's)")
     tune.add_argument("--no-activation-cache", action="store_true",
                       help="finetune mode: run the whole backbone every step instead of caching below the cut (slow)")
-    tune.add_argument("--augment", default="off", choices=(*augmentation.AUGMENTATIONS, augmentation.SEARCH),
-                      help="training augmentation preset (finetune and custom CNN); 'search' makes it a hyperparameter")
-    tune.add_argument("--augment-views", type=_positive_int, default=3,
-                      help="augmented copies of each training image cached for cut-point fine-tuning")
-    tune.add_argument("--tta", type=_positive_int, default=1,
+    tune.add_argument("--augment", choices=(*augmentation.AUGMENTATIONS, augmentation.SEARCH),
+                      help="training augmentation preset (finetune and custom CNN; default off); 'search' makes it a hyperparameter")
+    tune.add_argument("--augment-views", type=_positive_int,
+                      help="augmented copies of each training image cached for cut-point fine-tuning (default 3)")
+    tune.add_argument("--tta", type=_positive_int,
                       help=f"test-time augmentation: average over this many fixed views (1 = off, at most {augmentation.TTA_MAX_VIEWS})")
     tune.add_argument("--name", default=None, help="run name (default: family-mode-date)")
     tune.add_argument("--artifacts", default=artifacts_default)
@@ -102,17 +105,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `tune` options that map one to one onto SearchSettings fields.
+_SETTING_OPTIONS = (
+    "family", "tuner", "trials", "epochs", "image_size", "weights", "mode", "max_per_class", "batch_size", "seed",
+    "mobilenet_version", "alpha", "engine", "cut", "augment", "augment_views", "tta", "name",
+)
+
+
+def tune_settings(args):
+    """The search the `tune` options ask for: the preset's settings, then the options given."""
+    from core import presets, tuning
+
+    values = dict(presets.preset(args.preset).settings) if args.preset else {}
+    values.update({key: getattr(args, key) for key in _SETTING_OPTIONS if getattr(args, key) is not None})
+    if "family" not in values:
+        raise tuning.SettingsError("pass --family (or a --preset that names one)")
+    if args.no_feature_cache:
+        values["feature_cache"] = False
+    if args.no_activation_cache:
+        values["activation_cache"] = False
+    return tuning.SearchSettings(data_dir=args.data, artifacts_dir=args.artifacts, **values)
+
+
 def _tune(args) -> int:
     from core import tuning
 
-    settings = tuning.SearchSettings(
-        data_dir=args.data, family=args.family, tuner=args.tuner, trials=args.trials, epochs=args.epochs,
-        image_size=args.image_size, weights=args.weights, mode=args.mode, batch_size=args.batch_size, seed=args.seed,
-        max_per_class=args.max_per_class, name=args.name, artifacts_dir=args.artifacts,
-        mobilenet_version=args.mobilenet_version, alpha=args.alpha, feature_cache=not args.no_feature_cache,
-        engine=args.engine, activation_cache=not args.no_activation_cache, cut=args.cut, augment=args.augment,
-        augment_views=args.augment_views, tta=args.tta,
-    )
+    settings = tune_settings(args)
     if args.distributed:
         if not args.oracle:
             raise tuning.SettingsError("--distributed chief needs --oracle HOST:PORT to listen on")

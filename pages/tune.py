@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import artifacts, augmentation, data, figures, jobs, models, tuning
+from core import artifacts, augmentation, data, figures, jobs, models, presets, tuning
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -40,7 +40,35 @@ if root is None:
     st.warning(f"Set a usable data folder in the sidebar first: {data_problem}", icon=":material/folder_off:")
 summary = ui.summary_for(root) if root is not None else None
 
+def apply_preset() -> None:
+    """Fill the form's widgets with the chosen preset's settings (before they are drawn)."""
+    name = st.session_state.get("tune_preset", "custom")
+    if name == "custom":
+        return
+    chosen = presets.preset(name).settings
+    family_name = chosen["family"]
+    widget_keys = {
+        "family": "tune_family", "tuner": "tune_tuner", "trials": f"tune_trials_{family_name}",
+        "epochs": f"tune_epochs_{family_name}", "image_size": f"tune_size_{family_name}", "mode": "tune_mode",
+        "weights": "tune_weights", "augment": "tune_augment", "augment_views": "tune_augment_views", "tta": "tune_tta",
+    }
+    defaults = {"tuner": "random", "weights": "imagenet", "augment": "off", "augment_views": 3, "tta": 1,
+                "image_size": models.FAMILIES[family_name].default_image_size}
+    for setting, key in widget_keys.items():
+        if setting in chosen or setting in defaults:
+            st.session_state[key] = chosen.get(setting, defaults.get(setting))
+
+
 with st.container(border=True):
+    preset_names = ["custom", *presets.PRESETS]
+    preset_name = st.selectbox(
+        "Start from", preset_names, key="tune_preset", on_change=apply_preset,
+        format_func=lambda n: "your own settings" if n == "custom" else presets.PRESETS[n].title,
+        help="A preset fills in the settings below; change any of them before you start.",
+    )
+    if preset_name != "custom":
+        st.caption(f":material/recommend: {presets.PRESETS[preset_name].description} Same from a terminal: "
+                   f"`{presets.PRESETS[preset_name].command()}`")
     family = st.selectbox(
         "Model family", list(models.FAMILIES), key="tune_family",
         format_func=lambda name: f"{name} — {models.FAMILIES[name].description}",

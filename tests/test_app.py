@@ -740,3 +740,20 @@ def test_predict_samples_from_the_data_folder(data_dir, runs_dir):
     assert sorted(set(table["true class"])) == ["NORMAL", "PNEUMONIA"]
     assert table["probability"].between(0, 1).all()
     assert len(charts(at)) == 2  # one figure per image
+
+
+def test_tune_preset_fills_the_form(data_dir, empty_dir):
+    from core import presets
+
+    at = page("tune", data_dir, empty_dir)
+    at.selectbox(key="tune_preset").set_value("recommended").run()
+    no_exception(at)
+    chosen = presets.preset("recommended").settings
+    family = chosen["family"]
+    assert at.selectbox(key="tune_family").value == family
+    assert at.number_input(key=f"tune_trials_{family}").value == chosen["trials"]
+    assert at.number_input(key=f"tune_epochs_{family}").value == chosen["epochs"]
+    assert at.radio(key="tune_mode").value == chosen["mode"]
+    assert at.selectbox(key="tune_augment").value == chosen["augment"]
+    assert at.number_input(key="tune_augment_views").value == chosen["augment_views"]
+    assert "--preset recommended" in texts(at.caption)

@@ -184,3 +184,22 @@ def test_tta_is_recorded_and_used_by_predict(tmp_path):
     np.testing.assert_allclose(saved["probability"], averaged, atol=1e-4)
     assert np.abs(plain - averaged).max() > 1e-5, "the views change the probabilities"
     np.testing.assert_allclose(evaluation.predict_files(run, list(saved["path"]))["probability"], averaged, atol=1e-4)
+
+
+def test_presets_fill_settings_and_options_override_them():
+    from core import cli, presets, tuning
+
+    parser = cli.build_parser()
+    recommended = presets.preset("recommended").settings
+    settings = cli.tune_settings(parser.parse_args(["tune", "--data", "D", "--preset", "recommended"]))
+    assert {key: getattr(settings, key) for key in recommended} == recommended
+    assert settings.batch_size == tuning.SearchSettings(data_dir="D").batch_size  # not named: the default
+    overridden = cli.tune_settings(parser.parse_args(["tune", "--data", "D", "--preset", "recommended", "--epochs", "2"]))
+    assert overridden.epochs == 2 and overridden.augment == recommended["augment"]
+    plain = cli.tune_settings(parser.parse_args(["tune", "--data", "D", "--family", "custom_cnn"]))
+    assert (plain.trials, plain.epochs, plain.augment) == (10, 5, "off")
+    with pytest.raises(tuning.SettingsError, match="pass --family"):
+        cli.tune_settings(parser.parse_args(["tune", "--data", "D"]))
+    for name, chosen in presets.PRESETS.items():  # every preset is a valid search
+        assert tuning.SearchSettings(data_dir="D", **chosen.settings).resolved().family == chosen.settings["family"]
+        assert f"--preset {name}" in chosen.command()

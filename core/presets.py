@@ -1,0 +1,54 @@
+"""Presets: named search settings a user can start with one click (Tune page) or one command.
+
+Each preset is a set of `tuning.SearchSettings` fields; anything it does not name keeps the
+setting's default. They were chosen on the validation split (see the README's "Measured here" for
+how each one did on the external test split, measured after the choice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    title: str
+    description: str
+    settings: dict = field(default_factory=dict)  # SearchSettings fields
+
+    def command(self, data_dir: str = "DIR") -> str:
+        """The same search as one `python -m core tune` command."""
+        return f"python -m core tune --data {data_dir} --preset {self.name}"
+
+    def full_command(self, data_dir: str = "DIR") -> str:
+        """The same search with every setting spelled out."""
+        options = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in self.settings.items())
+        return f"python -m core tune --data {data_dir} {options}"
+
+
+PRESETS = {
+    p.name: p
+    for p in (
+        Preset(
+            "quick",
+            "Quick (about 5 min on 2 cores)",
+            "MobileNetV2 with ImageNet weights, its top blocks fine-tuned on cached activations: 2 trials of 3 epochs.",
+            {"family": "mobilenet", "mode": "finetune", "trials": 2, "epochs": 3, "augment": "off"},
+        ),
+        Preset(
+            "recommended",
+            "Recommended (about 1 h on 2 cores)",
+            "MobileNetV2 with ImageNet weights, its top blocks fine-tuned on cached activations with strong augmentation "
+            "(3 cached views per image): 4 trials of 6 epochs.",
+            {"family": "mobilenet", "mode": "finetune", "trials": 4, "epochs": 6, "augment": "strong", "augment_views": 3},
+        ),
+    )
+}
+
+
+def preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None

@@ -24,6 +24,10 @@ class Augmentation:
 
     rotation_deg: float = 0.0  # up to this many degrees either way
     zoom: float = 0.0  # zoom in or out by up to this fraction
+    # zoom in by up to this fraction (when larger than `zoom`): sites frame the chest differently,
+    # and a model that saw only loosely framed X-rays calls a tightly framed healthy chest
+    # pneumonia (on validation, a 30 % zoom turned a model's 2 % false alarms into 59 %)
+    zoom_in: float = 0.0
     shift: float = 0.0  # move by up to this fraction of the side
     contrast: float = 0.0  # scale contrast by 1 ± this
     brightness: float = 0.0  # add up to ± this fraction of the 0..255 range
@@ -33,6 +37,12 @@ class Augmentation:
     sharpness: float = 0.0
 
     @property
+    def zoom_range_text(self) -> str:
+        if self.zoom_in > self.zoom:
+            return f"-{self.zoom:.0%} to +{self.zoom_in:.0%}"
+        return f"±{self.zoom:.0%}"
+
+    @property
     def is_off(self) -> bool:
         return not any(asdict(self).values())
 
@@ -40,7 +50,7 @@ class Augmentation:
         if self.is_off:
             return "off"
         text = (
-            f"rotation ±{self.rotation_deg:g}°, zoom ±{self.zoom:.0%}, shift ±{self.shift:.0%}, "
+            f"rotation ±{self.rotation_deg:g}°, zoom {self.zoom_range_text}, shift ±{self.shift:.0%}, "
             f"contrast ±{self.contrast:.0%}, brightness ±{self.brightness:.0%}"
         )
         return text + (f", sharpness ±{self.sharpness:.0%}" if self.sharpness else "")
@@ -49,8 +59,8 @@ class Augmentation:
 AUGMENTATIONS = {
     "off": Augmentation(),
     "light": Augmentation(rotation_deg=5, zoom=0.05, shift=0.03, contrast=0.1, brightness=0.05),
-    "medium": Augmentation(rotation_deg=10, zoom=0.1, shift=0.06, contrast=0.25, brightness=0.1, sharpness=0.25),
-    "strong": Augmentation(rotation_deg=15, zoom=0.15, shift=0.1, contrast=0.4, brightness=0.15, sharpness=0.4),
+    "medium": Augmentation(rotation_deg=10, zoom=0.1, zoom_in=0.25, shift=0.06, contrast=0.25, brightness=0.1, sharpness=0.25),
+    "strong": Augmentation(rotation_deg=15, zoom=0.15, zoom_in=0.35, shift=0.1, contrast=0.4, brightness=0.15, sharpness=0.4),
 }
 SEARCH = "search"  # the augmentation preset is a hyperparameter of the search (in-model augmentation only)
 
@@ -77,8 +87,10 @@ def augmentation_layers(augmentation: Augmentation, seed: int = 0) -> list:
     layers = []
     if a.rotation_deg:
         layers.append(keras.layers.RandomRotation(a.rotation_deg / 360.0, fill_mode="constant", seed=seed))
-    if a.zoom:
-        layers.append(keras.layers.RandomZoom(a.zoom, fill_mode="constant", seed=seed + 1))
+    if a.zoom or a.zoom_in:
+        # Keras: a negative factor zooms in, a positive one out.
+        factor = (-max(a.zoom, a.zoom_in), a.zoom)
+        layers.append(keras.layers.RandomZoom(factor, factor, fill_mode="constant", seed=seed + 1))
     if a.shift:
         layers.append(keras.layers.RandomTranslation(a.shift, a.shift, fill_mode="constant", seed=seed + 2))
     if a.contrast:

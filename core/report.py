@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core import evidence as ev
-from core import figures, shift
+from core import figures, shift, stress
 from core.artifacts import Run
 
 TITLE = "Pneumonia classifiers compared"
@@ -233,6 +233,13 @@ def _paired_section(runs: Sequence[Run], evidence: Mapping[str, ev.RunEvidence],
     return "".join(out)
 
 
+def _stress_section(runs) -> str:
+    stressed = stress.saved_results(runs)
+    if not stressed:
+        return "<p class='meta'>The runs were saved before the stress test existed.</p>"
+    return f"<p class='meta'>{_e(stress.NOTE)}</p>" + _table(stress.stress_table(stressed))
+
+
 def _shift_section(shifts: Sequence[shift.Shift], figure: _Figures, colors: Mapping[str, str]) -> str:
     """Each run on validation and on test side by side, the change, and a warning for large drops."""
     out = [f"<p class='meta'>{_e(shift.NOTE)}</p>"]
@@ -340,6 +347,8 @@ def build_report(
         _table(ev.metrics_table(items, combined=True)),
         "<h2>Validation against test</h2>",
         _shift_section([shift.for_run(run, evidence[run.name].threshold, predictions[run.name]) for run in runs], figure, colors),
+        "<h2>Stress test on validation</h2>",
+        _stress_section(runs),
         "<h2>Curves</h2>",
         "<div class='figures'>" + figure(roc) + figure(pr) + figure(calibration) + "</div>",
         "<h2>Paired tests</h2>",

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import activations, artifacts, augmentation, data, evaluation, features, models
+from core import activations, artifacts, augmentation, data, evaluation, features, models, stress
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_auc"
@@ -73,6 +73,7 @@ class SearchSettings:
     augment: str = "off"  # an augmentation preset (core.augmentation), or "search" for in-model augmentation
     augment_views: int = 3  # augmented copies of each training image cached for cut-point fine-tuning
     tta: int = 1  # test-time augmentation: views averaged when evaluating and predicting (1: off)
+    stress_test: bool = True  # measure the model on changed validation images (core.stress)
 
     @classmethod
     def from_dict(cls, values: dict) -> SearchSettings:
@@ -622,6 +623,15 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
             tta=settings.tta, cache_path=folder / "model.tflite",
         )
     timings["evaluate_s"] = time.monotonic() - clock
+    if settings.stress_test:
+        progress.update(message="stress test on validation", force=True)
+        clock = time.monotonic()
+        result["stress"] = _stress_test(settings, model, table, labels, part, result["threshold"], folder)
+        timings["stress_s"] = time.monotonic() - clock
+        worst = stress.worst(result["stress"])
+        if worst:
+            log(f"stress test on validation: worst is {worst['condition']} (specificity {worst['specificity']:.3f}, "
+                f"sensitivity {worst['sensitivity']:.3f})")
     artifacts.save_model(folder / artifacts.MODEL, model)
     sample = data.load_images(list(table.loc[part["test"], "path"][:32]), settings.image_size)[0]
     result["inference"] = evaluation.time_inference(model, sample, settings.engine, folder / "model.tflite")
@@ -641,6 +651,17 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     artifacts.write_csv(folder / artifacts.PREDICTIONS, result.pop("predictions"))
     artifacts.write_json(folder / artifacts.METRICS, result)
     return result
+
+
+def _stress_test(settings: SearchSettings, model, table: pd.DataFrame, labels: np.ndarray, part: dict, threshold: float, folder: Path) -> list[dict]:
+    """The saved model on validation images changed as sites differ (core.stress), at its threshold."""
+    pixels, _ = data.load_images(list(table.loc[part["val"], "path"]), settings.image_size, cache_root(settings) / "pixels")
+
+    def score(images: np.ndarray) -> np.ndarray:
+        scores = evaluation.probabilities(model, images, settings.engine, settings.batch_size, folder / "model.tflite", settings.tta)[0]
+        return evaluation.saved_precision(scores)
+
+    return stress.stress_test(score, np.asarray(pixels), labels[part["val"]], threshold)
 
 
 def _augmentation_record(settings: SearchSettings, best_hp) -> dict | None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, ensemble, evidence, figures, report, shift
+from core import artifacts, ensemble, evidence, figures, report, shift, stress
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -308,6 +308,20 @@ shift_left.dataframe(
 )
 shift_right.plotly_chart(figures.shift_figure(shift.figure_rows(shifts), colors), key="fig_shift")
 st.caption(f"{shift.NOTE} At the thresholds set above.")
+
+stressed = stress.saved_results(by_name[n] for n in picked)
+st.subheader("Stress test on validation")
+if stressed:
+    st.dataframe(
+        stress.stress_table(stressed), hide_index=True, key="stress_table",
+        column_config={
+            **{column: number_column(format="%.3f") for column in ("sensitivity", "specificity")},
+            **{f"{m} change": number_column(format="%+.3f", help="minus the images as they are") for m in ("sensitivity", "specificity")},
+        },
+    )
+    st.caption(stress.NOTE)
+else:
+    st.caption("The picked runs were saved before the stress test existed: start a new search to get one.")
 
 
 # ---------------------------------------------------------------------------- ensembles

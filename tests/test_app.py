@@ -757,3 +757,18 @@ def test_tune_preset_fills_the_form(data_dir, empty_dir):
     assert at.selectbox(key="tune_augment").value == chosen["augment"]
     assert at.number_input(key="tune_augment_views").value == chosen["augment_views"]
     assert "--preset recommended" in texts(at.caption)
+
+
+def test_compare_shows_the_stress_test_of_each_run(data_dir, runs_dir):
+    from core import stress
+
+    at = page("compare", data_dir, runs_dir)
+    no_exception(at)
+    picked = at.multiselect(key="compare_runs").value
+    table = frame_with(at, "specificity change")
+    assert sorted(set(table["run"])) == sorted(picked)
+    assert list(table.loc[table["run"] == picked[0], "condition"]) == ["as is", *stress.PERTURBATIONS]
+    saved = {row["condition"]: row for row in metrics_of(runs_dir, picked[0])["stress"]}
+    shown = table[table["run"] == picked[0]].set_index("condition")
+    assert shown.loc["framed 30 % tighter", "specificity"] == pytest.approx(saved["framed 30 % tighter"]["specificity"])
+    assert stress.NOTE in texts(at.caption)

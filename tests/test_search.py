@@ -48,6 +48,13 @@ def test_a_finished_run_has_every_file_and_consistent_metrics(finished_run):
     assert metrics["test"]["n"] == len(predictions) == 52  # the official test/ folder, all of it
     assert metrics["confusion_matrix"] == [[metrics["test"]["tn"], metrics["test"]["fp"]], [metrics["test"]["fn"], metrics["test"]["tp"]]]
     assert metrics["engine"] in ("tflite", "keras") and metrics["inference"]["ms_per_image"] > 0
+    # The stress test runs the saved model on the validation images: as they are, it reproduces
+    # the saved validation metrics; each change of the images has its row.
+    stressed = {row["condition"]: row for row in metrics["stress"]}
+    assert len(stressed) == 7
+    assert stressed["as is"]["specificity"] == pytest.approx(metrics["val"]["specificity"], abs=1e-9)
+    assert stressed["as is"]["sensitivity"] == pytest.approx(metrics["val"]["sensitivity"], abs=1e-9)
+    assert "stress test on validation: worst is" in (run.folder / "log.txt").read_text()
     # The learnable synthetic opacity is found: far better than chance.
     assert metrics["test"]["auc"] > 0.8
     # The validation predictions are those the threshold was chosen on: the validation split's

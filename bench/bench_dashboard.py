@@ -1,7 +1,8 @@
-"""Benchmark: time to first render of each dashboard page with 20 saved runs.
+"""Benchmark: time to first render of each dashboard page with 200 saved runs (BENCH_RUNS to change).
 
 Run by hand from the repository root: `python bench/bench_dashboard.py`. It trains one tiny real
-run (custom CNN, 32 px, on ../shared data), copies it to 20 runs, and renders every page with
+run (custom CNN, 32 px, on ../shared data), copies it to 200 runs (every tenth archived, every
+third with a note and tags), and renders every page with
 Streamlit's AppTest, first with cold caches (a fresh process-level cache) and then warm.
 """
 
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "chest_xray"
 PAGES = ("data", "tune", "compare", "predict")
-RUNS = 20
+RUNS = int(os.environ.get("BENCH_RUNS", "200"))
 
 
 def make_runs(store: Path) -> None:
@@ -35,6 +36,8 @@ def make_runs(store: Path) -> None:
         shutil.copytree(store / "run-00", store / name)
         settings = json.loads((store / name / "settings.json").read_text())
         (store / name / "settings.json").write_text(json.dumps({**settings, "name": name}))
+        if i % 3 == 0:
+            (store / name / "notes.json").write_text(json.dumps({"note": f"copy {i}", "tags": ["bench", f"group{i % 4}"], "archived": i % 10 == 0}))
 
 
 def render(page: str, store: Path) -> float:

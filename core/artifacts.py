@@ -33,6 +33,8 @@ MODEL = "model.keras"
 LOG = "log.txt"
 LOCK = "search.lock"
 TUNER_DIR = "tuner"
+NOTES = "notes.json"  # the user's note, tags and archived flag (core.catalog); never written by a search
+DEFAULT_TASK = "pneumonia"  # runs saved without a task are the pneumonia binary task
 # An ensemble's settings name this family and its members (runs in the same artifacts folder);
 # it has no model of its own and predicts with theirs (see core.ensemble).
 ENSEMBLE_FAMILY = "ensemble"
@@ -255,6 +257,35 @@ class Run:
         return self.settings.get("family", "?")
 
     @property
+    def task(self) -> str:
+        return str(self.settings.get("task") or DEFAULT_TASK)
+
+    @property
+    def notes(self) -> dict:
+        """The run's notes.json: {"note": str, "tags": [str], "archived": bool}, read once."""
+        cached = self.__dict__.get("_notes")
+        if cached is None:
+            stored = read_json(self.folder / NOTES, {})
+            stored = stored if isinstance(stored, dict) else {}
+            tags = stored.get("tags") if isinstance(stored.get("tags"), list) else []
+            cached = {
+                "note": str(stored.get("note") or ""),
+                "tags": [str(t) for t in tags],
+                "archived": bool(stored.get("archived", False)),
+                "archived_at": stored.get("archived_at"),
+            }
+            self.__dict__["_notes"] = cached
+        return cached
+
+    @property
+    def archived(self) -> bool:
+        return self.notes["archived"]
+
+    @property
+    def tags(self) -> list[str]:
+        return self.notes["tags"]
+
+    @property
     def model_path(self) -> Path:
         return self.folder / MODEL
 
@@ -345,6 +376,7 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
             {
                 "run": run.name,
                 "family": run.family,
+                "task": run.task,
                 "mode": run.settings.get("mode"),
                 "tuner": run.settings.get("tuner"),
                 "image_size": run.settings.get("image_size"),
@@ -357,6 +389,9 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
                 "specificity": _number(metrics.get("specificity")),
                 "threshold": _number((run.metrics or {}).get("threshold")),
                 "started_at": run.progress.get("started_at"),
+                "tags": ", ".join(run.tags),
+                "note": run.notes["note"],
+                "archived": run.archived,
             }
         )
     return pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""The command line: `python -m core tune|resume|stop|runs|ensemble|predict|evaluate|data`.
+"""The command line: `python -m core tune|resume|stop|runs|ensemble|predict|evaluate|export|data`.
 
 Headless twin of the dashboard, for terminals, GPU boxes and clusters. Errors a user can fix
 print one line (`error: ...`) and exit with status 2, without a traceback.
@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--csv", default=None, help="also write the table to this CSV file")
     predict.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
     predict.add_argument("images", nargs="+", help="image files or folders")
+
+    export = commands.add_parser("export", help="one finished run as a zip: model, threshold, MODEL_CARD.md")
+    export.add_argument("run")
+    export.add_argument("--out", required=True, help="the zip file to write")
+    export.add_argument("--artifacts", default=artifacts_default)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a saved run on a data folder")
     evaluate.add_argument("--run", required=True)
@@ -197,19 +202,25 @@ def _ensemble(args) -> int:
 
 
 def _predict(args) -> int:
+    import pandas as pd
+
     from core import artifacts, evaluation
 
     run = artifacts.load_run(args.artifacts, args.run)
     paths = evaluation.expand_image_paths(args.images)
     if not paths:
         raise FileNotFoundError("no .jpeg/.jpg/.png images in the given paths")
-    table = evaluation.predict_files(run, paths, engine=args.engine)
+    table = evaluation.predict_files(run, paths, engine=args.engine, unusual=True)
     if args.csv:
         artifacts.write_csv(args.csv, table)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     failed = int((table["error"] != "").sum())
     if failed:
         print(f"{failed} of {len(table)} files could not be read (see the error column)", file=sys.stderr)
+    flagged = sum(1 for value in table["unusual"] if value is not pd.NA and bool(value))  # NA: unreadable
+    if flagged:
+        print(f"{flagged} of {len(table)} images are not like the run's training X-rays (see unusual_reason): "
+              "their probabilities mean little", file=sys.stderr)
     return 1 if failed == len(table) else 0
 
 
@@ -226,6 +237,14 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from core import export
+
+    path = export.export_run(args.artifacts, args.run, args.out)
+    print(f"exported {args.run} to {path}")
+    return 0
+
+
 def _data(args) -> int:
     import json
 
@@ -236,7 +255,7 @@ def _data(args) -> int:
     return 0
 
 
-HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "stop": _stop, "runs": _runs, "ensemble": _ensemble, "predict": _predict, "evaluate": _evaluate, "data": _data}
+HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "stop": _stop, "runs": _runs, "ensemble": _ensemble, "predict": _predict, "evaluate": _evaluate, "export": _export, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

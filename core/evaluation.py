@@ -188,13 +188,24 @@ def run_image_size(run: artifacts.Run) -> int:
     return int(run.settings.get("image_size") or 224)
 
 
-def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto") -> pd.DataFrame:
+def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto", unusual: bool = False) -> pd.DataFrame:
     """Score image files with a saved run: path, probability of pneumonia, label, error.
 
     A file that cannot be read gets its reason in `error` and no probability; the others are
     still scored. An ensemble averages its members' probabilities (`model` then maps member names
-    to loaded models); see `core.ensemble.predict_files`.
+    to loaded models); see `core.ensemble.predict_files`. With `unusual`, three more columns say
+    whether each image is far from the run's training X-rays (`core.ood.flag_files`).
     """
+    table = _predict_files(run, paths, model, engine)
+    if unusual:
+        from core import ood
+
+        flags = ood.flag_files(ood.reference_for(run), list(paths))
+        table = pd.concat([table, flags.set_index(table.index)], axis=1)
+    return table
+
+
+def _predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto") -> pd.DataFrame:
     if run.is_ensemble:
         from core import ensemble
 

@@ -278,7 +278,7 @@ def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...],
             path = Path(folder) / f"{i:04d}{suffix if suffix in data.IMAGE_EXTENSIONS else '.img'}"
             path.write_bytes(content)
             paths.append(str(path))
-        table = evaluation.predict_files(run, paths, model=model)
+        table = evaluation.predict_files(run, paths, model=model, unusual=True)
     names = [file_name for file_name, _ in images]
     # Reasons name the temporary copy: name the file the user gave instead.
     table["error"] = [error.replace(path, name) for error, path, name in zip(table["error"], paths, names, strict=True)]
@@ -287,7 +287,7 @@ def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...],
 
 
 def predict_images(run: artifacts.Run, images: list[tuple[str, bytes]]) -> pd.DataFrame:
-    """Score (name, bytes) images with a run: image, probability, label, error (one row each)."""
+    """Score (name, bytes) images with a run: image, probability, label, error, unusual, unusual_reason (one row each)."""
     return _predict(str(run.folder.parent), run.name, models_mtime(run), tuple(images))
 
 
@@ -366,12 +366,25 @@ def gradcam_caption(run_name: str, probability: float, label: str, has_evidence:
 # ---------------------------------------------------------------------------- runs
 
 
-def runs_with_metrics(folder: str) -> list[artifacts.Run]:
-    return [r for r in artifacts.list_runs(folder) if r.metrics and (r.folder / artifacts.PREDICTIONS).exists()]
+def runs_with_metrics(folder: str, archived: bool | None = False) -> list[artifacts.Run]:
+    """Runs with test predictions; archived ones only with `archived=None` (both) or True (only them)."""
+    from core import catalog
+
+    runs = [r for r in artifacts.list_runs(folder) if r.metrics and (r.folder / artifacts.PREDICTIONS).exists()]
+    return catalog.filter_runs(runs, archived=archived)
 
 
-def runs_with_model(folder: str) -> list[artifacts.Run]:
-    return [r for r in artifacts.list_runs(folder) if r.metrics and r.has_model]
+def runs_with_model(folder: str, archived: bool | None = False) -> list[artifacts.Run]:
+    from core import catalog
+
+    return catalog.filter_runs([r for r in artifacts.list_runs(folder) if r.metrics and r.has_model], archived=archived)
+
+
+def archived_toggle(folder: str, key: str) -> bool | None:
+    """A "show archived runs" switch, only where the folder has archived runs: None (show them too) or False."""
+    if not any(r.archived for r in artifacts.list_runs(folder)):
+        return False
+    return None if st.toggle("Show archived runs", key=key, help="Archived runs are hidden by default; restore them on the Tune page.") else False
 
 
 def test_auc(run: artifacts.Run) -> float:

@@ -20,7 +20,7 @@ ui.leave_pages_folder_mode()
 st.title("Compare")
 
 folder = ui.artifacts_dir()
-runs = ui.runs_with_metrics(folder)
+runs = ui.runs_with_metrics(folder, archived=ui.archived_toggle(folder, "compare_archived"))
 if not runs:
     st.info(
         f"No finished runs with test results in `{folder}` yet. Start a search on the **Tune** page, or point "

@@ -12,10 +12,13 @@ from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
 st.title("Predict")
-st.caption("Research tool, not a medical device: these probabilities come from models trained on one public data set.")
+st.caption(
+    "Research tool, not a medical device: these probabilities come from models trained on one public data set. An image far "
+    "from a run's training X-rays (simple image statistics against the run's own training images) is flagged beside its probability."
+)
 
 folder = ui.artifacts_dir()
-runs = ui.runs_with_model(folder)
+runs = ui.runs_with_model(folder, archived=ui.archived_toggle(folder, "predict_archived"))
 if not runs:
     st.info(f"No saved models in `{folder}` yet: finish a search on the **Tune** page first.", icon=":material/inbox:")
     st.stop()
@@ -114,6 +117,14 @@ def gradcam(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
                 st.image(picture, caption=ui.gradcam_caption(row.run, float(row.probability), row.label, has_evidence), width="stretch")
 
 
+def _flag(table: pd.DataFrame, column: str, index: int):
+    """The out-of-distribution flag of one image (False / "" when the run has no reference)."""
+    value = table[column].iat[index] if column in table.columns else None
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return False if column == "unusual" else ""
+    return bool(value) if column == "unusual" else str(value)
+
+
 long_rows = []
 for index, (image_name, content) in enumerate(images):
     if first["error"].iat[index]:
@@ -124,15 +135,24 @@ for index, (image_name, content) in enumerate(images):
             "probability": [results[n]["probability"].iat[index] for n in picked],
             "label": [results[n]["label"].iat[index] for n in picked],
             "threshold": [float(by_name[n].metrics.get("threshold", 0.5)) for n in picked],
+            "unusual": [_flag(results[n], "unusual", index) for n in picked],
+            "unusual_reason": [_flag(results[n], "unusual_reason", index) for n in picked],
         }
     )
     for row in rows.itertuples():
-        long_rows.append({"image": image_name, "run": row.run, "probability": row.probability, "label": row.label, "threshold": row.threshold, "true class": truth.get(image_name, "")})
+        long_rows.append({"image": image_name, "run": row.run, "probability": row.probability, "label": row.label, "threshold": row.threshold,
+                          "unusual": bool(row.unusual), "unusual_reason": row.unusual_reason, "true class": truth.get(image_name, "")})
     with st.container(border=True):
         left, right = st.columns([1, 3], vertical_alignment="center")
         caption = image_name + (f" · true class {truth[image_name]}" if image_name in truth else "")
         left.image(content, caption=caption, width="stretch")
         with right:
+            flagged = rows[rows["unusual"].astype(bool)]
+            if not flagged.empty:
+                st.warning(
+                    f"**Not like the training X-rays** ({', '.join(flagged['run'])}): {flagged['unusual_reason'].iat[0]}. "
+                    "The probability below means little for such an image.", icon=":material/report:",
+                )
             st.plotly_chart(figures.probability_figure(rows, colors), key=f"fig_predict_{index}")
             seen = [n for n in picked if sample_paths.get(image_name) in ui.trained_on(by_name[n])]
             if seen:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import artifacts, augmentation, data, figures, jobs, models, presets, tuning
+from core import artifacts, augmentation, catalog, data, figures, jobs, models, presets, tuning
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -262,14 +262,93 @@ def _resume(name: str) -> None:
         st.session_state["tune_message"] = ("error", f"Cannot resume {name}: {error}")
 
 
+def _do(action, name: str, done: str) -> None:
+    try:
+        action(folder, name)
+        st.session_state["tune_message"] = ("success", done)
+    except (artifacts.RunError, OSError) as error:
+        st.session_state["tune_message"] = ("error", f"{name}: {error}")
+
+
+def _save_notes(name: str) -> None:
+    try:
+        catalog.set_notes(folder, name, note=st.session_state[f"tune_note_{name}"], tags=st.session_state[f"tune_tags_{name}"])
+        st.session_state["tune_message"] = ("success", f"Saved the note and tags of {name}.")
+    except (artifacts.RunError, OSError) as error:
+        st.session_state["tune_message"] = ("error", f"{name}: {error}")
+
+
+def _export(name: str) -> None:
+    from core import export
+
+    try:
+        st.session_state["tune_export"] = (name, export.export_bytes(folder, name))
+    except (artifacts.RunError, OSError, ValueError) as error:
+        st.session_state["tune_message"] = ("error", f"Cannot export {name}: {error}")
+
+
+def run_admin(run: artifacts.Run) -> None:
+    """Note, tags, archive or restore, delete (with a confirmation) and the model-card download of one run."""
+    name = run.name
+    with st.container(border=True):
+        st.markdown(f"**{name}** · note, tags and housekeeping" + (" · *archived*" if run.archived else ""))
+        n1, n2 = st.columns([3, 2])
+        n1.text_area("Note", value=run.notes["note"], key=f"tune_note_{name}", height=68)
+        n2.text_input("Tags (comma-separated)", value=", ".join(run.tags), key=f"tune_tags_{name}")
+        b1, b2, b3, b4 = st.columns(4)
+        b1.button("Save note and tags", key=f"tune_save_notes_{name}", on_click=_save_notes, args=(name,), icon=":material/save:")
+        if run.archived:
+            b2.button("Restore", key=f"tune_restore_{name}", icon=":material/unarchive:",
+                      on_click=_do, args=(catalog.restore, name, f"Restored {name}."))
+        else:
+            b2.button("Archive", key=f"tune_archive_{name}", icon=":material/archive:", help="Hide it from the default lists; its files stay.",
+                      on_click=_do, args=(catalog.archive, name, f"Archived {name}: it is hidden from the default lists."))
+        exportable = run.state == "completed" and not run.is_ensemble and run.model_path.exists()
+        b3.button("Prepare model card (zip)", key=f"tune_export_{name}", icon=":material/inventory_2:", on_click=_export, args=(name,),
+                  disabled=not exportable,
+                  help="The model (.keras, .tflite), its threshold and MODEL_CARD.md in one zip."
+                  if exportable else "Only a completed run with its own model (not an ensemble) can be exported.")
+        if b4.button("Delete…", key=f"tune_delete_{name}", icon=":material/delete:"):
+            st.session_state["tune_confirm_delete"] = name
+        prepared = st.session_state.get("tune_export")
+        if prepared and prepared[0] == name:
+            st.download_button(f"Download {name}.zip", prepared[1], file_name=f"{name}.zip", mime="application/zip",
+                               key=f"tune_download_{name}", icon=":material/download:")
+        if st.session_state.get("tune_confirm_delete") == name:
+            st.warning(f"Delete **{name}** and every file in its folder for good? Other runs and the shared caches stay.", icon=":material/warning:")
+            c1, c2, _ = st.columns([1, 1, 3])
+            if c1.button("Yes, delete it", key=f"tune_confirm_delete_{name}", type="primary"):
+                st.session_state.pop("tune_confirm_delete", None)
+                _do(catalog.delete, name, f"Deleted {name}.")
+                st.rerun()
+            if c2.button("Cancel", key=f"tune_cancel_delete_{name}"):
+                st.session_state.pop("tune_confirm_delete", None)
+                st.rerun()
+
+
 st.header("Finished, stopped and failed runs")
 if message := st.session_state.pop("tune_message", None):
     (st.success if message[0] == "success" else st.error)(message[1])
+all_finished = finished
+if finished:
+    options = catalog.filter_options(finished)
+    with st.expander("Filter runs", expanded=False):
+        f1, f2, f3, f4 = st.columns(4)
+        want_family = f1.multiselect("Family", options["family"], key="tune_filter_family")
+        want_task = f2.multiselect("Task", options["task"], key="tune_filter_task", help="Runs saved without a task are the pneumonia task.")
+        want_state = f3.multiselect("State", options["state"], key="tune_filter_state")
+        want_tag = f4.multiselect("Tag", options["tag"], key="tune_filter_tag", help="Runs with any of these tags.")
+        show_archived = st.toggle("Show archived runs", key="tune_show_archived", help="Archived runs keep their files; restore them below.")
+    finished = catalog.filter_runs(
+        finished, family=want_family, task=want_task, state=want_state, tag=want_tag, archived=None if show_archived else False
+    )
 if not finished:
-    st.caption(f"No runs in {folder} yet." if not runs else "None yet.")
+    st.caption(f"No runs in {folder} yet." if not runs else "None yet." if not all_finished else "No run matches the filters.")
 else:
     table = artifacts.runs_table(finished)
     table.insert(0, "outcome", table["state"])
+    if not table["archived"].any():
+        table = table.drop(columns=["archived"])
     st.dataframe(
         table.drop(columns=["state"]), hide_index=True, key="tune_runs",
         column_config={
@@ -302,6 +381,8 @@ else:
             st.button("Resume", key=f"resume_{run.name}", icon=":material/play_arrow:", on_click=_resume, args=(run.name,))
 
     st.subheader("Run details")
+    if st.session_state.get("tune_detail") not in {r.name for r in finished}:
+        st.session_state.pop("tune_detail", None)  # a deleted, archived or filtered-out run
     detail = st.selectbox("Run", [r.name for r in finished], key="tune_detail")
     run = next(r for r in finished if r.name == detail)
     left, right = st.columns(2)
@@ -316,3 +397,4 @@ else:
     with right:
         st.caption("Log (last lines)")
         st.code(run.log_tail(30) or "(no log)", language=None, wrap_lines=True)
+    run_admin(run)

@@ -772,3 +772,76 @@ def test_compare_shows_the_stress_test_of_each_run(data_dir, runs_dir):
     shown = table[table["run"] == picked[0]].set_index("condition")
     assert shown.loc["framed 30 % tighter", "specificity"] == pytest.approx(saved["framed 30 % tighter"]["specificity"])
     assert stress.NOTE in texts(at.caption)
+
+
+def test_predict_flags_an_image_unlike_the_training_xrays(data_dir, runs_dir, sample_image):
+    import io
+
+    from PIL import Image
+
+    black = io.BytesIO()
+    Image.new("L", (300, 300), 0).save(black, format="JPEG")
+    at = page("predict", data_dir, runs_dir)
+    at.multiselect(key="predict_runs").set_value(["cnn-small"])
+    at.file_uploader(key="predict_upload").set_value(
+        [("black.jpeg", black.getvalue(), "image/jpeg"), ("chest.jpeg", sample_image.read_bytes(), "image/jpeg")]
+    )
+    at.run()
+    no_exception(at)
+    warnings = [w.value for w in at.warning if "Not like the training X-rays" in str(w.value)]
+    assert len(warnings) == 1 and "near-black fraction" in warnings[0]
+    table = frame_with(at, "unusual").set_index("image")
+    assert bool(table.loc["black.jpeg", "unusual"]) and not bool(table.loc["chest.jpeg", "unusual"])
+
+
+def test_tune_page_notes_tags_filters_archive_restore_delete_and_export(data_dir, copy_runs):
+    store = copy_runs(["cnn-small", "cnn-wide", "mobilenet-none", FAILED_RUN])
+    cache = store / ".cache" / "features"
+    cache.mkdir(parents=True)
+    (cache / "kept.npz").write_bytes(b"cache")
+    at = page("tune", data_dir, store)
+    no_exception(at)
+    at.selectbox(key="tune_detail").set_value("cnn-wide").run()
+    at.text_area(key="tune_note_cnn-wide").input("wider input")
+    at.text_input(key="tune_tags_cnn-wide").input("Keep, 40px")
+    at.button(key="tune_save_notes_cnn-wide").click().run()
+    no_exception(at)
+    assert json.loads((store / "cnn-wide" / artifacts.NOTES).read_text())["tags"] == ["keep", "40px"]
+    table = frame_with(at, "note").set_index("run")
+    assert table.loc["cnn-wide", "note"] == "wider input" and table.loc["cnn-wide", "tags"] == "keep, 40px"
+
+    at.multiselect(key="tune_filter_tag").set_value(["keep"]).run()
+    assert set(frame_with(at, "note")["run"]) == {"cnn-wide"}
+    at.multiselect(key="tune_filter_tag").set_value([]).run()
+
+    at.button(key="tune_archive_cnn-wide").click().run()
+    no_exception(at)
+    assert "cnn-wide" not in set(frame_with(at, "note")["run"])
+    assert "cnn-wide" not in at.selectbox(key="tune_detail").options
+    compare = page("compare", data_dir, store)  # archived runs leave the other pages' lists too
+    def offered(at_compare) -> set[str]:  # the options are labels: "name (family, test AUC ...)"
+        return {option.split(" ")[0] for option in at_compare.multiselect(key="compare_runs").options}
+
+    assert offered(compare) == {"cnn-small", "mobilenet-none"}
+    compare.toggle(key="compare_archived").set_value(True).run()
+    assert offered(compare) == {"cnn-small", "cnn-wide", "mobilenet-none"}
+    at.toggle(key="tune_show_archived").set_value(True).run()
+    assert "cnn-wide" in set(frame_with(at, "note")["run"])
+    at.selectbox(key="tune_detail").set_value("cnn-wide").run()
+    at.button(key="tune_restore_cnn-wide").click().run()
+    no_exception(at)
+    assert not artifacts.load_run(store, "cnn-wide").archived
+
+    at.button(key="tune_export_cnn-wide").click().run()
+    no_exception(at)
+    assert any(b.proto.label == "Download cnn-wide.zip" for b in at.get("download_button"))
+
+    at.selectbox(key="tune_detail").set_value("cnn-small").run()
+    at.button(key="tune_delete_cnn-small").click().run()
+    assert "for good" in texts(at.warning) and (store / "cnn-small").exists()  # asks first
+    at.button(key="tune_confirm_delete_cnn-small").click().run()
+    no_exception(at)
+    assert not (store / "cnn-small").exists()
+    assert {p.name for p in store.iterdir()} == {".cache", "cnn-wide", "mobilenet-none", FAILED_RUN}
+    assert (cache / "kept.npz").read_bytes() == b"cache"
+    assert "cnn-small" not in set(frame_with(at, "note")["run"])

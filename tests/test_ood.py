@@ -1,0 +1,72 @@
+"""Images unlike the training X-rays (core.ood): real test X-rays pass, blank, noise and photos are flagged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from core import data, ood
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir) -> dict:
+    """A reference made as a run makes it: from the training and validation images of a patient split."""
+    dataset = data.scan_folder(data_dir, check_images=False)
+    table, _ = data.assign_splits(dataset.table, seed=42)
+    return ood.build_reference(list(table.loc[table["split"] == "train", "path"]), list(table.loc[table["split"] == "val", "path"]))
+
+
+def bad_images(folder):
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:256, :256]
+    images = {
+        "black.jpeg": Image.new("L", (300, 300), 0),
+        "blank-16-bit.png": Image.fromarray(np.zeros((200, 200), np.uint16)),
+        "white.jpeg": Image.new("L", (300, 300), 255),
+        "noise.png": Image.fromarray(rng.integers(0, 256, (256, 256), dtype=np.uint8)),
+        "colour-noise.png": Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)),
+        "colour-gradient.jpeg": Image.fromarray(np.stack([x, y, 255 - x], -1).astype(np.uint8)),
+        "gray-gradient.jpeg": Image.fromarray(np.stack([x, x, x], -1).astype(np.uint8)),
+    }
+    text = Image.new("L", (400, 300), 255)
+    draw = ImageDraw.Draw(text)
+    for i in range(12):
+        draw.text((10, 10 + 22 * i), "Lorem ipsum dolor sit amet, consectetur adipiscing elit", fill=0)
+    images["text-on-white.png"] = text
+    paths = []
+    for name, image in images.items():
+        image.save(folder / name)
+        paths.append(str(folder / name))
+    return paths
+
+
+def test_real_test_xrays_are_almost_never_flagged(reference, data_dir):
+    paths = sorted(str(p) for p in (data_dir / "test").glob("*/*") if p.suffix.lower() in data.IMAGE_EXTENSIONS)
+    flags = ood.flag_files(reference, paths)
+    rate = float(flags["unusual"].astype(bool).mean())
+    print(f"\nflagged {int(flags['unusual'].astype(bool).sum())} of {len(paths)} real test X-rays ({rate:.1%}); cut-off {reference['cutoff']:.2f}")
+    assert len(paths) >= 300 and rate <= 0.02
+
+
+def test_blank_noise_and_non_xray_images_are_flagged(reference, tmp_path):
+    paths = bad_images(tmp_path / "bad")
+    flags = ood.flag_files(reference, paths)
+    assert flags["unusual"].astype(bool).all(), flags.assign(path=paths).to_string()
+    assert all(reason.startswith("not like the training X-rays: ") for reason in flags["unusual_reason"])
+
+
+def test_a_run_reference_is_computed_once_and_saved(runs_dir, tmp_path):
+    from core import artifacts
+
+    run = artifacts.load_run(runs_dir, "cnn-small")
+    (run.folder / ood.REFERENCE).unlink(missing_ok=True)
+    reference = ood.reference_for(run)
+    assert reference is not None and (run.folder / ood.REFERENCE).exists()
+    assert ood.reference_for(run) == artifacts.read_json(run.folder / ood.REFERENCE)
+    unreadable = tmp_path / "broken.jpeg"
+    unreadable.write_bytes(b"not an image")
+    flags = ood.flag_files(reference, [str(unreadable)])
+    assert flags["unusual"].isna().all()
+    assert ood.flag_files(None, [str(unreadable)])["unusual_reason"].iat[0].startswith("no reference")

@@ -20,6 +20,8 @@ from core.console import QUIET_TF_ENV
 from core.tuning import SearchSettings, StopFlag, preflight
 
 PROCESS_LOG = "process.log"
+# In progress.json while the pid is the launcher's (the dashboard's), not yet the search's: never signalled.
+LAUNCHING = "launching"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _children: list[subprocess.Popen] = []
 
@@ -57,7 +59,8 @@ def _launch_visibly(folder: Path, artifacts_dir: str, progress: dict) -> int:
     the run says so (failed, with the error) instead of seeming to start forever.
     """
     starting = {**progress, "state": "starting", "phase": "starting", "host": artifacts.this_host(), "error": None}
-    artifacts.write_json(folder / artifacts.PROGRESS, {**starting, "pid": os.getpid()})
+    starting.pop(LAUNCHING, None)
+    artifacts.write_json(folder / artifacts.PROGRESS, {**starting, "pid": os.getpid(), LAUNCHING: True})
     try:
         pid = _launch(folder, artifacts_dir)
     except OSError as error:
@@ -89,7 +92,7 @@ def start_search(settings: SearchSettings) -> str:
         raise artifacts.RunError(f"a run named {settings.name!r} already exists: pick another name") from None
     progress = {"trials_done": 0, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     artifacts.write_json(folder / artifacts.PROGRESS, {**progress, "state": "starting", "phase": "starting",
-                                                       "pid": os.getpid(), "host": artifacts.this_host()})
+                                                       "pid": os.getpid(), "host": artifacts.this_host(), LAUNCHING: True})
     artifacts.write_json(folder / artifacts.SETTINGS, settings.to_dict())
     _launch_visibly(folder, settings.artifacts_dir, progress)
     return settings.name
@@ -114,7 +117,8 @@ def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
         return f"run {name!r} is not running (state: {run.state})"
     (run.folder / StopFlag.FILE).touch()
     pid = run.progress.get("pid")
-    if pid and run.progress.get("host") == artifacts.this_host() and artifacts.pid_alive(pid):
+    launching = run.progress.get(LAUNCHING) or pid == os.getpid()  # the pid is the launcher's, not the search's
+    if pid and not launching and run.progress.get("host") == artifacts.this_host() and artifacts.pid_alive(pid):
         try:
             os.kill(int(pid), signal.SIGKILL if force else signal.SIGTERM)
         except ProcessLookupError:

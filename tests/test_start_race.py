@@ -58,6 +58,7 @@ def test_a_started_search_is_listed_as_running_during_and_right_after_the_launch
     assert slow_child == [{"slow-start": "starting"}]  # while launching: listed, and starting
     run = artifacts.load_run(folder, name)
     assert run.state == "starting" and run.progress["pid"] == jobs._children[-1].pid
+    assert jobs.LAUNCHING not in run.progress
     assert run.progress["started_at"]  # sorted among the runs like any other
 
     at = page("tune", data_dir, folder)  # the page's list of running searches, right after Start
@@ -93,3 +94,15 @@ def test_a_failed_launch_leaves_a_failed_run_not_a_starting_one(tmp_path, monkey
         jobs.start_search(_settings(data_dir, folder, "cannot-start"))
     run = artifacts.load_run(folder, "cannot-start")
     assert run.state == "failed" and "no more processes" in run.progress["error"]
+
+
+def test_stop_while_launching_never_signals_the_launcher(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / artifacts.SETTINGS).write_text("{}")
+    artifacts.write_json(folder / artifacts.PROGRESS, {"state": "starting", "pid": os.getpid(), "host": artifacts.this_host(),
+                                                      jobs.LAUNCHING: True})
+    killed = []
+    monkeypatch.setattr(jobs.os, "kill", lambda pid, sig: sig and killed.append(pid))  # signal 0 only probes
+    jobs.stop_search(str(tmp_path), "run", force=True)
+    assert killed == []

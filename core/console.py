@@ -22,9 +22,10 @@ import sys
 import threading
 from pathlib import Path
 
-# Set in the environment before TensorFlow is imported (our process and the searches we start).
-# oneDNN stays on (it is faster on CPUs); its notice is filtered instead.
-QUIET_TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+# Set in the environment before TensorFlow is imported (our process and the searches we start):
+# TensorFlow's C++ info and warning lines off, its errors kept. oneDNN stays on (it is faster on
+# CPUs); its notice is filtered instead.
+QUIET_TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 # Start-up lines of TensorFlow, absl and TF Lite; nothing a user can act on.
 NOISE = re.compile(
@@ -48,7 +49,7 @@ def is_noise(line: str) -> bool:
 
 
 def quiet_tensorflow() -> None:
-    """Ask TensorFlow's C++ logging for errors only (before it is imported)."""
+    """Ask TensorFlow's C++ logging for errors only (before it is imported), unless the user chose a level."""
     for key, value in QUIET_TF_ENV.items():
         os.environ.setdefault(key, value)
 

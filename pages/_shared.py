@@ -134,10 +134,12 @@ def sidebar() -> None:
             where = f" in {root}" if Path(os.path.abspath(data_dir())) != root else ""
             if demo.is_demo(root):
                 st.info(
-                    f"**Demo set**: {found}, a small sample of the public data set to try the tool. "
-                    "The **Data** page says how it differs and gets the full data in one click.",
+                    f"**Demo set**: {found} at {demo.IMAGE_PX} px, a small sample of the public data set "
+                    f"({demo.FULL_IMAGES} X-rays at full size) to try the tool; its metrics say little. "
+                    "The Data page gets the full data in one click.",
                     icon=":material/science:",
                 )
+                st.page_link("pages/data.py", label="Get the full data", icon=":material/download:")
             else:
                 st.caption(f":material/check_circle: {found}{where}")
         st.text_input(

@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Where `make dashboard` listens: this machine only. `make dashboard ADDRESS=0.0.0.0` serves every
+# interface (read README, "Serving it to others", first).
+ADDRESS ?= localhost
 
 .PHONY: dashboard test browser bench
 
@@ -14,7 +17,7 @@ $(VENV)/.installed: requirements.txt constraints.txt
 	touch $@
 
 dashboard: $(VENV)/.installed
-	$(PY) -m streamlit run streamlit_app.py
+	$(PY) -m streamlit run streamlit_app.py --server.address $(ADDRESS)
 
 # The browser test drives Debian's Chromium with Playwright (no browser download); without it,
 # that one test is skipped and says why.

@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from core import console
+
 EXIT_USAGE = 2
 
 
@@ -20,29 +22,41 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# The choices of the parser, spelled out so that `--help` imports neither Keras nor TensorFlow
+# (tests/test_console.py checks they match models.FAMILIES, models.MODES, tuning.TUNERS, ...).
+FAMILY_NAMES = ("custom_cnn", "inception_v3", "mobilenet", "xception")
+MODES = ("frozen", "finetune")
+TUNERS = ("random", "bayesian", "hyperband")
+MOBILENET_VERSIONS = ("v1", "v2", "v3", "v3_small")
+
+
+def _default_artifacts_dir() -> str:
+    return os.environ.get("CXR_ARTIFACTS_DIR", "artifacts")  # as core.artifacts.default_artifacts_dir
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from core import artifacts, augmentation, models, presets, tuning
+    from core import augmentation, presets
 
     parser = argparse.ArgumentParser(prog="python -m core", description="Compare pneumonia classifiers on chest X-rays.")
     commands = parser.add_subparsers(dest="command", required=True)
-    artifacts_default = str(artifacts.default_artifacts_dir())
+    artifacts_default = _default_artifacts_dir()
 
     tune = commands.add_parser("tune", help="run a Keras Tuner search and save the run")
     tune.add_argument("--data", required=True, help="folder with train/ (val/, test/) and NORMAL/ PNEUMONIA/ inside")
     # Options left out keep the preset's value, else the setting's default (tuning.SearchSettings).
     tune.add_argument("--preset", choices=sorted(presets.PRESETS),
                       help="start from named settings (" + "; ".join(f"{p.name}: {p.title}" for p in presets.PRESETS.values()) + ")")
-    tune.add_argument("--family", choices=sorted(models.FAMILIES), help="required unless a --preset names it")
-    tune.add_argument("--tuner", choices=tuning.TUNERS, help="default: random")
+    tune.add_argument("--family", choices=FAMILY_NAMES, help="required unless a --preset names it")
+    tune.add_argument("--tuner", choices=TUNERS, help="default: random")
     tune.add_argument("--trials", type=_positive_int, help="default: 10")
     tune.add_argument("--epochs", type=_positive_int, help="default: 5")
     tune.add_argument("--image-size", type=_positive_int, help="pixels (default: the family's)")
     tune.add_argument("--weights", help="imagenet (default), none, or a path to a weights file")
-    tune.add_argument("--mode", choices=models.MODES, help="default: frozen")
+    tune.add_argument("--mode", choices=MODES, help="default: frozen")
     tune.add_argument("--max-per-class", type=_positive_int, help="cap images per class and split (quick runs)")
     tune.add_argument("--batch-size", type=_positive_int, help="default: 32")
     tune.add_argument("--seed", type=int, help="default: 42")
-    tune.add_argument("--mobilenet-version", choices=sorted(models.MOBILENET_VERSIONS), help="default: v2")
+    tune.add_argument("--mobilenet-version", choices=MOBILENET_VERSIONS, help="default: v2")
     tune.add_argument("--alpha", type=float, help="MobileNet width multiplier (default: 1.0)")
     tune.add_argument("--no-feature-cache", action="store_true", help="frozen mode: recompute the backbone every step")
     tune.add_argument("--engine", choices=("auto", "tflite", "keras"))
@@ -132,6 +146,19 @@ def tune_settings(args):
     return tuning.SearchSettings(data_dir=args.data, artifacts_dir=args.artifacts, **values)
 
 
+def _search(settings, resume: bool = False, role: str | None = None) -> dict:
+    """Run a search, its log lines printed above a progress bar when stderr is a terminal."""
+    from core import artifacts, tuning
+
+    settings = settings.resolved()
+    bar = console.ProgressBar()
+    bar.watch(artifacts.run_dir(settings.artifacts_dir, settings.name) / artifacts.PROGRESS)
+    try:
+        return tuning.run_search(settings, log=bar.echo, resume=resume, role=role)
+    finally:
+        bar.close()
+
+
 def _tune(args) -> int:
     from core import tuning
 
@@ -140,7 +167,7 @@ def _tune(args) -> int:
         if not args.oracle:
             raise tuning.SettingsError("--distributed chief needs --oracle HOST:PORT to listen on")
         tuning.configure_distributed("chief", args.oracle)
-    return _finish(tuning.run_search(settings, role=args.distributed))
+    return _finish(_search(settings, role=args.distributed))
 
 
 def _worker(args) -> int:
@@ -160,7 +187,7 @@ def _resume(args) -> int:
     if run.is_ensemble:
         raise artifacts.RunError(f"run {run.name!r} is an ensemble: it has no search to resume")
     settings = tuning.SearchSettings.from_dict({**run.settings, "artifacts_dir": args.artifacts})
-    return _finish(tuning.run_search(settings, resume=True))
+    return _finish(_search(settings, resume=True))
 
 
 def _finish(result: dict) -> int:
@@ -259,7 +286,7 @@ HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "stop": _stop, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides our messages
+    console.quiet_tensorflow()  # TensorFlow's start-up chatter hides our messages
     args = build_parser().parse_args(argv)
     from core import artifacts, data, models, tuning
 

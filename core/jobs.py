@@ -12,12 +12,16 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from core import artifacts, models
+from core.console import QUIET_TF_ENV
 from core.tuning import SearchSettings, StopFlag, preflight
 
 PROCESS_LOG = "process.log"
+# In progress.json while the pid is the launcher's (the dashboard's), not yet the search's: never signalled.
+LAUNCHING = "launching"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _children: list[subprocess.Popen] = []
 
@@ -30,7 +34,7 @@ def _reap() -> None:
 
 
 def _launch(folder: Path, artifacts_dir: str) -> int:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **QUIET_TF_ENV)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     with open(folder / PROCESS_LOG, "ab") as output:
         child = subprocess.Popen(
@@ -46,8 +50,35 @@ def _launch(folder: Path, artifacts_dir: str) -> int:
     return child.pid
 
 
+def _launch_visibly(folder: Path, artifacts_dir: str, progress: dict) -> int:
+    """Start the search's process so that the run reads as active from before the launch on.
+
+    `progress.json` says "starting" with *this* process's pid until the child's pid is known, so
+    a page that lists the runs at any moment (another tab, a fragment, the rerun after Start) sees
+    a starting search, never a run without progress or an interrupted one. If the launch fails,
+    the run says so (failed, with the error) instead of seeming to start forever.
+    """
+    starting = {**progress, "state": "starting", "phase": "starting", "host": artifacts.this_host(), "error": None}
+    starting.pop(LAUNCHING, None)
+    artifacts.write_json(folder / artifacts.PROGRESS, {**starting, "pid": os.getpid(), LAUNCHING: True})
+    try:
+        pid = _launch(folder, artifacts_dir)
+    except OSError as error:
+        artifacts.write_json(folder / artifacts.PROGRESS, {**starting, "state": "failed", "phase": "failed", "pid": None,
+                                                           "error": f"could not start the search process: {error}"})
+        raise
+    current = artifacts.read_json(folder / artifacts.PROGRESS) or {}
+    if current.get("pid") != pid:  # the child may already have written its own progress: keep it
+        artifacts.write_json(folder / artifacts.PROGRESS, {**starting, "pid": pid})
+    return pid
+
+
 def start_search(settings: SearchSettings) -> str:
-    """Create the run folder and start its search in the background; returns the run name."""
+    """Create the run folder and start its search in the background; returns the run name.
+
+    The run is listed (settings.json) only once its progress says "starting": a page that lists
+    the runs right after this call, or during it, shows the search as running.
+    """
     _reap()
     settings = settings.resolved()
     folder = artifacts.run_dir(settings.artifacts_dir, settings.name)
@@ -59,12 +90,11 @@ def start_search(settings: SearchSettings) -> str:
         folder.mkdir()  # atomic: of two clicks on Start, one gets the folder
     except FileExistsError:
         raise artifacts.RunError(f"a run named {settings.name!r} already exists: pick another name") from None
+    progress = {"trials_done": 0, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    artifacts.write_json(folder / artifacts.PROGRESS, {**progress, "state": "starting", "phase": "starting",
+                                                       "pid": os.getpid(), "host": artifacts.this_host(), LAUNCHING: True})
     artifacts.write_json(folder / artifacts.SETTINGS, settings.to_dict())
-    pid = _launch(folder, settings.artifacts_dir)
-    artifacts.write_json(
-        folder / artifacts.PROGRESS,
-        {"state": "starting", "phase": "starting", "pid": pid, "host": artifacts.this_host(), "trials_done": 0},
-    )
+    _launch_visibly(folder, settings.artifacts_dir, progress)
     return settings.name
 
 
@@ -76,9 +106,7 @@ def resume_search(artifacts_dir: str, name: str) -> int:
         raise artifacts.RunError(f"run {name!r} is still running")
     if run.metrics:
         raise artifacts.RunError(f"run {name!r} is already complete")
-    pid = _launch(run.folder, artifacts_dir)
-    artifacts.write_json(run.folder / artifacts.PROGRESS, {**run.progress, "state": "starting", "pid": pid, "error": None})
-    return pid
+    return _launch_visibly(run.folder, artifacts_dir, run.progress)
 
 
 def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
@@ -89,7 +117,8 @@ def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
         return f"run {name!r} is not running (state: {run.state})"
     (run.folder / StopFlag.FILE).touch()
     pid = run.progress.get("pid")
-    if pid and run.progress.get("host") == artifacts.this_host() and artifacts.pid_alive(pid):
+    launching = run.progress.get(LAUNCHING) or pid == os.getpid()  # the pid is the launcher's, not the search's
+    if pid and not launching and run.progress.get("host") == artifacts.this_host() and artifacts.pid_alive(pid):
         try:
             os.kill(int(pid), signal.SIGKILL if force else signal.SIGTERM)
         except ProcessLookupError:

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, data
+from core import artifacts, data, demo
 
 DATA_KEY = "data_dir"
 ARTIFACTS_KEY = "artifacts_dir"
 _PENDING_DATA_KEY = "_pending_data_dir"
-DEFAULT_DATA_DIR = "data/chest_xray"
+DEFAULT_DATA_DIR = demo.FULL_DATA_DIR  # when it does not exist, the demo set shipped in demo_data/ is the default
 DEFAULT_ARTIFACTS_DIR = "artifacts"
 STATE_ICONS = {
     "starting": ":material/hourglass_top:", "running": ":material/directions_run:", "stopping": ":material/pan_tool:",
@@ -57,12 +57,13 @@ def leave_pages_folder_mode() -> None:
 
 
 def init_state() -> None:
-    """Defaults from CXR_DATA_DIR / CXR_ARTIFACTS_DIR, and a data folder asked for by a button."""
+    """Defaults from CXR_DATA_DIR / CXR_ARTIFACTS_DIR (else data/chest_xray, else the demo set, and
+    artifacts/), and a data folder asked for by a button."""
     state = st.session_state
     if _PENDING_DATA_KEY in state:  # set by a button on the last run, applied before the widget exists
         state[DATA_KEY] = state.pop(_PENDING_DATA_KEY)
     if DATA_KEY not in state:
-        state[DATA_KEY] = os.environ.get("CXR_DATA_DIR") or DEFAULT_DATA_DIR
+        state[DATA_KEY] = demo.default_data_dir()
     if ARTIFACTS_KEY not in state:
         state[ARTIFACTS_KEY] = str(artifacts.default_artifacts_dir())  # CXR_ARTIFACTS_DIR, else artifacts/
 
@@ -80,6 +81,11 @@ def artifacts_dir() -> str:
 def use_data_dir(path: str | os.PathLike) -> None:
     """Point the app at another data folder from the next run on (then rerun)."""
     st.session_state[_PENDING_DATA_KEY] = str(path)
+
+
+def using_demo() -> bool:
+    """True when the data folder is the demo set shipped in demo_data/."""
+    return demo.is_demo(data_dir())
 
 
 def check_data_dir(folder: str) -> tuple[Path | None, str]:
@@ -126,7 +132,16 @@ def sidebar() -> None:
             summary = summary_for(root)
             found = f"{summary['total_images']:,} images" if summary else "found"
             where = f" in {root}" if Path(os.path.abspath(data_dir())) != root else ""
-            st.caption(f":material/check_circle: {found}{where}")
+            if demo.is_demo(root):
+                st.info(
+                    f"**Demo set**: {found} at {demo.IMAGE_PX} px, a small sample of the public data set "
+                    f"({demo.FULL_IMAGES} X-rays at full size) to try the tool; its metrics say little. "
+                    "The Data page gets the full data in one click.",
+                    icon=":material/science:",
+                )
+                st.page_link("pages/data.py", label="Get the full data", icon=":material/download:")
+            else:
+                st.caption(f":material/check_circle: {found}{where}")
         st.text_input(
             "Artifacts folder (saved runs)", key=ARTIFACTS_KEY, live="600ms",
             help="Where searches save their runs (one sub-folder per run), and where the other pages read them.",

@@ -5,7 +5,7 @@ import random
 import pandas as pd
 import streamlit as st
 
-from core import data, figures
+from core import data, demo, figures
 from core.download import DOWNLOAD_SIZE, KAGGLE_URL, DownloadError, download_public_dataset
 from pages import _shared as ui
 
@@ -14,6 +14,22 @@ st.title("Data")
 
 folder = ui.data_dir()
 root, problem = ui.check_data_dir(folder)
+
+
+def _download_button() -> None:
+    """One click: download the full data set with kagglehub and point the app at it."""
+    if st.button(f"Download from Kaggle ({DOWNLOAD_SIZE})", type="primary", icon=":material/download:", key="download"):
+        with st.spinner("Downloading the data set from Kaggle… this can take several minutes."):
+            try:
+                path = download_public_dataset()
+            except DownloadError as error:
+                st.session_state["download_error"] = str(error)
+            else:
+                st.session_state.pop("download_error", None)
+                ui.use_data_dir(path)
+                st.rerun()
+    if st.session_state.get("download_error"):
+        st.error(f"Download failed: {st.session_state['download_error']}")
 
 
 def _get_the_data(problem: str) -> None:
@@ -31,18 +47,11 @@ def _get_the_data(problem: str) -> None:
             "One click downloads it with `kagglehub` into its cache (`~/.cache/kagglehub`) and points the app "
             "at it. It needs network access; Kaggle may ask for an account (`KAGGLE_USERNAME` / `KAGGLE_KEY`)."
         )
-        if st.button(f"Download from Kaggle ({DOWNLOAD_SIZE})", type="primary", icon=":material/download:", key="download"):
-            with st.spinner("Downloading the data set from Kaggle… this can take several minutes."):
-                try:
-                    path = download_public_dataset()
-                except DownloadError as error:
-                    st.session_state["download_error"] = str(error)
-                else:
-                    st.session_state.pop("download_error", None)
-                    ui.use_data_dir(path)
-                    st.rerun()
-        if st.session_state.get("download_error"):
-            st.error(f"Download failed: {st.session_state['download_error']}")
+        _download_button()
+        if demo.available() and not ui.using_demo():
+            if st.button("Use the demo set instead", icon=":material/science:", key="use_demo"):
+                ui.use_data_dir(demo.DEMO_DIR)
+                st.rerun()
     with right:
         st.subheader("Use a copy you already have")
         st.markdown(
@@ -65,6 +74,15 @@ except data.DataError as error:
     st.stop()
 
 st.caption(f"Data folder: `{root}`")
+if demo.is_demo(root):
+    with st.container(border=True):
+        st.markdown(f":material/science: {demo.describe()}")
+        st.markdown(
+            f"**Get the full data**: one click downloads it from Kaggle ({DOWNLOAD_SIZE}, needs network access) and "
+            "points the app at it; or type the folder of a copy you have in **Data folder** in the sidebar. "
+            "The demo's images are CC BY 4.0 (Kermany, Zhang and Goldbaum 2018, doi:10.17632/rscbjbr9sj.2)."
+        )
+        _download_button()
 if summary["total_images"] == 0:
     st.warning("No .jpeg/.jpg/.png images in NORMAL/ or PNEUMONIA/ folders here.")
 

@@ -1,4 +1,4 @@
-"""Predict page: score uploaded X-rays (or samples from the data folder) with saved runs, side by side,
+"""Predict page: score uploaded X-rays (or samples from the data folder, else the demo set) with saved runs, side by side,
 and show where each run looks (Grad-CAM)."""
 
 import random
@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, data, figures
+from core import artifacts, data, demo, figures
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -36,11 +36,18 @@ with left:
         "Upload chest X-rays (JPEG or PNG)", type=["jpg", "jpeg", "png"], accept_multiple_files=True, key="predict_upload",
     )
 with right:
-    st.markdown("**…or take images from the data folder**")
     root, problem = ui.check_data_dir(ui.data_dir())
+    from_demo = False
+    if root is None and demo.available():  # no usable data folder: the demo set's X-rays are the samples
+        root, from_demo = demo.DEMO_DIR, True
+    from_demo = from_demo or demo.is_demo(root)
+    st.markdown("**…or take samples from the demo set**" if from_demo else "**…or take images from the data folder**")
     if root is None:
         st.caption(f"No usable data folder: {problem}")
     else:
+        if from_demo:
+            st.caption("Real X-rays shipped with the tool (CC BY 4.0, Kermany et al. 2018); the demo's training images "
+                       "are flagged below for runs trained on them.")
         _, table = ui.scan_for(root)
         c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
         how_many = c1.number_input("How many", 1, 24, 4, key="predict_sample_count")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import artifacts, augmentation, catalog, data, figures, jobs, models, presets, tuning
+from core import artifacts, augmentation, catalog, data, demo, figures, jobs, models, presets, tuning
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -39,6 +39,15 @@ root, data_problem = ui.check_data_dir(data_folder)
 if root is None:
     st.warning(f"Set a usable data folder in the sidebar first: {data_problem}", icon=":material/folder_off:")
 summary = ui.summary_for(root) if root is not None else None
+on_demo = root is not None and demo.is_demo(root)
+if on_demo:
+    st.info(
+        f"The data folder is the **demo set** ({summary['total_images'] if summary else 130} X-rays): the form starts with a "
+        f"small search ({demo.SEARCH_DEFAULTS['trials']} trials × {demo.SEARCH_DEFAULTS['epochs']} epochs; the custom CNN at "
+        f"{demo.IMAGE_PX} px) that finishes in under a minute on 2 cores. Its metrics say little: get the full data on the **Data** page.",
+        icon=":material/science:",
+    )
+
 
 def apply_preset() -> None:
     """Fill the form's widgets with the chosen preset's settings (before they are drawn)."""
@@ -83,12 +92,16 @@ with st.container(border=True):
         "the best trained longer (needs at least 2 epochs).",
     )
     default_trials, default_epochs = (5, 5) if not info.transfer else (10, 10)
+    default_size = info.default_image_size
+    if on_demo:  # a small search that finishes in under a minute on 2 cores
+        default_trials, default_epochs = demo.SEARCH_DEFAULTS["trials"], demo.SEARCH_DEFAULTS["epochs"]
+        default_size = default_size if info.transfer else demo.SEARCH_DEFAULTS["custom_cnn_image_size"]
     trials = c2.number_input("Trials", 1, 1000, default_trials, key=f"tune_trials_{family}", help="Hyperparameter sets to try.")
     epochs = c3.number_input("Epochs per trial", 1, 1000, default_epochs, key=f"tune_epochs_{family}")
 
     c1, c2, c3 = st.columns(3)
     image_size = c1.number_input(
-        "Input size (pixels)", 32, 1024, info.default_image_size, step=1, key=f"tune_size_{family}",
+        "Input size (pixels)", 32, 1024, default_size, step=1, key=f"tune_size_{family}",
         help=f"Images are resized to a square. {family}'s default: {info.default_image_size} px.",
     )
     max_per_class = c2.number_input(

@@ -121,6 +121,7 @@ def test_every_page_renders_in_a_browser(kind, browser, runs_dir, empty_dir, dat
         [
             sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--server.address", "127.0.0.1",
         ],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

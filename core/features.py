@@ -15,12 +15,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from core import artifacts, data
 from core.models import BackboneSpec
+
+if TYPE_CHECKING:
+    import keras
 
 CHUNK = 256  # images decoded and pushed through the backbone at a time: bounded memory, steady progress
 
@@ -34,6 +37,8 @@ def weights_identity(spec: BackboneSpec) -> str:
 
 
 def backbone_key(spec: BackboneSpec, seed: int = 0) -> str:
+    import keras
+
     # Random ("none") weights depend on the seed; real weights do not.
     seed_part = f"|seed{seed}" if spec.weights == "none" else ""
     text = f"features-v1|{spec.architecture}|{spec.alpha}|{spec.image_size}|{weights_identity(spec)}{seed_part}|keras{keras.__version__}"

@@ -19,13 +19,15 @@ import math
 import os
 import socket
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import keras
-import keras_tuner
+from typing import TYPE_CHECKING
 
 from core.data import BINARY, Task
+
+if TYPE_CHECKING:  # Keras (and TensorFlow) load on first use: pages that only list runs stay light
+    import keras
+    import keras_tuner
 
 MODES = ("frozen", "finetune")
 
@@ -118,6 +120,8 @@ def resolve_weights(spec: BackboneSpec) -> str | None:
     download; when that fails (no network, a firewall) we stop with the file name and folder,
     never fall back to random weights silently.
     """
+    import keras
+
     if spec.weights == "none":
         return None
     if spec.weights != "imagenet":
@@ -151,6 +155,8 @@ def build_backbone(spec: BackboneSpec) -> keras.Model:
     The base runs with `training=False`, so its batch norms stay in inference mode even when its
     layers are unfrozen for fine-tuning (the standard Keras transfer-learning recipe).
     """
+    import keras
+
     arch = spec.arch
     weights = resolve_weights(spec)
     constructor = getattr(keras.applications, arch.constructor)
@@ -185,12 +191,16 @@ def build_backbone(spec: BackboneSpec) -> keras.Model:
 
 
 def _output_and_loss(task: Task, x):
+    import keras
+
     if len(task.classes) == 2:
         return keras.layers.Dense(1, activation="sigmoid", name="probability")(x), "binary_crossentropy"
     return keras.layers.Dense(len(task.classes), activation="softmax", name="probability")(x), "sparse_categorical_crossentropy"
 
 
 def _compile(model: keras.Model, loss: str, learning_rate: float, steps_per_execution: int = 1) -> keras.Model:
+    import keras
+
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=loss,
@@ -213,6 +223,8 @@ def _augmented(hp: keras_tuner.HyperParameters, augment: str, x, seed: int = 0):
 
 
 def _head_layers(hp: keras_tuner.HyperParameters, x):
+    import keras
+
     dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
     x = keras.layers.Dropout(dropout)(x)
     units = hp.Choice("dense_units", [0, 64, 128, 256], default=0)
@@ -224,6 +236,8 @@ def _head_layers(hp: keras_tuner.HyperParameters, x):
 
 def build_head(hp: keras_tuner.HyperParameters, n_features: int, task: Task = BINARY) -> keras.Model:
     """The frozen-mode model: pooled features -> (dropout, optional dense layer) -> class output."""
+    import keras
+
     inputs = keras.Input((n_features,), name="features")
     outputs, loss = _output_and_loss(task, _head_layers(hp, inputs))
     learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
@@ -234,6 +248,8 @@ def build_head(hp: keras_tuner.HyperParameters, n_features: int, task: Task = BI
 
 def attach_head(backbone: keras.Model, head: keras.Model) -> keras.Model:
     """Join a frozen backbone and a head trained on its features into one image model."""
+    import keras
+
     return keras.Model(backbone.input, head(backbone.output), name="classifier")
 
 
@@ -244,6 +260,8 @@ def build_finetune(
 
     `unfreeze=0` gives the frozen classifier trained on pixels (frozen mode without the cache).
     """
+    import keras
+
     backbone = build_backbone(spec)
     base = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))
     weighted = [layer for layer in base.layers if layer.weights]
@@ -280,6 +298,8 @@ def max_conv_blocks(image_size: int) -> int:
 
 def build_custom_cnn(hp: keras_tuner.HyperParameters, image_size: int, task: Task = BINARY, augment: str = "off") -> keras.Model:
     """A plain CNN trained from scratch: conv blocks (conv, optional batch norm, ReLU, pooling)."""
+    import keras
+
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(_augmented(hp, augment, inputs))
     top = max_conv_blocks(image_size)
@@ -331,37 +351,6 @@ FAMILIES = {
 }
 
 
-@dataclass
-class SearchSpace(keras_tuner.HyperModel):
-    """The Keras Tuner hypermodel of one search: which family, mode, input and task.
-
-    In frozen mode it builds heads on `n_features` inputs; otherwise whole image models.
-    """
-
-    family: str
-    mode: str
-    image_size: int
-    backbone: BackboneSpec | None = None
-    n_features: int | None = None
-    task: Task = field(default=BINARY)
-    augment: str = "off"  # an augmentation preset, or "search" (in-model augmentation only)
-    cut: object | None = None  # an activations.CutBackbone: finetune on cached activations
-
-    def __post_init__(self):
-        keras_tuner.HyperModel.__init__(self, name=f"{self.family}-{self.mode}", tunable=True)
-
-    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
-        if self.backbone is None:
-            return build_custom_cnn(hp, self.image_size, self.task, self.augment)
-        if self.mode == "frozen" and self.n_features:
-            return build_head(hp, self.n_features, self.task)
-        if self.mode == "frozen":  # no feature cache: the frozen backbone runs in every step
-            return build_finetune(hp, self.backbone, self.task, unfreeze=0)
-        if self.cut is not None:
-            return build_cut_finetune(hp, self.cut, self.task)
-        return build_finetune(hp, self.backbone, self.task, augment=self.augment)
-
-
 def positive_probability(outputs) -> object:
     """The probability of the positive class from a model's output array."""
     return outputs[:, 0] if outputs.shape[-1] == 1 else outputs[:, -1]
@@ -369,3 +358,13 @@ def positive_probability(outputs) -> object:
 
 def count_parameters(model: keras.Model) -> int:
     return int(sum(math.prod(w.shape) for w in model.weights))
+
+
+def __getattr__(name: str):
+    # `models.SearchSpace` subclasses Keras Tuner's HyperModel, so it lives in core.hypermodel and
+    # loads (with TensorFlow) only when asked for.
+    if name == "SearchSpace":
+        from core.hypermodel import SearchSpace
+
+        return SearchSpace
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import activations, artifacts, augmentation, data, evaluation, features, models, stress
+from core import artifacts, augmentation, data, evaluation, models, stress
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_auc"
@@ -498,6 +498,8 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     import warnings
 
     import keras
+
+    from core import activations, features  # they load TensorFlow: only a search needs them
 
     # Keras Tuner passes shuffle=True to fit and reloads checkpoints without optimizer state: both harmless.
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")

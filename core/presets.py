@@ -48,6 +48,9 @@ PRESETS = {
 }
 
 
+DEFAULT = "quick"  # what the Tune form starts from on real data
+
+
 def preset(name: str) -> Preset:
     try:
         return PRESETS[name]

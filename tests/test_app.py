@@ -746,6 +746,10 @@ def test_tune_preset_fills_the_form(data_dir, empty_dir):
     from core import presets
 
     at = page("tune", data_dir, empty_dir)
+    quick = presets.preset(presets.DEFAULT).settings  # the first visit starts from the quick preset
+    assert at.selectbox(key="tune_preset").value == presets.DEFAULT
+    assert (at.radio(key="tune_mode").value, at.selectbox(key="tune_augment").value) == (quick["mode"], quick["augment"])
+    assert at.number_input(key=f"tune_epochs_{quick['family']}").value == quick["epochs"]
     at.selectbox(key="tune_preset").set_value("recommended").run()
     no_exception(at)
     chosen = presets.preset("recommended").settings

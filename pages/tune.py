@@ -72,6 +72,8 @@ if "tune_preset" not in st.session_state:
     # The first visit starts from the quick preset (a fine-tuned MobileNetV2 in about 5 minutes);
     # on the demo set, from the small search that fits it.
     st.session_state["tune_preset"] = "custom" if on_demo else presets.DEFAULT
+    if on_demo:
+        st.session_state.setdefault("tune_family", "custom_cnn")  # needs no ImageNet weights (offline)
     apply_preset()
 
 with st.container(border=True):

@@ -175,3 +175,60 @@ def test_every_page_renders_in_a_browser(kind, browser, runs_dir, empty_dir, dat
             for shot in saved:
                 print(f"\nscreenshot: {shot}", end="")
             print()
+
+
+def test_a_fresh_clone_runs_a_demo_search_compares_and_predicts_in_a_browser(browser, tmp_path, capsys):
+    """No data folder set (as on a fresh clone): the demo set is picked up, a search started from the
+    Tune form finishes, Compare draws it and Predict scores a demo sample."""
+    artifacts_dir = tmp_path / "artifacts"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "CXR_DATA_DIR"}
+    env.update(CXR_ARTIFACTS_DIR=str(artifacts_dir), CXR_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
+    if (REPO / "data" / "chest_xray").exists():
+        pytest.skip("data/chest_xray exists in this checkout: the demo set is not the default here")
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"), "--server.port", str(port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--server.address", "127.0.0.1",
+        ],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    shots = Path(os.environ.get("CXR_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "cxr-screenshots") / "demo"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_server(base, server)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(base)
+        _wait_until_rendered(page, "demo set")
+        page.goto(f"{base}/tune")
+        _wait_until_rendered(page, "New search")
+        page.get_by_role("button", name="Start search").click()
+        _wait_until_rendered(page, "Started search")
+        deadline = time.monotonic() + 300
+        while not list(artifacts_dir.glob("*/metrics.json")):
+            assert time.monotonic() < deadline, "the demo search did not finish in 5 minutes"
+            time.sleep(2)
+        name = next(artifacts_dir.glob("*/metrics.json")).parent.name
+        assert name.startswith("custom_cnn-")  # on the demo set the form starts with the custom CNN
+        page.goto(f"{base}/compare")
+        _wait_until_rendered(page, "ROC curves on the test split")
+        legend = page.locator(".js-plotly-plot .legendtext").evaluate_all("els => els.map(e => e.textContent)")
+        assert any(text.startswith(f"{name} (AUC") for text in legend), legend
+        _screenshot(page, shots / "compare.png")
+        page.goto(f"{base}/predict")
+        _wait_until_rendered(page, "Upload chest X-rays")
+        page.get_by_role("button", name="Pick at random").click()
+        _wait_until_rendered(page, "All predictions")
+        _screenshot(page, shots / "predict.png")
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        with capsys.disabled():
+            print(f"\nscreenshots: {shots}")

@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,30 @@ def _screenshot(page, path: Path) -> None:
     page.set_viewport_size({"width": width, "height": 900})
 
 
+@contextmanager
+def _served(env: dict) -> Iterator[str]:
+    """`streamlit run` the dashboard on a free loopback port with `env`; yields its base URL."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"), "--server.port", str(port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--server.address", "127.0.0.1",
+        ],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_server(base, server)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
@@ -112,93 +138,72 @@ def browser():
 @pytest.mark.parametrize("kind", ["empty", "full"])
 def test_every_page_renders_in_a_browser(kind, browser, runs_dir, empty_dir, data_dir, capsys):
     artifacts_dir = runs_dir if kind == "full" else empty_dir
-    port = _free_port()
     env = dict(
         os.environ, CXR_ARTIFACTS_DIR=str(artifacts_dir), CXR_DATA_DIR=str(data_dir),
         PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--server.address", "127.0.0.1",
-        ],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     shots = Path(os.environ.get("CXR_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "cxr-screenshots") / kind
     shots.mkdir(parents=True, exist_ok=True)
     saved = []
     try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_for_server(base, server)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        for path, texts in PAGES.items():
-            expected = texts[0] if kind == "full" else texts[1]
-            page.goto(f"{base}/{path}")
-            _wait_until_rendered(page, expected)
-            if kind == "full" and path == "predict":  # score two images of the data folder
-                page.get_by_role("button", name="Pick at random").click()
-                _wait_until_rendered(page, "All predictions")
-            if kind == "full" and path == "compare":  # select the first image of the per-image table
-                _select_first_row(page)
-            shot = shots / f"{path or 'data'}.png"
-            _screenshot(page, shot)
-            saved.append(shot)
-            errors = page.locator('[data-testid="stException"]')
-            assert errors.count() == 0, f"{path or 'data'} page shows an exception: {errors.first.inner_text()[:2000]}"
-            if kind == "full" and path == "compare":
-                legend = page.locator(".js-plotly-plot .legendtext").evaluate_all("els => els.map(e => e.textContent)")
-                assert any(text.startswith("cnn-") and "AUC" in text for text in legend), legend
-                assert any(text.startswith("mobilenet-none (AUC") for text in legend), legend
-            if kind == "full" and path == "tune":
-                assert page.get_by_text("broken-search").count() > 0
-        # The sidebar checks the folders: a wrong data folder says what is wrong with it.
-        page.goto(base)
-        _wait_until_rendered(page, PAGES[""][0])
-        box = page.get_by_role("textbox", name="Data folder")
-        box.fill("/no/such/folder")
-        box.press("Enter")
-        page.get_by_role("button", name="Download from Kaggle", exact=False).wait_for(timeout=30_000)
-        assert "does not exist" in page.locator('[data-testid="stSidebar"] [data-testid="stAlert"]').first.inner_text()
-        _wait_until_rendered(page, "Get the public data set")
-        _screenshot(page, shots / "data-missing.png")
-        saved.append(shots / "data-missing.png")
-        assert page.locator('[data-testid="stException"]').count() == 0
-        page.close()
+        with _served(env) as base:
+            _check_every_page(browser, base, kind, shots, saved)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
         with capsys.disabled():
             for shot in saved:
                 print(f"\nscreenshot: {shot}", end="")
             print()
 
 
+def _check_every_page(browser, base: str, kind: str, shots: Path, saved: list[Path]) -> None:
+    """Every page opened in Chromium: its text, no exception, a screenshot; then a wrong data folder."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    for path, texts in PAGES.items():
+        expected = texts[0] if kind == "full" else texts[1]
+        page.goto(f"{base}/{path}")
+        _wait_until_rendered(page, expected)
+        if kind == "full" and path == "predict":  # score two images of the data folder
+            page.get_by_role("button", name="Pick at random").click()
+            _wait_until_rendered(page, "All predictions")
+        if kind == "full" and path == "compare":  # select the first image of the per-image table
+            _select_first_row(page)
+        shot = shots / f"{path or 'data'}.png"
+        _screenshot(page, shot)
+        saved.append(shot)
+        errors = page.locator('[data-testid="stException"]')
+        assert errors.count() == 0, f"{path or 'data'} page shows an exception: {errors.first.inner_text()[:2000]}"
+        if kind == "full" and path == "compare":
+            legend = page.locator(".js-plotly-plot .legendtext").evaluate_all("els => els.map(e => e.textContent)")
+            assert any(text.startswith("cnn-") and "AUC" in text for text in legend), legend
+            assert any(text.startswith("mobilenet-none (AUC") for text in legend), legend
+        if kind == "full" and path == "tune":
+            assert page.get_by_text("broken-search").count() > 0
+    # The sidebar checks the folders: a wrong data folder says what is wrong with it.
+    page.goto(base)
+    _wait_until_rendered(page, PAGES[""][0])
+    box = page.get_by_role("textbox", name="Data folder")
+    box.fill("/no/such/folder")
+    box.press("Enter")
+    page.get_by_role("button", name="Download from Kaggle", exact=False).wait_for(timeout=30_000)
+    assert "does not exist" in page.locator('[data-testid="stSidebar"] [data-testid="stAlert"]').first.inner_text()
+    _wait_until_rendered(page, "Get the public data set")
+    _screenshot(page, shots / "data-missing.png")
+    saved.append(shots / "data-missing.png")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.close()
+
+
 def test_a_fresh_clone_runs_a_demo_search_compares_and_predicts_in_a_browser(browser, tmp_path, capsys):
     """No data folder set (as on a fresh clone): the demo set is picked up, a search started from the
     Tune form finishes, Compare draws it and Predict scores a demo sample."""
     artifacts_dir = tmp_path / "artifacts"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "CXR_DATA_DIR"}
-    env.update(CXR_ARTIFACTS_DIR=str(artifacts_dir), CXR_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
     if (REPO / "data" / "chest_xray").exists():
         pytest.skip("data/chest_xray exists in this checkout: the demo set is not the default here")
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"), "--server.port", str(port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--server.address", "127.0.0.1",
-        ],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    env = {k: v for k, v in os.environ.items() if k != "CXR_DATA_DIR"}
+    env.update(CXR_ARTIFACTS_DIR=str(artifacts_dir), CXR_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
     shots = Path(os.environ.get("CXR_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "cxr-screenshots") / "demo"
     shots.mkdir(parents=True, exist_ok=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_for_server(base, server)
+    with _served(env) as base:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(base)
         _wait_until_rendered(page, "demo set")
@@ -224,11 +229,5 @@ def test_a_fresh_clone_runs_a_demo_search_compares_and_predicts_in_a_browser(bro
         _screenshot(page, shots / "predict.png")
         assert page.locator('[data-testid="stException"]').count() == 0
         page.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        with capsys.disabled():
-            print(f"\nscreenshots: {shots}")
+    with capsys.disabled():
+        print(f"\nscreenshots: {shots}")

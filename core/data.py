@@ -155,14 +155,45 @@ def find_data_root(folder: str | os.PathLike) -> Path:
     )
 
 
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame: they carry the size
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header within `head`, or None when not found there."""
+    if head[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(head[i + 2 : i + 4], "big")
+        if marker in _SOF_MARKERS:
+            return int.from_bytes(head[i + 7 : i + 9], "big"), int.from_bytes(head[i + 5 : i + 7], "big")
+        if marker == 0xDA or length < 2:  # image data before any frame header: let Pillow judge
+            return None
+        i += 2 + length
+    return None
+
+
 def check_image_file(path: Path) -> str | None:
     """Return why a file cannot be used as an image, or None when its header reads fine.
 
     This is the cheap check done at scan time; a truncated file is only caught when decoded.
+    A plain JPEG's size is read from its frame header directly (a few times faster than Pillow
+    over thousands of files); anything else goes through Pillow.
     """
     try:
         if path.stat().st_size == 0:
             return "empty file (0 bytes)"
+        with open(path, "rb") as handle:
+            size = _jpeg_size(handle.read(65536))
+        if size and 0 < size[0] * size[1] <= (Image.MAX_IMAGE_PIXELS or 2**62):
+            width, height = size
+            return f"image is only {width}x{height} pixels" if min(width, height) < 8 else None
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:

@@ -178,14 +178,20 @@ def folder_fingerprint(root: Path) -> str:
 
 
 @st.cache_data(max_entries=4, show_spinner="Scanning the data folder…")
+def _dataset(root: str, fingerprint: str) -> data.Dataset:
+    """One scan per version of a folder (checking every image's header is the slow part)."""
+    return data.scan_folder(root)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
 def _scan(root: str, fingerprint: str) -> tuple[dict, pd.DataFrame]:
-    dataset = data.scan_folder(root)
+    dataset = _dataset(root, fingerprint)
     return data.summarize(dataset), dataset.table
 
 
 @st.cache_data(max_entries=4, show_spinner="Splitting by patient…")
 def _split(root: str, fingerprint: str, seed: int = 42) -> tuple[dict | None, str]:
-    dataset = data.scan_folder(root)
+    dataset = _dataset(root, fingerprint)  # a copy: cache_data hands out copies, so notes can grow
     try:
         data.require_usable(dataset)
         table, notes = data.assign_splits(dataset.table, seed=seed)

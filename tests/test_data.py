@@ -199,3 +199,21 @@ def test_tf_dataset_gives_rgb_float_batches(tmp_path):
     batches = list(data.make_tf_dataset(pixels, np.arange(10) % 2, batch_size=4).as_numpy_iterator())
     assert [b[0].shape for b in batches] == [(4, 16, 16, 3), (4, 16, 16, 3), (2, 16, 16, 3)]
     np.testing.assert_array_equal(batches[0][0][..., 2], pixels[:4, ..., 0].astype(np.float32))
+
+
+def test_the_fast_jpeg_header_check_agrees_with_pillow(tmp_path):
+    sizes = [(64, 48), (7, 30), (300, 9)]
+    for width, height in sizes:
+        path = tmp_path / f"im-{width}x{height}.jpeg"
+        Image.new("L", (width, height), 128).save(path, quality=90, exif=Image.Exif())
+        with Image.open(path) as image:
+            assert data._jpeg_size(path.read_bytes()) == image.size == (width, height)
+    assert data.check_image_file(tmp_path / "im-64x48.jpeg") is None
+    assert data.check_image_file(tmp_path / "im-7x30.jpeg") == "image is only 7x30 pixels"
+    fake = tmp_path / "fake.jpeg"
+    fake.write_bytes(b"\xff\xd8" + b"not a jpeg at all" * 10)  # JPEG magic, then garbage: Pillow judges it
+    assert data._jpeg_size(fake.read_bytes()) is None and data.check_image_file(fake) is not None
+    if SHARED_DATA.exists():
+        for path in sorted((SHARED_DATA / "test" / "NORMAL").glob("*.jpeg"))[:30]:
+            with Image.open(path) as image:
+                assert data._jpeg_size(path.read_bytes()) == image.size

@@ -149,6 +149,8 @@ FINETUNE_STEP_MS = {"mobilenet": 12.0, "inception_v3": 50.0, "xception": 95.0}
 # Cut-point fine-tuning: the bottom pass (once per image and augmented view, augmentation
 # included) and a train step of the top above the default cut on cached activations.
 BOTTOM_PASS_MS = {"mobilenet": 2.5, "inception_v3": 24.0, "xception": 42.0}
+AUGMENT_MS = 6.0  # one augmented view of one image at 224 px (Keras preprocessing layers)
+STRESS_CONDITIONS = 7  # the stress test scores the validation images this many ways (core.stress)
 TOP_STEP_MS = {"mobilenet": 5.0, "inception_v3": 12.0, "xception": 10.0}
 CNN_STEP_MS = 8.0  # custom CNN train step at 150 px, mid-size hyperparameters
 HEAD_STEP_MS = 0.1  # a head on cached feature vectors
@@ -178,9 +180,10 @@ def estimate_search_s(
     if mode == "frozen":
         features = n_images * FROZEN_PASS_MS[family] * scale / 1000
         return fixed + features + trials * (0.5 + epochs * n_train * HEAD_STEP_MS / 1000)
+    stress = STRESS_CONDITIONS * n_val * FROZEN_PASS_MS[family] * scale / 1000
     if activation_cache:
-        bottom = (n_images + views * n_train) * BOTTOM_PASS_MS[family] * scale / 1000
+        bottom = (n_images + views * n_train) * BOTTOM_PASS_MS[family] * scale / 1000 + views * n_train * AUGMENT_MS * scale / 1000
         step = TOP_STEP_MS[family] * scale / 1000
-        return fixed + bottom + trials * (1.0 + epochs * (n_train + n_val / 3) * step)
+        return fixed + bottom + stress + trials * (1.0 + epochs * (n_train + n_val / 3) * step)
     step = FINETUNE_STEP_MS[family] * scale / 1000
     return fixed + trials * epochs * (n_train + n_val / 3) * step

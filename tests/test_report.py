@@ -141,13 +141,15 @@ def test_report_draws_every_figure_offline_in_chromium(fixture_runs, report_file
             browser.close()
     assert not errors, errors
     assert all(url.startswith(("file://", "data:", "blob:", "about:")) for url in requests), requests
-    assert len(drawn) == expected_figures == 4
+    assert len(drawn) == expected_figures == 5
     for figure in drawn:
         assert figure["svg"] >= 1 and figure["traces"] >= len(fixture_runs), figure
-    titles = [f["title"] for f in drawn]
-    assert titles[0].startswith("ROC curves") and titles[1].startswith("Precision-recall") and titles[2].startswith("Calibration")
+    by_title = {f["title"].split(" ")[0]: f for f in drawn}
+    assert {"Validation", "ROC", "Precision-recall", "Calibration"} <= set(by_title), [f["title"] for f in drawn]
     for run in fixture_runs:
         assert run.name in text
-        assert any(entry.startswith(f"{run.name} (AUC ") and "95% CI" in entry for entry in drawn[0]["legend"]), drawn[0]["legend"]
-        assert any(entry.startswith(f"{run.name} (AP ") for entry in drawn[1]["legend"])
-        assert any(entry.startswith(f"{run.name} (Brier ") and "ECE" in entry for entry in drawn[2]["legend"])
+        roc = by_title["ROC"]["legend"]
+        assert any(entry.startswith(f"{run.name} (AUC ") and "95% CI" in entry for entry in roc), roc
+        assert any(entry.startswith(f"{run.name} (AP ") for entry in by_title["Precision-recall"]["legend"])
+        assert any(entry.startswith(f"{run.name} (Brier ") and "ECE" in entry for entry in by_title["Calibration"]["legend"])
+        assert any(entry.startswith(f"{run.name} · validation") for entry in by_title["Validation"]["legend"])

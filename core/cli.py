@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--engine", choices=("auto", "tflite", "keras"))
     tune.add_argument("--cut", default=None,
                       help="finetune mode: train the backbone's layers above this layer (default: the architecture's)")
+    tune.add_argument("--no-stress-test", action="store_true",
+                      help="skip the stress test on validation (framing, sharpness, contrast) after the search")
     tune.add_argument("--no-activation-cache", action="store_true",
                       help="finetune mode: run the whole backbone every step instead of caching below the cut (slow)")
     tune.add_argument("--augment", choices=(*augmentation.AUGMENTATIONS, augmentation.SEARCH),
@@ -143,6 +145,8 @@ def tune_settings(args):
         values["feature_cache"] = False
     if args.no_activation_cache:
         values["activation_cache"] = False
+    if args.no_stress_test:
+        values["stress_test"] = False
     return tuning.SearchSettings(data_dir=args.data, artifacts_dir=args.artifacts, **values)
 
 

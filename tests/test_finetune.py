@@ -197,7 +197,9 @@ def test_presets_fill_settings_and_options_override_them():
     overridden = cli.tune_settings(parser.parse_args(["tune", "--data", "D", "--preset", "recommended", "--epochs", "2"]))
     assert overridden.epochs == 2 and overridden.augment == recommended["augment"]
     plain = cli.tune_settings(parser.parse_args(["tune", "--data", "D", "--family", "custom_cnn"]))
-    assert (plain.trials, plain.epochs, plain.augment) == (10, 5, "off")
+    assert (plain.trials, plain.epochs, plain.augment, plain.stress_test) == (10, 5, "off", True)
+    quiet = cli.tune_settings(parser.parse_args(["tune", "--data", "D", "--family", "custom_cnn", "--no-stress-test"]))
+    assert quiet.stress_test is False
     with pytest.raises(tuning.SettingsError, match="pass --family"):
         cli.tune_settings(parser.parse_args(["tune", "--data", "D"]))
     for name, chosen in presets.PRESETS.items():  # every preset is a valid search

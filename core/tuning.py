@@ -611,15 +611,19 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
         model = activations.join(cut, trained)
     else:
         model = trained
+    # Validation and test pixels, decoded once (pixel cache) for the evaluation on pixels and the
+    # stress test, whichever needs them.
+    rows = part["val"] | part["test"]
+    sub = {split: mask[rows] for split, mask in part.items()}
+    pixels = None
+    if not (use_features and settings.tta == 1) or settings.stress_test:
+        pixels, _ = data.load_images(list(table.loc[rows, "path"]), settings.image_size, cache_root(settings) / "pixels")
     if use_features and settings.tta == 1:
         # Evaluate what the search trained on: the same numbers as the saved model, much faster.
         result = evaluation.evaluate_model(trained, inputs, labels, table, part, settings.engine, settings.batch_size)
     else:
         # The saved model on pixels (activations are float16; views need pixels): exactly what
         # `predict` will give later.
-        rows = (part["val"] | part["test"])
-        pixels, _ = data.load_images(list(table.loc[rows, "path"]), settings.image_size, cache_root(settings) / "pixels")
-        sub = {split: mask[rows] for split, mask in part.items()}
         result = evaluation.evaluate_model(
             model, pixels, labels[rows], table[rows], sub, settings.engine, settings.batch_size,
             tta=settings.tta, cache_path=folder / "model.tflite",
@@ -628,7 +632,8 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     if settings.stress_test:
         progress.update(message="stress test on validation", force=True)
         clock = time.monotonic()
-        result["stress"] = _stress_test(settings, model, table, labels, part, result["threshold"], folder)
+        val_pixels = np.asarray(pixels)[sub["val"]]
+        result["stress"] = _stress_test(settings, model, val_pixels, labels[part["val"]], result["threshold"], folder)
         timings["stress_s"] = time.monotonic() - clock
         worst = stress.worst(result["stress"])
         if worst:
@@ -655,15 +660,14 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     return result
 
 
-def _stress_test(settings: SearchSettings, model, table: pd.DataFrame, labels: np.ndarray, part: dict, threshold: float, folder: Path) -> list[dict]:
+def _stress_test(settings: SearchSettings, model, val_pixels: np.ndarray, y_val: np.ndarray, threshold: float, folder: Path) -> list[dict]:
     """The saved model on validation images changed as sites differ (core.stress), at its threshold."""
-    pixels, _ = data.load_images(list(table.loc[part["val"], "path"]), settings.image_size, cache_root(settings) / "pixels")
 
     def score(images: np.ndarray) -> np.ndarray:
         scores = evaluation.probabilities(model, images, settings.engine, settings.batch_size, folder / "model.tflite", settings.tta)[0]
         return evaluation.saved_precision(scores)
 
-    return stress.stress_test(score, np.asarray(pixels), labels[part["val"]], threshold)
+    return stress.stress_test(score, val_pixels, y_val, threshold)
 
 
 def _augmentation_record(settings: SearchSettings, best_hp) -> dict | None:

@@ -83,17 +83,13 @@ def fresh_top(cut: CutBackbone) -> keras.Model:
     return top
 
 
-def build_top_model(hp, cut: CutBackbone, task, head_layers, output_and_loss, compile_model) -> keras.Model:
-    """Activations -> top of the backbone (trainable, batch norms in inference mode) -> head."""
+def trainable_top(cut: CutBackbone) -> keras.Model:
+    """A fresh top (see `fresh_top`) ready to train: every layer but the batch norms."""
     top = fresh_top(cut)
     top.trainable = True
     for layer in top.layers:  # each layer: a model's flag does not reach layers a clone froze
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-    inputs = keras.Input(cut.activation_shape, name="activations")
-    features = top(inputs, training=False)
-    outputs, loss = output_and_loss(task, head_layers(hp, features))
-    learning_rate = hp.Float("learning_rate", 1e-5, 1e-3, sampling="log", default=1e-4)
-    return compile_model(keras.Model(inputs, outputs, name="top_and_head"), loss, learning_rate)
+    return top
 
 
 def join(cut: CutBackbone, trained: keras.Model) -> keras.Model:

@@ -285,10 +285,17 @@ def build_finetune(
 
 
 def build_cut_finetune(hp: keras_tuner.HyperParameters, cut, task: Task = BINARY) -> keras.Model:
-    """The finetune-mode model on cached activations: the top above the cut and a head."""
+    """The finetune-mode model on cached activations: the top above the cut (batch norms in
+    inference mode) and a head."""
+    import keras
+
     from core import activations
 
-    return activations.build_top_model(hp, cut, task, _head_layers, _output_and_loss, _compile)
+    inputs = keras.Input(cut.activation_shape, name="activations")
+    features = activations.trainable_top(cut)(inputs, training=False)
+    outputs, loss = _output_and_loss(task, _head_layers(hp, features))
+    learning_rate = hp.Float("learning_rate", 1e-5, 1e-3, sampling="log", default=1e-4)
+    return _compile(keras.Model(inputs, outputs, name="top_and_head"), loss, learning_rate)
 
 
 def max_conv_blocks(image_size: int) -> int:

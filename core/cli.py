@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="augmented copies of each training image cached for cut-point fine-tuning (default 3)")
     tune.add_argument("--tta", type=_positive_int,
                       help=f"test-time augmentation: average over this many fixed views (1 = off, at most {augmentation.TTA_MAX_VIEWS})")
+    tune.add_argument("--space", metavar="FILE.json",
+                      help='edits of the search space: a JSON object such as {"dropout": 0.2, "dense_units": [64, 128], '
+                      '"learning_rate": {"min": 0.0001, "max": 0.001}} (fix, keep choices, narrow a range)')
+    tune.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE|MIN:MAX|A,B,C",
+                      help="edit one hyperparameter: fix it, narrow its range or keep some of its choices; repeat for more "
+                      "(overrides --space for that name)")
     tune.add_argument("--name", default=None, help="run name (default: family-mode-date)")
     tune.add_argument("--artifacts", default=artifacts_default)
     tune.add_argument("--distributed", choices=("chief",), default=None,
@@ -147,7 +153,17 @@ def tune_settings(args):
         values["activation_cache"] = False
     if args.no_stress_test:
         values["stress_test"] = False
+    if args.space or args.hp:
+        values["space"] = _space_edits(args)
     return tuning.SearchSettings(data_dir=args.data, artifacts_dir=args.artifacts, **values)
+
+
+def _space_edits(args) -> dict:
+    """The search space edits of `--space FILE.json`, then of each `--hp` (checked when the settings resolve)."""
+    from core import search_space
+
+    edits = search_space.read_edits_file(args.space) if args.space else {}
+    return {**edits, **search_space.parse_hp_options(args.hp)}
 
 
 def _search(settings, resume: bool = False, role: str | None = None) -> dict:
@@ -292,9 +308,10 @@ HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "stop": _stop, 
 def main(argv: list[str] | None = None) -> int:
     console.quiet_tensorflow()  # TensorFlow's start-up chatter hides our messages
     args = build_parser().parse_args(argv)
-    from core import artifacts, data, models, tuning
+    from core import artifacts, data, models, search_space, tuning
 
-    user_errors = (data.DataError, models.WeightsError, artifacts.RunError, tuning.SettingsError, FileNotFoundError)
+    user_errors = (data.DataError, models.WeightsError, artifacts.RunError, tuning.SettingsError, search_space.SpaceError,
+                   FileNotFoundError)
     try:
         return HANDLERS[args.command](args)
     except user_errors as error:

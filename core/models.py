@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core import search_space
 from core.data import BINARY, Task
 
 if TYPE_CHECKING:  # Keras (and TensorFlow) load on first use: pages that only list runs stay light
@@ -216,7 +217,7 @@ def _augmented(hp: keras_tuner.HyperParameters, augment: str, x, seed: int = 0):
     from core import augmentation
 
     if augment == augmentation.SEARCH:
-        augment = hp.Choice("augment", list(augmentation.AUGMENTATIONS), default="off")
+        augment = search_space.draw(hp, search_space.AUGMENT)
     for layer in augmentation.augmentation_layers(augmentation.preset(augment), seed):
         x = layer(x)
     return x
@@ -225,9 +226,9 @@ def _augmented(hp: keras_tuner.HyperParameters, augment: str, x, seed: int = 0):
 def _head_layers(hp: keras_tuner.HyperParameters, x):
     import keras
 
-    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
+    dropout = search_space.draw(hp, search_space.HEAD_DROPOUT)
     x = keras.layers.Dropout(dropout)(x)
-    units = hp.Choice("dense_units", [0, 64, 128, 256], default=0)
+    units = search_space.draw(hp, search_space.HEAD_DENSE_UNITS)
     if units:
         x = keras.layers.Dense(units, activation="relu")(x)
         x = keras.layers.Dropout(dropout)(x)
@@ -240,7 +241,7 @@ def build_head(hp: keras_tuner.HyperParameters, n_features: int, task: Task = BI
 
     inputs = keras.Input((n_features,), name="features")
     outputs, loss = _output_and_loss(task, _head_layers(hp, inputs))
-    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
+    learning_rate = search_space.draw(hp, search_space.HEAD_LEARNING_RATE)
     # A head's step on cached features is tiny, so per-step Python overhead dominates: run several
     # steps per call (measured about 25% less time per trial on 2 cores).
     return _compile(keras.Model(inputs, outputs, name="head"), loss, learning_rate, steps_per_execution=16)
@@ -265,8 +266,10 @@ def build_finetune(
     backbone = build_backbone(spec)
     base = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))
     weighted = [layer for layer in base.layers if layer.weights]
+    # The learning rate's range follows the mode, not the drawn depth: one search, one range.
+    learning_rate_range = search_space.HEAD_LEARNING_RATE if unfreeze == 0 else search_space.FINETUNE_LEARNING_RATE
     if unfreeze is None:
-        unfreeze = hp.Int("unfreeze_layers", 0, min(100, len(weighted)), step=10, default=20)
+        unfreeze = search_space.draw(hp, search_space.UNFREEZE_LAYERS)
     backbone.trainable = True
     for i, layer in enumerate(weighted):
         # Batch norms stay frozen: their statistics come from ImageNet-sized batches.
@@ -277,10 +280,7 @@ def build_finetune(
         inputs = keras.Input(backbone.input.shape[1:], name="image")
         features = backbone(_augmented(hp, augment, inputs))
     outputs, loss = _output_and_loss(task, _head_layers(hp, features))
-    if unfreeze:
-        learning_rate = hp.Float("learning_rate", 1e-5, 1e-3, sampling="log", default=1e-4)
-    else:
-        learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
+    learning_rate = search_space.draw(hp, learning_rate_range)
     return _compile(keras.Model(inputs, outputs, name="classifier"), loss, learning_rate)
 
 
@@ -294,7 +294,7 @@ def build_cut_finetune(hp: keras_tuner.HyperParameters, cut, task: Task = BINARY
     inputs = keras.Input(cut.activation_shape, name="activations")
     features = activations.trainable_top(cut)(inputs, training=False)
     outputs, loss = _output_and_loss(task, _head_layers(hp, features))
-    learning_rate = hp.Float("learning_rate", 1e-5, 1e-3, sampling="log", default=1e-4)
+    learning_rate = search_space.draw(hp, search_space.FINETUNE_LEARNING_RATE)
     return _compile(keras.Model(inputs, outputs, name="top_and_head"), loss, learning_rate)
 
 
@@ -309,11 +309,10 @@ def build_custom_cnn(hp: keras_tuner.HyperParameters, image_size: int, task: Tas
 
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(_augmented(hp, augment, inputs))
-    top = max_conv_blocks(image_size)
-    blocks = hp.Int("conv_blocks", 1, top, default=min(3, top))
-    filters = hp.Choice("filters", [16, 32, 64], default=32)
-    kernel_size = hp.Choice("kernel_size", [3, 5], default=3)
-    batch_norm = hp.Boolean("batch_norm", default=True)
+    blocks = search_space.draw(hp, search_space.cnn_conv_blocks(image_size))
+    filters = search_space.draw(hp, search_space.CNN_FILTERS)
+    kernel_size = search_space.draw(hp, search_space.CNN_KERNEL_SIZE)
+    batch_norm = search_space.draw(hp, search_space.CNN_BATCH_NORM)
     for block in range(blocks):
         x = keras.layers.Conv2D(min(256, filters * 2**block), kernel_size, padding="same", use_bias=not batch_norm)(x)
         if batch_norm:
@@ -321,10 +320,10 @@ def build_custom_cnn(hp: keras_tuner.HyperParameters, image_size: int, task: Tas
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.3))(x)
-    x = keras.layers.Dense(hp.Choice("dense_units", [32, 64, 128, 256], default=64), activation="relu")(x)
+    x = keras.layers.Dropout(search_space.draw(hp, search_space.CNN_DROPOUT))(x)
+    x = keras.layers.Dense(search_space.draw(hp, search_space.CNN_DENSE_UNITS), activation="relu")(x)
     outputs, loss = _output_and_loss(task, x)
-    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
+    learning_rate = search_space.draw(hp, search_space.HEAD_LEARNING_RATE)
     return _compile(keras.Model(inputs, outputs, name="custom_cnn"), loss, learning_rate)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import artifacts, augmentation, data, evaluation, models, stress
+from core import artifacts, augmentation, data, evaluation, models, search_space, stress
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_auc"
@@ -74,6 +74,8 @@ class SearchSettings:
     augment_views: int = 3  # augmented copies of each training image cached for cut-point fine-tuning
     tta: int = 1  # test-time augmentation: views averaged when evaluating and predicting (1: off)
     stress_test: bool = True  # measure the model on changed validation images (core.stress)
+    # edits of the default search space (core.search_space), e.g. {"dropout": 0.2}; None: the default space
+    space: dict | None = None
 
     @classmethod
     def from_dict(cls, values: dict) -> SearchSettings:
@@ -101,6 +103,7 @@ class SearchSettings:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             settings.name = f"{settings.family}-{settings.mode}-{stamp}"
         settings.check()
+        settings.space = search_space.canonical_edits(settings.default_space(), settings.space) or None
         return settings
 
     def check(self) -> None:
@@ -135,6 +138,8 @@ class SearchSettings:
         if self.engine not in ("auto", "tflite", "keras"):
             problems.append("engine must be auto, tflite or keras")
         problems += self._augmentation_problems()
+        if not problems:  # the space depends on the settings above: check it once they hold
+            problems += self._space_problems()
         if not 1 <= int(self.tta) <= augmentation.TTA_MAX_VIEWS:
             problems.append(f"test-time augmentation takes 1 (off) to {augmentation.TTA_MAX_VIEWS} views")
         if problems:
@@ -157,6 +162,21 @@ class SearchSettings:
         if self.uses_activation_cache and not self.cut_layer:
             problems.append(f"{self.backbone().architecture} has no default cut layer: pass --cut LAYER")
         return problems
+
+    def _space_problems(self) -> list[str]:
+        try:
+            self.hyperparameters()
+        except search_space.SpaceError as error:
+            return [f"search space: {error}"]
+        return []
+
+    def default_space(self) -> dict[str, search_space.Hyperparameter]:
+        """Every hyperparameter this search's trials draw, with its default range or choices."""
+        return search_space.default_space(self.family, self.mode, int(self.image_size), self.augment, self.uses_activation_cache)
+
+    def hyperparameters(self) -> dict[str, search_space.Hyperparameter]:
+        """The search space after the user's edits (`space`); SpaceError when an edit cannot apply."""
+        return search_space.apply_edits(self.default_space(), self.space)
 
     @property
     def uses_activation_cache(self) -> bool:
@@ -324,6 +344,9 @@ def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Pr
         "seed": settings.seed,
         "max_consecutive_failed_trials": 3,
     }
+    if settings.space:  # the edited hyperparameters, registered before the model's own defaults
+        edited = settings.hyperparameters()
+        options["hyperparameters"] = search_space.registered_in_advance(edited[name] for name in settings.space)
     if settings.tuner == "hyperband":
         tuner = ReportingTuner(max_epochs=settings.epochs, factor=3, **options)
         tuner.oracle.max_trials = settings.trials  # a cap: Hyperband itself sizes its brackets

@@ -195,7 +195,7 @@ def _default_within(hp: Hyperparameter, low: float, high: float) -> float:
     """The default moved into [low, high], onto the range's grid (Keras Tuner draws from low in steps)."""
     value = min(max(hp.default, low), high)
     if hp.step:
-        value = min(low + round((value - low) / hp.step) * hp.step, high)
+        value = min(round(low + round((value - low) / hp.step) * hp.step, 12), high)  # 0.30000000000000004 is 0.3
     return int(value) if hp.kind == INT else value
 
 
@@ -204,8 +204,9 @@ def _keep_choices(hp: Hyperparameter, edit: list | tuple) -> Hyperparameter:
         raise SpaceError(f"{hp.name} is a range ({hp.describe()}): give min:max or one value, not a list", hp.name)
     if not edit:
         raise SpaceError(f"{hp.name}: the list of choices is empty; keep at least one of {', '.join(map(_text, hp.choices))}", hp.name)
-    kept = list(dict.fromkeys(_coerce(hp, value) for value in edit))  # drop repeats, keep the order given
-    _require_among(hp, kept)
+    given = [_coerce(hp, value) for value in edit]
+    _require_among(hp, given)
+    kept = [choice for choice in hp.choices if choice in given]  # in the default order, once each
     return replace(hp, choices=tuple(kept), default=hp.default if hp.default in kept else kept[0])
 
 

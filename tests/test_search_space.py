@@ -1,0 +1,231 @@
+"""core.search_space: the default space is what the models draw, edits narrow it or are refused,
+and edited spaces reach Keras Tuner (from the settings and from the CLI)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from core import search_space, tuning
+from tests.helpers import make_dataset, run_cli
+
+CNN_32 = search_space.default_space("custom_cnn", "scratch", 32)
+
+
+# ---------------------------------------------------------------------------- edits
+
+
+def test_an_edit_fixes_narrows_or_keeps_choices():
+    edited = search_space.apply_edits(
+        CNN_32, {"filters": 16, "learning_rate": {"min": 1e-3, "max": 2e-3}, "dense_units": [128, 32], "batch_norm": [False]}
+    )
+    assert edited["filters"].fixed and edited["filters"].only_value == 16
+    assert (edited["learning_rate"].low, edited["learning_rate"].high, edited["learning_rate"].log) == (1e-3, 2e-3, True)
+    assert 1e-3 <= edited["learning_rate"].default <= 2e-3  # the default follows into the range
+    assert edited["dense_units"].choices == (32, 128) and edited["dense_units"].default in (32, 128)
+    assert edited["batch_norm"].fixed and edited["batch_norm"].only_value is False
+    untouched = set(CNN_32) - {"filters", "learning_rate", "dense_units", "batch_norm"}
+    assert all(edited[name] == CNN_32[name] for name in untouched)
+
+
+def test_a_range_of_one_value_is_fixed_and_a_narrowed_grid_keeps_its_default_on_it():
+    assert search_space.narrow(CNN_32["conv_blocks"], {"min": 2, "max": 2}).fixed
+    dropout = search_space.narrow(CNN_32["dropout"], {"min": 0.1, "max": 0.25})
+    assert dropout.step == 0.1 and math.isclose(dropout.default, 0.2)  # 0.3 moved into range, onto 0.1 + k·0.1
+
+
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        ({"lr": 0.01}, r"unknown hyperparameter 'lr': this search has conv_blocks, .*learning_rate"),
+        ({"learning_rate": {"min": 1e-2, "max": 1e-3}}, r"learning_rate: min 0.01 is above max 0.001; swap them"),
+        ({"learning_rate": {"min": 1e-5, "max": 1e-3}}, r"1e-05 to 0.001 is outside its default range 0.0001 to 0.01"),
+        ({"conv_blocks": 4}, r"conv_blocks: 4 is outside its default range 1 to 3"),  # 32 px fits 3 blocks
+        ({"dense_units": []}, r"dense_units: the list of choices is empty; keep at least one of 32, 64, 128, 256"),
+        ({"filters": [16, 48]}, r"filters: 48 is not among its choices 16, 32, 64"),
+        ({"kernel_size": 4}, r"kernel_size: 4 is not among its choices 3, 5"),
+        ({"conv_blocks": 2.5}, r"conv_blocks takes a whole number, got 2.5"),
+        ({"conv_blocks": True}, r"conv_blocks takes a whole number, got True"),
+        ({"dropout": "a lot"}, r"dropout takes a number, got 'a lot'"),
+        ({"batch_norm": "maybe"}, r"batch_norm takes true or false"),
+        ({"filters": {"min": 16, "max": 32}}, r"filters is a choice \(one of 16, 32, 64\): give one value or a list"),
+        ({"dropout": [0.1, 0.2]}, r"dropout is a range \(0 to 0.5, step 0.1\): give min:max or one value"),
+        ({"dropout": {"low": 0.1}}, r"a range for dropout needs exactly the keys min and max"),
+    ],
+)
+def test_an_impossible_edit_is_refused_with_a_message_naming_it(edits, message):
+    with pytest.raises(search_space.SpaceError, match=message) as caught:
+        search_space.apply_edits(CNN_32, edits)
+    assert caught.value.name == next(iter(edits))
+
+
+def test_hyperparameters_of_another_mode_are_unknown_here():
+    head = search_space.default_space("mobilenet", "frozen", 224)
+    with pytest.raises(search_space.SpaceError, match="unknown hyperparameter 'unfreeze_layers'"):
+        search_space.apply_edits(head, {"unfreeze_layers": 10})
+    whole = search_space.default_space("mobilenet", "finetune", 224, augment="search", activation_cache=False)
+    assert search_space.apply_edits(whole, {"unfreeze_layers": {"min": 10, "max": 30}, "augment": ["off", "light"]})
+
+
+def test_cli_text_becomes_the_same_typed_edits_as_json():
+    edits = search_space.parse_hp_options(["filters=16", "learning_rate=1e-3:2e-3", "dense_units=32, 128", "batch_norm=off"])
+    assert edits == {"filters": "16", "learning_rate": {"min": "1e-3", "max": "2e-3"}, "dense_units": ["32", "128"], "batch_norm": "off"}
+    as_json = {"filters": 16, "learning_rate": {"min": 0.001, "max": 0.002}, "dense_units": [32, 128], "batch_norm": False}
+    assert search_space.canonical_edits(CNN_32, edits) == search_space.canonical_edits(CNN_32, as_json) == as_json
+    assert search_space.parse_hp_option("dense_units=") == ("dense_units", [])  # refused later as an empty list
+    # Edits that change nothing are not saved: the run keeps the default space.
+    assert search_space.canonical_edits(CNN_32, {"dropout": {"min": 0, "max": 0.5}, "kernel_size": [5, 3]}) == {}
+
+
+@pytest.mark.parametrize(("options", "message"), [(["dropout"], "needs the form name=value"), (["=3"], "needs the form"),
+                                                  (["dropout=0.1", "dropout=0.2"], "--hp dropout is given twice")])
+def test_malformed_hp_options_are_refused(options, message):
+    with pytest.raises(search_space.SpaceError, match=message):
+        search_space.parse_hp_options(options)
+
+
+def test_space_files_are_read_or_refused_with_the_reason(tmp_path):
+    good = tmp_path / "space.json"
+    good.write_text('{"dropout": 0.2, "dense_units": [64]}')
+    assert search_space.read_edits_file(good) == {"dropout": 0.2, "dense_units": [64]}
+    with pytest.raises(search_space.SpaceError, match="does not exist"):
+        search_space.read_edits_file(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{dropout: 0.2")
+    with pytest.raises(search_space.SpaceError, match="is not readable JSON"):
+        search_space.read_edits_file(tmp_path / "broken.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(search_space.SpaceError, match="must hold a JSON object"):
+        search_space.read_edits_file(tmp_path / "list.json")
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def test_settings_check_the_space_and_save_it_typed(tmp_path):
+    base = {"data_dir": str(tmp_path), "family": "custom_cnn", "image_size": 32}
+    with pytest.raises(tuning.SettingsError, match="search space: conv_blocks: 4 is outside its default range 1 to 3"):
+        tuning.SearchSettings(**base, space={"conv_blocks": 4}).resolved()
+    with pytest.raises(tuning.SettingsError, match="search space: unknown hyperparameter 'unfreeze_layers'"):
+        tuning.SearchSettings(**base, space={"unfreeze_layers": 10}).resolved()
+    resolved = tuning.SearchSettings(**base, space={"conv_blocks": "2", "dropout": {"min": "0.1", "max": "0.1"}}).resolved()
+    assert resolved.space == {"conv_blocks": 2, "dropout": 0.1}
+    assert json.loads(json.dumps(resolved.to_dict()))["space"] == resolved.space
+    # A run saved before the space was editable has no `space`: it searches the default space.
+    old = dict(resolved.to_dict())
+    old.pop("space")
+    assert tuning.SearchSettings.from_dict(old).hyperparameters() == search_space.default_space("custom_cnn", "scratch", 32)
+
+
+# ---------------------------------------------------------------------------- the models draw the default space
+
+
+def _registered(build) -> dict:
+    import keras_tuner
+
+    hp = keras_tuner.HyperParameters()
+    build(hp)
+    return {h.name: h.get_config() for h in hp.space}
+
+
+def _defined(space: dict) -> dict:
+    return {h.name: h.get_config() for h in search_space.registered_in_advance(space.values()).space}
+
+
+def test_each_model_draws_exactly_its_default_space():
+    """The space shown and edited is the one the builders register, name by name and range by range."""
+    from core import models
+
+    spec = models.BackboneSpec("mobilenet_v2", 32, "none")
+    cases = {
+        ("custom_cnn", "scratch", "off", True): models.SearchSpace("custom_cnn", "scratch", 32).build,
+        ("custom_cnn", "scratch", "search", True): models.SearchSpace("custom_cnn", "scratch", 32, augment="search").build,
+        ("mobilenet", "frozen", "off", True): models.SearchSpace("mobilenet", "frozen", 32, spec, n_features=8).build,
+        ("mobilenet", "finetune", "search", False): models.SearchSpace("mobilenet", "finetune", 32, spec, augment="search").build,
+    }
+    for (family, mode, augment, activation_cache), build in cases.items():
+        expected = search_space.default_space(family, mode, 32, augment, activation_cache)
+        registered = _registered(build)
+        assert list(registered) == list(expected), (family, mode, augment)
+        assert registered == _defined(expected), (family, mode, augment)
+
+
+# ---------------------------------------------------------------------------- edits reach Keras Tuner
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "chest_xray"
+    return make_dataset(root, {"train": 8, "test": 4}, images_per_patient=2, size=32)
+
+
+def _trial_values(folder) -> list[dict]:
+    trials = json.loads((folder / "trials.json").read_text())
+    assert trials and all(t["status"] == "COMPLETED" for t in trials), trials
+    return [t["hyperparameters"] for t in trials]
+
+
+def test_the_tuners_oracle_searches_the_edited_space(tmp_path):
+    """What Keras Tuner will draw from: fixed values are Fixed, ranges and choices the edited ones."""
+    settings = tuning.SearchSettings(
+        data_dir=str(tmp_path), family="custom_cnn", image_size=32, tuner="bayesian", name="oracle",
+        space={"filters": 16, "learning_rate": {"min": 1e-3, "max": 2e-3}, "dense_units": [32, 128]},
+    ).resolved()
+    oracle_space = settings.hyperparameters()
+    from core import models
+
+    hypermodel = models.SearchSpace("custom_cnn", "scratch", 32)
+    tuner = tuning._make_tuner(settings, hypermodel, tmp_path, tuning.Progress(tmp_path), tuning.StopFlag(tmp_path), print)
+    space = {h.name: h for h in tuner.oracle.hyperparameters.space}
+    assert type(space["filters"]).__name__ == "Fixed" and space["filters"].value == 16
+    assert (space["learning_rate"].min_value, space["learning_rate"].max_value) == (1e-3, 2e-3)
+    assert list(space["dense_units"].values) == [32, 128]
+    assert {h.name: h.get_config() for h in tuner.oracle.hyperparameters.space} == _defined(oracle_space)
+
+
+def test_cli_edits_reach_every_trial_and_are_saved(tiny_data, tmp_path):
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps({"filters": [16, 32], "dense_units": [32, 64]}))
+    store = tmp_path / "artifacts"
+    result = run_cli(
+        "tune", "--data", str(tiny_data), "--family", "custom_cnn", "--image-size", "32", "--trials", "3", "--epochs", "1",
+        "--no-stress-test", "--name", "edited", "--artifacts", str(store), "--space", str(space_file),
+        "--hp", "filters=16", "--hp", "learning_rate=0.002:0.004", "--hp", "conv_blocks=1:2",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    settings = json.loads((store / "edited" / "settings.json").read_text())
+    # --hp overrides the file for filters; the file's dense_units stays.
+    assert settings["space"] == {"filters": 16, "dense_units": [32, 64], "learning_rate": {"min": 0.002, "max": 0.004},
+                                 "conv_blocks": {"min": 1, "max": 2}}
+    values = _trial_values(store / "edited")
+    assert len(values) == 3
+    assert {v["filters"] for v in values} == {16}
+    assert all(0.002 <= v["learning_rate"] <= 0.004 and v["conv_blocks"] in (1, 2) and v["dense_units"] in (32, 64) for v in values)
+    # Drawn from the ranges, not stuck at one value: three trials differ in their learning rate.
+    assert len({v["learning_rate"] for v in values}) == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--hp", "learning_rate=0.01:0.001"], "learning_rate: min 0.01 is above max 0.001"),
+        (["--hp", "depth=3"], "unknown hyperparameter 'depth'"),
+        (["--hp", "dense_units="], "dense_units: the list of choices is empty"),
+        (["--hp", "filters=12"], "filters: 12 is not among its choices 16, 32, 64"),
+        (["--hp", "dropout=0.9"], "dropout: 0.9 is outside its default range 0 to 0.5"),
+        (["--hp", "conv_blocks=two"], "conv_blocks takes a whole number"),
+        (["--space", "{missing}"], "search space file .* does not exist"),
+    ],
+)
+def test_cli_refuses_a_bad_edit_before_the_search_starts(tiny_data, tmp_path, capsys, options, message):
+    from core import cli
+
+    store = tmp_path / "artifacts"
+    options = [o.replace("{missing}", str(tmp_path / "nowhere.json")) for o in options]
+    status = cli.main(["tune", "--data", str(tiny_data), "--family", "custom_cnn", "--image-size", "32", "--name", "bad",
+                       "--artifacts", str(store), *options])
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(errors) == 1 and errors[0].startswith("error: ")
+    assert pytest.importorskip("re").search(message, errors[0]), errors
+    assert not (store / "bad").exists()

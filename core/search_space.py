@@ -73,14 +73,15 @@ class Hyperparameter:
     def describe(self) -> str:
         """The range or the choices in words, e.g. `0.0001 to 0.01 (log scale)`."""
         if self.fixed:
-            return f"fixed at {_text(self.only_value)}"
+            return f"fixed at {describe_value(self.only_value)}"
         if self.kind in RANGE_KINDS:
-            grid = f", step {_text(self.step)}" if self.step else ""
-            return f"{_text(self.low)} to {_text(self.high)}{' (log scale)' if self.log else ''}{grid}"
-        return "one of " + ", ".join(_text(c) for c in self.choices)
+            grid = f", step {describe_value(self.step)}" if self.step else ""
+            return f"{describe_value(self.low)} to {describe_value(self.high)}{' (log scale)' if self.log else ''}{grid}"
+        return "one of " + ", ".join(describe_value(c) for c in self.choices)
 
 
-def _text(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """A value as the messages and the form write it: 0.0001, 64, true."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -186,7 +187,7 @@ def _narrow_range(hp: Hyperparameter, edit: Mapping) -> Hyperparameter:
         raise SpaceError(f"a range for {hp.name} needs exactly the keys min and max, got {', '.join(map(str, edit)) or 'none'}", hp.name)
     low, high = _coerce(hp, edit["min"]), _coerce(hp, edit["max"])
     if low > high:
-        raise SpaceError(f"{hp.name}: min {_text(low)} is above max {_text(high)}; swap them", hp.name)
+        raise SpaceError(f"{hp.name}: min {describe_value(low)} is above max {describe_value(high)}; swap them", hp.name)
     _require_inside(hp, low, high)
     return replace(hp, low=low, high=high, default=_default_within(hp, low, high))
 
@@ -203,7 +204,7 @@ def _keep_choices(hp: Hyperparameter, edit: list | tuple) -> Hyperparameter:
     if hp.kind in RANGE_KINDS:
         raise SpaceError(f"{hp.name} is a range ({hp.describe()}): give min:max or one value, not a list", hp.name)
     if not edit:
-        raise SpaceError(f"{hp.name}: the list of choices is empty; keep at least one of {', '.join(map(_text, hp.choices))}", hp.name)
+        raise SpaceError(f"{hp.name}: the list of choices is empty; keep at least one of {', '.join(map(describe_value, hp.choices))}", hp.name)
     given = [_coerce(hp, value) for value in edit]
     _require_among(hp, given)
     kept = [choice for choice in hp.choices if choice in given]  # in the default order, once each
@@ -214,9 +215,9 @@ def _require_inside(hp: Hyperparameter, low: float, high: float) -> None:
     below = low < hp.low and not math.isclose(low, hp.low)
     above = high > hp.high and not math.isclose(high, hp.high)
     if below or above:
-        given = _text(low) if low == high else f"{_text(low)} to {_text(high)}"
+        given = describe_value(low) if low == high else f"{describe_value(low)} to {describe_value(high)}"
         raise SpaceError(
-            f"{hp.name}: {given} is outside its default range {_text(hp.low)} to {_text(hp.high)}; "
+            f"{hp.name}: {given} is outside its default range {describe_value(hp.low)} to {describe_value(hp.high)}; "
             "an edit can only narrow the range", hp.name,
         )
 
@@ -225,7 +226,7 @@ def _require_among(hp: Hyperparameter, values: Iterable) -> None:
     strangers = [v for v in values if v not in hp.choices]
     if strangers:
         raise SpaceError(
-            f"{hp.name}: {', '.join(map(_text, strangers))} is not among its choices {', '.join(map(_text, hp.choices))}", hp.name
+            f"{hp.name}: {', '.join(map(describe_value, strangers))} is not among its choices {', '.join(map(describe_value, hp.choices))}", hp.name
         )
 
 

@@ -6,6 +6,7 @@ import streamlit as st
 
 from core import artifacts, augmentation, catalog, data, demo, figures, jobs, models, presets, tuning
 from pages import _shared as ui
+from pages._space_editor import space_editor
 
 ui.leave_pages_folder_mode()
 st.title("Tune")
@@ -167,6 +168,8 @@ with st.container(border=True):
                 "copies of each training image are cached, and each epoch draws one.",
             )
 
+    space_edits = space_editor(family, mode, int(image_size), augment)
+
     version, alpha = "v2", 1.0
     with st.expander("More settings"):
         c1, c2, c3, c4 = st.columns(4)
@@ -206,7 +209,7 @@ if start:
             image_size=int(image_size), weights=weights, mode=mode if info.transfer else "frozen",
             max_per_class=int(max_per_class) or None, name=name.strip() or None, artifacts_dir=folder,
             batch_size=int(batch_size), seed=int(seed), mobilenet_version=version, alpha=float(alpha),
-            augment=augment, augment_views=int(views), tta=int(tta),
+            augment=augment, augment_views=int(views), tta=int(tta), space=space_edits or None,
         ).resolved()
         started = jobs.start_search(settings)
     except (tuning.SettingsError, artifacts.RunError, data.DataError, OSError) as error:

@@ -229,3 +229,68 @@ def test_cli_refuses_a_bad_edit_before_the_search_starts(tiny_data, tmp_path, ca
     assert status == 2 and len(errors) == 1 and errors[0].startswith("error: ")
     assert pytest.importorskip("re").search(message, errors[0]), errors
     assert not (store / "bad").exists()
+
+
+# ---------------------------------------------------------------------------- from the Tune form
+
+
+def _tune_form(data, store, name: str):
+    from tests.test_app import page, set_tiny_search
+
+    at = set_tiny_search(page("tune", data, store), name)
+    at.number_input(key="tune_trials_custom_cnn").set_value(3)
+    return at.run()
+
+
+def test_the_form_shows_every_hyperparameter_and_refuses_bad_edits(tiny_data, tmp_path):
+    from tests.test_app import no_exception, texts
+
+    store = tmp_path / "artifacts"
+    store.mkdir()
+    at = _tune_form(tiny_data, store, "bad-space")
+    no_exception(at)
+    shown = texts(at.markdown)
+    for hp in CNN_32.values():  # each with its range or choices and its help
+        assert f"**{hp.name}** · {hp.describe()}" in shown and hp.help in texts(at.caption)
+    at.number_input(key="tune_hp_custom_cnn_scratch_conv_blocks_min").set_value(3)
+    at.number_input(key="tune_hp_custom_cnn_scratch_conv_blocks_max").set_value(1).run()
+    assert "conv_blocks: min 3 is above max 1; swap them" in texts(at.error)  # at once, before Start
+    at.button(key="tune_start").click().run()
+    no_exception(at)
+    assert "Not started: search space: conv_blocks: min 3 is above max 1" in texts(at.error)
+    at.number_input(key="tune_hp_custom_cnn_scratch_conv_blocks_min").set_value(1)
+    at.number_input(key="tune_hp_custom_cnn_scratch_conv_blocks_max").set_value(5)
+    at.multiselect(key="tune_hp_custom_cnn_scratch_dense_units_choices").set_value([])
+    at.button(key="tune_start").click().run()
+    assert "Not started: search space: conv_blocks: 1 to 5 is outside its default range 1 to 3" in texts(at.error)
+    at.number_input(key="tune_hp_custom_cnn_scratch_conv_blocks_max").set_value(3)
+    at.button(key="tune_start").click().run()
+    assert "Not started: search space: dense_units: the list of choices is empty" in texts(at.error)
+    assert list(store.iterdir()) == []
+    # A new input size changes the default range of conv_blocks: the editor starts again from it.
+    at.number_input(key="tune_size_custom_cnn").set_value(128).run()
+    assert "**conv_blocks** · 1 to 5" in texts(at.markdown)
+    assert at.number_input(key="tune_hp_custom_cnn_scratch_conv_blocks_max").value == 5
+
+
+def test_form_edits_reach_every_trial_of_the_background_search(tiny_data, tmp_path):
+    from tests.test_app import no_exception, texts, wait_until_done
+
+    store = tmp_path / "artifacts"
+    store.mkdir()
+    at = _tune_form(tiny_data, store, "from-the-form")
+    at.multiselect(key="tune_hp_custom_cnn_scratch_filters_choices").set_value([16])
+    at.multiselect(key="tune_hp_custom_cnn_scratch_kernel_size_choices").set_value([5])
+    at.number_input(key="tune_hp_custom_cnn_scratch_learning_rate_min").set_value(0.002)
+    at.number_input(key="tune_hp_custom_cnn_scratch_learning_rate_max").set_value(0.004).run()
+    assert "Edited: filters fixed at 16; kernel_size fixed at 5; learning_rate 0.002 to 0.004 (log scale)" in texts(at.caption)
+    at.button(key="tune_start").click().run()
+    no_exception(at)
+    assert "Started search **from-the-form**" in texts(at.success)
+    settings = json.loads((store / "from-the-form" / "settings.json").read_text())
+    assert settings["space"] == {"filters": 16, "kernel_size": 5, "learning_rate": {"min": 0.002, "max": 0.004}}
+    run = wait_until_done(store, "from-the-form", 240)
+    assert run.state == "completed", (run.progress, (run.folder / "process.log").read_text()[-2000:])
+    values = _trial_values(run.folder)
+    assert len(values) == 3 and {(v["filters"], v["kernel_size"]) for v in values} == {(16, 5)}
+    assert all(0.002 <= v["learning_rate"] <= 0.004 for v in values) and len({v["learning_rate"] for v in values}) == 3

@@ -47,8 +47,10 @@ def space_editor(family: str, mode: str, image_size: int, augment: str) -> dict:
 
 
 def _start_from_default(key: str, hp: search_space.Hyperparameter) -> None:
-    """Fill the widgets with the default space, again whenever it changes (another input size)."""
-    if st.session_state.get(f"{key}_default") == hp:
+    """Fill the widgets with the default space, again whenever it changes (another input size) or
+    Streamlit dropped their values (it forgets the widgets of a family that was not shown)."""
+    widgets = [f"{key}_min", f"{key}_max"] if hp.kind in search_space.RANGE_KINDS else [f"{key}_choices"]
+    if st.session_state.get(f"{key}_default") == hp and all(w in st.session_state for w in widgets):
         return
     st.session_state[f"{key}_default"] = hp
     if hp.kind in search_space.RANGE_KINDS:

@@ -271,6 +271,15 @@ def test_the_form_shows_every_hyperparameter_and_refuses_bad_edits(tiny_data, tm
     at.number_input(key="tune_size_custom_cnn").set_value(128).run()
     assert "**conv_blocks** · 1 to 5" in texts(at.markdown)
     assert at.number_input(key="tune_hp_custom_cnn_scratch_conv_blocks_max").value == 5
+    # Another family shows its own space; coming back shows the default space again, not empty boxes.
+    at.selectbox(key="tune_family").set_value("mobilenet").run()
+    assert "**conv_blocks**" not in texts(at.markdown) and "**learning_rate** · 0.0001 to 0.01 (log scale)" in texts(at.markdown)
+    at.radio(key="tune_mode").set_value("finetune").run()  # fine-tuning moves pretrained layers: smaller rates
+    assert "**learning_rate** · 1e-05 to 0.001 (log scale)" in texts(at.markdown)
+    at.selectbox(key="tune_family").set_value("custom_cnn").run()
+    no_exception(at)
+    assert at.number_input(key="tune_hp_custom_cnn_scratch_learning_rate_min").value == pytest.approx(1e-4)
+    assert at.multiselect(key="tune_hp_custom_cnn_scratch_filters_choices").value == [16, 32, 64]
 
 
 def test_form_edits_reach_every_trial_of_the_background_search(tiny_data, tmp_path):

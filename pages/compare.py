@@ -144,7 +144,8 @@ for name in picked:
     m, low_high = scores[name], auc_interval(name)
     curves.append(
         {
-            "name": name, "fpr": items[name].roc["fpr"], "tpr": items[name].roc["tpr"], "auc": m["auc"],
+            "name": name, "fpr": items[name].roc["fpr"], "tpr": items[name].roc["tpr"], "thresholds": items[name].roc.get("thresholds"),
+            "auc": m["auc"],
             "auc_low": low_high[0], "auc_high": low_high[1], "confidence": items[name].confidence,
             "point": {"fpr": 1 - m["specificity"], "tpr": m["sensitivity"], "threshold": thresholds[name]}
             if np.isfinite(m["specificity"]) and np.isfinite(m["sensitivity"])

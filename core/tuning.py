@@ -74,6 +74,10 @@ class SearchSettings:
     augment_views: int = 3  # augmented copies of each training image cached for cut-point fine-tuning
     tta: int = 1  # test-time augmentation: views averaged when evaluating and predicting (1: off)
     stress_test: bool = True  # measure the model on changed validation images (core.stress)
+    # Every hyperparameter fixed to these values (name -> value): the search trains that one model.
+    # `core.repeat` retrains a run's best hyperparameters this way with other seeds.
+    fixed_hyperparameters: dict | None = None
+    cache_dir: str | None = None  # the shared pixel and feature caches, when not `artifacts_dir/.cache`
 
     @classmethod
     def from_dict(cls, values: dict) -> SearchSettings:
@@ -324,6 +328,11 @@ def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Pr
         "seed": settings.seed,
         "max_consecutive_failed_trials": 3,
     }
+    if settings.fixed_hyperparameters:
+        space = keras_tuner.HyperParameters()
+        for name, value in settings.fixed_hyperparameters.items():
+            space.Fixed(name, value)
+        options.update(hyperparameters=space, tune_new_entries=False)
     if settings.tuner == "hyperband":
         tuner = ReportingTuner(max_epochs=settings.epochs, factor=3, **options)
         tuner.oracle.max_trials = settings.trials  # a cap: Hyperband itself sizes its brackets
@@ -427,7 +436,7 @@ def _drop_undecodable(table: pd.DataFrame, pixels: np.ndarray, errors, folder: P
 
 def cache_root(settings: SearchSettings) -> Path:
     """Decoded pixels and backbone features are shared by runs: they live beside the runs."""
-    return Path(os.environ.get("CXR_CACHE_DIR") or Path(settings.artifacts_dir) / ".cache")
+    return Path(os.environ.get("CXR_CACHE_DIR") or settings.cache_dir or Path(settings.artifacts_dir) / ".cache")
 
 
 # ---------------------------------------------------------------------------- the search

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, ensemble, evidence, figures, report, shift, stress
+from core import artifacts, ensemble, evidence, figures, repeat, report, shift, stress
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -264,6 +264,12 @@ st.dataframe(
 for name in picked:
     if items[name].intervals is None:
         st.warning(f"{name}: no intervals: {items[name].interval_problem}")
+seed_spread = repeat.seed_summaries([by_name[n] for n in picked])  # repeated runs: the spread over their seeds
+if not seed_spread.empty:
+    st.subheader("Spread over training seeds")
+    st.dataframe(seed_spread, hide_index=True, key="seed_spread",
+                 column_config={k: number(format="%.3f") for k in ("mean", "SD", "min", "max")})
+    st.caption(f"{repeat.NOTE} The rows above show each repeat's first seed, its main predictions.")
 c1, c2 = st.columns([1, 1])
 c1.download_button(
     "Download metrics (CSV)", metrics_table.to_csv(index=False).encode(), file_name="metrics.csv",

@@ -19,7 +19,7 @@ import pytest
 from core import artifacts, repeat
 from core.artifacts import RunError
 from tests.helpers import make_dataset, run_cli
-from tests.test_app import frame_with, no_exception, page
+from tests.test_app import charts, frame_with, no_exception, page
 
 # ---------------------------------------------------------------------------- the spread over seeds
 
@@ -188,3 +188,17 @@ def test_compare_shows_the_spread_over_seeds(repeated):
     assert list(spread["metric"]) == ["test AUC", "test sensitivity", "test specificity"]
     expected = repeat.seed_summary(artifacts.load_run(repeated, "source-again"))
     assert list(spread["mean ± SD"]) == list(expected["mean ± SD"]) and list(spread["range"]) == list(expected["range"])
+    roc = next(spec for spec in charts(at) if (spec["layout"].get("title") or {}).get("text", "").startswith("ROC"))
+    curve = next(trace for trace in roc["data"] if trace.get("legendgroup") == "source-again" and trace.get("mode") == "lines")
+    assert "threshold %{customdata[0]" in curve["hovertemplate"] and len(curve["customdata"]) == len(curve["x"])
+
+
+def test_tune_page_offers_the_repeat_and_shows_a_repeats_spread(repeated):
+    at = page("tune", repeated.parent / "data", repeated)
+    at.selectbox(key="tune_detail").set_value("source").run()
+    no_exception(at)
+    assert not at.button(key="tune_repeat_source").disabled
+    assert at.number_input(key="tune_repeat_seeds_source").value == 3
+    at.selectbox(key="tune_detail").set_value("source-again").run()
+    no_exception(at)
+    assert list(frame_with(at, "mean ± SD")["metric"]) == ["test AUC", "test sensitivity", "test specificity"]

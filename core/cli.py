@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="choose the weights on validation (best validation AUC on a grid); default: equal weights")
     ensemble.add_argument("--artifacts", default=artifacts_default)
 
+    repeat = commands.add_parser("repeat", help="train a finished run's best hyperparameters again with other seeds, as one new run")
+    repeat.add_argument("run", help="a finished search (not an ensemble)")
+    repeat.add_argument("--seeds", type=int, required=True,
+                        help="how many other seeds (the run's seed + 1, + 2, ...); same split, only the training seed changes")
+    repeat.add_argument("--name", default=None, help="the new run's name (default: RUN-xNseeds)")
+    repeat.add_argument("--artifacts", default=artifacts_default)
+
     predict = commands.add_parser("predict", help="score images with a saved run")
     predict.add_argument("--run", required=True)
     predict.add_argument("--artifacts", default=artifacts_default)
@@ -201,11 +208,13 @@ def _worker(args) -> int:
 
 
 def _resume(args) -> int:
-    from core import artifacts, tuning
+    from core import artifacts, repeat, tuning
 
     run = artifacts.load_run(args.artifacts, args.run)
     if run.is_ensemble:
         raise artifacts.RunError(f"run {run.name!r} is an ensemble: it has no search to resume")
+    if repeat.is_repeat(run):
+        return _repeat_finish(repeat.run_repeat(args.artifacts, run.name))
     settings = tuning.SearchSettings.from_dict({**run.settings, "artifacts_dir": args.artifacts})
     return _finish(_search(settings, resume=True))
 
@@ -246,6 +255,29 @@ def _ensemble(args) -> int:
     weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(run.members, run.settings["weights"], strict=True))
     print(f"ensemble {run.name}: weights {weights} ({run.settings['weight_rule']})")
     return _finish(run.metrics)
+
+
+def _repeat(args) -> int:
+    from core import repeat
+
+    settings = repeat.plan_repeat(args.artifacts, args.run, args.seeds, args.name)
+    repeat.create_repeat(args.artifacts, settings)
+    print(f"repeat {settings['name']}: {args.run}'s best hyperparameters with seeds "
+          f"{', '.join(map(str, settings[repeat.REPEAT]['seeds']))}")
+    return _repeat_finish(repeat.run_repeat(args.artifacts, settings["name"]))
+
+
+def _repeat_finish(result: dict) -> int:
+    """The spread over the seeds, then the first seed's test metrics (the run's own)."""
+    if result.get("state") == "stopped":
+        return 0
+    import pandas as pd
+
+    spread = pd.DataFrame(result["repeat"]["spread"]).drop(columns=["mean ± SD", "range"])
+    print(f"over seeds {', '.join(map(str, result['repeat']['seeds']))} (each at its validation-chosen threshold):")
+    print(spread.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"main predictions: {result['repeat']['main']}")
+    return _finish(result)
 
 
 def _predict(args) -> int:
@@ -302,7 +334,7 @@ def _data(args) -> int:
     return 0
 
 
-HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "stop": _stop, "runs": _runs, "ensemble": _ensemble, "predict": _predict, "evaluate": _evaluate, "export": _export, "data": _data}
+HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "repeat": _repeat, "stop": _stop, "runs": _runs, "ensemble": _ensemble, "predict": _predict, "evaluate": _evaluate, "export": _export, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,7 +113,7 @@ def _problem(run: Run) -> str:
     return ""
 
 
-def _same_images(first: Run, other: Run, a: pd.DataFrame, b: pd.DataFrame, split: str) -> str:
+def same_images(first: Run, other: Run, a: pd.DataFrame, b: pd.DataFrame, split: str) -> str:
     paths_a, paths_b = set(a["path"]), set(b["path"])
     if paths_a == paths_b:
         return ""
@@ -138,7 +138,7 @@ def check_members(runs: Sequence[Run]) -> dict[str, tuple[pd.DataFrame, pd.DataF
     first = runs[0]
     for other in runs[1:]:
         for index, split in ((0, "validated"), (1, "tested")):
-            problem = _same_images(first, other, tables[first.name][index], tables[other.name][index], split)
+            problem = same_images(first, other, tables[first.name][index], tables[other.name][index], split)
             if problem:
                 raise RunError(f"cannot combine: {problem}")
     return tables
@@ -166,7 +166,8 @@ def _merged_splits(runs: Sequence[Run]) -> pd.DataFrame | None:
     return pd.concat(parts, ignore_index=True).drop_duplicates("path", keep="first").reset_index(drop=True)
 
 
-def _sum(values: list) -> float | None:
+def total(values: list) -> float | None:
+    """The sum of `values` rounded to 3 decimals, or None when any is missing (a partial sum would mislead)."""
     numbers = [float(v) for v in values if isinstance(v, (int, float))]
     return round(sum(numbers), 3) if len(numbers) == len(values) else None
 
@@ -210,12 +211,12 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
             "tta": None,  # each member predicts with its own test-time augmentation, if any
             "ensemble": {"members": [r.name for r in runs], "weights": weights.tolist(), "weight_rule": rule},
             # What using the ensemble costs: every member's parameters, search and inference time.
-            "parameters": _sum([m.get("parameters") for m in member_metrics]),
-            "timings": {"search_s": _sum([(m.get("timings") or {}).get("search_s") for m in member_metrics])},
+            "parameters": total([m.get("parameters") for m in member_metrics]),
+            "timings": {"search_s": total([(m.get("timings") or {}).get("search_s") for m in member_metrics])},
             "inference": {
                 "engine": "members",
-                "ms_per_image": _sum([(m.get("inference") or {}).get("ms_per_image") for m in member_metrics]),
-                "single_image_ms": _sum([(m.get("inference") or {}).get("single_image_ms") for m in member_metrics]),
+                "ms_per_image": total([(m.get("inference") or {}).get("ms_per_image") for m in member_metrics]),
+                "single_image_ms": total([(m.get("inference") or {}).get("single_image_ms") for m in member_metrics]),
             },
             "trials_completed": 0,
             "finished_at": now,

@@ -85,8 +85,8 @@ class RunEvidence:
     n_resamples: int
     seed: int
     confidence: float
-    roc: dict[str, list[float]]  # fpr, tpr
-    pr: dict[str, Any]  # precision, recall, average_precision, prevalence
+    roc: dict[str, list[float]]  # fpr, tpr, thresholds (one per point)
+    pr: dict[str, Any]  # precision, recall, thresholds, specificity (one per point), average_precision, prevalence
     reliability: dict[str, list[float]]  # mean_predicted, fraction_positive, count
     brier: float
     ece: float
@@ -118,6 +118,28 @@ def arrays(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def _plain(values) -> list[float]:
     return [round(float(v), 6) for v in np.asarray(values, dtype=np.float64)]
+
+
+def curve_thresholds(thresholds, y_score) -> list[float]:
+    """A curve's thresholds as plain floats, "nothing positive" included.
+
+    scikit-learn marks the point where no image is called positive with +inf (ROC) or with no
+    threshold at all (precision-recall); it is written as the next float above the top score,
+    as `core.evaluation.roc_points` does, so a probability of exactly 1.0 stays below it. The
+    others are kept unrounded: they are the probabilities themselves.
+    """
+    values = np.asarray(thresholds, dtype=np.float64).copy()
+    values[~np.isfinite(values)] = np.nextafter(float(np.max(y_score)), np.inf)
+    return [float(v) for v in values]
+
+
+def specificity_at(y: np.ndarray, s: np.ndarray, thresholds) -> list[float]:
+    """Specificity at each threshold (an image is positive when its score is at least the threshold)."""
+    negatives = np.sort(s[y == 0])
+    if negatives.size == 0:
+        return [math.nan] * len(thresholds)
+    false_alarms = negatives.size - np.searchsorted(negatives, np.asarray(thresholds, dtype=np.float64), side="left")
+    return _plain(1.0 - false_alarms / negatives.size)
 
 
 def threshold_choices(
@@ -194,14 +216,18 @@ def run_evidence(
     if both:
         from sklearn.metrics import roc_curve
 
-        fpr, tpr, _ = roc_curve(y, s)
-        roc = {"fpr": _plain(fpr), "tpr": _plain(tpr)}
+        fpr, tpr, roc_thresholds = roc_curve(y, s)
+        roc = {"fpr": _plain(fpr), "tpr": _plain(tpr), "thresholds": curve_thresholds(roc_thresholds, s)}
     else:
-        roc = {"fpr": [], "tpr": []}
+        roc = {"fpr": [], "tpr": [], "thresholds": []}
     pr_raw = statistics.precision_recall(y, s)
+    # scikit-learn's last precision-recall point (recall 0) has no threshold: it is "nothing positive".
+    pr_thresholds = curve_thresholds([*pr_raw["thresholds"], np.inf], s) if len(pr_raw["recall"]) else []
     pr = {
         "precision": _plain(pr_raw["precision"]),
         "recall": _plain(pr_raw["recall"]),
+        "thresholds": pr_thresholds,  # one per point, for the figure's hover
+        "specificity": specificity_at(y, s, pr_thresholds),
         "average_precision": float(pr_raw["average_precision"]),
         "prevalence": n_pos / y.size if y.size else math.nan,
     }

@@ -144,12 +144,24 @@ def _unit_square(fig: go.Figure) -> go.Figure:
     return fig
 
 
+THRESHOLD_HOVER = "threshold %{customdata[0]:.4f}<br>sensitivity %{customdata[1]:.3f}<br>specificity %{customdata[2]:.3f}"
+
+
+def _threshold_hover(thresholds, sensitivity, specificity) -> list[list[float]] | None:
+    """customdata rows [threshold, sensitivity, specificity] of a curve's points (read by `THRESHOLD_HOVER`), or None
+    when the curve carries no thresholds (or not one per point)."""
+    if thresholds is None or len(thresholds) != len(sensitivity) or len(thresholds) == 0:
+        return None
+    return [[float(t), float(se), float(sp)] for t, se, sp in zip(thresholds, sensitivity, specificity, strict=True)]
+
+
 def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
     """ROC curves of several runs overlaid, AUC (and its interval) in the legend, chance diagonal, operating points.
 
-    Each curve: `name`, `fpr`, `tpr`, `auc`, optionally `auc_low`, `auc_high` and `confidence`
-    (the AUC's interval, shown in the legend) and `point` = {"fpr", "tpr", "threshold"} (the
-    operating point at the threshold in use).
+    Each curve: `name`, `fpr`, `tpr`, `auc`, optionally `thresholds` (one per point: hovering a
+    point then shows its threshold, sensitivity and specificity), `auc_low`, `auc_high` and
+    `confidence` (the AUC's interval, shown in the legend) and `point` = {"fpr", "tpr", "threshold"}
+    (the operating point at the threshold in use).
     """
     colors = dict(colors or run_colors([c["name"] for c in curves]))
     fig = go.Figure()
@@ -161,10 +173,12 @@ def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = Non
         name = curve["name"]
         color = colors.get(name, RUN_PALETTE[0])
         label = _auc_label(name, curve.get("auc"), curve.get("auc_low"), curve.get("auc_high"), curve.get("confidence", 0.95))
+        hover = _threshold_hover(curve.get("thresholds"), curve["tpr"], [1.0 - float(f) for f in curve["fpr"]])
         fig.add_scatter(
             x=list(curve["fpr"]), y=list(curve["tpr"]), mode="lines", name=label, legendgroup=name,
-            line={"color": color, "width": 2},
-            hovertemplate="1 − specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>" + name + "</extra>",
+            line={"color": color, "width": 2}, customdata=hover,
+            hovertemplate=(THRESHOLD_HOVER if hover else "1 − specificity %{x:.3f}<br>sensitivity %{y:.3f}")
+            + "<extra>" + name + "</extra>",
         )
         point = curve.get("point")
         if point:
@@ -187,7 +201,9 @@ def precision_recall_figure(curves: Sequence[Mapping], colors: Mapping[str, str]
 
     Each curve: `name`, `precision`, `recall`, `average_precision` and optionally `prevalence`
     (the share of pneumonia images: a classifier that guesses has that precision at every recall,
-    drawn as a dashed line).
+    drawn as a dashed line) and `thresholds` with `specificity` (one per point, as
+    `core.evidence` gives them: hovering a point then shows its threshold, sensitivity and
+    specificity).
     """
     colors = dict(colors or run_colors([c["name"] for c in curves]))
     fig = go.Figure()
@@ -201,10 +217,14 @@ def precision_recall_figure(curves: Sequence[Mapping], colors: Mapping[str, str]
         name = curve["name"]
         ap = curve.get("average_precision")
         label = f"{name} (AP {ap:.3f})" if ap is not None and np.isfinite(ap) else f"{name} (AP n/a)"
+        hover = None
+        if curve.get("specificity") is not None and len(curve["specificity"]) == len(curve["recall"]):
+            hover = _threshold_hover(curve.get("thresholds"), curve["recall"], curve["specificity"])
         fig.add_scatter(
             x=list(curve["recall"]), y=list(curve["precision"]), mode="lines", name=label, legendgroup=name,
-            line={"color": colors.get(name, RUN_PALETTE[0]), "width": 2, "shape": "hv"},
-            hovertemplate="recall %{x:.3f}<br>precision %{y:.3f}<extra>" + name + "</extra>",
+            line={"color": colors.get(name, RUN_PALETTE[0]), "width": 2, "shape": "hv"}, customdata=hover,
+            hovertemplate=(THRESHOLD_HOVER + "<br>precision %{y:.3f}" if hover else "recall %{x:.3f}<br>precision %{y:.3f}")
+            + "<extra>" + name + "</extra>",
         )
     _layout(fig, "Precision-recall on the test split", "Recall (sensitivity)", "Precision (positive predictive value)")
     _legend_below(fig, _legend_rows(curves), "AP: average precision")

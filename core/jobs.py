@@ -98,6 +98,20 @@ def start_search(settings: SearchSettings) -> str:
     return settings.name
 
 
+def start_repeat(artifacts_dir: str, source: str, n_seeds: int, name: str | None = None) -> str:
+    """Start a repeat of `source`'s best hyperparameters with other seeds in the background (`core.repeat`);
+    returns the new run's name. Bad input is refused here, before any process starts."""
+    from core import repeat
+
+    _reap()
+    settings = repeat.plan_repeat(artifacts_dir, source, n_seeds, name)
+    progress = {"trials_done": 0, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    folder = repeat.create_repeat(artifacts_dir, settings, {**progress, "state": "starting", "phase": "starting",
+                                                            "pid": os.getpid(), "host": artifacts.this_host(), LAUNCHING: True})
+    _launch_visibly(folder, artifacts_dir, progress)  # `core resume` continues a repeat as a repeat
+    return settings["name"]
+
+
 def resume_search(artifacts_dir: str, name: str) -> int:
     """Continue a stopped, failed or interrupted search in the background; returns its pid."""
     _reap()

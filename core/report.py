@@ -299,7 +299,7 @@ def build_report(
     roc = figures.roc_figure(
         [
             {
-                "name": e.name, "fpr": e.roc["fpr"], "tpr": e.roc["tpr"], "auc": e.metrics["auc"],
+                "name": e.name, "fpr": e.roc["fpr"], "tpr": e.roc["tpr"], "thresholds": e.roc.get("thresholds"), "auc": e.metrics["auc"],
                 "auc_low": e.interval("auc").low if e.interval("auc") else None,
                 "auc_high": e.interval("auc").high if e.interval("auc") else None,
                 "confidence": e.confidence,

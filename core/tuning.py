@@ -76,6 +76,11 @@ class SearchSettings:
     stress_test: bool = True  # measure the model on changed validation images (core.stress)
     # edits of the default search space (core.search_space), e.g. {"dropout": 0.2}; None: the default space
     space: dict | None = None
+    # Every hyperparameter fixed to these values (name -> value): the search trains that one model.
+    # `core.repeat` retrains a run's best hyperparameters this way with other seeds. Unlike a `space`
+    # edit, this replays a finished trial exactly, hyperparameters outside the editable space included.
+    fixed_hyperparameters: dict | None = None
+    cache_dir: str | None = None  # the shared pixel and feature caches, when not `artifacts_dir/.cache`
 
     @classmethod
     def from_dict(cls, values: dict) -> SearchSettings:
@@ -344,7 +349,12 @@ def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Pr
         "seed": settings.seed,
         "max_consecutive_failed_trials": 3,
     }
-    if settings.space:  # the edited hyperparameters, registered before the model's own defaults
+    if settings.fixed_hyperparameters:  # a replay: every hyperparameter as the finished trial drew it
+        space = keras_tuner.HyperParameters()
+        for name, value in settings.fixed_hyperparameters.items():
+            space.Fixed(name, value)
+        options.update(hyperparameters=space, tune_new_entries=False)
+    elif settings.space:  # the edited hyperparameters, registered before the model's own defaults
         edited = settings.hyperparameters()
         options["hyperparameters"] = search_space.registered_in_advance(edited[name] for name in settings.space)
     if settings.tuner == "hyperband":
@@ -450,7 +460,7 @@ def _drop_undecodable(table: pd.DataFrame, pixels: np.ndarray, errors, folder: P
 
 def cache_root(settings: SearchSettings) -> Path:
     """Decoded pixels and backbone features are shared by runs: they live beside the runs."""
-    return Path(os.environ.get("CXR_CACHE_DIR") or Path(settings.artifacts_dir) / ".cache")
+    return Path(os.environ.get("CXR_CACHE_DIR") or settings.cache_dir or Path(settings.artifacts_dir) / ".cache")
 
 
 # ---------------------------------------------------------------------------- the search

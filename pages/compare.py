@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, ensemble, evidence, figures, report, shift, stress
+from core import artifacts, ensemble, evidence, figures, repeat, report, shift, stress
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -144,7 +144,8 @@ for name in picked:
     m, low_high = scores[name], auc_interval(name)
     curves.append(
         {
-            "name": name, "fpr": items[name].roc["fpr"], "tpr": items[name].roc["tpr"], "auc": m["auc"],
+            "name": name, "fpr": items[name].roc["fpr"], "tpr": items[name].roc["tpr"], "thresholds": items[name].roc.get("thresholds"),
+            "auc": m["auc"],
             "auc_low": low_high[0], "auc_high": low_high[1], "confidence": items[name].confidence,
             "point": {"fpr": 1 - m["specificity"], "tpr": m["sensitivity"], "threshold": thresholds[name]}
             if np.isfinite(m["specificity"]) and np.isfinite(m["sensitivity"])
@@ -263,6 +264,12 @@ st.dataframe(
 for name in picked:
     if items[name].intervals is None:
         st.warning(f"{name}: no intervals: {items[name].interval_problem}")
+seed_spread = repeat.seed_summaries([by_name[n] for n in picked])  # repeated runs: the spread over their seeds
+if not seed_spread.empty:
+    st.subheader("Spread over training seeds")
+    st.dataframe(seed_spread, hide_index=True, key="seed_spread",
+                 column_config={k: number(format="%.3f") for k in ("mean", "SD", "min", "max")})
+    st.caption(f"{repeat.NOTE} The rows above show each repeat's first seed, its main predictions.")
 c1, c2 = st.columns([1, 1])
 c1.download_button(
     "Download metrics (CSV)", metrics_table.to_csv(index=False).encode(), file_name="metrics.csv",

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import artifacts, augmentation, catalog, data, demo, figures, jobs, models, presets, tuning
+from core import artifacts, augmentation, catalog, data, demo, figures, jobs, models, presets, repeat, tuning
 from pages import _shared as ui
 from pages._space_editor import space_editor
 
@@ -311,6 +311,40 @@ def _export(name: str) -> None:
         st.session_state["tune_message"] = ("error", f"Cannot export {name}: {error}")
 
 
+def _repeat(name: str) -> None:
+    """The Repeat button: start the repeat in the background; it shows under "Running searches"."""
+    state = st.session_state
+    try:
+        new = jobs.start_repeat(folder, name, int(state[f"tune_repeat_seeds_{name}"]), str(state.get(f"tune_repeat_name_{name}") or "").strip() or None)
+        state["tune_message"] = ("success", f"Started **{new}** in the background: {name}'s best hyperparameters with other seeds.")
+    except (artifacts.RunError, OSError, ValueError) as error:
+        state["tune_message"] = ("error", f"Cannot repeat {name}: {error}")
+
+
+def repeat_panel(run: artifacts.Run) -> None:
+    """Repeat the run's best hyperparameters with other seeds (core.repeat); for a repeat, its spread over the seeds."""
+    name = run.name
+    with st.container(border=True):
+        st.markdown(f"**{name}** · repeat the best with other seeds")
+        if repeat.is_repeat(run):
+            spread = repeat.seed_summary(run)
+            if spread.empty:
+                st.caption("Its seeds are not all trained yet.")
+            else:
+                st.dataframe(spread, hide_index=True, key=f"tune_seed_spread_{name}",
+                             column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("mean", "SD", "min", "max")})
+                st.caption(repeat.NOTE)
+            return
+        problem = repeat.source_problem(run)
+        st.caption("Trains its best hyperparameters again with other seeds, on its own split (only the training seed "
+                   "changes), into one new run; Compare then shows the spread of its test metrics over the seeds.")
+        r1, r2, r3 = st.columns([1, 2, 1], vertical_alignment="bottom")
+        r1.number_input("Other seeds", min_value=1, max_value=repeat.MAX_SEEDS, value=3, step=1, key=f"tune_repeat_seeds_{name}")
+        r2.text_input("Name of the new run", key=f"tune_repeat_name_{name}", placeholder=f"{name}-x3seeds (default)")
+        r3.button("Repeat", key=f"tune_repeat_{name}", icon=":material/replay:", on_click=_repeat, args=(name,),
+                  disabled=bool(problem), help=problem or "Runs in the background, one seed after another.")
+
+
 def run_admin(run: artifacts.Run) -> None:
     """Note, tags, archive or restore, delete (with a confirmation) and the model-card download of one run."""
     name = run.name
@@ -421,4 +455,5 @@ else:
     with right:
         st.caption("Log (last lines)")
         st.code(run.log_tail(30) or "(no log)", language=None, wrap_lines=True)
+    repeat_panel(run)
     run_admin(run)

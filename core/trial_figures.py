@@ -21,6 +21,8 @@ from core.trials import SCORE, Importance, TrialTable, encode, is_categorical, o
 SCORE_TITLE = "Best validation AUC"
 BEST_COLOR = "#d1495b"
 OTHER_COLOR = "#5b6770"
+# Learning curves of the other picked trials: the palette without its reds and pinks, so the best stands out.
+OTHER_TRIAL_COLORS = tuple(c for c in RUN_PALETTE if c not in ("#D55E00", "#CC79A7"))
 # A positive hyperparameter spanning this many powers of ten (a learning rate) is drawn on a log axis.
 LOG_SPAN_DECADES = 1.5
 
@@ -117,7 +119,7 @@ def learning_curves_figure(history: pd.DataFrame, trial_ids: Sequence[str], best
     """Train (dashed) and validation (solid) `metric` per epoch of the picked trials; the best thick and red."""
     titles = {"auc": "AUC", "loss": "Loss (cross-entropy)", "accuracy": "Accuracy (share correct)"}
     fig = go.Figure()
-    others = iter(RUN_PALETTE[1:] * 100)
+    others = iter(OTHER_TRIAL_COLORS * (len(trial_ids) // len(OTHER_TRIAL_COLORS) + 1))
     for trial_id in trial_ids:
         rows = history[history["trial_id"].astype(str) == str(trial_id)].sort_values("epoch")
         if rows.empty:
@@ -134,7 +136,8 @@ def learning_curves_figure(history: pd.DataFrame, trial_ids: Sequence[str], best
                 marker={"size": 7 if is_best else 5},
             )
     _layout(fig, f"Learning curves: {titles.get(metric, metric)}, train dashed, validation solid", "Epoch",
-            titles.get(metric, metric), height=380)
+            titles.get(metric, metric), height=max(380, 120 + 22 * 2 * len(trial_ids)))
+    fig.update_layout(legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"})  # beside, not over the title
     fig.update_xaxes(dtick=1 if history["epoch"].max() <= 20 else None)
     return fig
 

@@ -25,6 +25,7 @@ DATA_SUMMARY = "data_summary.json"
 SPLITS = "splits.csv"
 PROGRESS = "progress.json"
 TRIALS = "trials.json"
+TRIAL_HISTORY = "trial_history.csv"  # trial × epoch (core.trials); absent in runs saved before it was kept
 BEST_HYPERPARAMETERS = "best_hyperparameters.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
@@ -326,6 +327,20 @@ class Run:
         """The validation split's predictions, or None for runs saved before they were kept."""
         path = self.folder / VAL_PREDICTIONS
         return read_csv(path) if path.exists() else None
+
+    def trials(self) -> list[dict]:
+        """trials.json: one dict per Keras Tuner trial; [] before the first trial or if unreadable."""
+        rows = self.read(TRIALS, [])
+        return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+    def trial_history(self) -> pd.DataFrame | None:
+        """trial_history.csv (with distributed workers' own files), or None for runs saved before it
+        was kept: callers show a note, not an error."""
+        from core.trials import read_history  # core.trials writes through this module
+
+        parts = [read_history(path) for path in [self.folder / TRIAL_HISTORY, *sorted((self.folder / "workers").glob(f"*_{TRIAL_HISTORY}"))]]
+        parts = [p for p in parts if p is not None]
+        return pd.concat(parts, ignore_index=True) if parts else None
 
     def log_tail(self, lines: int = 30, file_name: str = LOG) -> str:
         """The last lines of the run's log (or of another text file in its folder, e.g. process.log)."""

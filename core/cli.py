@@ -15,6 +15,13 @@ from core import console
 EXIT_USAGE = 2
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive whole number, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -78,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE|MIN:MAX|A,B,C",
                       help="edit one hyperparameter: fix it, narrow its range or keep some of its choices; repeat for more "
                       "(overrides --space for that name)")
+    tune.add_argument("--patience", type=_non_negative_int,
+                      help="early stopping: end a trial after this many epochs without a better validation AUC (default 0: off)")
     tune.add_argument("--name", default=None, help="run name (default: family-mode-date)")
     tune.add_argument("--artifacts", default=artifacts_default)
     tune.add_argument("--distributed", choices=("chief",), default=None,
@@ -142,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 # `tune` options that map one to one onto SearchSettings fields.
 _SETTING_OPTIONS = (
     "family", "tuner", "trials", "epochs", "image_size", "weights", "mode", "max_per_class", "batch_size", "seed",
-    "mobilenet_version", "alpha", "engine", "cut", "augment", "augment_views", "tta", "name",
+    "mobilenet_version", "alpha", "engine", "cut", "augment", "augment_views", "tta", "patience", "name",
 )
 
 

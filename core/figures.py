@@ -344,20 +344,6 @@ def probability_figure(rows: pd.DataFrame, colors: Mapping[str, str] | None = No
     return fig
 
 
-def trial_scores_figure(trials: Sequence[Mapping]) -> go.Figure:
-    """Validation AUC of each Keras Tuner trial (from `trials.json`), best so far as a line."""
-    rows = [t for t in trials if t.get("score") is not None]
-    ids = [str(t.get("trial_id")) for t in rows]
-    scores = [float(t["score"]) for t in rows]
-    fig = go.Figure()
-    fig.add_bar(x=ids, y=scores, name="trial", marker_color="#5b6770")
-    if scores:
-        fig.add_scatter(x=ids, y=np.maximum.accumulate(scores).tolist(), mode="lines+markers", name="best so far", line={"color": "#d1495b"})
-    _layout(fig, "Validation AUC per trial", "Trial", "Validation AUC", height=280)
-    fig.update_yaxes(range=[0, 1])
-    return fig
-
-
 def shift_figure(rows: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
     """Validation → test for each run and metric: an open dot on validation, a filled one on test, joined.
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import artifacts, augmentation, data, evaluation, models, search_space, stress
+from core import artifacts, augmentation, data, evaluation, models, search_space, stress, trials
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_auc"
@@ -81,6 +81,9 @@ class SearchSettings:
     # edit, this replays a finished trial exactly, hyperparameters outside the editable space included.
     fixed_hyperparameters: dict | None = None
     cache_dir: str | None = None  # the shared pixel and feature caches, when not `artifacts_dir/.cache`
+    # Early stopping per trial: end a trial after this many epochs without a better validation AUC.
+    # 0 = off by default: the presets were measured without it, and their 1-6 epochs leave little to cut.
+    patience: int = 0
 
     @classmethod
     def from_dict(cls, values: dict) -> SearchSettings:
@@ -143,6 +146,8 @@ class SearchSettings:
         if self.engine not in ("auto", "tflite", "keras"):
             problems.append("engine must be auto, tflite or keras")
         problems += self._augmentation_problems()
+        if not 0 <= int(self.patience) <= 1000:
+            problems.append("patience (early stopping) must be between 0 (off) and 1000 epochs")
         if not problems:  # the space depends on the settings above: check it once they hold
             problems += self._space_problems()
         if not 1 <= int(self.tta) <= augmentation.TTA_MAX_VIEWS:
@@ -277,17 +282,31 @@ class StopFlag:
             raise SearchStopped()
 
 
-def _make_progress_callback(progress: Progress, stop: StopFlag, log):
+def _make_progress_callback(progress: Progress, stop: StopFlag, log, recorder: trials.HistoryRecorder):
     import keras
 
     class ProgressCallback(keras.callbacks.Callback):
-        """Reports epochs to `progress.json` and turns a stop request into `SearchStopped`."""
+        """Reports epochs to `progress.json` and the trial history, and turns a stop request into `SearchStopped`."""
+
+        last_epoch = 0
 
         def __deepcopy__(self, memo):  # Keras Tuner deep-copies callbacks per trial; keep one.
             return self
 
+        def on_train_begin(self, logs=None):
+            self.last_epoch = 0
+
         def on_epoch_begin(self, epoch, logs=None):
+            recorder.begin_epoch()
             progress.update(epoch=epoch + 1, force=True)
+
+        def on_train_end(self, logs=None):
+            # Reached only when fit returns: a stop request or a failed trial raises past it.
+            planned = int(self.params.get("epochs") or self.last_epoch)
+            recorder.end_training(self.last_epoch, planned)
+            if self.last_epoch < planned:
+                log(f"  trial {progress.state['trial']}: stopped early after epoch {self.last_epoch} of {planned} "
+                    "(no better validation AUC for the patience set)")
 
         def on_train_batch_end(self, batch, logs=None):
             stop.check()
@@ -302,13 +321,28 @@ def _make_progress_callback(progress: Progress, stop: StopFlag, log):
             if val_auc is not None and (best is None or val_auc > best):
                 best = float(val_auc)
             progress.update(epoch=epoch + 1, latest_val_auc=val_auc, best_val_auc=best, force=True)
+            self.last_epoch = epoch + 1
+            recorder.end_epoch(epoch + 1, logs)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float)))
             log(f"  trial {progress.state['trial']}/{progress.state['trials_total']} epoch {epoch + 1}: {shown}")
 
     return ProgressCallback()
 
 
-def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Progress, stop: StopFlag, log):
+def trial_callbacks(settings: SearchSettings, progress: Progress, stop: StopFlag, log, recorder: trials.HistoryRecorder) -> list:
+    """What every trial's `fit` gets: progress and history reporting, and early stopping when asked for."""
+    import keras
+
+    callbacks = [_make_progress_callback(progress, stop, log, recorder)]
+    if settings.patience:
+        # Keras Tuner deep-copies callbacks per trial, so each trial gets a fresh patience count.
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max", patience=int(settings.patience)))
+        log(f"early stopping: a trial ends after {settings.patience} epochs without a better validation AUC")
+    return callbacks
+
+
+def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Progress, stop: StopFlag, log,
+                recorder: trials.HistoryRecorder):
     import keras_tuner
 
     base = {
@@ -327,9 +361,13 @@ def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Pr
             progress.update(trial=number, epoch=0, phase="searching", message=f"trial {number}", force=True)
             shown = {k: round(v, 6) if isinstance(v, float) else v for k, v in trial.hyperparameters.values.items()}
             log(f"trial {number}/{progress.state['trials_total']}: {shown}")
+            recorder.begin_trial(trial.trial_id)
             super().on_trial_begin(trial)
+            if hasattr(self.oracle, "trials"):  # list it (running) at once, so the live panel shows it
+                _save_trials(self, folder, recorder)
 
         def on_trial_end(self, trial):
+            recorder.end_trial(trial.trial_id)
             super().on_trial_end(trial)
             if not hasattr(self.oracle, "trials"):  # a distributed worker: the chief keeps the list
                 ran = progress.state.setdefault("trials_run", [])
@@ -338,7 +376,7 @@ def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Pr
                 return
             done = sum(t.status == "COMPLETED" for t in self.oracle.trials.values())
             progress.update(trials_done=done, force=True)
-            _save_trials(self, folder)
+            _save_trials(self, folder, recorder)
 
     options = {
         "hypermodel": hypermodel,
@@ -374,7 +412,8 @@ def _planned_trials(tuner, settings: SearchSettings) -> int:
     return min(settings.trials, planned)
 
 
-def _trial_rows(tuner) -> list[dict]:
+def _trial_rows(tuner, recorder: trials.HistoryRecorder | None = None) -> list[dict]:
+    """trials.json: Keras Tuner's view of each trial, plus what the recorder measured (duration, epochs run)."""
     rows = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id) if t.trial_id.isdigit() else 0):
         values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
@@ -386,13 +425,19 @@ def _trial_rows(tuner) -> list[dict]:
                 "best_step": trial.best_step,
                 "hyperparameters": values,
                 "message": (trial.message or "").strip().splitlines()[-1:] if trial.message else None,
+                # Hyperband: the epochs this trial trains to, and the trial it continues (if any).
+                "epochs_budget": trial.hyperparameters.values.get("tuner/epochs"),
+                "continues": trial.hyperparameters.values.get("tuner/trial_id"),
+                **(recorder.trial_meta(trial.trial_id) if recorder else {}),
             }
         )
     return rows
 
 
-def _save_trials(tuner, folder: Path) -> None:
-    artifacts.write_json(folder / artifacts.TRIALS, _trial_rows(tuner))
+def _save_trials(tuner, folder: Path, recorder: trials.HistoryRecorder | None = None) -> None:
+    if recorder is None:  # keep what an earlier writer measured (the chief's watcher has no recorder)
+        recorder = trials.HistoryRecorder(folder / artifacts.TRIAL_HISTORY, artifacts.read_json(folder / artifacts.TRIALS, []) or [])
+    artifacts.write_json(folder / artifacts.TRIALS, _trial_rows(tuner, recorder))
 
 
 # ---------------------------------------------------------------------------- data for a run
@@ -599,7 +644,10 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     )
 
     clock = time.monotonic()
-    tuner = _make_tuner(settings, hypermodel, folder, progress, stop, log)
+    # A worker records its own trials beside its log; the others, the run's trial_history.csv.
+    history_path = progress.path.with_name(f"{progress.path.stem}_{artifacts.TRIAL_HISTORY}") if role == "worker" else folder / artifacts.TRIAL_HISTORY
+    recorder = trials.HistoryRecorder(history_path, artifacts.read_json(folder / artifacts.TRIALS, []) or [])
+    tuner = _make_tuner(settings, hypermodel, folder, progress, stop, log, recorder)
     total = _planned_trials(tuner, settings)
     progress.update(state="running", phase="searching", trials_total=total, epochs=settings.epochs, force=True)
     log(f"searching: {settings.tuner} search, {total} trials, {settings.epochs} epochs, class weights {weights}")
@@ -609,14 +657,14 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     else:
         train_ds = data.make_tf_dataset(inputs[part["train"]], labels[part["train"]], settings.batch_size, shuffle=True, seed=settings.seed)
         val_ds = data.make_tf_dataset(inputs[part["val"]], labels[part["val"]], settings.batch_size)
-    callback = _make_progress_callback(progress, stop, log)
+    callbacks = trial_callbacks(settings, progress, stop, log, recorder)
     watcher = _watch_chief(tuner, progress, folder) if role == "chief" else None
     # Keras Tuner clears the Keras session before every trial, and that runs a full gc.collect()
     # over everything loaded so far (TensorFlow, the backbone, the data): about 0.25 s a trial,
     # a fifth of a frozen-mode trial. Freezing those long-lived objects takes them out of it.
     gc.freeze()
     try:
-        tuner.search(train_ds, validation_data=val_ds, epochs=settings.epochs, class_weight=weights, callbacks=[callback], verbose=0)
+        tuner.search(train_ds, validation_data=val_ds, epochs=settings.epochs, class_weight=weights, callbacks=callbacks, verbose=0)
     finally:
         gc.unfreeze()  # in-process callers (tests, the distributed test) get a normal collector back
         if watcher:
@@ -625,7 +673,7 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
         log(f"worker finished: ran trials {progress.state.get('trials_run', [])}")
         return {"state": "worker-done", "trials_run": progress.state.get("trials_run", [])}
     stop.check()
-    _save_trials(tuner, folder)
+    _save_trials(tuner, folder, recorder)
     timings["search_s"] = time.monotonic() - clock
 
     completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import artifacts, augmentation, catalog, data, demo, figures, jobs, models, presets, repeat, tuning
+from core import artifacts, augmentation, catalog, data, demo, jobs, models, presets, repeat, tuning
 from pages import _shared as ui
 from pages._space_editor import space_editor
+from pages._trials import trials_view
 
 ui.leave_pages_folder_mode()
 st.title("Tune")
@@ -175,6 +176,11 @@ with st.container(border=True):
         c1, c2, c3, c4 = st.columns(4)
         batch_size = c1.number_input("Batch size", 1, 4096, 32, key="tune_batch_size")
         seed = c2.number_input("Seed", 0, 2**31 - 1, 42, key="tune_seed", help="Fixes the patient split, the image cap and the search's draws.")
+        patience = c2.number_input(
+            "Early stopping patience (epochs)", 0, 1000, 0, key="tune_patience",
+            help="End a trial after this many epochs without a better validation AUC (0 = off). "
+            "Each trial's history records the epochs it ran and whether it stopped early.",
+        )
         tta = c1.number_input(
             "Test-time views", 1, augmentation.TTA_MAX_VIEWS, 1, key="tune_tta",
             help="Test-time augmentation: evaluation and predictions average the probability over this many fixed views "
@@ -209,7 +215,7 @@ if start:
             image_size=int(image_size), weights=weights, mode=mode if info.transfer else "frozen",
             max_per_class=int(max_per_class) or None, name=name.strip() or None, artifacts_dir=folder,
             batch_size=int(batch_size), seed=int(seed), mobilenet_version=version, alpha=float(alpha),
-            augment=augment, augment_views=int(views), tta=int(tta), space=space_edits or None,
+            augment=augment, augment_views=int(views), tta=int(tta), space=space_edits or None, patience=int(patience),
         ).resolved()
         started = jobs.start_search(settings)
     except (tuning.SettingsError, artifacts.RunError, data.DataError, OSError) as error:
@@ -257,6 +263,8 @@ def live_panel(folder: str, name: str) -> None:
             st.caption(progress["message"])
         log = run.log_tail(12)
         st.code(log or "(no log yet)", language=None, wrap_lines=True)
+        with st.expander("Trials so far", expanded=True):
+            trials_view(run, key=f"live_trials_{name}")
         c1, c2, _ = st.columns([1, 1, 4])
         if c1.button("Stop", key=f"stop_{name}", icon=":material/stop:", help="Stop after the current batch; completed trials are kept and it can be resumed."):
             st.toast(jobs.stop_search(folder, name))
@@ -443,13 +451,10 @@ else:
         st.session_state.pop("tune_detail", None)  # a deleted, archived or filtered-out run
     detail = st.selectbox("Run", [r.name for r in finished], key="tune_detail")
     run = next(r for r in finished if r.name == detail)
+    st.markdown("**Trials**")
+    trials_view(run, key="tune_trials")
     left, right = st.columns(2)
     with left:
-        trials = run.read(artifacts.TRIALS, []) or []
-        if any(t.get("score") is not None for t in trials):
-            st.plotly_chart(figures.trial_scores_figure(trials), key="fig_trials")
-        else:
-            st.caption("No completed trials.")
         st.caption("Settings")
         st.json(run.settings, expanded=False)
     with right:

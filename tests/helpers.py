@@ -104,3 +104,61 @@ def clustered_pair(seed: int = 2, n_patients: int = 40, images_per_patient: int 
         )
 
     return table(a_patient), table(b_patient)
+
+
+def make_trials_run(artifacts_dir: Path, name: str, n_trials: int = 20, tuner: str = "random", state: str = "completed",
+                    history: bool = True, epochs: int = 6, seed: int = 0) -> Path:
+    """A synthetic run folder as a search leaves it (settings, progress, trials.json, trial_history.csv).
+
+    Its validation AUC depends mostly on the learning rate (best near 1e-3), a little on dropout,
+    and not at all on the other hyperparameters. `state="running"` leaves the last trial training,
+    owned by this process (alive); `history=False` is a run saved before histories were kept.
+    """
+    import json
+    import socket
+
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    folder = Path(artifacts_dir) / name
+    folder.mkdir(parents=True)
+    rows, epochs_rows = [], []
+    for i in range(n_trials):
+        hp = {
+            "learning_rate": float(10 ** rng.uniform(-4, -2)), "dropout": round(float(rng.choice([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])), 1),
+            "dense_units": int(rng.choice([32, 64, 128, 256])), "batch_norm": bool(rng.integers(2)),
+            "filters": int(rng.choice([16, 32, 64])),
+        }
+        peak = 0.95 - 0.12 * (np.log10(hp["learning_rate"]) + 3) ** 2 - 0.05 * hp["dropout"]
+        budget = epochs if tuner != "hyperband" else int(rng.choice([2, epochs // 2 or 2, epochs]))
+        running = state == "running" and i == n_trials - 1
+        ran = max(1, budget // 2) if running else budget
+        curve = [peak - (peak - 0.5) * np.exp(-e) + rng.normal(0, 0.005) for e in range(ran)]
+        for e, val_auc in enumerate(curve):
+            epochs_rows.append({
+                "trial_id": f"{i:02d}", "epoch": e + 1, "loss": 0.7 * np.exp(-0.3 * e), "auc": min(0.999, val_auc + 0.03),
+                "accuracy": val_auc - 0.05, "val_loss": 0.75 * np.exp(-0.25 * e), "val_auc": val_auc,
+                "val_accuracy": val_auc - 0.08, "epoch_s": 1.5,
+            })
+        best = int(np.argmax(curve))
+        rows.append({
+            "trial_id": f"{i:02d}", "status": "RUNNING" if running else "COMPLETED", "score": None if running else float(curve[best]),
+            "best_step": None if running else best, "hyperparameters": hp, "message": None,
+            **({"epochs_budget": budget} if tuner == "hyperband" else {}),
+            **({"started_at": "2024-01-01T00:00:00+00:00", "duration_s": 1.5 * ran + 0.4, "epochs_run": ran, "stopped_early": False}
+               if history else {}),
+        })
+    settings = {"data_dir": "/nowhere", "family": "custom_cnn", "tuner": tuner, "trials": n_trials, "epochs": epochs,
+                "image_size": 32, "mode": "scratch", "weights": "none", "name": name, "patience": 0}
+    done = sum(r["status"] == "COMPLETED" for r in rows)
+    progress = {"state": state, "phase": "searching" if state == "running" else "done", "trial": n_trials, "trials_total": n_trials,
+                "trials_done": done, "epoch": 1, "epochs": epochs, "best_val_auc": max(r["score"] or 0 for r in rows),
+                "elapsed_s": 10.0, "started_at": "2024-01-01T00:00:00+00:00", "pid": os.getpid(),
+                "host": socket.gethostname()}
+    (folder / "settings.json").write_text(json.dumps(settings))
+    (folder / "progress.json").write_text(json.dumps(progress))
+    (folder / "trials.json").write_text(json.dumps(rows))
+    (folder / "log.txt").write_text(f"trial {n_trials}/{n_trials}\n")
+    if history:
+        pd.DataFrame(epochs_rows).to_csv(folder / "trial_history.csv", index=False)
+    return folder

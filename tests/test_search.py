@@ -39,6 +39,17 @@ def test_a_finished_run_has_every_file_and_consistent_metrics(finished_run):
     trials = json.loads((run.folder / "trials.json").read_text())
     assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
     assert all(0 <= t["score"] <= 1 and "learning_rate" in t["hyperparameters"] for t in trials)
+    # Each trial's history: 2 epochs each (no early stopping by default), its best epoch the one
+    # Keras Tuner scored, and trials.json's facts agree with it.
+    history = run.trial_history()
+    assert history.groupby("trial_id").size().to_dict() == {t["trial_id"]: 2 for t in trials}
+    for trial in trials:
+        rows = history[history["trial_id"] == trial["trial_id"]]
+        assert rows["val_auc"].max() == pytest.approx(trial["score"], abs=1e-6)
+        assert rows.loc[rows["val_auc"].idxmax(), "epoch"] == trial["best_step"] + 1
+        assert rows[["loss", "auc", "accuracy", "val_loss", "val_accuracy"]].notna().all().all()
+        assert trial["epochs_run"] == 2 and trial["stopped_early"] is False
+        assert trial["duration_s"] >= rows["epoch_s"].sum() > 0
     # The metrics are those of the saved per-image predictions, at the validation threshold.
     predictions = run.predictions()
     metrics = run.metrics
@@ -178,11 +189,14 @@ def test_a_killed_search_is_interrupted_and_resumes(dataset, tmp_path):
     wait_for(lambda: _progress(tmp_path, "killed").get("trials_done", 0) >= 1, 180, what="a first completed trial")
     os.kill(_progress(tmp_path, "killed")["pid"], signal.SIGKILL)
     wait_for(lambda: artifacts.load_run(tmp_path, "killed").state == "interrupted", 30, what="the interrupted state")
+    assert len(artifacts.load_run(tmp_path, "killed").trial_history()) >= 3  # the kill leaves a readable history
     assert "stopped" not in artifacts.load_run(tmp_path, "killed").state
     result = run_cli("resume", "killed", "--artifacts", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     run = artifacts.load_run(tmp_path, "killed")
     assert run.state == "completed" and run.metrics["trials_completed"] == 3
+    history = run.trial_history()  # every trial once, 3 epochs each, a retried one not doubled
+    assert history.groupby("trial_id")["epoch"].apply(list).to_dict() == {t["trial_id"]: [1, 2, 3] for t in run.trials()}
 
 
 def test_one_name_is_one_search(dataset, tmp_path):

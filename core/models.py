@@ -291,7 +291,7 @@ def build_head(hp: keras_tuner.HyperParameters, n_features: int, task: Task = BI
     outputs, loss = _output_and_loss(task, _head_layers(hp, inputs))
     learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
     # A head's step on cached features is tiny, so per-step Python overhead dominates: run several
-    # steps per call (measured about 25% less time per trial on 2 cores).
+    # steps per call (the saving is in the README, "Benchmarks").
     return _compile(keras.Model(inputs, outputs, name="head"), loss, learning_rate, steps_per_execution=16)
 
 

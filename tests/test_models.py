@@ -76,19 +76,44 @@ def test_weights_none_and_missing_files():
         models.resolve_weights(models.BackboneSpec("mobilenet_v2", 224, "/no/such/file.h5"))
 
 
-def test_offline_imagenet_names_the_file_and_the_folder(tmp_path, monkeypatch):
+TRANSFER = [name for name, info in models.FAMILIES.items() if info.transfer]
+
+
+@pytest.mark.parametrize("family", TRANSFER)
+def test_offline_imagenet_names_the_file_and_the_folder(family, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
 
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure on https://example: None -- [Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)  # tests never touch the network
+    info = models.FAMILIES[family]
+    spec = info.backbone(info.default_image_size, "imagenet")
     with pytest.raises(models.WeightsError) as error:
-        models.build_backbone(models.BackboneSpec("inception_v3", 299, "imagenet"))
+        models.build_backbone(spec)
     message = str(error.value)
-    assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert spec.arch.weights_file(spec.image_size, spec.alpha) in message
     assert str(tmp_path / "models") in message and "--weights none" in message
-    assert "storage.googleapis.com" in message  # where to download it by hand
+    assert spec.arch.weights_url(spec.image_size, spec.alpha) in message  # where to download it by hand
+    assert "storage.googleapis.com" in message
+
+
+@pytest.mark.parametrize("family", TRANSFER)
+def test_a_local_weights_file_loads_offline(family, tmp_path, monkeypatch):
+    monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: pytest.fail("must not download"))
+    info = models.FAMILIES[family]
+    keras.utils.set_random_seed(1)
+    saved = models.build_backbone(info.backbone(info.min_image_size, "none"))
+    file = tmp_path / f"{family}.weights.h5"
+    next(layer for layer in saved.layers if isinstance(layer, keras.Model)).save_weights(file)  # a no-top file
+    keras.utils.set_random_seed(2)
+    loaded = models.build_backbone(info.backbone(info.min_image_size, str(file)))
+    other = models.build_backbone(info.backbone(info.min_image_size, "none"))
+    x = _learnable(2, info.min_image_size)[0]
+    expected = saved.predict(x, verbose=0)
+    # Relative only: random MobileNetV2 features are tiny (about 1e-11), so any absolute tolerance passes
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=0)
+    assert not np.allclose(other.predict(x, verbose=0), expected, rtol=1e-2, atol=0)  # the file, not the seed, decided
 
 
 def test_wrong_weights_file_is_refused(tmp_path):
@@ -112,7 +137,6 @@ def test_local_imagenet_weights_load_offline(monkeypatch):
     assert 0 <= imagenet.min() and imagenet.max() <= 6.0001
 
 
-TRANSFER = [name for name, info in models.FAMILIES.items() if info.transfer]
 BACKBONES = sorted({name for family in TRANSFER for name in [models.FAMILIES[family].architecture, *models.FAMILIES[family].versions.values()]})
 
 

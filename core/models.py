@@ -123,6 +123,10 @@ ARCHITECTURES = {
         Architecture("xception", "Xception", TF_PREPROCESSING, "xception",
                      "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", min_image_size=71,
                      default_cut="block14_sepconv1_act"),
+        # Inside a dense block each `_concat` output holds every earlier feature map, so the top
+        # above one depends on it alone: the last 8 of block 5's 16 layers train.
+        Architecture("densenet121", "DenseNet121", TORCH_PREPROCESSING, "densenet",
+                     "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", default_cut="conv5_block8_concat"),
     )
 }
 MOBILENET_VERSIONS = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3": "mobilenet_v3_large", "v3_small": "mobilenet_v3_small"}
@@ -455,6 +459,16 @@ FAMILIES = {
             "practical on a CPU; fine-tuning is for a GPU.",
             Cost(frozen_pass_ms=45.0, finetune_step_ms=95.0, bottom_pass_ms=42.0, top_step_ms=10.0),
             "xception",
+        ),
+        Family(
+            "densenet121", 224, "DenseNet121: the CheXNet backbone (Rajpurkar et al., 2017)",
+            "The backbone of CheXNet, the usual starting point of chest X-ray work. At 224 px it costs more per "
+            "image than InceptionV3 and less than Xception. Frozen mode is practical on a CPU (features once, "
+            "cached); fine-tuning the top of its last block works on cached activations, all images take long.",
+            # Not measured here yet: placed between InceptionV3 and Xception, where Keras's own CPU
+            # timings of the three put it (README, "Benchmarks")
+            Cost(frozen_pass_ms=36.0, finetune_step_ms=75.0, bottom_pass_ms=33.0, top_step_ms=8.0),
+            "densenet121",
         ),
         Family(
             "custom_cnn", 150, "A small CNN trained from scratch",

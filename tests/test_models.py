@@ -214,3 +214,34 @@ def test_one_weights_check_for_settings_and_backbones(tmp_path):
             tuning.SearchSettings(data_dir=str(tmp_path), family="mobilenet", weights=bad).resolved()
         with pytest.raises(models.WeightsError, match=re.escape(problem)):
             models.resolve_weights(models.BackboneSpec("mobilenet_v2", 224, bad))
+
+
+@pytest.mark.parametrize("family", TRANSFER)
+def test_each_familys_default_cut_splits_its_backbone(family):
+    from core import activations
+
+    info = models.FAMILIES[family]
+    spec = info.backbone(info.min_image_size, "none")
+    keras.utils.set_random_seed(0)
+    backbone = models.build_backbone(spec)
+    cut = activations.split_backbone(backbone, spec.arch.default_cut)
+    x = _learnable(2, info.min_image_size)[0]
+    expected = backbone.predict(x, verbose=0)
+    np.testing.assert_allclose(cut.top.predict(cut.bottom.predict(x, verbose=0), verbose=0), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", TRANSFER)
+def test_a_saved_model_keeps_its_preprocessing(family, tmp_path):
+    from core import engine
+
+    info = models.FAMILIES[family]
+    hp = keras_tuner.HyperParameters()
+    keras.utils.set_random_seed(0)
+    model = models.build_finetune(hp, info.backbone(info.min_image_size, "none"), unfreeze=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)  # as the model card loads it
+    x = _learnable(3, info.min_image_size)[0]
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    fast = engine.make_engine(loaded, "tflite", threads=1)  # the engine every search and prediction uses
+    np.testing.assert_allclose(fast.predict(x), expected, rtol=1e-3, atol=1e-4)

@@ -30,8 +30,8 @@ def _positive_int(text: str) -> int:
 
 
 # The choices of the parser, spelled out so that `--help` imports neither Keras nor TensorFlow
-# (tests/test_console.py checks they match models.FAMILIES, models.MODES, tuning.TUNERS, ...).
-FAMILY_NAMES = ("custom_cnn", "inception_v3", "mobilenet", "xception")
+# (tests/test_console.py checks they match models.MODES, tuning.TUNERS, ...). The families come
+# from the registry itself: core.models loads Keras only when a model is built.
 MODES = ("frozen", "finetune")
 TUNERS = ("random", "bayesian", "hyperband")
 MOBILENET_VERSIONS = ("v1", "v2", "v3", "v3_small")
@@ -42,7 +42,7 @@ def _default_artifacts_dir() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core import augmentation, presets
+    from core import augmentation, models, presets
 
     parser = argparse.ArgumentParser(prog="python -m core", description="Compare pneumonia classifiers on chest X-rays.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Options left out keep the preset's value, else the setting's default (tuning.SearchSettings).
     tune.add_argument("--preset", choices=sorted(presets.PRESETS),
                       help="start from named settings (" + "; ".join(f"{p.name}: {p.title}" for p in presets.PRESETS.values()) + ")")
-    tune.add_argument("--family", choices=FAMILY_NAMES, help="required unless a --preset names it")
+    tune.add_argument("--family", choices=sorted(models.FAMILIES), help="required unless a --preset names it")
     tune.add_argument("--tuner", choices=TUNERS, help="default: random")
     tune.add_argument("--trials", type=_positive_int, help="default: 10")
     tune.add_argument("--epochs", type=_positive_int, help="default: 5")

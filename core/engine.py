@@ -8,7 +8,8 @@ TensorFlow's generic kernels). Two faster paths:
 
 - ``tflite``: the model is converted once to a float32 TensorFlow Lite flatbuffer (no quantisation,
   no float16, dynamic batch dimension) and run by the TF Lite interpreter, whose default CPU
-  delegate, XNNPACK, runs convolutions about 3x faster than `model.predict` on a small x86 CPU.
+  delegate, XNNPACK, runs convolutions several times faster than `model.predict` on a small x86
+  CPU (README, "Benchmarks").
   Images go through the interpreter a few at a time (twice the thread count), which keeps the
   activations in the CPU caches.
 - ``keras``: the model wrapped in a `tf.function` with a fixed ``[None, ...]`` input signature, so it
@@ -216,8 +217,8 @@ def convert_to_tflite(model: keras.Model) -> bytes:
     The model's call is traced as a `tf.function` over ``[None, *sample_shape]`` and its variables
     are frozen into constants before conversion: in TF 2.21 with Keras 3,
     `from_concrete_functions(..., trackable_obj=model)` produces a flatbuffer with uninitialised
-    weights (NaN outputs), and `from_keras_model` goes through a SavedModel export on disk, ~4x
-    slower. Only TFLITE_BUILTINS ops are allowed (no Flex/Select TF ops) so the whole graph can
+    weights (NaN outputs), and `from_keras_model` goes through a SavedModel export on disk, several
+    times slower. Only TFLITE_BUILTINS ops are allowed (no Flex/Select TF ops) so the whole graph can
     run in XNNPACK; no optimisation flags are set, so weights stay float32.
     """
     spec = tf.TensorSpec((None, *_sample_shape(model)), tf.float32)
@@ -364,9 +365,9 @@ class TFLiteEngine(InferenceEngine):
         # batch interpreter (or vice versa). The single-sample one is created on first use.
         self._batch_runner = _Runner(model_content, self.threads, 1, self.sample_shape)
         # XNNPACK is faster per image on a few images per invoke than on 32: the activations of a
-        # small batch stay in the CPU caches (MobileNetV2 224 px on 2 cores: ~530 img/s at 4 per
-        # invoke, ~390 at 32; custom CNN and InceptionV3 no slower). Caller batches of images are
-        # therefore run a few images at a time; feature vectors (2-D inputs) are cheap and run whole.
+        # small batch stay in the CPU caches (README, "Benchmarks"; no model measured was slower).
+        # Caller batches of images are therefore run a few images at a time; feature vectors (2-D
+        # inputs) are cheap and run whole.
         self.invoke_batch: int | None = 2 * self.threads if len(self.sample_shape) == 3 else None
         self._one_runner: _Runner | None = None
         self._one_lock = threading.Lock()

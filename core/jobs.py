@@ -154,19 +154,10 @@ def estimate_remaining_s(progress: dict) -> float | None:
     return max(0.0, elapsed / finished * (total - finished))
 
 
-# What a search costs on 2 x86-64 cores, measured with this code base on the real training images
-# (README, "Measured here" and "Benchmarks"), per image at the family's default input size.
-FROZEN_PASS_MS = {"mobilenet": 2.6, "inception_v3": 27.0, "xception": 45.0}  # engine pass + decode
-# Keras train step with the default 20 top layers unfrozen (measured 10, 43 and 84 ms), rounded up
-# since the search also tries deeper unfreezing: fine-tuning without the activation cache.
-FINETUNE_STEP_MS = {"mobilenet": 12.0, "inception_v3": 50.0, "xception": 95.0}
-# Cut-point fine-tuning: the bottom pass (once per image and augmented view, augmentation
-# included) and a train step of the top above the default cut on cached activations.
-BOTTOM_PASS_MS = {"mobilenet": 2.5, "inception_v3": 24.0, "xception": 42.0}
+# What a search costs besides the family's own figures (`models.Family.cost`), per image on the
+# same reference machine (README, "Benchmarks").
 AUGMENT_MS = 6.0  # one augmented view of one image at 224 px (Keras preprocessing layers)
 STRESS_CONDITIONS = 7  # the stress test scores the validation images this many ways (core.stress)
-TOP_STEP_MS = {"mobilenet": 5.0, "inception_v3": 12.0, "xception": 10.0}
-CNN_STEP_MS = 8.0  # custom CNN train step at 150 px, mid-size hyperparameters
 HEAD_STEP_MS = 0.1  # a head on cached feature vectors
 STARTUP_S = 10.0  # TensorFlow import, scanning, model build and conversion
 DECODE_MS = 1.5  # first decode and resize (pixels are cached per size afterwards)
@@ -185,19 +176,20 @@ def estimate_search_s(
     Costs scale with the pixel count.
     """
     info = models.FAMILIES[family]
+    cost = info.cost
     scale = (image_size / info.default_image_size) ** 2
     n_train, n_val = TRAIN_SHARE * n_images, VAL_SHARE * n_images
     fixed = STARTUP_S + n_images * DECODE_MS / 1000
     if not info.transfer:
-        step = CNN_STEP_MS * scale / 1000
+        step = cost.scratch_step_ms * scale / 1000
         return fixed + trials * epochs * (n_train + n_val / 3) * step  # validation: forward only
     if mode == "frozen":
-        features = n_images * FROZEN_PASS_MS[family] * scale / 1000
+        features = n_images * cost.frozen_pass_ms * scale / 1000
         return fixed + features + trials * (0.5 + epochs * n_train * HEAD_STEP_MS / 1000)
-    stress = STRESS_CONDITIONS * n_val * FROZEN_PASS_MS[family] * scale / 1000
+    stress = STRESS_CONDITIONS * n_val * cost.frozen_pass_ms * scale / 1000
     if activation_cache:
-        bottom = (n_images + views * n_train) * BOTTOM_PASS_MS[family] * scale / 1000 + views * n_train * AUGMENT_MS * scale / 1000
-        step = TOP_STEP_MS[family] * scale / 1000
+        bottom = (n_images + views * n_train) * cost.bottom_pass_ms * scale / 1000 + views * n_train * AUGMENT_MS * scale / 1000
+        step = cost.top_step_ms * scale / 1000
         return fixed + bottom + stress + trials * (1.0 + epochs * (n_train + n_val / 3) * step)
-    step = FINETUNE_STEP_MS[family] * scale / 1000
+    step = cost.finetune_step_ms * scale / 1000
     return fixed + trials * epochs * (n_train + n_val / 3) * step

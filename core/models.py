@@ -1,10 +1,10 @@
 """Model families: each builds a compiled Keras model from a `keras_tuner.HyperParameters` object.
 
-A family is one small build function plus its defaults, registered in `FAMILIES`:
-- `mobilenet`: MobileNet V1/V2/V3 transfer learning (V2, alpha 1.0, 224 px by default);
-- `inception_v3`: InceptionV3 transfer learning, 299 px (the paper's backbone);
-- `xception`: Xception transfer learning, 299 px;
-- `custom_cnn`: a small CNN trained from scratch.
+A family is one entry in `FAMILIES`: its default and smallest input size, its backbone (an entry
+in `ARCHITECTURES`: constructor, preprocessing, widths, ImageNet weight file and address, default
+cut), its cost per image and the hint the Tune page shows. The command line, the Tune page, the
+cost estimate (`core.jobs`), the settings check (`core.tuning`) and the tests read that entry, so
+a new family is one entry here (README, "Where to add things").
 
 Transfer-learning families share one backbone builder. In `frozen` mode (the paper's protocol) the
 backbone turns each image into a pooled feature vector once, and the search only trains a head on
@@ -19,7 +19,7 @@ import math
 import os
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,58 +40,99 @@ class WeightsError(ValueError):
 # ---------------------------------------------------------------------------- backbones
 
 
+# Where keras.applications downloads its ImageNet weights. Keras keeps these addresses only in
+# private modules (`keras/src/applications/<model>.py`: BASE_WEIGHT_PATH, WEIGHTS_PATH_NO_TOP), so
+# each architecture below copies its folder and file name from there; tests/test_models.py checks
+# that they still agree with the module of the installed Keras.
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a backbone wants done to 0..255 pixels: `(x - mean) / std` per RGB channel.
+
+    The same arithmetic as keras.applications' `preprocess_input`, written as data so that it
+    becomes a plain layer inside the saved model (loadable with `safe_mode=True`).
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def layer(self) -> keras.layers.Layer:
+        import keras
+
+        if len(set(self.mean)) == 1 and len(set(self.std)) == 1:  # one affine map for all channels
+            return keras.layers.Rescaling(1 / self.std[0], offset=-self.mean[0] / self.std[0], name="preprocess")
+        return keras.layers.Normalization(mean=list(self.mean), variance=[s * s for s in self.std], name="preprocess")
+
+
+# keras.applications.imagenet_utils' modes: "tf" scales to -1..1; "torch" scales to 0..1, then
+# standardises each channel with ImageNet's mean and standard deviation.
+TF_PREPROCESSING = Preprocessing((127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
+TORCH_PREPROCESSING = Preprocessing((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255))
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A Keras application: how to build it, how to preprocess, and its ImageNet weights file."""
 
     name: str
     constructor: str  # attribute of keras.applications
-    preprocessing: str  # "tf": scale 0..255 to -1..1; "none": the model does it itself
-    weights_module: str  # keras.src.applications module holding the download address
+    preprocessing: Preprocessing | None  # None: the model does it itself
+    weights_folder: str  # under KERAS_WEIGHTS_URL
+    # The no-top weights file name; {rows} is the input size, {width} the width's spelling
+    weights_template: str
     weights_sizes: tuple[int, ...] = ()  # sizes with their own weight files; others use 224
+    # Width multipliers (alpha) Keras builds, each spelled as in its weight file name; empty: no alpha
+    widths: dict[float, str] = field(default_factory=dict, hash=False)
+    min_image_size: int = 32  # Keras refuses smaller inputs
     # Where fine-tuning cuts the backbone by default: the last few blocks above it train (see
     # core.activations). A layer whose output alone feeds everything above it.
     default_cut: str | None = None
 
-    def weights_file(self, image_size: int, alpha: float) -> str:
+    def weights_file(self, image_size: int, alpha: float = 1.0) -> str:
         """The file name Keras looks for in `$KERAS_HOME/models` for no-top ImageNet weights."""
+        if self.widths and alpha not in self.widths:
+            raise ValueError(f"Keras publishes no ImageNet weights for {self.name} at width {alpha}: "
+                             f"pick one of {', '.join(map(str, self.widths))}")
         rows = image_size if image_size in self.weights_sizes else 224
-        if self.name == "mobilenet_v1":
-            alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}[alpha]
-            return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
-        if self.name == "mobilenet_v2":
-            return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
-        if self.name.startswith("mobilenet_v3"):
-            kind = self.name.removeprefix("mobilenet_v3_")
-            return f"weights_mobilenet_v3_{kind}_224_{alpha}_float_no_top_v2.h5"
-        if self.name == "inception_v3":
-            return "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
-        return f"{self.name}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        return self.weights_template.format(rows=rows, width=self.widths.get(alpha, ""))
 
-    def weights_url(self, image_size: int, alpha: float) -> str:
-        import importlib
-
-        module = importlib.import_module(f"keras.src.applications.{self.weights_module}")
-        base = getattr(module, "BASE_WEIGHT_PATH", None)
-        if base is None:  # InceptionV3 and Xception keep full URLs instead of a base
-            return module.WEIGHTS_PATH_NO_TOP
-        return base + self.weights_file(image_size, alpha)
+    def weights_url(self, image_size: int, alpha: float = 1.0) -> str:
+        """Where keras.applications downloads that file from."""
+        return f"{KERAS_WEIGHTS_URL}{self.weights_folder}/{self.weights_file(image_size, alpha)}"
 
 
+_V2_WIDTHS = {a: str(a) for a in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)}
+_V3_WIDTHS = {a: str(a) for a in (0.75, 1.0)}
 ARCHITECTURES = {
     a.name: a
     for a in (
-        Architecture("mobilenet_v1", "MobileNet", "tf", "mobilenet", (128, 160, 192, 224), "conv_pw_11_relu"),
-        Architecture("mobilenet_v2", "MobileNetV2", "tf", "mobilenet_v2", (96, 128, 160, 192, 224), "block_12_add"),
-        Architecture("mobilenet_v3_large", "MobileNetV3Large", "none", "mobilenet_v3", (), "expanded_conv_12_project_bn"),
-        Architecture("mobilenet_v3_small", "MobileNetV3Small", "none", "mobilenet_v3", (), "expanded_conv_8_project_bn"),
-        Architecture("inception_v3", "InceptionV3", "tf", "inception_v3", (), "mixed8"),
-        Architecture("xception", "Xception", "tf", "xception", (), "block14_sepconv1_act"),
+        Architecture("mobilenet_v1", "MobileNet", TF_PREPROCESSING, "mobilenet", "mobilenet_{width}_{rows}_tf_no_top.h5",
+                     (128, 160, 192, 224), {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}, default_cut="conv_pw_11_relu"),
+        Architecture("mobilenet_v2", "MobileNetV2", TF_PREPROCESSING, "mobilenet_v2",
+                     "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{width}_{rows}_no_top.h5",
+                     (96, 128, 160, 192, 224), _V2_WIDTHS, default_cut="block_12_add"),
+        Architecture("mobilenet_v3_large", "MobileNetV3Large", None, "mobilenet_v3",
+                     "weights_mobilenet_v3_large_224_{width}_float_no_top_v2.h5", (), _V3_WIDTHS,
+                     default_cut="expanded_conv_12_project_bn"),
+        Architecture("mobilenet_v3_small", "MobileNetV3Small", None, "mobilenet_v3",
+                     "weights_mobilenet_v3_small_224_{width}_float_no_top_v2.h5", (), _V3_WIDTHS,
+                     default_cut="expanded_conv_8_project_bn"),
+        Architecture("inception_v3", "InceptionV3", TF_PREPROCESSING, "inception_v3",
+                     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", min_image_size=75, default_cut="mixed8"),
+        Architecture("xception", "Xception", TF_PREPROCESSING, "xception",
+                     "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", min_image_size=71,
+                     default_cut="block14_sepconv1_act"),
+        # Inside a dense block each `_concat` output holds every earlier feature map, so the top
+        # above one depends on it alone: the last 8 of block 5's 16 layers train.
+        Architecture("densenet121", "DenseNet121", TORCH_PREPROCESSING, "densenet",
+                     "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", default_cut="conv5_block8_concat"),
     )
 }
 MOBILENET_VERSIONS = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3": "mobilenet_v3_large", "v3_small": "mobilenet_v3_small"}
 # The width multipliers each version has (Keras refuses others, and only these have ImageNet weights).
-MOBILENET_WIDTHS = {"v1": (0.25, 0.5, 0.75, 1.0), "v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), "v3": (0.75, 1.0), "v3_small": (0.75, 1.0)}
+MOBILENET_WIDTHS = {version: tuple(ARCHITECTURES[name].widths) for version, name in MOBILENET_VERSIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -114,6 +155,19 @@ def keras_models_dir() -> Path:
     return Path(home) / "models"
 
 
+WEIGHTS_CHOICES = ("imagenet", "none")  # besides a path to a weights file
+
+
+def weights_problem(weights: str) -> str | None:
+    """What is wrong with a weights setting (`imagenet`, `none` or a file), or None when nothing is.
+
+    The one check of a weights file: settings, the Tune page and the backbone builder all ask here.
+    """
+    if weights in WEIGHTS_CHOICES or (weights.strip() and Path(weights).expanduser().is_file()):
+        return None
+    return f"weights file {weights or '(empty)'} does not exist: pass an existing .h5 file, 'imagenet' or 'none'"
+
+
 def resolve_weights(spec: BackboneSpec) -> str | None:
     """Turn the weights setting into what keras.applications takes: None or a local file path.
 
@@ -126,10 +180,9 @@ def resolve_weights(spec: BackboneSpec) -> str | None:
     if spec.weights == "none":
         return None
     if spec.weights != "imagenet":
-        path = Path(spec.weights).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"weights file {path} does not exist: pass an existing .h5 file, 'imagenet' or 'none'")
-        return str(path)
+        if problem := weights_problem(spec.weights):
+            raise WeightsError(problem)
+        return str(Path(spec.weights).expanduser())
     file_name = spec.arch.weights_file(spec.image_size, spec.alpha)
     local = keras_models_dir().resolve() / file_name
     if local.is_file():
@@ -162,7 +215,7 @@ def build_backbone(spec: BackboneSpec) -> keras.Model:
     weights = resolve_weights(spec)
     constructor = getattr(keras.applications, arch.constructor)
     options = {"include_top": False, "weights": None, "input_shape": (spec.image_size, spec.image_size, 3), "pooling": "avg"}
-    if arch.name.startswith("mobilenet"):
+    if arch.widths:
         options["alpha"] = spec.alpha
     base = constructor(**options)
     if weights:
@@ -181,7 +234,7 @@ def build_backbone(spec: BackboneSpec) -> keras.Model:
                 f"{str(error)[:160]}. Pass a no-top weights file made for this architecture"
             ) from None
     inputs = keras.Input((spec.image_size, spec.image_size, 3), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")(inputs) if arch.preprocessing == "tf" else inputs
+    x = arch.preprocessing.layer()(inputs) if arch.preprocessing else inputs
     features = base(x, training=False)
     backbone = keras.Model(inputs, features, name="backbone")
     backbone.trainable = False
@@ -243,7 +296,7 @@ def build_head(hp: keras_tuner.HyperParameters, n_features: int, task: Task = BI
     outputs, loss = _output_and_loss(task, _head_layers(hp, inputs))
     learning_rate = search_space.draw(hp, search_space.HEAD_LEARNING_RATE)
     # A head's step on cached features is tiny, so per-step Python overhead dominates: run several
-    # steps per call (measured about 25% less time per trial on 2 cores).
+    # steps per call (the saving is in the README, "Benchmarks").
     return _compile(keras.Model(inputs, outputs, name="head"), loss, learning_rate, steps_per_execution=16)
 
 
@@ -331,28 +384,97 @@ def build_custom_cnn(hp: keras_tuner.HyperParameters, image_size: int, task: Tas
 
 
 @dataclass(frozen=True)
+class Cost:
+    """What a search on a family costs, per image at the family's default input size.
+
+    Milliseconds on the reference machine (2 x86-64 cores; README, "Benchmarks" and "Measured
+    here"); `core.jobs.estimate_search_s` turns them into a time estimate before a search starts.
+    """
+
+    frozen_pass_ms: float = 0.0  # backbone pass through the inference engine, decode included
+    # Keras train step of the whole backbone with its top layers unfrozen (no activation cache),
+    # rounded up since the search also tries deeper unfreezing
+    finetune_step_ms: float = 0.0
+    bottom_pass_ms: float = 0.0  # cut-point fine-tuning: one pass below the default cut
+    top_step_ms: float = 0.0  # cut-point fine-tuning: a train step of the top on cached activations
+    scratch_step_ms: float = 0.0  # trained from scratch: a train step, mid-size hyperparameters
+
+
+@dataclass(frozen=True)
 class Family:
-    """A searchable model family: its default input size and how to name its backbone."""
+    """A searchable model family: everything the search, the Tune page and the cost estimate need.
+
+    A transfer family names its backbone `architecture` (with `versions` to choose from, if any);
+    a family without one is trained from scratch on pixels: no backbone, no modes, no weights.
+    """
 
     name: str
     default_image_size: int
-    description: str
-    transfer: bool = True  # False: trained from scratch on pixels, no backbone, no modes
+    description: str  # one line, shown in the family list
+    hint: str  # what it costs and when to pick it, shown under the family on the Tune page
+    cost: Cost
+    architecture: str | None = None  # in ARCHITECTURES; None: trained from scratch
+    versions: dict[str, str] = field(default_factory=dict, hash=False)  # version -> architecture
+
+    @property
+    def transfer(self) -> bool:
+        return self.architecture is not None
+
+    @property
+    def min_image_size(self) -> int:
+        """The smallest input every architecture of the family accepts."""
+        names = [*self.versions.values(), self.architecture] if self.transfer else []
+        return max([32, *(ARCHITECTURES[name].min_image_size for name in names)])
 
     def backbone(self, image_size: int, weights: str, version: str = "v2", alpha: float = 1.0) -> BackboneSpec | None:
         if not self.transfer:
             return None
-        architecture = MOBILENET_VERSIONS[version] if self.name == "mobilenet" else self.name
-        return BackboneSpec(architecture, image_size, weights, alpha if self.name == "mobilenet" else 1.0)
+        name = self.versions[version] if self.versions else self.architecture
+        return BackboneSpec(name, image_size, weights, alpha if ARCHITECTURES[name].widths else 1.0)
 
 
 FAMILIES = {
     f.name: f
     for f in (
-        Family("mobilenet", 224, "MobileNet (V2 by default): light ImageNet backbone"),
-        Family("inception_v3", 299, "InceptionV3: the backbone of Kermany et al. (2018)"),
-        Family("xception", 299, "Xception: a deeper Inception-style ImageNet backbone"),
-        Family("custom_cnn", 150, "A small CNN trained from scratch", transfer=False),
+        Family(
+            "mobilenet", 224, "MobileNet (V2 by default): light ImageNet backbone",
+            "Light ImageNet backbone (a few ms per image at 224 px through the inference engine). Frozen: "
+            "features are computed once per image and cached, then each trial trains a small head in seconds. "
+            "Fine-tuning trains the blocks above a cut on activations cached once per image (with augmented "
+            "copies): tens of seconds per epoch on all images at 224 px.",
+            Cost(frozen_pass_ms=2.6, finetune_step_ms=12.0, bottom_pass_ms=2.5, top_step_ms=5.0),
+            "mobilenet_v2", MOBILENET_VERSIONS,
+        ),
+        Family(
+            "inception_v3", 299, "InceptionV3: the backbone of Kermany et al. (2018)",
+            "The paper's backbone, at 299 px about 10× MobileNet's cost per image. Frozen mode is "
+            "practical on a CPU (features once, cached); fine-tuning all images takes hours.",
+            Cost(frozen_pass_ms=27.0, finetune_step_ms=50.0, bottom_pass_ms=24.0, top_step_ms=12.0),
+            "inception_v3",
+        ),
+        Family(
+            "xception", 299, "Xception: a deeper Inception-style ImageNet backbone",
+            "Deeper Inception-style backbone at 299 px, similar cost to InceptionV3. Frozen mode is "
+            "practical on a CPU; fine-tuning is for a GPU.",
+            Cost(frozen_pass_ms=45.0, finetune_step_ms=95.0, bottom_pass_ms=42.0, top_step_ms=10.0),
+            "xception",
+        ),
+        Family(
+            "densenet121", 224, "DenseNet121: the CheXNet backbone (Rajpurkar et al., 2017)",
+            "The backbone of CheXNet, the usual starting point of chest X-ray work. At 224 px it costs more per "
+            "image than InceptionV3 and less than Xception. Frozen mode is practical on a CPU (features once, "
+            "cached); fine-tuning the top of its last block works on cached activations, all images take long.",
+            # Not measured here yet: placed between InceptionV3 and Xception, where Keras's own CPU
+            # timings of the three put it (README, "Benchmarks")
+            Cost(frozen_pass_ms=36.0, finetune_step_ms=75.0, bottom_pass_ms=33.0, top_step_ms=8.0),
+            "densenet121",
+        ),
+        Family(
+            "custom_cnn", 150, "A small CNN trained from scratch",
+            "Trains every weight from scratch, so every epoch passes over all training images; "
+            "cheap per image, and the cost grows with the square of the input size. No ImageNet weights needed.",
+            Cost(scratch_step_ms=8.0),
+        ),
     )
 }
 

@@ -128,8 +128,8 @@ class SearchSettings:
             problems.append("hyperband needs at least 2 epochs (it trains candidates for more and more epochs)")
         if not 32 <= int(self.image_size) <= 1024:
             problems.append("image size must be between 32 and 1024 pixels")
-        if self.family_info.transfer and self.image_size < 75 and self.family in ("inception_v3", "xception"):
-            problems.append(f"{self.family} needs images of at least 75 pixels")
+        elif self.image_size < self.family_info.min_image_size:
+            problems.append(f"{self.family} needs images of at least {self.family_info.min_image_size} pixels")
         if not 1 <= int(self.batch_size) <= 4096:
             problems.append("batch size must be between 1 and 4096")
         if self.max_per_class is not None and int(self.max_per_class) < 4:
@@ -139,8 +139,8 @@ class SearchSettings:
         widths = models.MOBILENET_WIDTHS.get(self.mobilenet_version, ())
         if self.family == "mobilenet" and self.alpha not in widths:
             problems.append(f"MobileNet {self.mobilenet_version} comes in widths (alpha) {', '.join(map(str, widths))}")
-        if self.weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(self.weights)):
-            problems.append(f"weights file {self.weights} does not exist (use imagenet, none or an existing file)")
+        if weights_problem := models.weights_problem(self.weights):
+            problems.append(weights_problem)
         if not (0.05 <= self.val_fraction <= 0.4 and 0.05 <= self.test_fraction <= 0.4):
             problems.append("validation and test fractions must be between 0.05 and 0.4")
         if self.engine not in ("auto", "tflite", "keras"):

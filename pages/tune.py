@@ -1,7 +1,5 @@
 """Tune page: start a Keras Tuner search in the background, follow it live, stop and resume it."""
 
-from pathlib import Path
-
 import streamlit as st
 
 from core import artifacts, augmentation, catalog, data, demo, jobs, models, presets, repeat, tuning
@@ -18,20 +16,6 @@ st.caption(
 
 folder = ui.artifacts_dir()
 data_folder = ui.data_dir()
-
-FAMILY_HINTS = {
-    "custom_cnn": "Trains every weight from scratch, so every epoch passes over all training images; "
-    "cheap per image, and the cost grows with the square of the input size. No ImageNet weights needed.",
-    "mobilenet": "Light ImageNet backbone (a few ms per image at 224 px through the inference engine). Frozen: "
-    "features are computed once per image and cached, then each trial trains a small head in seconds. "
-    "Fine-tuning trains the blocks above a cut on activations cached once per image (with augmented "
-    "copies): tens of seconds per epoch on all images at 224 px.",
-    "inception_v3": "The paper's backbone, at 299 px about 10× MobileNet's cost per image. Frozen mode is "
-    "practical on a CPU (features once, cached); fine-tuning all images takes hours.",
-    "xception": "Deeper Inception-style backbone at 299 px, similar cost to InceptionV3. Frozen mode is "
-    "practical on a CPU; fine-tuning is for a GPU.",
-}
-
 
 # ---------------------------------------------------------------------------- the form
 
@@ -93,7 +77,7 @@ with st.container(border=True):
         format_func=lambda name: f"{name} — {models.FAMILIES[name].description}",
     )
     info = models.FAMILIES[family]
-    st.caption(f":material/lightbulb: {FAMILY_HINTS.get(family, info.description)}")
+    st.caption(f":material/lightbulb: {info.hint}")
 
     c1, c2, c3 = st.columns(3)
     tuner = c1.selectbox(
@@ -145,7 +129,7 @@ with st.container(border=True):
             )
             try:
                 local = models.keras_models_dir() / spec.arch.weights_file(int(image_size), spec.alpha)
-            except (KeyError, ValueError):
+            except ValueError:
                 st.caption(f"Keras publishes no ImageNet weights for {spec.architecture} at width {spec.alpha}: pick another width.")
             else:
                 where = f"found in {local.parent}" if local.exists() else f"not in {local.parent} yet: downloaded on the first run (needs network)"
@@ -188,7 +172,11 @@ with st.container(border=True):
         )
         if family == "mobilenet":
             version = c3.selectbox("MobileNet version", sorted(models.MOBILENET_VERSIONS), index=sorted(models.MOBILENET_VERSIONS).index("v2"), key="tune_mobilenet_version")
-            alpha = c4.selectbox("Width (alpha)", [0.35, 0.5, 0.75, 1.0, 1.3, 1.4], index=3, key="tune_alpha", help="v1 takes 0.25-1.0; v2 0.35-1.4; v3 0.75 or 1.0")
+            widths = sorted({width for version_widths in models.MOBILENET_WIDTHS.values() for width in version_widths})
+            alpha = c4.selectbox(
+                "Width (alpha)", widths, index=widths.index(1.0), key="tune_alpha",
+                help="; ".join(f"{v} takes {', '.join(map(str, w))}" for v, w in models.MOBILENET_WIDTHS.items()),
+            )
 
     total_images = summary["total_images"] if summary else 0
     n_images = min(total_images, 6 * int(max_per_class)) if max_per_class else total_images
@@ -208,8 +196,6 @@ if start:
     try:
         if root is None:
             raise data.DataError(data_problem)
-        if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
-            raise tuning.SettingsError(f"weights file {weights or '(empty)'} does not exist: pick an existing .h5 file, imagenet or none")
         settings = tuning.SearchSettings(
             data_dir=str(root), family=family, tuner=tuner, trials=int(trials), epochs=int(epochs),
             image_size=int(image_size), weights=weights, mode=mode if info.transfer else "frozen",

@@ -251,9 +251,12 @@ def test_tune_form_adapts_to_each_family(data_dir, empty_dir):
     from core import models
 
     at = page("tune", data_dir, empty_dir)
+    listed = at.selectbox(key="tune_family").options
+    assert [option.split(" — ")[0] for option in listed] == list(models.FAMILIES)  # every registered family
     for family, info in models.FAMILIES.items():
         at.selectbox(key="tune_family").set_value(family).run()
         no_exception(at)
+        assert info.hint in texts(at.caption)
         assert at.number_input(key=f"tune_size_{family}").value == info.default_image_size
         assert bool(at.get("radio")) == info.transfer  # transfer mode and weights only for backbones
         assert "Rough CPU time" in texts(at.info)

@@ -1,6 +1,8 @@
 """core.models: each family builds and learns; weights are a choice with clear failures."""
 
+import inspect
 import os
+import re
 
 import keras
 import keras_tuner
@@ -20,13 +22,11 @@ def _learnable(n: int, size: int, seed: int = 0):
     return np.clip(x, 0, 255).astype("float32"), y
 
 
-@pytest.mark.parametrize(
-    ("family", "mode", "size"),
-    [("custom_cnn", "scratch", 32), ("mobilenet", "finetune", 32), ("inception_v3", "finetune", 75), ("xception", "frozen", 71)],
-)
-def test_each_family_builds_a_model_that_trains(family, mode, size):
-    keras.utils.set_random_seed(0)
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_each_family_builds_a_model_that_trains(family):
     info = models.FAMILIES[family]
+    mode, size = ("finetune" if info.transfer else "scratch"), info.min_image_size  # the smallest input: quick
+    keras.utils.set_random_seed(0)
     spec = info.backbone(size, "none")
     space = models.SearchSpace(family, mode, size, spec)
     hp = keras_tuner.HyperParameters()
@@ -76,19 +76,44 @@ def test_weights_none_and_missing_files():
         models.resolve_weights(models.BackboneSpec("mobilenet_v2", 224, "/no/such/file.h5"))
 
 
-def test_offline_imagenet_names_the_file_and_the_folder(tmp_path, monkeypatch):
+TRANSFER = [name for name, info in models.FAMILIES.items() if info.transfer]
+
+
+@pytest.mark.parametrize("family", TRANSFER)
+def test_offline_imagenet_names_the_file_and_the_folder(family, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
 
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure on https://example: None -- [Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)  # tests never touch the network
+    info = models.FAMILIES[family]
+    spec = info.backbone(info.default_image_size, "imagenet")
     with pytest.raises(models.WeightsError) as error:
-        models.build_backbone(models.BackboneSpec("inception_v3", 299, "imagenet"))
+        models.build_backbone(spec)
     message = str(error.value)
-    assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert spec.arch.weights_file(spec.image_size, spec.alpha) in message
     assert str(tmp_path / "models") in message and "--weights none" in message
-    assert "storage.googleapis.com" in message  # where to download it by hand
+    assert spec.arch.weights_url(spec.image_size, spec.alpha) in message  # where to download it by hand
+    assert "storage.googleapis.com" in message
+
+
+@pytest.mark.parametrize("family", TRANSFER)
+def test_a_local_weights_file_loads_offline(family, tmp_path, monkeypatch):
+    monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: pytest.fail("must not download"))
+    info = models.FAMILIES[family]
+    keras.utils.set_random_seed(1)
+    saved = models.build_backbone(info.backbone(info.min_image_size, "none"))
+    file = tmp_path / f"{family}.weights.h5"
+    next(layer for layer in saved.layers if isinstance(layer, keras.Model)).save_weights(file)  # a no-top file
+    keras.utils.set_random_seed(2)
+    loaded = models.build_backbone(info.backbone(info.min_image_size, str(file)))
+    other = models.build_backbone(info.backbone(info.min_image_size, "none"))
+    x = _learnable(2, info.min_image_size)[0]
+    expected = saved.predict(x, verbose=0)
+    # Relative only: random MobileNetV2 features are tiny (about 1e-11), so any absolute tolerance passes
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=0)
+    assert not np.allclose(other.predict(x, verbose=0), expected, rtol=1e-2, atol=0)  # the file, not the seed, decided
 
 
 def test_wrong_weights_file_is_refused(tmp_path):
@@ -110,3 +135,113 @@ def test_local_imagenet_weights_load_offline(monkeypatch):
     assert imagenet.shape == (2, 1280) and not np.allclose(imagenet, random)
     # ImageNet ReLU6 features are sparse and bounded: a sign the real weights loaded.
     assert 0 <= imagenet.min() and imagenet.max() <= 6.0001
+
+
+BACKBONES = sorted({name for family in TRANSFER for name in [models.FAMILIES[family].architecture, *models.FAMILIES[family].versions.values()]})
+
+
+@pytest.mark.parametrize("architecture", BACKBONES)
+def test_min_image_size_is_the_smallest_keras_accepts(architecture):
+    arch = models.ARCHITECTURES[architecture]
+    constructor = getattr(keras.applications, arch.constructor)
+    with pytest.raises(ValueError, match=f"at least {arch.min_image_size}x{arch.min_image_size}"):
+        constructor(include_top=False, weights=None, input_shape=(arch.min_image_size - 1,) * 2 + (3,))
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_settings_refuse_an_input_below_the_familys_minimum(family, tmp_path):
+    from core import tuning
+
+    info = models.FAMILIES[family]
+    if info.min_image_size > 32:  # below 32 the general size check speaks instead
+        with pytest.raises(tuning.SettingsError, match=f"{family} needs images of at least {info.min_image_size} pixels"):
+            tuning.SearchSettings(data_dir=str(tmp_path), family=family, image_size=info.min_image_size - 1).resolved()
+    assert tuning.SearchSettings(data_dir=str(tmp_path), family=family, image_size=info.min_image_size).resolved()
+
+
+def _keras_module(arch: models.Architecture):
+    # The private module that defines the public constructor: where Keras keeps its weight addresses
+    # and its `preprocess_input`. Reached through the public object, so a move inside keras.src
+    # still finds it; a changed address or preprocessing fails here.
+    return inspect.getmodule(getattr(keras.applications, arch.constructor))
+
+
+@pytest.mark.parametrize("architecture", BACKBONES)
+def test_weight_addresses_agree_with_the_installed_keras(architecture):
+    arch = models.ARCHITECTURES[architecture]
+    module = _keras_module(arch)
+    addresses = [v for v in vars(module).values() if isinstance(v, str) and v.startswith("https://")]
+    for alpha in arch.widths or [1.0]:
+        url = arch.weights_url(224, alpha)  # a whole address, or a file under Keras's base folder
+        assert any(url == a or (a.endswith("/") and url.startswith(a)) for a in addresses), url
+
+
+@pytest.mark.skipif(not (KERAS_HOME / "models").exists(), reason="../shared/keras_home is not beside the repository")
+def test_weight_file_names_are_those_keras_saved():
+    names = {arch.weights_file(224, alpha) for arch in models.ARCHITECTURES.values() for alpha in arch.widths or [1.0]}
+    saved = {path.name for path in (KERAS_HOME / "models").glob("*.h5")}
+    assert saved and saved <= names
+
+
+@pytest.mark.parametrize("architecture", BACKBONES)
+def test_preprocessing_is_kerass_preprocess_input(architecture):
+    arch = models.ARCHITECTURES[architecture]
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = np.asarray(_keras_module(arch).preprocess_input(pixels.copy()))
+    ours = np.asarray(arch.preprocessing.layer()(pixels)) if arch.preprocessing else pixels
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_file_names_a_width_keras_lacks():
+    v1 = models.ARCHITECTURES["mobilenet_v1"]
+    assert v1.weights_file(160, 0.5) == "mobilenet_5_0_160_tf_no_top.h5"  # Keras's own spelling of 0.5
+    assert v1.weights_file(300, 1.0) == "mobilenet_1_0_224_tf_no_top.h5"  # other sizes use the 224 file
+    with pytest.raises(ValueError, match="no ImageNet weights for mobilenet_v1 at width 0.35"):
+        v1.weights_file(224, 0.35)
+
+
+def test_one_weights_check_for_settings_and_backbones(tmp_path):
+    from core import tuning
+
+    assert models.weights_problem("imagenet") is None and models.weights_problem("none") is None
+    file = tmp_path / "w.h5"
+    file.write_bytes(b"x")
+    assert models.weights_problem(str(file)) is None
+    for bad in ("/no/such/file.h5", "", str(tmp_path)):
+        problem = models.weights_problem(bad)
+        assert problem and "does not exist" in problem
+        with pytest.raises(tuning.SettingsError, match=re.escape(problem)):
+            tuning.SearchSettings(data_dir=str(tmp_path), family="mobilenet", weights=bad).resolved()
+        with pytest.raises(models.WeightsError, match=re.escape(problem)):
+            models.resolve_weights(models.BackboneSpec("mobilenet_v2", 224, bad))
+
+
+@pytest.mark.parametrize("family", TRANSFER)
+def test_each_familys_default_cut_splits_its_backbone(family):
+    from core import activations
+
+    info = models.FAMILIES[family]
+    spec = info.backbone(info.min_image_size, "none")
+    keras.utils.set_random_seed(0)
+    backbone = models.build_backbone(spec)
+    cut = activations.split_backbone(backbone, spec.arch.default_cut)
+    x = _learnable(2, info.min_image_size)[0]
+    expected = backbone.predict(x, verbose=0)
+    np.testing.assert_allclose(cut.top.predict(cut.bottom.predict(x, verbose=0), verbose=0), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", TRANSFER)
+def test_a_saved_model_keeps_its_preprocessing(family, tmp_path):
+    from core import engine
+
+    info = models.FAMILIES[family]
+    hp = keras_tuner.HyperParameters()
+    keras.utils.set_random_seed(0)
+    model = models.build_finetune(hp, info.backbone(info.min_image_size, "none"), unfreeze=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)  # as the model card loads it
+    x = _learnable(3, info.min_image_size)[0]
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    fast = engine.make_engine(loaded, "tflite", threads=1)  # the engine every search and prediction uses
+    np.testing.assert_allclose(fast.predict(x), expected, rtol=1e-3, atol=1e-4)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import artifacts, evaluation, jobs, statistics, tuning
+from core import artifacts, evaluation, jobs, models, statistics, tuning
 from tests.helpers import make_dataset, run_cli, wait_for
 
 
@@ -244,6 +244,16 @@ def test_search_cost_estimate_follows_the_cost_model():
     assert views > cost(mode="finetune", trials=1)  # augmented views cost a bottom pass each
     assert cost("inception_v3", size=299) > 2 * cost("mobilenet", size=224)
     assert cost("custom_cnn", size=300) > 3 * cost("custom_cnn", size=150)  # pixels grow with the square
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_every_family_has_a_cost_estimate_that_grows_with_the_work(family):
+    info = models.FAMILIES[family]
+    for mode in models.MODES if info.transfer else ("scratch",):
+        for cache in (True, False):
+            one, many = (jobs.estimate_search_s(family, mode, info.default_image_size, t, 5, 5216, activation_cache=cache) for t in (1, 20))
+            assert 0 < one < many < float("inf"), (mode, cache)
+            assert jobs.estimate_search_s(family, mode, info.default_image_size, 1, 5, 500, activation_cache=cache) < one
 
 
 def test_settings_are_checked_before_anything_starts(tmp_path):

@@ -33,9 +33,9 @@ by_name = {r.name: r for r in runs}
 ui.forget_stale_choice("compare_runs", by_name)
 top_left, top_right = st.columns([4, 1], vertical_alignment="bottom")
 picked = top_left.multiselect(
-    "Runs to compare", list(by_name), default=ui.best_per_family(runs), key="compare_runs",
+    "Runs to compare", list(by_name), default=artifacts.best_per_family(runs), key="compare_runs",
     format_func=lambda name: ui.run_label(by_name[name]),
-    help="Default: the run with the best test AUC in each model family.",
+    help="Default: the run with the best validation AUC in each model family (chosen on validation, never on test).",
 )
 with top_right.popover("Intervals", icon=":material/tune:", width="stretch"):
     n_resamples = int(

@@ -83,11 +83,12 @@ def metrics_of(runs_dir: Path, name: str) -> dict:
 
 
 def best_per_family(runs_dir: Path) -> set[str]:
+    """The default runs: the best validation AUC of each family (never chosen on test)."""
     best: dict[str, tuple[float, str]] = {}
     for folder in runs_dir.iterdir():
         if (folder / "metrics.json").exists():
             family = json.loads((folder / "settings.json").read_text())["family"]
-            auc = metrics_of(runs_dir, folder.name)["test"]["auc"]
+            auc = metrics_of(runs_dir, folder.name)["val"]["auc"]
             if family not in best or auc > best[family][0]:
                 best[family] = (auc, folder.name)
     return {name for _, name in best.values()}

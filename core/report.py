@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core import evidence as ev
-from core import figures, shift, stress
+from core import figures, shift, stress, wording
 from core.artifacts import Run
 
 TITLE = "Pneumonia classifiers compared"
@@ -138,7 +138,7 @@ def _threshold_source(evidence: ev.RunEvidence) -> str:
         return "validation-chosen"
     for choice in evidence.choices[1:]:
         if abs(choice.threshold - evidence.threshold) <= 1e-12:
-            return f"{choice.key} ({ev.ON_TEST if choice.on_test else ev.ON_VALIDATION})"
+            return f"{choice.key} ({wording.ON_TEST if choice.on_test else wording.ON_VALIDATION})"
     return "set by hand"
 
 
@@ -208,18 +208,18 @@ def _paired_section(runs: Sequence[Run], evidence: Mapping[str, ev.RunEvidence],
     family, refused = ev.pairwise_evidence(
         [(r.name, predictions[r.name], evidence[r.name].threshold) for r in runs], confidence=evidence[runs[0].name].confidence
     )
-    out = [f"<p class='meta'>{_e(ev.PAIRED_NOTE)} Only runs scored on exactly the same test images are paired.</p>"]
+    out = [f"<p class='meta'>{_e(wording.PAIRED_NOTE)} Only runs scored on exactly the same test images are paired.</p>"]
     if len(family) > 1:
         out.append(
             f"<div class='note'>{len(family)} pairs are compared: the p-values are also given Holm-adjusted over them "
             "(separately for the AUC tests and the error tests), and the sentences below use the adjusted ones.</div>"
         )
     if family:
-        out.append(_table(pd.DataFrame([ev.paired_row(p, compact=True) for p in family])))
+        out.append(_table(pd.DataFrame([wording.paired_row(p, compact=True) for p in family])))
         out.append(
             "<ul class='verdicts'>"
             + "".join(
-                f"<li><b>{_e(p.name_a)}</b> vs <b>{_e(p.name_b)}</b>: {_e(ev.auc_sentence(p))} {_e(ev.errors_sentence(p))}</li>"
+                f"<li><b>{_e(p.name_a)}</b> vs <b>{_e(p.name_b)}</b>: {_e(wording.auc_sentence(p))} {_e(wording.errors_sentence(p))}</li>"
                 for p in family
             )
             + "</ul>"
@@ -328,9 +328,9 @@ def build_report(
         f"<b>Threshold rule.</b> Each run calls an image pneumonia when its probability is at least the run's threshold, "
         f"chosen by {_e(_threshold_rule(runs))}, never on test. The threshold in use for each run is listed below "
         "(validation-chosen unless the reader moved it on the dashboard). "
-        f"<b>Intervals.</b> {_e(ev.intervals_note(n_resamples, seed, confidence))} "
-        f"<b>Operating points.</b> {_e(ev.VALIDATION_NOTE)}"
-        + (f" {_e(ev.DESCRIPTIVE_NOTE)}" if any(e.points_on_test for e in items) else "")
+        f"<b>Intervals.</b> {_e(wording.intervals_note(n_resamples, seed, confidence))} "
+        f"<b>Operating points.</b> {_e(wording.VALIDATION_NOTE)}"
+        + (f" {_e(wording.DESCRIPTIVE_NOTE)}" if any(e.points_on_test for e in items) else "")
         + "</div>",
     ]
     if not same_images:
@@ -344,7 +344,7 @@ def build_report(
         body.append("<div class='warn'><ul>" + "".join(problems) + "</ul></div>")
     body += [
         "<h2>Metrics on the test split</h2>",
-        _table(ev.metrics_table(items, combined=True)),
+        _table(wording.metrics_table(items, combined=True)),
         "<h2>Validation against test</h2>",
         _shift_section([shift.for_run(run, evidence[run.name].threshold, predictions[run.name]) for run in runs], figure, colors),
         "<h2>Stress test on validation</h2>",
@@ -359,7 +359,7 @@ def build_report(
     ]
     if not errors.empty:
         body.append(figure(figures.error_breakdown_figure(errors, colors)))
-        body.append(_table(ev.errors_by_kind_wide(items)))
+        body.append(_table(wording.errors_by_kind_wide(items)))
         shown = errors[list(_ERROR_COLUMNS)].rename(columns=_ERROR_COLUMNS)
         body.append(f"<details><summary>Every count and rate</summary>{_table(shown)}</details>")
     else:

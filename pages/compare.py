@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, ensemble, evidence, figures, report, shift, stress
+from core import artifacts, ensemble, evidence, figures, report, shift, stress, wording
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -181,8 +181,8 @@ if len(set(sizes.values())) > 1 or len({frozenset(predictions[n]["path"]) for n 
 st.header("Thresholds and confusion matrices")
 st.caption(
     "Pick an operating point or move a run's threshold: its matrix, its dot on the ROC curve and the tables below "
-    f"follow. {evidence.VALIDATION_NOTE}"
-    + (f" {evidence.DESCRIPTIVE_NOTE}" if any(items[n].points_on_test for n in picked) else "")
+    f"follow. {wording.VALIDATION_NOTE}"
+    + (f" {wording.DESCRIPTIVE_NOTE}" if any(items[n].points_on_test for n in picked) else "")
 )
 per_row = 3
 for start in range(0, len(picked), per_row):
@@ -229,8 +229,8 @@ for start in range(0, len(picked), per_row):
 
 
 st.header("Metrics")
-ci = evidence.ci_label(evidence.CONFIDENCE)
-metrics_table = evidence.metrics_table([items[n] for n in picked])
+ci = wording.ci_label(evidence.CONFIDENCE)
+metrics_table = wording.metrics_table([items[n] for n in picked])
 extra = pd.DataFrame(
     [
         {
@@ -247,7 +247,7 @@ extra = pd.DataFrame(
 )
 metrics_table = pd.concat([metrics_table, extra], axis=1)  # the evidence first, what the run is after it
 number = st.column_config.NumberColumn
-interval_help = evidence.intervals_note(n_resamples, seed)
+interval_help = wording.intervals_note(n_resamples, seed)
 st.dataframe(
     metrics_table, hide_index=True, key="metrics_table",
     column_config={
@@ -397,12 +397,12 @@ else:
             k1, k2, k3 = st.columns(3)
             k1.metric("AUC A", f"{d.auc_a:.3f}")
             k2.metric("AUC difference (A − B)", f"{d.difference:+.3f}")
-            k3.metric("DeLong p (by patient)", evidence.format_p(d.p_value))
+            k3.metric("DeLong p (by patient)", wording.format_p(d.p_value))
             interval = f"{d.ci_low:+.3f} to {d.ci_high:+.3f}" if np.isfinite(d.ci_low) and np.isfinite(d.ci_high) else "n/a"
             st.markdown(f"{ci} of the difference, by patient: **{interval}** · AUC B {d.auc_b:.3f}")
             if paired.adjusted:
-                st.metric("DeLong p, Holm-adjusted", evidence.format_p(paired.p_auc_adjusted))
-            st.caption(evidence.auc_sentence(paired))
+                st.metric("DeLong p, Holm-adjusted", wording.format_p(paired.p_auc_adjusted))
+            st.caption(wording.auc_sentence(paired))
         with right.container(border=True):
             st.markdown(
                 f"**Errors, by patient** (McNemar's test clustered by patient) · A at {paired.threshold_a:.3f}, "
@@ -411,14 +411,14 @@ else:
             k1, k2, k3 = st.columns(3)
             k1.metric("b: A right, B wrong", f"{mc.b:,}")
             k2.metric("c: A wrong, B right", f"{mc.c:,}")
-            k3.metric("McNemar p (by patient)", evidence.format_p(mc.p_value))
+            k3.metric("McNemar p (by patient)", wording.format_p(mc.p_value))
             if paired.adjusted:
-                st.metric("McNemar p, Holm-adjusted", evidence.format_p(paired.p_errors_adjusted))
+                st.metric("McNemar p, Holm-adjusted", wording.format_p(paired.p_errors_adjusted))
             method = (
                 "exact sign-flip test of the per-patient differences (under 25 discordant images)"
                 if mc.method == "exact_sign_flip" else "Durkalski's chi-square of the per-patient differences"
             )
-            st.caption(f"{evidence.errors_sentence(paired)} Method: {method}; {mc.n_discordant_patients:,} patients with a net disagreement.")
+            st.caption(f"{wording.errors_sentence(paired)} Method: {method}; {mc.n_discordant_patients:,} patients with a net disagreement.")
         if paired.adjusted:
             st.caption(
                 f"{paired.n_comparisons} pairs among the picked runs: p-values are Holm-adjusted over them (AUC and error "
@@ -430,8 +430,8 @@ else:
                 "small; the tests above keep each patient's images together and are the ones to read."
             )
             i1, i2 = st.columns(2)
-            i1.metric("DeLong p (image-level)", evidence.format_p(paired.delong.p_value))
-            i2.metric("McNemar p (image-level)", evidence.format_p(paired.mcnemar.p_value))
+            i1.metric("DeLong p (image-level)", wording.format_p(paired.delong.p_value))
+            i2.metric("McNemar p (image-level)", wording.format_p(paired.mcnemar.p_value))
 
 
 # ---------------------------------------------------------------------------- errors by kind
@@ -447,7 +447,7 @@ else:
     left.plotly_chart(figures.error_breakdown_figure(errors, colors), key="fig_errors")
     with right:
         st.dataframe(
-            evidence.errors_by_kind_wide([items[n] for n in picked]), hide_index=True, key="errors_table",
+            wording.errors_by_kind_wide([items[n] for n in picked]), hide_index=True, key="errors_table",
             column_config={"images": st.column_config.TextColumn("images (error)")},
         )
 

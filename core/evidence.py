@@ -318,6 +318,26 @@ def pairwise_evidence(
     return holm_family(tested), refused
 
 
+def paired_among(
+    name_a: str, name_b: str, runs: list[tuple[str, pd.DataFrame, float]], confidence: float = CONFIDENCE
+) -> PairedEvidence:
+    """Runs `name_a` and `name_b` of `runs` (name, predictions, threshold) tested against each other.
+
+    With more than two runs the pair is one of a family: its p-values are Holm-adjusted over every
+    pair of `runs` that can be paired, as the report's are. `ValueError` when the two runs' test
+    images differ, or when a name is not among `runs`.
+    """
+    by_name = {name: (table, threshold) for name, table, threshold in runs}
+    unknown = [name for name in (name_a, name_b) if name not in by_name]
+    if unknown:
+        raise ValueError(f"{unknown} not among the runs {list(by_name)}")
+    paired = paired_evidence(name_a, *by_name[name_a], name_b, *by_name[name_b], confidence=confidence)
+    if len(runs) > 2:
+        family, _ = pairwise_evidence(runs, confidence=confidence)
+        paired = adjusted_as_in(paired, family)
+    return paired
+
+
 def adjusted_as_in(paired: PairedEvidence, family: list[PairedEvidence]) -> PairedEvidence:
     """`paired` with the adjusted p-values of the same two runs in `family` (either order; p is symmetric)."""
     for member in family:

@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from core import comparison, curves, figures, shift, stress, wording
 from core import evidence as ev
-from core import figures, shift, stress, wording
 from core.artifacts import Run
 
 TITLE = "Pneumonia classifiers compared"
@@ -172,23 +172,22 @@ def _data_summary(summary: Mapping[str, Any] | None) -> str:
 
 
 def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
-    metrics = run.metrics or {}
     choices = pd.DataFrame(
         [
             {"operating point": c.label, "threshold": c.threshold, "sensitivity on test": c.sensitivity, "specificity on test": c.specificity}
             for c in evidence.choices
         ]
     )
-    val = metrics.get("val") or {}
+    run_facts = comparison.run_facts(run)
     facts = {
-        "family": run.family,
+        "family": run_facts.family,
         "threshold in use": f"{evidence.threshold:.4f} ({_threshold_source(evidence)})",
         "validation-chosen threshold": evidence.saved_threshold,
-        "validation AUC": val.get("auc"),
+        "validation AUC": run_facts.validation_auc,
         "test images / patients": f"{evidence.n_images:,} / {evidence.n_patients:,}",
-        "parameters": metrics.get("parameters"),
-        "search time (s)": (metrics.get("timings") or {}).get("search_s"),
-        "inference (ms/image)": (metrics.get("inference") or {}).get("ms_per_image"),
+        "parameters": run_facts.parameters,
+        "search time (s)": run_facts.search_s,
+        "inference (ms/image)": run_facts.ms_per_image,
     }
     return (
         f"<section class='run' id='run-{_e(run.name)}'>"
@@ -288,34 +287,19 @@ def build_report(
 
     evidence: dict[str, ev.RunEvidence] = {}
     for run in runs:
-        saved = float((run.metrics or {}).get("threshold", 0.5))
         evidence[run.name] = ev.run_evidence(
-            run.name, predictions[run.name], float(thresholds.get(run.name, saved)), saved,
+            run.name, predictions[run.name], float(thresholds.get(run.name, run.threshold)), run.threshold,
             n_resamples=n_resamples, seed=seed, confidence=confidence, validation=run.val_predictions(),
         )
     items = [evidence[n] for n in names]
 
     figure = _Figures()
-    roc = figures.roc_figure(
-        [
-            {
-                "name": e.name, "fpr": e.roc["fpr"], "tpr": e.roc["tpr"], "auc": e.metrics["auc"],
-                "auc_low": e.interval("auc").low if e.interval("auc") else None,
-                "auc_high": e.interval("auc").high if e.interval("auc") else None,
-                "confidence": e.confidence,
-                "point": {"fpr": 1 - e.metrics["specificity"], "tpr": e.metrics["sensitivity"], "threshold": e.threshold}
-                if math.isfinite(e.metrics["specificity"]) and math.isfinite(e.metrics["sensitivity"]) else None,
-            }
-            for e in items
-        ],
-        colors,
-    )
-    pr = figures.precision_recall_figure([{"name": e.name, **e.pr} for e in items], colors)
-    calibration = figures.calibration_figure([{"name": e.name, **e.reliability, "brier": e.brier, "ece": e.ece} for e in items], colors)
+    roc = figures.roc_figure(curves.roc_curves(items), colors)
+    pr = figures.precision_recall_figure(curves.precision_recall_curves(items), colors)
+    calibration = figures.calibration_figure(curves.calibration_curves(items), colors)
     errors = ev.errors_table(items)
 
-    sizes = {e.n_images for e in items}
-    same_images = len({frozenset(predictions[n]["path"]) for n in names}) == 1
+    image_check = comparison.image_check({n: predictions[n] for n in names})
     problems = [f"<li>{_e(e.name)}: no interval ({_e(e.interval_problem)})</li>" for e in items if e.intervals is None]
 
     body = [
@@ -333,11 +317,9 @@ def build_report(
         + (f" {_e(wording.DESCRIPTIVE_NOTE)}" if any(e.points_on_test for e in items) else "")
         + "</div>",
     ]
-    if not same_images:
+    if not image_check.same:
         body.append(
-            "<div class='warn'>The runs were not all tested on the same images "
-            f"({', '.join(f'{_e(e.name)}: {e.n_images}' for e in items)}"
-            f"{'' if len(sizes) > 1 else ', same count but different files'}): "
+            f"<div class='warn'>The runs were not all tested on the same images ({_e(wording.image_counts(image_check))}): "
             "their numbers are not directly comparable, and such pairs are not tested below.</div>"
         )
     if problems:

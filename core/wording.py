@@ -18,6 +18,7 @@ from core.evidence import CONFIDENCE, CUSTOM_CHOICE, INTERVAL_METRICS, VALIDATIO
 
 if TYPE_CHECKING:
     from core import statistics
+    from core.comparison import ImageCheck
     from core.evidence import PairedEvidence, RunEvidence, ThresholdChoice
 
 LEVEL = 0.05  # the significance level of every sentence
@@ -96,6 +97,12 @@ def intervals_note(n_resamples: int, seed: int, confidence: float = CONFIDENCE) 
         f"{n_resamples:,} resamples, seed {seed}; sensitivity, specificity and accuracy by Wilson's score interval "
         "widened by the patients' design effect, which holds near 0 % and 100 % where a bootstrap falls short."
     )
+
+
+def image_counts(check: ImageCheck) -> str:
+    """The runs' test image counts, e.g. "a: 312, b: 300", for the warning that they differ."""
+    counts = ", ".join(f"{name}: {count}" for name, count in check.counts.items())
+    return counts if not check.same_count or check.same else f"{counts}, same count but different files"
 
 
 # ---------------------------------------------------------------------------- paired tests

@@ -259,3 +259,20 @@ def test_real_runs_evidence_and_a_pair_on_different_splits_is_refused(runs_dir, 
     other = artifacts.load_run(other_split_dir, "cnn-other-split")
     with pytest.raises(ValueError, match="different test images"):
         evidence.paired_evidence("cnn-small", table, 0.5, other.name, other.predictions(), 0.5)
+
+
+def test_paired_among_adjusts_over_the_family_only_when_there_are_more_than_two_runs(predictions):
+    rng = np.random.default_rng(8)
+    runs = [("a", predictions, 0.5)]
+    for name, noise in (("b", 0.1), ("c", 0.3)):
+        runs.append((name, predictions.assign(probability=np.clip(predictions["probability"] + rng.normal(0, noise, len(predictions)), 0, 1)), 0.4))
+    two = evidence.paired_among("b", "a", runs[:2])
+    assert two == evidence.paired_evidence("b", runs[1][1], 0.4, "a", predictions, 0.5) and not two.adjusted
+    family, _ = evidence.pairwise_evidence(runs)
+    three = evidence.paired_among("c", "b", runs)
+    assert (three.name_a, three.name_b, three.threshold_a) == ("c", "b", 0.4)
+    assert (three.n_comparisons, three.p_auc_adjusted, three.p_errors_adjusted) == (3, family[2].p_auc_adjusted, family[2].p_errors_adjusted)
+    with pytest.raises(ValueError, match="different test images"):
+        evidence.paired_among("a", "x", [*runs, ("x", predictions.assign(path=predictions["path"] + "?"), 0.5)])
+    with pytest.raises(ValueError, match=r"\['z'\] not among the runs"):
+        evidence.paired_among("a", "z", runs)

@@ -1,7 +1,7 @@
 """Several runs side by side: whether they saw the same test images, what each run is, and every image's verdicts.
 
 What the Compare page and the HTML report both need beyond each run's own evidence
-(`core.evidence`): the check that the runs were tested on the same images (else their numbers
+(``core.evidence``): the check that the runs were tested on the same images (else their numbers
 are not directly comparable), the facts of each run (family, input size, parameters, search and
 inference times), and the per-image join of the runs' probabilities with how many runs got each
 image wrong and whether they disagree. Pure: predictions tables and runs in, tables out.
@@ -26,7 +26,9 @@ IMAGE_COLUMNS = ("image", "path", "class_name", "kind")
 PROBABILITY_PREFIX = "p:"
 
 
-# ---------------------------------------------------------------------------- the same test images
+# --------------------------------------------------------------------------
+# The same test images
+# --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ def image_check(predictions: Mapping[str, pd.DataFrame]) -> ImageCheck:
     return ImageCheck(counts=counts, same=len(set(counts.values())) <= 1 and len(paths) <= 1)
 
 
-# ---------------------------------------------------------------------------- what each run is
+# --------------------------------------------------------------------------
+# What each run is
+# --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,9 @@ def facts_table(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------------------- every image's verdicts
+# --------------------------------------------------------------------------
+# Every image's verdicts
+# --------------------------------------------------------------------------
 
 
 def probability_column(name: str) -> str:
@@ -111,9 +117,9 @@ def probability_column(name: str) -> str:
 def per_image_table(predictions: Mapping[str, pd.DataFrame], thresholds: Mapping[str, float]) -> pd.DataFrame:
     """Every test image of any run, one row each, sorted by path.
 
-    Columns: `image` (the file name), `path`, `class_name`, `kind`, each run's probability as
-    `p:<run>` (empty where that run did not score the image), `wrong in` (how many runs call the
-    image wrongly at their threshold) and `disagree` (the runs that scored it do not all call it
+    Columns: ``image`` (the file name), ``path``, ``class_name``, ``kind``, each run's probability as
+    ``p:<run>`` (empty where that run did not score the image), ``wrong in`` (how many runs call the
+    image wrongly at their threshold) and ``disagree`` (the runs that scored it do not all call it
     the same way).
     """
     if not predictions:
@@ -137,7 +143,7 @@ def per_image_table(predictions: Mapping[str, pd.DataFrame], thresholds: Mapping
 
 
 def filter_images(table: pd.DataFrame, *, wrong: bool = False, disagree: bool = False, true_class: str | None = None) -> pd.DataFrame:
-    """The rows of a `per_image_table` misclassified by any run, where the runs disagree, of one true class."""
+    """The rows of a ``per_image_table`` misclassified by any run, where the runs disagree, of one true class."""
     mask = pd.Series(True, index=table.index)
     if wrong:
         mask &= table["wrong in"] > 0
@@ -149,7 +155,7 @@ def filter_images(table: pd.DataFrame, *, wrong: bool = False, disagree: bool = 
 
 
 def image_verdicts(row: Mapping[str, Any], thresholds: Mapping[str, float]) -> pd.DataFrame:
-    """One image of a `per_image_table` (a row) as each run sees it: run, probability, threshold, label.
+    """One image of a ``per_image_table`` (a row) as each run sees it: run, probability, threshold, label.
 
     The label is empty where the run did not score the image.
     """
@@ -169,6 +175,6 @@ def image_verdicts(row: Mapping[str, Any], thresholds: Mapping[str, float]) -> p
 
 
 def probability_of(row: Mapping[str, Any], name: str) -> float:
-    """A run's probability for one row of a `per_image_table`, NaN where it did not score the image."""
+    """A run's probability for one row of a ``per_image_table``, NaN where it did not score the image."""
     value = row[probability_column(name)]
     return float(value) if pd.notna(value) else float(np.nan)

@@ -1,9 +1,9 @@
 """The inputs of the ROC, precision-recall and calibration figures, built from each run's evidence.
 
-Like scikit-learn's `RocCurveDisplay.from_predictions`: one function per curve turns a list of
-`core.evidence.RunEvidence` into what `core.figures` draws, so the Compare page and the HTML
+Like scikit-learn's ``RocCurveDisplay.from_predictions``: one function per curve turns a list of
+``core.evidence.RunEvidence`` into what ``core.figures`` draws, so the Compare page and the HTML
 report plot the same points, AUC intervals and operating points. The curves' numbers themselves
-are computed in `core.evidence.run_evidence`; the figures are drawn in `core.figures`.
+are computed in ``core.evidence.run_evidence``; the figures are drawn in ``core.figures``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from core.evidence import RunEvidence
 
 
 def roc_curves(evidence: Sequence[RunEvidence]) -> list[dict[str, Any]]:
-    """One `figures.roc_figure` curve per run: its ROC, its AUC and interval, and its operating point.
+    """One ``figures.roc_figure`` curve per run: its ROC, its AUC and interval, and its operating point.
 
     The point is the run's sensitivity and 1 − specificity at the threshold in use; a run whose
     test images lack a class has none (both rates are undefined).
@@ -39,10 +39,10 @@ def roc_curves(evidence: Sequence[RunEvidence]) -> list[dict[str, Any]]:
 
 
 def precision_recall_curves(evidence: Sequence[RunEvidence]) -> list[dict[str, Any]]:
-    """One `figures.precision_recall_figure` curve per run: precision, recall, average precision, prevalence."""
+    """One ``figures.precision_recall_figure`` curve per run: precision, recall, average precision, prevalence."""
     return [{"name": ev.name, **ev.pr} for ev in evidence]
 
 
 def calibration_curves(evidence: Sequence[RunEvidence]) -> list[dict[str, Any]]:
-    """One `figures.calibration_figure` curve per run: its reliability curve, Brier score and ECE."""
+    """One ``figures.calibration_figure`` curve per run: its reliability curve, Brier score and ECE."""
     return [{"name": ev.name, **ev.reliability, "brier": ev.brier, "ece": ev.ece} for ev in evidence]

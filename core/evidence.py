@@ -1,15 +1,15 @@
 """A run's predictions turned into the evidence a clinical reader needs, and two runs compared.
 
-Glue between saved runs (`predictions.csv`, `metrics.json`) and `core.statistics`: metrics at a
+Glue between saved runs (``predictions.csv``, ``metrics.json``) and ``core.statistics``: metrics at a
 threshold with patient-aware intervals, ROC, precision-recall and calibration curves,
 operating points and errors per pneumonia kind, and the paired tests of two runs scored on the
 same test images (DeLong and McNemar, clustered by patient; Holm-adjusted when several pairs are
-compared). Numbers only: `core.wording` says them in words, once for the page and the report.
-No Streamlit here: the Compare page caches these results and `core.report` writes them into an
+compared). Numbers only: ``core.wording`` says them in words, once for the page and the report.
+No Streamlit here: the Compare page caches these results and ``core.report`` writes them into an
 HTML file.
 
 Operating points (sensitivity at 90 % specificity, ...) are chosen on the run's validation
-predictions (`val_predictions.csv`) and then measured on test, like the saved threshold. Runs saved
+predictions (``val_predictions.csv``) and then measured on test, like the saved threshold. Runs saved
 before validation predictions were kept fall back to points found on the test images themselves,
 marked as descriptive: they describe the test set rather than a choice made before seeing it.
 """
@@ -39,7 +39,9 @@ CUSTOM_CHOICE = "custom"
 OPERATING_POINTS = ("youden", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95")
 
 
-# ---------------------------------------------------------------------------- one run
+# --------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def threshold_choices(
 ) -> list[ThresholdChoice]:
     """The validation-chosen threshold first, then the operating points, each measured on test.
 
-    With `validation` (labels, probabilities of the validation split) the points are chosen there,
+    With ``validation`` (labels, probabilities of the validation split) the points are chosen there,
     as the saved threshold was (its Youden point is the saved threshold, so it is not repeated);
     without it, or when validation has one class only, they are chosen on test and marked so.
     """
@@ -159,12 +161,12 @@ def run_evidence(
     n_bins: int = CALIBRATION_BINS,
     validation: pd.DataFrame | None = None,
 ) -> RunEvidence:
-    """The evidence for one run's test predictions at `threshold`.
+    """The evidence for one run's test predictions at ``threshold``.
 
-    Intervals keep the images of one patient together (`statistics.metric_intervals` with
-    `groups=patient`): AUC by percentile bootstrap over patients (`seed` makes it reproducible),
-    sensitivity, specificity and accuracy by Wilson's interval with the patients' design effect. `validation` (the run's
-    validation predictions) is where the operating points are chosen; see `threshold_choices`.
+    Intervals keep the images of one patient together (``statistics.metric_intervals`` with
+    ``groups=patient``): AUC by percentile bootstrap over patients (``seed`` makes it reproducible),
+    sensitivity, specificity and accuracy by Wilson's interval with the patients' design effect. ``validation`` (the run's
+    validation predictions) is where the operating points are chosen; see ``threshold_choices``.
     """
     y, s, groups = arrays(predictions)
     val = arrays(validation)[:2] if validation is not None and len(validation) else None
@@ -221,17 +223,19 @@ def run_evidence(
     )
 
 
-# ---------------------------------------------------------------------------- two runs
+# --------------------------------------------------------------------------
+# Two runs
+# --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PairedEvidence:
     """Two runs on the same test images: paired tests by patient (the ones to read) and by image.
 
-    `delong` and `mcnemar` are the image-level tests (every image independent), kept for reference;
-    `delong_by_patient` and `mcnemar_by_patient` keep each patient's images together and are the
-    ones the sentences use. With several pairs compared at once (`n_comparisons` > 1) the
-    `*_adjusted` p-values are Holm-adjusted over the pairs and the sentences use them.
+    ``delong`` and ``mcnemar`` are the image-level tests (every image independent), kept for reference;
+    ``delong_by_patient`` and ``mcnemar_by_patient`` keep each patient's images together and are the
+    ones the sentences use. With several pairs compared at once (``n_comparisons`` > 1) the
+    ``*_adjusted`` p-values are Holm-adjusted over the pairs and the sentences use them.
     """
 
     name_a: str
@@ -269,7 +273,7 @@ def paired_evidence(
     name_b: str, predictions_b: pd.DataFrame, threshold_b: float,
     confidence: float = CONFIDENCE,
 ) -> PairedEvidence:
-    """Paired tests of two runs; `ValueError` (from `statistics.align_paired`) when their test images differ."""
+    """Paired tests of two runs; ``ValueError`` (from ``statistics.align_paired``) when their test images differ."""
     paired = statistics.align_paired(predictions_a, predictions_b)
     y = paired.y_true
     groups = paired.groups if paired.groups is not None else np.arange(y.size)  # no patient ids: images
@@ -290,7 +294,7 @@ def paired_evidence(
 def holm_family(pairs: list[PairedEvidence]) -> list[PairedEvidence]:
     """The pairs with Holm-adjusted p-values over the family (AUC tests and error tests separately).
 
-    One pair is not a family: it is returned unchanged (unadjusted, `n_comparisons` = 1).
+    One pair is not a family: it is returned unchanged (unadjusted, ``n_comparisons`` = 1).
     """
     if len(pairs) < 2:
         return list(pairs)
@@ -305,7 +309,7 @@ def holm_family(pairs: list[PairedEvidence]) -> list[PairedEvidence]:
 def pairwise_evidence(
     runs: list[tuple[str, pd.DataFrame, float]], confidence: float = CONFIDENCE
 ) -> tuple[list[PairedEvidence], list[tuple[str, str, str]]]:
-    """Every pair of `runs` (name, predictions, threshold) that can be paired, Holm-adjusted together.
+    """Every pair of ``runs`` (name, predictions, threshold) that can be paired, Holm-adjusted together.
 
     Returns the tested pairs and the refused ones as (name A, name B, reason).
     """
@@ -321,11 +325,11 @@ def pairwise_evidence(
 def paired_among(
     name_a: str, name_b: str, runs: list[tuple[str, pd.DataFrame, float]], confidence: float = CONFIDENCE
 ) -> PairedEvidence:
-    """Runs `name_a` and `name_b` of `runs` (name, predictions, threshold) tested against each other.
+    """Runs ``name_a`` and ``name_b`` of ``runs`` (name, predictions, threshold) tested against each other.
 
     With more than two runs the pair is one of a family: its p-values are Holm-adjusted over every
-    pair of `runs` that can be paired, as the report's are. `ValueError` when the two runs' test
-    images differ, or when a name is not among `runs`.
+    pair of ``runs`` that can be paired, as the report's are. ``ValueError`` when the two runs' test
+    images differ, or when a name is not among ``runs``.
     """
     by_name = {name: (table, threshold) for name, table, threshold in runs}
     unknown = [name for name in (name_a, name_b) if name not in by_name]
@@ -339,7 +343,7 @@ def paired_among(
 
 
 def adjusted_as_in(paired: PairedEvidence, family: list[PairedEvidence]) -> PairedEvidence:
-    """`paired` with the adjusted p-values of the same two runs in `family` (either order; p is symmetric)."""
+    """``paired`` with the adjusted p-values of the same two runs in ``family`` (either order; p is symmetric)."""
     for member in family:
         if {member.name_a, member.name_b} == {paired.name_a, paired.name_b}:
             return replace(

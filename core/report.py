@@ -1,6 +1,6 @@
 """One self-contained HTML file with the evidence behind a comparison of runs.
 
-`build_report(runs)` returns the whole page as a string: interactive plotly figures (plotly.js
+``build_report(runs)`` returns the whole page as a string: interactive plotly figures (plotly.js
 inlined once, so the file opens offline), the metrics with their patient-aware intervals,
 paired tests of every pair of runs, errors by kind of image, operating points, and each run's
 settings and data summary, with the generation date and how thresholds were chosen. Pure: no
@@ -62,7 +62,9 @@ _RESIZE = (
 )
 
 
-# ---------------------------------------------------------------------------- small HTML helpers
+# --------------------------------------------------------------------------
+# Small HTML helpers
+# --------------------------------------------------------------------------
 
 
 def _e(value: Any) -> str:
@@ -84,7 +86,7 @@ def _cell(value: Any, digits: int = 3) -> str:
 
 
 def _table(frame: pd.DataFrame, digits: int = 3, class_name: str = "") -> str:
-    """A DataFrame as an HTML table, numbers with `digits` decimals, every value escaped."""
+    """A DataFrame as an HTML table, numbers with ``digits`` decimals, every value escaped."""
     if frame.empty:
         return "<p class='meta'>Nothing to show.</p>"
     head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
@@ -121,7 +123,9 @@ class _Figures:
         return f"<div class='figure'>{div}</div>"
 
 
-# ---------------------------------------------------------------------------- report parts
+# --------------------------------------------------------------------------
+# Report parts
+# --------------------------------------------------------------------------
 
 
 def _threshold_rule(runs: Sequence[Run]) -> str:
@@ -253,7 +257,9 @@ def _shift_section(shifts: Sequence[shift.Shift], figure: _Figures, colors: Mapp
     return "".join(out)
 
 
-# ---------------------------------------------------------------------------- the report
+# --------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------
 
 
 def build_report(
@@ -267,11 +273,11 @@ def build_report(
     generated_at: datetime | None = None,
     title: str = TITLE,
 ) -> str:
-    """The report of `runs` as one self-contained HTML document.
+    """The report of ``runs`` as one self-contained HTML document.
 
-    `thresholds` (run name -> threshold) defaults to each run's validation-chosen threshold;
-    `predictions` (run name -> its predictions table) defaults to reading each run's
-    `predictions.csv`. AUC intervals resample patients `n_resamples` times with `seed`.
+    ``thresholds`` (run name -> threshold) defaults to each run's validation-chosen threshold;
+    ``predictions`` (run name -> its predictions table) defaults to reading each run's
+    ``predictions.csv``. AUC intervals resample patients ``n_resamples`` times with ``seed``.
     """
     runs = list(runs)
     if not runs:

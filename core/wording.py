@@ -1,6 +1,6 @@
 """The evidence in words: every label, sentence and formatted number the Compare page and the report share.
 
-`core.evidence` computes (metrics, intervals, operating points, paired tests); this module says
+``core.evidence`` computes (metrics, intervals, operating points, paired tests); this module says
 what those numbers show, once, so the page and the HTML report print the same sentences: the
 operating points' labels, the notes on how thresholds and intervals are chosen, the paired tests'
 verdicts and method names, and the text tables ("0.932–0.968", "12/40 (30.0 %)", "missed",
@@ -23,7 +23,11 @@ if TYPE_CHECKING:
 
 LEVEL = 0.05  # the significance level of every sentence
 
-# ---------------------------------------------------------------------------- operating points
+
+# --------------------------------------------------------------------------
+# Operating points
+# --------------------------------------------------------------------------
+
 
 VALIDATION_LABEL = "validation-chosen (Youden's J on validation)"
 # Operating point name in `statistics.operating_points` -> what the reader sees.
@@ -65,7 +69,9 @@ def choice_option(key: str, choice: ThresholdChoice | None) -> str:
     return f"{label} — {choice.threshold:.3f}"
 
 
-# ---------------------------------------------------------------------------- numbers and intervals
+# --------------------------------------------------------------------------
+# Numbers and intervals
+# --------------------------------------------------------------------------
 
 # Metric of `evidence.INTERVAL_METRICS` -> its column title in every table.
 INTERVAL_TITLES = dict(zip(INTERVAL_METRICS, ("AUC", "sensitivity", "specificity", "accuracy"), strict=True))
@@ -105,7 +111,9 @@ def image_counts(check: ImageCheck) -> str:
     return counts if not check.same_count or check.same else f"{counts}, same count but different files"
 
 
-# ---------------------------------------------------------------------------- paired tests
+# --------------------------------------------------------------------------
+# Paired tests
+# --------------------------------------------------------------------------
 
 PAIRED_NOTE = (
     "Both tests keep each patient's images together, as the intervals do: DeLong's test of the AUCs clustered by "
@@ -122,7 +130,7 @@ def difference_interval(d: statistics.DeLongResult) -> str:
 
 
 def mcnemar_method(result: statistics.ClusteredMcNemarResult, detailed: bool = False) -> str:
-    """Which clustered McNemar test ran: a table's short name, or with `detailed` the page's explanation."""
+    """Which clustered McNemar test ran: a table's short name, or with ``detailed`` the page's explanation."""
     exact = result.method == "exact_sign_flip"
     if detailed:
         return (
@@ -162,14 +170,16 @@ def errors_sentence(paired: PairedEvidence) -> str:
     return f"No evidence at the 5 % level that the error rates differ at the thresholds in use ({counts}; {phrase})."
 
 
-# ---------------------------------------------------------------------------- text tables
+# --------------------------------------------------------------------------
+# Text tables
+# --------------------------------------------------------------------------
 
 
 def metrics_table(evidence: list[RunEvidence], combined: bool = False) -> pd.DataFrame:
     """One row per run: threshold, point estimates and their intervals, calibration, sizes.
 
-    Each interval metric gets a number column and a text column `"<metric> 95% CI"`
-    ("0.932–0.968"); with `combined` one text column `"<metric> (95% CI)"` ("0.951 (0.932–0.968)")
+    Each interval metric gets a number column and a text column ``"<metric> 95% CI"``
+    ("0.932–0.968"); with ``combined`` one text column ``"<metric> (95% CI)"`` ("0.951 (0.932–0.968)")
     instead, as a paper's table would print it.
     """
     rows = []
@@ -200,7 +210,7 @@ def metrics_table(evidence: list[RunEvidence], combined: bool = False) -> pd.Dat
 
 
 def paired_row(paired: PairedEvidence, compact: bool = False) -> dict[str, Any]:
-    """One table row of a pair's tests; `compact` folds A/B columns together for a printed table.
+    """One table row of a pair's tests; ``compact`` folds A/B columns together for a printed table.
 
     The patient-level tests come first; the Holm columns appear when the pair is one of several;
     the image-level p-values come last, labelled as such.

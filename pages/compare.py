@@ -80,12 +80,13 @@ def choice_key(name: str) -> str:
 
 
 # The validation-chosen threshold and the operating points do not depend on the threshold in use.
-choices = {name: ui.evidence_for(by_name[name], saved_threshold(name), n_resamples, seed).choices for name in picked}
+at_saved = {name: ui.evidence_for(by_name[name], saved_threshold(name), n_resamples, seed) for name in picked}
+choices = {name: at_saved[name].choices for name in picked}
 
 
 def apply_choice(name: str) -> None:
     """An operating point was picked: move the slider to its threshold."""
-    picked_choice = next((c for c in choices[name] if c.key == st.session_state[choice_key(name)]), None)
+    picked_choice = at_saved[name].choice(st.session_state[choice_key(name)])
     if picked_choice is not None:
         st.session_state[threshold_key(name)] = picked_choice.threshold
 
@@ -93,7 +94,7 @@ def apply_choice(name: str) -> None:
 def slider_moved(name: str) -> None:
     """The slider was moved by hand: the operating point becomes "custom" (unless it landed on one)."""
     value = float(st.session_state[threshold_key(name)])
-    current = next((c for c in choices[name] if c.key == st.session_state.get(choice_key(name))), None)
+    current = at_saved[name].choice(st.session_state.get(choice_key(name)))
     if current is None or abs(current.threshold - value) > 1e-9:
         st.session_state[choice_key(name)] = evidence.CUSTOM_CHOICE
 
@@ -159,14 +160,13 @@ for start in range(0, len(picked), per_row):
     for col, name in zip(cols, picked[start : start + per_row], strict=False):
         m = scores[name]
         options = [c.key for c in choices[name]] + [evidence.CUSTOM_CHOICE]
-        by_key = {c.key: c for c in choices[name]}
         if st.session_state.get(choice_key(name)) not in options:
             st.session_state[choice_key(name)] = evidence.CUSTOM_CHOICE
         with col.container(border=True):
             st.markdown(f"<span style='color:{colors[name]}'>●</span> **{name}**", unsafe_allow_html=True)
             st.selectbox(
                 "Operating point", options, key=choice_key(name), on_change=apply_choice, args=(name,),
-                format_func=lambda key, by_key=by_key: wording.choice_option(key, by_key.get(key)),
+                format_func=lambda key, run=at_saved[name]: wording.choice_option(key, run.choice(key)),
                 help="Validation-chosen: the search's own threshold (Youden's J on the validation split). The others "
                 "(sens@spec90: the best sensitivity with specificity at least 90 %, and so on) are chosen on the "
                 "validation split too and measured on test; a run saved without validation predictions gets them "
@@ -187,7 +187,7 @@ for start in range(0, len(picked), per_row):
                 f"Sensitivity **{ui.format_number(m['sensitivity'])}** · specificity **{ui.format_number(m['specificity'])}** · "
                 f"accuracy **{ui.format_number(m['accuracy'])}**"
             )
-            chosen = by_key.get(st.session_state[choice_key(name)])
+            chosen = at_saved[name].choice(st.session_state[choice_key(name)])
             if chosen is not None and chosen.on_test:
                 st.caption(":material/info: On test — descriptive; the validation-chosen threshold is the honest one.")
             if abs(thresholds[name] - saved_threshold(name)) > 1e-9:

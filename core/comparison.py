@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from core.artifacts import Run
+from core.data import CLASS_NAMES
 
-POSITIVE = "PNEUMONIA"
-NEGATIVE = "NORMAL"
+NEGATIVE, POSITIVE = CLASS_NAMES  # "NORMAL", "PNEUMONIA"
 # The per-image table's fixed columns; each run's probability goes in "p:<run>", so a run may
 # have any name (even "kind" or "wrong in") without clashing with them.
 IMAGE_COLUMNS = ("image", "path", "class_name", "kind")

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -314,6 +315,40 @@ class Run:
             return False
         return bool(paths) and all(p.exists() for p in paths)
 
+    # Run rules: what the pages and the report need to know about a run, decided here once.
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold the search chose on validation (0.5 for a run saved without one)."""
+        return float((self.metrics or {}).get("threshold", 0.5))
+
+    @property
+    def test_auc(self) -> float:
+        """The saved model's AUC on test, or -inf when there is none (so it sorts last). For display only."""
+        return _finite_or_minus_inf(((self.metrics or {}).get("test") or {}).get("auc"))
+
+    @property
+    def validation_auc(self) -> float:
+        """The saved model's AUC on validation, or -inf when there is none.
+
+        `metrics.json`'s `val.auc` is the saved model's own score on the validation split; runs
+        saved without it fall back to the search's best epoch score (`progress.json`).
+        """
+        saved = _finite_or_minus_inf(((self.metrics or {}).get("val") or {}).get("auc"))
+        return saved if math.isfinite(saved) else _finite_or_minus_inf(self.progress.get("best_val_auc"))
+
+    def elapsed_s(self, now: datetime | None = None) -> float:
+        """Seconds the search has run, over all its starts; a live run counts up to `now`."""
+        progress = self.progress
+        total = float(progress.get("elapsed_s") or 0.0) + float(progress.get("elapsed_before_s") or 0.0)
+        if self.state in ACTIVE_STATES and progress.get("updated_at"):
+            try:
+                updated = datetime.fromisoformat(progress["updated_at"])
+                total += max(0.0, ((now or datetime.now(UTC)) - updated).total_seconds())
+            except (TypeError, ValueError):  # a hand-edited or truncated timestamp: count what was saved
+                pass
+        return total
+
     def read(self, file_name: str, default=None):
         return read_json(self.folder / file_name, default)
 
@@ -352,6 +387,24 @@ class Run:
         except OSError:
             return ""
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def _finite_or_minus_inf(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else float("-inf")
+
+
+def best_per_family(runs: list[Run]) -> list[str]:
+    """Names of the run with the best validation AUC in each family, in the order of `runs`.
+
+    The default runs of Compare and Predict. Chosen on validation, never on test: picking the
+    best test AUC would make the test split a selection set and flatter the runs shown.
+    """
+    best: dict[str, Run] = {}
+    for run in runs:
+        if run.family not in best or run.validation_auc > best[run.family].validation_auc:
+            best[run.family] = run
+    chosen = {r.name for r in best.values()}
+    return [r.name for r in runs if r.name in chosen]
 
 
 def load_run(artifacts: str | os.PathLike, name: str) -> Run:

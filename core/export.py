@@ -16,7 +16,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from core import artifacts, evidence, shift
+from core import artifacts, evidence, shift, wording
 from core.artifacts import Run, RunError
 
 CARD = "MODEL_CARD.md"
@@ -54,7 +54,7 @@ def _interval_row(label: str, ev: evidence.RunEvidence) -> str:
         value = ev.metrics.get(metric)
         interval = ev.interval(metric)
         shown = f"{value:.3f}" if isinstance(value, (int, float)) else "–"
-        cells.append(f"{shown} ({evidence.format_interval(interval)})" if interval is not None else shown)
+        cells.append(f"{shown} ({wording.format_interval(interval)})" if interval is not None else shown)
     return "| " + " | ".join(cells) + " |"
 
 
@@ -123,7 +123,7 @@ bootstrap; rates: Wilson's interval widened by the design effect), as on the Com
 {_interval_row('validation', val_ev) if val_ev else '| validation | – | – | – | – | – | – |'}
 {_interval_row('test', test_ev)}
 
-{evidence.intervals_note(test_ev.n_resamples, test_ev.seed)}
+{wording.intervals_note(test_ev.n_resamples, test_ev.seed)}
 
 ## Validation against test (shift)
 

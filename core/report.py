@@ -1,6 +1,6 @@
 """One self-contained HTML file with the evidence behind a comparison of runs.
 
-`build_report(runs)` returns the whole page as a string: interactive plotly figures (plotly.js
+``build_report(runs)`` returns the whole page as a string: interactive plotly figures (plotly.js
 inlined once, so the file opens offline), the metrics with their patient-aware intervals,
 paired tests of every pair of runs, errors by kind of image, operating points, and each run's
 settings and data summary, with the generation date and how thresholds were chosen. Pure: no
@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from core import comparison, curves, figures, shift, stress, wording
 from core import evidence as ev
-from core import figures, shift, stress
 from core.artifacts import Run
 
 TITLE = "Pneumonia classifiers compared"
@@ -62,7 +62,9 @@ _RESIZE = (
 )
 
 
-# ---------------------------------------------------------------------------- small HTML helpers
+# --------------------------------------------------------------------------
+# Small HTML helpers
+# --------------------------------------------------------------------------
 
 
 def _e(value: Any) -> str:
@@ -84,7 +86,7 @@ def _cell(value: Any, digits: int = 3) -> str:
 
 
 def _table(frame: pd.DataFrame, digits: int = 3, class_name: str = "") -> str:
-    """A DataFrame as an HTML table, numbers with `digits` decimals, every value escaped."""
+    """A DataFrame as an HTML table, numbers with ``digits`` decimals, every value escaped."""
     if frame.empty:
         return "<p class='meta'>Nothing to show.</p>"
     head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
@@ -121,7 +123,9 @@ class _Figures:
         return f"<div class='figure'>{div}</div>"
 
 
-# ---------------------------------------------------------------------------- report parts
+# --------------------------------------------------------------------------
+# Report parts
+# --------------------------------------------------------------------------
 
 
 def _threshold_rule(runs: Sequence[Run]) -> str:
@@ -138,7 +142,7 @@ def _threshold_source(evidence: ev.RunEvidence) -> str:
         return "validation-chosen"
     for choice in evidence.choices[1:]:
         if abs(choice.threshold - evidence.threshold) <= 1e-12:
-            return f"{choice.key} ({ev.ON_TEST if choice.on_test else ev.ON_VALIDATION})"
+            return f"{choice.key} ({wording.ON_TEST if choice.on_test else wording.ON_VALIDATION})"
     return "set by hand"
 
 
@@ -172,23 +176,22 @@ def _data_summary(summary: Mapping[str, Any] | None) -> str:
 
 
 def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
-    metrics = run.metrics or {}
     choices = pd.DataFrame(
         [
             {"operating point": c.label, "threshold": c.threshold, "sensitivity on test": c.sensitivity, "specificity on test": c.specificity}
             for c in evidence.choices
         ]
     )
-    val = metrics.get("val") or {}
+    run_facts = comparison.run_facts(run)
     facts = {
-        "family": run.family,
+        "family": run_facts.family,
         "threshold in use": f"{evidence.threshold:.4f} ({_threshold_source(evidence)})",
         "validation-chosen threshold": evidence.saved_threshold,
-        "validation AUC": val.get("auc"),
+        "validation AUC": run_facts.validation_auc,
         "test images / patients": f"{evidence.n_images:,} / {evidence.n_patients:,}",
-        "parameters": metrics.get("parameters"),
-        "search time (s)": (metrics.get("timings") or {}).get("search_s"),
-        "inference (ms/image)": (metrics.get("inference") or {}).get("ms_per_image"),
+        "parameters": run_facts.parameters,
+        "search time (s)": run_facts.search_s,
+        "inference (ms/image)": run_facts.ms_per_image,
     }
     return (
         f"<section class='run' id='run-{_e(run.name)}'>"
@@ -208,18 +211,18 @@ def _paired_section(runs: Sequence[Run], evidence: Mapping[str, ev.RunEvidence],
     family, refused = ev.pairwise_evidence(
         [(r.name, predictions[r.name], evidence[r.name].threshold) for r in runs], confidence=evidence[runs[0].name].confidence
     )
-    out = [f"<p class='meta'>{_e(ev.PAIRED_NOTE)} Only runs scored on exactly the same test images are paired.</p>"]
+    out = [f"<p class='meta'>{_e(wording.PAIRED_NOTE)} Only runs scored on exactly the same test images are paired.</p>"]
     if len(family) > 1:
         out.append(
             f"<div class='note'>{len(family)} pairs are compared: the p-values are also given Holm-adjusted over them "
             "(separately for the AUC tests and the error tests), and the sentences below use the adjusted ones.</div>"
         )
     if family:
-        out.append(_table(pd.DataFrame([ev.paired_row(p, compact=True) for p in family])))
+        out.append(_table(pd.DataFrame([wording.paired_row(p, compact=True) for p in family])))
         out.append(
             "<ul class='verdicts'>"
             + "".join(
-                f"<li><b>{_e(p.name_a)}</b> vs <b>{_e(p.name_b)}</b>: {_e(ev.auc_sentence(p))} {_e(ev.errors_sentence(p))}</li>"
+                f"<li><b>{_e(p.name_a)}</b> vs <b>{_e(p.name_b)}</b>: {_e(wording.auc_sentence(p))} {_e(wording.errors_sentence(p))}</li>"
                 for p in family
             )
             + "</ul>"
@@ -254,7 +257,9 @@ def _shift_section(shifts: Sequence[shift.Shift], figure: _Figures, colors: Mapp
     return "".join(out)
 
 
-# ---------------------------------------------------------------------------- the report
+# --------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------
 
 
 def build_report(
@@ -268,11 +273,11 @@ def build_report(
     generated_at: datetime | None = None,
     title: str = TITLE,
 ) -> str:
-    """The report of `runs` as one self-contained HTML document.
+    """The report of ``runs`` as one self-contained HTML document.
 
-    `thresholds` (run name -> threshold) defaults to each run's validation-chosen threshold;
-    `predictions` (run name -> its predictions table) defaults to reading each run's
-    `predictions.csv`. AUC intervals resample patients `n_resamples` times with `seed`.
+    ``thresholds`` (run name -> threshold) defaults to each run's validation-chosen threshold;
+    ``predictions`` (run name -> its predictions table) defaults to reading each run's
+    ``predictions.csv``. AUC intervals resample patients ``n_resamples`` times with ``seed``.
     """
     runs = list(runs)
     if not runs:
@@ -288,34 +293,19 @@ def build_report(
 
     evidence: dict[str, ev.RunEvidence] = {}
     for run in runs:
-        saved = float((run.metrics or {}).get("threshold", 0.5))
         evidence[run.name] = ev.run_evidence(
-            run.name, predictions[run.name], float(thresholds.get(run.name, saved)), saved,
+            run.name, predictions[run.name], float(thresholds.get(run.name, run.threshold)), run.threshold,
             n_resamples=n_resamples, seed=seed, confidence=confidence, validation=run.val_predictions(),
         )
     items = [evidence[n] for n in names]
 
     figure = _Figures()
-    roc = figures.roc_figure(
-        [
-            {
-                "name": e.name, "fpr": e.roc["fpr"], "tpr": e.roc["tpr"], "thresholds": e.roc.get("thresholds"), "auc": e.metrics["auc"],
-                "auc_low": e.interval("auc").low if e.interval("auc") else None,
-                "auc_high": e.interval("auc").high if e.interval("auc") else None,
-                "confidence": e.confidence,
-                "point": {"fpr": 1 - e.metrics["specificity"], "tpr": e.metrics["sensitivity"], "threshold": e.threshold}
-                if math.isfinite(e.metrics["specificity"]) and math.isfinite(e.metrics["sensitivity"]) else None,
-            }
-            for e in items
-        ],
-        colors,
-    )
-    pr = figures.precision_recall_figure([{"name": e.name, **e.pr} for e in items], colors)
-    calibration = figures.calibration_figure([{"name": e.name, **e.reliability, "brier": e.brier, "ece": e.ece} for e in items], colors)
+    roc = figures.roc_figure(curves.roc_curves(items), colors)
+    pr = figures.precision_recall_figure(curves.precision_recall_curves(items), colors)
+    calibration = figures.calibration_figure(curves.calibration_curves(items), colors)
     errors = ev.errors_table(items)
 
-    sizes = {e.n_images for e in items}
-    same_images = len({frozenset(predictions[n]["path"]) for n in names}) == 1
+    image_check = comparison.image_check({n: predictions[n] for n in names})
     problems = [f"<li>{_e(e.name)}: no interval ({_e(e.interval_problem)})</li>" for e in items if e.intervals is None]
 
     body = [
@@ -328,23 +318,21 @@ def build_report(
         f"<b>Threshold rule.</b> Each run calls an image pneumonia when its probability is at least the run's threshold, "
         f"chosen by {_e(_threshold_rule(runs))}, never on test. The threshold in use for each run is listed below "
         "(validation-chosen unless the reader moved it on the dashboard). "
-        f"<b>Intervals.</b> {_e(ev.intervals_note(n_resamples, seed, confidence))} "
-        f"<b>Operating points.</b> {_e(ev.VALIDATION_NOTE)}"
-        + (f" {_e(ev.DESCRIPTIVE_NOTE)}" if any(e.points_on_test for e in items) else "")
+        f"<b>Intervals.</b> {_e(wording.intervals_note(n_resamples, seed, confidence))} "
+        f"<b>Operating points.</b> {_e(wording.VALIDATION_NOTE)}"
+        + (f" {_e(wording.DESCRIPTIVE_NOTE)}" if any(e.points_on_test for e in items) else "")
         + "</div>",
     ]
-    if not same_images:
+    if not image_check.same:
         body.append(
-            "<div class='warn'>The runs were not all tested on the same images "
-            f"({', '.join(f'{_e(e.name)}: {e.n_images}' for e in items)}"
-            f"{'' if len(sizes) > 1 else ', same count but different files'}): "
+            f"<div class='warn'>The runs were not all tested on the same images ({_e(wording.image_counts(image_check))}): "
             "their numbers are not directly comparable, and such pairs are not tested below.</div>"
         )
     if problems:
         body.append("<div class='warn'><ul>" + "".join(problems) + "</ul></div>")
     body += [
         "<h2>Metrics on the test split</h2>",
-        _table(ev.metrics_table(items, combined=True)),
+        _table(wording.metrics_table(items, combined=True)),
         "<h2>Validation against test</h2>",
         _shift_section([shift.for_run(run, evidence[run.name].threshold, predictions[run.name]) for run in runs], figure, colors),
         "<h2>Stress test on validation</h2>",
@@ -359,7 +347,7 @@ def build_report(
     ]
     if not errors.empty:
         body.append(figure(figures.error_breakdown_figure(errors, colors)))
-        body.append(_table(ev.errors_by_kind_wide(items)))
+        body.append(_table(wording.errors_by_kind_wide(items)))
         shown = errors[list(_ERROR_COLUMNS)].rename(columns=_ERROR_COLUMNS)
         body.append(f"<details><summary>Every count and rate</summary>{_table(shown)}</details>")
     else:

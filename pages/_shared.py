@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -324,10 +323,6 @@ def _evidence(
     )
 
 
-def saved_threshold(run: artifacts.Run) -> float:
-    return float((run.metrics or {}).get("threshold", 0.5))
-
-
 def evidence_for(run: artifacts.Run, threshold: float, n_resamples: int, seed: int):
     """The run's `core.evidence.RunEvidence` at `threshold`, cached on its predictions file's mtime."""
     path = run.folder / artifacts.PREDICTIONS
@@ -335,7 +330,7 @@ def evidence_for(run: artifacts.Run, threshold: float, n_resamples: int, seed: i
         raise artifacts.RunError(f"run {run.name!r} has no test predictions yet (state: {run.state})")
     val_path = run.folder / artifacts.VAL_PREDICTIONS  # absent in older runs (mtime 0): points then come from test
     return _evidence(
-        str(path), _mtime(path), str(val_path), _mtime(val_path), run.name, float(threshold), saved_threshold(run), int(n_resamples), int(seed)
+        str(path), _mtime(path), str(val_path), _mtime(val_path), run.name, float(threshold), run.threshold, int(n_resamples), int(seed)
     )
 
 
@@ -408,21 +403,6 @@ def archived_toggle(folder: str, key: str) -> bool | None:
     return None if st.toggle("Show archived runs", key=key, help="Archived runs are hidden by default; restore them on the Tune page.") else False
 
 
-def test_auc(run: artifacts.Run) -> float:
-    value = ((run.metrics or {}).get("test") or {}).get("auc")
-    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else float("-inf")
-
-
-def best_per_family(runs: list[artifacts.Run]) -> list[str]:
-    """Names of the run with the best test AUC in each family, in the order of `runs`."""
-    best: dict[str, artifacts.Run] = {}
-    for run in runs:
-        if run.family not in best or test_auc(run) > test_auc(best[run.family]):
-            best[run.family] = run
-    chosen = {r.name for r in best.values()}
-    return [r.name for r in runs if r.name in chosen]
-
-
 def forget_stale_choice(key: str, options) -> None:
     """A multiselect whose remembered runs are gone (another folder, a deleted run) starts over
     from its default instead of silently showing fewer runs or none."""
@@ -432,21 +412,9 @@ def forget_stale_choice(key: str, options) -> None:
 
 
 def run_label(run: artifacts.Run) -> str:
-    auc = test_auc(run)
+    auc = run.test_auc
     shown = f"test AUC {auc:.3f}" if np.isfinite(auc) else run.state
     return f"{run.name} ({run.family}, {shown})"
-
-
-def elapsed_s(progress: dict, active: bool) -> float:
-    """Seconds the search has run, over all its starts; a live run counts up to now."""
-    total = float(progress.get("elapsed_s") or 0.0) + float(progress.get("elapsed_before_s") or 0.0)
-    if active and progress.get("updated_at"):
-        try:
-            updated = datetime.fromisoformat(progress["updated_at"])
-            total += max(0.0, (datetime.now(UTC) - updated).total_seconds())
-        except (TypeError, ValueError):
-            pass
-    return total
 
 
 def format_duration(seconds: float | None) -> str:

@@ -9,11 +9,10 @@ of image; per-image results with each run's Grad-CAM; and the whole comparison a
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, ensemble, evidence, figures, repeat, report, shift, stress
+from core import artifacts, comparison, curves, ensemble, evidence, figures, repeat, report, shift, stress, wording
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -33,9 +32,9 @@ by_name = {r.name: r for r in runs}
 ui.forget_stale_choice("compare_runs", by_name)
 top_left, top_right = st.columns([4, 1], vertical_alignment="bottom")
 picked = top_left.multiselect(
-    "Runs to compare", list(by_name), default=ui.best_per_family(runs), key="compare_runs",
+    "Runs to compare", list(by_name), default=artifacts.best_per_family(runs), key="compare_runs",
     format_func=lambda name: ui.run_label(by_name[name]),
-    help="Default: the run with the best test AUC in each model family.",
+    help="Default: the run with the best validation AUC in each model family (chosen on validation, never on test).",
 )
 with top_right.popover("Intervals", icon=":material/tune:", width="stretch"):
     n_resamples = int(
@@ -63,11 +62,13 @@ if not picked:
     st.stop()
 
 
-# ---------------------------------------------------------------------------- thresholds
+# --------------------------------------------------------------------------
+# Thresholds
+# --------------------------------------------------------------------------
 
 
 def saved_threshold(name: str) -> float:
-    return ui.saved_threshold(by_name[name])
+    return by_name[name].threshold
 
 
 def threshold_key(name: str) -> str:
@@ -79,28 +80,13 @@ def choice_key(name: str) -> str:
 
 
 # The validation-chosen threshold and the operating points do not depend on the threshold in use.
-choices = {name: ui.evidence_for(by_name[name], saved_threshold(name), n_resamples, seed).choices for name in picked}
-SHORT_LABELS = {
-    evidence.VALIDATION_CHOICE: "validation-chosen (Youden's J on validation)",
-    "youden": "Youden's J",
-    evidence.CUSTOM_CHOICE: "custom (the slider)",
-}
-
-
-def choice_label(key: str, by_key: dict[str, evidence.ThresholdChoice]) -> str:
-    """e.g. "sens@spec90 · on validation — 0.412" for the operating-point selectbox."""
-    choice = by_key.get(key)
-    label = SHORT_LABELS.get(key, key)
-    if choice is None:
-        return label
-    if key != evidence.VALIDATION_CHOICE:
-        label += " · on test" if choice.on_test else " · on validation"
-    return f"{label} — {choice.threshold:.3f}"
+at_saved = {name: ui.evidence_for(by_name[name], saved_threshold(name), n_resamples, seed) for name in picked}
+choices = {name: at_saved[name].choices for name in picked}
 
 
 def apply_choice(name: str) -> None:
     """An operating point was picked: move the slider to its threshold."""
-    picked_choice = next((c for c in choices[name] if c.key == st.session_state[choice_key(name)]), None)
+    picked_choice = at_saved[name].choice(st.session_state[choice_key(name)])
     if picked_choice is not None:
         st.session_state[threshold_key(name)] = picked_choice.threshold
 
@@ -108,7 +94,7 @@ def apply_choice(name: str) -> None:
 def slider_moved(name: str) -> None:
     """The slider was moved by hand: the operating point becomes "custom" (unless it landed on one)."""
     value = float(st.session_state[threshold_key(name)])
-    current = next((c for c in choices[name] if c.key == st.session_state.get(choice_key(name))), None)
+    current = at_saved[name].choice(st.session_state.get(choice_key(name)))
     if current is None or abs(current.threshold - value) > 1e-9:
         st.session_state[choice_key(name)] = evidence.CUSTOM_CHOICE
 
@@ -125,40 +111,22 @@ for name in picked:
     st.session_state.setdefault(choice_key(name), evidence.VALIDATION_CHOICE)
     thresholds[name] = float(st.session_state[threshold_key(name)])
     items[name] = ui.evidence_for(by_name[name], thresholds[name], n_resamples, seed)
+evidences = [items[name] for name in picked]
 scores = {name: items[name].metrics for name in picked}
 
 
 number_column = st.column_config.NumberColumn
 
 
-# ---------------------------------------------------------------------------- curves
+# --------------------------------------------------------------------------
+# Curves
+# --------------------------------------------------------------------------
 
 
-def auc_interval(name: str) -> tuple[float | None, float | None]:
-    interval = items[name].interval("auc")
-    return (interval.low, interval.high) if interval else (None, None)
-
-
-curves = []
-for name in picked:
-    m, low_high = scores[name], auc_interval(name)
-    curves.append(
-        {
-            "name": name, "fpr": items[name].roc["fpr"], "tpr": items[name].roc["tpr"], "thresholds": items[name].roc.get("thresholds"),
-            "auc": m["auc"],
-            "auc_low": low_high[0], "auc_high": low_high[1], "confidence": items[name].confidence,
-            "point": {"fpr": 1 - m["specificity"], "tpr": m["sensitivity"], "threshold": thresholds[name]}
-            if np.isfinite(m["specificity"]) and np.isfinite(m["sensitivity"])
-            else None,
-        }
-    )
 roc_col, pr_col, cal_col = st.columns(3)
-roc_col.plotly_chart(figures.roc_figure(curves, colors), key="fig_roc")
-pr_col.plotly_chart(figures.precision_recall_figure([{"name": n, **items[n].pr} for n in picked], colors), key="fig_pr")
-cal_col.plotly_chart(
-    figures.calibration_figure([{"name": n, **items[n].reliability, "brier": items[n].brier, "ece": items[n].ece} for n in picked], colors),
-    key="fig_calibration",
-)
+roc_col.plotly_chart(figures.roc_figure(curves.roc_curves(evidences), colors), key="fig_roc")
+pr_col.plotly_chart(figures.precision_recall_figure(curves.precision_recall_curves(evidences), colors), key="fig_pr")
+cal_col.plotly_chart(figures.calibration_figure(curves.calibration_curves(evidences), colors), key="fig_calibration")
 st.caption(
     "**ROC:** sensitivity against 1 − specificity over every threshold; the dot is the run's operating point at the "
     "threshold set below; the dashed diagonal is a coin toss. AUC intervals resample patients "
@@ -167,23 +135,24 @@ st.caption(
     "observed share of pneumonia in each band of predicted probability; on the diagonal a predicted 0.8 means "
     "pneumonia 8 times in 10. Brier = mean squared error of the probability; ECE = expected calibration error."
 )
-sizes = {name: len(predictions[name]) for name in picked}
-if len(set(sizes.values())) > 1 or len({frozenset(predictions[n]["path"]) for n in picked}) > 1:
+image_check = comparison.image_check({name: predictions[name] for name in picked})
+if not image_check.same:
     st.warning(
-        "The picked runs were tested on different images ("
-        + ", ".join(f"{n}: {k}" for n, k in sizes.items())
-        + "), e.g. a different image cap or seed: their numbers are not directly comparable."
+        f"The picked runs were tested on different images ({wording.image_counts(image_check)}), e.g. a different "
+        "image cap or seed: their numbers are not directly comparable."
     )
 
 
-# ---------------------------------------------------------------------------- confusion matrices
+# --------------------------------------------------------------------------
+# Confusion matrices
+# --------------------------------------------------------------------------
 
 
 st.header("Thresholds and confusion matrices")
 st.caption(
     "Pick an operating point or move a run's threshold: its matrix, its dot on the ROC curve and the tables below "
-    f"follow. {evidence.VALIDATION_NOTE}"
-    + (f" {evidence.DESCRIPTIVE_NOTE}" if any(items[n].points_on_test for n in picked) else "")
+    f"follow. {wording.VALIDATION_NOTE}"
+    + (f" {wording.DESCRIPTIVE_NOTE}" if any(ev.points_on_test for ev in evidences) else "")
 )
 per_row = 3
 for start in range(0, len(picked), per_row):
@@ -191,14 +160,13 @@ for start in range(0, len(picked), per_row):
     for col, name in zip(cols, picked[start : start + per_row], strict=False):
         m = scores[name]
         options = [c.key for c in choices[name]] + [evidence.CUSTOM_CHOICE]
-        by_key = {c.key: c for c in choices[name]}
         if st.session_state.get(choice_key(name)) not in options:
             st.session_state[choice_key(name)] = evidence.CUSTOM_CHOICE
         with col.container(border=True):
             st.markdown(f"<span style='color:{colors[name]}'>●</span> **{name}**", unsafe_allow_html=True)
             st.selectbox(
                 "Operating point", options, key=choice_key(name), on_change=apply_choice, args=(name,),
-                format_func=lambda key, by_key=by_key: choice_label(key, by_key),
+                format_func=lambda key, run=at_saved[name]: wording.choice_option(key, run.choice(key)),
                 help="Validation-chosen: the search's own threshold (Youden's J on the validation split). The others "
                 "(sens@spec90: the best sensitivity with specificity at least 90 %, and so on) are chosen on the "
                 "validation split too and measured on test; a run saved without validation predictions gets them "
@@ -219,42 +187,31 @@ for start in range(0, len(picked), per_row):
                 f"Sensitivity **{ui.format_number(m['sensitivity'])}** · specificity **{ui.format_number(m['specificity'])}** · "
                 f"accuracy **{ui.format_number(m['accuracy'])}**"
             )
-            chosen = by_key.get(st.session_state[choice_key(name)])
+            chosen = at_saved[name].choice(st.session_state[choice_key(name)])
             if chosen is not None and chosen.on_test:
                 st.caption(":material/info: On test — descriptive; the validation-chosen threshold is the honest one.")
             if abs(thresholds[name] - saved_threshold(name)) > 1e-9:
                 st.button("Back to the validation threshold", key=f"reset_{name}", on_click=reset_threshold, args=(name,))
 
 
-# ---------------------------------------------------------------------------- metrics table
+# --------------------------------------------------------------------------
+# Metrics table
+# --------------------------------------------------------------------------
 
 
 st.header("Metrics")
-ci = evidence.ci_label(evidence.CONFIDENCE)
-metrics_table = evidence.metrics_table([items[n] for n in picked])
-extra = pd.DataFrame(
-    [
-        {
-            "family": by_name[n].family,
-            "mode": by_name[n].settings.get("mode"),
-            "input px": by_name[n].settings.get("image_size"),
-            "parameters": by_name[n].metrics.get("parameters"),
-            "training time (s)": (by_name[n].metrics.get("timings") or {}).get("search_s"),
-            "inference (ms/image)": (by_name[n].metrics.get("inference") or {}).get("ms_per_image"),
-            "single image (ms)": (by_name[n].metrics.get("inference") or {}).get("single_image_ms"),
-        }
-        for n in picked
-    ]
-)
+ci = wording.ci_label(evidence.CONFIDENCE)
+metrics_table = wording.metrics_table(evidences)
+extra = comparison.facts_table([by_name[n] for n in picked])
 metrics_table = pd.concat([metrics_table, extra], axis=1)  # the evidence first, what the run is after it
 number = st.column_config.NumberColumn
-interval_help = evidence.intervals_note(n_resamples, seed)
+interval_help = wording.intervals_note(n_resamples, seed)
 st.dataframe(
     metrics_table, hide_index=True, key="metrics_table",
     column_config={
         "threshold": number(format="%.3f"),
         **{k: number(format="%.3f") for k in ("accuracy", "AUC", "sensitivity", "specificity", "precision", "F1", "average precision", "Brier", "ECE")},
-        **{f"{k} {ci}": st.column_config.TextColumn(help=interval_help) for k in ("AUC", "sensitivity", "specificity", "accuracy")},
+        **{f"{k} {ci}": st.column_config.TextColumn(help=interval_help) for k in wording.INTERVAL_TITLES.values()},
         "parameters": number(format="localized"),
         "training time (s)": number(format="%.1f", help="Time of the hyperparameter search (all trials)"),
         "inference (ms/image)": number(format="%.2f", help="Batched, through the saved model's inference engine"),
@@ -295,7 +252,9 @@ c2.download_button(
 )
 
 
-# ---------------------------------------------------------------------------- validation against test
+# --------------------------------------------------------------------------
+# Validation against test
+# --------------------------------------------------------------------------
 
 
 st.header("Validation against test")
@@ -331,7 +290,9 @@ else:
     st.caption("The picked runs were saved before the stress test existed: start a new search to get one.")
 
 
-# ---------------------------------------------------------------------------- ensembles
+# --------------------------------------------------------------------------
+# Ensembles
+# --------------------------------------------------------------------------
 
 
 def build_ensemble() -> None:
@@ -371,7 +332,9 @@ with st.expander("Combine runs into an ensemble", icon=":material/merge:", expan
         (st.success if message[0] == "success" else st.error)(message[1])
 
 
-# ---------------------------------------------------------------------------- paired test
+# --------------------------------------------------------------------------
+# Paired test
+# --------------------------------------------------------------------------
 
 
 st.header("Paired test")
@@ -386,14 +349,11 @@ else:
     if st.session_state.get("paired_b") not in others:
         st.session_state.pop("paired_b", None)
     run_b = c2.selectbox("Run B", others, index=0, key="paired_b")
-    try:
-        paired = evidence.paired_evidence(run_a, predictions[run_a], thresholds[run_a], run_b, predictions[run_b], thresholds[run_b])
+    try:  # with more than two runs picked, Holm-adjusted over every pair of them that can be paired
+        paired = evidence.paired_among(run_a, run_b, [(n, predictions[n], thresholds[n]) for n in picked])
     except ValueError as error:
         st.error(f"Cannot pair **{run_a}** and **{run_b}**: {error}", icon=":material/block:")
     else:
-        if len(picked) > 2:  # several pairs: Holm-adjust over every pair of the picked runs that can be paired
-            family, _ = evidence.pairwise_evidence([(n, predictions[n], thresholds[n]) for n in picked])
-            paired = evidence.adjusted_as_in(paired, family)
         d, mc = paired.delong_by_patient, paired.mcnemar_by_patient
         left, right = st.columns(2)
         with left.container(border=True):
@@ -404,12 +364,11 @@ else:
             k1, k2, k3 = st.columns(3)
             k1.metric("AUC A", f"{d.auc_a:.3f}")
             k2.metric("AUC difference (A − B)", f"{d.difference:+.3f}")
-            k3.metric("DeLong p (by patient)", evidence.format_p(d.p_value))
-            interval = f"{d.ci_low:+.3f} to {d.ci_high:+.3f}" if np.isfinite(d.ci_low) and np.isfinite(d.ci_high) else "n/a"
-            st.markdown(f"{ci} of the difference, by patient: **{interval}** · AUC B {d.auc_b:.3f}")
+            k3.metric("DeLong p (by patient)", wording.format_p(d.p_value))
+            st.markdown(f"{ci} of the difference, by patient: **{wording.difference_interval(d)}** · AUC B {d.auc_b:.3f}")
             if paired.adjusted:
-                st.metric("DeLong p, Holm-adjusted", evidence.format_p(paired.p_auc_adjusted))
-            st.caption(evidence.auc_sentence(paired))
+                st.metric("DeLong p, Holm-adjusted", wording.format_p(paired.p_auc_adjusted))
+            st.caption(wording.auc_sentence(paired))
         with right.container(border=True):
             st.markdown(
                 f"**Errors, by patient** (McNemar's test clustered by patient) · A at {paired.threshold_a:.3f}, "
@@ -418,14 +377,13 @@ else:
             k1, k2, k3 = st.columns(3)
             k1.metric("b: A right, B wrong", f"{mc.b:,}")
             k2.metric("c: A wrong, B right", f"{mc.c:,}")
-            k3.metric("McNemar p (by patient)", evidence.format_p(mc.p_value))
+            k3.metric("McNemar p (by patient)", wording.format_p(mc.p_value))
             if paired.adjusted:
-                st.metric("McNemar p, Holm-adjusted", evidence.format_p(paired.p_errors_adjusted))
-            method = (
-                "exact sign-flip test of the per-patient differences (under 25 discordant images)"
-                if mc.method == "exact_sign_flip" else "Durkalski's chi-square of the per-patient differences"
+                st.metric("McNemar p, Holm-adjusted", wording.format_p(paired.p_errors_adjusted))
+            st.caption(
+                f"{wording.errors_sentence(paired)} Method: {wording.mcnemar_method(mc, detailed=True)}; "
+                f"{mc.n_discordant_patients:,} patients with a net disagreement."
             )
-            st.caption(f"{evidence.errors_sentence(paired)} Method: {method}; {mc.n_discordant_patients:,} patients with a net disagreement.")
         if paired.adjusted:
             st.caption(
                 f"{paired.n_comparisons} pairs among the picked runs: p-values are Holm-adjusted over them (AUC and error "
@@ -437,15 +395,17 @@ else:
                 "small; the tests above keep each patient's images together and are the ones to read."
             )
             i1, i2 = st.columns(2)
-            i1.metric("DeLong p (image-level)", evidence.format_p(paired.delong.p_value))
-            i2.metric("McNemar p (image-level)", evidence.format_p(paired.mcnemar.p_value))
+            i1.metric("DeLong p (image-level)", wording.format_p(paired.delong.p_value))
+            i2.metric("McNemar p (image-level)", wording.format_p(paired.mcnemar.p_value))
 
 
-# ---------------------------------------------------------------------------- errors by kind
+# --------------------------------------------------------------------------
+# Errors by kind
+# --------------------------------------------------------------------------
 
 
 st.header("Errors by kind of image")
-errors = evidence.errors_table([items[n] for n in picked])
+errors = evidence.errors_table(evidences)
 if errors.empty:
     st.info("These predictions carry no kind of image (normal, bacteria, virus).")
 else:
@@ -454,45 +414,27 @@ else:
     left.plotly_chart(figures.error_breakdown_figure(errors, colors), key="fig_errors")
     with right:
         st.dataframe(
-            evidence.errors_by_kind_wide([items[n] for n in picked]), hide_index=True, key="errors_table",
+            wording.errors_by_kind_wide(evidences), hide_index=True, key="errors_table",
             column_config={"images": st.column_config.TextColumn("images (error)")},
         )
 
 
-# ---------------------------------------------------------------------------- per-image predictions
+# --------------------------------------------------------------------------
+# Per-image predictions
+# --------------------------------------------------------------------------
 
 
 st.header("Per-image predictions")
-column = {name: f"p:{name}" for name in picked}  # run names may be anything: keep them off the fixed columns
-joined = None
-for name in picked:
-    table = predictions[name]
-    part = table[["path", "class_name", "kind", "probability"]].rename(columns={"probability": column[name]})
-    if joined is None:
-        joined = part
-    else:
-        joined = joined.merge(part, on=["path", "class_name", "kind"], how="outer")
-joined = joined.sort_values("path").reset_index(drop=True)
-truth = (joined["class_name"] == "PNEUMONIA").to_numpy()
-called = pd.DataFrame({name: joined[column[name]] >= thresholds[name] for name in picked})
-scored = pd.DataFrame({name: joined[column[name]].notna() for name in picked})
-wrong = (called.ne(truth, axis=0) & scored).sum(axis=1)
-disagree = (called.where(scored).nunique(axis=1, dropna=True) > 1)
-joined.insert(0, "image", joined["path"].map(lambda p: str(p).rsplit("/", 1)[-1]))
-joined["wrong in"] = wrong.astype(int)
+joined = comparison.per_image_table({name: predictions[name] for name in picked}, thresholds)
+column = {name: comparison.probability_column(name) for name in picked}
 
 c1, c2, c3 = st.columns(3)
 only_wrong = c1.checkbox("Misclassified by any run", key="filter_wrong")
 only_disagree = c2.checkbox("Runs disagree", key="filter_disagree", disabled=len(picked) < 2, help="At the thresholds set above")
 true_class = c3.selectbox("True class", ["all", "NORMAL", "PNEUMONIA"], key="filter_class")
-mask = pd.Series(True, index=joined.index)
-if only_wrong:
-    mask &= joined["wrong in"] > 0
-if only_disagree:
-    mask &= disagree
-if true_class != "all":
-    mask &= joined["class_name"] == true_class
-shown = joined[mask].reset_index(drop=True)
+shown = comparison.filter_images(
+    joined, wrong=only_wrong, disagree=only_disagree, true_class=None if true_class == "all" else true_class
+)
 st.caption(f"{len(shown):,} of {len(joined):,} test images · probabilities of pneumonia · select a row to see the image and where each run looks")
 event = st.dataframe(
     shown, hide_index=True, key="image_table", on_select="rerun", selection_mode="single-row",
@@ -510,17 +452,7 @@ if selected and selected[0] < len(shown):
     except OSError as error:  # the image may have moved since the run
         content = None
         st.error(f"Cannot show {row['path']}: {error}")
-    detail = pd.DataFrame(
-        {
-            "run": picked,
-            "probability": [row[column[name]] for name in picked],
-            "threshold": [thresholds[name] for name in picked],
-            "label": [
-                ("PNEUMONIA" if row[column[name]] >= thresholds[name] else "NORMAL") if pd.notna(row[column[name]]) else ""
-                for name in picked
-            ],
-        }
-    )
+    detail = comparison.image_verdicts(row, {name: thresholds[name] for name in picked})
     st.plotly_chart(figures.probability_figure(detail, colors, title=f"{row['image']} (true: {row['class_name']})"), key="fig_selected")
     if content is not None:
         opacity = st.slider(
@@ -542,5 +474,5 @@ if selected and selected[0] < len(shown):
                         st.caption(f"{name}: no Grad-CAM ({error})")
                         continue
                     label = detail.loc[detail["run"] == name, "label"].iat[0]
-                    probability = float(row[column[name]]) if pd.notna(row[column[name]]) else float("nan")
+                    probability = comparison.probability_of(row, name)
                     st.image(picture, caption=ui.gradcam_caption(name, probability, label, has_evidence), width="stretch")

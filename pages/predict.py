@@ -25,7 +25,7 @@ if not runs:
 by_name = {r.name: r for r in runs}
 ui.forget_stale_choice("predict_runs", by_name)
 picked = st.multiselect(
-    "Runs", list(by_name), default=ui.best_per_family(runs), key="predict_runs",
+    "Runs", list(by_name), default=artifacts.best_per_family(runs), key="predict_runs",
     format_func=lambda name: ui.run_label(by_name[name]),
     help="Each picked run scores every image with its saved model and its own threshold.",
 )

@@ -240,7 +240,7 @@ def live_panel(folder: str, name: str) -> None:
         cols[0].metric("Trial", f"{progress.get('trial') or '–'} of {total or '?'}", help=f"{done} completed")
         cols[1].metric("Epoch", f"{epoch or '–'} of {epochs or '?'}")
         cols[2].metric("Best val AUC", ui.format_number(progress.get("best_val_auc")))
-        cols[3].metric("Elapsed", ui.format_duration(ui.elapsed_s(progress, active=True)))
+        cols[3].metric("Elapsed", ui.format_duration(run.elapsed_s()))
         cols[4].metric("Time left", ui.format_duration(jobs.estimate_remaining_s(progress)), help="From the time the finished epochs took")
         if total and epochs:
             fraction = min(1.0, (done + min(max(epoch - 1, 0), epochs) / epochs) / total)
@@ -419,7 +419,7 @@ else:
             st.markdown(
                 f"**{ui.STATE_ICONS.get(run.state, '')} {run.name}** · {run.family} · **{run.state}** · "
                 f"{progress.get('trials_done') or 0} of {progress.get('trials_total') or run.settings.get('trials', '?')} trials done · "
-                f"ran {ui.format_duration(ui.elapsed_s(progress, active=False))}"
+                f"ran {ui.format_duration(run.elapsed_s())}"
             )
             if run.state == "failed":
                 st.error(progress.get("error") or "failed without an error message; see the process output below")

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import artifacts, download, evaluation, evidence, shift, statistics
+from core import artifacts, download, evaluation, evidence, shift, statistics, wording
 from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, OTHER_SPLIT_RUN, REPO
 
 # Loading a saved model without compiling it makes Keras say it skips the optimizer's state.
@@ -83,11 +83,12 @@ def metrics_of(runs_dir: Path, name: str) -> dict:
 
 
 def best_per_family(runs_dir: Path) -> set[str]:
+    """The default runs: the best validation AUC of each family (never chosen on test)."""
     best: dict[str, tuple[float, str]] = {}
     for folder in runs_dir.iterdir():
         if (folder / "metrics.json").exists():
             family = json.loads((folder / "settings.json").read_text())["family"]
-            auc = metrics_of(runs_dir, folder.name)["test"]["auc"]
+            auc = metrics_of(runs_dir, folder.name)["val"]["auc"]
             if family not in best or auc > best[family][0]:
                 best[family] = (auc, folder.name)
     return {name for _, name in best.values()}
@@ -454,8 +455,8 @@ def test_compare_paired_test_of_two_runs_on_the_same_images(data_dir, runs_dir):
     patients = small["patient"].to_numpy()  # both runs share the split, so the same patient per image
     delong = statistics.clustered_delong_test(paired.y_true, paired.score_a, paired.score_b, patients)
     shown = paired_metrics(at)
-    assert shown["DeLong p (by patient)"] == evidence.format_p(delong.p_value)
-    assert shown["DeLong p (image-level)"] == evidence.format_p(statistics.delong_test(paired.y_true, paired.score_a, paired.score_b).p_value)
+    assert shown["DeLong p (by patient)"] == wording.format_p(delong.p_value)
+    assert shown["DeLong p (image-level)"] == wording.format_p(statistics.delong_test(paired.y_true, paired.score_a, paired.score_b).p_value)
     assert shown["AUC difference (A − B)"] == f"{delong.difference:+.3f}"
     assert f"95% CI of the difference, by patient: **{delong.ci_low:+.3f} to {delong.ci_high:+.3f}**" in texts(at.markdown)
     assert "DeLong p, Holm-adjusted" not in shown  # one pair: nothing to adjust
@@ -467,11 +468,11 @@ def test_compare_paired_test_of_two_runs_on_the_same_images(data_dir, runs_dir):
 
     expected = mcnemar(metrics_of(runs_dir, "cnn-small")["threshold"])
     assert (shown["b: A right, B wrong"], shown["c: A wrong, B right"], shown["McNemar p (by patient)"]) == (
-        str(expected.b), str(expected.c), evidence.format_p(expected.p_value),
+        str(expected.b), str(expected.c), wording.format_p(expected.p_value),
     )
     pair = evidence.paired_evidence("cnn-small", small, metrics_of(runs_dir, "cnn-small")["threshold"], "cnn-wide", wide, metrics_of(runs_dir, "cnn-wide")["threshold"])
-    assert evidence.auc_sentence(pair) in texts(at.caption)
-    assert evidence.errors_sentence(pair) in texts(at.caption)
+    assert wording.auc_sentence(pair) in texts(at.caption)
+    assert wording.errors_sentence(pair) in texts(at.caption)
     at.slider(key="threshold::cnn-small").set_value(0.0).run()  # McNemar follows A's threshold
     moved = mcnemar(0.0)
     shown = paired_metrics(at)
@@ -484,9 +485,9 @@ def test_compare_paired_test_of_two_runs_on_the_same_images(data_dir, runs_dir):
     runs = [(n, fixture_predictions(runs_dir, n), at.slider(key=f"threshold::{n}").value) for n in ("cnn-small", "cnn-wide", "mobilenet-none")]
     family, _ = evidence.pairwise_evidence(runs)
     shown = paired_metrics(at)
-    assert shown["DeLong p, Holm-adjusted"] == evidence.format_p(family[0].p_auc_adjusted)
-    assert shown["McNemar p, Holm-adjusted"] == evidence.format_p(family[0].p_errors_adjusted)
-    assert evidence.auc_sentence(family[0]) in texts(at.caption)
+    assert shown["DeLong p, Holm-adjusted"] == wording.format_p(family[0].p_auc_adjusted)
+    assert shown["McNemar p, Holm-adjusted"] == wording.format_p(family[0].p_errors_adjusted)
+    assert wording.auc_sentence(family[0]) in texts(at.caption)
     assert "3 pairs among the picked runs: p-values are Holm-adjusted" in texts(at.caption)
 
 

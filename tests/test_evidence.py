@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import artifacts, evidence, statistics
+from core import artifacts, evidence, statistics, wording
 
 
 @pytest.fixture(scope="module")
@@ -139,16 +139,16 @@ def test_a_test_set_of_one_class_gets_no_interval_and_says_why(predictions):
     ev = evidence.run_evidence("normals", normal, 0.5, n_resamples=50)
     assert ev.intervals is None and "both classes" in ev.interval_problem
     assert ev.choices == [] and math.isnan(ev.metrics["auc"])
-    assert evidence.metrics_table([ev])["AUC 95% CI"].tolist() == ["n/a"]
+    assert wording.metrics_table([ev])["AUC 95% CI"].tolist() == ["n/a"]
 
 
 def test_tables_show_the_intervals(predictions):
     ev = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=200)
-    row = evidence.metrics_table([ev]).iloc[0]
+    row = wording.metrics_table([ev]).iloc[0]
     auc = ev.interval("auc")
     assert row["AUC"] == ev.metrics["auc"]
     assert row["AUC 95% CI"] == f"{auc.low:.3f}–{auc.high:.3f}"
-    combined = evidence.metrics_table([ev], combined=True).iloc[0]
+    combined = wording.metrics_table([ev], combined=True).iloc[0]
     assert combined["AUC (95% CI)"] == f"{auc.estimate:.3f} ({auc.low:.3f}–{auc.high:.3f})"
     errors = evidence.errors_table([ev, evidence.run_evidence("again", predictions, 0.2, n_resamples=50)])
     assert list(errors["run"].unique()) == ["synthetic", "again"]
@@ -174,9 +174,9 @@ def test_paired_evidence_equals_the_tests_by_patient_and_by_image(predictions):
     assert (paired.n_images, paired.n_patients) == (300, 150)
     assert (paired.errors_a, paired.errors_b) == (int(np.sum(pred_a != y)), int(np.sum(pred_b != y)))
     assert not paired.adjusted and paired.p_auc == paired.delong_by_patient.p_value
-    row = evidence.paired_row(paired)
-    assert row["AUC p (by patient)"] == evidence.format_p(paired.delong_by_patient.p_value)
-    assert row["DeLong p (image-level)"] == evidence.format_p(paired.delong.p_value)
+    row = wording.paired_row(paired)
+    assert row["AUC p (by patient)"] == wording.format_p(paired.delong_by_patient.p_value)
+    assert row["DeLong p (image-level)"] == wording.format_p(paired.delong.p_value)
     assert (row["b (A right, B wrong)"], row["c (A wrong, B right)"]) == (paired.mcnemar_by_patient.b, paired.mcnemar_by_patient.c)
     assert "AUC p, Holm-adjusted" not in row
 
@@ -189,11 +189,11 @@ def test_sentences_follow_the_patient_level_test_not_the_image_level_one():
     # The image-level tests would claim a difference; by patient there is no evidence at 5 %.
     assert paired.delong.p_value < 0.05 and paired.mcnemar.p_value < 0.05
     assert paired.delong_by_patient.p_value > 0.05 and paired.mcnemar_by_patient.p_value > 0.05
-    p_auc, p_err = evidence.format_p(paired.delong_by_patient.p_value), evidence.format_p(paired.mcnemar_by_patient.p_value)
-    assert evidence.auc_sentence(paired) == (
+    p_auc, p_err = wording.format_p(paired.delong_by_patient.p_value), wording.format_p(paired.mcnemar_by_patient.p_value)
+    assert wording.auc_sentence(paired) == (
         f"No evidence at the 5 % level that the AUCs differ (by patient: p = {p_auc}); this does not show that they are equal."
     )
-    assert evidence.errors_sentence(paired) == (
+    assert wording.errors_sentence(paired) == (
         "No evidence at the 5 % level that the error rates differ at the thresholds in use "
         f"({paired.errors_a} vs {paired.errors_b} errors of 240 images; by patient: p = {p_err})."
     )
@@ -201,9 +201,9 @@ def test_sentences_follow_the_patient_level_test_not_the_image_level_one():
     single = evidence.paired_evidence("cnn-a", a.assign(patient=a["path"]), 0.6, "cnn-b", b.assign(patient=b["path"]), 0.6)
     assert single.delong_by_patient.p_value == pytest.approx(paired.delong.p_value, rel=1e-9)
     higher = "cnn-a" if single.delong.difference > 0 else "cnn-b"
-    assert evidence.auc_sentence(single) == f"{higher}'s AUC is higher than {'cnn-b' if higher == 'cnn-a' else 'cnn-a'}'s (by patient: p < 0.001)."
+    assert wording.auc_sentence(single) == f"{higher}'s AUC is higher than {'cnn-b' if higher == 'cnn-a' else 'cnn-a'}'s (by patient: p < 0.001)."
     fewer = "cnn-a" if single.errors_a < single.errors_b else "cnn-b"
-    assert evidence.errors_sentence(single).startswith(f"{fewer} makes fewer errors than ")
+    assert wording.errors_sentence(single).startswith(f"{fewer} makes fewer errors than ")
 
 
 def test_an_undefined_paired_test_says_so_instead_of_p_zero(predictions):
@@ -211,8 +211,8 @@ def test_an_undefined_paired_test_says_so_instead_of_p_zero(predictions):
     one = pd.concat([predictions[predictions["y_true"] == 0], predictions[predictions["y_true"] == 1].head(2).assign(patient="pX")])
     paired = evidence.paired_evidence("a", one, 0.5, "b", one.assign(probability=one["probability"] ** 2), 0.5)
     assert not paired.delong_by_patient.defined and math.isnan(paired.delong_by_patient.p_value)
-    assert evidence.auc_sentence(paired).startswith("The patient-level test of the AUCs is undefined: the clustered variance needs")
-    assert evidence.paired_row(paired)["AUC p (by patient)"] == "n/a"
+    assert wording.auc_sentence(paired).startswith("The patient-level test of the AUCs is undefined: the clustered variance needs")
+    assert wording.paired_row(paired)["AUC p (by patient)"] == "n/a"
 
 
 def test_several_pairs_are_holm_adjusted_and_the_sentences_use_it(predictions):
@@ -230,9 +230,9 @@ def test_several_pairs_are_holm_adjusted_and_the_sentences_use_it(predictions):
     assert [p.p_errors_adjusted for p in family] == statistics.holm_adjust(raw_err)
     for p in family:
         assert p.adjusted and p.n_comparisons == 3 and p.p_auc >= p.delong_by_patient.p_value
-        assert "Holm-adjusted over 3 pairs: p " in evidence.auc_sentence(p)
-        assert f"p {evidence.format_p(p.p_auc_adjusted)}" in evidence.auc_sentence(p).replace("= ", "")
-        assert evidence.paired_row(p)["AUC p, Holm-adjusted"] == evidence.format_p(p.p_auc_adjusted)
+        assert "Holm-adjusted over 3 pairs: p " in wording.auc_sentence(p)
+        assert f"p {wording.format_p(p.p_auc_adjusted)}" in wording.auc_sentence(p).replace("= ", "")
+        assert wording.paired_row(p)["AUC p, Holm-adjusted"] == wording.format_p(p.p_auc_adjusted)
     # The page's pair, in either order, gets the family's adjusted p-values.
     single = evidence.paired_evidence("c", runs[2][1], 0.5, "a", predictions, 0.5)
     as_in = evidence.adjusted_as_in(single, family)
@@ -240,7 +240,7 @@ def test_several_pairs_are_holm_adjusted_and_the_sentences_use_it(predictions):
     assert as_in.delong_by_patient.difference == -family[1].delong_by_patient.difference
     # A family of one pair is not adjusted.
     alone, _ = evidence.pairwise_evidence(runs[:2])
-    assert not alone[0].adjusted and "Holm" not in evidence.auc_sentence(alone[0])
+    assert not alone[0].adjusted and "Holm" not in wording.auc_sentence(alone[0])
 
 
 def test_real_runs_evidence_and_a_pair_on_different_splits_is_refused(runs_dir, other_split_dir):
@@ -259,3 +259,20 @@ def test_real_runs_evidence_and_a_pair_on_different_splits_is_refused(runs_dir, 
     other = artifacts.load_run(other_split_dir, "cnn-other-split")
     with pytest.raises(ValueError, match="different test images"):
         evidence.paired_evidence("cnn-small", table, 0.5, other.name, other.predictions(), 0.5)
+
+
+def test_paired_among_adjusts_over_the_family_only_when_there_are_more_than_two_runs(predictions):
+    rng = np.random.default_rng(8)
+    runs = [("a", predictions, 0.5)]
+    for name, noise in (("b", 0.1), ("c", 0.3)):
+        runs.append((name, predictions.assign(probability=np.clip(predictions["probability"] + rng.normal(0, noise, len(predictions)), 0, 1)), 0.4))
+    two = evidence.paired_among("b", "a", runs[:2])
+    assert two == evidence.paired_evidence("b", runs[1][1], 0.4, "a", predictions, 0.5) and not two.adjusted
+    family, _ = evidence.pairwise_evidence(runs)
+    three = evidence.paired_among("c", "b", runs)
+    assert (three.name_a, three.name_b, three.threshold_a) == ("c", "b", 0.4)
+    assert (three.n_comparisons, three.p_auc_adjusted, three.p_errors_adjusted) == (3, family[2].p_auc_adjusted, family[2].p_errors_adjusted)
+    with pytest.raises(ValueError, match="different test images"):
+        evidence.paired_among("a", "x", [*runs, ("x", predictions.assign(path=predictions["path"] + "?"), 0.5)])
+    with pytest.raises(ValueError, match=r"\['z'\] not among the runs"):
+        evidence.paired_among("a", "z", runs)

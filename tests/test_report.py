@@ -10,7 +10,7 @@ from pathlib import Path
 import plotly.io
 import pytest
 
-from core import artifacts, evidence, report, shift, statistics
+from core import artifacts, evidence, report, shift, statistics, wording
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -76,10 +76,10 @@ def test_report_holds_the_evidence_of_every_run(fixture_runs, report_file):
     assert len(family) == 3 and len(refused) == 3 and all(p.n_comparisons == 3 for p in family)
     section = html.split("<h2>Paired tests</h2>")[1].split("<h2>")[0]
     for pair in family:
-        sentences = f"{evidence.auc_sentence(pair)} {evidence.errors_sentence(pair)}"
+        sentences = f"{wording.auc_sentence(pair)} {wording.errors_sentence(pair)}"
         assert escape(sentences, quote=True) in section
-        assert "Holm-adjusted over 3 pairs" in evidence.auc_sentence(pair) or "undefined" in evidence.auc_sentence(pair)
-        assert f"<td>{evidence.format_p(pair.p_auc_adjusted)}</td>" in section
+        assert "Holm-adjusted over 3 pairs" in wording.auc_sentence(pair) or "undefined" in wording.auc_sentence(pair)
+        assert f"<td>{wording.format_p(pair.p_auc_adjusted)}</td>" in section
     assert "Holm-adjusted over them" in section and "image-level p, DeLong / McNemar (images as independent)" in section
     assert "clustered by patient (Obuchowski 1997)" in section
     assert section.count("not tested: runs were evaluated on different test images") == 3

@@ -1,0 +1,68 @@
+"""core.wording: the labels and texts the Compare page and the report share, from the numbers of core.evidence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from core import evidence, statistics, wording
+from core.evidence import ThresholdChoice
+
+
+def choice(key: str, on_test: bool, threshold: float = 0.4123) -> ThresholdChoice:
+    return ThresholdChoice(key, threshold, 0.9, 0.8, on_test=on_test)
+
+
+def test_every_operating_point_has_a_label_and_says_where_it_was_chosen():
+    assert set(evidence.OPERATING_POINTS) == set(wording.POINT_LABELS)
+    assert choice("sens@spec90", on_test=False).label == "best sensitivity at specificity ≥ 90 % (chosen on validation)"
+    assert choice("spec@sens95", on_test=True).label == "best specificity at sensitivity ≥ 95 % (on test, descriptive)"
+    assert choice(evidence.VALIDATION_CHOICE, on_test=False).label == "validation-chosen (Youden's J on validation)"
+
+
+def test_the_menu_entry_of_an_operating_point_names_its_split_and_threshold():
+    assert wording.choice_option("sens@spec90", choice("sens@spec90", on_test=False)) == "sens@spec90 · on validation — 0.412"
+    assert wording.choice_option("youden", choice("youden", on_test=True)) == "Youden's J · on test — 0.412"
+    # The validation-chosen threshold is always chosen on validation: no split is named.
+    assert wording.choice_option("validation", choice("validation", on_test=False, threshold=0.5)) == (
+        "validation-chosen (Youden's J on validation) — 0.500"
+    )
+    assert wording.choice_option(evidence.CUSTOM_CHOICE, None) == "custom (the slider)"
+
+
+@pytest.mark.parametrize(
+    ("p", "shown"), [(0.0421, "0.042"), (0.0009, "< 0.001"), (1.0, "1.000"), (math.nan, "n/a"), (None, "n/a")]
+)
+def test_p_values(p, shown):
+    assert wording.format_p(p) == shown
+
+
+def test_intervals_and_their_label():
+    assert wording.format_interval(statistics.Interval(0.95, 0.9321, 0.9684, 0.95, 0)) == "0.932–0.968"
+    assert wording.format_interval(statistics.Interval(0.95, math.nan, 0.97, 0.95, 0)) == "n/a"
+    assert wording.format_interval(None) == "n/a"
+    assert wording.ci_label(0.95) == "95% CI" and wording.ci_label(0.9) == "90% CI"
+    assert list(wording.INTERVAL_TITLES) == list(evidence.INTERVAL_METRICS)
+
+
+def test_the_paired_tests_method_and_interval_texts():
+    a = [0.1, 0.4, 0.35, 0.8, 0.7, 0.2, 0.9, 0.6]
+    b = [0.2, 0.3, 0.5, 0.7, 0.9, 0.1, 0.6, 0.8]
+    y = [0, 0, 1, 1, 1, 0, 1, 0]
+    groups = ["p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]
+    mcnemar = statistics.clustered_mcnemar_test(y, [int(s >= 0.5) for s in a], [int(s >= 0.5) for s in b], groups)
+    assert mcnemar.method == "exact_sign_flip"  # few discordant images
+    assert wording.mcnemar_method(mcnemar) == "exact sign-flip"
+    assert wording.mcnemar_method(mcnemar, detailed=True) == (
+        "exact sign-flip test of the per-patient differences (under 25 discordant images)"
+    )
+    chi_square = type("Result", (), {"method": "durkalski"})()
+    assert wording.mcnemar_method(chi_square) == "Durkalski chi-square"
+    assert wording.mcnemar_method(chi_square, detailed=True) == "Durkalski's chi-square of the per-patient differences"
+
+    d = statistics.delong_test(y, a, b)
+    assert wording.difference_interval(d) == f"{d.ci_low:+.3f} to {d.ci_high:+.3f}"
+    assert d.ci_low < 0 < d.ci_high and wording.difference_interval(d).startswith("-")
+    undefined = type("Result", (), {"ci_low": math.nan, "ci_high": 0.1})()
+    assert wording.difference_interval(undefined) == "n/a"

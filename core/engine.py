@@ -223,9 +223,12 @@ def convert_to_tflite(model: keras.Model) -> bytes:
     spec = tf.TensorSpec((None, *_sample_shape(model)), tf.float32)
     fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=False)
     concrete = fn.get_concrete_function()
+    # No public TensorFlow API freezes a concrete function's variables into constants (the public
+    # routes are the SavedModel export below, ~4x slower, or the model as trackable, NaN outputs), so this
+    # one private import stays; tests/test_engine.py fails if it moves, and here it only costs speed.
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-    except ImportError:  # private module moved: take the slower, public SavedModel route
+    except ImportError:
         return _convert_via_saved_model(model, spec)
     frozen = convert_variables_to_constants_v2(concrete)
     # The frozen function holds no variables, so an empty module is a complete trackable object

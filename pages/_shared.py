@@ -265,7 +265,7 @@ def models_mtime(run: artifacts.Run) -> tuple[int, ...]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _predictions(path: str, mtime_ns: int) -> pd.DataFrame:
-    return pd.read_csv(path)
+    return artifacts.read_csv(path)
 
 
 def predictions_for(run: artifacts.Run) -> pd.DataFrame:
@@ -294,7 +294,7 @@ def splits_for(run: artifacts.Run) -> pd.DataFrame | None:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _trained_on(path: str, mtime_ns: int) -> frozenset[str]:
-    table = pd.read_csv(path, usecols=["path", "split"])
+    table = artifacts.read_csv(path, usecols=["path", "split"])
     return frozenset(table.loc[table["split"].isin(["train", "val"]), "path"])
 
 

@@ -12,13 +12,6 @@ from pages import _shared as ui
 ui.leave_pages_folder_mode()  # a pages/ folder would otherwise start Streamlit's old multipage mode
 st.set_page_config(page_title="Chest X-ray classifiers", page_icon=":material/pulmonology:", layout="wide")
 
-page = st.navigation(
-    [
-        st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
-        st.Page("pages/tune.py", title="Tune", icon=":material/tune:"),
-        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
-        st.Page("pages/predict.py", title="Predict", icon=":material/stethoscope:"),
-    ]
-)
+page = ui.navigation()
 ui.sidebar()
 page.run()

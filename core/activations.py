@@ -223,7 +223,7 @@ def _fill(path: Path, paths, image_size, shape, bottom_pass, views, progress, st
         out.flush()
         del out
 
-    artifacts._atomic_write(path, write)
+    artifacts.atomic_write(path, write)
     return errors
 
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -54,36 +55,48 @@ class RunError(ValueError):
 # ---------------------------------------------------------------------------- atomic writes
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
+    """Write a file whole or not at all: `write(tmp)` fills a temporary file beside `path`, which
+    is flushed to disk and renamed over it, so readers and a crash see the old or the new file.
+
+    `suffix` ends the temporary name (Keras only saves to a name ending in `.keras`). The file
+    gets the umask's permissions, not mkstemp's 0600: runs are meant to be shared.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; runs are meant to be shared
+        descriptor = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # the data is on disk before the rename makes it the file
+        finally:
+            os.close(descriptor)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _json_safe(value):
-    """NaN and infinity are not JSON; store them as null so every reader can parse the file."""
+def json_safe(value: Any) -> Any:
+    """`value` with NumPy arrays and scalars as Python values and NaN/infinity as None (strict JSON,
+    so every reader can parse the file); dict keys become strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
-        return _json_safe(value.item())
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # NumPy arrays and scalars
+        return json_safe(value.tolist())
     return value
 
 
 def write_json(path: str | os.PathLike, data) -> None:
-    text = json.dumps(_json_safe(data), indent=2, sort_keys=False)
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    text = json.dumps(json_safe(data), indent=2, sort_keys=False)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def read_json(path: str | os.PathLike, default=None):
@@ -96,7 +109,7 @@ def read_json(path: str | os.PathLike, default=None):
 
 
 def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> None:
-    _atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False, encoding="utf-8"))
+    atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False, encoding="utf-8"))
 
 
 def read_csv(path: str | os.PathLike, **options) -> pd.DataFrame:
@@ -105,7 +118,7 @@ def read_csv(path: str | os.PathLike, **options) -> pd.DataFrame:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    _atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def write_npy(path: str | os.PathLike, array) -> None:
@@ -115,22 +128,12 @@ def write_npy(path: str | os.PathLike, array) -> None:
         with open(tmp, "wb") as handle:
             np.save(handle, array)
 
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def save_model(path: str | os.PathLike, model) -> None:
     """Save a Keras model atomically (Keras needs the `.keras` suffix on the temporary name)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
 
 
 # ---------------------------------------------------------------------------- names and folders

@@ -41,6 +41,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core import artifacts
+
 ENGINES = ("auto", "tflite", "keras")
 
 # Bump when the conversion recipe changes, so cached flatbuffers from an older recipe are rebuilt.
@@ -224,9 +226,12 @@ def convert_to_tflite(model: keras.Model) -> bytes:
     spec = tf.TensorSpec((None, *_sample_shape(model)), tf.float32)
     fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=False)
     concrete = fn.get_concrete_function()
+    # No public TensorFlow API freezes a concrete function's variables into constants (the public
+    # routes are the SavedModel export below, ~4x slower, or the model as trackable, NaN outputs), so this
+    # one private import stays; tests/test_engine.py fails if it moves, and here it only costs speed.
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-    except ImportError:  # private module moved: take the slower, public SavedModel route
+    except ImportError:
         return _convert_via_saved_model(model, spec)
     frozen = convert_variables_to_constants_v2(concrete)
     # The frozen function holds no variables, so an empty module is a complete trackable object
@@ -265,20 +270,6 @@ def _bytes_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see all or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _sidecar_path(cache_path: Path) -> Path:
     return cache_path.with_name(cache_path.name + ".json")
 
@@ -307,10 +298,9 @@ def _load_cached(cache_path: Path, meta: dict[str, Any]) -> bytes | None:
 
 
 def _store_cached(cache_path: Path, meta: dict[str, Any], data: bytes) -> None:
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(cache_path, data)
+    artifacts.write_bytes(cache_path, data)
     sidecar = {**meta, "tflite_digest": _bytes_digest(data), "tflite_bytes": len(data), "tensorflow": tf.__version__}
-    _write_atomic(_sidecar_path(cache_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    artifacts.write_json(_sidecar_path(cache_path), sidecar)
 
 
 def _make_interpreter(model_content: bytes, threads: int) -> tf.lite.Interpreter:

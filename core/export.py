@@ -50,7 +50,7 @@ def _tflite(run: Run) -> bytes | None:
 
 def _interval_row(label: str, ev: evidence.RunEvidence) -> str:
     cells = [label, str(ev.n_images), str(ev.n_patients)]
-    for metric in ("auc", "sensitivity", "specificity", "accuracy"):
+    for metric in evidence.INTERVAL_METRICS:
         value = ev.metrics.get(metric)
         interval = ev.interval(metric)
         shown = f"{value:.3f}" if isinstance(value, (int, float)) else "–"

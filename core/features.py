@@ -78,7 +78,7 @@ def _write_cache(path: Path, keys: np.ndarray, values: np.ndarray) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, keys=keys, features=values)
 
-    artifacts._atomic_write(path, write)
+    artifacts.atomic_write(path, write)
 
 
 def cached_features(

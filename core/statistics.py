@@ -37,6 +37,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from core.artifacts import json_safe
+
 __all__ = [
     "BOOTSTRAP_METRICS",
     "ClusteredMcNemarResult",
@@ -67,7 +69,8 @@ __all__ = [
     "youden_threshold",
 ]
 
-#: Metrics for which :func:`bootstrap_ci` returns an interval.
+#: Metrics for which :func:`bootstrap_ci` and :func:`metric_intervals` return an interval;
+#: every list of interval metrics (evidence, export, pages) takes it from here.
 BOOTSTRAP_METRICS: tuple[str, ...] = ("auc", "sensitivity", "specificity", "accuracy")
 
 # McNemar switches from the exact binomial test to the continuity-corrected
@@ -80,33 +83,12 @@ _MCNEMAR_EXACT_BELOW = 25
 _BOOTSTRAP_CHUNK_CELLS = 2_000_000
 
 
-# --------------------------------------------------------------------------
-# JSON helpers
-# --------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert NumPy scalars/arrays to Python; NaN/inf to None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
-
-
 class _DictMixin:
     """``to_dict()`` for the frozen result dataclasses below."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as JSON-serialisable values (NaN -> None)."""
-        return _jsonable(asdict(self))
+        return json_safe(asdict(self))
 
 
 # --------------------------------------------------------------------------

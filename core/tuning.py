@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 import os
 import signal
 import threading
@@ -26,6 +27,7 @@ from core import artifacts, augmentation, data, evaluation, models, search_space
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_auc"
+HYPERBAND_FACTOR = 3  # Keras Tuner's default: each round keeps a third of the models, for 3x the epochs
 
 
 class SettingsError(ValueError):
@@ -35,8 +37,13 @@ class SettingsError(ValueError):
 class SearchStopped(BaseException):  # noqa: N818 - a signal, not an error
     """Raised inside training when a stop was asked for.
 
-    A BaseException on purpose: Keras Tuner records an `Exception` in a trial as a failed trial
-    and goes on, whereas this must end the search and leave the trial to be retried on resume.
+    A BaseException on purpose, like KeyboardInterrupt: Keras Tuner records an `Exception` in a
+    trial as a failed trial and goes on, whereas this must end the search and leave the trial to
+    be retried on resume. Keras Tuner's documented `errors.FatalError` also passes its trial loop,
+    but it is an `Exception`, so any `except Exception` around a stop check (image decoding, the
+    TF Lite fallback) would swallow the stop, and subclassing it would import Keras Tuner, hence
+    TensorFlow, with this module (`--help`, the dashboard). tests/test_tuner_contract.py checks
+    that Keras Tuner lets this through and keeps the trial.
     """
 
 
@@ -396,20 +403,37 @@ def _make_tuner(settings: SearchSettings, hypermodel, folder: Path, progress: Pr
         edited = settings.hyperparameters()
         options["hyperparameters"] = search_space.registered_in_advance(edited[name] for name in settings.space)
     if settings.tuner == "hyperband":
-        tuner = ReportingTuner(max_epochs=settings.epochs, factor=3, **options)
+        tuner = ReportingTuner(max_epochs=settings.epochs, factor=HYPERBAND_FACTOR, **options)
         tuner.oracle.max_trials = settings.trials  # a cap: Hyperband itself sizes its brackets
     else:
         tuner = ReportingTuner(max_trials=settings.trials, **options)
     return tuner
 
 
+def hyperband_trials(max_epochs: int, factor: int = HYPERBAND_FACTOR) -> int:
+    """Trials in one Hyperband iteration, sized as Keras Tuner sizes them (Li et al. 2018).
+
+    Bracket b (0 .. brackets-1, one more each time `max_epochs` divides by `factor`) starts
+    ceil(s / (b + 1) * factor**b) models, s = ceil(1 + log_factor(max_epochs)), and each of its b
+    later rounds keeps 1/factor of them. Computed here rather than read from the oracle's private
+    `_get_num_brackets` / `_get_size`; tests/test_tuner_contract.py checks it against a real search.
+    """
+    brackets, epochs = 0, float(max_epochs)
+    while epochs >= 1:
+        epochs /= factor
+        brackets += 1
+    s = math.ceil(1 + math.log(max_epochs, factor))
+    return sum(
+        math.ceil(s / (bracket + 1) * factor ** (bracket - round_))
+        for bracket in range(brackets)
+        for round_ in range(bracket + 1)
+    )
+
+
 def _planned_trials(tuner, settings: SearchSettings) -> int:
-    oracle = tuner.oracle
-    if settings.tuner != "hyperband" or not hasattr(oracle, "trials"):  # a worker's client oracle
+    if settings.tuner != "hyperband" or not hasattr(tuner.oracle, "trials"):  # a worker's client oracle
         return settings.trials
-    brackets = oracle._get_num_brackets()
-    planned = sum(oracle._get_size(b, r) for b in range(brackets) for r in range(b + 1))
-    return min(settings.trials, planned)
+    return min(settings.trials, hyperband_trials(settings.epochs))
 
 
 def _trial_rows(tuner, recorder: trials.HistoryRecorder | None = None) -> list[dict]:

@@ -33,22 +33,40 @@ STATE_ICONS = {
 # ---------------------------------------------------------------------------- page set-up
 
 
+def navigation(position: str = "sidebar") -> st.Page:
+    """The app's pages under `st.navigation`; streamlit_app.py runs the page it returns."""
+    return st.navigation(
+        [
+            st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
+            st.Page("pages/tune.py", title="Tune", icon=":material/tune:"),
+            st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+            st.Page("pages/predict.py", title="Predict", icon=":material/stethoscope:"),
+        ],
+        position=position,
+    )
+
+
 def leave_pages_folder_mode() -> None:
     """Make sure the page runs under streamlit_app.py's `st.navigation`, not Streamlit's old mode.
 
     Streamlit sees a `pages/` folder beside the main script and, until `st.navigation` has been
     called once in the server process, runs the requested page file on its own (no sidebar, no
-    page config, every .py in pages/ listed). A first visit straight to /data would get that. So
-    on such a run we switch the server to `st.navigation` mode and rerun: the rerun goes through
-    streamlit_app.py and lands on the same page. (Relies on PagesManager.uses_pages_directory,
-    the flag `st.navigation` itself clears.)
+    page config, every .py in pages/ listed). A first visit straight to /data would get that.
+    Streamlit documents that once any session calls `st.navigation` the app ignores `pages/` in
+    every session, so such a run calls it (hidden, same pages, so the requested page is kept)
+    and reruns: the rerun goes through streamlit_app.py and lands on the same page.
     """
+    # Streamlit has no public way to ask whether this run is in the old mode: read the flag that
+    # `st.navigation` clears (Streamlit 1.67, pinned). Tolerant here, so an upgrade costs at worst a
+    # bare first page; test_app.py's first-visit test fails loudly if the flag changes.
     try:
         from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a Streamlit without the old mode
+    except ImportError:
         return
-    if getattr(PagesManager, "uses_pages_directory", False):
-        PagesManager.uses_pages_directory = False
+    if not getattr(PagesManager, "uses_pages_directory", False):
+        return
+    navigation(position="hidden")
+    if not PagesManager.uses_pages_directory:  # rerun only once the mode is left: never a loop
         st.rerun()
 
 
@@ -246,7 +264,7 @@ def models_mtime(run: artifacts.Run) -> tuple[int, ...]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _predictions(path: str, mtime_ns: int) -> pd.DataFrame:
-    return pd.read_csv(path)
+    return artifacts.read_csv(path)
 
 
 def predictions_for(run: artifacts.Run) -> pd.DataFrame:
@@ -275,7 +293,7 @@ def splits_for(run: artifacts.Run) -> pd.DataFrame | None:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _trained_on(path: str, mtime_ns: int) -> frozenset[str]:
-    table = pd.read_csv(path, usecols=["path", "split"])
+    table = artifacts.read_csv(path, usecols=["path", "split"])
     return frozenset(table.loc[table["split"].isin(["train", "val"]), "path"])
 
 

@@ -176,6 +176,23 @@ def test_main_app_sidebar_checks_the_folders(data_dir, runs_dir, monkeypatch):
     assert "is a file, not a folder" in texts(at.sidebar.error)
 
 
+def test_a_first_visit_straight_to_a_page_runs_under_the_app_navigation(data_dir, empty_dir, monkeypatch):
+    """A server that has not called `st.navigation` yet runs a pages/ file on its own (Streamlit's
+    old pages-folder mode): no app sidebar, no page config. The page must go through the app.
+    AppTest starts every run like a fresh server, so with pages/ beside streamlit_app.py this run
+    starts in that mode; the last line fails if Streamlit renames or stops clearing its flag."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    monkeypatch.setenv("CXR_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(empty_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=TIMEOUT)
+    at.switch_page("pages/predict.py").run()
+    no_exception(at)
+    assert [title.value for title in at.title] == ["Predict"]  # the page asked for, not the default one
+    assert at.text_input(key="artifacts_dir").value == str(empty_dir)  # the app's sidebar is there
+    assert PagesManager.uses_pages_directory is False  # st.navigation left the old mode for every session
+
+
 # ---------------------------------------------------------------------------- Data page
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -317,6 +318,30 @@ def test_cache_is_rebuilt_for_other_weights_or_a_damaged_file(models, tmp_path: 
     assert len(calls) == 3 and e.name == "tflite"
     eng.make_engine(other, "tflite", cache_path=path)
     assert len(calls) == 3
+
+
+def test_conversion_freezes_variables_without_a_saved_model(models, monkeypatch) -> None:
+    """The fast route imports `convert_variables_to_constants_v2` from `tensorflow.python`; when a
+    TensorFlow release moves it, conversion quietly takes the SavedModel route and this fails."""
+    model, x, ref = models["dense_head"]
+
+    def no_saved_model(*args):
+        raise AssertionError("took the SavedModel route: tensorflow.python moved convert_variables_to_constants_v2")
+
+    monkeypatch.setattr(eng, "_convert_via_saved_model", no_saved_model)
+    e = eng.TFLiteEngine(model, eng.convert_to_tflite(model), threads=1)
+    assert _max_diff(e.predict(x), ref) <= TOL
+
+
+def test_conversion_falls_back_to_a_saved_model_without_the_private_import(models, monkeypatch) -> None:
+    model, x, ref = models["dense_head"]
+    monkeypatch.setitem(sys.modules, "tensorflow.python.framework.convert_to_constants", None)  # import fails
+    route: list[str] = []
+    real = eng._convert_via_saved_model
+    monkeypatch.setattr(eng, "_convert_via_saved_model", lambda *args: route.append("saved model") or real(*args))
+    e = eng.TFLiteEngine(model, eng.convert_to_tflite(model), threads=1)
+    assert route == ["saved model"]
+    assert _max_diff(e.predict(x), ref) <= TOL
 
 
 def test_auto_prefers_tflite(models) -> None:

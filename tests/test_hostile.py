@@ -143,3 +143,35 @@ def test_json_with_nan_stays_parseable(tmp_path):
     assert artifacts.read_json(tmp_path / "m.json") == {"auc": None, "n": 3}
     artifacts.write_csv(tmp_path / "t.csv", pd.DataFrame({"path": ["a.jpeg"], "patient": ["007"]}))
     assert artifacts.read_csv(tmp_path / "t.csv").iloc[0].tolist() == ["a.jpeg", "007"]
+
+
+def test_json_safe_turns_numpy_and_non_finite_values_into_strict_json():
+    value = {1: np.array([1.5, np.nan]), "b": np.bool_(True), "f": np.float32(np.inf), "t": (np.int16(2), -np.inf)}
+    assert artifacts.json_safe(value) == {"1": [1.5, None], "b": True, "f": None, "t": [2, None]}
+    assert type(artifacts.json_safe(np.int64(3))) is int
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "m.json"
+    artifacts.write_json(path, {"v": 1})
+
+    def half_then_crash(tmp):
+        tmp.write_text('{"v": ')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        artifacts.atomic_write(path, half_then_crash)
+    assert artifacts.read_json(path) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_every_written_file_follows_the_umask_not_mkstemps_0600(tmp_path):
+    expected = 0o666 & ~artifacts._UMASK  # the umask this process started with
+    if expected == 0o600:
+        pytest.skip("this umask gives 0600 anyway: the chmod cannot be told apart")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    artifacts.save_model(tmp_path / "model.keras", model)
+    artifacts.write_bytes(tmp_path / "m.tflite", b"flatbuffer")
+    artifacts.write_json(tmp_path / "m.json", {})
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["model.keras", "m.tflite", "m.json"], expected)

@@ -128,7 +128,7 @@ def test_patient_resampling_is_wider_when_images_are_duplicated() -> None:
 
     by_image = st.bootstrap_ci(y, s, 0.5, n_resamples=500, seed=1)
     by_patient = st.bootstrap_ci(y, s, 0.5, groups=groups, n_resamples=500, seed=1)
-    for metric in ("auc", "sensitivity", "specificity", "accuracy"):
+    for metric in st.BOOTSTRAP_METRICS:
         w_img = by_image[metric].high - by_image[metric].low
         w_pat = by_patient[metric].high - by_patient[metric].low
         assert w_pat > 1.8 * w_img, (metric, w_img, w_pat)
@@ -871,3 +871,10 @@ def test_results_serialise_to_strict_json() -> None:
     for r in results:
         text = json.dumps(r.to_dict(), allow_nan=False)
         assert json.loads(text).keys() == r.to_dict().keys()
+
+
+def test_metric_intervals_cover_exactly_the_interval_metrics() -> None:
+    rng = np.random.default_rng(3)
+    y, s = _binormal(rng, 30, 30, 1.0)
+    intervals = st.metric_intervals(y, s, 0.5, n_resamples=50, seed=0)
+    assert tuple(intervals) == st.BOOTSTRAP_METRICS

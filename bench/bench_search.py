@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from core import data, models, tuning  # noqa: E402
 from core.engine import make_engine  # noqa: E402
+from core.settings import SearchSettings  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
 
@@ -58,7 +59,7 @@ def backbone_pass(paths: list[str], chunk: int = 256) -> dict[str, float]:
 def search(feature_cache: bool, trials: int, epochs: int) -> float:
     with tempfile.TemporaryDirectory() as store:
         os.environ["CXR_CACHE_DIR"] = str(Path(store) / "cache")  # an empty cache for each side
-        settings = tuning.SearchSettings(
+        settings = SearchSettings(
             data_dir=str(DATA), family="mobilenet", weights=weights(), image_size=224, trials=trials, epochs=epochs,
             feature_cache=feature_cache, artifacts_dir=store, name="bench", tuner="random",
         )

@@ -30,7 +30,7 @@ def _positive_int(text: str) -> int:
 
 
 # The choices of the parser, spelled out so that `--help` imports neither Keras nor TensorFlow
-# (tests/test_console.py checks they match models.MODES, tuning.TUNERS, ...). The families come
+# (tests/test_console.py checks they match models.MODES, settings.TUNERS, ...). The families come
 # from the registry itself: core.models loads Keras only when a model is built.
 MODES = ("frozen", "finetune")
 TUNERS = ("random", "bayesian", "hyperband")
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="run a Keras Tuner search and save the run")
     tune.add_argument("--data", required=True, help="folder with train/ (val/, test/) and NORMAL/ PNEUMONIA/ inside")
-    # Options left out keep the preset's value, else the setting's default (tuning.SearchSettings).
+    # Options left out keep the preset's value, else the setting's default (settings.SearchSettings).
     tune.add_argument("--preset", choices=sorted(presets.PRESETS),
                       help="start from named settings (" + "; ".join(f"{p.name}: {p.title}" for p in presets.PRESETS.values()) + ")")
     tune.add_argument("--family", choices=sorted(models.FAMILIES), help="required unless a --preset names it")
@@ -157,12 +157,13 @@ _SETTING_OPTIONS = (
 
 def tune_settings(args):
     """The search the `tune` options ask for: the preset's settings, then the options given."""
-    from core import presets, tuning
+    from core import presets
+    from core.settings import SearchSettings, SettingsError
 
     values = dict(presets.preset(args.preset).settings) if args.preset else {}
     values.update({key: getattr(args, key) for key in _SETTING_OPTIONS if getattr(args, key) is not None})
     if "family" not in values:
-        raise tuning.SettingsError("pass --family (or a --preset that names one)")
+        raise SettingsError("pass --family (or a --preset that names one)")
     if args.no_feature_cache:
         values["feature_cache"] = False
     if args.no_activation_cache:
@@ -171,7 +172,7 @@ def tune_settings(args):
         values["stress_test"] = False
     if args.space or args.hp:
         values["space"] = _space_edits(args)
-    return tuning.SearchSettings(data_dir=args.data, artifacts_dir=args.artifacts, **values)
+    return SearchSettings(data_dir=args.data, artifacts_dir=args.artifacts, **values)
 
 
 def _space_edits(args) -> dict:
@@ -196,35 +197,37 @@ def _search(settings, resume: bool = False, role: str | None = None) -> dict:
 
 
 def _tune(args) -> int:
-    from core import tuning
+    from core import distributed
+    from core.settings import SettingsError
 
     settings = tune_settings(args)
     if args.distributed:
         if not args.oracle:
-            raise tuning.SettingsError("--distributed chief needs --oracle HOST:PORT to listen on")
-        tuning.configure_distributed("chief", args.oracle)
+            raise SettingsError("--distributed chief needs --oracle HOST:PORT to listen on")
+        distributed.configure_distributed("chief", args.oracle)
     return _finish(_search(settings, role=args.distributed))
 
 
 def _worker(args) -> int:
-    from core import tuning
+    from core import distributed
 
     worker_id = args.id or str(os.getpid())
-    tuning.configure_distributed("worker", args.oracle, worker_id)
-    result = tuning.run_worker(args.artifacts, args.run, worker_id)
+    distributed.configure_distributed("worker", args.oracle, worker_id)
+    result = distributed.run_worker(args.artifacts, args.run, worker_id)
     print(f"worker {worker_id}: trials {', '.join(result.get('trials_run', [])) or 'none'}")
     return 0
 
 
 def _resume(args) -> int:
-    from core import artifacts, repeat, tuning
+    from core import artifacts, repeat
+    from core.settings import SearchSettings
 
     run = artifacts.load_run(args.artifacts, args.run)
     if run.is_ensemble:
         raise artifacts.RunError(f"run {run.name!r} is an ensemble: it has no search to resume")
     if repeat.is_repeat(run):
         return _repeat_finish(repeat.run_repeat(args.artifacts, run.name))
-    settings = tuning.SearchSettings.from_dict({**run.settings, "artifacts_dir": args.artifacts})
+    settings = SearchSettings.from_dict({**run.settings, "artifacts_dir": args.artifacts})
     return _finish(_search(settings, resume=True))
 
 
@@ -349,9 +352,10 @@ HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "repeat": _repe
 def main(argv: list[str] | None = None) -> int:
     console.quiet_tensorflow()  # TensorFlow's start-up chatter hides our messages
     args = build_parser().parse_args(argv)
-    from core import artifacts, data, models, search_space, tuning
+    from core import artifacts, data, models, search_space
+    from core.settings import SettingsError
 
-    user_errors = (data.DataError, models.WeightsError, artifacts.RunError, tuning.SettingsError, search_space.SpaceError,
+    user_errors = (data.DataError, models.WeightsError, artifacts.RunError, SettingsError, search_space.SpaceError,
                    FileNotFoundError)
     try:
         return HANDLERS[args.command](args)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from core import artifacts, models
 from core.console import QUIET_TF_ENV
-from core.tuning import SearchSettings, StopFlag, preflight
+from core.progress import StopFlag
+from core.settings import SearchSettings
+from core.splits import preflight
 
 PROCESS_LOG = "process.log"
 # In progress.json while the pid is the launcher's (the dashboard's), not yet the search's: never signalled.

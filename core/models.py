@@ -3,7 +3,7 @@
 A family is one entry in `FAMILIES`: its default and smallest input size, its backbone (an entry
 in `ARCHITECTURES`: constructor, preprocessing, widths, ImageNet weight file and address, default
 cut), its cost per image and the hint the Tune page shows. The command line, the Tune page, the
-cost estimate (`core.jobs`), the settings check (`core.tuning`) and the tests read that entry, so
+cost estimate (`core.jobs`), the settings check (`core.settings`) and the tests read that entry, so
 a new family is one entry here (README, "Where to add things").
 
 Transfer-learning families share one backbone builder. In `frozen` mode (the paper's protocol) the

@@ -160,7 +160,9 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
     request (the Stop button, `python -m core stop`, SIGTERM) ends it with state "stopped" and
     returns {"state": "stopped"}; `python -m core resume NAME` continues.
     """
-    from core import tuning  # the search machinery: Compare, which only reads repeats, does without it
+    # the search machinery: Compare, which only reads repeats, does without it
+    from core.progress import Progress, SearchStopped, StopFlag, open_log
+    from core.settings import SearchSettings
 
     run = artifacts.load_run(artifacts_dir, name)
     if not is_repeat(run):
@@ -169,11 +171,11 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
         raise RunError(f"run {name!r} is already complete; start a new repeat to train more seeds")
     seeds = [int(s) for s in run.settings[REPEAT]["seeds"]]
     seeds_dir = run.folder / SEEDS_DIR
-    top = tuning.SearchSettings.from_dict({**run.settings, "artifacts_dir": str(artifacts_dir)})
+    top = SearchSettings.from_dict({**run.settings, "artifacts_dir": str(artifacts_dir)})
     with artifacts.run_lock(run.folder):
-        run_log = tuning._open_log(run.folder, log)
-        progress = tuning.Progress(run.folder, run.progress if run.progress.get("trials_total") else None)
-        stop = tuning.StopFlag(run.folder)
+        run_log = open_log(run.folder, log)
+        progress = Progress(run.folder, run.progress if run.progress.get("trials_total") else None)
+        stop = StopFlag(run.folder)
         stop.file.unlink(missing_ok=True)
         done = [s for s in seeds if (seeds_dir / seed_run_name(s) / artifacts.METRICS).exists()]
         progress.update(state="running", phase="searching", trials_total=len(seeds), trials_done=len(done), epochs=top.epochs,
@@ -186,13 +188,13 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
                     continue
                 stop.install_signal_handlers()  # each seed's search installs its own; between seeds, ours
                 if stop.is_set():
-                    raise tuning.SearchStopped()
+                    raise SearchStopped()
                 progress.update(trial=number, epoch=0, message=f"seed {seed} ({number} of {len(seeds)})", force=True)
                 # The seed's own log lines come stamped with their time: drop that stamp, run_log adds one.
                 seed_log = lambda line, seed=seed: run_log(f"seed {seed}: {line.split('] ', 1)[-1]}")  # noqa: E731
                 result = _train_seed(top, seed, seeds_dir, run.folder, seed_log)
                 if result.get("state") == "stopped":
-                    raise tuning.SearchStopped()
+                    raise SearchStopped()
                 done.append(seed)
                 val_auc = result["val"]["auc"]
                 best = max(v for v in (progress.state.get("best_val_auc"), val_auc) if v is not None)
@@ -202,7 +204,7 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
             progress.update(state="completed", phase="done", message="completed", force=True)
             run_log(f"done: test AUC over {len(seeds)} seeds " + _spread_sentence(read_seed_table(run.folder)))
             return metrics
-        except tuning.SearchStopped:
+        except SearchStopped:
             progress.update(state="stopped", phase="stopped", message="stopped by request; resume to continue", force=True)
             run_log(f"stopped: finished seeds are kept; resume with `python -m core resume {name}`")
             return {"state": "stopped"}
@@ -217,10 +219,11 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
 def _train_seed(top, seed: int, seeds_dir: Path, folder: Path, log) -> dict:
     """One seed: an ordinary one-trial search in `seeds/seed-S`, on the repeat's split (copied in first)."""
     from core import tuning
+    from core.settings import SearchSettings, cache_root
 
-    settings = tuning.SearchSettings.from_dict(
+    settings = SearchSettings.from_dict(
         {**top.to_dict(), "name": seed_run_name(seed), "seed": seed, "artifacts_dir": str(seeds_dir),
-         "cache_dir": str(tuning.cache_root(top))}  # the caches beside the runs serve the seeds too
+         "cache_dir": str(cache_root(top))}  # the caches beside the runs serve the seeds too
     )
     seed_folder = artifacts.run_dir(seeds_dir, settings.name)
     resume = (seed_folder / artifacts.SETTINGS).exists()

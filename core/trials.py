@@ -7,7 +7,7 @@ during a search, each time atomically, so a running or killed search always leav
 file. The rest are pure functions over `trials.json` rows and that history: the trial table, the
 best epoch per trial, the optimisation history and hyperparameter importance.
 
-No Keras and no Streamlit in here: the Keras callback lives in `core.tuning`, the figures in
+No Keras and no Streamlit in here: the Keras callback lives in `core.tuner`, the figures in
 `core.trial_figures`, the page in `pages/_trials.py`.
 """
 

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from core import artifacts, augmentation, catalog, data, demo, jobs, models, presets, repeat, tuning
+from core import artifacts, augmentation, catalog, data, demo, jobs, models, presets, repeat
+from core.settings import TUNERS, SearchSettings, SettingsError
 from pages import _shared as ui
 from pages._space_editor import space_editor
 from pages._trials import trials_view
@@ -81,7 +82,7 @@ with st.container(border=True):
 
     c1, c2, c3 = st.columns(3)
     tuner = c1.selectbox(
-        "Tuner", tuning.TUNERS, key="tune_tuner",
+        "Tuner", TUNERS, key="tune_tuner",
         help="random: independent draws. bayesian: learns from earlier trials. hyperband: many short trainings, "
         "the best trained longer (needs at least 2 epochs).",
     )
@@ -196,7 +197,7 @@ if start:
     try:
         if root is None:
             raise data.DataError(data_problem)
-        settings = tuning.SearchSettings(
+        settings = SearchSettings(
             data_dir=str(root), family=family, tuner=tuner, trials=int(trials), epochs=int(epochs),
             image_size=int(image_size), weights=weights, mode=mode if info.transfer else "frozen",
             max_per_class=int(max_per_class) or None, name=name.strip() or None, artifacts_dir=folder,
@@ -204,7 +205,7 @@ if start:
             augment=augment, augment_views=int(views), tta=int(tta), space=space_edits or None, patience=int(patience),
         ).resolved()
         started = jobs.start_search(settings)
-    except (tuning.SettingsError, artifacts.RunError, data.DataError, OSError) as error:
+    except (SettingsError, artifacts.RunError, data.DataError, OSError) as error:
         st.error(f"Not started: {error}", icon=":material/block:")
     else:
         # Rerun so the sidebar and the lists below see the new run; the message survives the rerun.

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from core import artifacts, features, jobs, tuning
+from core import artifacts, features, jobs
+from core.settings import SearchSettings
 from tests.helpers import REPO, make_dataset, run_cli, wait_for
 
 
@@ -19,7 +20,7 @@ def dataset(tmp_path_factory):
 
 def _settings(dataset, store, name, **extra):
     values = {"family": "custom_cnn", "trials": 2, "epochs": 1, "image_size": 32, **extra}
-    return tuning.SearchSettings(data_dir=str(dataset), name=name, artifacts_dir=str(store), **values)
+    return SearchSettings(data_dir=str(dataset), name=name, artifacts_dir=str(store), **values)
 
 
 def test_two_searches_at_once_both_finish(dataset, tmp_path):

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from core import artifacts, cli, console, jobs, tuning
+from core import artifacts, cli, console, jobs
+from core.settings import TUNERS, SearchSettings
 from tests.helpers import REPO, make_dataset, run_cli, wait_for
 
 # What TensorFlow 2.21 writes to fd 2 at start-up on this machine, whatever TF_CPP_MIN_LOG_LEVEL says.
@@ -61,7 +62,7 @@ def test_help_does_not_import_tensorflow():
 def test_the_parsers_choices_are_the_librarys():
     from core import models
 
-    assert cli.MODES == models.MODES and cli.TUNERS == tuning.TUNERS
+    assert cli.MODES == models.MODES and cli.TUNERS == TUNERS
     assert cli.MOBILENET_VERSIONS == tuple(sorted(models.MOBILENET_VERSIONS))
 
 
@@ -99,7 +100,7 @@ def test_cli_output_and_run_log_have_no_tensorflow_startup_lines(tiny_data, tmp_
 
 
 def test_a_background_searchs_process_log_is_clean(tiny_data, tmp_path):
-    name = jobs.start_search(tuning.SearchSettings(
+    name = jobs.start_search(SearchSettings(
         data_dir=str(tiny_data), family="custom_cnn", trials=1, epochs=1, image_size=32, name="bg", artifacts_dir=str(tmp_path),
     ))
     run = wait_for(lambda: (r := artifacts.load_run(tmp_path, name)).state not in artifacts.ACTIVE_STATES and r, 180, what="the search")

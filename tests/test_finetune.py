@@ -187,21 +187,22 @@ def test_tta_is_recorded_and_used_by_predict(tmp_path):
 
 
 def test_presets_fill_settings_and_options_override_them():
-    from core import cli, presets, tuning
+    from core import cli, presets
+    from core.settings import SearchSettings, SettingsError
 
     parser = cli.build_parser()
     recommended = presets.preset("recommended").settings
     settings = cli.tune_settings(parser.parse_args(["tune", "--data", "D", "--preset", "recommended"]))
     assert {key: getattr(settings, key) for key in recommended} == recommended
-    assert settings.batch_size == tuning.SearchSettings(data_dir="D").batch_size  # not named: the default
+    assert settings.batch_size == SearchSettings(data_dir="D").batch_size  # not named: the default
     overridden = cli.tune_settings(parser.parse_args(["tune", "--data", "D", "--preset", "recommended", "--epochs", "2"]))
     assert overridden.epochs == 2 and overridden.augment == recommended["augment"]
     plain = cli.tune_settings(parser.parse_args(["tune", "--data", "D", "--family", "custom_cnn"]))
     assert (plain.trials, plain.epochs, plain.augment, plain.stress_test) == (10, 5, "off", True)
     quiet = cli.tune_settings(parser.parse_args(["tune", "--data", "D", "--family", "custom_cnn", "--no-stress-test"]))
     assert quiet.stress_test is False
-    with pytest.raises(tuning.SettingsError, match="pass --family"):
+    with pytest.raises(SettingsError, match="pass --family"):
         cli.tune_settings(parser.parse_args(["tune", "--data", "D"]))
     for name, chosen in presets.PRESETS.items():  # every preset is a valid search
-        assert tuning.SearchSettings(data_dir="D", **chosen.settings).resolved().family == chosen.settings["family"]
+        assert SearchSettings(data_dir="D", **chosen.settings).resolved().family == chosen.settings["family"]
         assert f"--preset {name}" in chosen.command()

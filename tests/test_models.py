@@ -150,13 +150,13 @@ def test_min_image_size_is_the_smallest_keras_accepts(architecture):
 
 @pytest.mark.parametrize("family", models.FAMILIES)
 def test_settings_refuse_an_input_below_the_familys_minimum(family, tmp_path):
-    from core import tuning
+    from core.settings import SearchSettings, SettingsError
 
     info = models.FAMILIES[family]
     if info.min_image_size > 32:  # below 32 the general size check speaks instead
-        with pytest.raises(tuning.SettingsError, match=f"{family} needs images of at least {info.min_image_size} pixels"):
-            tuning.SearchSettings(data_dir=str(tmp_path), family=family, image_size=info.min_image_size - 1).resolved()
-    assert tuning.SearchSettings(data_dir=str(tmp_path), family=family, image_size=info.min_image_size).resolved()
+        with pytest.raises(SettingsError, match=f"{family} needs images of at least {info.min_image_size} pixels"):
+            SearchSettings(data_dir=str(tmp_path), family=family, image_size=info.min_image_size - 1).resolved()
+    assert SearchSettings(data_dir=str(tmp_path), family=family, image_size=info.min_image_size).resolved()
 
 
 def _keras_module(arch: models.Architecture):
@@ -201,7 +201,7 @@ def test_weights_file_names_a_width_keras_lacks():
 
 
 def test_one_weights_check_for_settings_and_backbones(tmp_path):
-    from core import tuning
+    from core.settings import SearchSettings, SettingsError
 
     assert models.weights_problem("imagenet") is None and models.weights_problem("none") is None
     file = tmp_path / "w.h5"
@@ -210,8 +210,8 @@ def test_one_weights_check_for_settings_and_backbones(tmp_path):
     for bad in ("/no/such/file.h5", "", str(tmp_path)):
         problem = models.weights_problem(bad)
         assert problem and "does not exist" in problem
-        with pytest.raises(tuning.SettingsError, match=re.escape(problem)):
-            tuning.SearchSettings(data_dir=str(tmp_path), family="mobilenet", weights=bad).resolved()
+        with pytest.raises(SettingsError, match=re.escape(problem)):
+            SearchSettings(data_dir=str(tmp_path), family="mobilenet", weights=bad).resolved()
         with pytest.raises(models.WeightsError, match=re.escape(problem)):
             models.resolve_weights(models.BackboneSpec("mobilenet_v2", 224, bad))
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import artifacts, evaluation, jobs, models, statistics, tuning
+from core import artifacts, evaluation, jobs, models, statistics
+from core.settings import SearchSettings, SettingsError
 from tests.helpers import make_dataset, run_cli, wait_for
 
 
@@ -154,7 +155,7 @@ def _progress(store, name):
 
 
 def test_stop_then_resume_keeps_every_trial(dataset, tmp_path):
-    settings = tuning.SearchSettings(
+    settings = SearchSettings(
         data_dir=str(dataset), family="custom_cnn", trials=4, epochs=3, image_size=32, name="stoppable",
         artifacts_dir=str(tmp_path),
     )
@@ -181,7 +182,7 @@ def test_stop_then_resume_keeps_every_trial(dataset, tmp_path):
 
 
 def test_a_killed_search_is_interrupted_and_resumes(dataset, tmp_path):
-    settings = tuning.SearchSettings(
+    settings = SearchSettings(
         data_dir=str(dataset), family="custom_cnn", trials=3, epochs=3, image_size=32, name="killed",
         artifacts_dir=str(tmp_path),
     )
@@ -200,7 +201,7 @@ def test_a_killed_search_is_interrupted_and_resumes(dataset, tmp_path):
 
 
 def test_one_name_is_one_search(dataset, tmp_path):
-    settings = tuning.SearchSettings(data_dir=str(dataset), family="custom_cnn", trials=1, epochs=1, image_size=32,
+    settings = SearchSettings(data_dir=str(dataset), family="custom_cnn", trials=1, epochs=1, image_size=32,
                                      name="once", artifacts_dir=str(tmp_path))
     jobs.start_search(settings)
     with pytest.raises(artifacts.RunError, match="already exists"):
@@ -257,9 +258,9 @@ def test_every_family_has_a_cost_estimate_that_grows_with_the_work(family):
 
 
 def test_settings_are_checked_before_anything_starts(tmp_path):
-    with pytest.raises(tuning.SettingsError, match="hyperband needs at least 2 epochs"):
-        tuning.SearchSettings(data_dir=str(tmp_path), tuner="hyperband", epochs=1).resolved()
-    with pytest.raises(tuning.SettingsError, match="unknown family"):
-        tuning.SearchSettings(data_dir=str(tmp_path), family="resnet").resolved()
-    resolved = tuning.SearchSettings(data_dir=str(tmp_path), family="inception_v3").resolved()
+    with pytest.raises(SettingsError, match="hyperband needs at least 2 epochs"):
+        SearchSettings(data_dir=str(tmp_path), tuner="hyperband", epochs=1).resolved()
+    with pytest.raises(SettingsError, match="unknown family"):
+        SearchSettings(data_dir=str(tmp_path), family="resnet").resolved()
+    resolved = SearchSettings(data_dir=str(tmp_path), family="inception_v3").resolved()
     assert resolved.image_size == 299 and resolved.name.startswith("inception_v3-frozen-")

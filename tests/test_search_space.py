@@ -8,7 +8,10 @@ import math
 
 import pytest
 
-from core import search_space, tuning
+from core import search_space
+from core.progress import Progress, StopFlag
+from core.settings import SearchSettings, SettingsError
+from core.tuner import make_tuner
 from tests.helpers import make_dataset, run_cli
 
 CNN_32 = search_space.default_space("custom_cnn", "scratch", 32)
@@ -105,17 +108,17 @@ def test_space_files_are_read_or_refused_with_the_reason(tmp_path):
 
 def test_settings_check_the_space_and_save_it_typed(tmp_path):
     base = {"data_dir": str(tmp_path), "family": "custom_cnn", "image_size": 32}
-    with pytest.raises(tuning.SettingsError, match="search space: conv_blocks: 4 is outside its default range 1 to 3"):
-        tuning.SearchSettings(**base, space={"conv_blocks": 4}).resolved()
-    with pytest.raises(tuning.SettingsError, match="search space: unknown hyperparameter 'unfreeze_layers'"):
-        tuning.SearchSettings(**base, space={"unfreeze_layers": 10}).resolved()
-    resolved = tuning.SearchSettings(**base, space={"conv_blocks": "2", "dropout": {"min": "0.1", "max": "0.1"}}).resolved()
+    with pytest.raises(SettingsError, match="search space: conv_blocks: 4 is outside its default range 1 to 3"):
+        SearchSettings(**base, space={"conv_blocks": 4}).resolved()
+    with pytest.raises(SettingsError, match="search space: unknown hyperparameter 'unfreeze_layers'"):
+        SearchSettings(**base, space={"unfreeze_layers": 10}).resolved()
+    resolved = SearchSettings(**base, space={"conv_blocks": "2", "dropout": {"min": "0.1", "max": "0.1"}}).resolved()
     assert resolved.space == {"conv_blocks": 2, "dropout": 0.1}
     assert json.loads(json.dumps(resolved.to_dict()))["space"] == resolved.space
     # A run saved before the space was editable has no `space`: it searches the default space.
     old = dict(resolved.to_dict())
     old.pop("space")
-    assert tuning.SearchSettings.from_dict(old).hyperparameters() == search_space.default_space("custom_cnn", "scratch", 32)
+    assert SearchSettings.from_dict(old).hyperparameters() == search_space.default_space("custom_cnn", "scratch", 32)
 
 
 # ---------------------------------------------------------------------------- the models draw the default space
@@ -168,15 +171,16 @@ def _trial_values(folder) -> list[dict]:
 
 def test_the_tuners_oracle_searches_the_edited_space(tmp_path):
     """What Keras Tuner will draw from: fixed values are Fixed, ranges and choices the edited ones."""
-    settings = tuning.SearchSettings(
+    settings = SearchSettings(
         data_dir=str(tmp_path), family="custom_cnn", image_size=32, tuner="bayesian", name="oracle",
         space={"filters": 16, "learning_rate": {"min": 1e-3, "max": 2e-3}, "dense_units": [32, 128]},
     ).resolved()
     oracle_space = settings.hyperparameters()
-    from core import models
+    from core import models, trials
 
     hypermodel = models.SearchSpace("custom_cnn", "scratch", 32)
-    tuner = tuning._make_tuner(settings, hypermodel, tmp_path, tuning.Progress(tmp_path), tuning.StopFlag(tmp_path), print)
+    recorder = trials.HistoryRecorder(tmp_path / "trial_history.csv")
+    tuner = make_tuner(settings, hypermodel, tmp_path, Progress(tmp_path), StopFlag(tmp_path), print, recorder)
     space = {h.name: h for h in tuner.oracle.hyperparameters.space}
     assert type(space["filters"]).__name__ == "Fixed" and space["filters"].value == 16
     assert (space["learning_rate"].min_value, space["learning_rate"].max_value) == (1e-3, 2e-3)

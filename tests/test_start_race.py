@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from core import artifacts, jobs, tuning
+from core import artifacts, jobs
+from core.settings import SearchSettings
 from tests.helpers import make_dataset
 from tests.test_app import page, texts
 
@@ -44,7 +45,7 @@ def slow_child(monkeypatch):
 
 
 def _settings(data_dir, artifacts_dir, name):
-    return tuning.SearchSettings(
+    return SearchSettings(
         data_dir=str(data_dir), family="custom_cnn", trials=1, epochs=1, image_size=32, name=name,
         artifacts_dir=str(artifacts_dir),
     )

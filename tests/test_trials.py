@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import artifacts, trial_figures, trials, tuning
+from core import artifacts, trial_figures, trials
+from core.progress import Progress, StopFlag
+from core.settings import SearchSettings, SettingsError
+from core.tuner import trial_callbacks
 from tests.conftest import REPO
 from tests.helpers import make_trials_run
 
@@ -54,10 +57,10 @@ def test_a_resumed_search_keeps_the_history_and_retries_a_trial_from_scratch(tmp
 def test_early_stopping_ends_a_trial_that_stops_improving_and_says_so(tmp_path):
     import keras
 
-    settings = tuning.SearchSettings(data_dir=str(tmp_path), patience=2)
-    progress, stop = tuning.Progress(tmp_path), tuning.StopFlag(tmp_path)
+    settings = SearchSettings(data_dir=str(tmp_path), patience=2)
+    progress, stop = Progress(tmp_path), StopFlag(tmp_path)
     recorder, lines = trials.HistoryRecorder(tmp_path / artifacts.TRIAL_HISTORY), []
-    callbacks = tuning.trial_callbacks(settings, progress, stop, lines.append, recorder)
+    callbacks = trial_callbacks(settings, progress, stop, lines.append, recorder)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
     # A learning rate of zero: the validation AUC never changes, so only the first epoch is a best.
     model.compile(keras.optimizers.SGD(0.0), "binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
@@ -72,13 +75,13 @@ def test_early_stopping_ends_a_trial_that_stops_improving_and_says_so(tmp_path):
 
 
 def test_patience_is_checked_and_reaches_the_settings_from_the_cli(tmp_path):
-    with pytest.raises(tuning.SettingsError, match="patience"):
-        tuning.SearchSettings(data_dir=str(tmp_path), patience=-1, name="x").resolved()
+    with pytest.raises(SettingsError, match="patience"):
+        SearchSettings(data_dir=str(tmp_path), patience=-1, name="x").resolved()
     from core import cli
 
     args = cli.build_parser().parse_args(["tune", "--data", str(tmp_path), "--family", "custom_cnn", "--patience", "3"])
     assert cli.tune_settings(args).patience == 3
-    assert tuning.SearchSettings(data_dir=str(tmp_path)).patience == 0  # off unless asked for
+    assert SearchSettings(data_dir=str(tmp_path)).patience == 0  # off unless asked for
 
 
 # ---------------------------------------------------------------------------- the trial table

@@ -1,4 +1,4 @@
-"""What core.tuning relies on from Keras Tuner, checked on real (training-free) searches.
+"""What core.tuner and core.progress rely on from Keras Tuner, checked on real (training-free) searches.
 
 The search loop counts Hyperband trials with its own formula and stops a search with a
 BaseException; if a Keras Tuner release sizes brackets differently or starts catching such an
@@ -10,7 +10,8 @@ from __future__ import annotations
 import keras_tuner
 import pytest
 
-from core import tuning
+from core.progress import SearchStopped
+from core.tuner import HYPERBAND_FACTOR, hyperband_trials
 
 
 class _ScoreTuner(keras_tuner.Tuner):
@@ -24,7 +25,7 @@ class _ScoreTuner(keras_tuner.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         self.ran.append(trial.trial_id)
         if len(self.ran) == self.stop_at:
-            raise tuning.SearchStopped()
+            raise SearchStopped()
         return {"score": trial.hyperparameters.get("x")}
 
 
@@ -38,15 +39,15 @@ def _space() -> keras_tuner.HyperParameters:
 def test_hyperband_trial_count_is_keras_tuners(max_epochs, tmp_path):
     oracle = keras_tuner.oracles.HyperbandOracle(
         objective=keras_tuner.Objective("score", "max"), max_epochs=max_epochs,
-        factor=tuning.HYPERBAND_FACTOR, hyperparameters=_space(), seed=1,
+        factor=HYPERBAND_FACTOR, hyperparameters=_space(), seed=1,
     )
     tuner = _ScoreTuner(oracle=oracle, directory=str(tmp_path), project_name="hb")
     tuner.search()
-    assert len(tuner.oracle.trials) == tuning.hyperband_trials(max_epochs)
+    assert len(tuner.oracle.trials) == hyperband_trials(max_epochs)
 
 
 def test_hyperband_trials_grow_with_the_epochs():
-    counts = [tuning.hyperband_trials(epochs) for epochs in (2, 3, 9, 27)]
+    counts = [hyperband_trials(epochs) for epochs in (2, 3, 9, 27)]
     assert counts == sorted(counts) and counts[0] < counts[-1]
 
 
@@ -59,7 +60,7 @@ def _random_tuner(folder, **kwargs) -> _ScoreTuner:
 
 def test_a_stop_ends_the_search_and_its_trial_is_run_again_on_resume(tmp_path):
     first = _random_tuner(tmp_path, stop_at=2)
-    with pytest.raises(tuning.SearchStopped):
+    with pytest.raises(SearchStopped):
         first.search()
     stopped = first.ran[-1]
     assert first.oracle.trials[stopped].status not in ("FAILED", "INVALID")  # not recorded as a failure

@@ -1,0 +1,80 @@
+"""The data of a run: checked before the run folder exists, split once, read back on resume.
+
+`preflight` refuses a folder without usable images or weights that cannot be had before anything
+is written; `prepare_split` makes the patient-level split table (`splits.csv`) and the data
+summary on a run's first start and reads them back unchanged on resume; `drop_undecodable`
+takes out images that failed to decode and lists them in the summary. The splitting rules
+themselves live in `core.data`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import artifacts, data, models
+from core.settings import SearchSettings
+
+
+def preflight(settings: SearchSettings) -> data.Dataset:
+    """Check what can be checked before a run folder exists: the data and the weights.
+
+    A folder without usable images of both classes, or weights that cannot be had, is refused
+    here, so a mistake leaves no half-made run behind.
+    """
+    dataset = data.scan_folder(settings.data_dir)
+    data.require_usable(dataset)
+    spec = settings.backbone()
+    if spec is not None:
+        models.resolve_weights(spec)
+    return dataset
+
+
+def prepare_split(settings: SearchSettings, folder: Path, log, dataset: data.Dataset | None = None) -> tuple[pd.DataFrame, dict]:
+    """The run's split table: saved on the first start, read back on resume so it never changes."""
+    saved = folder / artifacts.SPLITS
+    summary = artifacts.read_json(folder / artifacts.DATA_SUMMARY)
+    if saved.exists() and summary:
+        table = artifacts.read_csv(saved)
+        missing = [p for p in table["path"] if not os.path.exists(p)]
+        if missing:
+            raise data.DataError(
+                f"{len(missing)} images of this run's split are gone (e.g. {missing[0]}): restore the data folder "
+                "or start a new run"
+            )
+        log(f"resuming with the saved split: {len(table)} images")
+        return table, summary
+    if dataset is None:
+        log(f"scanning {settings.data_dir}")
+        dataset = data.scan_folder(settings.data_dir)
+        data.require_usable(dataset)
+    table, notes = data.assign_splits(dataset.table, settings.val_fraction, settings.test_fraction, settings.seed)
+    dataset.notes.extend(notes)
+    table = data.cap_per_class(table, settings.max_per_class, settings.seed)
+    data.check_patient_disjoint(table)
+    data.require_splits(table)
+    summary = data.summarize(dataset, table)
+    artifacts.write_csv(saved, table)
+    artifacts.write_json(folder / artifacts.DATA_SUMMARY, summary)
+    for note in summary["notes"]:
+        log(f"note: {note}")
+    if summary["unreadable"]:
+        log(f"skipped {len(summary['unreadable'])} unreadable files (listed in {artifacts.DATA_SUMMARY})")
+    return table, summary
+
+
+def drop_undecodable(table: pd.DataFrame, pixels: np.ndarray, errors, folder: Path, log):
+    """The table and pixels without the images that could not be decoded, which join the summary's unreadable list."""
+    if not errors:
+        return table, pixels
+    bad = {e.path for e in errors}
+    keep = ~table["path"].isin(bad).to_numpy()
+    log(f"skipped {len(bad)} images that could not be decoded")
+    summary = artifacts.read_json(folder / artifacts.DATA_SUMMARY, {})
+    listed = {u["path"] for u in summary.get("unreadable", [])}
+    summary.setdefault("unreadable", []).extend({"path": e.path, "reason": e.reason} for e in errors if e.path not in listed)
+    artifacts.write_json(folder / artifacts.DATA_SUMMARY, summary)
+    return table[keep].reset_index(drop=True), pixels[keep]

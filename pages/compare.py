@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core import artifacts, comparison, curves, ensemble, evidence, figures, repeat, report, shift, stress, wording
+from pages import _loaders as load
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -54,7 +55,7 @@ colors = figures.run_colors(picked)
 predictions: dict[str, pd.DataFrame] = {}
 for name in picked:
     try:
-        predictions[name] = ui.predictions_for(by_name[name])
+        predictions[name] = load.predictions_for(by_name[name])
     except (artifacts.RunError, OSError, ValueError) as error:
         st.error(f"Cannot read the predictions of {name}: {error}")
 picked = [name for name in picked if name in predictions]
@@ -80,7 +81,7 @@ def choice_key(name: str) -> str:
 
 
 # The validation-chosen threshold and the operating points do not depend on the threshold in use.
-at_saved = {name: ui.evidence_for(by_name[name], saved_threshold(name), n_resamples, seed) for name in picked}
+at_saved = {name: load.evidence_for(by_name[name], saved_threshold(name), n_resamples, seed) for name in picked}
 choices = {name: at_saved[name].choices for name in picked}
 
 
@@ -110,7 +111,7 @@ for name in picked:
     st.session_state.setdefault(threshold_key(name), saved_threshold(name))
     st.session_state.setdefault(choice_key(name), evidence.VALIDATION_CHOICE)
     thresholds[name] = float(st.session_state[threshold_key(name)])
-    items[name] = ui.evidence_for(by_name[name], thresholds[name], n_resamples, seed)
+    items[name] = load.evidence_for(by_name[name], thresholds[name], n_resamples, seed)
 evidences = [items[name] for name in picked]
 scores = {name: items[name].metrics for name in picked}
 
@@ -259,7 +260,7 @@ c2.download_button(
 
 st.header("Validation against test")
 shifts = [
-    shift.run_shift(n, ui.val_predictions_for(by_name[n]), predictions[n], thresholds[n], ui.splits_for(by_name[n])) for n in picked
+    shift.run_shift(n, load.val_predictions_for(by_name[n]), predictions[n], thresholds[n], load.splits_for(by_name[n])) for n in picked
 ]
 for sentence in shift.shift_warnings(shifts):
     st.warning(f"Test is clearly worse than validation: {sentence}", icon=":material/trending_down:")
@@ -469,7 +470,7 @@ if selected and selected[0] < len(shown):
                         st.image(content, caption=f"{row['image']} · true class {row['class_name']} ({row['kind']})", width="stretch")
                         continue
                     try:
-                        picture, has_evidence = ui.gradcam_overlay(by_name[name], str(row["path"]), content, opacity)
+                        picture, has_evidence = load.gradcam_overlay(by_name[name], str(row["path"]), content, opacity)
                     except (artifacts.RunError, ValueError, OSError) as error:
                         st.caption(f"{name}: no Grad-CAM ({error})")
                         continue

@@ -7,6 +7,7 @@ import streamlit as st
 
 from core import data, demo, figures
 from core.download import DOWNLOAD_SIZE, KAGGLE_URL, DownloadError, download_public_dataset
+from pages import _loaders as load
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -68,7 +69,7 @@ if root is None:
     st.stop()
 
 try:
-    summary, table = ui.scan_for(root)
+    summary, table = load.scan_for(root)
 except data.DataError as error:
     _get_the_data(str(error))
     st.stop()
@@ -93,7 +94,7 @@ view = st.radio(
 )
 shown = summary
 if view.startswith("As a search"):
-    split_summary, split_problem = ui.split_summary_for(root)
+    split_summary, split_problem = load.split_summary_for(root)
     if split_summary is None:
         st.warning(f"A search could not split this folder: {split_problem}")
     else:

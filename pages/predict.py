@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import artifacts, data, demo, figures
+from pages import _loaders as load
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -48,7 +49,7 @@ with right:
         if from_demo:
             st.caption("Real X-rays shipped with the tool (CC BY 4.0, Kermany et al. 2018); the demo's training images "
                        "are flagged below for runs trained on them.")
-        _, table = ui.scan_for(root)
+        _, table = load.scan_for(root)
         c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
         how_many = c1.number_input("How many", 1, 24, 4, key="predict_sample_count")
         if c2.button("Pick at random", icon=":material/shuffle:", key="predict_pick", disabled=table.empty):
@@ -92,7 +93,7 @@ results: dict[str, pd.DataFrame] = {}
 with st.spinner(f"Scoring {len(images)} image{'s' if len(images) != 1 else ''} with {len(picked)} run{'s' if len(picked) != 1 else ''}…"):
     for name in picked:
         try:
-            results[name] = ui.predict_images(by_name[name], images)
+            results[name] = load.predict_images(by_name[name], images)
         except artifacts.RunError as error:
             st.error(f"{name} cannot predict: {error}")
 picked = [name for name in picked if name in results]
@@ -117,7 +118,7 @@ def gradcam(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
         for col, row in zip(cols, rows.iloc[start : start + GRADCAM_PER_ROW].itertuples(), strict=False):
             with col:
                 try:
-                    picture, has_evidence = ui.gradcam_overlay(by_name[row.run], image_name, content, opacity)
+                    picture, has_evidence = load.gradcam_overlay(by_name[row.run], image_name, content, opacity)
                 except (artifacts.RunError, ValueError, OSError) as error:
                     st.caption(f"{row.run}: no Grad-CAM ({error})")
                     continue
@@ -161,7 +162,7 @@ for index, (image_name, content) in enumerate(images):
                     "The probability below means little for such an image.", icon=":material/report:",
                 )
             st.plotly_chart(figures.probability_figure(rows, colors), key=f"fig_predict_{index}")
-            seen = [n for n in picked if sample_paths.get(image_name) in ui.trained_on(by_name[n])]
+            seen = [n for n in picked if sample_paths.get(image_name) in load.trained_on(by_name[n])]
             if seen:
                 st.caption(f":material/warning: {', '.join(seen)} trained or chose its threshold on this image: its score here is optimistic.")
         gradcam(image_name, content, rows)

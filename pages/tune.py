@@ -4,6 +4,7 @@ import streamlit as st
 
 from core import artifacts, augmentation, catalog, data, demo, jobs, models, presets, repeat
 from core.settings import TUNERS, SearchSettings, SettingsError
+from pages import _loaders as load
 from pages import _shared as ui
 from pages._space_editor import space_editor
 from pages._trials import trials_view
@@ -25,7 +26,7 @@ st.header("New search")
 root, data_problem = ui.check_data_dir(data_folder)
 if root is None:
     st.warning(f"Set a usable data folder in the sidebar first: {data_problem}", icon=":material/folder_off:")
-summary = ui.summary_for(root) if root is not None else None
+summary = load.summary_for(root) if root is not None else None
 on_demo = root is not None and demo.is_demo(root)
 if on_demo:
     st.info(

@@ -1,0 +1,253 @@
+"""The dashboard's cached loaders: every read of a data folder or a run file that a page repeats.
+
+Each loader is a Streamlit cache (`st.cache_data`, or `st.cache_resource` for Keras models)
+keyed by a file's mtime or a folder fingerprint, so a changed run or folder is re-read and an
+unchanged one costs nothing on the next rerun. The pages call the public `*_for` functions; the
+work itself is `core`'s (scan, split, predictions, evidence, Grad-CAM).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import artifacts, data
+
+# --------------------------------------------------------------------------
+# Data folders
+# --------------------------------------------------------------------------
+
+
+def folder_fingerprint(root: Path) -> str:
+    """Changes when images are added to or removed from the split and class folders."""
+    digest = hashlib.sha256(str(root).encode())
+    folders = [root]
+    for _ in range(2):  # root -> split folders -> class folders
+        children = []
+        for folder in folders:
+            try:
+                children += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                continue
+        folders += children
+        folders = list(dict.fromkeys(folders))
+    for folder in folders:
+        try:
+            digest.update(f"|{folder}|{folder.stat().st_mtime_ns}".encode())
+        except OSError:
+            digest.update(f"|{folder}|gone".encode())
+    return digest.hexdigest()[:20]
+
+
+@st.cache_data(max_entries=4, show_spinner="Scanning the data folder…")
+def _dataset(root: str, fingerprint: str) -> data.Dataset:
+    """One scan per version of a folder (checking every image's header is the slow part)."""
+    return data.scan_folder(root)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _scan(root: str, fingerprint: str) -> tuple[dict, pd.DataFrame]:
+    dataset = _dataset(root, fingerprint)
+    return data.summarize(dataset), dataset.table
+
+
+@st.cache_data(max_entries=4, show_spinner="Splitting by patient…")
+def _split(root: str, fingerprint: str, seed: int = 42) -> tuple[dict | None, str]:
+    dataset = _dataset(root, fingerprint)  # a copy: cache_data hands out copies, so notes can grow
+    try:
+        data.require_usable(dataset)
+        table, notes = data.assign_splits(dataset.table, seed=seed)
+    except data.DataError as error:
+        return None, str(error)
+    dataset.notes.extend(notes)
+    return data.summarize(dataset, table), ""
+
+
+def summary_for(root: Path) -> dict | None:
+    try:
+        return _scan(str(root), folder_fingerprint(root))[0]
+    except data.DataError:
+        return None
+
+
+def scan_for(root: Path) -> tuple[dict, pd.DataFrame]:
+    return _scan(str(root), folder_fingerprint(root))
+
+
+def split_summary_for(root: Path) -> tuple[dict | None, str]:
+    return _split(str(root), folder_fingerprint(root))
+
+
+
+# --------------------------------------------------------------------------
+# Run files
+# --------------------------------------------------------------------------
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _model(path: str, mtime_ns: int):
+    from core import evaluation
+
+    return evaluation.load_model(path)
+
+
+def model_for(run: artifacts.Run):
+    """The run's loaded model; for an ensemble, {member name: model} (what `core` then expects)."""
+    if run.is_ensemble:
+        return {name: _model(str(path), _mtime(path)) for name, path in zip(run.members, run.model_paths, strict=True)}
+    return _model(str(run.model_path), _mtime(run.model_path))
+
+
+def models_mtime(run: artifacts.Run) -> tuple[int, ...]:
+    """The mtimes of the model files a run predicts with (its members' for an ensemble): a cache key."""
+    try:
+        return tuple(_mtime(path) for path in run.model_paths)
+    except artifacts.RunError:
+        return ()
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _predictions(path: str, mtime_ns: int) -> pd.DataFrame:
+    return artifacts.read_csv(path)
+
+
+def predictions_for(run: artifacts.Run) -> pd.DataFrame:
+    path = run.folder / artifacts.PREDICTIONS
+    if not path.exists():
+        raise artifacts.RunError(f"run {run.name!r} has no test predictions yet (state: {run.state})")
+    return _predictions(str(path), _mtime(path))
+
+
+def val_predictions_for(run: artifacts.Run) -> pd.DataFrame | None:
+    """The run's validation predictions (cached), or None for runs saved before they were kept."""
+    path = run.folder / artifacts.VAL_PREDICTIONS
+    return _predictions(str(path), _mtime(path)) if path.exists() else None
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _splits(path: str, mtime_ns: int) -> pd.DataFrame:
+    return artifacts.read_csv(path, usecols=["path", "split", "folder_split"])
+
+
+def splits_for(run: artifacts.Run) -> pd.DataFrame | None:
+    """The run's split table (path, split, folder_split), cached; None when it has none."""
+    path = run.folder / artifacts.SPLITS
+    return _splits(str(path), _mtime(path)) if path.exists() else None
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _trained_on(path: str, mtime_ns: int) -> frozenset[str]:
+    table = artifacts.read_csv(path, usecols=["path", "split"])
+    return frozenset(table.loc[table["split"].isin(["train", "val"]), "path"])
+
+
+def trained_on(run: artifacts.Run) -> frozenset[str]:
+    """Paths of the images a run trained or chose its threshold on (from its splits.csv)."""
+    path = run.folder / artifacts.SPLITS
+    return _trained_on(str(path), _mtime(path)) if path.exists() else frozenset()
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], images: tuple[tuple[str, bytes], ...]) -> pd.DataFrame:
+    from core import evaluation
+
+    run = artifacts.load_run(artifacts_folder, name)
+    model = model_for(run)
+    with tempfile.TemporaryDirectory(prefix="cxr-predict-") as folder:
+        paths = []
+        for i, (file_name, content) in enumerate(images):
+            suffix = Path(file_name).suffix.lower()
+            path = Path(folder) / f"{i:04d}{suffix if suffix in data.IMAGE_EXTENSIONS else '.img'}"
+            path.write_bytes(content)
+            paths.append(str(path))
+        table = evaluation.predict_files(run, paths, model=model, unusual=True)
+    names = [file_name for file_name, _ in images]
+    # Reasons name the temporary copy: name the file the user gave instead.
+    table["error"] = [error.replace(path, name) for error, path, name in zip(table["error"], paths, names, strict=True)]
+    table.insert(0, "image", names)
+    return table.drop(columns=["path"])
+
+
+def predict_images(run: artifacts.Run, images: list[tuple[str, bytes]]) -> pd.DataFrame:
+    """Score (name, bytes) images with a run: image, probability, label, error, unusual, unusual_reason (one row each)."""
+    return _predict(str(run.folder.parent), run.name, models_mtime(run), tuple(images))
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _evidence(
+    path: str, mtime_ns: int, val_path: str, val_mtime_ns: int, name: str, threshold: float, saved_threshold: float, n_resamples: int, seed: int
+):
+    from core import evidence
+
+    validation = _predictions(val_path, val_mtime_ns) if val_mtime_ns else None
+    return evidence.run_evidence(
+        name, _predictions(path, mtime_ns), threshold, saved_threshold, n_resamples=n_resamples, seed=seed, validation=validation
+    )
+
+
+def evidence_for(run: artifacts.Run, threshold: float, n_resamples: int, seed: int):
+    """The run's `core.evidence.RunEvidence` at `threshold`, cached on its predictions file's mtime."""
+    path = run.folder / artifacts.PREDICTIONS
+    if not path.exists():
+        raise artifacts.RunError(f"run {run.name!r} has no test predictions yet (state: {run.state})")
+    val_path = run.folder / artifacts.VAL_PREDICTIONS  # absent in older runs (mtime 0): points then come from test
+    return _evidence(
+        str(path), _mtime(path), str(val_path), _mtime(val_path), run.name, float(threshold), run.threshold, int(n_resamples), int(seed)
+    )
+
+
+
+# --------------------------------------------------------------------------
+# Grad-CAM
+# --------------------------------------------------------------------------
+
+# Grad-CAM overlays are shown this wide at most: the original is shrunk to it before blending.
+OVERLAY_PX = 640
+
+
+@st.cache_data(max_entries=96, show_spinner=False)
+def _heatmap(
+    artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], file_name: str, content: bytes
+) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    from core import explanation
+
+    run = artifacts.load_run(artifacts_folder, name)
+    model = model_for(run)
+    suffix = Path(file_name).suffix.lower()
+    with tempfile.TemporaryDirectory(prefix="cxr-gradcam-") as folder:
+        path = Path(folder) / f"image{suffix if suffix in data.IMAGE_EXTENSIONS else '.img'}"
+        path.write_bytes(content)
+        heatmap, original = explanation.heatmap_for_run(run, path, model=model)
+    original.thumbnail((OVERLAY_PX, OVERLAY_PX), Image.Resampling.LANCZOS)
+    return heatmap, np.asarray(original)
+
+
+def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity: float = 0.4):
+    """(the run's Grad-CAM of one image blended over it, whether any region points to pneumonia).
+
+    The picture is PIL RGB at most OVERLAY_PX wide. The heatmap is cached per run, model file and
+    image bytes; only the blend follows `opacity`. An ensemble's is the weighted mean of its
+    members' heatmaps (`core.explanation.combine_heatmaps`). An all-zero heatmap (nothing in the image pushes
+    the run towards pneumonia) gives a uniformly cold overlay, hence the flag. Raises `RunError`
+    (no model) or `ValueError`/`OSError` (an image or a model Grad-CAM cannot use).
+    """
+    from core import explanation
+
+    if not run.has_model:
+        raise artifacts.RunError(f"run {run.name!r} has no saved model")
+    heatmap, original = _heatmap(str(run.folder.parent), run.name, models_mtime(run), file_name, content)
+    return explanation.overlay(original, heatmap, opacity=float(opacity)), bool(np.max(heatmap) > 0)

@@ -290,7 +290,7 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     tables = [evaluation.predict_files(m, paths, model=(models or {}).get(m.name), engine=engine) for m in members]
     scores = np.column_stack([t["probability"].to_numpy(dtype=np.float64) for t in tables])
     errors = [next((e for e in row if e), "") for row in zip(*(t["error"] for t in tables), strict=True)]
-    threshold = float((run.metrics or {}).get("threshold", 0.5))
+    threshold = run.threshold
     combined = evaluation.saved_precision(combine(scores, weights))  # the label is decided on the number shown
     rows = []
     for path, score, error in zip(paths, combined, errors, strict=True):

@@ -214,7 +214,7 @@ def _predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str
         raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
     model = model or load_model(run.model_path)
     size = run_image_size(run)
-    threshold = float((run.metrics or {}).get("threshold", 0.5))
+    threshold = run.threshold
     rows, pixels, readable = [], [], []
     for path in paths:
         try:
@@ -259,7 +259,7 @@ def evaluate_run_on_folder(run: artifacts.Run, folder: str, split: str = "test",
     ok = predictions["error"] == ""
     y_true = data.BINARY.labels(table)[ok.to_numpy()]
     scores = predictions.loc[ok, "probability"].to_numpy(float)
-    threshold = float((run.metrics or {}).get("threshold", 0.5))
+    threshold = run.threshold
     metrics = summarize_predictions(y_true, scores, threshold)
     metrics.update({"threshold": threshold, "unreadable": int((~ok).sum()), "patients_seen_in_training": len(overlap)})
     return metrics, predictions

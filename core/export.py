@@ -61,7 +61,7 @@ def _interval_row(label: str, ev: evidence.RunEvidence) -> str:
 def model_card(run: Run) -> str:
     """MODEL_CARD.md for a finished run (see the module's docstring for where the numbers come from)."""
     metrics, settings = run.metrics or {}, run.settings
-    threshold = float(metrics.get("threshold", 0.5))
+    threshold = run.threshold
     size = int(settings.get("image_size") or 224)
     summary = run.read(artifacts.DATA_SUMMARY, {}) or {}
     test_ev = evidence.run_evidence(run.name, run.predictions(), threshold, threshold, validation=run.val_predictions())

@@ -103,7 +103,7 @@ def for_run(run: Run, threshold: float | None = None, test: pd.DataFrame | None 
     at `threshold` (default: its validation-chosen one)."""
     path = run.folder / SPLITS
     splits = read_csv(path, usecols=["split", "folder_split"]) if path.exists() else None
-    chosen = float((run.metrics or {}).get("threshold", 0.5)) if threshold is None else float(threshold)
+    chosen = run.threshold if threshold is None else float(threshold)
     return run_shift(run.name, run.val_predictions(), run.predictions() if test is None else test, chosen, splits)
 
 

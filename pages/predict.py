@@ -142,7 +142,7 @@ for index, (image_name, content) in enumerate(images):
             "run": picked,
             "probability": [results[n]["probability"].iat[index] for n in picked],
             "label": [results[n]["label"].iat[index] for n in picked],
-            "threshold": [float(by_name[n].metrics.get("threshold", 0.5)) for n in picked],
+            "threshold": [by_name[n].threshold for n in picked],
             "unusual": [_flag(results[n], "unusual", index) for n in picked],
             "unusual_reason": [_flag(results[n], "unusual_reason", index) for n in picked],
         }

@@ -131,8 +131,6 @@ ARCHITECTURES = {
     )
 }
 MOBILENET_VERSIONS = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3": "mobilenet_v3_large", "v3_small": "mobilenet_v3_small"}
-# The width multipliers each version has (Keras refuses others, and only these have ImageNet weights).
-MOBILENET_WIDTHS = {version: tuple(ARCHITECTURES[name].widths) for version, name in MOBILENET_VERSIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -404,8 +402,10 @@ class Cost:
 class Family:
     """A searchable model family: everything the search, the Tune page and the cost estimate need.
 
-    A transfer family names its backbone `architecture` (with `versions` to choose from, if any);
-    a family without one is trained from scratch on pixels: no backbone, no modes, no weights.
+    A transfer family names its backbone `architecture` (with `versions` to choose from, if any,
+    `architecture` being the default one); a family without one is trained from scratch on pixels:
+    no backbone, no modes, no weights. The Tune page's version and width lists and the settings
+    check read `versions` and `widths` from here.
     """
 
     name: str
@@ -415,10 +415,36 @@ class Family:
     cost: Cost
     architecture: str | None = None  # in ARCHITECTURES; None: trained from scratch
     versions: dict[str, str] = field(default_factory=dict, hash=False)  # version -> architecture
+    label: str = ""  # the family's name in messages and widget labels ("MobileNet"); default: `name`
 
     @property
     def transfer(self) -> bool:
         return self.architecture is not None
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+    @property
+    def default_version(self) -> str | None:
+        """The version whose architecture is `architecture`; None for a family without versions."""
+        return next((v for v, name in self.versions.items() if name == self.architecture), None)
+
+    def widths(self, version: str | None = None) -> tuple[float, ...]:
+        """The width multipliers (alpha) the version's backbone comes in; () when it has no width choice.
+
+        Keras refuses other widths, and only these have ImageNet weights.
+        """
+        if not self.transfer:
+            return ()
+        name = self.versions.get(version or self.default_version, "") if self.versions else self.architecture
+        return tuple(ARCHITECTURES[name].widths) if name in ARCHITECTURES else ()
+
+    @property
+    def all_widths(self) -> tuple[float, ...]:
+        """Every width any version of the family comes in, smallest first (the Tune page's list)."""
+        versions = self.versions or {None: self.architecture}
+        return tuple(sorted({width for version in versions for width in self.widths(version)}))
 
     @property
     def min_image_size(self) -> int:
@@ -426,10 +452,10 @@ class Family:
         names = [*self.versions.values(), self.architecture] if self.transfer else []
         return max([32, *(ARCHITECTURES[name].min_image_size for name in names)])
 
-    def backbone(self, image_size: int, weights: str, version: str = "v2", alpha: float = 1.0) -> BackboneSpec | None:
+    def backbone(self, image_size: int, weights: str, version: str | None = None, alpha: float = 1.0) -> BackboneSpec | None:
         if not self.transfer:
             return None
-        name = self.versions[version] if self.versions else self.architecture
+        name = self.versions[version or self.default_version] if self.versions else self.architecture
         return BackboneSpec(name, image_size, weights, alpha if ARCHITECTURES[name].widths else 1.0)
 
 
@@ -443,7 +469,7 @@ FAMILIES = {
             "Fine-tuning trains the blocks above a cut on activations cached once per image (with augmented "
             "copies): tens of seconds per epoch on all images at 224 px.",
             Cost(frozen_pass_ms=2.6, finetune_step_ms=12.0, bottom_pass_ms=2.5, top_step_ms=5.0),
-            "mobilenet_v2", MOBILENET_VERSIONS,
+            "mobilenet_v2", MOBILENET_VERSIONS, label="MobileNet",
         ),
         Family(
             "inception_v3", 299, "InceptionV3: the backbone of Kermany et al. (2018)",

@@ -114,11 +114,11 @@ class SearchSettings:
             problems.append("batch size must be between 1 and 4096")
         if self.max_per_class is not None and int(self.max_per_class) < 4:
             problems.append("max images per class must be at least 4 (or unset for all images)")
-        if self.mobilenet_version not in models.MOBILENET_VERSIONS:
-            problems.append(f"MobileNet version must be one of {', '.join(models.MOBILENET_VERSIONS)}")
-        widths = models.MOBILENET_WIDTHS.get(self.mobilenet_version, ())
-        if self.family == "mobilenet" and self.alpha not in widths:
-            problems.append(f"MobileNet {self.mobilenet_version} comes in widths (alpha) {', '.join(map(str, widths))}")
+        family = self.family_info
+        if family.versions and self.mobilenet_version not in family.versions:
+            problems.append(f"{family.title} version must be one of {', '.join(family.versions)}")
+        elif (widths := family.widths(self.mobilenet_version)) and self.alpha not in widths:
+            problems.append(f"{family.title} {self.mobilenet_version} comes in widths (alpha) {', '.join(map(str, widths))}")
         if weights_problem := models.weights_problem(self.weights):
             problems.append(weights_problem)
         if not (0.05 <= self.val_fraction <= 0.4 and 0.05 <= self.test_fraction <= 0.4):

@@ -127,7 +127,7 @@ with st.container(border=True):
             weights = st.text_input("Weights file (.h5)", key="tune_weights_file").strip()
         elif weights_choice == "imagenet":
             spec = info.backbone(
-                int(image_size), "imagenet", st.session_state.get("tune_mobilenet_version", "v2"), st.session_state.get("tune_alpha", 1.0)
+                int(image_size), "imagenet", st.session_state.get("tune_mobilenet_version", info.default_version), st.session_state.get("tune_alpha", 1.0)
             )
             try:
                 local = models.keras_models_dir() / spec.arch.weights_file(int(image_size), spec.alpha)
@@ -157,7 +157,7 @@ with st.container(border=True):
 
     space_edits = space_editor(family, mode, int(image_size), augment)
 
-    version, alpha = "v2", 1.0
+    version, alpha = info.default_version or "v2", 1.0  # a family without versions ignores them
     with st.expander("More settings"):
         c1, c2, c3, c4 = st.columns(4)
         batch_size = c1.number_input("Batch size", 1, 4096, 32, key="tune_batch_size")
@@ -172,12 +172,15 @@ with st.container(border=True):
             help="Test-time augmentation: evaluation and predictions average the probability over this many fixed views "
             "of each image (the image, a small zoom, small shifts). 1 = off.",
         )
-        if family == "mobilenet":
-            version = c3.selectbox("MobileNet version", sorted(models.MOBILENET_VERSIONS), index=sorted(models.MOBILENET_VERSIONS).index("v2"), key="tune_mobilenet_version")
-            widths = sorted({width for version_widths in models.MOBILENET_WIDTHS.values() for width in version_widths})
+        if info.versions:
+            versions = sorted(info.versions)
+            version = c3.selectbox(
+                f"{info.title} version", versions, index=versions.index(info.default_version), key="tune_mobilenet_version"
+            )
+        if widths := list(info.all_widths):
             alpha = c4.selectbox(
                 "Width (alpha)", widths, index=widths.index(1.0), key="tune_alpha",
-                help="; ".join(f"{v} takes {', '.join(map(str, w))}" for v, w in models.MOBILENET_WIDTHS.items()),
+                help="; ".join(f"{v} takes {', '.join(map(str, info.widths(v)))}" for v in info.versions),
             )
 
     total_images = summary["total_images"] if summary else 0

@@ -216,6 +216,32 @@ def test_one_weights_check_for_settings_and_backbones(tmp_path):
             models.resolve_weights(models.BackboneSpec("mobilenet_v2", 224, bad))
 
 
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_settings_take_the_versions_and_widths_of_the_familys_entry(family, tmp_path):
+    """The settings check knows versions and widths only through the registry entry."""
+    from core.settings import SearchSettings, SettingsError
+
+    info = models.FAMILIES[family]
+    base = {"data_dir": str(tmp_path), "family": family, "weights": "none"}
+    for version in info.versions or [None]:
+        name = info.versions[version] if version else info.architecture
+        widths = tuple(models.ARCHITECTURES[name].widths) if name else ()
+        assert info.widths(version) == widths
+        assert set(widths) <= set(info.all_widths)
+        chosen = {**base, "mobilenet_version": version or "v2"}
+        for alpha in widths:
+            assert SearchSettings(**chosen, alpha=alpha).resolved().alpha == alpha
+        if widths:
+            with pytest.raises(SettingsError, match=f"{info.title} {version} comes in widths"):
+                SearchSettings(**chosen, alpha=0.123).resolved()
+    if info.versions:
+        assert info.versions[info.default_version] == info.architecture
+        with pytest.raises(SettingsError, match=f"{info.title} version must be one of"):
+            SearchSettings(**base, mobilenet_version="v0").resolved()
+    else:
+        assert info.default_version is None and info.all_widths == info.widths()
+
+
 @pytest.mark.parametrize("family", TRANSFER)
 def test_each_familys_default_cut_splits_its_backbone(family):
     from core import activations

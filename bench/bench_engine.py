@@ -2,16 +2,16 @@
 
 Run by hand from the repository root:
 
-    python bench/bench_engine.py            # 256 images per model, batch 32, ~4 min on 2 cores
-    python bench/bench_engine.py --quick    # 64 images, ~1 min
+    python bench/bench_engine.py            # 256 images per family, batch 32
+    python bench/bench_engine.py --quick    # 64 images, fewer passes
 
-For each model it prints images/s over a batched pass and the median latency of one image, for
-`model.predict`, the `keras` engine (a tf.function) and the `auto` engine, with the speed-up over
-`model.predict`. MobileNetV2 uses ImageNet weights when $KERAS_HOME holds them (e.g.
-KERAS_HOME=../shared/keras_home), random weights otherwise; InceptionV3 and the custom CNN use random
-weights. Random-weight models get their batch norms set from one batch, so activations have a
-realistic scale (a random network's signal otherwise shrinks towards denormal floats, which are
-slow on x86 and would distort the timings).
+For each model family of the registry (`core.models.FAMILIES`, at its default input size) it
+prints images/s over a batched pass and the median latency of one image, for `model.predict`, the
+`keras` engine (a tf.function) and the `auto` engine, with the speed-up over `model.predict`.
+A backbone uses ImageNet weights when $KERAS_HOME holds them (e.g. KERAS_HOME=../shared/keras_home),
+random weights otherwise; the custom CNN uses random weights. Random-weight models get their batch
+norms set from one batch, so activations have a realistic scale (a random network's signal
+otherwise shrinks towards denormal floats, which are slow on x86 and would distort the timings).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: n
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 import keras  # noqa: E402
+import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core import models  # noqa: E402
 from core.engine import default_threads, make_engine  # noqa: E402
-
-MOBILENET_V2_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
 def _calibrate_batchnorm(model: keras.Model, x: np.ndarray) -> None:
@@ -50,46 +50,28 @@ def _calibrate_batchnorm(model: keras.Model, x: np.ndarray) -> None:
         bn.momentum = 0.99
 
 
-def _transfer_model(constructor: Callable[..., keras.Model], size: int, weights: str | None) -> keras.Model:
-    """Images 0..255 -> Rescaling -> backbone (inference mode) -> Dropout -> Dense sigmoid."""
-    base = constructor(include_top=False, weights=weights, pooling="avg", input_shape=(size, size, 3))
-    if weights is None:
-        _calibrate_batchnorm(base, np.random.default_rng(0).uniform(-1, 1, (8, size, size, 3)).astype(np.float32))
-    inputs = keras.Input((size, size, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    x = keras.layers.Dropout(0.2)(base(x, training=False))
-    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+def family_model(name: str) -> tuple[keras.Model, str]:
+    """The family's inference model at its default input size, as a search would save it.
 
-
-def mobilenet_v2() -> tuple[keras.Model, str]:
-    home = os.environ.get("KERAS_HOME")
-    imagenet = bool(home) and (Path(home) / "models" / MOBILENET_V2_FILE).is_file()
-    model = _transfer_model(keras.applications.MobileNetV2, 224, "imagenet" if imagenet else None)
-    return model, f"MobileNetV2 224 ({'imagenet' if imagenet else 'random'})"
-
-
-def inception_v3() -> tuple[keras.Model, str]:
-    return _transfer_model(keras.applications.InceptionV3, 299, None), "InceptionV3 299 (random)"
-
-
-def custom_cnn() -> tuple[keras.Model, str]:
-    """Like core.models.build_custom_cnn's default: 3 conv blocks (32/64/128), dense 64."""
-    inputs = keras.Input((224, 224, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    for filters in (32, 64, 128):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.3)(x)
-    x = keras.layers.Dense(64, activation="relu")(x)
-    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
-    _calibrate_batchnorm(model, np.random.default_rng(0).uniform(0, 255, (8, 224, 224, 3)).astype(np.float32))
-    return model, "custom CNN 224 (random)"
-
-
-MODELS = {"mobilenet_v2": mobilenet_v2, "inception_v3": inception_v3, "custom_cnn": custom_cnn}
+    A transfer family: its backbone (with its own preprocessing) and a sigmoid head, on ImageNet
+    weights when `$KERAS_HOME/models` holds the file, random weights otherwise. The custom CNN:
+    `build_custom_cnn` at its default hyperparameters, random weights.
+    """
+    family = models.FAMILIES[name]
+    size = family.default_image_size
+    sample = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
+    if not family.transfer:
+        model = models.build_custom_cnn(keras_tuner.HyperParameters(), size)
+        _calibrate_batchnorm(model, sample)
+        return model, f"{name} {size} (random)"
+    arch = models.ARCHITECTURES[family.architecture]
+    imagenet = (models.keras_models_dir() / arch.weights_file(size)).is_file()
+    backbone = models.build_backbone(models.BackboneSpec(arch.name, size, "imagenet" if imagenet else "none"))
+    if not imagenet:
+        _calibrate_batchnorm(backbone, sample)
+    x = keras.layers.Dropout(0.2)(backbone.output)
+    model = keras.Model(backbone.input, keras.layers.Dense(1, activation="sigmoid")(x))
+    return model, f"{arch.name} {size} ({'imagenet' if imagenet else 'random'})"
 
 
 def _time_pass(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> float:
@@ -110,7 +92,7 @@ def _latency_ms(run_one: Callable[[np.ndarray], np.ndarray], sample: np.ndarray,
 
 
 def bench_model(name: str, n_images: int, batch: int, calls: int, repeats: int, threads: int | None) -> list[dict]:
-    model, label = MODELS[name]()
+    model, label = family_model(name)
     size = model.input_shape[1]
     x = np.random.default_rng(1).uniform(0, 255, (n_images, size, size, 3)).astype(np.float32)
 
@@ -177,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=None, help="images per throughput pass (default 256)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="TF Lite threads (default: all usable cores)")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(models.FAMILIES), default=list(models.FAMILIES))
     args = parser.parse_args(argv)
     n_images = args.images or (64 if args.quick else 256)
     calls = 10 if args.quick else 20

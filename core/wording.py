@@ -75,6 +75,8 @@ def choice_option(key: str, choice: ThresholdChoice | None) -> str:
 
 # Metric of `evidence.INTERVAL_METRICS` -> its column title in every table.
 INTERVAL_TITLES = dict(zip(INTERVAL_METRICS, ("AUC", "sensitivity", "specificity", "accuracy"), strict=True))
+# The metrics table's other number columns: point estimates without an interval.
+POINT_METRIC_TITLES = ("precision", "F1", "average precision", "Brier", "ECE")
 
 
 def format_interval(interval: statistics.Interval | None, digits: int = 3) -> str:

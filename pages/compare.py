@@ -211,7 +211,7 @@ st.dataframe(
     metrics_table, hide_index=True, key="metrics_table",
     column_config={
         "threshold": number(format="%.3f"),
-        **{k: number(format="%.3f") for k in ("accuracy", "AUC", "sensitivity", "specificity", "precision", "F1", "average precision", "Brier", "ECE")},
+        **{k: number(format="%.3f") for k in (*wording.INTERVAL_TITLES.values(), *wording.POINT_METRIC_TITLES)},
         **{f"{k} {ci}": st.column_config.TextColumn(help=interval_help) for k in wording.INTERVAL_TITLES.values()},
         "parameters": number(format="localized"),
         "training time (s)": number(format="%.1f", help="Time of the hyperparameter search (all trials)"),

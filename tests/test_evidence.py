@@ -150,6 +150,10 @@ def test_tables_show_the_intervals(predictions):
     assert row["AUC 95% CI"] == f"{auc.low:.3f}–{auc.high:.3f}"
     combined = wording.metrics_table([ev], combined=True).iloc[0]
     assert combined["AUC (95% CI)"] == f"{auc.estimate:.3f} ({auc.low:.3f}–{auc.high:.3f})"
+    # Compare formats the metric columns by these names: they must be every metric column there is.
+    table = wording.metrics_table([ev])
+    metric_columns = [c for c in table.columns if c not in ("run", "threshold", "test images", "test patients") and "CI" not in c]
+    assert sorted(metric_columns) == sorted([*wording.INTERVAL_TITLES.values(), *wording.POINT_METRIC_TITLES])
     errors = evidence.errors_table([ev, evidence.run_evidence("again", predictions, 0.2, n_resamples=50)])
     assert list(errors["run"].unique()) == ["synthetic", "again"]
     assert errors.loc[(errors["run"] == "again") & (errors["kind"] == "all"), "threshold"].item() == 0.2

@@ -97,7 +97,9 @@ def join(cut: CutBackbone, trained: keras.Model) -> keras.Model:
     return keras.Model(cut.bottom.input, trained(cut.bottom.output), name="classifier")
 
 
-# ---------------------------------------------------------------------------- the cache
+# --------------------------------------------------------------------------
+# The cache
+# --------------------------------------------------------------------------
 
 
 def cache_key(spec: BackboneSpec, cut: str, seed: int = 0) -> str:
@@ -227,7 +229,9 @@ def _fill(path: Path, paths, image_size, shape, bottom_pass, views, progress, st
     return errors
 
 
-# ---------------------------------------------------------------------------- training data
+# --------------------------------------------------------------------------
+# Training data
+# --------------------------------------------------------------------------
 
 
 def training_dataset(views: np.ndarray | None, clean: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):

@@ -52,7 +52,9 @@ class RunError(ValueError):
     """A run that does not exist, has a bad name or cannot be used; the message says why."""
 
 
-# ---------------------------------------------------------------------------- atomic writes
+# --------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
@@ -136,7 +138,9 @@ def save_model(path: str | os.PathLike, model) -> None:
     atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
 
 
-# ---------------------------------------------------------------------------- names and folders
+# --------------------------------------------------------------------------
+# Names and folders
+# --------------------------------------------------------------------------
 
 
 def default_artifacts_dir() -> Path:
@@ -164,7 +168,9 @@ def existing_run_dir(artifacts: str | os.PathLike, name: str) -> Path:
     return folder
 
 
-# ---------------------------------------------------------------------------- process liveness
+# --------------------------------------------------------------------------
+# Process liveness
+# --------------------------------------------------------------------------
 
 
 def this_host() -> str:
@@ -199,7 +205,9 @@ def effective_state(progress: dict | None) -> str:
     return state
 
 
-# ---------------------------------------------------------------------------- a lock per run
+# --------------------------------------------------------------------------
+# A lock per run
+# --------------------------------------------------------------------------
 
 
 @contextmanager
@@ -240,7 +248,9 @@ def is_locked(folder: Path) -> bool:
     return False
 
 
-# ---------------------------------------------------------------------------- reading runs
+# --------------------------------------------------------------------------
+# Reading runs
+# --------------------------------------------------------------------------
 
 
 @dataclass

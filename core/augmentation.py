@@ -126,7 +126,9 @@ def augmented_views(pixels: np.ndarray, augmentation: Augmentation, views: int, 
     return out
 
 
-# ---------------------------------------------------------------------------- test-time views
+# --------------------------------------------------------------------------
+# Test-time views
+# --------------------------------------------------------------------------
 
 
 def tta_views(pixels: np.ndarray, views: int) -> list[np.ndarray]:

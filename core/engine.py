@@ -227,8 +227,9 @@ def convert_to_tflite(model: keras.Model) -> bytes:
     fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=False)
     concrete = fn.get_concrete_function()
     # No public TensorFlow API freezes a concrete function's variables into constants (the public
-    # routes are the SavedModel export below, ~4x slower, or the model as trackable, NaN outputs), so this
-    # one private import stays; tests/test_engine.py fails if it moves, and here it only costs speed.
+    # routes are the SavedModel export below, much slower: README, "Benchmarks"; or the model as
+    # trackable: NaN outputs), so this one private import stays; tests/test_engine.py fails if it
+    # moves, and here it only costs speed.
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     except ImportError:

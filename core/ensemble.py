@@ -38,7 +38,9 @@ MAX_GRID_POINTS = 2000  # the grid gets coarser with more members so it stays un
 _ROW_COLUMNS = ["path", "patient", "kind", "class_name", "y_true"]
 
 
-# ---------------------------------------------------------------------------- weights
+# --------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------
 
 
 def grid_steps(n_members: int, max_points: int = MAX_GRID_POINTS) -> int:
@@ -95,7 +97,9 @@ def combine(member_scores: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     return np.asarray(member_scores, dtype=np.float64) @ (w / w.sum())
 
 
-# ---------------------------------------------------------------------------- members
+# --------------------------------------------------------------------------
+# Members
+# --------------------------------------------------------------------------
 
 
 def _problem(run: Run) -> str:
@@ -172,7 +176,9 @@ def total(values: list) -> float | None:
     return round(sum(numbers), 3) if len(numbers) == len(values) else None
 
 
-# ---------------------------------------------------------------------------- building one
+# --------------------------------------------------------------------------
+# Building one
+# --------------------------------------------------------------------------
 
 
 def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str, weighted: bool = False) -> Run:
@@ -259,7 +265,9 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
     return artifacts.load_run(artifacts_dir, name)
 
 
-# ---------------------------------------------------------------------------- using one
+# --------------------------------------------------------------------------
+# Using one
+# --------------------------------------------------------------------------
 
 
 def member_runs(run: Run) -> list[Run]:

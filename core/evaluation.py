@@ -166,7 +166,9 @@ def time_inference(model, sample_pixels: np.ndarray, engine: str = "auto", cache
     return {"engine": runner.name, "ms_per_image": round(batched * 1000, 3), "single_image_ms": round(float(np.median(singles)) * 1000, 3)}
 
 
-# ---------------------------------------------------------------------------- saved runs
+# --------------------------------------------------------------------------
+# Saved runs
+# --------------------------------------------------------------------------
 
 
 def load_model(path: str | os.PathLike):

@@ -34,7 +34,9 @@ COLORMAPS = ("jet", "turbo")
 _LOCK = threading.Lock()
 
 
-# ---------------------------------------------------------------------------- the feature map
+# --------------------------------------------------------------------------
+# The feature map
+# --------------------------------------------------------------------------
 
 
 def _is_model(layer) -> bool:
@@ -122,7 +124,9 @@ def _output_dense(model):
     return layer if isinstance(layer, keras.layers.Dense) else None
 
 
-# ---------------------------------------------------------------------------- Grad-CAM
+# --------------------------------------------------------------------------
+# Grad-CAM
+# --------------------------------------------------------------------------
 
 
 @contextmanager
@@ -226,7 +230,9 @@ def grad_cam(model: keras.Model, image: np.ndarray, layer: keras.layers.Layer | 
     return (cam / peak).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------- saved runs
+# --------------------------------------------------------------------------
+# Saved runs
+# --------------------------------------------------------------------------
 
 
 def load_original(path: str | Path) -> Image.Image:
@@ -287,7 +293,9 @@ def combine_heatmaps(heatmaps: list[np.ndarray], weights: list[float]) -> np.nda
     return (total / peak).astype(np.float32) if np.isfinite(peak) and peak > 0 else np.zeros((height, width), np.float32)
 
 
-# ---------------------------------------------------------------------------- overlays
+# --------------------------------------------------------------------------
+# Overlays
+# --------------------------------------------------------------------------
 
 
 def colorize(values: np.ndarray, colormap: str = "jet") -> np.ndarray:

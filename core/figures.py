@@ -1,4 +1,4 @@
-"""Plotly figure builders for the dashboard (and any later HTML report).
+"""Plotly figure builders for the dashboard and the HTML report (`core.report`).
 
 Pure functions: plain dicts and DataFrames in, a `plotly.graph_objects.Figure` out, every axis
 titled with its unit. No Streamlit in here, so a report can call the same builders and
@@ -47,7 +47,9 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int 
     return fig
 
 
-# ---------------------------------------------------------------------------- data set
+# --------------------------------------------------------------------------
+# Data set
+# --------------------------------------------------------------------------
 
 
 def images_per_split_figure(images: Mapping[str, Mapping[str, int]]) -> go.Figure:
@@ -102,7 +104,9 @@ def class_balance_figure(images: Mapping[str, Mapping[str, int]]) -> go.Figure:
     return fig
 
 
-# ---------------------------------------------------------------------------- comparing runs
+# --------------------------------------------------------------------------
+# Comparing runs
+# --------------------------------------------------------------------------
 
 
 def _legend_below(fig: go.Figure, entries: int, subtitle: str = "", base_height: int = 440, entry_height: int = 19) -> go.Figure:

@@ -37,7 +37,9 @@ class WeightsError(ValueError):
     """Backbone weights that cannot be had; the message names the file and where to put it."""
 
 
-# ---------------------------------------------------------------------------- backbones
+# --------------------------------------------------------------------------
+# Backbones
+# --------------------------------------------------------------------------
 
 
 # Where keras.applications downloads its ImageNet weights. Keras keeps these addresses only in
@@ -239,7 +241,9 @@ def build_backbone(spec: BackboneSpec) -> keras.Model:
     return backbone
 
 
-# ---------------------------------------------------------------------------- heads and outputs
+# --------------------------------------------------------------------------
+# Heads and outputs
+# --------------------------------------------------------------------------
 
 
 def _output_and_loss(task: Task, x):
@@ -378,7 +382,9 @@ def build_custom_cnn(hp: keras_tuner.HyperParameters, image_size: int, task: Tas
     return _compile(keras.Model(inputs, outputs, name="custom_cnn"), loss, learning_rate)
 
 
-# ---------------------------------------------------------------------------- families
+# --------------------------------------------------------------------------
+# Families
+# --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

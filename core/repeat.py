@@ -150,7 +150,9 @@ def _copy_split(source: Path, target: Path) -> None:
     artifacts.write_json(target / artifacts.DATA_SUMMARY, artifacts.read_json(source / artifacts.DATA_SUMMARY))
 
 
-# ---------------------------------------------------------------------------- training the seeds
+# --------------------------------------------------------------------------
+# Training the seeds
+# --------------------------------------------------------------------------
 
 
 def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
@@ -282,7 +284,9 @@ def _collect(run: Run, seed_runs: Sequence[Run]) -> dict:
     return metrics
 
 
-# ---------------------------------------------------------------------------- the spread over seeds
+# --------------------------------------------------------------------------
+# The spread over seeds
+# --------------------------------------------------------------------------
 
 
 def summarize_seeds(per_seed: pd.DataFrame, metrics: dict[str, str] | None = None) -> pd.DataFrame:

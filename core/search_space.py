@@ -87,7 +87,9 @@ def describe_value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-# ---------------------------------------------------------------------------- the definitions
+# --------------------------------------------------------------------------
+# The definitions
+# --------------------------------------------------------------------------
 
 HEAD_DROPOUT = Hyperparameter(
     "dropout", FLOAT, "Fraction of the features dropped at random while training, against overfitting.", 0.2, 0.0, 0.5, 0.1
@@ -149,7 +151,9 @@ def default_space(family: str, mode: str, image_size: int, augment: str = "off",
     return {hp.name: hp for hp in space}
 
 
-# ---------------------------------------------------------------------------- edits
+# --------------------------------------------------------------------------
+# Edits
+# --------------------------------------------------------------------------
 
 
 def apply_edits(space: Mapping[str, Hyperparameter], edits: Mapping[str, Any] | None) -> dict[str, Hyperparameter]:
@@ -279,7 +283,9 @@ def canonical_edits(space: Mapping[str, Hyperparameter], edits: Mapping[str, Any
     return saved
 
 
-# ---------------------------------------------------------------------------- the CLI's forms
+# --------------------------------------------------------------------------
+# The CLI's forms
+# --------------------------------------------------------------------------
 
 
 def parse_hp_option(text: str) -> tuple[str, Any]:
@@ -322,7 +328,9 @@ def read_edits_file(path: str | Path) -> dict[str, Any]:
     return edits
 
 
-# ---------------------------------------------------------------------------- Keras Tuner
+# --------------------------------------------------------------------------
+# Keras Tuner
+# --------------------------------------------------------------------------
 
 
 def draw(hp: keras_tuner.HyperParameters, definition: Hyperparameter) -> Any:

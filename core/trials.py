@@ -35,7 +35,9 @@ PERMUTATION_REPEATS = 10
 META_KEYS = ("started_at", "duration_s", "epochs_run", "stopped_early")
 
 
-# ---------------------------------------------------------------------------- recording
+# --------------------------------------------------------------------------
+# Recording
+# --------------------------------------------------------------------------
 
 
 class HistoryRecorder:
@@ -113,7 +115,9 @@ def read_history(path: Path) -> pd.DataFrame | None:
     return None if missing else table
 
 
-# ---------------------------------------------------------------------------- the trial table
+# --------------------------------------------------------------------------
+# The trial table
+# --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,9 @@ def optimisation_history(table: TrialTable) -> pd.DataFrame:
     return frame
 
 
-# ---------------------------------------------------------------------------- hyperparameters
+# --------------------------------------------------------------------------
+# Hyperparameters
+# --------------------------------------------------------------------------
 
 
 def is_categorical(values: pd.Series) -> bool:
@@ -275,7 +281,7 @@ def hyperparameter_importance(table: TrialTable, min_trials: int = MIN_TRIALS_FO
     forest = RandomForestRegressor(n_estimators=200, min_samples_leaf=2, random_state=seed, n_jobs=1).fit(x, y)
     baseline = r2_score(y, forest.predict(x))
     # Every shuffled copy in one matrix and one predict call: sklearn's permutation_importance makes
-    # a call per copy, 2 s for 100 trials here, most of it per-call overhead of the 200 trees.
+    # a call per copy, and the per-call overhead of the 200 trees dominates (README, "Benchmarks").
     rng = np.random.default_rng(seed)
     copies = []
     for column in range(len(names)):

@@ -162,8 +162,8 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
     callbacks = trial_callbacks(settings, progress, stop, log, recorder)
     watcher = distributed.watch_chief(tuner, progress, folder) if role == "chief" else None
     # Keras Tuner clears the Keras session before every trial, and that runs a full gc.collect()
-    # over everything loaded so far (TensorFlow, the backbone, the data): about 0.25 s a trial,
-    # a fifth of a frozen-mode trial. Freezing those long-lived objects takes them out of it.
+    # over everything loaded so far (TensorFlow, the backbone, the data): a fair share of a short
+    # frozen-mode trial (README, "Benchmarks"). Freezing those long-lived objects takes them out of it.
     gc.freeze()
     try:
         tuner.search(train_ds, validation_data=val_ds, epochs=settings.epochs, class_weight=weights, callbacks=callbacks, verbose=0)

@@ -19,7 +19,9 @@ st.caption(
 folder = ui.artifacts_dir()
 data_folder = ui.data_dir()
 
-# ---------------------------------------------------------------------------- the form
+# --------------------------------------------------------------------------
+# The form
+# --------------------------------------------------------------------------
 
 
 st.header("New search")
@@ -57,7 +59,7 @@ def apply_preset() -> None:
 
 
 if "tune_preset" not in st.session_state:
-    # The first visit starts from the quick preset (a fine-tuned MobileNetV2 in about 5 minutes);
+    # The first visit starts from the quick preset (a fine-tuned MobileNetV2; README "Measured here" gives its time);
     # on the demo set, from the small search that fits it.
     st.session_state["tune_preset"] = "custom" if on_demo else presets.DEFAULT
     if on_demo:
@@ -219,7 +221,9 @@ if started := st.session_state.pop("tune_started", None):
     st.success(f"Started search **{started}** in the background: follow it below.", icon=":material/rocket_launch:")
 
 
-# ---------------------------------------------------------------------------- live runs
+# --------------------------------------------------------------------------
+# Live runs
+# --------------------------------------------------------------------------
 
 
 @st.fragment(run_every="2s")
@@ -274,7 +278,9 @@ for run in active:
     live_panel(folder, run.name)
 
 
-# ---------------------------------------------------------------------------- earlier runs
+# --------------------------------------------------------------------------
+# Earlier runs
+# --------------------------------------------------------------------------
 
 
 def _resume(name: str) -> None:

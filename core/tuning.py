@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import artifacts, augmentation, data, evaluation, models, search_space, stress, trials
+from core import artifacts, augmentation, data, evaluation, models, search_space, stress, tasks, trials
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_auc"
@@ -56,6 +56,9 @@ class SearchSettings:
 
     data_dir: str
     family: str = "custom_cnn"
+    # What the models predict (core.tasks): "pneumonia", "bacterial_vs_viral" or "three_class".
+    # Runs saved before tasks existed have none: they are pneumonia runs.
+    task: str = tasks.DEFAULT
     tuner: str = "random"
     trials: int = 10
     epochs: int = 5
@@ -111,6 +114,7 @@ class SearchSettings:
             raise SettingsError(f"unknown family {settings.family!r}: choose one of {', '.join(models.FAMILIES)}")
         family = settings.family_info
         settings.data_dir = os.path.abspath(os.path.expanduser(settings.data_dir))
+        settings.task = tasks.canonical_name(settings.task)
         settings.image_size = settings.image_size or family.default_image_size
         if not family.transfer:
             settings.weights, settings.mode = "none", "scratch"
@@ -123,6 +127,8 @@ class SearchSettings:
 
     def check(self) -> None:
         problems = []
+        if tasks.canonical_name(self.task) not in tasks.TASKS:
+            problems.append(f"task must be one of {', '.join(tasks.TASKS)}")
         if self.tuner not in TUNERS:
             problems.append(f"tuner must be one of {', '.join(TUNERS)}")
         if self.family_info.transfer and self.mode not in models.MODES:
@@ -194,6 +200,10 @@ class SearchSettings:
     def hyperparameters(self) -> dict[str, search_space.Hyperparameter]:
         """The search space after the user's edits (`space`); SpaceError when an edit cannot apply."""
         return search_space.apply_edits(self.default_space(), self.space)
+
+    @property
+    def task_info(self) -> tasks.Task:
+        return tasks.task_for(self.task)
 
     @property
     def uses_activation_cache(self) -> bool:
@@ -474,7 +484,7 @@ def preflight(settings: SearchSettings) -> data.Dataset:
     here, so a mistake leaves no half-made run behind.
     """
     dataset = data.scan_folder(settings.data_dir)
-    data.require_usable(dataset)
+    data.require_usable(dataset, settings.task_info)
     spec = settings.backbone()
     if spec is not None:
         models.resolve_weights(spec)
@@ -498,13 +508,14 @@ def prepare_split(settings: SearchSettings, folder: Path, log, dataset: data.Dat
     if dataset is None:
         log(f"scanning {settings.data_dir}")
         dataset = data.scan_folder(settings.data_dir)
-        data.require_usable(dataset)
-    table, notes = data.assign_splits(dataset.table, settings.val_fraction, settings.test_fraction, settings.seed)
+        data.require_usable(dataset, settings.task_info)
+    task = settings.task_info
+    table, notes = data.assign_splits(dataset.table, settings.val_fraction, settings.test_fraction, settings.seed, task)
     dataset.notes.extend(notes)
-    table = data.cap_per_class(table, settings.max_per_class, settings.seed)
+    table = data.cap_per_class(table, settings.max_per_class, settings.seed, task)
     data.check_patient_disjoint(table)
-    data.require_splits(table)
-    summary = data.summarize(dataset, table)
+    data.require_splits(table, task)
+    summary = data.summarize(dataset, table, task)
     artifacts.write_csv(saved, table)
     artifacts.write_json(folder / artifacts.DATA_SUMMARY, summary)
     for note in summary["notes"]:
@@ -569,7 +580,8 @@ def run_search(settings: SearchSettings, log=print, resume: bool = False, role: 
         try:
             result = _search(settings, folder, progress, stop, run_log, dataset, role)
             progress.update(state="completed", phase="done", message="completed", force=True)
-            run_log(f"done: test AUC {result['test']['auc']:.4f}, accuracy {result['test']['accuracy']:.4f}")
+            run_log(f"done: test AUC {result['test']['auc']:.4f}, accuracy {result['test']['accuracy']:.4f}"
+                    + evaluation.multiclass_summary(result))
             return result
         except SearchStopped:
             progress.update(state="stopped", phase="stopped", message="stopped by request; resume to continue", force=True)
@@ -610,7 +622,7 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     timings: dict[str, float] = {}
     clock = time.monotonic()
     keras.utils.set_random_seed(settings.seed)
-    task = data.BINARY
+    task = settings.task_info
 
     progress.update(phase="reading data", message="scanning and splitting the data", force=True)
     table, _ = prepare_split(settings, folder, log, dataset)
@@ -655,13 +667,14 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
         bad = table["path"].isin({e.path for e in errors}).to_numpy()
         views = views[:, ~bad[train_rows]]
     table, inputs = _drop_undecodable(table, inputs, errors, folder, log)
-    data.require_splits(table)
+    data.require_splits(table, task)
     timings["features_s" if use_features else "activations_s" if use_activations else "decode_s"] = time.monotonic() - clock
     stop.check()
 
     labels = task.labels(table)
     part = {split: (table["split"] == split).to_numpy() for split in data.SPLITS}
-    weights = data.class_weights(labels[part["train"]], len(task.classes))
+    weights = data.class_weights(labels[part["train"]], task.n_classes)
+    targets = task.targets(labels)  # one-hot for a softmax head
     hypermodel = models.SearchSpace(
         settings.family, settings.mode, settings.image_size, spec,
         n_features=inputs.shape[1] if use_features else None, task=task, augment=settings.augment, cut=cut,
@@ -676,11 +689,11 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     progress.update(state="running", phase="searching", trials_total=total, epochs=settings.epochs, force=True)
     log(f"searching: {settings.tuner} search, {total} trials, {settings.epochs} epochs, class weights {weights}")
     if use_activations:
-        train_ds = activations.training_dataset(views, inputs[part["train"]], labels[part["train"]], settings.batch_size, settings.seed)
-        val_ds = data.make_tf_dataset(np.asarray(inputs[part["val"]], np.float32), labels[part["val"]], settings.batch_size)
+        train_ds = activations.training_dataset(views, inputs[part["train"]], targets[part["train"]], settings.batch_size, settings.seed)
+        val_ds = data.make_tf_dataset(np.asarray(inputs[part["val"]], np.float32), targets[part["val"]], settings.batch_size)
     else:
-        train_ds = data.make_tf_dataset(inputs[part["train"]], labels[part["train"]], settings.batch_size, shuffle=True, seed=settings.seed)
-        val_ds = data.make_tf_dataset(inputs[part["val"]], labels[part["val"]], settings.batch_size)
+        train_ds = data.make_tf_dataset(inputs[part["train"]], targets[part["train"]], settings.batch_size, shuffle=True, seed=settings.seed)
+        val_ds = data.make_tf_dataset(inputs[part["val"]], targets[part["val"]], settings.batch_size)
     callbacks = trial_callbacks(settings, progress, stop, log, recorder)
     watcher = _watch_chief(tuner, progress, folder) if role == "chief" else None
     # Keras Tuner clears the Keras session before every trial, and that runs a full gc.collect()
@@ -725,20 +738,20 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
         pixels, _ = data.load_images(list(table.loc[rows, "path"]), settings.image_size, cache_root(settings) / "pixels")
     if use_features and settings.tta == 1:
         # Evaluate what the search trained on: the same numbers as the saved model, much faster.
-        result = evaluation.evaluate_model(trained, inputs, labels, table, part, settings.engine, settings.batch_size)
+        result = evaluation.evaluate_model(trained, inputs, labels, table, part, settings.engine, settings.batch_size, task=task)
     else:
         # The saved model on pixels (activations are float16; views need pixels): exactly what
         # `predict` will give later.
         result = evaluation.evaluate_model(
             model, pixels, labels[rows], table[rows], sub, settings.engine, settings.batch_size,
-            tta=settings.tta, cache_path=folder / "model.tflite",
+            tta=settings.tta, cache_path=folder / "model.tflite", task=task,
         )
     timings["evaluate_s"] = time.monotonic() - clock
     if settings.stress_test:
         progress.update(message="stress test on validation", force=True)
         clock = time.monotonic()
         val_pixels = np.asarray(pixels)[sub["val"]]
-        result["stress"] = _stress_test(settings, model, val_pixels, labels[part["val"]], result["threshold"], folder)
+        result["stress"] = _stress_test(settings, model, val_pixels, task.binary_labels(labels[part["val"]]), result["threshold"], folder)
         timings["stress_s"] = time.monotonic() - clock
         worst = stress.worst(result["stress"])
         if worst:
@@ -749,6 +762,7 @@ def _search(settings: SearchSettings, folder: Path, progress: Progress, stop: St
     result["inference"] = evaluation.time_inference(model, sample, settings.engine, folder / "model.tflite")
     result.update(
         {
+            "task": task.name,
             "parameters": models.count_parameters(model),
             "best_hyperparameters": {k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")},
             "timings": {k: round(v, 2) for k, v in timings.items()},

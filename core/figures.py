@@ -231,8 +231,11 @@ def precision_recall_figure(curves: Sequence[Mapping], colors: Mapping[str, str]
     return _unit_square(fig)
 
 
-def calibration_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None, n_bins: int = 10) -> go.Figure:
-    """Reliability curves: observed share of pneumonia against the mean predicted probability per bin.
+def calibration_figure(
+    curves: Sequence[Mapping], colors: Mapping[str, str] | None = None, n_bins: int = 10, positive: str = "pneumonia"
+) -> go.Figure:
+    """Reliability curves: observed share of the positive class (`positive`: pneumonia, or viral for
+    bacterial vs viral) against the mean predicted probability per bin.
 
     Each curve: `name`, `mean_predicted`, `fraction_positive`, `count` (images per non-empty
     bin), and optionally `brier` and `ece` (shown in the legend). The diagonal is perfect
@@ -259,7 +262,7 @@ def calibration_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | No
             hovertemplate="mean predicted %{x:.3f}<br>observed share %{y:.3f}"
             + ("<br>%{customdata} images" if counts else "") + "<extra>" + name + "</extra>",
         )
-    _layout(fig, "Calibration on the test split", "Mean predicted probability of pneumonia", "Observed share with pneumonia")
+    _layout(fig, "Calibration on the test split", f"Mean predicted probability of {positive}", f"Observed share with {positive}")
     _legend_below(fig, _legend_rows(curves), f"{n_bins} equal-width bins of predicted probability")
     return _unit_square(fig)
 
@@ -310,8 +313,33 @@ def confusion_matrix_figure(matrix, labels: Sequence[str] = ("NORMAL", "PNEUMONI
     return fig
 
 
-def probability_figure(rows: pd.DataFrame, colors: Mapping[str, str] | None = None, title: str = "") -> go.Figure:
-    """One horizontal bar per run: its probability of pneumonia, with the run's threshold marked.
+def class_probability_figure(rows: pd.DataFrame, class_names: Sequence[str], title: str = "") -> go.Figure:
+    """Stacked horizontal bars, one per run: each class's probability (a multi-class run's), the
+    argmax class outlined in the text. `rows` has `run` and one column per name in `class_names`."""
+    rows = rows.reset_index(drop=True)
+    runs = list(rows["run"])
+    colors = [KIND_COLORS.get(key, RUN_PALETTE[i % len(RUN_PALETTE)]) for i, key in enumerate(("normal", "bacteria", "virus")[: len(class_names)])]
+    fig = go.Figure()
+    for name, color in zip(class_names, colors, strict=True):
+        values = rows[name].astype(float)
+        fig.add_bar(
+            y=runs, x=values.fillna(0).tolist(), orientation="h", name=name, marker_color=color,
+            text=[f"{name} {v:.2f}" if np.isfinite(v) and v >= 0.08 else "" for v in values], textposition="inside",
+            hovertemplate="%{y}: P(" + name + ") = %{x:.3f}<extra></extra>",
+        )
+    _layout(fig, title, "Probability of each class (sums to 1)", "", height=130 + 46 * len(runs), barmode="stack")
+    fig.update_xaxes(range=[0, 1], tickvals=[0, 0.25, 0.5, 0.75, 1.0])
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def probability_figure(
+    rows: pd.DataFrame, colors: Mapping[str, str] | None = None, title: str = "", positive: str = "pneumonia"
+) -> go.Figure:
+    """One horizontal bar per run: its probability of `positive` (pneumonia, or viral for bacterial
+    vs viral), with the run's threshold marked.
 
     `rows` has columns `run`, `probability` (0..1, NaN when the run could not score the image),
     `threshold` and optionally `label`.
@@ -324,7 +352,7 @@ def probability_figure(rows: pd.DataFrame, colors: Mapping[str, str] | None = No
     fig = go.Figure()
     fig.add_bar(
         y=runs, x=probabilities.fillna(0).tolist(), orientation="h",
-        marker_color=[CLASS_COLORS.get(label, colors.get(run, RUN_PALETTE[0])) for run, label in zip(runs, labels, strict=True)],
+        marker_color=[CLASS_COLORS.get(str(label).upper(), colors.get(run, RUN_PALETTE[0])) for run, label in zip(runs, labels, strict=True)],
         text=[f"{p:.3f} · {label}" if np.isfinite(p) else "not scored" for p, label in zip(probabilities, labels, strict=True)],
         textposition="outside", cliponaxis=False, showlegend=False,
         hovertemplate="%{y}: %{x:.3f}<extra></extra>",
@@ -334,7 +362,7 @@ def probability_figure(rows: pd.DataFrame, colors: Mapping[str, str] | None = No
         marker={"symbol": "line-ns", "size": 26, "line": {"width": 3, "color": "#222"}},
         hovertemplate="threshold %{x:.3f}<extra>%{y}</extra>",
     )
-    _layout(fig, title, "Probability of pneumonia", "", height=110 + 46 * len(runs))
+    _layout(fig, title, f"Probability of {positive}", "", height=110 + 46 * len(runs))
     fig.update_xaxes(range=[0, 1.18], tickvals=[0, 0.25, 0.5, 0.75, 1.0])
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(

@@ -155,7 +155,7 @@ def _threshold_hover(thresholds, sensitivity, specificity) -> list[list[float]] 
     return [[float(t), float(se), float(sp)] for t, se, sp in zip(thresholds, sensitivity, specificity, strict=True)]
 
 
-def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
+def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None, title: str = "ROC curves on the test split") -> go.Figure:
     """ROC curves of several runs overlaid, AUC (and its interval) in the legend, chance diagonal, operating points.
 
     Each curve: `name`, `fpr`, `tpr`, `auc`, optionally `thresholds` (one per point: hovering a
@@ -191,8 +191,8 @@ def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = Non
                     "1 − specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>operating point</extra>"
                 ),
             )
-    _layout(fig, "ROC curves on the test split", "False positive rate (1 − specificity)", "True positive rate (sensitivity)")
-    _legend_below(fig, _legend_rows(curves), "dots: each run's operating point")
+    _layout(fig, title, "False positive rate (1 − specificity)", "True positive rate (sensitivity)")
+    _legend_below(fig, _legend_rows(curves), "dots: each run's operating point" if any(c.get("point") for c in curves) else "")
     return _unit_square(fig)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -214,3 +215,42 @@ def per_class_table(run_name: str, metrics: dict[str, Any], names: Sequence[str]
         rows.append({"run": run_name, "class": shown, "images": values["n"], "sensitivity": values["sensitivity"],
                      "specificity": values["specificity"], "AUC (one vs rest)": values["auc"]})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------
+# One run's three-class evidence, for Compare and the report
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassEvidence:
+    """A multi-class run's test predictions at the argmax: metrics, intervals and one-vs-rest curves."""
+
+    name: str
+    task: Task
+    metrics: dict[str, Any]  # class_metrics
+    intervals: dict[str, statistics.Interval] | None
+    interval_problem: str
+    curves: list[dict[str, Any]]  # roc_curves
+    n_resamples: int
+    seed: int
+    confidence: float
+
+    @property
+    def matrix(self) -> list[list[int]]:
+        return self.metrics["confusion_matrix"]
+
+
+def class_evidence(
+    name: str, predictions: pd.DataFrame, task: Task, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> ClassEvidence:
+    """The three-class evidence of one run from its saved predictions (``ValueError`` when they carry no class probabilities)."""
+    y, p, groups = from_predictions(predictions, task)
+    try:
+        intervals, problem = class_intervals(y, p, groups, n_resamples, confidence, seed), ""
+    except ValueError as error:
+        intervals, problem = None, str(error)
+    return ClassEvidence(
+        name=name, task=task, metrics=class_metrics(y, p, task.classes), intervals=intervals, interval_problem=problem,
+        curves=roc_curves(name, predictions, task), n_resamples=int(n_resamples), seed=int(seed), confidence=float(confidence),
+    )

@@ -358,7 +358,7 @@ OVERLAY_PX = 640
 
 @st.cache_data(max_entries=96, show_spinner=False)
 def _heatmap(
-    artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], file_name: str, content: bytes
+    artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], file_name: str, content: bytes, class_name: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
@@ -370,13 +370,15 @@ def _heatmap(
     with tempfile.TemporaryDirectory(prefix="cxr-gradcam-") as folder:
         path = Path(folder) / f"image{suffix if suffix in data.IMAGE_EXTENSIONS else '.img'}"
         path.write_bytes(content)
-        heatmap, original = explanation.heatmap_for_run(run, path, model=model)
+        heatmap, original = explanation.heatmap_for_run(run, path, model=model, class_name=class_name)
     original.thumbnail((OVERLAY_PX, OVERLAY_PX), Image.Resampling.LANCZOS)
     return heatmap, np.asarray(original)
 
 
-def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity: float = 0.4):
+def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity: float = 0.4, class_name: str | None = None):
     """(the run's Grad-CAM of one image blended over it, whether any region points to pneumonia).
+
+    A three-class run explains `class_name` (a class of its task), by default its predicted class.
 
     The picture is PIL RGB at most OVERLAY_PX wide. The heatmap is cached per run, model file and
     image bytes; only the blend follows `opacity`. An ensemble's is the weighted mean of its
@@ -388,13 +390,47 @@ def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity:
 
     if not run.has_model:
         raise artifacts.RunError(f"run {run.name!r} has no saved model")
-    heatmap, original = _heatmap(str(run.folder.parent), run.name, models_mtime(run), file_name, content)
+    heatmap, original = _heatmap(str(run.folder.parent), run.name, models_mtime(run), file_name, content, class_name)
     return explanation.overlay(original, heatmap, opacity=float(opacity)), bool(np.max(heatmap) > 0)
 
 
-def gradcam_caption(run_name: str, probability: float, label: str, has_evidence: bool) -> str:
+def gradcam_caption(run_name: str, probability: float, label: str, has_evidence: bool, explained: str = "pneumonia") -> str:
+    """`explained`: the class the heatmap is of (pneumonia, viral, or a three-class run's chosen class)."""
     shown = f"p = {probability:.3f}, {label}" if np.isfinite(probability) else "not scored"
-    return f"{run_name} · Grad-CAM · {shown}" + ("" if has_evidence else " · no region points to pneumonia")
+    what = "" if explained == "pneumonia" else f" · regions pointing to {explained}"
+    return f"{run_name} · Grad-CAM · {shown}{what}" + ("" if has_evidence else f" · no region points to {explained}")
+
+
+GRADCAM_PREDICTED = "predicted class"
+
+
+def gradcam_class_choice(runs: list[artifacts.Run], key: str) -> str | None:
+    """A select box for the class three-class runs' Grad-CAM explains (shown only when one is picked):
+    None for each run's predicted class, else a class of the three-class task."""
+    from core import tasks
+
+    if not any(not tasks.task_for(r.task).is_binary for r in runs):
+        return None
+    task = tasks.THREE_CLASS
+    shown = st.selectbox(
+        "Grad-CAM class (three-class runs)", [GRADCAM_PREDICTED, *task.classes], key=key,
+        format_func=lambda c: c if c == GRADCAM_PREDICTED else task.names[task.classes.index(c)],
+        help="Which class the heatmap of a three-class run explains: by default the class it predicts (argmax). "
+        "Two-class runs always explain their positive class (pneumonia, or viral).",
+    )
+    return None if shown == GRADCAM_PREDICTED else shown
+
+
+def explained_class(run: artifacts.Run, class_name: str | None, label: str = "") -> str:
+    """What a run's Grad-CAM explains, in words: a two-class run's positive class, a three-class
+    run's chosen class or (None) its predicted one (`label`, its argmax class)."""
+    from core import tasks
+
+    task = tasks.task_for(run.task)
+    if task.is_binary:
+        return task.binary_names[1]
+    chosen = class_name or label
+    return task.names[task.classes.index(chosen)] if chosen in task.classes else "its predicted class"
 
 
 # ---------------------------------------------------------------------------- runs
@@ -432,7 +468,7 @@ def forget_stale_choice(key: str, options) -> None:
 def run_label(run: artifacts.Run) -> str:
     auc = run.test_auc
     shown = f"test AUC {auc:.3f}" if np.isfinite(auc) else run.state
-    return f"{run.name} ({run.family}, {shown})"
+    return f"{run.name} ({run.family}, {run.task}, {shown})"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -448,3 +484,16 @@ def format_duration(seconds: float | None) -> str:
 
 def format_number(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and np.isfinite(value) else "–"
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _class_evidence(path: str, mtime_ns: int, name: str, task_name: str, n_resamples: int, seed: int):
+    from core import multiclass, tasks
+
+    return multiclass.class_evidence(name, _predictions(path, mtime_ns), tasks.task_for(task_name), n_resamples=n_resamples, seed=seed)
+
+
+def class_evidence_for(run: artifacts.Run, n_resamples: int, seed: int):
+    """A three-class run's `core.multiclass.ClassEvidence` (argmax metrics, intervals, one-vs-rest curves), cached."""
+    path = run.folder / artifacts.PREDICTIONS
+    return _class_evidence(str(path), _mtime(path), run.name, run.task, int(n_resamples), int(seed))

@@ -16,6 +16,8 @@ import plotly.graph_objects as go
 
 CLASS_COLORS = {"NORMAL": "#3b82c4", "PNEUMONIA": "#d1495b"}
 KIND_COLORS = {"normal": "#3b82c4", "bacteria": "#d1495b", "virus": "#edae49", "unknown": "#9e9e9e"}
+# The tasks' class names as a reader sees them (core.tasks), coloured as the kinds are.
+TASK_CLASS_COLORS = {"normal": "#3b82c4", "pneumonia": "#d1495b", "bacterial": "#d1495b", "viral": "#edae49"}
 # Colour-blind-safe qualitative palette (Okabe-Ito, without the black and the yellow).
 RUN_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#7f7f7f", "#8c564b")
 SPLIT_ORDER = ("train", "val", "test")
@@ -84,12 +86,21 @@ def kinds_figure(kinds: Mapping[str, Mapping[str, int]]) -> go.Figure:
     return _layout(fig, "Pneumonia kinds per split", "Split", "Images (count)", barmode="stack")
 
 
-def class_balance_figure(images: Mapping[str, Mapping[str, int]]) -> go.Figure:
-    """100 % stacked horizontal bars: the share of each class in each split."""
+def class_balance_figure(
+    images: Mapping[str, Mapping[str, int]], class_names: Sequence[str] | None = None, title: str = "Class balance"
+) -> go.Figure:
+    """100 % stacked horizontal bars: the share of each class in each split.
+
+    `class_names` are the keys of each split's counts: NORMAL and PNEUMONIA by default, or a task's
+    classes (`summary["task_images"]`, e.g. normal, bacterial, viral).
+    """
     splits = _ordered_splits(images)[::-1]  # train on top
     totals = [max(1, sum(images[s].values())) for s in splits]
     fig = go.Figure()
-    for class_name, color in CLASS_COLORS.items():
+    palette = CLASS_COLORS if class_names is None else {
+        name: TASK_CLASS_COLORS.get(name, RUN_PALETTE[i % len(RUN_PALETTE)]) for i, name in enumerate(class_names)
+    }
+    for class_name, color in palette.items():
         counts = [int(images[s].get(class_name, 0)) for s in splits]
         shares = [100.0 * c / t for c, t in zip(counts, totals, strict=True)]
         fig.add_bar(
@@ -97,7 +108,7 @@ def class_balance_figure(images: Mapping[str, Mapping[str, int]]) -> go.Figure:
             text=[f"{p:.0f} % ({c:,})" for p, c in zip(shares, counts, strict=True)], textposition="inside",
             hovertemplate="%{y}: %{x:.1f} %<extra>" + class_name + "</extra>",
         )
-    _layout(fig, "Class balance", "Share of the split's images (%)", "Split", height=max(200, 90 + 60 * len(splits)), barmode="stack")
+    _layout(fig, title, "Share of the split's images (%)", "Split", height=max(200, 90 + 60 * len(splits)), barmode="stack")
     fig.update_xaxes(range=[0, 100], ticksuffix=" %")
     return fig
 

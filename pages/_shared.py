@@ -207,15 +207,18 @@ def _scan(root: str, fingerprint: str) -> tuple[dict, pd.DataFrame]:
 
 
 @st.cache_data(max_entries=4, show_spinner="Splitting by patient…")
-def _split(root: str, fingerprint: str, seed: int = 42) -> tuple[dict | None, str]:
+def _split(root: str, fingerprint: str, seed: int = 42, task_name: str = "pneumonia") -> tuple[dict | None, str]:
+    from core import tasks
+
+    task = tasks.task_for(task_name)
     dataset = _dataset(root, fingerprint)  # a copy: cache_data hands out copies, so notes can grow
     try:
-        data.require_usable(dataset)
-        table, notes = data.assign_splits(dataset.table, seed=seed)
+        data.require_usable(dataset, task)
+        table, notes = data.assign_splits(dataset.table, seed=seed, task=task)
     except data.DataError as error:
         return None, str(error)
     dataset.notes.extend(notes)
-    return data.summarize(dataset, table), ""
+    return data.summarize(dataset, table, task), ""
 
 
 def summary_for(root: Path) -> dict | None:
@@ -229,8 +232,9 @@ def scan_for(root: Path) -> tuple[dict, pd.DataFrame]:
     return _scan(str(root), folder_fingerprint(root))
 
 
-def split_summary_for(root: Path) -> tuple[dict | None, str]:
-    return _split(str(root), folder_fingerprint(root))
+def split_summary_for(root: Path, task: str = "pneumonia") -> tuple[dict | None, str]:
+    """The summary of the split a search of `task` would make (default fractions and seed)."""
+    return _split(str(root), folder_fingerprint(root), 42, task)
 
 
 def _mtime(path: Path) -> int:

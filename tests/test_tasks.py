@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import accuracy_score, multilabel_confusion_matrix, recall_score, roc_auc_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from core import artifacts, data, evaluation, multiclass, tasks, tuning
+from core import artifacts, data, evaluation, models, multiclass, tasks, tuning
 from tests.helpers import make_dataset, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,6 +92,29 @@ def test_splits_are_patient_grouped_and_stratified_by_the_tasks_classes(real_tab
     data.check_patient_disjoint(capped)
     counts = capped.groupby(["split", task.column]).size()
     assert counts.max() <= 30 + 5 and len(counts) == 3 * task.n_classes  # every class in every split, whole patients
+
+
+# ---------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_every_family_trains_a_softmax_for_three_classes(family):
+    import keras
+    import keras_tuner
+
+    info = models.FAMILIES[family]
+    mode, size = ("finetune" if info.transfer else "scratch"), info.min_image_size
+    keras.utils.set_random_seed(0)
+    task = tasks.THREE_CLASS
+    model = models.SearchSpace(family, mode, size, info.backbone(size, "none"), task=task).build(keras_tuner.HyperParameters())
+    assert model.output_shape == (None, 3)
+    y = np.arange(12) % 3
+    x = np.random.default_rng(0).normal(80, 10, (12, size, size, 3)).astype("float32")
+    history = model.fit(x, task.targets(y), epochs=1, batch_size=6, class_weight={0: 1.0, 1: 2.0, 2: 1.0}, verbose=0)
+    assert np.isfinite(history.history["loss"][0]) and "auc" in history.history
+    outputs = model.predict(x, verbose=0)
+    assert np.allclose(outputs.sum(axis=1), 1, atol=1e-5)
+    assert np.allclose(models.positive_probability(outputs), outputs[:, 1] + outputs[:, 2], atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- three-class metrics

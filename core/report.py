@@ -379,7 +379,7 @@ def build_report(
     ]
     if not errors.empty:
         body.append(figure(figures.error_breakdown_figure(errors, colors)))
-        body.append(_table(wording.errors_by_kind_wide(items)))
+        body.append(_table(wording.errors_by_kind_wide(items, positive)))
         shown = errors[list(_ERROR_COLUMNS)].rename(columns=_ERROR_COLUMNS)
         body.append(f"<details><summary>Every count and rate</summary>{_table(shown)}</details>")
     else:

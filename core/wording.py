@@ -268,11 +268,12 @@ def _share(count: int, total: int) -> str:
     return f"{count}/{total} ({100 * count / total:.1f} %)" if total else "–"
 
 
-def errors_by_kind_wide(evidence: list[RunEvidence]) -> pd.DataFrame:
+def errors_by_kind_wide(evidence: list[RunEvidence], positive: str = "pneumonia") -> pd.DataFrame:
     """Errors per kind and class, one column per run: "wrong/of (rate)".
 
-    Rows: normal images (false alarms), each pneumonia kind (missed cases), all pneumonia images
-    (the class), and all images.
+    Rows: each kind of the negative class (false alarms: normal images; bacterial ones for bacterial
+    vs viral), each kind of the positive class (missed cases), all positive images (`positive`
+    names the class: pneumonia, or viral), and all images.
     """
     columns: dict[str, dict[str, str]] = {}
     order: list[str] = []
@@ -289,11 +290,11 @@ def errors_by_kind_wide(evidence: list[RunEvidence]) -> pd.DataFrame:
             if label not in order:
                 order.append(label)
         total = ev.errors[ev.errors["kind"] == "all"].iloc[0]
-        cells["pneumonia, all kinds (missed)"] = _share(int(total["false_negatives"]), int(total["n_positive"]))
+        cells[f"{positive}, all kinds (missed)"] = _share(int(total["false_negatives"]), int(total["n_positive"]))
         cells["all images"] = _share(int(total["errors"]), int(total["n"]))
         columns[ev.name] = cells
     order.sort(key=lambda label: (not label.startswith("normal"), label))
-    order += ["pneumonia, all kinds (missed)", "all images"]
+    order += [f"{positive}, all kinds (missed)", "all images"]
     table = pd.DataFrame({"images": order})
     for name, cells in columns.items():
         table[name] = [cells.get(label, "–") for label in order]

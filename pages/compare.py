@@ -460,12 +460,16 @@ errors = evidence.errors_table(evidences)
 if errors.empty:
     st.info("These predictions carry no kind of image (normal, bacteria, virus).")
 else:
-    st.caption("At each run's threshold. For normal images an error is a false alarm; for bacterial and viral pneumonia a missed case.")
+    st.caption(
+        "At each run's threshold. For normal images an error is a false alarm; for bacterial and viral pneumonia a missed case"
+        + ("; for a bacterial-vs-viral run, bacterial images are its negatives (false alarms) and viral ones its positives (missed)."
+           if any(t.name == "bacterial_vs_viral" for t in run_tasks.values()) else ".")
+    )
     left, right = st.columns([1, 1])
     left.plotly_chart(figures.error_breakdown_figure(errors, colors), key="fig_errors")
     with right:
         st.dataframe(
-            wording.errors_by_kind_wide(evidences), hide_index=True, key="errors_table",
+            wording.errors_by_kind_wide(evidences, positive), hide_index=True, key="errors_table",
             column_config={"images": st.column_config.TextColumn("images (error)")},
         )
 

@@ -277,3 +277,22 @@ def test_compare_predict_and_the_report_show_a_three_class_run(task_runs):
     at.selectbox(key="predict_gradcam_class").set_value("virus").run()  # explain another class on request
     captions = [caption for element in at.get("image") for caption in element.captions]
     assert any(c.startswith("three · Grad-CAM") and "regions pointing to viral" in c for c in captions), captions
+
+
+def test_the_data_page_shows_the_class_balance_of_each_tasks_split(task_runs):
+    at = _page("data", task_runs["data"], task_runs["artifacts"])
+    at.run()
+    at.radio(key="data_view").set_value("As a search splits them (by patient)").run()
+    at.selectbox(key="data_task").set_value("bacterial_vs_viral").run()
+    assert not at.exception, [e.value for e in at.exception]
+    balance = next(
+        json.loads(c.proto.spec) for c in at.get("plotly_chart")
+        if json.loads(c.proto.spec)["layout"]["title"]["text"] == "Class balance (bacterial_vs_viral)"
+    )
+    assert [trace["name"] for trace in balance["data"]] == ["bacterial", "viral"]
+    task = tasks.BACTERIAL_VS_VIRAL
+    table, _ = data.assign_splits(data.scan_folder(task_runs["data"]).table, task=task)
+    viral = balance["data"][1]
+    for split, text in zip(viral["y"], viral["text"], strict=True):
+        expected = int(((table["split"] == split) & (table["kind"] == "virus")).sum())
+        assert text.endswith(f"({expected:,})")  # counts of the split a search of this task makes

@@ -22,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from core.tasks import canonical_name
+
 SETTINGS = "settings.json"
 DATA_SUMMARY = "data_summary.json"
 SPLITS = "splits.csv"
@@ -273,7 +275,8 @@ class Run:
 
     @property
     def task(self) -> str:
-        return str(self.settings.get("task") or DEFAULT_TASK)
+        """The task's name (core.tasks): runs saved without one are pneumonia runs, "binary" is its old name."""
+        return canonical_name(self.settings.get("task") or DEFAULT_TASK)
 
     @property
     def notes(self) -> dict:

@@ -11,6 +11,7 @@ import os
 import sys
 
 from core import console
+from core.tasks import TASKS
 
 EXIT_USAGE = 2
 
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--preset", choices=sorted(presets.PRESETS),
                       help="start from named settings (" + "; ".join(f"{p.name}: {p.title}" for p in presets.PRESETS.values()) + ")")
     tune.add_argument("--family", choices=sorted(models.FAMILIES), help="required unless a --preset names it")
+    tune.add_argument("--task", choices=list(TASKS),
+                      help="what to predict: pneumonia (normal vs pneumonia, default), bacterial_vs_viral (pneumonia "
+                      "images only, viral positive) or three_class (normal / bacterial / viral, argmax)")
     tune.add_argument("--tuner", choices=TUNERS, help="default: random")
     tune.add_argument("--trials", type=_positive_int, help="default: 10")
     tune.add_argument("--epochs", type=_positive_int, help="default: 5")
@@ -150,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # `tune` options that map one to one onto SearchSettings fields.
 _SETTING_OPTIONS = (
-    "family", "tuner", "trials", "epochs", "image_size", "weights", "mode", "max_per_class", "batch_size", "seed",
+    "family", "task", "tuner", "trials", "epochs", "image_size", "weights", "mode", "max_per_class", "batch_size", "seed",
     "mobilenet_version", "alpha", "engine", "cut", "augment", "augment_views", "tta", "patience", "name",
 )
 

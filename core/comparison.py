@@ -16,14 +16,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core import tasks
 from core.artifacts import Run
 from core.data import CLASS_NAMES
 
 NEGATIVE, POSITIVE = CLASS_NAMES  # "NORMAL", "PNEUMONIA"
+# When the picked runs answer different questions, the binary views are named this way.
+GENERIC_NAMES = ("negative", "positive")
 # The per-image table's fixed columns; each run's probability goes in "p:<run>", so a run may
 # have any name (even "kind" or "wrong in") without clashing with them.
 IMAGE_COLUMNS = ("image", "path", "class_name", "kind")
 PROBABILITY_PREFIX = "p:"
+_TRUTH = "y:"  # a run's true labels while the per-image table is joined
 
 
 # --------------------------------------------------------------------------
@@ -68,6 +72,7 @@ class RunFacts:
     search_s: float | None  # the whole hyperparameter search, all trials
     ms_per_image: float | None  # batched inference through the saved model's engine
     single_image_ms: float | None
+    task: str = tasks.DEFAULT  # core.tasks name; runs saved without one are pneumonia runs
 
 
 def run_facts(run: Run) -> RunFacts:
@@ -76,6 +81,7 @@ def run_facts(run: Run) -> RunFacts:
     inference = metrics.get("inference") or {}
     return RunFacts(
         family=run.family,
+        task=run.task,
         mode=run.settings.get("mode"),
         image_size=run.settings.get("image_size"),
         parameters=metrics.get("parameters"),
@@ -94,6 +100,7 @@ def facts_table(runs: Sequence[Run]) -> pd.DataFrame:
         rows.append(
             {
                 "family": facts.family,
+                "task": facts.task,
                 "mode": facts.mode,
                 "input px": facts.image_size,
                 "parameters": facts.parameters,
@@ -103,6 +110,45 @@ def facts_table(runs: Sequence[Run]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------
+# What question the runs answer
+# --------------------------------------------------------------------------
+
+
+def run_task(run: Run) -> tasks.Task:
+    """The run's task (`core.tasks`); a run saved without one is a pneumonia run."""
+    return tasks.task_for(run.task)
+
+
+def binary_names(runs: Sequence[Run]) -> tuple[str, str]:
+    """(negative, positive) of the runs' binary view as a reader sees them: ("normal", "pneumonia"),
+    ("bacterial", "viral"), or "negative"/"positive" when the runs answer different questions."""
+    names = {run_task(run).binary_names for run in runs}
+    return names.pop() if len(names) == 1 else GENERIC_NAMES
+
+
+def question_notes(runs: Sequence[Run]) -> list[str]:
+    """What the page and the report say about the runs' questions: a three-class run is compared on
+    the derived binary question; runs of different questions are not paired."""
+    notes = []
+    picked = [run_task(run) for run in runs]
+    if any(not t.is_binary for t in picked) and len(picked) > 1:
+        notes.append(
+            "Three-class runs are compared with the others on the derived binary question, pneumonia vs normal: their "
+            "probability of pneumonia is P(bacterial) + P(viral), and their threshold on it is chosen on validation like "
+            "any run's. Their three classes (argmax decision) are shown in their own section."
+        )
+    questions = {t.question for t in picked}
+    if len(questions) > 1:
+        notes.append(
+            "The runs answer different questions (" + "; ".join(
+                f"{q}: {tasks.task_for(q).title}" for q in sorted(questions)
+            ) + "). Curves and metrics are each run's own (positive = viral for bacterial vs viral, pneumonia otherwise); "
+            "runs of different questions are tested on different images and are never paired."
+        )
+    return notes
 
 
 # --------------------------------------------------------------------------
@@ -130,14 +176,18 @@ def per_image_table(predictions: Mapping[str, pd.DataFrame], thresholds: Mapping
     keys = list(IMAGE_COLUMNS[1:])
     joined: pd.DataFrame | None = None
     for name, table in predictions.items():
+        # Each run's own truth (y_true): the same image is positive for a pneumonia run and may be
+        # negative for a bacterial-vs-viral one.
         part = table[[*keys, "probability"]].rename(columns={"probability": probability_column(name)})
+        part[_TRUTH + name] = table["y_true"].to_numpy() if "y_true" in table else (table["class_name"] == POSITIVE).astype(int).to_numpy()
         joined = part if joined is None else joined.merge(part, on=keys, how="outer")
     joined = joined.sort_values("path").reset_index(drop=True)
-    truth = (joined["class_name"] == POSITIVE).to_numpy()
+    truth = pd.DataFrame({name: joined[_TRUTH + name] == 1 for name in predictions})
     called = pd.DataFrame({name: joined[probability_column(name)] >= thresholds[name] for name in predictions})
     scored = pd.DataFrame({name: joined[probability_column(name)].notna() for name in predictions})
+    joined = joined.drop(columns=[_TRUTH + name for name in predictions])
     joined.insert(0, "image", joined["path"].map(lambda p: str(p).rsplit("/", 1)[-1]))
-    joined["wrong in"] = (called.ne(truth, axis=0) & scored).sum(axis=1).astype(int)
+    joined["wrong in"] = (called.ne(truth) & scored).sum(axis=1).astype(int)
     joined["disagree"] = called.where(scored).nunique(axis=1, dropna=True) > 1
     return joined
 
@@ -154,11 +204,15 @@ def filter_images(table: pd.DataFrame, *, wrong: bool = False, disagree: bool = 
     return table[mask].reset_index(drop=True)
 
 
-def image_verdicts(row: Mapping[str, Any], thresholds: Mapping[str, float]) -> pd.DataFrame:
+def image_verdicts(
+    row: Mapping[str, Any], thresholds: Mapping[str, float], classes: Mapping[str, tuple[str, str]] | None = None
+) -> pd.DataFrame:
     """One image of a ``per_image_table`` (a row) as each run sees it: run, probability, threshold, label.
 
-    The label is empty where the run did not score the image.
+    The label is one of the run's binary classes (``classes``: run name -> (negative, positive),
+    default NORMAL/PNEUMONIA), empty where the run did not score the image.
     """
+    classes = classes or {}
     names = list(thresholds)
     probabilities = [row[probability_column(name)] for name in names]
     return pd.DataFrame(
@@ -167,7 +221,7 @@ def image_verdicts(row: Mapping[str, Any], thresholds: Mapping[str, float]) -> p
             "probability": probabilities,
             "threshold": [thresholds[name] for name in names],
             "label": [
-                (POSITIVE if p >= thresholds[name] else NEGATIVE) if pd.notna(p) else ""
+                classes.get(name, CLASS_NAMES)[int(p >= thresholds[name])] if pd.notna(p) else ""
                 for name, p in zip(names, probabilities, strict=True)
             ],
         }

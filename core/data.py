@@ -21,6 +21,7 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.artifacts import read_csv, write_csv, write_npy
+from core.tasks import PNEUMONIA, TASKS, Task  # noqa: F401 - Task and TASKS are re-exported
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
@@ -38,29 +39,8 @@ class DataError(ValueError):
     """A data folder that cannot be used; the message says what is wrong and how to fix it."""
 
 
-@dataclass(frozen=True)
-class Task:
-    """What the models predict from a row of the data table.
-
-    The binary task is the paper's (normal vs pneumonia). The label comes from here alone, so a
-    three-class task (normal / bacteria / virus) is another `Task`, not a change deeper down.
-    """
-
-    name: str
-    classes: tuple[str, ...]
-    column: str  # the table column whose value, matched against `classes`, gives the label
-
-    @property
-    def positive_class(self) -> str:
-        return self.classes[-1]
-
-    def labels(self, table: pd.DataFrame) -> np.ndarray:
-        index = {name: i for i, name in enumerate(self.classes)}
-        return table[self.column].map(index).to_numpy(dtype="int64")
-
-
-BINARY = Task("binary", CLASS_NAMES, "class_name")
-TASKS = {BINARY.name: BINARY}
+# The tasks (which images, which labels) live in core.tasks; `BINARY` is the pneumonia task's old name.
+BINARY = PNEUMONIA
 
 
 @dataclass
@@ -282,15 +262,23 @@ def scan_folder(folder: str | os.PathLike, check_images: bool = True) -> Dataset
     return Dataset(root=root, table=table, unreadable=unreadable, notes=notes)
 
 
-def require_usable(dataset: Dataset) -> None:
-    """Refuse, before any training, a folder without images of both classes."""
+def require_usable(dataset: Dataset, task: Task = PNEUMONIA) -> None:
+    """Refuse, before any training, a folder without images of every class of the task."""
     counts = dataset.table["class_name"].value_counts()
-    missing = [name for name in CLASS_NAMES if counts.get(name, 0) == 0]
+    missing = [name for name in CLASS_NAMES if counts.get(name, 0) == 0 and (task is PNEUMONIA or name == "PNEUMONIA")]
     if missing:
         skipped = f" ({len(dataset.unreadable)} files were unreadable)" if dataset.unreadable else ""
         raise DataError(
             f"no usable {' or '.join(missing)} images in {dataset.root}{skipped}: "
             "each split folder needs NORMAL/ and PNEUMONIA/ sub-folders with .jpeg/.jpg/.png X-rays"
+        )
+    counts = dataset.table[task.column].value_counts()
+    missing = [name for name, shown in zip(task.classes, task.names, strict=True) if counts.get(name, 0) == 0]
+    if missing:
+        raise DataError(
+            f"no {' or '.join(missing)} images in {dataset.root} for the {task.name} task: its pneumonia file names must "
+            "carry the kind, as the public download's do (person12_bacteria_34.jpeg, person56_virus_78.jpeg); "
+            "pick the pneumonia task for other folders"
         )
 
 
@@ -299,8 +287,8 @@ def require_usable(dataset: Dataset) -> None:
 # --------------------------------------------------------------------------
 
 
-def _carve(pool: pd.DataFrame, fraction: float, seed: int) -> pd.Series:
-    """Pick about `fraction` of the pool's patients, stratified by class; True where picked."""
+def _carve(pool: pd.DataFrame, fraction: float, seed: int, column: str = "class_name") -> pd.Series:
+    """Pick about `fraction` of the pool's patients, stratified by `column` (the task's classes); True where picked."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_splits = max(2, round(1 / fraction))
@@ -309,39 +297,43 @@ def _carve(pool: pd.DataFrame, fraction: float, seed: int) -> pd.Series:
             f"only {pool['patient'].nunique()} patients left to split: add images or lower the split fraction"
         )
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, picked = next(folds.split(pool, pool["class_name"], groups=pool["patient"]))
+    _, picked = next(folds.split(pool, pool[column], groups=pool["patient"]))
     mask = pd.Series(False, index=pool.index)
     mask.iloc[picked] = True
     return mask
 
 
-def _has_enough(table: pd.DataFrame) -> bool:
-    counts = table["class_name"].value_counts()
-    return all(counts.get(name, 0) >= MIN_SPLIT_IMAGES_PER_CLASS for name in CLASS_NAMES)
+def _has_enough(table: pd.DataFrame, task: Task = PNEUMONIA) -> bool:
+    counts = table[task.column].value_counts()
+    return all(counts.get(name, 0) >= MIN_SPLIT_IMAGES_PER_CLASS for name in task.classes)
 
 
 def assign_splits(
-    table: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42
+    table: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42, task: Task = PNEUMONIA
 ) -> tuple[pd.DataFrame, list[str]]:
     """Add a `split` column so that no patient is in two splits; return the table and notes.
 
-    The download's own `test/` is kept when it holds both classes; a missing or tiny `val/` (the
-    public one has 16 images) is folded into the training pool and a validation split is carved
-    out of it, stratified by class and grouped by patient.
+    Only the task's images are kept (`Task.select`: pneumonia images for bacterial vs viral). The
+    download's own `test/` is kept when it holds every class of the task; a missing or tiny `val/`
+    (the public one has 16 images) is folded into the training pool and a validation split is
+    carved out of it, stratified by the task's classes and grouped by patient.
     """
-    table = table.copy()
     notes: list[str] = []
+    unused = int((~task.rows(table)).sum())
+    table = task.select(table)
+    if unused and task is not PNEUMONIA:
+        notes.append(f"the {task.name} task uses {len(table):,} of the images; {unused:,} are not of its classes ({', '.join(task.names)})")
     table["split"] = ""
     in_folder = {split: table["folder_split"] == split for split in SPLITS}
 
-    if _has_enough(table[in_folder["test"]]):
+    if _has_enough(table[in_folder["test"]], task):
         table.loc[in_folder["test"], "split"] = "test"
         pool = ~in_folder["test"]
     else:
         if in_folder["test"].any():
             notes.append(f"test/ has too few images per class (< {MIN_SPLIT_IMAGES_PER_CLASS}): carved a test split instead")
         pool = pd.Series(True, index=table.index)
-    keep_val = _has_enough(table[in_folder["val"]])
+    keep_val = _has_enough(table[in_folder["val"]], task)
     if keep_val:
         table.loc[in_folder["val"], "split"] = "val"
         pool &= ~in_folder["val"]
@@ -365,22 +357,22 @@ def assign_splits(
     pool_table = table[pool]
     carved_test = not (table["split"] == "test").any()
     if carved_test:
-        picked = _carve(pool_table, test_fraction, seed)
+        picked = _carve(pool_table, test_fraction, seed, task.column)
         table.loc[picked[picked].index, "split"] = "test"
         pool_table = pool_table[~picked]
         notes.append(f"no usable test/ folder: carved a patient-grouped test split ({test_fraction:.0%})")
     if not keep_val:
         # The fraction is of the whole pool, so rescale it to what the test carve left.
         fraction = val_fraction / (1 - test_fraction) if carved_test else val_fraction
-        picked = _carve(pool_table, min(0.5, fraction), seed + 1)
+        picked = _carve(pool_table, min(0.5, fraction), seed + 1, task.column)
         table.loc[picked[picked].index, "split"] = "val"
         pool_table = pool_table[~picked]
     table.loc[pool_table.index, "split"] = "train"
     return table.reset_index(drop=True), notes
 
 
-def cap_per_class(table: pd.DataFrame, max_per_class: int | None, seed: int = 42) -> pd.DataFrame:
-    """Keep at most `max_per_class` images of each class in each split, drawing whole patients.
+def cap_per_class(table: pd.DataFrame, max_per_class: int | None, seed: int = 42, task: Task = PNEUMONIA) -> pd.DataFrame:
+    """Keep at most `max_per_class` images of each of the task's classes in each split, drawing whole patients.
 
     For quick runs. Patients are drawn at random (seeded) and kept whole, so a cap never splits
     a patient and never changes which split a patient is in.
@@ -389,7 +381,7 @@ def cap_per_class(table: pd.DataFrame, max_per_class: int | None, seed: int = 42
         return table
     rng = np.random.default_rng(seed)
     kept = []
-    for _, group in table.groupby(["split", "class_name"], sort=True):
+    for _, group in table.groupby(["split", task.column], sort=True):
         patients = np.array(sorted(group["patient"].unique()))
         rng.shuffle(patients)
         sizes = group.groupby("patient").size()
@@ -414,15 +406,15 @@ def check_patient_disjoint(table: pd.DataFrame) -> None:
         raise DataError(f"patients in more than one split: {', '.join(leaking.index[:5])}")
 
 
-def require_splits(table: pd.DataFrame) -> None:
-    """Refuse a split table where a split lacks a class: AUC and thresholds need both."""
+def require_splits(table: pd.DataFrame, task: Task = PNEUMONIA) -> None:
+    """Refuse a split table where a split lacks a class of the task: AUC and thresholds need every one."""
     for split in SPLITS:
-        counts = table.loc[table["split"] == split, "class_name"].value_counts()
-        missing = [name for name in CLASS_NAMES if counts.get(name, 0) == 0]
+        counts = table.loc[table["split"] == split, task.column].value_counts()
+        missing = [name for name in task.classes if counts.get(name, 0) == 0]
         if missing:
             raise DataError(
                 f"the {split} split has no {' or '.join(missing)} images: add images, or raise "
-                "--max-per-class so every split gets both classes"
+                "--max-per-class so every split gets every class"
             )
 
 
@@ -437,9 +429,13 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     return {c: float(len(labels) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
 
 
-def summarize(dataset: Dataset, table: pd.DataFrame | None = None) -> dict:
+def summarize(dataset: Dataset, table: pd.DataFrame | None = None, task: Task = PNEUMONIA) -> dict:
     """Counts a user checks before training: images and patients per split and class, kinds,
-    class balance and weights, and the files that were skipped."""
+    class balance and weights, and the files that were skipped.
+
+    `task_images` counts the task's classes per split and `class_weights` are the task's, as its
+    training uses them (`images` stays by folder class, NORMAL and PNEUMONIA).
+    """
     table = dataset.table if table is None else table
     split_column = "split" if "split" in table.columns else "folder_split"
     splits = [s for s in SPLITS if (table[split_column] == s).any()]
@@ -454,16 +450,26 @@ def summarize(dataset: Dataset, table: pd.DataFrame | None = None) -> dict:
     }
     train = table[table[split_column] == "train"]
     normal, pneumonia = (int((train["class_name"] == name).sum()) for name in CLASS_NAMES)
-    weights = class_weights(BINARY.labels(train), len(CLASS_NAMES)) if len(train) else {}
+    task_train = task.select(train)
+    weights = class_weights(task.labels(task_train), task.n_classes) if len(task_train) else {}
+    task_images = {
+        split: {
+            name: int(((table[split_column] == split) & (table[task.column] == value)).sum())
+            for value, name in zip(task.classes, task.names, strict=True)
+        }
+        for split in splits
+    }
     return {
         "root": str(dataset.root),
         "split_by": split_column,
+        "task": task.name,
         "images": images,
+        "task_images": task_images,
         "patients": patients,
         "kinds": kinds,
         "total_images": int(len(table)),
         "pneumonia_to_normal_ratio": round(pneumonia / normal, 3) if normal else None,
-        "class_weights": {CLASS_NAMES[c]: round(w, 4) for c, w in weights.items()},
+        "class_weights": {task.classes[c]: round(w, 4) for c, w in weights.items()},
         "unreadable": [{"path": u.path, "reason": u.reason} for u in dataset.unreadable],
         "notes": list(dataset.notes),
     }

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import artifacts
+from core import artifacts, tasks
 from core.artifacts import Run, RunError
 
 EQUAL_RULE = "equal weights (the plain mean of the members' probabilities)"
@@ -138,6 +138,10 @@ def check_members(runs: Sequence[Run]) -> dict[str, tuple[pd.DataFrame, pd.DataF
     problems = [p for p in (_problem(r) for r in runs) if p]
     if problems:
         raise RunError("cannot combine: " + "; ".join(problems))
+    first_task = tasks.task_for(runs[0].task)
+    for other in runs[1:]:
+        if problem := tasks.comparability_problem(first_task, tasks.task_for(other.task)):
+            raise RunError(f"cannot combine {runs[0].name} and {other.name}: {problem}")
     tables = {r.name: (r.val_predictions(), r.predictions()) for r in runs}
     first = runs[0]
     for other in runs[1:]:
@@ -198,6 +202,9 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
     val_rows, val_scores = _aligned([tables[r.name][0] for r in runs])
     test_rows, test_scores = _aligned([tables[r.name][1] for r in runs])
     y_val, y_test = val_rows["y_true"].to_numpy(np.int64), test_rows["y_true"].to_numpy(np.int64)
+    # The members' probabilities answer one binary question (a three-class member's is P(pneumonia)):
+    # so does the ensemble, whose task is that question's.
+    task = tasks.task_for(tasks.task_for(runs[0].task).question)
 
     if weighted:
         steps = grid_steps(len(runs))
@@ -207,7 +214,7 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
         weights, rule = np.full(len(runs), 1.0 / len(runs)), EQUAL_RULE
     weights = np.round(weights, 6)
     result = evaluation.evaluate_scores(
-        val_rows, y_val, combine(val_scores, weights), test_rows, y_test, combine(test_scores, weights)
+        val_rows, y_val, combine(val_scores, weights), test_rows, y_test, combine(test_scores, weights), task
     )
     member_metrics = [r.metrics or {} for r in runs]
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -234,6 +241,8 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
         "name": name,
         "family": artifacts.ENSEMBLE_FAMILY,
         "mode": artifacts.ENSEMBLE_FAMILY,
+        "task": task.name,
+        "member_tasks": [r.task for r in runs],
         "members": [r.name for r in runs],
         "weights": weights.tolist(),
         "weighted": bool(weighted),
@@ -292,9 +301,10 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     `models` (member name -> loaded Keras model) spares loading them again. Same columns as
     `core.evaluation.predict_files`; a file any member cannot read gets that member's reason.
     """
-    from core import data, evaluation
+    from core import evaluation
 
     members, weights = member_runs(run), weights_of(run)
+    task = tasks.task_for(run.task)
     tables = [evaluation.predict_files(m, paths, model=(models or {}).get(m.name), engine=engine) for m in members]
     scores = np.column_stack([t["probability"].to_numpy(dtype=np.float64) for t in tables])
     errors = [next((e for e in row if e), "") for row in zip(*(t["error"] for t in tables), strict=True)]
@@ -307,7 +317,7 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
             {
                 "path": str(path),
                 "probability": float(score) if ok else np.nan,
-                "label": data.BINARY.classes[int(score >= threshold)] if ok else "",
+                "label": task.binary_classes[int(score >= threshold)] if ok else "",
                 "error": error,
             }
         )

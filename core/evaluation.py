@@ -5,7 +5,9 @@ the test split, so test metrics never guide a choice. Probabilities are rounded 
 `PROBABILITY_DECIMALS` as soon as they are computed, so the threshold, the saved metrics and the
 saved per-image rows all see the same numbers (an image cannot change class between `metrics.json`
 and `predictions.csv`). Saved models are loaded with Keras `safe_mode`, and predictions go through
-the fast inference engine.
+the fast inference engine. A three-class run (``core.tasks``) is evaluated twice: on its binary
+view (pneumonia vs normal from P(bacterial) + P(viral)), exactly as a two-class run, and on its
+three classes at the argmax (``core.multiclass``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from core import artifacts, augmentation, data, statistics
+from core import artifacts, augmentation, data, multiclass, statistics, tasks
 from core.models import positive_probability
 
 THRESHOLD_RULE = "Youden's J on the validation split"
@@ -30,14 +32,14 @@ def saved_precision(scores) -> np.ndarray:
     return np.round(np.asarray(scores, dtype=np.float64), PROBABILITY_DECIMALS)
 
 
-def choose_threshold(y_val: np.ndarray, val_scores: np.ndarray) -> float:
+def choose_threshold(y_val: np.ndarray, val_scores: np.ndarray, classes: tuple[str, str] = tasks.PNEUMONIA.classes) -> float:
     """The decision threshold: Youden's J on the validation split.
 
     Raises `data.DataError` with what to do when the validation split lacks a class (Youden's J,
-    like any sensitivity/specificity trade-off, needs both).
+    like any sensitivity/specificity trade-off, needs both). `classes` name them in the message.
     """
     y_val = np.asarray(y_val)
-    counts = {name: int(np.sum(y_val == i)) for i, name in enumerate(data.BINARY.classes)}
+    counts = {name: int(np.sum(y_val == i)) for i, name in enumerate(classes)}
     missing = [name for name, count in counts.items() if count == 0]
     if missing:
         held = ", ".join(f"{count} {name}" for name, count in counts.items())
@@ -48,10 +50,11 @@ def choose_threshold(y_val: np.ndarray, val_scores: np.ndarray) -> float:
     return float(statistics.youden_threshold(y_val, val_scores))
 
 
-def probabilities(
+def model_outputs(
     model, inputs: np.ndarray, engine: str = "auto", batch_size: int = 64, cache_path=None, tta: int = 1
 ) -> tuple[np.ndarray, str]:
-    """Probability of pneumonia for each input (pixels as uint8 (n,s,s,1) or features (n,d)).
+    """The model's output rows for each input (pixels as uint8 (n,s,s,1) or features (n,d)):
+    (n, 1) for a sigmoid head, (n, k) class probabilities for a softmax.
 
     With `tta` > 1 (pixels only), the mean over that many fixed views of each image
     (`augmentation.tta_views`).
@@ -60,14 +63,24 @@ def probabilities(
 
     runner = make_engine(model, engine, cache_path=cache_path)
     if len(inputs) == 0:
-        return np.zeros(0, np.float32), runner.name
+        width = int(model.output_shape[-1]) if getattr(model, "output_shape", None) else 1
+        return np.zeros((0, width), np.float64), runner.name
     if inputs.ndim != 4:
-        return positive_probability(runner.predict(np.asarray(inputs, np.float32), batch_size=batch_size)).astype(float), runner.name
-    scores = [
-        positive_probability(runner.predict(data.to_network_input(view), batch_size=batch_size)).astype(float)
+        return np.asarray(runner.predict(np.asarray(inputs, np.float32), batch_size=batch_size), np.float64), runner.name
+    outputs = [
+        np.asarray(runner.predict(data.to_network_input(view), batch_size=batch_size), np.float64)
         for view in augmentation.tta_views(inputs, tta)
     ]
-    return np.mean(scores, axis=0), runner.name
+    return np.mean(outputs, axis=0), runner.name
+
+
+def probabilities(
+    model, inputs: np.ndarray, engine: str = "auto", batch_size: int = 64, cache_path=None, tta: int = 1
+) -> tuple[np.ndarray, str]:
+    """Probability of the run's binary view for each input: pneumonia (or, for bacterial vs viral,
+    viral); a three-class model's P(bacterial) + P(viral) (`models.positive_probability`)."""
+    outputs, name = model_outputs(model, inputs, engine, batch_size, cache_path, tta)
+    return positive_probability(outputs).astype(float), name
 
 
 def roc_points(y_true: np.ndarray, y_score: np.ndarray) -> dict:
@@ -85,8 +98,11 @@ def roc_points(y_true: np.ndarray, y_score: np.ndarray) -> dict:
     return {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist(), "thresholds": thresholds.tolist()}
 
 
-def prediction_rows(table: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float, task=data.BINARY) -> pd.DataFrame:
-    """One row per image: where it is, what it is, what the model said."""
+def prediction_rows(
+    table: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float, task: tasks.Task = tasks.PNEUMONIA
+) -> pd.DataFrame:
+    """One row per image: where it is, what it is, what the model said (on the task's binary view:
+    `y_true` and `prediction` are its two classes)."""
     predicted = (y_score >= threshold).astype(int)
     return pd.DataFrame(
         {
@@ -96,7 +112,7 @@ def prediction_rows(table: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray
             "class_name": table["class_name"].to_numpy(),
             "y_true": y_true.astype(int),
             "probability": saved_precision(y_score),
-            "prediction": [task.classes[p] for p in predicted],
+            "prediction": [task.binary_classes[p] for p in predicted],
             "correct": predicted == y_true,
         }
     )
@@ -110,16 +126,17 @@ def summarize_predictions(y_true: np.ndarray, y_score: np.ndarray, threshold: fl
 def evaluate_scores(
     val_table: pd.DataFrame, y_val: np.ndarray, val_scores: np.ndarray,
     test_table: pd.DataFrame, y_test: np.ndarray, test_scores: np.ndarray,
+    task: tasks.Task = tasks.PNEUMONIA,
 ) -> dict:
     """Threshold from validation, then metrics, ROC and per-image rows on test, from probabilities.
 
     The one place a run's `metrics.json` content (and its two prediction tables) is made: a search
     calls it through `evaluate_model`, an ensemble with its combined probabilities. Every number is
     computed from the probabilities as saved (`saved_precision`), so the saved metrics are what the
-    saved predictions give at the saved threshold.
+    saved predictions give at the saved threshold. The labels are the task's binary view (0/1).
     """
     val_scores, test_scores = saved_precision(val_scores), saved_precision(test_scores)
-    threshold = choose_threshold(y_val, val_scores)
+    threshold = choose_threshold(y_val, val_scores, task.binary_classes)
     test = summarize_predictions(y_test, test_scores, threshold)
     return {
         "threshold": threshold,
@@ -127,20 +144,61 @@ def evaluate_scores(
         "val": summarize_predictions(y_val, val_scores, threshold),
         "test": test,
         "confusion_matrix": [[test["tn"], test["fp"]], [test["fn"], test["tp"]]],
-        "labels": list(data.BINARY.classes),
+        "labels": list(task.binary_classes),
+        "task": task.name,
         "roc": roc_points(y_test, test_scores),
-        "predictions": prediction_rows(test_table, y_test, test_scores, threshold),
-        "val_predictions": prediction_rows(val_table, y_val, val_scores, threshold),
+        "predictions": prediction_rows(test_table, y_test, test_scores, threshold, task),
+        "val_predictions": prediction_rows(val_table, y_val, val_scores, threshold, task),
     }
 
 
-def evaluate_model(model, inputs, labels, table, part, engine="auto", batch_size=64, tta=1, cache_path=None) -> dict:
-    """Threshold from validation, then metrics, ROC and per-image rows on test (see `evaluate_scores`)."""
-    val_scores, engine_name = probabilities(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
-    test_scores, _ = probabilities(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
+def evaluate_classes(
+    val_table: pd.DataFrame, y_val: np.ndarray, val_probabilities: np.ndarray,
+    test_table: pd.DataFrame, y_test: np.ndarray, test_probabilities: np.ndarray, task: tasks.Task,
+) -> dict:
+    """A multi-class run's `metrics.json` content: its binary view through `evaluate_scores` (the
+    derived probability 1 − P(first class), threshold chosen on validation), plus `multiclass`
+    (argmax metrics and intervals, `core.multiclass.summary`); the prediction tables get the true
+    and argmax class and a probability column per class. Labels are class indices."""
+    val_p = saved_precision(val_probabilities)
+    test_p = saved_precision(test_probabilities)
     result = evaluate_scores(
-        table[part["val"]], labels[part["val"]], val_scores, table[part["test"]], labels[part["test"]], test_scores
+        val_table, task.binary_labels(y_val), positive_probability(val_p), test_table, task.binary_labels(y_test),
+        positive_probability(test_p), task,
     )
+    result["multiclass"] = multiclass.summary(task, y_val, val_p, y_test, test_p, test_table["patient"].astype(str).to_numpy())
+    for key, y, p in (("val_predictions", y_val, val_p), ("predictions", y_test, test_p)):
+        rows = result[key]
+        result[key] = pd.concat([rows, multiclass.prediction_columns(task, y, p).set_index(rows.index)], axis=1)
+    return result
+
+
+def multiclass_summary(result: dict) -> str:
+    """A log line's tail for a multi-class run ("" for others): argmax accuracy and macro AUC on test."""
+    block = result.get("multiclass") or {}
+    test = block.get("test") or {}
+    if not test:
+        return ""
+    return f"; {len(block.get('classes', []))} classes (argmax): accuracy {test['accuracy']:.4f}, macro AUC {test['macro_auc']:.4f}"
+
+
+def evaluate_model(
+    model, inputs, labels, table, part, engine="auto", batch_size=64, tta=1, cache_path=None, task: tasks.Task = tasks.PNEUMONIA
+) -> dict:
+    """Threshold from validation, then metrics, ROC and per-image rows on test (see `evaluate_scores`;
+    `evaluate_classes` for a multi-class task, whose `labels` are class indices)."""
+    if task.is_binary:
+        val_scores, engine_name = probabilities(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
+        test_scores, _ = probabilities(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
+        result = evaluate_scores(
+            table[part["val"]], labels[part["val"]], val_scores, table[part["test"]], labels[part["test"]], test_scores, task
+        )
+    else:
+        val_p, engine_name = model_outputs(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
+        test_p, _ = model_outputs(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
+        result = evaluate_classes(
+            table[part["val"]], labels[part["val"]], val_p, table[part["test"]], labels[part["test"]], test_p, task
+        )
     return {
         **result,
         "engine": engine_name,
@@ -191,9 +249,11 @@ def run_image_size(run: artifacts.Run) -> int:
 
 
 def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto", unusual: bool = False) -> pd.DataFrame:
-    """Score image files with a saved run: path, probability of pneumonia, label, error.
+    """Score image files with a saved run: path, probability of its binary view's positive class
+    (pneumonia; viral for bacterial vs viral), label, error.
 
-    A file that cannot be read gets its reason in `error` and no probability; the others are
+    A multi-class run also gives each class's probability (`tasks.probability_column`) and its
+    label is the argmax class. A file that cannot be read gets its reason in `error` and no probability; the others are
     still scored. An ensemble averages its members' probabilities (`model` then maps member names
     to loaded models); see `core.ensemble.predict_files`. With `unusual`, three more columns say
     whether each image is far from the run's training X-rays (`core.ood.flag_files`).
@@ -215,23 +275,32 @@ def _predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str
     if not run.has_model:
         raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
     model = model or load_model(run.model_path)
+    task = tasks.task_for(run.task)
+    class_columns = [] if task.is_binary else [tasks.probability_column(c) for c in task.classes]
     size = run_image_size(run)
     threshold = run.threshold
     rows, pixels, readable = [], [], []
     for path in paths:
+        blank = {"path": str(path), "probability": np.nan, "label": "", "error": "", **dict.fromkeys(class_columns, np.nan)}
         try:
             pixels.append(data.load_image(path, size))
             readable.append(len(rows))
-            rows.append({"path": str(path), "probability": np.nan, "label": "", "error": ""})
+            rows.append(blank)
         except Exception as error:  # any unreadable file is reported, not fatal
-            rows.append({"path": str(path), "probability": np.nan, "label": "", "error": f"cannot read image: {error}"})
+            rows.append({**blank, "error": f"cannot read image: {error}"})
     if pixels:
         tta = int(((run.metrics or {}).get("tta") or {}).get("views", 1))
-        scores, _ = probabilities(model, np.stack(pixels), engine, cache_path=run.folder / "model.tflite", tta=tta)
-        for row_index, score in zip(readable, saved_precision(scores), strict=True):
-            rows[row_index]["probability"] = float(score)  # the label is decided on the number shown
-            rows[row_index]["label"] = data.BINARY.classes[int(score >= threshold)]
-    return pd.DataFrame(rows, columns=["path", "probability", "label", "error"])
+        outputs, _ = model_outputs(model, np.stack(pixels), engine, cache_path=run.folder / "model.tflite", tta=tta)
+        outputs = saved_precision(outputs)
+        for row_index, output in zip(readable, outputs, strict=True):
+            score = float(saved_precision(positive_probability(output[None]))[0])
+            rows[row_index]["probability"] = score  # the label is decided on the number shown
+            if task.is_binary:
+                rows[row_index]["label"] = task.binary_classes[int(score >= threshold)]
+            else:  # the argmax decides among the classes (core.multiclass.DECISION_RULE)
+                rows[row_index]["label"] = task.classes[int(np.argmax(output))]
+                rows[row_index].update({column: float(v) for column, v in zip(class_columns, output, strict=True)})
+    return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
 
 
 def expand_image_paths(items: list[str]) -> list[str]:
@@ -250,16 +319,17 @@ def expand_image_paths(items: list[str]) -> list[str]:
 
 def evaluate_run_on_folder(run: artifacts.Run, folder: str, split: str = "test", engine: str = "auto") -> tuple[dict, pd.DataFrame]:
     """Metrics of a saved run on one split folder of a data set, at the run's own threshold."""
+    task = tasks.task_for(run.task)
     dataset = data.scan_folder(folder)
-    table = dataset.table[dataset.table["folder_split"] == split].reset_index(drop=True)
+    table = task.select(dataset.table[dataset.table["folder_split"] == split])
     if table.empty:
-        raise data.DataError(f"no images in the {split}/ folder of {dataset.root}: pick another --split")
-    data.require_usable(data.Dataset(dataset.root, table))
+        raise data.DataError(f"no images of the {task.name} task in the {split}/ folder of {dataset.root}: pick another --split")
+    data.require_usable(data.Dataset(dataset.root, table), task)
     trained_on = _training_patients(run)
     overlap = sorted(set(table["patient"]) & trained_on)
     predictions = predict_files(run, list(table["path"]), engine=engine)
     ok = predictions["error"] == ""
-    y_true = data.BINARY.labels(table)[ok.to_numpy()]
+    y_true = task.binary_labels(task.labels(table))[ok.to_numpy()]
     scores = predictions.loc[ok, "probability"].to_numpy(float)
     threshold = run.threshold
     metrics = summarize_predictions(y_true, scores, threshold)

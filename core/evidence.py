@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from core import statistics
+from core import statistics, tasks
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 1000
@@ -332,15 +333,28 @@ def holm_family(pairs: list[PairedEvidence]) -> list[PairedEvidence]:
     ]
 
 
+def pairing_problem(name_a: str, name_b: str, run_tasks: Mapping[str, tasks.Task] | None) -> str:
+    """Why two runs answer different questions and so cannot be paired ("" when they can, or when
+    ``run_tasks`` (run name -> task) is not given)."""
+    if not run_tasks or name_a not in run_tasks or name_b not in run_tasks:
+        return ""
+    return tasks.comparability_problem(run_tasks[name_a], run_tasks[name_b])
+
+
 def pairwise_evidence(
-    runs: list[tuple[str, pd.DataFrame, float]], confidence: float = CONFIDENCE
+    runs: list[tuple[str, pd.DataFrame, float]], confidence: float = CONFIDENCE,
+    run_tasks: Mapping[str, tasks.Task] | None = None,
 ) -> tuple[list[PairedEvidence], list[tuple[str, str, str]]]:
     """Every pair of ``runs`` (name, predictions, threshold) that can be paired, Holm-adjusted together.
 
-    Returns the tested pairs and the refused ones as (name A, name B, reason).
+    Returns the tested pairs and the refused ones as (name A, name B, reason). With ``run_tasks``,
+    runs answering different questions (``tasks.comparability_problem``) are refused, saying why.
     """
     tested, refused = [], []
     for (name_a, pred_a, thr_a), (name_b, pred_b, thr_b) in itertools.combinations(runs, 2):
+        if problem := pairing_problem(name_a, name_b, run_tasks):
+            refused.append((name_a, name_b, problem))
+            continue
         try:
             tested.append(paired_evidence(name_a, pred_a, thr_a, name_b, pred_b, thr_b, confidence=confidence))
         except ValueError as error:
@@ -349,21 +363,25 @@ def pairwise_evidence(
 
 
 def paired_among(
-    name_a: str, name_b: str, runs: list[tuple[str, pd.DataFrame, float]], confidence: float = CONFIDENCE
+    name_a: str, name_b: str, runs: list[tuple[str, pd.DataFrame, float]], confidence: float = CONFIDENCE,
+    run_tasks: Mapping[str, tasks.Task] | None = None,
 ) -> PairedEvidence:
     """Runs ``name_a`` and ``name_b`` of ``runs`` (name, predictions, threshold) tested against each other.
 
     With more than two runs the pair is one of a family: its p-values are Holm-adjusted over every
     pair of ``runs`` that can be paired, as the report's are. ``ValueError`` when the two runs' test
-    images differ, or when a name is not among ``runs``.
+    images differ, when they answer different questions (with ``run_tasks``), or when a name is
+    not among ``runs``.
     """
     by_name = {name: (table, threshold) for name, table, threshold in runs}
     unknown = [name for name in (name_a, name_b) if name not in by_name]
     if unknown:
         raise ValueError(f"{unknown} not among the runs {list(by_name)}")
+    if problem := pairing_problem(name_a, name_b, run_tasks):
+        raise ValueError(problem)
     paired = paired_evidence(name_a, *by_name[name_a], name_b, *by_name[name_b], confidence=confidence)
     if len(runs) > 2:
-        family, _ = pairwise_evidence(runs, confidence=confidence)
+        family, _ = pairwise_evidence(runs, confidence=confidence, run_tasks=run_tasks)
         paired = adjusted_as_in(paired, family)
     return paired
 

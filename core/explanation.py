@@ -172,8 +172,13 @@ def _network_input(image: np.ndarray, model) -> np.ndarray:
     return pixels.astype(np.float32)[None]
 
 
-def grad_cam(model: keras.Model, image: np.ndarray, layer: keras.layers.Layer | None = None) -> np.ndarray:
-    """Grad-CAM heatmap of the pneumonia class: (h, w) in [0, 1] at the feature map's resolution.
+def grad_cam(
+    model: keras.Model, image: np.ndarray, layer: keras.layers.Layer | None = None, class_index: int | None = None
+) -> np.ndarray:
+    """Grad-CAM heatmap of one class: (h, w) in [0, 1] at the feature map's resolution.
+
+    The class is the positive one of a sigmoid model (pneumonia; viral for bacterial vs viral). For
+    a softmax model it is `class_index`, by default the predicted class (the argmax of the output).
 
     `image` is (S, S, 3) float in 0..255 or (S, S, 1) uint8; `layer` defaults to
     `find_last_feature_map(model)`. The map is ReLU(sum_k alpha_k A_k), with alpha_k the mean over
@@ -212,9 +217,9 @@ def grad_cam(model: keras.Model, image: np.ndarray, layer: keras.layers.Layer | 
             logits = tf.matmul(dense_inputs[-1], dense.kernel)
             if dense.use_bias:
                 logits = logits + dense.bias
-            score = logits[:, -1]
+            score = logits[:, _class_of(probabilities, class_index)]
         else:
-            score = probabilities[:, -1]
+            score = probabilities[:, _class_of(probabilities, class_index)]
     feature_map = feature_maps[-1]  # a shared layer runs more than once: the last call feeds the output
     gradients = tape.gradient(score, feature_map)
     if gradients is None:
@@ -228,6 +233,18 @@ def grad_cam(model: keras.Model, image: np.ndarray, layer: keras.layers.Layer | 
     if not np.isfinite(peak) or peak <= 0:  # vanished gradients or no positive evidence
         return np.zeros(cam.shape, np.float32)
     return (cam / peak).astype(np.float32)
+
+
+def _class_of(probabilities, class_index: int | None) -> int:
+    """The output column Grad-CAM explains: a sigmoid's only one; for a softmax the chosen class, else the predicted one."""
+    width = int(probabilities.shape[-1])
+    if width == 1:
+        return 0
+    if class_index is None:
+        return int(np.argmax(np.asarray(probabilities)[0]))
+    if not 0 <= int(class_index) < width:
+        raise ValueError(f"class {class_index} does not exist: the model has {width} classes")
+    return int(class_index)
 
 
 # --------------------------------------------------------------------------
@@ -252,8 +269,13 @@ def load_original(path: str | Path) -> Image.Image:
             return image.convert("L")
 
 
-def heatmap_for_run(run: Run, image_path: str | Path, model: keras.Model | None = None) -> tuple[np.ndarray, Image.Image]:
+def heatmap_for_run(
+    run: Run, image_path: str | Path, model: keras.Model | None = None, class_name: str | None = None
+) -> tuple[np.ndarray, Image.Image]:
     """Grad-CAM of a saved run on one image file: (heatmap, the original image at its own size).
+
+    A multi-class run explains `class_name` (one of its task's classes), by default its predicted
+    class; a two-class run always explains its positive class.
 
     The network sees the image as prediction does (squashed to the run's square input size); the
     original is returned unresized so the overlay can keep its aspect ratio. For an ensemble
@@ -269,8 +291,12 @@ def heatmap_for_run(run: Run, image_path: str | Path, model: keras.Model | None 
         if not run.has_model:
             raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
         model = evaluation.load_model(run.model_path)
+    from core.tasks import task_for
+
+    task = task_for(run.task)
+    class_index = task.classes.index(class_name) if class_name in task.classes and not task.is_binary else None
     pixels = data.load_image(image_path, evaluation.run_image_size(run))
-    return grad_cam(model, pixels), load_original(image_path)
+    return grad_cam(model, pixels, class_index=class_index), load_original(image_path)
 
 
 def combine_heatmaps(heatmaps: list[np.ndarray], weights: list[float]) -> np.ndarray:

@@ -16,7 +16,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from core import artifacts, evidence, shift, wording
+from core import artifacts, evidence, shift, tasks, wording
 from core.artifacts import Run, RunError
 
 CARD = "MODEL_CARD.md"
@@ -87,15 +87,26 @@ def model_card(run: Run) -> str:
     warnings = shift.shift_warnings([moved])
     tta = (metrics.get("tta") or {}).get("views", 1)
     notes = "\n".join(f"- {n}" for n in summary.get("notes") or []) or "- none recorded"
+    task = tasks.task_for(run.task)
+    output = (
+        f"probability of {task.binary_names[1]} out" if task.is_binary
+        else f"one probability per class ({', '.join(task.names)}) out; P(pneumonia) = P(bacterial) + P(viral)"
+    )
+    labels_limit = (
+        "Labels are image-level diagnoses (normal / pneumonia); it cannot tell bacterial from viral pneumonia, nor other findings."
+        if task.name == "pneumonia" else
+        "Labels come from the file names' kind (bacteria / virus), image-level; it knows no other findings."
+    )
     return f"""# Model card: {run.name}
 
 ## Model details
 
+- Task: **{task.name}** ({tasks.DESCRIPTIONS[task.name]}).
 - Family: {run.family} ({settings.get('mode', 'frozen')} mode, weights {settings.get('weights', '?')}), input {size}×{size} px.
 - Found by a Keras Tuner {settings.get('tuner', '?')} search ({settings.get('trials', '?')} trials × {settings.get('epochs', '?')} epochs, seed {settings.get('seed', '?')}) with this project's `python -m core tune`.
-- Decision threshold: **{threshold:.6f}** ({metrics.get('threshold_rule', "Youden's J on the validation split")}); probability ≥ threshold means PNEUMONIA.
+- Decision threshold: **{threshold:.6f}** ({metrics.get('threshold_rule', "Youden's J on the validation split")}); probability ≥ threshold means {task.binary_classes[1]}{'' if task.is_binary else ' (the binary view); the three classes are decided by the largest probability (argmax)'}.
 - Test-time augmentation: {f'{tta} views (core.augmentation.tta_views); the saved probabilities average them' if tta and tta > 1 else 'none'}.
-- Files: `model.keras` (Keras 3, pixels 0..255 in, probability of pneumonia out), `model.tflite` (the same model for TensorFlow Lite), `threshold.json`.
+- Files: `model.keras` (Keras 3, pixels 0..255 in, {output}), `model.tflite` (the same model for TensorFlow Lite), `threshold.json`.
 
 ## Intended use
 
@@ -134,7 +145,7 @@ bootstrap; rates: Wilson's interval widened by the design effect), as on the Com
 ## Limitations
 
 - One public data set, one centre, children: it says nothing about adults, other hospitals, other machines or lateral views.
-- Labels are image-level diagnoses (normal / pneumonia); it cannot tell bacterial from viral pneumonia, nor other findings.
+- {labels_limit}
 - Metrics on a test split carved from train/ (internal) flatter the model; the external test/ folder is the fairer check.
 - An image unlike the training X-rays (blank, photo, text, another body part) still gets a probability; the dashboard and
   `python -m core predict` flag such images, this file alone does not.

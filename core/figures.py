@@ -16,6 +16,8 @@ import plotly.graph_objects as go
 
 CLASS_COLORS = {"NORMAL": "#3b82c4", "PNEUMONIA": "#d1495b"}
 KIND_COLORS = {"normal": "#3b82c4", "bacteria": "#d1495b", "virus": "#edae49", "unknown": "#9e9e9e"}
+# The tasks' class names as a reader sees them (core.tasks), coloured as the kinds are.
+TASK_CLASS_COLORS = {"normal": "#3b82c4", "pneumonia": "#d1495b", "bacterial": "#d1495b", "viral": "#edae49"}
 # Colour-blind-safe qualitative palette (Okabe-Ito, without the black and the yellow).
 RUN_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#7f7f7f", "#8c564b")
 SPLIT_ORDER = ("train", "val", "test")
@@ -86,12 +88,21 @@ def kinds_figure(kinds: Mapping[str, Mapping[str, int]]) -> go.Figure:
     return _layout(fig, "Pneumonia kinds per split", "Split", "Images (count)", barmode="stack")
 
 
-def class_balance_figure(images: Mapping[str, Mapping[str, int]]) -> go.Figure:
-    """100 % stacked horizontal bars: the share of each class in each split."""
+def class_balance_figure(
+    images: Mapping[str, Mapping[str, int]], class_names: Sequence[str] | None = None, title: str = "Class balance"
+) -> go.Figure:
+    """100 % stacked horizontal bars: the share of each class in each split.
+
+    `class_names` are the keys of each split's counts: NORMAL and PNEUMONIA by default, or a task's
+    classes (`summary["task_images"]`, e.g. normal, bacterial, viral).
+    """
     splits = _ordered_splits(images)[::-1]  # train on top
     totals = [max(1, sum(images[s].values())) for s in splits]
     fig = go.Figure()
-    for class_name, color in CLASS_COLORS.items():
+    palette = CLASS_COLORS if class_names is None else {
+        name: TASK_CLASS_COLORS.get(name, RUN_PALETTE[i % len(RUN_PALETTE)]) for i, name in enumerate(class_names)
+    }
+    for class_name, color in palette.items():
         counts = [int(images[s].get(class_name, 0)) for s in splits]
         shares = [100.0 * c / t for c, t in zip(counts, totals, strict=True)]
         fig.add_bar(
@@ -99,7 +110,7 @@ def class_balance_figure(images: Mapping[str, Mapping[str, int]]) -> go.Figure:
             text=[f"{p:.0f} % ({c:,})" for p, c in zip(shares, counts, strict=True)], textposition="inside",
             hovertemplate="%{y}: %{x:.1f} %<extra>" + class_name + "</extra>",
         )
-    _layout(fig, "Class balance", "Share of the split's images (%)", "Split", height=max(200, 90 + 60 * len(splits)), barmode="stack")
+    _layout(fig, title, "Share of the split's images (%)", "Split", height=max(200, 90 + 60 * len(splits)), barmode="stack")
     fig.update_xaxes(range=[0, 100], ticksuffix=" %")
     return fig
 
@@ -159,7 +170,7 @@ def _threshold_hover(thresholds, sensitivity, specificity) -> list[list[float]] 
     return [[float(t), float(se), float(sp)] for t, se, sp in zip(thresholds, sensitivity, specificity, strict=True)]
 
 
-def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
+def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None, title: str = "ROC curves on the test split") -> go.Figure:
     """ROC curves of several runs overlaid, AUC (and its interval) in the legend, chance diagonal, operating points.
 
     Each curve: `name`, `fpr`, `tpr`, `auc`, optionally `thresholds` (one per point: hovering a
@@ -195,8 +206,8 @@ def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = Non
                     "1 − specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>operating point</extra>"
                 ),
             )
-    _layout(fig, "ROC curves on the test split", "False positive rate (1 − specificity)", "True positive rate (sensitivity)")
-    _legend_below(fig, _legend_rows(curves), "dots: each run's operating point")
+    _layout(fig, title, "False positive rate (1 − specificity)", "True positive rate (sensitivity)")
+    _legend_below(fig, _legend_rows(curves), "dots: each run's operating point" if any(c.get("point") for c in curves) else "")
     return _unit_square(fig)
 
 
@@ -235,8 +246,11 @@ def precision_recall_figure(curves: Sequence[Mapping], colors: Mapping[str, str]
     return _unit_square(fig)
 
 
-def calibration_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None, n_bins: int = 10) -> go.Figure:
-    """Reliability curves: observed share of pneumonia against the mean predicted probability per bin.
+def calibration_figure(
+    curves: Sequence[Mapping], colors: Mapping[str, str] | None = None, n_bins: int = 10, positive: str = "pneumonia"
+) -> go.Figure:
+    """Reliability curves: observed share of the positive class (`positive`: pneumonia, or viral for
+    bacterial vs viral) against the mean predicted probability per bin.
 
     Each curve: `name`, `mean_predicted`, `fraction_positive`, `count` (images per non-empty
     bin), and optionally `brier` and `ece` (shown in the legend). The diagonal is perfect
@@ -263,7 +277,7 @@ def calibration_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | No
             hovertemplate="mean predicted %{x:.3f}<br>observed share %{y:.3f}"
             + ("<br>%{customdata} images" if counts else "") + "<extra>" + name + "</extra>",
         )
-    _layout(fig, "Calibration on the test split", "Mean predicted probability of pneumonia", "Observed share with pneumonia")
+    _layout(fig, "Calibration on the test split", f"Mean predicted probability of {positive}", f"Observed share with {positive}")
     _legend_below(fig, _legend_rows(curves), f"{n_bins} equal-width bins of predicted probability")
     return _unit_square(fig)
 
@@ -314,8 +328,33 @@ def confusion_matrix_figure(matrix, labels: Sequence[str] = ("NORMAL", "PNEUMONI
     return fig
 
 
-def probability_figure(rows: pd.DataFrame, colors: Mapping[str, str] | None = None, title: str = "") -> go.Figure:
-    """One horizontal bar per run: its probability of pneumonia, with the run's threshold marked.
+def class_probability_figure(rows: pd.DataFrame, class_names: Sequence[str], title: str = "") -> go.Figure:
+    """Stacked horizontal bars, one per run: each class's probability (a multi-class run's), the
+    argmax class outlined in the text. `rows` has `run` and one column per name in `class_names`."""
+    rows = rows.reset_index(drop=True)
+    runs = list(rows["run"])
+    colors = [KIND_COLORS.get(key, RUN_PALETTE[i % len(RUN_PALETTE)]) for i, key in enumerate(("normal", "bacteria", "virus")[: len(class_names)])]
+    fig = go.Figure()
+    for name, color in zip(class_names, colors, strict=True):
+        values = rows[name].astype(float)
+        fig.add_bar(
+            y=runs, x=values.fillna(0).tolist(), orientation="h", name=name, marker_color=color,
+            text=[f"{name} {v:.2f}" if np.isfinite(v) and v >= 0.08 else "" for v in values], textposition="inside",
+            hovertemplate="%{y}: P(" + name + ") = %{x:.3f}<extra></extra>",
+        )
+    _layout(fig, title, "Probability of each class (sums to 1)", "", height=130 + 46 * len(runs), barmode="stack")
+    fig.update_xaxes(range=[0, 1], tickvals=[0, 0.25, 0.5, 0.75, 1.0])
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def probability_figure(
+    rows: pd.DataFrame, colors: Mapping[str, str] | None = None, title: str = "", positive: str = "pneumonia"
+) -> go.Figure:
+    """One horizontal bar per run: its probability of `positive` (pneumonia, or viral for bacterial
+    vs viral), with the run's threshold marked.
 
     `rows` has columns `run`, `probability` (0..1, NaN when the run could not score the image),
     `threshold` and optionally `label`.
@@ -328,7 +367,7 @@ def probability_figure(rows: pd.DataFrame, colors: Mapping[str, str] | None = No
     fig = go.Figure()
     fig.add_bar(
         y=runs, x=probabilities.fillna(0).tolist(), orientation="h",
-        marker_color=[CLASS_COLORS.get(label, colors.get(run, RUN_PALETTE[0])) for run, label in zip(runs, labels, strict=True)],
+        marker_color=[CLASS_COLORS.get(str(label).upper(), colors.get(run, RUN_PALETTE[0])) for run, label in zip(runs, labels, strict=True)],
         text=[f"{p:.3f} · {label}" if np.isfinite(p) else "not scored" for p, label in zip(probabilities, labels, strict=True)],
         textposition="outside", cliponaxis=False, showlegend=False,
         hovertemplate="%{y}: %{x:.3f}<extra></extra>",
@@ -338,7 +377,7 @@ def probability_figure(rows: pd.DataFrame, colors: Mapping[str, str] | None = No
         marker={"symbol": "line-ns", "size": 26, "line": {"width": 3, "color": "#222"}},
         hovertemplate="threshold %{x:.3f}<extra>%{y}</extra>",
     )
-    _layout(fig, title, "Probability of pneumonia", "", height=110 + 46 * len(runs))
+    _layout(fig, title, f"Probability of {positive}", "", height=110 + 46 * len(runs))
     fig.update_xaxes(range=[0, 1.18], tickvals=[0, 0.25, 0.5, 0.75, 1.0])
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(

@@ -251,7 +251,8 @@ def _output_and_loss(task: Task, x):
 
     if len(task.classes) == 2:
         return keras.layers.Dense(1, activation="sigmoid", name="probability")(x), "binary_crossentropy"
-    return keras.layers.Dense(len(task.classes), activation="softmax", name="probability")(x), "sparse_categorical_crossentropy"
+    # One-hot targets (`Task.targets`): Keras' AUC metric then is the micro one-vs-rest AUC.
+    return keras.layers.Dense(len(task.classes), activation="softmax", name="probability")(x), "categorical_crossentropy"
 
 
 def _compile(model: keras.Model, loss: str, learning_rate: float, steps_per_execution: int = 1) -> keras.Model:
@@ -260,7 +261,10 @@ def _compile(model: keras.Model, loss: str, learning_rate: float, steps_per_exec
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=loss,
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        metrics=[
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.CategoricalAccuracy(name="accuracy") if loss == "categorical_crossentropy" else keras.metrics.BinaryAccuracy(name="accuracy"),
+        ],
         steps_per_execution=steps_per_execution,
     )
     return model
@@ -512,8 +516,13 @@ FAMILIES = {
 
 
 def positive_probability(outputs) -> object:
-    """The probability of the positive class from a model's output array."""
-    return outputs[:, 0] if outputs.shape[-1] == 1 else outputs[:, -1]
+    """The probability of the run's binary view from a model's output array.
+
+    A sigmoid's one column; for a softmax, 1 − P(first class): a three-class run's derived
+    probability of pneumonia, P(bacterial) + P(viral) (`core.tasks`), so every binary view (the
+    threshold, ROC, stress test, paired tests with pneumonia runs) works on it.
+    """
+    return outputs[:, 0] if outputs.shape[-1] == 1 else 1.0 - outputs[:, 0]
 
 
 def count_parameters(model: keras.Model) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from core import comparison, curves, figures, shift, stress, wording
+from core import comparison, curves, figures, multiclass, shift, stress, wording
 from core import evidence as ev
 from core.artifacts import Run
 
@@ -183,8 +183,11 @@ def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
         ]
     )
     run_facts = comparison.run_facts(run)
+    task = comparison.run_task(run)
     facts = {
         "family": run_facts.family,
+        "task": f"{task.name} ({task.title}; positive: {task.binary_names[1]}"
+        + (", the derived P(bacterial) + P(viral)" if not task.is_binary else "") + ")",
         "threshold in use": f"{evidence.threshold:.4f} ({_threshold_source(evidence)})",
         "validation-chosen threshold": evidence.saved_threshold,
         "validation AUC": run_facts.validation_auc,
@@ -209,7 +212,8 @@ def _paired_section(runs: Sequence[Run], evidence: Mapping[str, ev.RunEvidence],
     if len(runs) < 2:
         return "<p class='meta'>Paired tests need two runs; this report has one.</p>"
     family, refused = ev.pairwise_evidence(
-        [(r.name, predictions[r.name], evidence[r.name].threshold) for r in runs], confidence=evidence[runs[0].name].confidence
+        [(r.name, predictions[r.name], evidence[r.name].threshold) for r in runs], confidence=evidence[runs[0].name].confidence,
+        run_tasks={r.name: comparison.run_task(r) for r in runs},
     )
     out = [f"<p class='meta'>{_e(wording.PAIRED_NOTE)} Only runs scored on exactly the same test images are paired.</p>"]
     if len(family) > 1:
@@ -233,6 +237,30 @@ def _paired_section(runs: Sequence[Run], evidence: Mapping[str, ev.RunEvidence],
             + "".join(f"<li><b>{_e(a)}</b> vs <b>{_e(b)}</b>: not tested: {_e(reason)}</li>" for a, b, reason in refused)
             + "</ul></div>"
         )
+    return "".join(out)
+
+
+def _multiclass_section(runs: Sequence[Run], predictions: Mapping[str, pd.DataFrame], figure: _Figures, n_resamples: int, seed: int,
+                        confidence: float) -> str:
+    """The three-class runs at the argmax: accuracy and AUCs with intervals, per-class table, matrices, one-vs-rest ROC."""
+    items = []
+    for run in runs:
+        task = comparison.run_task(run)
+        if not task.is_binary and multiclass.has_classes(predictions[run.name], task):
+            items.append(multiclass.class_evidence(run.name, predictions[run.name], task, n_resamples, seed, confidence))
+    if not items:
+        return ""
+    out = ["<h2>Three classes: normal / bacterial / viral</h2>", f"<p class='meta'>{_e(wording.MULTICLASS_NOTE)}</p>",
+           _table(wording.multiclass_table(items)), _table(wording.per_class_table(items))]
+    problems = [f"<li>{_e(item.name)}: no interval ({_e(item.interval_problem)})</li>" for item in items if item.intervals is None]
+    if problems:
+        out.append("<div class='warn'><ul>" + "".join(problems) + "</ul></div>")
+    class_curves = [curve for item in items for curve in item.curves]
+    shown = [figure(figures.roc_figure(class_curves, figures.run_colors([c["name"] for c in class_curves]), title="One-vs-rest ROC per class (test)"))]
+    shown += [figure(figures.confusion_matrix_figure(item.matrix, item.task.names, title=f"{item.name} (argmax)")) for item in items]
+    out.append("<div class='figures'>" + "".join(shown) + "</div>")
+    for item in items:
+        out.append(f"<h4>{_e(item.name)}: confusion matrix (rows: true class; count and row %)</h4>" + _table(wording.matrix_table(item)))
     return "".join(out)
 
 
@@ -302,7 +330,8 @@ def build_report(
     figure = _Figures()
     roc = figures.roc_figure(curves.roc_curves(items), colors)
     pr = figures.precision_recall_figure(curves.precision_recall_curves(items), colors)
-    calibration = figures.calibration_figure(curves.calibration_curves(items), colors)
+    negative, positive = comparison.binary_names(runs)
+    calibration = figures.calibration_figure(curves.calibration_curves(items), colors, positive=positive)
     errors = ev.errors_table(items)
 
     image_check = comparison.image_check({n: predictions[n] for n in names})
@@ -315,7 +344,7 @@ def build_report(
         + ", ".join(f"<span class='swatch' style='background:{colors[n]}'></span>{_e(n)}" for n in names)
         + "</p>",
         "<div class='note'>"
-        f"<b>Threshold rule.</b> Each run calls an image pneumonia when its probability is at least the run's threshold, "
+        f"<b>Threshold rule.</b> Each run calls an image {_e(positive)} when its probability is at least the run's threshold, "
         f"chosen by {_e(_threshold_rule(runs))}, never on test. The threshold in use for each run is listed below "
         "(validation-chosen unless the reader moved it on the dashboard). "
         f"<b>Intervals.</b> {_e(wording.intervals_note(n_resamples, seed, confidence))} "
@@ -323,6 +352,8 @@ def build_report(
         + (f" {_e(wording.DESCRIPTIVE_NOTE)}" if any(e.points_on_test for e in items) else "")
         + "</div>",
     ]
+    for note in comparison.question_notes(runs):
+        body.append(f"<div class='note'>{_e(note)}</div>")
     if not image_check.same:
         body.append(
             f"<div class='warn'>The runs were not all tested on the same images ({_e(wording.image_counts(image_check))}): "
@@ -339,6 +370,7 @@ def build_report(
         _stress_section(runs),
         "<h2>Curves</h2>",
         "<div class='figures'>" + figure(roc) + figure(pr) + figure(calibration) + "</div>",
+        _multiclass_section(runs, predictions, figure, n_resamples, seed, confidence),
         "<h2>Paired tests</h2>",
         _paired_section(runs, evidence, predictions),
         "<h2>Errors by kind of image</h2>",
@@ -347,7 +379,7 @@ def build_report(
     ]
     if not errors.empty:
         body.append(figure(figures.error_breakdown_figure(errors, colors)))
-        body.append(_table(wording.errors_by_kind_wide(items)))
+        body.append(_table(wording.errors_by_kind_wide(items, positive)))
         shown = errors[list(_ERROR_COLUMNS)].rename(columns=_ERROR_COLUMNS)
         body.append(f"<details><summary>Every count and rate</summary>{_table(shown)}</details>")
     else:

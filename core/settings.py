@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
-from core import artifacts, augmentation, models, search_space
+from core import artifacts, augmentation, models, search_space, tasks
 
 TUNERS = ("random", "bayesian", "hyperband")
 
@@ -29,6 +29,9 @@ class SearchSettings:
 
     data_dir: str
     family: str = "custom_cnn"
+    # What the models predict (core.tasks): "pneumonia", "bacterial_vs_viral" or "three_class".
+    # Runs saved before tasks existed have none: they are pneumonia runs.
+    task: str = tasks.DEFAULT
     tuner: str = "random"
     trials: int = 10
     epochs: int = 5
@@ -74,6 +77,10 @@ class SearchSettings:
         return asdict(self)
 
     @property
+    def task_info(self) -> tasks.Task:
+        return tasks.task_for(self.task)
+
+    @property
     def family_info(self) -> models.Family:
         return models.FAMILIES[self.family]
 
@@ -84,6 +91,7 @@ class SearchSettings:
             raise SettingsError(f"unknown family {settings.family!r}: choose one of {', '.join(models.FAMILIES)}")
         family = settings.family_info
         settings.data_dir = os.path.abspath(os.path.expanduser(settings.data_dir))
+        settings.task = tasks.canonical_name(settings.task)
         settings.image_size = settings.image_size or family.default_image_size
         if not family.transfer:
             settings.weights, settings.mode = "none", "scratch"
@@ -96,6 +104,8 @@ class SearchSettings:
 
     def check(self) -> None:
         problems = []
+        if tasks.canonical_name(self.task) not in tasks.TASKS:
+            problems.append(f"task must be one of {', '.join(tasks.TASKS)}")
         if self.tuner not in TUNERS:
             problems.append(f"tuner must be one of {', '.join(TUNERS)}")
         if self.family_info.transfer and self.mode not in models.MODES:

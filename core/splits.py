@@ -26,7 +26,7 @@ def preflight(settings: SearchSettings) -> data.Dataset:
     here, so a mistake leaves no half-made run behind.
     """
     dataset = data.scan_folder(settings.data_dir)
-    data.require_usable(dataset)
+    data.require_usable(dataset, settings.task_info)
     spec = settings.backbone()
     if spec is not None:
         models.resolve_weights(spec)
@@ -50,13 +50,14 @@ def prepare_split(settings: SearchSettings, folder: Path, log, dataset: data.Dat
     if dataset is None:
         log(f"scanning {settings.data_dir}")
         dataset = data.scan_folder(settings.data_dir)
-        data.require_usable(dataset)
-    table, notes = data.assign_splits(dataset.table, settings.val_fraction, settings.test_fraction, settings.seed)
+        data.require_usable(dataset, settings.task_info)
+    task = settings.task_info
+    table, notes = data.assign_splits(dataset.table, settings.val_fraction, settings.test_fraction, settings.seed, task)
     dataset.notes.extend(notes)
-    table = data.cap_per_class(table, settings.max_per_class, settings.seed)
+    table = data.cap_per_class(table, settings.max_per_class, settings.seed, task)
     data.check_patient_disjoint(table)
-    data.require_splits(table)
-    summary = data.summarize(dataset, table)
+    data.require_splits(table, task)
+    summary = data.summarize(dataset, table, task)
     artifacts.write_csv(saved, table)
     artifacts.write_json(folder / artifacts.DATA_SUMMARY, summary)
     for note in summary["notes"]:

@@ -24,7 +24,7 @@ that ``json.dumps(..., allow_nan=False)`` accepts (undefined numbers become
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -261,6 +261,39 @@ def _weighted_metrics(weights: np.ndarray, y: np.ndarray, s: np.ndarray, thresho
         }
 
 
+def resample_weights(n_images: int, groups: Any = None, n_resamples: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
+    """The bootstrap's resamples as rows of image weights, a chunk of rows at a time.
+
+    With ``groups`` (a patient id per image) whole patients are drawn with replacement and each
+    image weighs as often as its patient was drawn; without, images are drawn. Every interval
+    made by patient bootstrap here (:func:`bootstrap_ci`, ``core.multiclass``) draws through this,
+    so the same ``seed`` draws the same patients.
+    """
+    if groups is None:
+        codes = np.arange(n_images)
+    else:
+        g = np.asarray(groups)
+        if g.shape != (n_images,):
+            raise ValueError(f"groups has {g.size} values but y_true has {n_images}")
+        _, codes = np.unique(g, return_inverse=True)
+        codes = codes.ravel()
+    n_units = int(codes.max()) + 1
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // max(n_images, n_units))
+    for start in range(0, n_resamples, chunk):
+        b = min(chunk, n_resamples - start)
+        draws = rng.integers(0, n_units, size=(b, n_units))
+        # counts[r, u] = how often unit u was drawn in resample r.
+        counts = np.bincount((draws + n_units * np.arange(b)[:, None]).ravel(), minlength=b * n_units).reshape(b, n_units)
+        yield counts[:, codes]  # each image inherits its patient's count
+
+
+def weighted_auc(weights: np.ndarray, y_true: Any, y_score: Any) -> np.ndarray:
+    """The AUC of each resample (a row of image weights), ties counting 1/2; NaN where a class is absent."""
+    y = _labels(y_true)
+    return _weighted_metrics(np.atleast_2d(weights), y, _scores(y_score, y.size), 0.5)["auc"]
+
+
 def bootstrap_ci(
     y_true: Any,
     y_score: Any,
@@ -293,28 +326,10 @@ def bootstrap_ci(
     if not 0.0 < confidence < 1.0:
         raise ValueError("confidence must be between 0 and 1")
 
-    if groups is None:
-        codes = np.arange(y.size)
-    else:
-        g = np.asarray(groups)
-        if g.shape != y.shape:
-            raise ValueError(f"groups has {g.size} values but y_true has {y.size}")
-        _, codes = np.unique(g, return_inverse=True)
-        codes = codes.ravel()
-    n_units = int(codes.max()) + 1
-
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // max(y.size, n_units))
     collected: dict[str, list[np.ndarray]] = {m: [] for m in BOOTSTRAP_METRICS}
     n_skipped = 0
-    for start in range(0, n_resamples, chunk):
-        b = min(chunk, n_resamples - start)
-        draws = rng.integers(0, n_units, size=(b, n_units))
-        # counts[r, u] = how often unit u was drawn in resample r.
-        counts = np.bincount((draws + n_units * np.arange(b)[:, None]).ravel(), minlength=b * n_units).reshape(
-            b, n_units
-        )
-        weights = counts[:, codes]  # each image inherits its patient's count
+    for weights in resample_weights(y.size, groups, n_resamples, seed):
+        b = weights.shape[0]
         values = _weighted_metrics(weights, y, s, threshold)
         w_pos = weights[:, y == 1].sum(axis=1)
         valid = (w_pos > 0) & (w_pos < weights.sum(axis=1))

@@ -59,7 +59,8 @@ def run_search(settings: SearchSettings, log=print, resume: bool = False, role: 
         try:
             result = search(settings, folder, progress, stop, run_log, dataset, role)
             progress.update(state="completed", phase="done", message="completed", force=True)
-            run_log(f"done: test AUC {result['test']['auc']:.4f}, accuracy {result['test']['accuracy']:.4f}")
+            run_log(f"done: test AUC {result['test']['auc']:.4f}, accuracy {result['test']['accuracy']:.4f}"
+                    + evaluation.multiclass_summary(result))
             return result
         except SearchStopped:
             progress.update(state="stopped", phase="stopped", message="stopped by request; resume to continue", force=True)
@@ -88,7 +89,7 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
     timings: dict[str, float] = {}
     clock = time.monotonic()
     keras.utils.set_random_seed(settings.seed)
-    task = data.BINARY
+    task = settings.task_info
 
     progress.update(phase="reading data", message="scanning and splitting the data", force=True)
     table, _ = prepare_split(settings, folder, log, dataset)
@@ -133,13 +134,14 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
         bad = table["path"].isin({e.path for e in errors}).to_numpy()
         views = views[:, ~bad[train_rows]]
     table, inputs = drop_undecodable(table, inputs, errors, folder, log)
-    data.require_splits(table)
+    data.require_splits(table, task)
     timings["features_s" if use_features else "activations_s" if use_activations else "decode_s"] = time.monotonic() - clock
     stop.check()
 
     labels = task.labels(table)
     part = {split: (table["split"] == split).to_numpy() for split in data.SPLITS}
-    weights = data.class_weights(labels[part["train"]], len(task.classes))
+    weights = data.class_weights(labels[part["train"]], task.n_classes)
+    targets = task.targets(labels)  # one-hot for a softmax head
     hypermodel = models.SearchSpace(
         settings.family, settings.mode, settings.image_size, spec,
         n_features=inputs.shape[1] if use_features else None, task=task, augment=settings.augment, cut=cut,
@@ -154,11 +156,11 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
     progress.update(state="running", phase="searching", trials_total=total, epochs=settings.epochs, force=True)
     log(f"searching: {settings.tuner} search, {total} trials, {settings.epochs} epochs, class weights {weights}")
     if use_activations:
-        train_ds = activations.training_dataset(views, inputs[part["train"]], labels[part["train"]], settings.batch_size, settings.seed)
-        val_ds = data.make_tf_dataset(np.asarray(inputs[part["val"]], np.float32), labels[part["val"]], settings.batch_size)
+        train_ds = activations.training_dataset(views, inputs[part["train"]], targets[part["train"]], settings.batch_size, settings.seed)
+        val_ds = data.make_tf_dataset(np.asarray(inputs[part["val"]], np.float32), targets[part["val"]], settings.batch_size)
     else:
-        train_ds = data.make_tf_dataset(inputs[part["train"]], labels[part["train"]], settings.batch_size, shuffle=True, seed=settings.seed)
-        val_ds = data.make_tf_dataset(inputs[part["val"]], labels[part["val"]], settings.batch_size)
+        train_ds = data.make_tf_dataset(inputs[part["train"]], targets[part["train"]], settings.batch_size, shuffle=True, seed=settings.seed)
+        val_ds = data.make_tf_dataset(inputs[part["val"]], targets[part["val"]], settings.batch_size)
     callbacks = trial_callbacks(settings, progress, stop, log, recorder)
     watcher = distributed.watch_chief(tuner, progress, folder) if role == "chief" else None
     # Keras Tuner clears the Keras session before every trial, and that runs a full gc.collect()
@@ -203,20 +205,20 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
         pixels, _ = data.load_images(list(table.loc[rows, "path"]), settings.image_size, cache_root(settings) / "pixels")
     if use_features and settings.tta == 1:
         # Evaluate what the search trained on: the same numbers as the saved model, much faster.
-        result = evaluation.evaluate_model(trained, inputs, labels, table, part, settings.engine, settings.batch_size)
+        result = evaluation.evaluate_model(trained, inputs, labels, table, part, settings.engine, settings.batch_size, task=task)
     else:
         # The saved model on pixels (activations are float16; views need pixels): exactly what
         # `predict` will give later.
         result = evaluation.evaluate_model(
             model, pixels, labels[rows], table[rows], sub, settings.engine, settings.batch_size,
-            tta=settings.tta, cache_path=folder / "model.tflite",
+            tta=settings.tta, cache_path=folder / "model.tflite", task=task,
         )
     timings["evaluate_s"] = time.monotonic() - clock
     if settings.stress_test:
         progress.update(message="stress test on validation", force=True)
         clock = time.monotonic()
         val_pixels = np.asarray(pixels)[sub["val"]]
-        result["stress"] = _stress_test(settings, model, val_pixels, labels[part["val"]], result["threshold"], folder)
+        result["stress"] = _stress_test(settings, model, val_pixels, task.binary_labels(labels[part["val"]]), result["threshold"], folder)
         timings["stress_s"] = time.monotonic() - clock
         worst = stress.worst(result["stress"])
         if worst:
@@ -227,6 +229,7 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
     result["inference"] = evaluation.time_inference(model, sample, settings.engine, folder / "model.tflite")
     result.update(
         {
+            "task": task.name,
             "parameters": models.count_parameters(model),
             "best_hyperparameters": {k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")},
             "timings": {k: round(v, 2) for k, v in timings.items()},

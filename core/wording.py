@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from core import multiclass
 from core.evidence import CONFIDENCE, CUSTOM_CHOICE, INTERVAL_METRICS, VALIDATION_CHOICE
 
 if TYPE_CHECKING:
@@ -269,11 +270,12 @@ def _share(count: int, total: int) -> str:
     return f"{count}/{total} ({100 * count / total:.1f} %)" if total else "–"
 
 
-def errors_by_kind_wide(evidence: list[RunEvidence]) -> pd.DataFrame:
+def errors_by_kind_wide(evidence: list[RunEvidence], positive: str = "pneumonia") -> pd.DataFrame:
     """Errors per kind and class, one column per run: "wrong/of (rate)".
 
-    Rows: normal images (false alarms), each pneumonia kind (missed cases), all pneumonia images
-    (the class), and all images.
+    Rows: each kind of the negative class (false alarms: normal images; bacterial ones for bacterial
+    vs viral), each kind of the positive class (missed cases), all positive images (`positive`
+    names the class: pneumonia, or viral), and all images.
     """
     columns: dict[str, dict[str, str]] = {}
     order: list[str] = []
@@ -290,12 +292,59 @@ def errors_by_kind_wide(evidence: list[RunEvidence]) -> pd.DataFrame:
             if label not in order:
                 order.append(label)
         total = ev.errors[ev.errors["kind"] == "all"].iloc[0]
-        cells["pneumonia, all kinds (missed)"] = _share(int(total["false_negatives"]), int(total["n_positive"]))
+        cells[f"{positive}, all kinds (missed)"] = _share(int(total["false_negatives"]), int(total["n_positive"]))
         cells["all images"] = _share(int(total["errors"]), int(total["n"]))
         columns[ev.name] = cells
     order.sort(key=lambda label: (not label.startswith("normal"), label))
-    order += ["pneumonia, all kinds (missed)", "all images"]
+    order += [f"{positive}, all kinds (missed)", "all images"]
     table = pd.DataFrame({"images": order})
     for name, cells in columns.items():
         table[name] = [cells.get(label, "–") for label in order]
     return table
+
+
+# --------------------------------------------------------------------------
+# Three classes
+# --------------------------------------------------------------------------
+
+MULTICLASS_NOTE = (
+    "Three-class runs call each image the class of largest probability (argmax; no threshold is chosen). "
+    "Accuracy is the share of images called their true class; each class's sensitivity and specificity count it "
+    "against the other two; AUCs are one class against the rest, averaged over the classes (macro) or pooled over "
+    "every image and class (micro). Intervals resample patients, as the binary AUC's do."
+)
+
+# core.multiclass.INTERVAL_METRICS -> column titles
+MULTICLASS_TITLES = {"accuracy": "accuracy", "macro_auc": "macro AUC", "micro_auc": "micro AUC"}
+
+
+def multiclass_table(evidence: list[multiclass.ClassEvidence]) -> pd.DataFrame:
+    """One row per three-class run: accuracy, macro and micro AUC with their intervals ("0.81 (0.74–0.87)")."""
+    rows = []
+    for ev in evidence:
+        label = ci_label(ev.confidence)
+        row: dict[str, Any] = {"run": ev.name, "decision": "argmax"}
+        for metric, title in MULTICLASS_TITLES.items():
+            value = float(ev.metrics[metric])
+            interval = (ev.intervals or {}).get(metric)
+            row[f"{title} ({label})"] = f"{value:.3f} ({format_interval(interval)})" if math.isfinite(value) else "n/a"
+        row["test images"] = ev.metrics["n"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_class_table(evidence: list[multiclass.ClassEvidence]) -> pd.DataFrame:
+    """One row per run and class: images, sensitivity, specificity and one-vs-rest AUC at the argmax."""
+    parts = [multiclass.per_class_table(ev.name, ev.metrics, ev.task.names) for ev in evidence]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def matrix_table(ev: multiclass.ClassEvidence) -> pd.DataFrame:
+    """The confusion matrix as text: rows are true classes, cells "count (row %)"."""
+    names = list(ev.task.names)
+    rows = []
+    for name, counts in zip(names, ev.matrix, strict=True):
+        total = sum(counts)
+        cells = {f"called {other}": f"{count} ({100 * count / total:.1f} %)" if total else "–" for other, count in zip(names, counts, strict=True)}
+        rows.append({"true class": name, **cells, "images": total})
+    return pd.DataFrame(rows)

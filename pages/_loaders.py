@@ -57,15 +57,18 @@ def _scan(root: str, fingerprint: str) -> tuple[dict, pd.DataFrame]:
 
 
 @st.cache_data(max_entries=4, show_spinner="Splitting by patient…")
-def _split(root: str, fingerprint: str, seed: int = 42) -> tuple[dict | None, str]:
+def _split(root: str, fingerprint: str, seed: int = 42, task_name: str = "pneumonia") -> tuple[dict | None, str]:
+    from core import tasks
+
+    task = tasks.task_for(task_name)
     dataset = _dataset(root, fingerprint)  # a copy: cache_data hands out copies, so notes can grow
     try:
-        data.require_usable(dataset)
-        table, notes = data.assign_splits(dataset.table, seed=seed)
+        data.require_usable(dataset, task)
+        table, notes = data.assign_splits(dataset.table, seed=seed, task=task)
     except data.DataError as error:
         return None, str(error)
     dataset.notes.extend(notes)
-    return data.summarize(dataset, table), ""
+    return data.summarize(dataset, table, task), ""
 
 
 def summary_for(root: Path) -> dict | None:
@@ -79,8 +82,9 @@ def scan_for(root: Path) -> tuple[dict, pd.DataFrame]:
     return _scan(str(root), folder_fingerprint(root))
 
 
-def split_summary_for(root: Path) -> tuple[dict | None, str]:
-    return _split(str(root), folder_fingerprint(root))
+def split_summary_for(root: Path, task: str = "pneumonia") -> tuple[dict | None, str]:
+    """The summary of the split a search of `task` would make (default fractions and seed)."""
+    return _split(str(root), folder_fingerprint(root), 42, task)
 
 
 
@@ -219,7 +223,7 @@ OVERLAY_PX = 640
 
 @st.cache_data(max_entries=96, show_spinner=False)
 def _heatmap(
-    artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], file_name: str, content: bytes
+    artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], file_name: str, content: bytes, class_name: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
@@ -231,13 +235,15 @@ def _heatmap(
     with tempfile.TemporaryDirectory(prefix="cxr-gradcam-") as folder:
         path = Path(folder) / f"image{suffix if suffix in data.IMAGE_EXTENSIONS else '.img'}"
         path.write_bytes(content)
-        heatmap, original = explanation.heatmap_for_run(run, path, model=model)
+        heatmap, original = explanation.heatmap_for_run(run, path, model=model, class_name=class_name)
     original.thumbnail((OVERLAY_PX, OVERLAY_PX), Image.Resampling.LANCZOS)
     return heatmap, np.asarray(original)
 
 
-def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity: float = 0.4):
+def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity: float = 0.4, class_name: str | None = None):
     """(the run's Grad-CAM of one image blended over it, whether any region points to pneumonia).
+
+    A three-class run explains `class_name` (a class of its task), by default its predicted class.
 
     The picture is PIL RGB at most OVERLAY_PX wide. The heatmap is cached per run, model file and
     image bytes; only the blend follows `opacity`. An ensemble's is the weighted mean of its
@@ -249,5 +255,18 @@ def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity:
 
     if not run.has_model:
         raise artifacts.RunError(f"run {run.name!r} has no saved model")
-    heatmap, original = _heatmap(str(run.folder.parent), run.name, models_mtime(run), file_name, content)
+    heatmap, original = _heatmap(str(run.folder.parent), run.name, models_mtime(run), file_name, content, class_name)
     return explanation.overlay(original, heatmap, opacity=float(opacity)), bool(np.max(heatmap) > 0)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _class_evidence(path: str, mtime_ns: int, name: str, task_name: str, n_resamples: int, seed: int):
+    from core import multiclass, tasks
+
+    return multiclass.class_evidence(name, _predictions(path, mtime_ns), tasks.task_for(task_name), n_resamples=n_resamples, seed=seed)
+
+
+def class_evidence_for(run: artifacts.Run, n_resamples: int, seed: int):
+    """A three-class run's `core.multiclass.ClassEvidence` (argmax metrics, intervals, one-vs-rest curves), cached."""
+    path = run.folder / artifacts.PREDICTIONS
+    return _class_evidence(str(path), _mtime(path), run.name, run.task, int(n_resamples), int(seed))

@@ -210,7 +210,7 @@ def forget_stale_choice(key: str, options) -> None:
 def run_label(run: artifacts.Run) -> str:
     auc = run.test_auc
     shown = f"test AUC {auc:.3f}" if np.isfinite(auc) else run.state
-    return f"{run.name} ({run.family}, {shown})"
+    return f"{run.name} ({run.family}, {run.task}, {shown})"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -228,6 +228,40 @@ def format_number(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and np.isfinite(value) else "–"
 
 
-def gradcam_caption(run_name: str, probability: float, label: str, has_evidence: bool) -> str:
+def gradcam_caption(run_name: str, probability: float, label: str, has_evidence: bool, explained: str = "pneumonia") -> str:
+    """`explained`: the class the heatmap is of (pneumonia, viral, or a three-class run's chosen class)."""
     shown = f"p = {probability:.3f}, {label}" if np.isfinite(probability) else "not scored"
-    return f"{run_name} · Grad-CAM · {shown}" + ("" if has_evidence else " · no region points to pneumonia")
+    what = "" if explained == "pneumonia" else f" · regions pointing to {explained}"
+    return f"{run_name} · Grad-CAM · {shown}{what}" + ("" if has_evidence else f" · no region points to {explained}")
+
+
+GRADCAM_PREDICTED = "predicted class"
+
+
+def gradcam_class_choice(runs: list[artifacts.Run], key: str) -> str | None:
+    """A select box for the class three-class runs' Grad-CAM explains (shown only when one is picked):
+    None for each run's predicted class, else a class of the three-class task."""
+    from core import tasks
+
+    if not any(not tasks.task_for(r.task).is_binary for r in runs):
+        return None
+    task = tasks.THREE_CLASS
+    shown = st.selectbox(
+        "Grad-CAM class (three-class runs)", [GRADCAM_PREDICTED, *task.classes], key=key,
+        format_func=lambda c: c if c == GRADCAM_PREDICTED else task.names[task.classes.index(c)],
+        help="Which class the heatmap of a three-class run explains: by default the class it predicts (argmax). "
+        "Two-class runs always explain their positive class (pneumonia, or viral).",
+    )
+    return None if shown == GRADCAM_PREDICTED else shown
+
+
+def explained_class(run: artifacts.Run, class_name: str | None, label: str = "") -> str:
+    """What a run's Grad-CAM explains, in words: a two-class run's positive class, a three-class
+    run's chosen class or (None) its predicted one (`label`, its argmax class)."""
+    from core import tasks
+
+    task = tasks.task_for(run.task)
+    if task.is_binary:
+        return task.binary_names[1]
+    chosen = class_name or label
+    return task.names[task.classes.index(chosen)] if chosen in task.classes else "its predicted class"

@@ -12,7 +12,20 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, comparison, curves, ensemble, evidence, figures, repeat, report, shift, stress, wording
+from core import (
+    artifacts,
+    comparison,
+    curves,
+    ensemble,
+    evidence,
+    figures,
+    multiclass,
+    repeat,
+    report,
+    shift,
+    stress,
+    wording,
+)
 from pages import _loaders as load
 from pages import _shared as ui
 
@@ -61,6 +74,11 @@ for name in picked:
 picked = [name for name in picked if name in predictions]
 if not picked:
     st.stop()
+# What each run answers (core.tasks): a three-class run is compared on its derived binary view.
+run_tasks = {name: comparison.run_task(by_name[name]) for name in picked}
+negative, positive = comparison.binary_names([by_name[n] for n in picked])
+for note in comparison.question_notes([by_name[n] for n in picked]):
+    st.info(note, icon=":material/help:")
 
 
 # --------------------------------------------------------------------------
@@ -127,14 +145,14 @@ number_column = st.column_config.NumberColumn
 roc_col, pr_col, cal_col = st.columns(3)
 roc_col.plotly_chart(figures.roc_figure(curves.roc_curves(evidences), colors), key="fig_roc")
 pr_col.plotly_chart(figures.precision_recall_figure(curves.precision_recall_curves(evidences), colors), key="fig_pr")
-cal_col.plotly_chart(figures.calibration_figure(curves.calibration_curves(evidences), colors), key="fig_calibration")
+cal_col.plotly_chart(figures.calibration_figure(curves.calibration_curves(evidences), colors, positive=positive), key="fig_calibration")
 st.caption(
     "**ROC:** sensitivity against 1 − specificity over every threshold; the dot is the run's operating point at the "
     "threshold set below; the dashed diagonal is a coin toss. AUC intervals resample patients "
-    f"({n_resamples:,} resamples, seed {seed}). **Precision-recall:** how many pneumonia calls are right at each "
-    "sensitivity; AP = average precision; the dashed line is the share of pneumonia images. **Calibration:** "
-    "observed share of pneumonia in each band of predicted probability; on the diagonal a predicted 0.8 means "
-    "pneumonia 8 times in 10. Brier = mean squared error of the probability; ECE = expected calibration error."
+    f"({n_resamples:,} resamples, seed {seed}). **Precision-recall:** how many {positive} calls are right at each "
+    f"sensitivity; AP = average precision; the dashed line is the share of {positive} images. **Calibration:** "
+    f"observed share of {positive} in each band of predicted probability; on the diagonal a predicted 0.8 means "
+    f"{positive} 8 times in 10. Brier = mean squared error of the probability; ECE = expected calibration error."
 )
 image_check = comparison.image_check({name: predictions[name] for name in picked})
 if not image_check.same:
@@ -175,10 +193,12 @@ for start in range(0, len(picked), per_row):
             )
             # "Nothing positive" lies just above the top score, above 1.0 when a probability is exactly 1.0.
             top = max(1.0, saved_threshold(name), *(c.threshold for c in choices[name]))
+            run_positive = run_tasks[name].binary_names[1]
             st.slider(
-                "Threshold (probability of pneumonia)", 0.0, top, step=0.001, format="%.3f", key=threshold_key(name),
+                f"Threshold (probability of {run_positive})", 0.0, top, step=0.001, format="%.3f", key=threshold_key(name),
                 on_change=slider_moved, args=(name,),
-                help=f"Validation-chosen threshold: {saved_threshold(name):.3f}. An image is called pneumonia when its probability is at least this.",
+                help=f"Validation-chosen threshold: {saved_threshold(name):.3f}. An image is called {run_positive} when its probability is at least this."
+                + (" A three-class run's probability of pneumonia is P(bacterial) + P(viral)." if not run_tasks[name].is_binary else ""),
             )
             st.plotly_chart(
                 figures.confusion_matrix_figure([[m["tn"], m["fp"]], [m["fn"], m["tp"]]], by_name[name].metrics.get("labels", ["NORMAL", "PNEUMONIA"]), title=""),
@@ -334,6 +354,37 @@ with st.expander("Combine runs into an ensemble", icon=":material/merge:", expan
 
 
 # --------------------------------------------------------------------------
+# Three classes
+# --------------------------------------------------------------------------
+
+
+class_runs = [n for n in picked if not run_tasks[n].is_binary and multiclass.has_classes(predictions[n], run_tasks[n])]
+if class_runs:
+    st.header("Three classes: normal / bacterial / viral")
+    st.caption(wording.MULTICLASS_NOTE)
+    class_items = [load.class_evidence_for(by_name[n], n_resamples, seed) for n in class_runs]
+    st.dataframe(wording.multiclass_table(class_items), hide_index=True, key="multiclass_table")
+    for item in class_items:
+        if item.intervals is None:
+            st.warning(f"{item.name}: no three-class intervals: {item.interval_problem}")
+    class_curves = [curve for item in class_items for curve in item.curves]
+    matrix_cols = st.columns(min(3, len(class_items)) + 1)
+    matrix_cols[0].plotly_chart(
+        figures.roc_figure(class_curves, figures.run_colors([c["name"] for c in class_curves]), title="One-vs-rest ROC per class (test)"),
+        key="fig_class_roc",
+    )
+    for col, item in zip(matrix_cols[1:], class_items, strict=False):
+        col.plotly_chart(
+            figures.confusion_matrix_figure(item.matrix, item.task.names, title=f"{item.name} (argmax)"), key=f"fig_class_cm_{item.name}"
+        )
+    st.dataframe(
+        wording.per_class_table(class_items), hide_index=True, key="per_class_table",
+        column_config={k: number_column(format="%.3f") for k in ("sensitivity", "specificity", "AUC (one vs rest)")},
+    )
+    st.caption("Confusion matrices: rows are the true classes; each cell gives the count and the share of its row.")
+
+
+# --------------------------------------------------------------------------
 # Paired test
 # --------------------------------------------------------------------------
 
@@ -351,7 +402,7 @@ else:
         st.session_state.pop("paired_b", None)
     run_b = c2.selectbox("Run B", others, index=0, key="paired_b")
     try:  # with more than two runs picked, Holm-adjusted over every pair of them that can be paired
-        paired = evidence.paired_among(run_a, run_b, [(n, predictions[n], thresholds[n]) for n in picked])
+        paired = evidence.paired_among(run_a, run_b, [(n, predictions[n], thresholds[n]) for n in picked], run_tasks=run_tasks)
     except ValueError as error:
         st.error(f"Cannot pair **{run_a}** and **{run_b}**: {error}", icon=":material/block:")
     else:
@@ -410,12 +461,16 @@ errors = evidence.errors_table(evidences)
 if errors.empty:
     st.info("These predictions carry no kind of image (normal, bacteria, virus).")
 else:
-    st.caption("At each run's threshold. For normal images an error is a false alarm; for bacterial and viral pneumonia a missed case.")
+    st.caption(
+        "At each run's threshold. For normal images an error is a false alarm; for bacterial and viral pneumonia a missed case"
+        + ("; for a bacterial-vs-viral run, bacterial images are its negatives (false alarms) and viral ones its positives (missed)."
+           if any(t.name == "bacterial_vs_viral" for t in run_tasks.values()) else ".")
+    )
     left, right = st.columns([1, 1])
     left.plotly_chart(figures.error_breakdown_figure(errors, colors), key="fig_errors")
     with right:
         st.dataframe(
-            wording.errors_by_kind_wide(evidences), hide_index=True, key="errors_table",
+            wording.errors_by_kind_wide(evidences, positive), hide_index=True, key="errors_table",
             column_config={"images": st.column_config.TextColumn("images (error)")},
         )
 
@@ -436,7 +491,7 @@ true_class = c3.selectbox("True class", ["all", "NORMAL", "PNEUMONIA"], key="fil
 shown = comparison.filter_images(
     joined, wrong=only_wrong, disagree=only_disagree, true_class=None if true_class == "all" else true_class
 )
-st.caption(f"{len(shown):,} of {len(joined):,} test images · probabilities of pneumonia · select a row to see the image and where each run looks")
+st.caption(f"{len(shown):,} of {len(joined):,} test images · probabilities of {positive} · select a row to see the image and where each run looks")
 event = st.dataframe(
     shown, hide_index=True, key="image_table", on_select="rerun", selection_mode="single-row",
     column_order=["image", "class_name", "kind", *column.values(), "wrong in"],
@@ -453,13 +508,19 @@ if selected and selected[0] < len(shown):
     except OSError as error:  # the image may have moved since the run
         content = None
         st.error(f"Cannot show {row['path']}: {error}")
-    detail = comparison.image_verdicts(row, {name: thresholds[name] for name in picked})
-    st.plotly_chart(figures.probability_figure(detail, colors, title=f"{row['image']} (true: {row['class_name']})"), key="fig_selected")
+    detail = comparison.image_verdicts(
+        row, {name: thresholds[name] for name in picked}, {name: run_tasks[name].binary_classes for name in picked}
+    )
+    st.plotly_chart(
+        figures.probability_figure(detail, colors, title=f"{row['image']} (true: {row['class_name']}, {row['kind']})", positive=positive),
+        key="fig_selected",
+    )
     if content is not None:
         opacity = st.slider(
             "Grad-CAM opacity", 0.0, 1.0, 0.4, step=0.05, key="compare_opacity",
-            help="Grad-CAM: the regions that push each run towards pneumonia (red: most).",
+            help=f"Grad-CAM: the regions that push each run towards {positive} (red: most).",
         )
+        gradcam_class = ui.gradcam_class_choice([by_name[n] for n in picked], "compare_gradcam_class")
         tiles = [("image", None)] + [("run", name) for name in picked]
         per_row = 4
         for start in range(0, len(tiles), per_row):
@@ -470,10 +531,12 @@ if selected and selected[0] < len(shown):
                         st.image(content, caption=f"{row['image']} · true class {row['class_name']} ({row['kind']})", width="stretch")
                         continue
                     try:
-                        picture, has_evidence = load.gradcam_overlay(by_name[name], str(row["path"]), content, opacity)
+                        picture, has_evidence = load.gradcam_overlay(by_name[name], str(row["path"]), content, opacity, gradcam_class)
                     except (artifacts.RunError, ValueError, OSError) as error:
                         st.caption(f"{name}: no Grad-CAM ({error})")
                         continue
                     label = detail.loc[detail["run"] == name, "label"].iat[0]
                     probability = comparison.probability_of(row, name)
-                    st.image(picture, caption=ui.gradcam_caption(name, probability, label, has_evidence), width="stretch")
+                    predicted = predictions[name].set_index("path")["predicted_class"].get(row["path"], "") if "predicted_class" in predictions[name] else ""
+                    explained = ui.explained_class(by_name[name], gradcam_class, predicted)
+                    st.image(picture, caption=ui.gradcam_caption(name, probability, label, has_evidence, explained), width="stretch")

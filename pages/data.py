@@ -5,7 +5,7 @@ import random
 import pandas as pd
 import streamlit as st
 
-from core import data, demo, figures
+from core import data, demo, figures, tasks
 from core.download import DOWNLOAD_SIZE, KAGGLE_URL, DownloadError, download_public_dataset
 from pages import _loaders as load
 from pages import _shared as ui
@@ -93,13 +93,20 @@ view = st.radio(
     "validation (and test, if missing) out of train/ so that no patient is in two splits.",
 )
 shown = summary
+task = tasks.PNEUMONIA
 if view.startswith("As a search"):
-    split_summary, split_problem = load.split_summary_for(root)
+    task = tasks.task_for(st.selectbox(
+        "Task", list(tasks.TASKS), key="data_task", format_func=lambda name: f"{name} — {tasks.DESCRIPTIONS[name]}",
+        help="Which images a search of this task uses and how it splits them: stratified by the task's classes, grouped by patient.",
+    ))
+    split_summary, split_problem = load.split_summary_for(root, task.name)
     if split_summary is None:
-        st.warning(f"A search could not split this folder: {split_problem}")
+        st.warning(f"A search of the {task.name} task could not split this folder: {split_problem}")
+        task = tasks.PNEUMONIA
     else:
         shown = split_summary
-        st.caption("Default split fractions (15 % validation, 15 % test when carved) and seed 42, as `python -m core tune` uses.")
+        st.caption("Default split fractions (15 % validation, 15 % test when carved) and seed 42, as `python -m core tune` uses"
+                   f" for the {task.name} task.")
 
 images = shown["images"]
 total_patients = int(table["patient"].nunique()) if len(table) else 0
@@ -118,14 +125,20 @@ if images:
     left, right = st.columns(2)
     left.plotly_chart(figures.kinds_figure(shown["kinds"]), key="fig_kinds")
     with right:
-        st.plotly_chart(figures.class_balance_figure(images), key="fig_balance")
+        task_images = shown.get("task_images") if shown is not summary else None
+        st.plotly_chart(
+            figures.class_balance_figure(task_images or images, list(task.names) if task_images else None,
+                                         title=f"Class balance ({task.name})" if task_images else "Class balance"),
+            key="fig_balance",
+        )
         weights = shown.get("class_weights") or {}
         if weights:
+            ratio = shown.get("pneumonia_to_normal_ratio") if task is tasks.PNEUMONIA else None
             st.caption(
                 "Training split: "
-                + (f"{shown['pneumonia_to_normal_ratio']:.2f} pneumonia images per normal one; " if shown.get("pneumonia_to_normal_ratio") else "")
+                + (f"{ratio:.2f} pneumonia images per normal one; " if ratio else "")
                 + "class weights used in training "
-                + ", ".join(f"{name} {value:.2f}" for name, value in weights.items())
+                + ", ".join(f"{task.names[task.classes.index(name)] if name in task.classes else name} {value:.2f}" for name, value in weights.items())
                 + " (each class counts equally)."
             )
 

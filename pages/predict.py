@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, data, demo, figures
+from core import artifacts, comparison, data, demo, figures, tasks
 from pages import _loaders as load
 from pages import _shared as ui
 
@@ -88,6 +88,15 @@ if not picked:
 if not images:
     st.info("Upload one or more X-rays, or pick images from the data folder.")
     st.stop()
+run_tasks = {name: comparison.run_task(by_name[name]) for name in picked}
+negative, positive = comparison.binary_names([by_name[n] for n in picked])
+class_runs = [name for name in picked if not run_tasks[name].is_binary]
+if class_runs:
+    st.caption(
+        f"Three-class runs ({', '.join(class_runs)}) give each class's probability and call the class of largest "
+        "probability (argmax); their bar below is P(pneumonia) = P(bacterial) + P(viral) at their validation-chosen threshold."
+    )
+gradcam_class = ui.gradcam_class_choice([by_name[n] for n in picked], "predict_gradcam_class")
 
 results: dict[str, pd.DataFrame] = {}
 with st.spinner(f"Scoring {len(images)} image{'s' if len(images) != 1 else ''} with {len(picked)} run{'s' if len(picked) != 1 else ''}…"):
@@ -112,17 +121,19 @@ GRADCAM_PER_ROW = 4
 
 def gradcam(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
     """A row of Grad-CAM overlays under a prediction, one per picked run."""
-    st.caption("Where each run looks (Grad-CAM: regions that push it towards pneumonia, red most)")
+    st.caption(f"Where each run looks (Grad-CAM: regions that push it towards {positive if not class_runs else 'the class shown'}, red most)")
     for start in range(0, len(picked), GRADCAM_PER_ROW):
         cols = st.columns(GRADCAM_PER_ROW)
         for col, row in zip(cols, rows.iloc[start : start + GRADCAM_PER_ROW].itertuples(), strict=False):
             with col:
                 try:
-                    picture, has_evidence = load.gradcam_overlay(by_name[row.run], image_name, content, opacity)
+                    picture, has_evidence = load.gradcam_overlay(by_name[row.run], image_name, content, opacity, gradcam_class)
                 except (artifacts.RunError, ValueError, OSError) as error:
                     st.caption(f"{row.run}: no Grad-CAM ({error})")
                     continue
-                st.image(picture, caption=ui.gradcam_caption(row.run, float(row.probability), row.label, has_evidence), width="stretch")
+                explained = ui.explained_class(by_name[row.run], gradcam_class, row.label)
+                caption = ui.gradcam_caption(row.run, float(row.probability), row.label, has_evidence, explained)
+                st.image(picture, caption=caption, width="stretch")
 
 
 def _flag(table: pd.DataFrame, column: str, index: int):
@@ -147,8 +158,15 @@ for index, (image_name, content) in enumerate(images):
             "unusual_reason": [_flag(results[n], "unusual_reason", index) for n in picked],
         }
     )
+    class_columns = {c: tasks.probability_column(c) for c in tasks.THREE_CLASS.classes}
     for row in rows.itertuples():
-        long_rows.append({"image": image_name, "run": row.run, "probability": row.probability, "label": row.label, "threshold": row.threshold,
+        found = results[row.run]
+        each_class = {
+            f"P({tasks.THREE_CLASS.names[i]})": found[column].iat[index] if column in found.columns else None
+            for i, column in enumerate(class_columns.values())
+        } if class_runs else {}
+        long_rows.append({"image": image_name, "run": row.run, "task": run_tasks[row.run].name, "probability": row.probability,
+                          "label": row.label, "threshold": row.threshold, **each_class,
                           "unusual": bool(row.unusual), "unusual_reason": row.unusual_reason, "true class": truth.get(image_name, "")})
     with st.container(border=True):
         left, right = st.columns([1, 3], vertical_alignment="center")
@@ -161,7 +179,16 @@ for index, (image_name, content) in enumerate(images):
                     f"**Not like the training X-rays** ({', '.join(flagged['run'])}): {flagged['unusual_reason'].iat[0]}. "
                     "The probability below means little for such an image.", icon=":material/report:",
                 )
-            st.plotly_chart(figures.probability_figure(rows, colors), key=f"fig_predict_{index}")
+            st.plotly_chart(figures.probability_figure(rows, colors, positive=positive), key=f"fig_predict_{index}")
+            if class_runs:
+                per_class = pd.DataFrame(
+                    {"run": class_runs, **{name: [results[n][tasks.probability_column(c)].iat[index] for n in class_runs]
+                                           for c, name in zip(tasks.THREE_CLASS.classes, tasks.THREE_CLASS.names, strict=True)}}
+                )
+                st.plotly_chart(
+                    figures.class_probability_figure(per_class, list(tasks.THREE_CLASS.names), title="Each class (three-class runs)"),
+                    key=f"fig_predict_classes_{index}",
+                )
             seen = [n for n in picked if sample_paths.get(image_name) in load.trained_on(by_name[n])]
             if seen:
                 st.caption(f":material/warning: {', '.join(seen)} trained or chose its threshold on this image: its score here is optimistic.")
@@ -172,6 +199,11 @@ if long_rows:
     table = pd.DataFrame(long_rows)
     st.dataframe(
         table, hide_index=True, key="predict_table",
-        column_config={"probability": st.column_config.NumberColumn("probability of pneumonia", format="%.3f"), "threshold": st.column_config.NumberColumn(format="%.3f")},
+        column_config={
+            "probability": st.column_config.NumberColumn(f"probability of {positive}", format="%.3f",
+                                                         help="Three-class runs: P(bacterial) + P(viral). Bacterial vs viral runs: P(viral)."),
+            "threshold": st.column_config.NumberColumn(format="%.3f"),
+            **{f"P({name})": st.column_config.NumberColumn(format="%.3f") for name in tasks.THREE_CLASS.names},
+        },
     )
     st.download_button("Download (CSV)", table.to_csv(index=False).encode(), file_name="predictions.csv", mime="text/csv", key="predict_download", icon=":material/download:")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import artifacts, augmentation, catalog, data, demo, jobs, models, presets, repeat
+from core import artifacts, augmentation, catalog, data, demo, jobs, models, presets, repeat, tasks
 from core.settings import TUNERS, SearchSettings, SettingsError
 from pages import _loaders as load
 from pages import _shared as ui
@@ -82,6 +82,12 @@ with st.container(border=True):
     )
     info = models.FAMILIES[family]
     st.caption(f":material/lightbulb: {info.hint}")
+    task = st.selectbox(
+        "Task", list(tasks.TASKS), key="tune_task", format_func=lambda name: f"{name} — {tasks.DESCRIPTIONS[name]}",
+        help="What the models learn to tell apart. Every family trains for every task: a sigmoid output for the two-class "
+        "tasks, a softmax over three classes for three_class. The split is grouped by patient and stratified by the task's "
+        "classes; class weights follow them. The Data page shows each task's split.",
+    )
 
     c1, c2, c3 = st.columns(3)
     tuner = c1.selectbox(
@@ -204,7 +210,7 @@ if start:
         if root is None:
             raise data.DataError(data_problem)
         settings = SearchSettings(
-            data_dir=str(root), family=family, tuner=tuner, trials=int(trials), epochs=int(epochs),
+            data_dir=str(root), family=family, task=task, tuner=tuner, trials=int(trials), epochs=int(epochs),
             image_size=int(image_size), weights=weights, mode=mode if info.transfer else "frozen",
             max_per_class=int(max_per_class) or None, name=name.strip() or None, artifacts_dir=folder,
             batch_size=int(batch_size), seed=int(seed), mobilenet_version=version, alpha=float(alpha),
@@ -240,7 +246,7 @@ def live_panel(folder: str, name: str) -> None:
         return
     with st.container(border=True):
         st.markdown(
-            f"**{ui.STATE_ICONS.get(state, '')} {name}** · {run.family} · {run.settings.get('tuner')} search · "
+            f"**{ui.STATE_ICONS.get(state, '')} {name}** · {run.family} · {run.task} · {run.settings.get('tuner')} search · "
             f"state **{state}** · phase **{progress.get('phase') or state}**"
         )
         total, done = progress.get("trials_total"), progress.get("trials_done") or 0
@@ -428,7 +434,7 @@ else:
         with st.container(border=True):
             progress = run.progress
             st.markdown(
-                f"**{ui.STATE_ICONS.get(run.state, '')} {run.name}** · {run.family} · **{run.state}** · "
+                f"**{ui.STATE_ICONS.get(run.state, '')} {run.name}** · {run.family} · {run.task} · **{run.state}** · "
                 f"{progress.get('trials_done') or 0} of {progress.get('trials_total') or run.settings.get('trials', '?')} trials done · "
                 f"ran {ui.format_duration(run.elapsed_s())}"
             )

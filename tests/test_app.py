@@ -316,10 +316,11 @@ def test_search_started_from_tune_finishes_and_shows_on_compare(data_dir, copy_r
     assert (settings["family"], settings["trials"], settings["epochs"], settings["image_size"], settings["max_per_class"]) == (
         "custom_cnn", 1, 1, 32, 12,
     )
+    assert settings["task"] == "pneumonia"  # the Tune form's task, saved with the run
 
     at.run()  # the live panel of the running search
     no_exception(at)
-    assert " from-the-ui** · custom_cnn · random search · state **" in texts(at.markdown)
+    assert " from-the-ui** · custom_cnn · pneumonia · random search · state **" in texts(at.markdown)
     assert [m.label for m in at.metric] == ["Trial", "Epoch", "Best val AUC", "Elapsed", "Time left"]
 
     # Stop it at once (it may still be starting: then it is killed and shows as interrupted) ...

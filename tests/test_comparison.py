@@ -96,6 +96,6 @@ def test_run_facts_come_from_the_run_folder_and_missing_ones_are_none(tmp_path):
     assert comparison.run_facts(bare) == comparison.RunFacts("custom_cnn", None, None, None, None, None, None, None)
     shown = comparison.facts_table([run, bare])
     assert list(shown.columns) == [
-        "family", "mode", "input px", "parameters", "training time (s)", "inference (ms/image)", "single image (ms)"
+        "family", "task", "mode", "input px", "parameters", "training time (s)", "inference (ms/image)", "single image (ms)"
     ]
     assert shown.loc[0, "training time (s)"] == 258.0 and pd.isna(shown.loc[1, "parameters"])

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from core import artifacts
-from core.progress import Progress, SearchStopped, StopFlag, open_log
+from core.progress import Progress, StopFlag, open_log, recorded_end
 from core.settings import SearchSettings, SettingsError
 from core.tuner import save_trials
 
@@ -68,13 +68,9 @@ def run_worker(artifacts_dir: str, name: str, worker_id: str, log=print, wait_s:
     progress = Progress(workers, file_name=f"{worker_id}.json")
     stop = StopFlag(folder)
     stop.install_signal_handlers()
-    try:
+    # No log lines and no stop file removed: the request file in the run folder is the chief's.
+    with recorded_end(progress):
         result = tuning.search(settings, folder, progress, stop, run_log, role="worker")
         progress.update(state="completed", phase="done", force=True)
         return result
-    except SearchStopped:
-        progress.update(state="stopped", phase="stopped", force=True)
-        return {"state": "stopped"}
-    except BaseException as error:
-        progress.update(state="failed", phase="failed", error=f"{type(error).__name__}: {error}", force=True)
-        raise
+    return {"state": "stopped"}  # reached only when a stop request ended the block

@@ -2,7 +2,8 @@
 
 `Progress` rewrites `progress.json` atomically so the dashboard and `python -m core runs` can
 read it at any moment; `StopFlag` turns SIGTERM/SIGINT or a `stop.request` file into
-`SearchStopped`; `open_log` appends time-stamped lines to the run's log. No Keras import.
+`SearchStopped`; `open_log` appends time-stamped lines to the run's log; `recorded_end` writes how
+a run's training ended (stopped or failed) into its progress and log. No Keras import.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,7 +31,6 @@ class SearchStopped(BaseException):  # noqa: N818 - a signal, not an error
     TensorFlow, with this module (`--help`, the dashboard). tests/test_tuner_contract.py checks
     that Keras Tuner lets this through and keeps the trial.
     """
-
 
 
 def now_utc() -> str:
@@ -123,3 +125,37 @@ def open_log(folder: Path, echo, file_name: str = artifacts.LOG):
 
     return log
 
+
+
+STOPPED_MESSAGE = "stopped by request; resume to continue"
+
+
+@contextmanager
+def recorded_end(
+    progress: Progress,
+    log: Callable[[str], None] | None = None,
+    stopped_note: str = "",
+    stop: StopFlag | None = None,
+) -> Iterator[None]:
+    """Record in `progress` (and `log`) how the training inside the block ended, for the dashboard.
+
+    A stop request (`SearchStopped`) sets state "stopped", logs "stopped: <stopped_note>" and is
+    swallowed: the code after the block runs, and returns what a stopped run returns. Anything else,
+    KeyboardInterrupt included, sets state "failed" with the error, logs "failed: <error>" and is
+    raised again. Either way `stop`'s request file is removed, so the next resume starts afresh; a
+    distributed worker passes none, since the request file is its chief's to remove.
+    """
+    try:
+        yield
+    except SearchStopped:
+        progress.update(state="stopped", phase="stopped", message=STOPPED_MESSAGE, force=True)
+        if log is not None:
+            log(f"stopped: {stopped_note}")
+    except BaseException as error:
+        progress.update(state="failed", phase="failed", error=f"{type(error).__name__}: {error}", force=True)
+        if log is not None:
+            log(f"failed: {error}")
+        raise
+    finally:
+        if stop is not None:
+            stop.file.unlink(missing_ok=True)

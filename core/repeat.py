@@ -163,7 +163,7 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
     returns {"state": "stopped"}; `python -m core resume NAME` continues.
     """
     # the search machinery: Compare, which only reads repeats, does without it
-    from core.progress import Progress, SearchStopped, StopFlag, open_log
+    from core.progress import Progress, SearchStopped, StopFlag, open_log, recorded_end
     from core.settings import SearchSettings
 
     run = artifacts.load_run(artifacts_dir, name)
@@ -184,7 +184,8 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
                         force=True)
         run_log(f"repeat of {run.settings[REPEAT]['source']}: seeds {', '.join(map(str, seeds))}, hyperparameters "
                 f"{top.fixed_hyperparameters}")
-        try:
+        kept = f"finished seeds are kept; resume with `python -m core resume {name}`"
+        with recorded_end(progress, run_log, kept, stop):
             for number, seed in enumerate(seeds, 1):
                 if seed in done:
                     continue
@@ -206,16 +207,7 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
             progress.update(state="completed", phase="done", message="completed", force=True)
             run_log(f"done: test AUC over {len(seeds)} seeds " + _spread_sentence(read_seed_table(run.folder)))
             return metrics
-        except SearchStopped:
-            progress.update(state="stopped", phase="stopped", message="stopped by request; resume to continue", force=True)
-            run_log(f"stopped: finished seeds are kept; resume with `python -m core resume {name}`")
-            return {"state": "stopped"}
-        except BaseException as error:
-            progress.update(state="failed", phase="failed", error=f"{type(error).__name__}: {error}", force=True)
-            run_log(f"failed: {error}")
-            raise
-        finally:
-            stop.file.unlink(missing_ok=True)
+        return {"state": "stopped"}  # reached only when a stop request ended the block
 
 
 def _train_seed(top, seed: int, seeds_dir: Path, folder: Path, log) -> dict:

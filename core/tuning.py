@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from core import artifacts, augmentation, data, distributed, evaluation, models, stress, trials
-from core.progress import Progress, SearchStopped, StopFlag, now_utc, open_log
+from core.progress import Progress, StopFlag, now_utc, open_log, recorded_end
 from core.settings import SearchSettings, cache_root
 from core.splits import drop_undecodable, preflight, prepare_split
 from core.tuner import make_tuner, planned_trials, save_trials, trial_callbacks, trial_rows
@@ -56,22 +56,14 @@ def run_search(settings: SearchSettings, log=print, resume: bool = False, role: 
         stop.install_signal_handlers()
         if not existing:
             artifacts.write_json(folder / artifacts.SETTINGS, settings.to_dict())
-        try:
+        kept = f"completed trials are kept; resume with `python -m core resume {settings.name}`"
+        with recorded_end(progress, run_log, kept, stop):
             result = search(settings, folder, progress, stop, run_log, dataset, role)
             progress.update(state="completed", phase="done", message="completed", force=True)
             run_log(f"done: test AUC {result['test']['auc']:.4f}, accuracy {result['test']['accuracy']:.4f}"
                     + evaluation.multiclass_summary(result))
             return result
-        except SearchStopped:
-            progress.update(state="stopped", phase="stopped", message="stopped by request; resume to continue", force=True)
-            run_log(f"stopped: completed trials are kept; resume with `python -m core resume {settings.name}`")
-            return {"state": "stopped"}
-        except BaseException as error:
-            progress.update(state="failed", phase="failed", error=f"{type(error).__name__}: {error}", force=True)
-            run_log(f"failed: {error}")
-            raise
-        finally:
-            stop.file.unlink(missing_ok=True)
+        return {"state": "stopped"}  # reached only when a stop request ended the block
 
 
 def search(settings: SearchSettings, folder: Path, progress: Progress, stop: StopFlag, log, dataset=None, role=None) -> dict:

@@ -1,0 +1,64 @@
+"""How a run's end is recorded: `core.progress.recorded_end` for searches, repeats and workers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core import artifacts
+from core.progress import STOPPED_MESSAGE, Progress, SearchStopped, StopFlag, recorded_end
+
+
+def _saved_progress(folder) -> dict:
+    return json.loads((folder / artifacts.PROGRESS).read_text())
+
+
+def _asked_to_stop(folder) -> StopFlag:
+    stop = StopFlag(folder)
+    stop.file.write_text("")
+    return stop
+
+
+def test_a_stop_request_is_recorded_swallowed_and_its_file_removed(tmp_path):
+    progress, lines, stop = Progress(tmp_path), [], _asked_to_stop(tmp_path)
+
+    def body() -> str:
+        with recorded_end(progress, lines.append, "trials are kept", stop):
+            raise SearchStopped()
+        return "after the block"
+
+    assert body() == "after the block"
+    saved = _saved_progress(tmp_path)
+    assert (saved["state"], saved["phase"], saved["message"]) == ("stopped", "stopped", STOPPED_MESSAGE)
+    assert lines == ["stopped: trials are kept"]
+    assert not stop.file.exists()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt("interrupted")])
+def test_any_other_end_is_recorded_as_failed_and_raised_again(tmp_path, error):
+    progress, lines, stop = Progress(tmp_path), [], _asked_to_stop(tmp_path)
+    with pytest.raises(type(error)), recorded_end(progress, lines.append, "unused", stop):
+        raise error
+    saved = _saved_progress(tmp_path)
+    assert (saved["state"], saved["phase"]) == ("failed", "failed")
+    assert saved["error"] == f"{type(error).__name__}: {error}"
+    assert lines == [f"failed: {error}"]
+    assert not stop.file.exists()
+
+
+def test_a_finished_block_leaves_the_progress_to_its_own_code(tmp_path):
+    progress, lines, stop = Progress(tmp_path), [], _asked_to_stop(tmp_path)
+    with recorded_end(progress, lines.append, "unused", stop):
+        progress.update(state="completed", force=True)
+    assert _saved_progress(tmp_path)["state"] == "completed"
+    assert lines == []
+    assert not stop.file.exists()  # a request that came too late does not stop the next resume
+
+
+def test_a_worker_without_log_or_stop_flag_keeps_the_chiefs_request_file(tmp_path):
+    progress, stop = Progress(tmp_path), _asked_to_stop(tmp_path)
+    with recorded_end(progress):
+        raise SearchStopped()
+    assert _saved_progress(tmp_path)["state"] == "stopped"
+    assert stop.file.exists()

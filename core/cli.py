@@ -268,8 +268,7 @@ def _ensemble(args) -> int:
     from core import ensemble
 
     run = ensemble.build_ensemble(args.artifacts, args.members, args.name, weighted=args.weighted)
-    weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(run.members, run.settings["weights"], strict=True))
-    print(f"ensemble {run.name}: weights {weights} ({run.settings['weight_rule']})")
+    print(f"ensemble {run.name}: weights {ensemble.weights_text(run)} ({run.settings['weight_rule']})")
     return _finish(run.metrics)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core import tasks
+from core import multiclass, tasks
 from core.artifacts import Run
 from core.data import CLASS_NAMES
 
@@ -129,6 +129,16 @@ def binary_names(runs: Sequence[Run]) -> tuple[str, str]:
     return names.pop() if len(names) == 1 else GENERIC_NAMES
 
 
+def matrix_labels(run: Run) -> list[str]:
+    """The classes of a run's binary confusion matrix, negative first: as saved, else its task's."""
+    return list((run.metrics or {}).get("labels") or run_task(run).binary_classes)
+
+
+def three_class_runs(predictions: Mapping[str, pd.DataFrame], run_tasks: Mapping[str, tasks.Task]) -> list[str]:
+    """The runs, in order, whose three classes can be shown: a multi-class task and its class columns saved."""
+    return [name for name, table in predictions.items() if multiclass.has_classes(table, run_tasks[name])]
+
+
 def question_notes(runs: Sequence[Run]) -> list[str]:
     """What the page and the report say about the runs' questions: a three-class run is compared on
     the derived binary question; runs of different questions are not paired."""
@@ -232,3 +242,10 @@ def probability_of(row: Mapping[str, Any], name: str) -> float:
     """A run's probability for one row of a ``per_image_table``, NaN where it did not score the image."""
     value = row[probability_column(name)]
     return float(value) if pd.notna(value) else float(np.nan)
+
+
+def predicted_class(predictions: pd.DataFrame, path: str) -> str:
+    """A multi-class run's predicted class (argmax) of the image at `path`; "" for a binary run or an image it did not score."""
+    if "predicted_class" not in predictions:
+        return ""
+    return str(predictions.set_index("path")["predicted_class"].get(path, ""))

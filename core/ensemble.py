@@ -295,6 +295,11 @@ def weights_of(run: Run) -> np.ndarray:
     return weights / weights.sum()
 
 
+def weights_text(run: Run) -> str:
+    """e.g. "cnn-small 0.60, cnn-wide 0.40": each member with its weight as saved."""
+    return ", ".join(f"{m} {w:.2f}" for m, w in zip(run.members, run.settings["weights"], strict=True))
+
+
 def predict_files(run: Run, paths: list[str], models: Mapping | None = None, engine: str = "auto") -> pd.DataFrame:
     """Score image files with an ensemble: each member at its own size, averaged with the weights.
 

@@ -98,6 +98,33 @@ class RunEvidence:
         """True when the operating points were found on the test images (no validation predictions)."""
         return any(c.on_test for c in self.choices)
 
+    @property
+    def confusion_matrix(self) -> list[list[int]]:
+        """[[TN, FP], [FN, TP]] at the threshold in use: rows are the true classes, negative first."""
+        m = self.metrics
+        return [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]
+
+    @property
+    def choice_keys(self) -> list[str]:
+        """The operating-point menu: every choice, then "custom" (a threshold set by hand)."""
+        return [c.key for c in self.choices] + [CUSTOM_CHOICE]
+
+    @property
+    def highest_threshold(self) -> float:
+        """The top of the threshold control: 1.0, or a choice above it.
+
+        "Nothing positive" lies just above the top score, so above 1.0 when a probability is exactly 1.0.
+        """
+        return max(1.0, self.saved_threshold, *(c.threshold for c in self.choices))
+
+    def choice_after_move(self, key: str | None, threshold: float) -> str:
+        """The menu entry once the threshold was moved by hand to `threshold`: `key` when it landed on
+        that choice's threshold, else "custom"."""
+        current = self.choice(key) if key is not None else None
+        if current is None or abs(current.threshold - threshold) > 1e-9:
+            return CUSTOM_CHOICE
+        return current.key
+
 
 def arrays(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, probabilities, patients) of a predictions table, checked."""

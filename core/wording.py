@@ -18,9 +18,12 @@ from core import multiclass
 from core.evidence import CONFIDENCE, CUSTOM_CHOICE, INTERVAL_METRICS, VALIDATION_CHOICE
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from core import statistics
     from core.comparison import ImageCheck
     from core.evidence import PairedEvidence, RunEvidence, ThresholdChoice
+    from core.tasks import Task
 
 LEVEL = 0.05  # the significance level of every sentence
 
@@ -68,6 +71,15 @@ def choice_option(key: str, choice: ThresholdChoice | None) -> str:
     if key != VALIDATION_CHOICE:
         label += " · on test" if choice.on_test else " · on validation"
     return f"{label} — {choice.threshold:.3f}"
+
+
+def threshold_help(task: Task, saved_threshold: float) -> str:
+    """What a run's threshold control does, in the run's class names; a three-class run's probability is derived."""
+    positive = task.binary_names[1]
+    text = f"Validation-chosen threshold: {saved_threshold:.3f}. An image is called {positive} when its probability is at least this."
+    if not task.is_binary:
+        text += f" A three-class run's probability of {positive} is " + " + ".join(f"P({n})" for n in task.names[1:]) + "."
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -268,6 +280,16 @@ def paired_row(paired: PairedEvidence, compact: bool = False) -> dict[str, Any]:
 
 def _share(count: int, total: int) -> str:
     return f"{count}/{total} ({100 * count / total:.1f} %)" if total else "–"
+
+
+def errors_by_kind_note(run_tasks: Iterable[Task]) -> str:
+    """What counts as an error of each kind of image, for the runs' tasks (after "At each run's threshold.")."""
+    text = "For normal images an error is a false alarm; for bacterial and viral pneumonia a missed case"
+    if any(t.name == "bacterial_vs_viral" for t in run_tasks):
+        return text + (
+            "; for a bacterial-vs-viral run, bacterial images are its negatives (false alarms) and viral ones its positives (missed)."
+        )
+    return text + "."
 
 
 def errors_by_kind_wide(evidence: list[RunEvidence], positive: str = "pneumonia") -> pd.DataFrame:

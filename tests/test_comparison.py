@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from core import artifacts, comparison, wording
+from core import artifacts, comparison, tasks, wording
 
 
 def table(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
@@ -99,3 +99,22 @@ def test_run_facts_come_from_the_run_folder_and_missing_ones_are_none(tmp_path):
         "family", "task", "mode", "input px", "parameters", "training time (s)", "inference (ms/image)", "single image (ms)"
     ]
     assert shown.loc[0, "training time (s)"] == 258.0 and pd.isna(shown.loc[1, "parameters"])
+
+
+def test_a_runs_matrix_is_labelled_with_its_saved_classes_else_its_tasks(tmp_path):
+    artifacts.write_json(tmp_path / "viral" / artifacts.SETTINGS, {"family": "mobilenet", "task": "bacterial_vs_viral"})
+    artifacts.write_json(tmp_path / "viral" / artifacts.METRICS, {"test": {}})  # saved without its labels
+    artifacts.write_json(tmp_path / "saved" / artifacts.SETTINGS, {"family": "mobilenet"})
+    artifacts.write_json(tmp_path / "saved" / artifacts.METRICS, {"labels": ["A", "B"]})
+    assert comparison.matrix_labels(artifacts.load_run(tmp_path, "viral")) == ["bacteria", "virus"]
+    assert comparison.matrix_labels(artifacts.load_run(tmp_path, "saved")) == ["A", "B"]
+
+
+def test_three_class_runs_are_those_with_their_class_columns():
+    classes = {tasks.probability_column(c): [0.2] for c in tasks.THREE_CLASS.classes}
+    full = pd.DataFrame({"path": ["/d/x.jpeg"], "true_class": ["virus"], "predicted_class": ["bacteria"], **classes})
+    bare = full[["path"]]  # a three-class run saved before its class columns
+    run_tasks = {"three": tasks.THREE_CLASS, "old": tasks.THREE_CLASS, "binary": tasks.PNEUMONIA, "again": tasks.THREE_CLASS}
+    assert comparison.three_class_runs({"three": full, "old": bare, "binary": full, "again": full}, run_tasks) == ["three", "again"]
+    assert comparison.predicted_class(full, "/d/x.jpeg") == "bacteria"
+    assert comparison.predicted_class(full, "/d/other.jpeg") == "" and comparison.predicted_class(A, "/d/x1.jpeg") == ""

@@ -98,6 +98,7 @@ def test_equal_weight_ensemble_averages_the_saved_predictions(two_runs):
     assert run.metrics["test"]["auc"] == pytest.approx(roc_auc_score(run.predictions()["y_true"], run.predictions()["probability"]))
     assert run.settings["family"] == "ensemble" and run.members == ["a", "b"] and run.settings["weights"] == [0.5, 0.5]
     assert run.state == "completed" and run.has_model  # the members' model files
+    assert ensemble.weights_text(run) == "a 0.50, b 0.50"
     assert run.metrics["parameters"] == 20 and run.metrics["inference"]["ms_per_image"] == 2.0
     assert (run.folder / "splits.csv").exists() and run.read("data_summary.json") == {"total_images": 100}
     assert not (run.folder / artifacts.LOCK).exists()

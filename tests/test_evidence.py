@@ -280,3 +280,24 @@ def test_paired_among_adjusts_over_the_family_only_when_there_are_more_than_two_
         evidence.paired_among("a", "x", [*runs, ("x", predictions.assign(path=predictions["path"] + "?"), 0.5)])
     with pytest.raises(ValueError, match=r"\['z'\] not among the runs"):
         evidence.paired_among("a", "z", runs)
+
+
+def test_the_threshold_control_follows_the_runs_choices(predictions):
+    ev = evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=50)
+    y, p = predictions["y_true"].to_numpy(), predictions["probability"].to_numpy()
+    called = p >= 0.3
+    expected = [[int(((y == 0) & ~called).sum()), int(((y == 0) & called).sum())], [int(((y == 1) & ~called).sum()), int(((y == 1) & called).sum())]]
+    assert ev.confusion_matrix == expected
+    assert ev.choice_keys == [c.key for c in ev.choices] + [evidence.CUSTOM_CHOICE]
+    assert ev.choice_keys[0] == evidence.VALIDATION_CHOICE
+    assert ev.highest_threshold == max(1.0, *(c.threshold for c in ev.choices))
+    point = ev.choice("sens@spec90")
+    assert ev.choice_after_move("sens@spec90", point.threshold) == "sens@spec90"  # landed on its own point
+    assert ev.choice_after_move("sens@spec90", point.threshold + 0.01) == evidence.CUSTOM_CHOICE
+    assert ev.choice_after_move(None, point.threshold) == evidence.CUSTOM_CHOICE
+
+
+def test_the_threshold_control_reaches_a_choice_above_one(predictions):
+    validation = pd.DataFrame({"y_true": [0, 1, 0, 1], "probability": [1.0, 0.9, 0.8, 0.2], "patient": list("abcd")})
+    ev = evidence.run_evidence("ones", predictions, 0.5, 0.5, n_resamples=50, validation=validation)
+    assert ev.highest_threshold > 1.0 and ev.highest_threshold == max(c.threshold for c in ev.choices)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from core import evidence, statistics, wording
+from core import evidence, statistics, tasks, wording
 from core.evidence import ThresholdChoice
 
 
@@ -66,3 +66,24 @@ def test_the_paired_tests_method_and_interval_texts():
     assert d.ci_low < 0 < d.ci_high and wording.difference_interval(d).startswith("-")
     undefined = type("Result", (), {"ci_low": math.nan, "ci_high": 0.1})()
     assert wording.difference_interval(undefined) == "n/a"
+
+
+@pytest.mark.parametrize(
+    ("task", "called", "derived"),
+    [
+        (tasks.PNEUMONIA, "called pneumonia", None),
+        (tasks.BACTERIAL_VS_VIRAL, "called viral", None),
+        (tasks.THREE_CLASS, "called pneumonia", "A three-class run's probability of pneumonia is P(bacterial) + P(viral)."),
+    ],
+)
+def test_the_threshold_help_names_the_runs_positive_class(task, called, derived):
+    text = wording.threshold_help(task, 0.4567)
+    assert text.startswith("Validation-chosen threshold: 0.457.") and called in text
+    assert (derived in text) if derived else "three-class" not in text
+
+
+def test_the_errors_by_kind_note_explains_bacterial_vs_viral_runs_only_when_there_is_one():
+    plain = wording.errors_by_kind_note([tasks.PNEUMONIA, tasks.THREE_CLASS])
+    assert plain.endswith("a missed case.") and "bacterial-vs-viral" not in plain
+    mixed = wording.errors_by_kind_note(iter([tasks.PNEUMONIA, tasks.BACTERIAL_VS_VIRAL]))
+    assert "bacterial images are its negatives (false alarms) and viral ones its positives (missed)" in mixed

@@ -19,15 +19,15 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from core import comparison, curves, figures, multiclass, shift, stress, wording
+from core import comparison, curves, figures, multiclass, shift, stress, tasks, wording
 from core import evidence as ev
 from core.artifacts import Run
 
 TITLE = "Pneumonia classifiers compared"
-# core.statistics.error_breakdown's columns -> the report's headers
+# core.statistics.error_breakdown's columns -> the report's headers ("missed" gets the positive class's name)
 _ERROR_COLUMNS = {
     "run": "run", "threshold": "threshold", "kind": "kind", "n": "images", "errors": "errors", "error_rate": "error rate",
-    "false_negatives": "missed pneumonia", "false_negative_rate": "missed rate",
+    "false_negatives": "missed", "false_negative_rate": "missed rate",
     "false_positives": "false alarms", "false_positive_rate": "false alarm rate",
 }
 _PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
@@ -243,14 +243,14 @@ def _paired_section(runs: Sequence[Run], evidence: Mapping[str, ev.RunEvidence],
 def _multiclass_section(runs: Sequence[Run], predictions: Mapping[str, pd.DataFrame], figure: _Figures, n_resamples: int, seed: int,
                         confidence: float) -> str:
     """The three-class runs at the argmax: accuracy and AUCs with intervals, per-class table, matrices, one-vs-rest ROC."""
-    items = []
-    for run in runs:
-        task = comparison.run_task(run)
-        if not task.is_binary and multiclass.has_classes(predictions[run.name], task):
-            items.append(multiclass.class_evidence(run.name, predictions[run.name], task, n_resamples, seed, confidence))
+    run_tasks = {run.name: comparison.run_task(run) for run in runs}
+    items = [
+        multiclass.class_evidence(name, predictions[name], run_tasks[name], n_resamples, seed, confidence)
+        for name in comparison.three_class_runs({run.name: predictions[run.name] for run in runs}, run_tasks)
+    ]
     if not items:
         return ""
-    out = ["<h2>Three classes: normal / bacterial / viral</h2>", f"<p class='meta'>{_e(wording.MULTICLASS_NOTE)}</p>",
+    out = [f"<h2>Three classes: {_e(tasks.THREE_CLASS.title)}</h2>", f"<p class='meta'>{_e(wording.MULTICLASS_NOTE)}</p>",
            _table(wording.multiclass_table(items)), _table(wording.per_class_table(items))]
     problems = [f"<li>{_e(item.name)}: no interval ({_e(item.interval_problem)})</li>" for item in items if item.intervals is None]
     if problems:
@@ -374,13 +374,14 @@ def build_report(
         "<h2>Paired tests</h2>",
         _paired_section(runs, evidence, predictions),
         "<h2>Errors by kind of image</h2>",
-        "<p class='meta'>At each run's threshold in use. For normal images an error is a false alarm; for bacterial "
-        "and viral pneumonia a missed case.</p>",
+        f"<p class='meta'>At each run's threshold in use. {_e(wording.errors_by_kind_note(comparison.run_task(r) for r in runs))}</p>",
     ]
     if not errors.empty:
         body.append(figure(figures.error_breakdown_figure(errors, colors)))
         body.append(_table(wording.errors_by_kind_wide(items, positive)))
-        shown = errors[list(_ERROR_COLUMNS)].rename(columns=_ERROR_COLUMNS)
+        # the missed images are of the runs' positive class: pneumonia, or viral for bacterial vs viral
+        headers = {**_ERROR_COLUMNS, "false_negatives": f"missed {positive}"}
+        shown = errors[list(headers)].rename(columns=headers)
         body.append(f"<details><summary>Every count and rate</summary>{_table(shown)}</details>")
     else:
         body.append("<p class='meta'>The predictions carry no kind of image.</p>")

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import warnings
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -473,6 +474,18 @@ def summarize(dataset: Dataset, table: pd.DataFrame | None = None, task: Task = 
         "unreadable": [{"path": u.path, "reason": u.reason} for u in dataset.unreadable],
         "notes": list(dataset.notes),
     }
+
+
+def positive_per_negative(
+    task_images: Mapping[str, Mapping[str, int]], task: Task, splits: Iterable[str] | None = None
+) -> float | None:
+    """Images of the task's binary positive class per negative one (``summarize``'s ``task_images``),
+    over `splits` (default: all); None without negatives. A three-class task's positives are its
+    bacterial and viral images, as in its pneumonia vs normal view."""
+    shown = list(task_images) if splits is None else [s for s in splits if s in task_images]
+    negative = sum(int(task_images[s].get(task.names[0], 0)) for s in shown)
+    positive = sum(int(task_images[s].get(name, 0)) for s in shown for name in task.names[1:])
+    return positive / negative if negative else None
 
 
 # --------------------------------------------------------------------------

@@ -110,12 +110,12 @@ if view.startswith("As a search"):
 
 images = shown["images"]
 total_patients = int(table["patient"].nunique()) if len(table) else 0
-normal = sum(split.get("NORMAL", 0) for split in images.values())
-pneumonia = sum(split.get("PNEUMONIA", 0) for split in images.values())
+negative, positive = task.binary_names  # the task's classes: a bacterial-vs-viral split shows viral : bacterial
+ratio = data.positive_per_negative(shown.get("task_images") or {}, task)
 cols = st.columns(4)
 cols[0].metric("Images", f"{shown['total_images']:,}")
 cols[1].metric("Patients", f"{total_patients:,}")
-cols[2].metric("Pneumonia : normal", f"{pneumonia / normal:.2f} : 1" if normal else "–", help="Over all splits shown")
+cols[2].metric(f"{positive.capitalize()} : {negative}", f"{ratio:.2f} : 1" if ratio is not None else "–", help="Over all splits shown")
 cols[3].metric("Unreadable files", f"{len(summary['unreadable']):,}")
 
 if images:
@@ -133,10 +133,10 @@ if images:
         )
         weights = shown.get("class_weights") or {}
         if weights:
-            ratio = shown.get("pneumonia_to_normal_ratio") if task is tasks.PNEUMONIA else None
+            train_ratio = data.positive_per_negative(shown.get("task_images") or {}, task, ["train"])
             st.caption(
                 "Training split: "
-                + (f"{ratio:.2f} pneumonia images per normal one; " if ratio else "")
+                + (f"{train_ratio:.2f} {positive} images per {negative} one; " if train_ratio else "")
                 + "class weights used in training "
                 + ", ".join(f"{task.names[task.classes.index(name)] if name in task.classes else name} {value:.2f}" for name, value in weights.items())
                 + " (each class counts equally)."
@@ -147,9 +147,9 @@ per_class = st.slider("Images per class", 2, 12, 6, key="data_samples")
 if st.button("Show other images", icon=":material/shuffle:"):
     st.session_state["data_sample_seed"] = st.session_state.get("data_sample_seed", 0) + 1
 rng = random.Random(st.session_state.get("data_sample_seed", 0))
-for class_name in data.CLASS_NAMES:
-    rows = table[table["class_name"] == class_name]
-    st.subheader(f"{class_name.title()} ({len(rows):,} images)")
+for value, class_name in zip(task.classes, task.names, strict=True):  # the classes of the task shown above
+    rows = table[table[task.column] == value]
+    st.subheader(f"{class_name.capitalize()} ({len(rows):,} images)")
     if rows.empty:
         st.caption("none")
         continue

@@ -62,10 +62,12 @@ with right:
             st.session_state["predict_samples"] = chosen
         if st.session_state.get("predict_samples") and st.button("Clear the picked images", key="predict_clear"):
             st.session_state["predict_samples"] = []
+# The picked runs' positive class (pneumonia, or viral for bacterial vs viral runs); pneumonia before any is picked.
+_, pushed_towards = comparison.binary_names([by_name[n] for n in picked]) if picked else tasks.PNEUMONIA.binary_names
 opacity = st.slider(
     "Grad-CAM opacity", 0.0, 1.0, 0.4, step=0.05, key="predict_opacity",
     help="Under each prediction, each run's Grad-CAM is blended over the X-ray: the regions that push the run towards "
-    "pneumonia (red: most). 0 shows the X-ray alone, 1 the heatmap alone.",
+    f"{pushed_towards} (red: most). 0 shows the X-ray alone, 1 the heatmap alone.",
 )
 
 images: list[tuple[str, bytes]] = []

@@ -217,3 +217,18 @@ def test_the_fast_jpeg_header_check_agrees_with_pillow(tmp_path):
         for path in sorted((SHARED_DATA / "test" / "NORMAL").glob("*.jpeg"))[:30]:
             with Image.open(path) as image:
                 assert data._jpeg_size(path.read_bytes()) == image.size
+
+
+def test_positive_per_negative_follows_the_tasks_binary_view(tmp_path):
+    counts = {"train": {"normal": 10, "bacterial": 20, "viral": 15}, "test": {"normal": 5, "bacterial": 4, "viral": 1}}
+    assert data.positive_per_negative(counts, data.TASKS["three_class"]) == pytest.approx(40 / 15)  # pneumonia per normal
+    assert data.positive_per_negative(counts, data.TASKS["three_class"], ["train"]) == pytest.approx(35 / 10)
+    assert data.positive_per_negative(counts, data.TASKS["bacterial_vs_viral"], ["test", "val"]) == pytest.approx(1 / 4)
+    assert data.positive_per_negative({"train": {"normal": 0, "pneumonia": 3}}, data.PNEUMONIA) is None
+    # summarize's own counts: the folder's images per class, as the task names them
+    root = make_dataset(tmp_path, {"train": 6}, images_per_patient=2, size=16)
+    next((root / "train" / "NORMAL").iterdir()).unlink()  # 11 normal, 12 pneumonia
+    dataset = data.scan_folder(root)
+    summary = data.summarize(dataset)
+    images = summary["images"]["train"]
+    assert data.positive_per_negative(summary["task_images"], data.PNEUMONIA) == pytest.approx(12 / 11) == images["PNEUMONIA"] / images["NORMAL"]

@@ -203,37 +203,40 @@ def paired_test_section(view: Picked) -> None:
         i2.metric("McNemar p (image-level)", wording.format_p(paired.mcnemar.p_value))
 
 
+def _test_box(heading: str, figures: list[tuple[str, str]], interval: str, adjusted: tuple[str, float] | None, caption: str) -> None:
+    """One paired test: what it compares, three figures, the interval if any, the Holm-adjusted p if any, the verdict."""
+    st.markdown(heading)
+    for col, (label, value) in zip(st.columns(3), figures, strict=True):
+        col.metric(label, value)
+    if interval:
+        st.markdown(interval)
+    if adjusted is not None:
+        st.metric(adjusted[0], wording.format_p(adjusted[1]))
+    st.caption(caption)
+
+
 def _auc_test(paired: evidence.PairedEvidence) -> None:
     d = paired.delong_by_patient
-    st.markdown(
+    _test_box(
         f"**AUCs, by patient** (DeLong's test clustered by patient) · {paired.n_images:,} shared test images "
-        f"of {paired.n_patients:,} patients"
+        f"of {paired.n_patients:,} patients",
+        [("AUC A", f"{d.auc_a:.3f}"), ("AUC difference (A − B)", f"{d.difference:+.3f}"), ("DeLong p (by patient)", wording.format_p(d.p_value))],
+        f"{wording.ci_label(evidence.CONFIDENCE)} of the difference, by patient: **{wording.difference_interval(d)}** · AUC B {d.auc_b:.3f}",
+        ("DeLong p, Holm-adjusted", paired.p_auc_adjusted) if paired.adjusted else None,
+        wording.auc_sentence(paired),
     )
-    k1, k2, k3 = st.columns(3)
-    k1.metric("AUC A", f"{d.auc_a:.3f}")
-    k2.metric("AUC difference (A − B)", f"{d.difference:+.3f}")
-    k3.metric("DeLong p (by patient)", wording.format_p(d.p_value))
-    st.markdown(f"{wording.ci_label(evidence.CONFIDENCE)} of the difference, by patient: **{wording.difference_interval(d)}** · AUC B {d.auc_b:.3f}")
-    if paired.adjusted:
-        st.metric("DeLong p, Holm-adjusted", wording.format_p(paired.p_auc_adjusted))
-    st.caption(wording.auc_sentence(paired))
 
 
 def _error_test(paired: evidence.PairedEvidence) -> None:
     mc = paired.mcnemar_by_patient
-    st.markdown(
+    _test_box(
         f"**Errors, by patient** (McNemar's test clustered by patient) · A at {paired.threshold_a:.3f}, "
-        f"B at {paired.threshold_b:.3f} (the thresholds set above)"
-    )
-    k1, k2, k3 = st.columns(3)
-    k1.metric("b: A right, B wrong", f"{mc.b:,}")
-    k2.metric("c: A wrong, B right", f"{mc.c:,}")
-    k3.metric("McNemar p (by patient)", wording.format_p(mc.p_value))
-    if paired.adjusted:
-        st.metric("McNemar p, Holm-adjusted", wording.format_p(paired.p_errors_adjusted))
-    st.caption(
+        f"B at {paired.threshold_b:.3f} (the thresholds set above)",
+        [("b: A right, B wrong", f"{mc.b:,}"), ("c: A wrong, B right", f"{mc.c:,}"), ("McNemar p (by patient)", wording.format_p(mc.p_value))],
+        "",
+        ("McNemar p, Holm-adjusted", paired.p_errors_adjusted) if paired.adjusted else None,
         f"{wording.errors_sentence(paired)} Method: {wording.mcnemar_method(mc, detailed=True)}; "
-        f"{mc.n_discordant_patients:,} patients with a net disagreement."
+        f"{mc.n_discordant_patients:,} patients with a net disagreement.",
     )
 
 

@@ -28,7 +28,7 @@ browser:
 
 test: $(VENV)/.installed browser
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py

@@ -1,7 +1,7 @@
 """Screenshots of the Tune page's Trials view in headless Chromium, for a synthetic 20-trial run.
 
 Run by hand from the repository root: `python tools/screenshot_trials.py [OUT_DIR]` (default
-/work/exp/shots). It writes a synthetic run (tests.helpers.make_trials_run: trials.json and a
+$TMPDIR/cxr-screenshots/trials). It writes a synthetic run (tests.helpers.make_trials_run: trials.json and a
 trial history, no model) into a temporary artifacts folder, serves the dashboard with
 `streamlit run` as tests/test_browser.py does, opens the Tune page in the system Chromium and
 saves `trials.png` (the table and the first tab) and `trials_<tab>.png` for every other tab.
@@ -65,4 +65,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/work/exp/shots"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "cxr-screenshots" / "trials")

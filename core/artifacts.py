@@ -116,9 +116,10 @@ def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> None:
     atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False, encoding="utf-8"))
 
 
-def read_csv(path: str | os.PathLike, **options) -> pd.DataFrame:
-    """Read a CSV written by `write_csv`; patient ids stay strings ("007" is not 7)."""
-    return pd.read_csv(path, dtype={"patient": str}, encoding="utf-8", **options)
+def read_csv(path: str | os.PathLike, dtype: dict | None = None, **options) -> pd.DataFrame:
+    """Read a CSV written by `write_csv`; patient ids stay strings ("007" is not 7), and so do the
+    other columns named in `dtype`."""
+    return pd.read_csv(path, dtype={"patient": str, **(dtype or {})}, encoding="utf-8", **options)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

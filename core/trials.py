@@ -108,7 +108,7 @@ def read_history(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
-        table = pd.read_csv(path, dtype={"trial_id": str}, encoding="utf-8")
+        table = artifacts.read_csv(path, dtype={"trial_id": str})
     except (OSError, ValueError, pd.errors.EmptyDataError):
         return None
     missing = [c for c in ("trial_id", "epoch") if c not in table.columns]

@@ -170,6 +170,11 @@ def _threshold_hover(thresholds, sensitivity, specificity) -> list[list[float]] 
     return [[float(t), float(se), float(sp)] for t, se, sp in zip(thresholds, sensitivity, specificity, strict=True)]
 
 
+def _reference_line(fig: go.Figure, x: list[float], y: list[float], name: str) -> None:
+    """A grey dashed line to read the curves against (chance, perfect calibration); no hover."""
+    fig.add_scatter(x=x, y=y, mode="lines", name=name, line={"dash": "dash", "color": "#9e9e9e", "width": 1}, hoverinfo="skip")
+
+
 def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = None, title: str = "ROC curves on the test split") -> go.Figure:
     """ROC curves of several runs overlaid, AUC (and its interval) in the legend, chance diagonal, operating points.
 
@@ -180,10 +185,7 @@ def roc_figure(curves: Sequence[Mapping], colors: Mapping[str, str] | None = Non
     """
     colors = dict(colors or run_colors([c["name"] for c in curves]))
     fig = go.Figure()
-    fig.add_scatter(
-        x=[0, 1], y=[0, 1], mode="lines", name="chance (AUC 0.5)",
-        line={"dash": "dash", "color": "#9e9e9e", "width": 1}, hoverinfo="skip",
-    )
+    _reference_line(fig, [0, 1], [0, 1], "chance (AUC 0.5)")
     for curve in curves:
         name = curve["name"]
         color = colors.get(name, RUN_PALETTE[0])
@@ -224,10 +226,7 @@ def precision_recall_figure(curves: Sequence[Mapping], colors: Mapping[str, str]
     fig = go.Figure()
     prevalences = sorted({round(float(c["prevalence"]), 4) for c in curves if c.get("prevalence") is not None and np.isfinite(c["prevalence"])})
     for prevalence in prevalences:
-        fig.add_scatter(
-            x=[0, 1], y=[prevalence, prevalence], mode="lines", name=f"chance (prevalence {prevalence:.2f})",
-            line={"dash": "dash", "color": "#9e9e9e", "width": 1}, hoverinfo="skip",
-        )
+        _reference_line(fig, [0, 1], [prevalence, prevalence], f"chance (prevalence {prevalence:.2f})")
     for curve in curves:
         name = curve["name"]
         ap = curve.get("average_precision")
@@ -258,10 +257,7 @@ def calibration_figure(
     """
     colors = dict(colors or run_colors([c["name"] for c in curves]))
     fig = go.Figure()
-    fig.add_scatter(
-        x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
-        line={"dash": "dash", "color": "#9e9e9e", "width": 1}, hoverinfo="skip",
-    )
+    _reference_line(fig, [0, 1], [0, 1], "perfectly calibrated")
     for curve in curves:
         name = curve["name"]
         parts = [

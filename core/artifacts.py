@@ -34,6 +34,7 @@ BEST_HYPERPARAMETERS = "best_hyperparameters.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 VAL_PREDICTIONS = "val_predictions.csv"  # where operating points are chosen
+VAL_STRESS_PREDICTIONS = "val_stress_predictions.csv"  # validation probabilities under the stress test's changes (core.stress)
 MODEL = "model.keras"
 LOG = "log.txt"
 LOCK = "search.lock"
@@ -378,6 +379,12 @@ class Run:
     def val_predictions(self) -> pd.DataFrame | None:
         """The validation split's predictions, or None for runs saved before they were kept."""
         path = self.folder / VAL_PREDICTIONS
+        return read_csv(path) if path.exists() else None
+
+    def val_stress_predictions(self) -> pd.DataFrame | None:
+        """The validation images' probabilities under the stress test's changes (core.stress), or
+        None for runs saved before they were kept or without the stress test."""
+        path = self.folder / VAL_STRESS_PREDICTIONS
         return read_csv(path) if path.exists() else None
 
     def trials(self) -> list[dict]:

@@ -7,7 +7,7 @@ new images and explains them (each member at its own input size, averaged with t
 
 An ensemble is saved as an ordinary run folder, so every page, the report and `predict` read it
 like any other run: `predictions.csv`, `val_predictions.csv` and `metrics.json` are made by
-`core.evaluation.evaluate_scores` (threshold by Youden's J on validation, as for every run);
+`core.evaluation.evaluate_scores` (threshold chosen on validation, as for every run);
 `splits.csv` and `data_summary.json` come from the members; `settings.json` has family
 "ensemble", the member names and their weights. The members stay where they are (the same
 artifacts folder) and their models are loaded from there: deleting a member breaks prediction
@@ -166,6 +166,19 @@ def _aligned(tables: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
     return rows, np.column_stack(columns)
 
 
+def _combined_stress(runs: Sequence[Run], paths: pd.Series, weights: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The members' stressed validation probabilities (core.stress), combined with the weights, by
+    condition: the ensemble's threshold is then chosen as its members' were. None when a member kept
+    none (saved before, or with --no-stress-test): the threshold is then plain Youden's J."""
+    from core import stress
+
+    per_member = [stress.saved_scores(r.val_stress_predictions(), list(paths)) for r in runs]
+    if any(scores is None for scores in per_member):
+        return None
+    conditions = [name for name in per_member[0] if all(name in scores for scores in per_member)]
+    return {name: combine(np.column_stack([scores[name] for scores in per_member]), weights) for name in conditions} or None
+
+
 def _merged_splits(runs: Sequence[Run]) -> pd.DataFrame | None:
     """Every member's split table in one: validation and test are shared, training is their union."""
     parts = [artifacts.read_csv(r.folder / artifacts.SPLITS) for r in runs if (r.folder / artifacts.SPLITS).exists()]
@@ -214,7 +227,8 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
         weights, rule = np.full(len(runs), 1.0 / len(runs)), EQUAL_RULE
     weights = np.round(weights, 6)
     result = evaluation.evaluate_scores(
-        val_rows, y_val, combine(val_scores, weights), test_rows, y_test, combine(test_scores, weights), task
+        val_rows, y_val, combine(val_scores, weights), test_rows, y_test, combine(test_scores, weights), task,
+        _combined_stress(runs, val_rows["path"], weights),
     )
     member_metrics = [r.metrics or {} for r in runs]
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -265,9 +279,7 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
         summary = runs[0].read(artifacts.DATA_SUMMARY)
         if summary is not None:
             artifacts.write_json(folder / artifacts.DATA_SUMMARY, summary)
-        artifacts.write_csv(folder / artifacts.VAL_PREDICTIONS, result.pop("val_predictions"))
-        artifacts.write_csv(folder / artifacts.PREDICTIONS, result.pop("predictions"))
-        artifacts.write_json(folder / artifacts.METRICS, result)
+        evaluation.write_result(folder, result)
         artifacts.write_json(folder / artifacts.PROGRESS, progress)
         artifacts.write_json(folder / artifacts.SETTINGS, settings)  # last: the run is listed once it is whole
     (folder / artifacts.LOCK).unlink(missing_ok=True)

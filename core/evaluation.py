@@ -1,7 +1,9 @@
 """Evaluation and prediction: probabilities from a model, the threshold, metrics, per-image rows.
 
 The decision threshold is chosen on the validation split (Youden's J) and only then applied to
-the test split, so test metrics never guide a choice. Probabilities are rounded to
+the test split, so test metrics never guide a choice. When the search ran its stress test, the
+validation images as changed there count too (`core.stress.robust_threshold`): a threshold that
+holds when images look as another site's do. Probabilities are rounded to
 `PROBABILITY_DECIMALS` as soon as they are computed, so the threshold, the saved metrics and the
 saved per-image rows all see the same numbers (an image cannot change class between `metrics.json`
 and `predictions.csv`). Saved models are loaded with Keras `safe_mode`, and predictions go through
@@ -14,13 +16,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from core import artifacts, augmentation, data, multiclass, statistics, tasks
+from core import artifacts, augmentation, data, multiclass, statistics, stress, tasks
 from core.models import positive_probability
 
 THRESHOLD_RULE = "Youden's J on the validation split"
@@ -32,8 +35,12 @@ def saved_precision(scores) -> np.ndarray:
     return np.round(np.asarray(scores, dtype=np.float64), PROBABILITY_DECIMALS)
 
 
-def choose_threshold(y_val: np.ndarray, val_scores: np.ndarray, classes: tuple[str, str] = tasks.PNEUMONIA.classes) -> float:
-    """The decision threshold: Youden's J on the validation split.
+def choose_threshold(
+    y_val: np.ndarray, val_scores: np.ndarray, classes: tuple[str, str] = tasks.PNEUMONIA.classes,
+    stressed: Mapping[str, np.ndarray] | None = None,
+) -> float:
+    """The decision threshold: Youden's J on the validation split; with `stressed` (the validation
+    images' probabilities under the stress test's changes, `core.stress`), on them pooled too.
 
     Raises `data.DataError` with what to do when the validation split lacks a class (Youden's J,
     like any sensitivity/specificity trade-off, needs both). `classes` name them in the message.
@@ -47,7 +54,14 @@ def choose_threshold(y_val: np.ndarray, val_scores: np.ndarray, classes: tuple[s
             f"cannot choose the decision threshold: the validation split has no {' or '.join(missing)} images "
             f"({held}); Youden's J needs both classes: add images, or raise --max-per-class"
         )
+    if stressed:
+        return stress.robust_threshold(y_val, val_scores, stressed)
     return float(statistics.youden_threshold(y_val, val_scores))
+
+
+def threshold_rule(stressed: Mapping[str, np.ndarray] | None) -> str:
+    """How `choose_threshold` chose, in words for metrics.json, the report and the model card."""
+    return stress.ROBUST_THRESHOLD_RULE if stressed else THRESHOLD_RULE
 
 
 def model_outputs(
@@ -126,7 +140,7 @@ def summarize_predictions(y_true: np.ndarray, y_score: np.ndarray, threshold: fl
 def evaluate_scores(
     val_table: pd.DataFrame, y_val: np.ndarray, val_scores: np.ndarray,
     test_table: pd.DataFrame, y_test: np.ndarray, test_scores: np.ndarray,
-    task: tasks.Task = tasks.PNEUMONIA,
+    task: tasks.Task = tasks.PNEUMONIA, val_stressed: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """Threshold from validation, then metrics, ROC and per-image rows on test, from probabilities.
 
@@ -134,13 +148,24 @@ def evaluate_scores(
     calls it through `evaluate_model`, an ensemble with its combined probabilities. Every number is
     computed from the probabilities as saved (`saved_precision`), so the saved metrics are what the
     saved predictions give at the saved threshold. The labels are the task's binary view (0/1).
+    With `val_stressed` (the validation images' probabilities under each stress-test change, by
+    condition) the threshold is chosen on them pooled too, and the result also holds `stress` (the
+    stress test's rows at that threshold) and `val_stress_predictions` (the table to save).
     """
     val_scores, test_scores = saved_precision(val_scores), saved_precision(test_scores)
-    threshold = choose_threshold(y_val, val_scores, task.binary_classes)
+    if val_stressed:
+        val_stressed = {name: saved_precision(scores) for name, scores in val_stressed.items()}
+    threshold = choose_threshold(y_val, val_scores, task.binary_classes, val_stressed)
     test = summarize_predictions(y_test, test_scores, threshold)
+    stress_result = {}
+    if val_stressed:
+        stress_result = {
+            "stress": stress.stress_rows(y_val, val_scores, val_stressed, threshold),
+            "val_stress_predictions": stress.scores_table(val_table["path"], val_stressed),
+        }
     return {
         "threshold": threshold,
-        "threshold_rule": THRESHOLD_RULE,
+        "threshold_rule": threshold_rule(val_stressed),
         "val": summarize_predictions(y_val, val_scores, threshold),
         "test": test,
         "confusion_matrix": [[test["tn"], test["fp"]], [test["fn"], test["tp"]]],
@@ -149,12 +174,25 @@ def evaluate_scores(
         "roc": roc_points(y_test, test_scores),
         "predictions": prediction_rows(test_table, y_test, test_scores, threshold, task),
         "val_predictions": prediction_rows(val_table, y_val, val_scores, threshold, task),
+        **stress_result,
     }
+
+
+def write_result(folder: str | os.PathLike, result: dict) -> None:
+    """Save what `evaluate_scores` made into a run folder: the prediction tables as CSV (taken out of
+    `result`), then `metrics.json` with the rest. Each file is written atomically."""
+    folder = Path(folder)
+    artifacts.write_csv(folder / artifacts.VAL_PREDICTIONS, result.pop("val_predictions"))
+    if "val_stress_predictions" in result:
+        artifacts.write_csv(folder / artifacts.VAL_STRESS_PREDICTIONS, result.pop("val_stress_predictions"))
+    artifacts.write_csv(folder / artifacts.PREDICTIONS, result.pop("predictions"))
+    artifacts.write_json(folder / artifacts.METRICS, result)
 
 
 def evaluate_classes(
     val_table: pd.DataFrame, y_val: np.ndarray, val_probabilities: np.ndarray,
     test_table: pd.DataFrame, y_test: np.ndarray, test_probabilities: np.ndarray, task: tasks.Task,
+    val_stressed: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """A multi-class run's `metrics.json` content: its binary view through `evaluate_scores` (the
     derived probability 1 − P(first class), threshold chosen on validation), plus `multiclass`
@@ -164,7 +202,7 @@ def evaluate_classes(
     test_p = saved_precision(test_probabilities)
     result = evaluate_scores(
         val_table, task.binary_labels(y_val), positive_probability(val_p), test_table, task.binary_labels(y_test),
-        positive_probability(test_p), task,
+        positive_probability(test_p), task, val_stressed,
     )
     result["multiclass"] = multiclass.summary(task, y_val, val_p, y_test, test_p, test_table["patient"].astype(str).to_numpy())
     for key, y, p in (("val_predictions", y_val, val_p), ("predictions", y_test, test_p)):
@@ -183,7 +221,8 @@ def multiclass_summary(result: dict) -> str:
 
 
 def evaluate_model(
-    model, inputs, labels, table, part, engine="auto", batch_size=64, tta=1, cache_path=None, task: tasks.Task = tasks.PNEUMONIA
+    model, inputs, labels, table, part, engine="auto", batch_size=64, tta=1, cache_path=None, task: tasks.Task = tasks.PNEUMONIA,
+    val_stressed: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """Threshold from validation, then metrics, ROC and per-image rows on test (see `evaluate_scores`;
     `evaluate_classes` for a multi-class task, whose `labels` are class indices)."""
@@ -191,13 +230,14 @@ def evaluate_model(
         val_scores, engine_name = probabilities(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
         test_scores, _ = probabilities(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
         result = evaluate_scores(
-            table[part["val"]], labels[part["val"]], val_scores, table[part["test"]], labels[part["test"]], test_scores, task
+            table[part["val"]], labels[part["val"]], val_scores, table[part["test"]], labels[part["test"]], test_scores, task,
+            val_stressed,
         )
     else:
         val_p, engine_name = model_outputs(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
         test_p, _ = model_outputs(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
         result = evaluate_classes(
-            table[part["val"]], labels[part["val"]], val_p, table[part["test"]], labels[part["test"]], test_p, task
+            table[part["val"]], labels[part["val"]], val_p, table[part["test"]], labels[part["test"]], test_p, task, val_stressed
         )
     return {
         **result,

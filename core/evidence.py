@@ -169,8 +169,9 @@ def threshold_choices(
     """The validation-chosen threshold first, then the operating points, each measured on test.
 
     With ``validation`` (labels, probabilities of the validation split) the points are chosen there,
-    as the saved threshold was (its Youden point is the saved threshold, so it is not repeated);
-    without it, or when validation has one class only, they are chosen on test and marked so.
+    as the saved threshold was (its Youden point is not repeated when it is the saved threshold:
+    it differs when the run chose its threshold with the stress test's changed images too); without
+    it, or when validation has one class only, they are chosen on test and marked so.
     """
     saved = statistics.binary_metrics(y, s, saved_threshold)
     choices = [
@@ -189,7 +190,7 @@ def threshold_choices(
     by_name = {p.name: p for p in points}
     for name in OPERATING_POINTS:
         point = by_name.get(name)
-        if point is None or (name == "youden" and not on_test):
+        if point is None or (name == "youden" and not on_test and math.isclose(point.threshold, saved_threshold, abs_tol=1e-9)):
             continue
         # "Nothing positive" is the next float above the top score: above 1.0 when a probability is
         # exactly 1.0. It is kept as is (clipped to 1.0 it would call that image positive).

@@ -261,6 +261,9 @@ def _collect(run: Run, seed_runs: Sequence[Run]) -> dict:
             artifacts.write_bytes(run.folder / file_name, (first.folder / file_name).read_bytes())
     artifacts.write_csv(run.folder / artifacts.VAL_PREDICTIONS, tables[first.name][0])
     artifacts.write_csv(run.folder / artifacts.PREDICTIONS, tables[first.name][1])
+    stressed = first.val_stress_predictions()  # so that an ensemble with this run chooses its threshold as the seed did
+    if stressed is not None:
+        artifacts.write_csv(run.folder / artifacts.VAL_STRESS_PREDICTIONS, stressed)
     artifacts.write_json(run.folder / artifacts.BEST_HYPERPARAMETERS, run.settings.get("fixed_hyperparameters") or {})
     metrics = dict(first.metrics or {})
     metrics["timings"] = {**(metrics.get("timings") or {}),

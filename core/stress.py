@@ -6,11 +6,19 @@ there while scoring 0.99 on a validation split carved from training. This test n
 data: it changes the *validation* images in those ways, one at a time, and measures sensitivity and
 specificity at the run's own threshold. A large drop warns before any test image is seen, and a
 recipe can be compared on it without looking at test.
+
+The same changed images also choose the decision threshold (`robust_threshold`): Youden's J on
+the validation images as they are *and* as changed, pooled. A model's ranking survives these
+changes (validation AUC stays about 0.99) while its probabilities drift upward, so the plain
+Youden threshold, fitted to the images as they are, calls many healthy X-rays from another site
+pneumonia; the pooled one sits where the changed images are separated too. Each run keeps the
+changed images' probabilities (`val_stress_predictions.csv`, `scores_table`) so that an ensemble
+can choose its own threshold the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,24 +68,63 @@ PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def stress_test(score: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, y_true: np.ndarray, threshold: float) -> list[dict]:
-    """Sensitivity and specificity of `score` (pixels -> probabilities) at `threshold`, on the
-    images as they are and under each perturbation, with the change from as-is.
+AS_IS = "as is"
+ROBUST_THRESHOLD_RULE = (
+    "Youden's J on the validation split pooled with its stressed copies (framed tighter, sharpened, blurred, "
+    "contrast changed: core.stress)"
+)
+
+
+def stressed_scores(score: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """`score` (pixels -> probabilities) of the images under each perturbation, by condition."""
+    return {name: np.asarray(score(change(pixels)), dtype=float) for name, change in PERTURBATIONS.items()}
+
+
+def robust_threshold(y_true: np.ndarray, as_is: np.ndarray, stressed: Mapping[str, np.ndarray]) -> float:
+    """Youden's J over the images as they are and under every perturbation, pooled (each image and
+    condition counts once): a threshold that still separates the classes when images change as
+    they do between sites. Needs both classes, like `statistics.youden_threshold`."""
+    y = np.asarray(y_true).astype(int)
+    scores = [np.asarray(as_is, dtype=float), *(np.asarray(stressed[name], dtype=float) for name in stressed)]
+    return float(statistics.youden_threshold(np.tile(y, len(scores)), np.concatenate(scores)))
+
+
+def stress_rows(y_true: np.ndarray, as_is: np.ndarray, stressed: Mapping[str, np.ndarray], threshold: float) -> list[dict]:
+    """Sensitivity, specificity and AUC at `threshold` on the images as they are and under each
+    perturbation, with the change from as-is.
 
     One row per condition: condition, sensitivity, specificity, auc, sensitivity_change,
     specificity_change. The first row is the images as they are.
     """
     y = np.asarray(y_true).astype(int)
     rows = []
-    for name, change in [("as is", None), *PERTURBATIONS.items()]:
-        probabilities = np.asarray(score(pixels if change is None else change(pixels)), dtype=float)
-        metrics = statistics.binary_metrics(y, probabilities, threshold)
+    for name, probabilities in [(AS_IS, as_is), *stressed.items()]:
+        metrics = statistics.binary_metrics(y, np.asarray(probabilities, dtype=float), threshold)
         rows.append({"condition": name, "sensitivity": float(metrics["sensitivity"]), "specificity": float(metrics["specificity"]),
                      "auc": float(metrics["auc"])})
     for row in rows:
         row["sensitivity_change"] = row["sensitivity"] - rows[0]["sensitivity"]
         row["specificity_change"] = row["specificity"] - rows[0]["specificity"]
     return rows
+
+
+def scores_table(paths: Sequence[str], stressed: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """What `val_stress_predictions.csv` holds: one row per validation image, a probability column per condition."""
+    return pd.DataFrame({"path": list(paths), **{name: np.asarray(v, dtype=float) for name, v in stressed.items()}})
+
+
+def saved_scores(table: pd.DataFrame | None, paths: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """A run's saved stressed probabilities (`scores_table`) in the order of `paths`, by condition;
+    None when the run kept none (saved before it, or `--no-stress-test`) or they miss an image."""
+    if table is None or "path" not in table or not table["path"].is_unique:
+        return None
+    indexed = table.set_index("path")
+    if not set(paths) <= set(indexed.index):
+        return None
+    conditions = [name for name in PERTURBATIONS if name in indexed.columns]
+    if not conditions:
+        return None
+    return {name: indexed.loc[list(paths), name].to_numpy(dtype=float) for name in conditions}
 
 
 def worst(rows: list[dict]) -> dict | None:

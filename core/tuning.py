@@ -195,27 +195,32 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
     pixels = None
     if not (use_features and settings.tta == 1) or settings.stress_test:
         pixels, _ = data.load_images(list(table.loc[rows, "path"]), settings.image_size, cache_root(settings) / "pixels")
+    # The stress test's changed validation images: their probabilities choose the threshold with the
+    # images as they are (core.stress.robust_threshold), and the stress table is read at it.
+    val_stressed = None
+    if settings.stress_test:
+        progress.update(message="stress test on validation", force=True)
+        stress_clock = time.monotonic()
+        val_stressed = _stressed_scores(settings, model, np.asarray(pixels)[sub["val"]], folder)
+        timings["stress_s"] = time.monotonic() - stress_clock
     if use_features and settings.tta == 1:
         # Evaluate what the search trained on: the same numbers as the saved model, much faster.
-        result = evaluation.evaluate_model(trained, inputs, labels, table, part, settings.engine, settings.batch_size, task=task)
+        result = evaluation.evaluate_model(
+            trained, inputs, labels, table, part, settings.engine, settings.batch_size, task=task, val_stressed=val_stressed
+        )
     else:
         # The saved model on pixels (activations are float16; views need pixels): exactly what
         # `predict` will give later.
         result = evaluation.evaluate_model(
             model, pixels, labels[rows], table[rows], sub, settings.engine, settings.batch_size,
-            tta=settings.tta, cache_path=folder / "model.tflite", task=task,
+            tta=settings.tta, cache_path=folder / "model.tflite", task=task, val_stressed=val_stressed,
         )
-    timings["evaluate_s"] = time.monotonic() - clock
-    if settings.stress_test:
-        progress.update(message="stress test on validation", force=True)
-        clock = time.monotonic()
-        val_pixels = np.asarray(pixels)[sub["val"]]
-        result["stress"] = _stress_test(settings, model, val_pixels, task.binary_labels(labels[part["val"]]), result["threshold"], folder)
-        timings["stress_s"] = time.monotonic() - clock
-        worst = stress.worst(result["stress"])
-        if worst:
-            log(f"stress test on validation: worst is {worst['condition']} (specificity {worst['specificity']:.3f}, "
-                f"sensitivity {worst['sensitivity']:.3f})")
+    timings["evaluate_s"] = time.monotonic() - clock - timings.get("stress_s", 0.0)
+    worst = stress.worst(result.get("stress") or [])
+    if worst:
+        log(f"stress test on validation: worst is {worst['condition']} (specificity {worst['specificity']:.3f}, "
+            f"sensitivity {worst['sensitivity']:.3f}); threshold {result['threshold']:.3f} chosen on validation with its "
+            "stressed copies")
     artifacts.save_model(folder / artifacts.MODEL, model)
     sample = data.load_images(list(table.loc[part["test"], "path"][:32]), settings.image_size)[0]
     result["inference"] = evaluation.time_inference(model, sample, settings.engine, folder / "model.tflite")
@@ -232,20 +237,17 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
             "finished_at": now_utc(),
         }
     )
-    artifacts.write_csv(folder / artifacts.VAL_PREDICTIONS, result.pop("val_predictions"))
-    artifacts.write_csv(folder / artifacts.PREDICTIONS, result.pop("predictions"))
-    artifacts.write_json(folder / artifacts.METRICS, result)
+    evaluation.write_result(folder, result)
     return result
 
 
-def _stress_test(settings: SearchSettings, model, val_pixels: np.ndarray, y_val: np.ndarray, threshold: float, folder: Path) -> list[dict]:
-    """The saved model on validation images changed as sites differ (core.stress), at its threshold."""
+def _stressed_scores(settings: SearchSettings, model, val_pixels: np.ndarray, folder: Path) -> dict[str, np.ndarray]:
+    """The saved model's probabilities on validation images changed as sites differ (core.stress)."""
 
     def score(images: np.ndarray) -> np.ndarray:
-        scores = evaluation.probabilities(model, images, settings.engine, settings.batch_size, folder / "model.tflite", settings.tta)[0]
-        return evaluation.saved_precision(scores)
+        return evaluation.probabilities(model, images, settings.engine, settings.batch_size, folder / "model.tflite", settings.tta)[0]
 
-    return stress.stress_test(score, val_pixels, y_val, threshold)
+    return stress.stressed_scores(score, val_pixels)
 
 
 def _augmentation_record(settings: SearchSettings, best_hp) -> dict | None:

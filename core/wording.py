@@ -33,7 +33,7 @@ LEVEL = 0.05  # the significance level of every sentence
 # --------------------------------------------------------------------------
 
 
-VALIDATION_LABEL = "validation-chosen (Youden's J on validation)"
+VALIDATION_LABEL = "validation-chosen (the run's own threshold)"
 # Operating point name in `statistics.operating_points` -> what the reader sees.
 POINT_LABELS = {
     "youden": "Youden's J",
@@ -73,10 +73,13 @@ def choice_option(key: str, choice: ThresholdChoice | None) -> str:
     return f"{label} — {choice.threshold:.3f}"
 
 
-def threshold_help(task: Task, saved_threshold: float) -> str:
-    """What a run's threshold control does, in the run's class names; a three-class run's probability is derived."""
+def threshold_help(task: Task, saved_threshold: float, rule: str | None = None) -> str:
+    """What a run's threshold control does, in the run's class names, and how its threshold was
+    chosen (`rule`, metrics.json's `threshold_rule`); a three-class run's probability is derived."""
     positive = task.binary_names[1]
-    text = f"Validation-chosen threshold: {saved_threshold:.3f}. An image is called {positive} when its probability is at least this."
+    text = f"Validation-chosen threshold: {saved_threshold:.3f}"
+    text += f" ({rule})." if rule else "."
+    text += f" An image is called {positive} when its probability is at least this."
     if not task.is_binary:
         text += f" A three-class run's probability of {positive} is " + " + ".join(f"P({n})" for n in task.names[1:]) + "."
     return text

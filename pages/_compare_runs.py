@@ -133,7 +133,8 @@ def ensemble_section(view: Picked) -> None:
     with st.expander("Combine runs into an ensemble", icon=":material/merge:", expanded="ensemble_message" in st.session_state):
         st.caption(
             "The ensemble's probability is the mean of its members' (each reads images at its own size); its threshold is "
-            "chosen on validation like every run's (Youden's J). Weights: "
+            "chosen on validation like every run's (Youden's J, pooled with the members' stress-test copies when they all "
+            "kept them). Weights: "
             f"{ensemble.EQUAL_RULE}, or with the box ticked {ensemble.WEIGHTED_RULE.format(steps='k')} (k = 10 for up to "
             "four members). Members must be finished runs split the same way (the same validation and test images); "
             "it is saved as a run of its own, for every page, the report and Predict."

@@ -71,7 +71,8 @@ def _run_threshold_box(view: Picked, name: str) -> None:
     st.selectbox(
         "Operating point", options, key=choice_key(name), on_change=_apply_choice, args=(name, at_saved),
         format_func=lambda key: wording.choice_option(key, at_saved.choice(key)),
-        help="Validation-chosen: the search's own threshold (Youden's J on the validation split). The others "
+        help="Validation-chosen: the run's own threshold (how it was chosen is in the slider's help: Youden's J on the "
+        "validation split, pooled with the stress test's changed copies of it when the search ran one). The others "
         "(sens@spec90: the best sensitivity with specificity at least 90 %, and so on) are chosen on the "
         "validation split too and measured on test; a run saved without validation predictions gets them "
         "from the test images instead, marked 'on test' (descriptive only).",
@@ -79,7 +80,7 @@ def _run_threshold_box(view: Picked, name: str) -> None:
     task = view.run_tasks[name]
     st.slider(
         f"Threshold (probability of {task.binary_names[1]})", 0.0, at_saved.highest_threshold, step=0.001, format="%.3f",
-        key=threshold_key(name), on_change=_slider_moved, args=(name, at_saved), help=wording.threshold_help(task, run.threshold),
+        key=threshold_key(name), on_change=_slider_moved, args=(name, at_saved), help=wording.threshold_help(task, run.threshold, (run.metrics or {}).get("threshold_rule")),
     )
     st.plotly_chart(
         figures.confusion_matrix_figure(item.confusion_matrix, comparison.matrix_labels(run), title=""), key=f"fig_cm_{name}"

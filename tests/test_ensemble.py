@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import artifacts, ensemble, evaluation, explanation, report, statistics
+from core import artifacts, ensemble, evaluation, explanation, report, statistics, stress
 from tests.conftest import OTHER_SPLIT_RUN
 from tests.helpers import run_cli
 
@@ -103,6 +103,35 @@ def test_equal_weight_ensemble_averages_the_saved_predictions(two_runs):
     assert (run.folder / "splits.csv").exists() and run.read("data_summary.json") == {"total_images": 100}
     assert not (run.folder / artifacts.LOCK).exists()
     assert "ab" in artifacts.runs_table(artifacts.list_runs(two_runs))["run"].tolist()
+
+
+def _save_stressed(root: Path, name: str, shift: float) -> dict[str, np.ndarray]:
+    """Give run `name` stressed validation probabilities: its own, shifted up for healthy images."""
+    val = artifacts.load_run(root, name).val_predictions()
+    y, p = val["y_true"].to_numpy(), val["probability"].to_numpy()
+    stressed = {c: np.round(np.clip(p + shift * (k + 1) * (y == 0), 0, 1), 6) for k, c in enumerate(stress.PERTURBATIONS)}
+    artifacts.write_csv(root / name / artifacts.VAL_STRESS_PREDICTIONS, stress.scores_table(val["path"].iloc[::-1], {c: v[::-1] for c, v in stressed.items()}))
+    return stressed
+
+
+def test_members_stress_tests_choose_the_ensemble_threshold(two_runs):
+    # Only one member has its stressed validation probabilities: the ensemble's threshold is plain Youden's J.
+    _save_stressed(two_runs, "a", 0.04)
+    plain = ensemble.build_ensemble(two_runs, ["a", "b"], "plain", weighted=True)
+    assert plain.metrics["threshold_rule"] == evaluation.THRESHOLD_RULE and "stress" not in plain.metrics
+    # Both have them: the threshold is chosen on the members' stressed probabilities combined with
+    # the ensemble's weights, pooled with the images as they are, and its stress test is saved.
+    stressed = {"a": _save_stressed(two_runs, "a", 0.04), "b": _save_stressed(two_runs, "b", 0.08)}
+    run = ensemble.build_ensemble(two_runs, ["a", "b"], "robust", weighted=True)
+    w = np.asarray(run.settings["weights"])
+    combined = {c: (w[0] * stressed["a"][c] + w[1] * stressed["b"][c]) / w.sum() for c in stress.PERTURBATIONS}
+    val = run.val_predictions()
+    assert run.metrics["threshold_rule"] == stress.ROBUST_THRESHOLD_RULE
+    assert run.metrics["threshold"] == pytest.approx(
+        stress.robust_threshold(val["y_true"], val["probability"], {c: np.round(v, 6) for c, v in combined.items()}), abs=1e-9
+    )
+    assert [row["condition"] for row in run.metrics["stress"]] == ["as is", *stress.PERTURBATIONS]
+    assert run.metrics["threshold"] != pytest.approx(plain.metrics["threshold"])  # the drift moved it
 
 
 def test_weights_are_chosen_on_validation_only(tmp_path):

@@ -106,9 +106,14 @@ def test_operating_points_are_chosen_on_validation_and_measured_on_test(predicti
     y, s = predictions["y_true"].to_numpy(), predictions["probability"].to_numpy()
     # A validation split from a shifted scorer: its thresholds differ from the test-chosen ones.
     validation = predictions.assign(probability=np.clip(predictions["probability"] * 0.8 + 0.1, 0, 1))
-    ev = evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=100, validation=validation)
-    # Youden's J on validation is the saved threshold itself, so it is not offered twice.
+    youden = statistics.youden_threshold(validation["y_true"], validation["probability"])
+    ev = evidence.run_evidence("synthetic", predictions, 0.3, youden, n_resamples=100, validation=validation)
+    # Youden's J on validation is the saved threshold itself, so it is not offered twice...
     assert [c.key for c in ev.choices] == ["validation", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95"]
+    # ...unless the run chose another on validation (with the stress test's changed images): then it is offered.
+    robust = evidence.run_evidence("synthetic", predictions, 0.3, youden + 0.05, n_resamples=100, validation=validation)
+    assert [c.key for c in robust.choices] == ["validation", "youden", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95"]
+    assert robust.choice("youden").threshold == youden and not robust.choice("youden").on_test
     assert not ev.points_on_test
     on_val = {p.name: p for p in statistics.operating_points(validation["y_true"], validation["probability"])}
     on_test = {p.name: p for p in statistics.operating_points(y, s)}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import artifacts, evaluation, jobs, models, statistics
+from core import artifacts, evaluation, jobs, models, stress
 from core.settings import SearchSettings, SettingsError
 from tests.helpers import make_dataset, run_cli, wait_for
 
@@ -67,6 +67,14 @@ def test_a_finished_run_has_every_file_and_consistent_metrics(finished_run):
     assert stressed["as is"]["specificity"] == pytest.approx(metrics["val"]["specificity"], abs=1e-9)
     assert stressed["as is"]["sensitivity"] == pytest.approx(metrics["val"]["sensitivity"], abs=1e-9)
     assert "stress test on validation: worst is" in (run.folder / "log.txt").read_text()
+    # Those changed images chose the threshold with the images as they are: the saved threshold is
+    # Youden's J over both, recomputed here from the two saved validation tables.
+    val_stressed = stress.saved_scores(run.val_stress_predictions(), list(run.val_predictions()["path"]))
+    assert list(val_stressed) == list(stress.PERTURBATIONS)
+    assert metrics["threshold_rule"] == stress.ROBUST_THRESHOLD_RULE
+    assert metrics["threshold"] == pytest.approx(
+        stress.robust_threshold(run.val_predictions()["y_true"], run.val_predictions()["probability"], val_stressed), abs=1e-9
+    )
     # The learnable synthetic opacity is found: far better than chance.
     assert metrics["test"]["auc"] > 0.8
     # The validation predictions are those the threshold was chosen on: the validation split's
@@ -76,7 +84,6 @@ def test_a_finished_run_has_every_file_and_consistent_metrics(finished_run):
     assert set(val["path"]) == set(splits.loc[splits["split"] == "val", "path"])
     assert not set(val["patient"]) & set(predictions["patient"])
     assert metrics["val"]["auc"] == pytest.approx(roc_auc_score(val["y_true"], val["probability"]), abs=1e-4)
-    assert metrics["threshold"] == pytest.approx(statistics.youden_threshold(val["y_true"], val["probability"]))
 
 
 def test_splits_are_patient_disjoint_and_test_is_the_official_folder(finished_run):

@@ -208,6 +208,10 @@ def test_cli_edits_reach_every_trial_and_are_saved(tiny_data, tmp_path):
     assert all(0.002 <= v["learning_rate"] <= 0.004 and v["conv_blocks"] in (1, 2) and v["dense_units"] in (32, 64) for v in values)
     # Drawn from the ranges, not stuck at one value: three trials differ in their learning rate.
     assert len({v["learning_rate"] for v in values}) == 3
+    # Without the stress test there are no changed images: the threshold is plain Youden's J.
+    metrics = json.loads((store / "edited" / "metrics.json").read_text())
+    assert metrics["threshold_rule"] == "Youden's J on the validation split" and "stress" not in metrics
+    assert not (store / "edited" / "val_stress_predictions.csv").exists()
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """core.stress: validation images changed as sites differ, and what that does to a run's decisions."""
 
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import roc_curve
 
 from core import stress
 
@@ -36,7 +38,7 @@ def test_a_model_that_reads_framing_fails_the_framing_condition():
     def score(images):  # "pneumonia" = much bright area, i.e. a tightly framed chest
         return np.clip(((images > 128).sum(axis=(1, 2, 3)) - 64) / 57, 0, 1)
 
-    rows = stress.stress_test(score, pixels, y, threshold=0.5)
+    rows = stress.stress_rows(y, score(pixels), stress.stressed_scores(score, pixels), threshold=0.5)
     by_name = {row["condition"]: row for row in rows}
     assert [row["condition"] for row in rows] == ["as is", *stress.PERTURBATIONS]
     assert by_name["as is"]["specificity"] == 1.0 and by_name["as is"]["sensitivity"] == 1.0
@@ -45,3 +47,49 @@ def test_a_model_that_reads_framing_fails_the_framing_condition():
     assert by_name["framed 30 % tighter"]["specificity_change"] == pytest.approx(by_name["framed 30 % tighter"]["specificity"] - 1.0)
     assert stress.worst(rows)["condition"] == "framed 30 % tighter"
     assert stress.worst(rows[:1]) is None
+
+
+def _pooled_youden_by_hand(y, scores):
+    """Independent reference: every distinct score as a threshold, J = sens + spec - 1 counted
+    directly, ties to the highest threshold."""
+    y, s = np.tile(y, len(scores)), np.concatenate(scores)
+    best, best_j = None, -2.0
+    for t in sorted(set(s.tolist()), reverse=True):
+        called = s >= t
+        j = called[y == 1].mean() - called[y == 0].mean()
+        if j > best_j + 1e-12:
+            best, best_j = t, j
+    return best
+
+
+def test_robust_threshold_is_youden_on_the_pooled_conditions():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(40), np.ones(60)].astype(int)
+    as_is = np.round(np.clip(0.3 * y + rng.normal(0.35, 0.15, y.size), 0, 1), 6)
+    # Under the changes, the healthy images drift up (as another site's X-rays do), the ranking stays.
+    stressed = {name: np.round(np.clip(as_is + 0.1 * (k + 1) * (y == 0) + rng.normal(0, 0.02, y.size), 0, 1), 6)
+                for k, name in enumerate(list(stress.PERTURBATIONS)[:3])}
+    robust = stress.robust_threshold(y, as_is, stressed)
+    assert robust == pytest.approx(_pooled_youden_by_hand(y, [as_is, *stressed.values()]))
+    fpr, tpr, thresholds = roc_curve(y, as_is)
+    plain = thresholds[np.argmax(tpr - fpr)]
+    assert robust > plain  # the drift of the healthy images moves it up
+    worst_plain = min((s[y == 0] < plain).mean() for s in stressed.values())
+    worst_robust = min((s[y == 0] < robust).mean() for s in stressed.values())
+    assert worst_robust > worst_plain  # and the changed healthy images are called healthy more often
+    with pytest.raises(ValueError, match="class"):
+        stress.robust_threshold(np.ones(5, int), as_is[:5], {"x": as_is[:5]})
+
+
+def test_saved_scores_follow_the_asked_order_and_refuse_what_does_not_fit():
+    stressed = {name: np.arange(3) / 10 + k for k, name in enumerate(stress.PERTURBATIONS)}
+    table = stress.scores_table(["a", "b", "c"], stressed)
+    assert list(table.columns) == ["path", *stress.PERTURBATIONS]
+    again = stress.saved_scores(table, ["c", "a"])
+    assert list(again) == list(stress.PERTURBATIONS)
+    first = next(iter(stress.PERTURBATIONS))
+    assert again[first].tolist() == [0.2, 0.0]
+    assert stress.saved_scores(table, ["a", "z"]) is None  # an image it did not score
+    assert stress.saved_scores(None, ["a"]) is None  # a run saved before they were kept
+    assert stress.saved_scores(pd.concat([table, table]), ["a"]) is None  # an image listed twice
+    assert stress.saved_scores(table[["path"]], ["a"]) is None  # no condition

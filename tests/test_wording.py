@@ -18,7 +18,7 @@ def test_every_operating_point_has_a_label_and_says_where_it_was_chosen():
     assert set(evidence.OPERATING_POINTS) == set(wording.POINT_LABELS)
     assert choice("sens@spec90", on_test=False).label == "best sensitivity at specificity ≥ 90 % (chosen on validation)"
     assert choice("spec@sens95", on_test=True).label == "best specificity at sensitivity ≥ 95 % (on test, descriptive)"
-    assert choice(evidence.VALIDATION_CHOICE, on_test=False).label == "validation-chosen (Youden's J on validation)"
+    assert choice(evidence.VALIDATION_CHOICE, on_test=False).label == "validation-chosen (the run's own threshold)"
 
 
 def test_the_menu_entry_of_an_operating_point_names_its_split_and_threshold():
@@ -26,7 +26,7 @@ def test_the_menu_entry_of_an_operating_point_names_its_split_and_threshold():
     assert wording.choice_option("youden", choice("youden", on_test=True)) == "Youden's J · on test — 0.412"
     # The validation-chosen threshold is always chosen on validation: no split is named.
     assert wording.choice_option("validation", choice("validation", on_test=False, threshold=0.5)) == (
-        "validation-chosen (Youden's J on validation) — 0.500"
+        "validation-chosen (the run's own threshold) — 0.500"
     )
     assert wording.choice_option(evidence.CUSTOM_CHOICE, None) == "custom (the slider)"
 
@@ -80,6 +80,8 @@ def test_the_threshold_help_names_the_runs_positive_class(task, called, derived)
     text = wording.threshold_help(task, 0.4567)
     assert text.startswith("Validation-chosen threshold: 0.457.") and called in text
     assert (derived in text) if derived else "three-class" not in text
+    ruled = wording.threshold_help(task, 0.4567, "Youden's J on the validation split")
+    assert ruled.startswith("Validation-chosen threshold: 0.457 (Youden's J on the validation split).") and called in ruled
 
 
 def test_the_errors_by_kind_note_explains_bacterial_vs_viral_runs_only_when_there_is_one():

@@ -28,8 +28,9 @@ from core import statistics
 
 NOTE = (
     "Each run's validation images changed one way at a time, as X-rays from another site differ (framing, sharpness, "
-    "contrast), scored at the run's saved threshold (chosen on validation). Large drops warn, before any test image is "
-    "seen, that the model leans on how images look rather than on the lungs."
+    "contrast), scored at the run's saved threshold (chosen on validation: on these changed images and the originals "
+    "pooled, for runs saved since the stress test chooses it). Large drops warn, before any test image is seen, that the "
+    "model leans on how images look rather than on the lungs."
 )
 
 

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--mode", choices=MODES, help="default: frozen")
     tune.add_argument("--max-per-class", type=_positive_int, help="cap images per class and split (quick runs)")
     tune.add_argument("--batch-size", type=_positive_int, help="default: 32")
-    tune.add_argument("--seed", type=int, help="default: 42")
+    tune.add_argument("--seed", type=int, help="fixes the patient split, the image cap and the search's draws (default: 42); "
+                      "runs of different seeds are split differently and cannot be ensembled: `repeat` changes only the training seed")
     tune.add_argument("--mobilenet-version", choices=MOBILENET_VERSIONS, help="default: v2")
     tune.add_argument("--alpha", type=float, help="MobileNet width multiplier (default: 1.0)")
     tune.add_argument("--no-feature-cache", action="store_true", help="frozen mode: recompute the backbone every step")

@@ -169,7 +169,12 @@ with st.container(border=True):
     with st.expander("More settings"):
         c1, c2, c3, c4 = st.columns(4)
         batch_size = c1.number_input("Batch size", 1, 4096, 32, key="tune_batch_size")
-        seed = c2.number_input("Seed", 0, 2**31 - 1, 42, key="tune_seed", help="Fixes the patient split, the image cap and the search's draws.")
+        seed = c2.number_input(
+            "Seed", 0, 2**31 - 1, 42, key="tune_seed",
+            help="Fixes the patient split, the image cap and the search's draws. Runs of different seeds are split differently, "
+            "so they cannot be ensembled: to retrain on the same split with other seeds, use a finished run's "
+            "'repeat the best with other seeds'.",
+        )
         patience = c2.number_input(
             "Early stopping patience (epochs)", 0, 1000, 0, key="tune_patience",
             help="End a trial after this many epochs without a better validation AUC (0 = off). "

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import artifacts, tasks
+from core import artifacts, stress, tasks
 from core.artifacts import Run, RunError
 
 EQUAL_RULE = "equal weights (the plain mean of the members' probabilities)"
@@ -170,8 +170,6 @@ def _combined_stress(runs: Sequence[Run], paths: pd.Series, weights: np.ndarray)
     """The members' stressed validation probabilities (core.stress), combined with the weights, by
     condition: the ensemble's threshold is then chosen as its members' were. None when a member kept
     none (saved before, or with --no-stress-test): the threshold is then plain Youden's J."""
-    from core import stress
-
     per_member = [stress.saved_scores(r.val_stress_predictions(), list(paths)) for r in runs]
     if any(scores is None for scores in per_member):
         return None

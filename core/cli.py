@@ -245,6 +245,10 @@ def _finish(result: dict) -> int:
         f"test: AUC {test['auc']:.4f}  accuracy {test['accuracy']:.4f}  sensitivity {test['sensitivity']:.4f}  "
         f"specificity {test['specificity']:.4f}  (threshold {result['threshold']:.3f}, chosen on validation)"
     )
+    if result.get("multiclass"):
+        from core import evaluation
+
+        print(f"test, {evaluation.multiclass_summary(result).removeprefix('; ')}")
     return 0
 
 

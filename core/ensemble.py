@@ -4,6 +4,8 @@ Owns what makes an ensemble: which runs may be combined (finished, not ensembles
 tested and validated on exactly the same images), how the weights are chosen (equal, or the
 point of a coarse grid on the simplex with the best validation AUC), and how an ensemble scores
 new images and explains them (each member at its own input size, averaged with the weights).
+Members of one multi-class task (three-class runs) make an ensemble of that task, whose class
+probabilities are the members' averaged; any other mix answers the members' binary question.
 
 An ensemble is saved as an ordinary run folder, so every page, the report and `predict` read it
 like any other run: `predictions.csv`, `val_predictions.csv` and `metrics.json` are made by
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import artifacts, stress, tasks
+from core import artifacts, multiclass, stress, tasks
 from core.artifacts import Run, RunError
 
 EQUAL_RULE = "equal weights (the plain mean of the members' probabilities)"
@@ -166,6 +168,29 @@ def _aligned(tables: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
     return rows, np.column_stack(columns)
 
 
+def ensemble_task(runs: Sequence[Run]) -> tasks.Task:
+    """The question an ensemble answers. Members of one multi-class task (all three-class runs) make
+    an ensemble of that task: their class probabilities are averaged. Otherwise the members'
+    probabilities answer one binary question (a three-class member's is P(pneumonia)), and so
+    does the ensemble."""
+    first = tasks.task_for(runs[0].task)
+    if not first.is_binary and all(tasks.task_for(r.task) == first for r in runs):
+        return first
+    return tasks.task_for(first.question)
+
+
+def _combined_classes(tables: Sequence[pd.DataFrame], rows: pd.DataFrame, task: tasks.Task, weights) -> tuple[np.ndarray, np.ndarray]:
+    """(true class index, the members' class probabilities combined with the weights) for the images
+    of `rows`, in their order: a multi-class ensemble's predictions."""
+    per_member = [multiclass.from_predictions(t.set_index("path").loc[rows["path"]].reset_index(), task) for t in tables]
+    y = per_member[0][0]
+    if any(not np.array_equal(y, other[0]) for other in per_member[1:]):
+        raise RunError("the members disagree on the true class of some images")
+    probabilities = np.stack([p for _, p, _ in per_member])  # (members, images, classes)
+    w = np.asarray(weights, dtype=np.float64)
+    return y, np.tensordot(w / w.sum(), probabilities, axes=1)
+
+
 def _combined_stress(runs: Sequence[Run], paths: pd.Series, weights: np.ndarray) -> dict[str, np.ndarray] | None:
     """The members' stressed validation probabilities (core.stress), combined with the weights, by
     condition: the ensemble's threshold is then chosen as its members' were. None when a member kept
@@ -213,9 +238,7 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
     val_rows, val_scores = _aligned([tables[r.name][0] for r in runs])
     test_rows, test_scores = _aligned([tables[r.name][1] for r in runs])
     y_val, y_test = val_rows["y_true"].to_numpy(np.int64), test_rows["y_true"].to_numpy(np.int64)
-    # The members' probabilities answer one binary question (a three-class member's is P(pneumonia)):
-    # so does the ensemble, whose task is that question's.
-    task = tasks.task_for(tasks.task_for(runs[0].task).question)
+    task = ensemble_task(runs)
 
     if weighted:
         steps = grid_steps(len(runs))
@@ -224,10 +247,17 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
     else:
         weights, rule = np.full(len(runs), 1.0 / len(runs)), EQUAL_RULE
     weights = np.round(weights, 6)
-    result = evaluation.evaluate_scores(
-        val_rows, y_val, combine(val_scores, weights), test_rows, y_test, combine(test_scores, weights), task,
-        _combined_stress(runs, val_rows["path"], weights),
-    )
+    val_stressed = _combined_stress(runs, val_rows["path"], weights)
+    if task.is_binary:
+        result = evaluation.evaluate_scores(
+            val_rows, y_val, combine(val_scores, weights), test_rows, y_test, combine(test_scores, weights), task, val_stressed
+        )
+    else:  # the members' class probabilities, averaged: the argmax and the derived binary view follow from them
+        (y_val, val_p), (y_test, test_p) = (
+            _combined_classes([tables[r.name][index] for r in runs], rows, task, weights)
+            for index, rows in ((0, val_rows), (1, test_rows))
+        )
+        result = evaluation.evaluate_classes(val_rows, y_val, val_p, test_rows, y_test, test_p, task, val_stressed)
     member_metrics = [r.metrics or {} for r in runs]
     now = datetime.now(UTC).isoformat(timespec="seconds")
     result.update(
@@ -314,7 +344,9 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     """Score image files with an ensemble: each member at its own size, averaged with the weights.
 
     `models` (member name -> loaded Keras model) spares loading them again. Same columns as
-    `core.evaluation.predict_files`; a file any member cannot read gets that member's reason.
+    `core.evaluation.predict_files`: a multi-class ensemble also gives each class's probability (the
+    members' averaged) and its label is the argmax class. A file any member cannot read gets that
+    member's reason.
     """
     from core import evaluation
 
@@ -325,29 +357,33 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     errors = [next((e for e in row if e), "") for row in zip(*(t["error"] for t in tables), strict=True)]
     threshold = run.threshold
     combined = evaluation.saved_precision(combine(scores, weights))  # the label is decided on the number shown
+    class_columns = [] if task.is_binary else [tasks.probability_column(c) for c in task.classes]
+    classes = (
+        evaluation.saved_precision(np.tensordot(weights, np.stack([t[class_columns].to_numpy(dtype=np.float64) for t in tables]), axes=1))
+        if class_columns else None
+    )
     rows = []
-    for path, score, error in zip(paths, combined, errors, strict=True):
+    for i, (path, score, error) in enumerate(zip(paths, combined, errors, strict=True)):
         ok = not error and np.isfinite(score)
-        rows.append(
-            {
-                "path": str(path),
-                "probability": float(score) if ok else np.nan,
-                "label": task.binary_classes[int(score >= threshold)] if ok else "",
-                "error": error,
-            }
-        )
-    return pd.DataFrame(rows, columns=["path", "probability", "label", "error"])
+        label = task.binary_classes[int(score >= threshold)] if ok else ""
+        each_class = {}
+        if classes is not None:
+            each_class = dict(zip(class_columns, classes[i] if ok else [np.nan] * len(class_columns), strict=True))
+            label = task.classes[int(np.argmax(classes[i]))] if ok else ""
+        rows.append({"path": str(path), "probability": float(score) if ok else np.nan, "label": label, "error": error, **each_class})
+    return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
 
 
-def heatmap_for_run(run: Run, image_path: str | Path, models: Mapping | None = None):
-    """(the weighted mean of the members' Grad-CAM heatmaps, the original image); see `explanation.combine_heatmaps`."""
+def heatmap_for_run(run: Run, image_path: str | Path, models: Mapping | None = None, class_name: str | None = None):
+    """(the weighted mean of the members' Grad-CAM heatmaps, the original image); see `explanation.combine_heatmaps`.
+    Three-class members explain `class_name` (by default each its own predicted class)."""
     from core import explanation
 
     heatmaps, weights, original = [], [], None
     for member, weight in zip(member_runs(run), weights_of(run), strict=True):
         if weight <= 0:
             continue  # a member without weight does not take part in the ensemble's decision
-        heatmap, original = explanation.heatmap_for_run(member, image_path, model=(models or {}).get(member.name))
+        heatmap, original = explanation.heatmap_for_run(member, image_path, model=(models or {}).get(member.name), class_name=class_name)
         heatmaps.append(heatmap)
         weights.append(weight)
     return explanation.combine_heatmaps(heatmaps, weights), original

@@ -286,7 +286,7 @@ def heatmap_for_run(
     if run.is_ensemble:  # `model` is then {member name: model}
         from core import ensemble
 
-        return ensemble.heatmap_for_run(run, image_path, models=model)
+        return ensemble.heatmap_for_run(run, image_path, models=model, class_name=class_name)
     if model is None:
         if not run.has_model:
             raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")

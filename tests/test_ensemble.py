@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import artifacts, ensemble, evaluation, explanation, report, statistics, stress
+from core import artifacts, ensemble, evaluation, explanation, multiclass, report, statistics, stress, tasks
 from tests.conftest import OTHER_SPLIT_RUN
 from tests.helpers import run_cli
 
@@ -132,6 +132,51 @@ def test_members_stress_tests_choose_the_ensemble_threshold(two_runs):
     )
     assert [row["condition"] for row in run.metrics["stress"]] == ["as is", *stress.PERTURBATIONS]
     assert run.metrics["threshold"] != pytest.approx(plain.metrics["threshold"])  # the drift moved it
+
+
+def _class_rows(prefix: str, y_class: np.ndarray, p: np.ndarray) -> pd.DataFrame:
+    """A three-class run's predictions table: its binary view (pneumonia = P(bacterial) + P(viral)) and a column per class."""
+    task = tasks.THREE_CLASS
+    binary = _rows(prefix, (y_class > 0).astype(int), 1.0 - p[:, 0])
+    binary["kind"] = [task.classes[c] for c in y_class]
+    return pd.concat([binary, multiclass.prediction_columns(task, y_class, p)], axis=1)
+
+
+def _three_class_run(root: Path, name: str, rng: np.random.Generator, y_val: np.ndarray, y_test: np.ndarray) -> Path:
+    def noisy(y):
+        logits = 2.0 * np.eye(3)[y] + rng.normal(0, 1.2, (y.size, 3))
+        return np.round(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), 6)
+
+    folder = fake_run(root, name, _class_rows("val", y_val, noisy(y_val)), _class_rows("test", y_test, noisy(y_test)))
+    settings = json.loads((folder / "settings.json").read_text())
+    (folder / "settings.json").write_text(json.dumps({**settings, "task": "three_class"}))
+    return folder
+
+
+def test_three_class_members_make_a_three_class_ensemble(tmp_path):
+    rng = np.random.default_rng(4)
+    y_val, y_test = np.repeat([0, 1, 2], 15), np.repeat([0, 1, 2], 20)
+    for name in ("t1", "t2"):
+        _three_class_run(tmp_path, name, rng, y_val, y_test)
+    run = ensemble.build_ensemble(tmp_path, ["t1", "t2"], "t12", weighted=True)
+    assert run.task == "three_class" and run.settings["task"] == "three_class"
+    w = np.asarray(run.settings["weights"]) / sum(run.settings["weights"])
+    members = [multiclass.from_predictions(artifacts.load_run(tmp_path, n).predictions(), tasks.THREE_CLASS)[1] for n in ("t1", "t2")]
+    expected = w[0] * members[0] + w[1] * members[1]
+    y, p, _ = multiclass.from_predictions(run.predictions(), tasks.THREE_CLASS)
+    assert np.allclose(p, expected, atol=1e-6) and y.tolist() == y_test.tolist()
+    # The argmax of the averaged probabilities decides the class; the binary view is P(bacterial) + P(viral).
+    block = run.metrics["multiclass"]["test"]
+    assert block["accuracy"] == pytest.approx(float(np.mean(expected.argmax(axis=1) == y_test)))
+    assert np.allclose(run.predictions()["probability"], 1.0 - expected[:, 0], atol=2e-6)
+    val = run.val_predictions()
+    assert run.metrics["threshold"] == pytest.approx(statistics.youden_threshold(val["y_true"], val["probability"]), abs=1e-9)
+    # With a two-class member (on the same images) the ensemble answers their shared binary question only.
+    fake_run(tmp_path, "p1", _rows("val", (y_val > 0).astype(int), rng.uniform(size=y_val.size)),
+             _rows("test", (y_test > 0).astype(int), rng.uniform(size=y_test.size)))
+    mixed = ensemble.build_ensemble(tmp_path, ["t1", "p1"], "mixed")
+    assert mixed.task == "pneumonia" and "multiclass" not in mixed.metrics
+    assert "probability_virus" not in mixed.predictions().columns
 
 
 def test_weights_are_chosen_on_validation_only(tmp_path):

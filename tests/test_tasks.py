@@ -280,6 +280,40 @@ def test_compare_predict_and_the_report_show_a_three_class_run(task_runs):
     assert any(c.startswith("three · Grad-CAM") and "regions pointing to viral" in c for c in captions), captions
 
 
+def test_a_three_class_ensemble_predicts_and_explains_each_class(task_runs, tmp_path):
+    import shutil
+
+    from core import ensemble, report
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(task_runs["artifacts"], folder)
+    shutil.copytree(folder / "three", folder / "three-b")  # a second member on the same split
+    settings = json.loads((folder / "three-b" / "settings.json").read_text())
+    (folder / "three-b" / "settings.json").write_text(json.dumps({**settings, "name": "three-b"}))
+    run = ensemble.build_ensemble(folder, ["three", "three-b"], "three-ens")
+    assert run.task == "three_class" and run.metrics["multiclass"]["classes"] == list(tasks.THREE_CLASS.classes)
+
+    images = sorted((task_runs["data"] / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
+    mine = evaluation.predict_files(run, [str(i) for i in images])
+    member = evaluation.predict_files(artifacts.load_run(folder, "three"), [str(i) for i in images])
+    columns = [tasks.probability_column(c) for c in tasks.THREE_CLASS.classes]
+    assert np.allclose(mine[columns].to_numpy(float), member[columns].to_numpy(float), atol=2e-6)  # the mean of two equal members
+    assert mine["label"].tolist() == member["label"].tolist()
+    assert set(mine["label"]) <= set(tasks.THREE_CLASS.classes)
+
+    at = _page("predict", task_runs["data"], folder)
+    at.session_state["predict_runs"] = ["three-ens"]
+    at.session_state["predict_samples"] = [(str(images[0]), "PNEUMONIA")]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc["three-ens", ["P(normal)", "P(bacterial)", "P(viral)"]].astype(float).sum() == pytest.approx(1.0, abs=1e-5)
+    at.selectbox(key="predict_gradcam_class").set_value("virus").run()
+    captions = [caption for element in at.get("image") for caption in element.captions]
+    assert any(c.startswith("three-ens · Grad-CAM") and "regions pointing to viral" in c for c in captions), captions
+    assert "Three classes: normal / bacterial / viral" in report.build_report([run], n_resamples=100)
+
+
 def test_the_data_page_shows_the_class_balance_of_each_tasks_split(task_runs):
     at = _page("data", task_runs["data"], task_runs["artifacts"])
     at.run()

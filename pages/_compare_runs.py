@@ -132,11 +132,13 @@ def ensemble_section(view: Picked) -> None:
     """The expander that combines runs into an ensemble, saved as a run of its own."""
     with st.expander("Combine runs into an ensemble", icon=":material/merge:", expanded="ensemble_message" in st.session_state):
         st.caption(
-            "The ensemble's probability is the mean of its members' (each reads images at its own size); its threshold is "
+            "The ensemble's probability is the mean of its members' (each reads images at its own size; three-class "
+            "members alone make a three-class ensemble, the mean of their class probabilities); its threshold is "
             "chosen on validation like every run's (Youden's J, pooled with the members' stress-test copies when they all "
             "kept them). Weights: "
             f"{ensemble.EQUAL_RULE}, or with the box ticked {ensemble.WEIGHTED_RULE.format(steps='k')} (k = 10 for up to "
-            "four members). Members must be finished runs split the same way (the same validation and test images); "
+            "four members). Members must be finished runs split the same way (the same validation and test images: the "
+            "same seed; add seeds with a run's 'repeat the best with other seeds'); "
             "it is saved as a run of its own, for every page, the report and Predict."
         )
         candidates = [r.name for r in view.runs if not r.is_ensemble]

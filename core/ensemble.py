@@ -94,7 +94,8 @@ def choose_weights(y_val: np.ndarray, member_scores: np.ndarray, steps: int | No
 
 
 def combine(member_scores: np.ndarray, weights: Sequence[float]) -> np.ndarray:
-    """The ensemble's probability: the weighted mean of the members' (columns of `member_scores`)."""
+    """The ensemble's probability: the weighted mean of the members' (the last axis of `member_scores`:
+    columns of scores, or the members of stacked class probabilities)."""
     w = np.asarray(weights, dtype=np.float64)
     return np.asarray(member_scores, dtype=np.float64) @ (w / w.sum())
 
@@ -186,9 +187,7 @@ def _combined_classes(tables: Sequence[pd.DataFrame], rows: pd.DataFrame, task: 
     y = per_member[0][0]
     if any(not np.array_equal(y, other[0]) for other in per_member[1:]):
         raise RunError("the members disagree on the true class of some images")
-    probabilities = np.stack([p for _, p, _ in per_member])  # (members, images, classes)
-    w = np.asarray(weights, dtype=np.float64)
-    return y, np.tensordot(w / w.sum(), probabilities, axes=1)
+    return y, combine(np.stack([p for _, p, _ in per_member], axis=-1), weights)  # (images, classes, members)
 
 
 def _combined_stress(runs: Sequence[Run], paths: pd.Series, weights: np.ndarray) -> dict[str, np.ndarray] | None:
@@ -359,7 +358,7 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     combined = evaluation.saved_precision(combine(scores, weights))  # the label is decided on the number shown
     class_columns = [] if task.is_binary else [tasks.probability_column(c) for c in task.classes]
     classes = (
-        evaluation.saved_precision(np.tensordot(weights, np.stack([t[class_columns].to_numpy(dtype=np.float64) for t in tables]), axes=1))
+        evaluation.saved_precision(combine(np.stack([t[class_columns].to_numpy(dtype=np.float64) for t in tables], axis=-1), weights))
         if class_columns else None
     )
     rows = []

@@ -1,4 +1,4 @@
-"""The command line: `python -m core tune|resume|stop|runs|ensemble|predict|evaluate|export|data`.
+"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|predict|evaluate|export|data`.
 
 Headless twin of the dashboard, for terminals, GPU boxes and clusters. Errors a user can fix
 print one line (`error: ...`) and exit with status 2, without a traceback.
@@ -49,25 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     artifacts_default = _default_artifacts_dir()
 
-    tune = commands.add_parser("tune", help="run a Keras Tuner search and save the run")
+    # Settings that a recipe may change too (core.recipe.OVERRIDABLE): one definition for both commands.
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--task", choices=list(TASKS),
+                        help="what to predict: pneumonia (normal vs pneumonia, default), bacterial_vs_viral (pneumonia "
+                        "images only, viral positive) or three_class (normal / bacterial / viral, argmax)")
+    shared.add_argument("--trials", type=_positive_int, help="default: 10")
+    shared.add_argument("--epochs", type=_positive_int, help="default: 5")
+    shared.add_argument("--image-size", type=_positive_int, help="pixels (default: the family's)")
+    shared.add_argument("--weights", help="imagenet (default), none, or a path to a weights file")
+    shared.add_argument("--max-per-class", type=_positive_int, help="cap images per class and split (quick runs)")
+    shared.add_argument("--batch-size", type=_positive_int, help="default: 32")
+    shared.add_argument("--seed", type=int, help="fixes the patient split, the image cap and the search's draws (default: 42); "
+                        "runs of different seeds are split differently and cannot be ensembled: `repeat` changes only the training seed")
+    shared.add_argument("--augment-views", type=_positive_int,
+                        help="augmented copies of each training image cached for cut-point fine-tuning (default 3)")
+
+    tune = commands.add_parser("tune", help="run a Keras Tuner search and save the run", parents=[shared])
     tune.add_argument("--data", required=True, help="folder with train/ (val/, test/) and NORMAL/ PNEUMONIA/ inside")
     # Options left out keep the preset's value, else the setting's default (settings.SearchSettings).
     tune.add_argument("--preset", choices=sorted(presets.PRESETS),
                       help="start from named settings (" + "; ".join(f"{p.name}: {p.title}" for p in presets.PRESETS.values()) + ")")
     tune.add_argument("--family", choices=sorted(models.FAMILIES), help="required unless a --preset names it")
-    tune.add_argument("--task", choices=list(TASKS),
-                      help="what to predict: pneumonia (normal vs pneumonia, default), bacterial_vs_viral (pneumonia "
-                      "images only, viral positive) or three_class (normal / bacterial / viral, argmax)")
     tune.add_argument("--tuner", choices=TUNERS, help="default: random")
-    tune.add_argument("--trials", type=_positive_int, help="default: 10")
-    tune.add_argument("--epochs", type=_positive_int, help="default: 5")
-    tune.add_argument("--image-size", type=_positive_int, help="pixels (default: the family's)")
-    tune.add_argument("--weights", help="imagenet (default), none, or a path to a weights file")
     tune.add_argument("--mode", choices=MODES, help="default: frozen")
-    tune.add_argument("--max-per-class", type=_positive_int, help="cap images per class and split (quick runs)")
-    tune.add_argument("--batch-size", type=_positive_int, help="default: 32")
-    tune.add_argument("--seed", type=int, help="fixes the patient split, the image cap and the search's draws (default: 42); "
-                      "runs of different seeds are split differently and cannot be ensembled: `repeat` changes only the training seed")
     tune.add_argument("--mobilenet-version", choices=MOBILENET_VERSIONS, help="default: v2")
     tune.add_argument("--alpha", type=float, help="MobileNet width multiplier (default: 1.0)")
     tune.add_argument("--no-feature-cache", action="store_true", help="frozen mode: recompute the backbone every step")
@@ -81,8 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="finetune mode: run the whole backbone every step instead of caching below the cut (slow)")
     tune.add_argument("--augment", choices=(*augmentation.AUGMENTATIONS, augmentation.SEARCH),
                       help="training augmentation preset (finetune and custom CNN; default off); 'search' makes it a hyperparameter")
-    tune.add_argument("--augment-views", type=_positive_int,
-                      help="augmented copies of each training image cached for cut-point fine-tuning (default 3)")
     tune.add_argument("--tta", type=_positive_int,
                       help=f"test-time augmentation: average over this many fixed views (1 = off, at most {augmentation.TTA_MAX_VIEWS})")
     tune.add_argument("--space", metavar="FILE.json",
@@ -98,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--distributed", choices=("chief",), default=None,
                       help="serve this search's trials to workers (`python -m core worker`)")
     tune.add_argument("--oracle", default=None, help="HOST:PORT the chief listens on (with --distributed)")
+
+    recipe = commands.add_parser(
+        "recipe", parents=[shared],
+        description="The recommended recipe (core.recipe): the quick and the recommended presets, the recommended run's "
+        "best hyperparameters again with the next seed, and the equal-weight ensemble of the three. The setting options "
+        "change both searches; left out, each keeps its preset's value.",
+        help="the recommended recipe: quick and recommended presets, a repeat with the next seed, their ensemble "
+        "(one run each; the ensemble NAME is the result); run it again to continue a stopped one")
+    recipe.add_argument("--name", required=True, help="the recipe's name: its runs are NAME-quick, NAME-recommended, "
+                        "NAME-repeat and the ensemble NAME")
+    recipe.add_argument("--data", default=None,
+                        help="the data folder (as for tune); leave it out to continue recipe NAME with its own settings")
+    recipe.add_argument("--artifacts", default=artifacts_default)
 
     worker = commands.add_parser("worker", help="train trials for a distributed search's chief")
     worker.add_argument("run", help="the run name the chief was started with")
@@ -225,10 +241,12 @@ def _worker(args) -> int:
 
 
 def _resume(args) -> int:
-    from core import artifacts, repeat
+    from core import artifacts, recipe, repeat
     from core.settings import SearchSettings
 
     run = artifacts.load_run(args.artifacts, args.run)
+    if plan := recipe.read_plan(run.folder):  # a recipe's step: go on with the whole chain
+        return _recipe_finish(recipe.run_recipe(args.artifacts, plan))
     if run.is_ensemble:
         raise artifacts.RunError(f"run {run.name!r} is an ensemble: it has no search to resume")
     if repeat.is_repeat(run):
@@ -276,6 +294,28 @@ def _ensemble(args) -> int:
     run = ensemble.build_ensemble(args.artifacts, args.members, args.name, weighted=args.weighted)
     print(f"ensemble {run.name}: weights {ensemble.weights_text(run)} ({run.settings['weight_rule']})")
     return _finish(run.metrics)
+
+
+def _recipe(args) -> int:
+    from core import recipe
+    from core.settings import SettingsError
+
+    overrides = {key: getattr(args, key) for key in recipe.OVERRIDABLE}
+    if args.data is None:
+        if any(v is not None for v in overrides.values()):
+            raise SettingsError("pass --data with the settings of a new recipe; to continue one, pass only its --name")
+        plan = recipe.find_plan(args.artifacts, args.name)
+    else:
+        plan = recipe.make_plan(args.name, args.data, overrides)
+    print(f"recipe {plan['recipe']}: {' -> '.join(plan['steps'])}")
+    return _recipe_finish(recipe.run_recipe(args.artifacts, plan))
+
+
+def _recipe_finish(result: dict) -> int:
+    if result.get("state") == "stopped":
+        print(f"stopped at {result['step']}: continue with `python -m core resume {result['step']}`")
+        return 0
+    return _finish(result)
 
 
 def _repeat(args) -> int:
@@ -355,7 +395,7 @@ def _data(args) -> int:
     return 0
 
 
-HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "repeat": _repeat, "stop": _stop, "runs": _runs, "ensemble": _ensemble, "predict": _predict, "evaluate": _evaluate, "export": _export, "data": _data}
+HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "stop": _stop, "runs": _runs, "ensemble": _ensemble, "predict": _predict, "evaluate": _evaluate, "export": _export, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,12 +35,14 @@ def _reap() -> None:
             _children.remove(child)
 
 
-def _launch(folder: Path, artifacts_dir: str) -> int:
+def _launch(folder: Path, artifacts_dir: str, command: list[str] | None = None) -> int:
+    """Start `python -m core COMMAND` (default: `resume FOLDER`) in its own session, output to the folder's process log."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **QUIET_TF_ENV)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    command = command or ["resume", folder.name]
     with open(folder / PROCESS_LOG, "ab") as output:
         child = subprocess.Popen(
-            [sys.executable, "-m", "core", "resume", folder.name, "--artifacts", os.path.abspath(artifacts_dir)],
+            [sys.executable, "-m", "core", *command, "--artifacts", os.path.abspath(artifacts_dir)],
             cwd=PROJECT_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=output,
@@ -112,6 +114,40 @@ def start_repeat(artifacts_dir: str, source: str, n_seeds: int, name: str | None
                                                             "pid": os.getpid(), "host": artifacts.this_host(), LAUNCHING: True})
     _launch_visibly(folder, artifacts_dir, progress)  # `core resume` continues a repeat as a repeat
     return settings["name"]
+
+
+def start_recipe(artifacts_dir: str, recipe_name: str, data_dir: str, overrides: dict | None = None) -> str:
+    """Start the recommended recipe (`core.recipe`) in the background; returns its first step's run name.
+
+    The first step's folder is made here, reading as starting, so the page lists it at once;
+    `core resume` of a recipe's step goes on with the whole chain.
+    """
+    from core import recipe
+
+    _reap()
+    plan = recipe.make_plan(recipe_name, data_dir, overrides)
+    for name in plan["steps"]:
+        if artifacts.run_dir(artifacts_dir, name).exists():
+            raise artifacts.RunError(f"a run named {name!r} already exists: pick another name for the recipe")
+    progress = {"trials_done": 0, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    folder = recipe.create_first_step(plan, artifacts_dir, {**progress, "state": "starting", "phase": "starting",
+                                                            "pid": os.getpid(), "host": artifacts.this_host(), LAUNCHING: True})
+    _launch_visibly(folder, artifacts_dir, progress)
+    return folder.name
+
+
+def continue_recipe(artifacts_dir: str, recipe_name: str) -> int:
+    """Go on with a recipe none of whose steps is running (stopped, failed, or ended between steps); returns the pid."""
+    from core import recipe
+
+    _reap()
+    plan = recipe.find_plan(artifacts_dir, recipe_name)
+    if recipe.is_complete(artifacts_dir, plan):
+        raise artifacts.RunError(f"recipe {recipe_name!r} is already complete")
+    if recipe.is_active(artifacts_dir, plan):
+        raise artifacts.RunError(f"recipe {recipe_name!r} is still running")
+    first = artifacts.run_dir(artifacts_dir, plan["steps"][0])
+    return _launch(first, artifacts_dir, ["recipe", "--name", recipe_name])
 
 
 def resume_search(artifacts_dir: str, name: str) -> int:

@@ -129,8 +129,10 @@ def plan_repeat(artifacts_dir: str | os.PathLike, source: str, n_seeds: int, nam
     }
 
 
-def create_repeat(artifacts_dir: str | os.PathLike, settings: dict, progress: dict | None = None) -> Path:
-    """Make the run folder of planned `settings`: the source's split, then `progress`, then settings (listed last)."""
+def create_repeat(artifacts_dir: str | os.PathLike, settings: dict, progress: dict | None = None,
+                  extra_json: dict[str, dict] | None = None) -> Path:
+    """Make the run folder of planned `settings`: the source's split, then `progress` and any `extra_json`
+    files (file name -> content, e.g. a recipe's plan), then settings (listed last)."""
     folder = artifacts.run_dir(artifacts_dir, settings["name"])
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -141,6 +143,8 @@ def create_repeat(artifacts_dir: str | os.PathLike, settings: dict, progress: di
     _copy_split(source.folder, folder)
     if progress is not None:
         artifacts.write_json(folder / artifacts.PROGRESS, progress)
+    for file_name, content in (extra_json or {}).items():
+        artifacts.write_json(folder / file_name, content)
     artifacts.write_json(folder / artifacts.SETTINGS, settings)
     return folder
 

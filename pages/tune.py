@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import artifacts, augmentation, catalog, data, demo, jobs, models, presets, repeat, tasks
+from core import artifacts, augmentation, catalog, data, demo, jobs, models, presets, recipe, repeat, tasks
 from core.settings import TUNERS, SearchSettings, SettingsError
 from pages import _loaders as load
 from pages import _shared as ui
@@ -57,6 +57,40 @@ def apply_preset() -> None:
         if setting in chosen or setting in defaults:
             st.session_state[key] = chosen.get(setting, defaults.get(setting))
 
+
+def _start_recipe() -> None:
+    state = st.session_state
+    try:
+        if root is None:
+            raise data.DataError(data_problem)
+        first = jobs.start_recipe(folder, str(state.get("tune_recipe_name") or "").strip(), str(root),
+                                  {"task": state.get("tune_recipe_task"), "seed": int(state.get("tune_recipe_seed", 42))})
+        state["tune_recipe_message"] = ("success", f"Started the recipe in the background: its first step, **{first}**, "
+                                                   "is under Running searches.")
+    except (SettingsError, artifacts.RunError, data.DataError, models.WeightsError, OSError) as error:
+        state["tune_recipe_message"] = ("error", f"Not started: {error}")
+
+
+with st.container(border=True):
+    st.markdown(f"**:material/recommend: One click: {recipe.TITLE}**")
+    st.caption(recipe.DESCRIPTION + " The README gives what it measured on the official test split.")
+    r1, r2, r3 = st.columns([2, 2, 1])
+    recipe_name = r1.text_input("Recipe name", value="recipe", key="tune_recipe_name",
+                                help="Its runs are NAME-quick, NAME-recommended, NAME-repeat and the ensemble NAME.")
+    r2.selectbox("Task", list(tasks.TASKS), key="tune_recipe_task", format_func=lambda n: f"{n} — {tasks.DESCRIPTIONS[n]}")
+    r3.number_input("Seed (split)", value=42, step=1, key="tune_recipe_seed")
+    if summary and summary["total_images"]:
+        try:
+            rough = recipe.estimate_s(recipe.make_plan(recipe_name.strip() or "recipe", str(root)), summary["total_images"])
+            st.caption(f"Rough CPU time on {summary['total_images']:,} images: **{ui.format_duration(rough)}**. "
+                       f"Same from a terminal: `python -m core recipe --data {root} --name {recipe_name.strip() or 'NAME'}`")
+        except artifacts.RunError as error:
+            st.caption(f":material/error: {error}")
+    st.button("Start the recipe", key="tune_recipe_start", icon=":material/play_arrow:", on_click=_start_recipe,
+              disabled=root is None, help="Each step runs in the background after the one before; Stop ends the recipe, "
+              "Resume (or Continue below) goes on with it.")
+    if message := st.session_state.pop("tune_recipe_message", None):
+        (st.success if message[0] == "success" else st.error)(message[1])
 
 if "tune_preset" not in st.session_state:
     # The first visit starts from the quick preset (a fine-tuned MobileNetV2; README "Measured here" gives its time);
@@ -254,6 +288,10 @@ def live_panel(folder: str, name: str) -> None:
             f"**{ui.STATE_ICONS.get(state, '')} {name}** · {run.family} · {run.task} · {run.settings.get('tuner')} search · "
             f"state **{state}** · phase **{progress.get('phase') or state}**"
         )
+        if plan := recipe.read_plan(run.folder):
+            st.caption(f":material/recommend: Step {recipe.step_number(plan, name)} of {len(plan['steps'])} of recipe "
+                       f"**{plan['recipe']}** ({' → '.join(plan['steps'])}). Stop ends the recipe after this step stops; "
+                       "Resume goes on with it.")
         total, done = progress.get("trials_total"), progress.get("trials_done") or 0
         epoch, epochs = progress.get("epoch") or 0, progress.get("epochs")
         cols = st.columns(5)
@@ -399,6 +437,27 @@ def run_admin(run: artifacts.Run) -> None:
                 st.session_state.pop("tune_confirm_delete", None)
                 st.rerun()
 
+
+def _continue_recipe(recipe_name: str) -> None:
+    try:
+        jobs.continue_recipe(folder, recipe_name)
+        st.session_state["tune_message"] = ("success", f"Continuing recipe {recipe_name} in the background.")
+    except (artifacts.RunError, OSError) as error:
+        st.session_state["tune_message"] = ("error", f"Cannot continue recipe {recipe_name}: {error}")
+
+
+if recipe_plans := recipe.plans(runs):
+    st.header("Recipes")
+    for plan in recipe_plans:
+        steps = recipe.status(folder, plan)
+        complete, active = recipe.is_complete(folder, plan), recipe.is_active(folder, plan)
+        with st.container(border=True):
+            st.markdown(f"**{plan['recipe']}** · {'complete: its result is the ensemble run ' + plan['recipe'] if complete else 'running' if active else 'not finished'}")
+            st.dataframe(steps, hide_index=True, key=f"tune_recipe_steps_{plan['recipe']}")
+            if not complete and not active:
+                st.button("Continue recipe", key=f"tune_recipe_continue_{plan['recipe']}", icon=":material/play_arrow:",
+                          on_click=_continue_recipe, args=(plan["recipe"],),
+                          help="Finished steps are kept; a stopped one resumes where it stopped.")
 
 st.header("Finished, stopped and failed runs")
 if message := st.session_state.pop("tune_message", None):

@@ -1,0 +1,179 @@
+"""The recommended recipe (core.recipe): its plan, the chain run end to end by the CLI, continuing
+it, stopping it between steps, its refusals, and the Tune page's one-click start and recipe list."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import artifacts, jobs, presets, recipe, repeat, tuning
+from core.artifacts import RunError
+from tests.helpers import make_dataset, run_cli
+from tests.test_app import no_exception, page
+from tests.test_finetune import V2_WEIGHTS
+
+# A tiny recipe: every search 1 trial of 1 epoch at 32 px, random weights, one cached view.
+TINY = ["--image-size", "32", "--weights", "none", "--trials", "1", "--epochs", "1", "--augment-views", "1"]
+
+
+def test_plan_names_its_runs_and_merges_each_preset_with_the_overrides(tmp_path):
+    plan = recipe.make_plan("mine", tmp_path, {"epochs": 2, "seed": 7, "task": None})
+    assert plan["steps"] == ["mine-quick", "mine-recommended", "mine-repeat", "mine"]
+    assert plan["overrides"] == {"epochs": 2, "seed": 7}  # options left out keep the presets' values
+    quick, recommended = (recipe.search_settings(plan, step, tmp_path) for step in recipe.STEPS[:2])
+    assert (quick.name, recommended.name) == ("mine-quick", "mine-recommended")
+    for settings, preset in ((quick, "quick"), (recommended, "recommended")):
+        wanted = {**presets.preset(preset).settings, "epochs": 2, "seed": 7}
+        assert {key: getattr(settings, key) for key in wanted} == wanted
+    assert quick.augment != recommended.augment  # the two searches really are the two presets
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("mine", {"family": "custom_cnn"}, "cannot change family"),
+        ("bad name!", {}, "cannot name a recipe"),
+        ("x" * 75, {}, "cannot name a recipe"),  # NAME-recommended would pass 80 characters
+    ],
+)
+def test_bad_plans_are_refused(tmp_path, name, overrides, message):
+    with pytest.raises(RunError, match=message):
+        recipe.make_plan(name, tmp_path, overrides)
+
+
+@pytest.fixture(scope="module")
+def cooked(tmp_path_factory) -> Path:
+    """The whole recipe, tiny, run once by the CLI."""
+    root = tmp_path_factory.mktemp("recipe")
+    data = make_dataset(root / "data", {"train": 6, "test": 3})
+    store = root / "artifacts"
+    done = run_cli("recipe", "--data", str(data), "--name", "r", *TINY, "--artifacts", str(store))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "recipe r: r-quick -> r-recommended -> r-repeat -> r" in done.stdout
+    return store
+
+
+def test_the_recipe_makes_four_ordinary_runs_ending_in_their_ensemble(cooked):
+    quick, recommended, again, result = (artifacts.load_run(cooked, n) for n in ("r-quick", "r-recommended", "r-repeat", "r"))
+    assert all(run.state == "completed" for run in (quick, recommended, again, result))
+    # Each search is its preset, changed only where the recipe said.
+    assert quick.settings["augment"] == presets.preset("quick").settings["augment"]
+    assert recommended.settings["augment"] == presets.preset("recommended").settings["augment"]
+    assert quick.settings["image_size"] == recommended.settings["image_size"] == 32
+    # The repeat trains the recommended run's best hyperparameters with the next seed, on its split.
+    assert repeat.is_repeat(again) and again.settings["repeat"]["source"] == "r-recommended"
+    assert again.settings["repeat"]["seeds"] == [recommended.settings["seed"] + 1]
+    # The result is the equal-weight ensemble of the three, its threshold chosen on validation.
+    assert result.is_ensemble and result.members == ["r-quick", "r-recommended", "r-repeat"]
+    members = [run.predictions().set_index("path")["probability"] for run in (quick, recommended, again)]
+    mean = sum(members) / 3
+    mine = result.predictions().set_index("path")["probability"]
+    np.testing.assert_allclose(mine.to_numpy(), mean.loc[mine.index].to_numpy(), atol=1e-6)
+    assert "validation" in result.metrics["threshold_rule"]
+    # Every step knows its place in the chain.
+    for number, run in enumerate((quick, recommended, again, result), 1):
+        plan = recipe.read_plan(run.folder)
+        assert plan["recipe"] == "r" and plan["step"] == number and recipe.step_number(plan, run.name) == number
+
+
+def test_a_finished_recipe_is_not_run_again(cooked):
+    for args in (["resume", "r-quick"], ["recipe", "--name", "r"]):
+        done = run_cli(*args, "--artifacts", str(cooked))
+        assert done.returncode == 2 and "already complete" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_running_it_again_continues_from_the_first_missing_step(cooked, tmp_path):
+    store = tmp_path / "artifacts"
+    shutil.copytree(cooked, store)
+    for name in ("r-repeat", "r"):  # as if the process died after the recommended search
+        shutil.rmtree(store / name)
+    kept = {n: (store / n / artifacts.METRICS).stat().st_mtime_ns for n in ("r-quick", "r-recommended")}
+    done = run_cli("recipe", "--name", "r", "--artifacts", str(store))  # no --data: its own settings
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "step 3 of 4" in done.stdout and "step 4 of 4" in done.stdout and "step 1 of 4" not in done.stdout
+    assert {n: (store / n / artifacts.METRICS).stat().st_mtime_ns for n in kept} == kept  # finished steps untouched
+    assert artifacts.load_run(store, "r").is_ensemble
+
+
+def test_a_stopped_step_ends_the_chain_and_nothing_after_it_starts(cooked, tmp_path, monkeypatch):
+    store = tmp_path / "artifacts"
+    shutil.copytree(cooked, store)
+    for name in ("r-recommended", "r-repeat", "r"):
+        shutil.rmtree(store / name)
+    plan = recipe.find_plan(store, "r")
+    calls = []
+    monkeypatch.setattr(tuning, "run_search", lambda settings, log, resume: calls.append(settings.name) or {"state": "stopped"})
+    assert recipe.run_recipe(store, plan, log=lambda _: None) == {"state": "stopped", "step": "r-recommended"}
+    assert calls == ["r-recommended"]
+    assert not (store / "r-repeat").exists() and not (store / "r").exists()
+    assert [row["state"] for row in recipe.status(store, plan)][2:] == ["not started", "not started"]
+
+
+def test_refusals_are_one_clear_line(cooked, tmp_path):
+    data = cooked.parent / "data"
+    cases = [
+        (["recipe", "--name", "nothing"], "no recipe named 'nothing'"),
+        (["recipe", "--name", "r", "--data", str(data), "--epochs", "3"], "was started with other settings"),
+        (["recipe", "--name", "r", "--epochs", "3"], "pass --data"),
+    ]
+    for args, message in cases:
+        done = run_cli(*args, "--artifacts", str(cooked))
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    # A name whose run exists but belongs to no recipe.
+    store = tmp_path / "artifacts"
+    shutil.copytree(cooked / "r-quick", store / "other-quick")
+    (store / "other-quick" / recipe.PLAN_FILE).unlink()
+    done = run_cli("recipe", "--name", "other", "--data", str(data), *TINY, "--artifacts", str(store))
+    assert done.returncode == 2 and "is not a step of recipe 'other'" in done.stderr
+
+
+def test_tune_page_starts_a_recipe_in_one_click_and_lists_recipes(cooked, tmp_path, monkeypatch):
+    store = tmp_path / "artifacts"
+    shutil.copytree(cooked, store)
+    launched = []
+    monkeypatch.setattr(jobs, "_launch", lambda folder, artifacts_dir, command=None: launched.append((folder.name, command)) or 4242)
+    at = page("tune", cooked.parent / "data", store)
+    no_exception(at)
+    steps = next(d.value for d in at.dataframe if "step" in d.value.columns)
+    assert list(steps["step"]) == ["r-quick", "r-recommended", "r-repeat", "r"] and set(steps["state"]) == {"completed"}
+    assert not [b for b in at.button if b.key == "tune_recipe_continue_r"]  # complete: nothing to continue
+
+    at.text_input(key="tune_recipe_name").set_value("r").run()  # taken
+    at.button(key="tune_recipe_start").click().run()
+    assert any("Not started" in e.value and "already exists" in e.value for e in at.error)
+    assert not launched
+
+    # Offline without the ImageNet weights: the page names the file to place, and nothing is made.
+    import keras
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    at.text_input(key="tune_recipe_name").set_value("fresh").run()
+    at.button(key="tune_recipe_start").click().run()
+    assert any("Not started" in e.value and "could not be downloaded" in e.value for e in at.error)
+    assert not launched and not (store / "fresh-quick").exists()
+
+    if not V2_WEIGHTS.exists():
+        pytest.skip("../shared/keras_home has no MobileNetV2 weights")
+    monkeypatch.setenv("KERAS_HOME", str(V2_WEIGHTS.parent.parent))
+    at.button(key="tune_recipe_start").click().run()
+    no_exception(at)
+    assert launched == [("fresh-quick", None)]  # `resume fresh-quick`, which goes on with the chain
+    first = artifacts.load_run(store, "fresh-quick")
+    assert recipe.read_plan(first.folder)["step"] == 1 and first.settings["augment"] == presets.preset("quick").settings["augment"]
+    assert json.loads((first.folder / artifacts.PROGRESS).read_text())["state"] == "starting"
+
+    # A recipe whose process ended between steps: Continue launches `recipe --name`.
+    shutil.rmtree(store / "fresh-quick")
+    shutil.rmtree(store / "r")
+    at = page("tune", cooked.parent / "data", store)
+    at.button(key="tune_recipe_continue_r").click().run()
+    no_exception(at)
+    assert launched[-1] == ("r-quick", ["recipe", "--name", "r"])

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--artifacts", default=artifacts_default)
 
     stop = commands.add_parser("stop", help="ask a running search to stop (completed trials are kept)")
-    stop.add_argument("run")
+    stop.add_argument("run", help="a running search, or a recipe's name (its running step stops, which ends the recipe)")
     stop.add_argument("--artifacts", default=artifacts_default)
 
     runs = commands.add_parser("runs", help="table of saved runs and their metrics")

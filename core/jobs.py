@@ -162,11 +162,27 @@ def resume_search(artifacts_dir: str, name: str) -> int:
 
 
 def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
-    """Ask a search to stop after the current batch; `force` kills it (it can still be resumed)."""
+    """Ask a search to stop after the current batch; `force` kills it (it can still be resumed).
+
+    `name` may also be a recipe's whose result does not exist yet: its running step is stopped,
+    which ends the recipe.
+    """
     _reap()
-    run = artifacts.load_run(artifacts_dir, name)
+    try:
+        run = artifacts.load_run(artifacts_dir, name)
+    except artifacts.RunError:
+        from core import recipe
+
+        try:
+            plan = recipe.find_plan(artifacts_dir, name)
+        except artifacts.RunError:
+            raise artifacts.RunError(f"no run or recipe named {name!r} in {artifacts_dir}") from None
+        running = [row["step"] for row in recipe.status(artifacts_dir, plan) if row["state"] in artifacts.ACTIVE_STATES]
+        if not running:
+            return f"recipe {name!r} is not running"
+        run = artifacts.load_run(artifacts_dir, running[0])
     if run.state not in artifacts.ACTIVE_STATES:
-        return f"run {name!r} is not running (state: {run.state})"
+        return f"run {run.name!r} is not running (state: {run.state})"
     (run.folder / StopFlag.FILE).touch()
     pid = run.progress.get("pid")
     launching = run.progress.get(LAUNCHING) or pid == os.getpid()  # the pid is the launcher's, not the search's
@@ -176,7 +192,7 @@ def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
         except ProcessLookupError:
             pass
     _reap()
-    return f"{'killed' if force else 'asked to stop'}: run {name!r} (completed trials are kept; resume to continue)"
+    return f"{'killed' if force else 'asked to stop'}: run {run.name!r} (completed trials are kept; resume to continue)"
 
 
 def estimate_remaining_s(progress: dict) -> float | None:

@@ -4,6 +4,7 @@ it, stopping it between steps, its refusals, and the Tune page's one-click start
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from core import artifacts, jobs, presets, recipe, repeat, tuning
 from core.artifacts import RunError
+from core.progress import StopFlag
 from tests.helpers import make_dataset, run_cli
 from tests.test_app import no_exception, page
 from tests.test_finetune import V2_WEIGHTS
@@ -169,6 +171,8 @@ def test_tune_page_starts_a_recipe_in_one_click_and_lists_recipes(cooked, tmp_pa
     first = artifacts.load_run(store, "fresh-quick")
     assert recipe.read_plan(first.folder)["step"] == 1 and first.settings["augment"] == presets.preset("quick").settings["augment"]
     assert json.loads((first.folder / artifacts.PROGRESS).read_text())["state"] == "starting"
+    at = page("tune", cooked.parent / "data", store)  # its live panel says where it is in the chain
+    assert any("Step 1 of 4 of recipe **fresh**" in c.value for c in at.caption)
 
     # A recipe whose process ended between steps: Continue launches `recipe --name`.
     shutil.rmtree(store / "fresh-quick")
@@ -177,3 +181,19 @@ def test_tune_page_starts_a_recipe_in_one_click_and_lists_recipes(cooked, tmp_pa
     at.button(key="tune_recipe_continue_r").click().run()
     no_exception(at)
     assert launched[-1] == ("r-quick", ["recipe", "--name", "r"])
+
+
+def test_stop_by_the_recipes_name_stops_its_running_step(cooked, tmp_path):
+    store = tmp_path / "artifacts"
+    shutil.copytree(cooked, store)
+    shutil.rmtree(store / "r")
+    assert jobs.stop_search(str(store), "r") == "recipe 'r' is not running"
+    step = store / "r-recommended"
+    (step / artifacts.METRICS).unlink()
+    # Running as far as the pages can tell; the pid is the launcher's, so nothing is signalled.
+    artifacts.write_json(step / artifacts.PROGRESS, {"state": "running", "phase": "searching", "pid": os.getpid(),
+                                                     "host": artifacts.this_host(), jobs.LAUNCHING: True})
+    assert "asked to stop: run 'r-recommended'" in jobs.stop_search(str(store), "r")
+    assert (step / StopFlag.FILE).exists() and not (store / "r-quick" / StopFlag.FILE).exists()
+    with pytest.raises(RunError, match="no run or recipe named 'nothing'"):
+        jobs.stop_search(str(store), "nothing")

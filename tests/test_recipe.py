@@ -137,7 +137,8 @@ def test_tune_page_starts_a_recipe_in_one_click_and_lists_recipes(cooked, tmp_pa
     store = tmp_path / "artifacts"
     shutil.copytree(cooked, store)
     launched = []
-    monkeypatch.setattr(jobs, "_launch", lambda folder, artifacts_dir, command=None: launched.append((folder.name, command)) or 4242)
+    # No process starts: the "child" is this test's process, so a started step reads as running.
+    monkeypatch.setattr(jobs, "_launch", lambda folder, artifacts_dir, command=None: launched.append((folder.name, command)) or os.getpid())
     at = page("tune", cooked.parent / "data", store)
     no_exception(at)
     steps = next(d.value for d in at.dataframe if "step" in d.value.columns)

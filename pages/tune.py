@@ -438,14 +438,6 @@ def run_admin(run: artifacts.Run) -> None:
                 st.rerun()
 
 
-def _continue_recipe(recipe_name: str) -> None:
-    try:
-        jobs.continue_recipe(folder, recipe_name)
-        st.session_state["tune_message"] = ("success", f"Continuing recipe {recipe_name} in the background.")
-    except (artifacts.RunError, OSError) as error:
-        st.session_state["tune_message"] = ("error", f"Cannot continue recipe {recipe_name}: {error}")
-
-
 if recipe_plans := recipe.plans(runs):
     st.header("Recipes")
     for plan in recipe_plans:
@@ -456,7 +448,7 @@ if recipe_plans := recipe.plans(runs):
             st.dataframe(steps, hide_index=True, key=f"tune_recipe_steps_{plan['recipe']}")
             if not complete and not active:
                 st.button("Continue recipe", key=f"tune_recipe_continue_{plan['recipe']}", icon=":material/play_arrow:",
-                          on_click=_continue_recipe, args=(plan["recipe"],),
+                          on_click=_do, args=(jobs.continue_recipe, plan["recipe"], f"Continuing recipe {plan['recipe']} in the background."),
                           help="Finished steps are kept; a stopped one resumes where it stopped.")
 
 st.header("Finished, stopped and failed runs")

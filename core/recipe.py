@@ -78,7 +78,7 @@ def make_plan(recipe: str, data_dir: str | os.PathLike, overrides: dict | None =
     Refuses a bad name (the longest step name must be a valid run name) and settings that are not
     the recipe's to change, naming them.
     """
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None and not _is_default(k, v)}
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
         raise RunError(f"a recipe cannot change {', '.join(unknown)}: it may change {', '.join(OVERRIDABLE)}")
@@ -88,6 +88,19 @@ def make_plan(recipe: str, data_dir: str | os.PathLike, overrides: dict | None =
                            f"at most {80 - len('-recommended')} characters")
     return {"recipe": recipe, "data_dir": os.path.abspath(os.path.expanduser(str(data_dir))), "overrides": overrides,
             "steps": step_names(recipe)}
+
+
+def _is_default(key: str, value) -> bool:
+    """A change that changes nothing (a default no preset sets): left out, so that the same recipe
+    started from the page (which passes every field) and from the CLI (only what was typed) is one plan."""
+    from dataclasses import MISSING, fields
+
+    from core.settings import SearchSettings
+
+    if any(key in presets.preset(step.preset).settings for step in STEPS if step.preset):
+        return False
+    default = next((f.default for f in fields(SearchSettings) if f.name == key), MISSING)
+    return default is not MISSING and default == value
 
 
 def read_plan(folder: str | os.PathLike) -> dict | None:

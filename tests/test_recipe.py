@@ -26,6 +26,8 @@ def test_plan_names_its_runs_and_merges_each_preset_with_the_overrides(tmp_path)
     plan = recipe.make_plan("mine", tmp_path, {"epochs": 2, "seed": 7, "task": None})
     assert plan["steps"] == ["mine-quick", "mine-recommended", "mine-repeat", "mine"]
     assert plan["overrides"] == {"epochs": 2, "seed": 7}  # options left out keep the presets' values
+    # A default passed explicitly (the page passes every field) is the same plan as one left out.
+    assert recipe.make_plan("mine", tmp_path, {"seed": 42, "task": "pneumonia"}) == recipe.make_plan("mine", tmp_path)
     quick, recommended = (recipe.search_settings(plan, step, tmp_path) for step in recipe.STEPS[:2])
     assert (quick.name, recommended.name) == ("mine-quick", "mine-recommended")
     for settings, preset in ((quick, "quick"), (recommended, "recommended")):

@@ -177,7 +177,7 @@ def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
             plan = recipe.find_plan(artifacts_dir, name)
         except artifacts.RunError:
             raise artifacts.RunError(f"no run or recipe named {name!r} in {artifacts_dir}") from None
-        running = [row["step"] for row in recipe.status(artifacts_dir, plan) if row["state"] in artifacts.ACTIVE_STATES]
+        running = recipe.running_steps(recipe.status(artifacts_dir, plan))
         if not running:
             return f"recipe {name!r} is not running"
         run = artifacts.load_run(artifacts_dir, running[0])

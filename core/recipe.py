@@ -64,10 +64,6 @@ STEPS = (
 )
 
 
-class RecipeStopped(Exception):
-    """A stop request ended the recipe between steps."""
-
-
 def step_names(recipe: str) -> list[str]:
     return [step.run_name(recipe) for step in STEPS]
 
@@ -103,6 +99,14 @@ def _is_default(key: str, value) -> bool:
     return default is not MISSING and default == value
 
 
+PLAN_KEYS = ("recipe", "data_dir", "overrides", "steps")  # a step's recipe.json adds its "step" number
+
+
+def _plan_of(step_plan: dict) -> dict:
+    """The recipe's plan from one step's `recipe.json` (without the step number)."""
+    return {key: step_plan.get(key) for key in PLAN_KEYS}
+
+
 def read_plan(folder: str | os.PathLike) -> dict | None:
     """The plan a run folder belongs to, or None for a run that is not a recipe's step."""
     plan = artifacts.read_json(Path(folder) / PLAN_FILE)
@@ -117,7 +121,7 @@ def find_plan(artifacts_dir: str | os.PathLike, recipe: str) -> dict:
         except RunError:
             break  # not a valid run name: no such recipe
         if plan and plan["recipe"] == recipe:
-            return {k: plan[k] for k in ("recipe", "data_dir", "overrides", "steps")}
+            return _plan_of(plan)
     raise RunError(f"no recipe named {recipe!r} in {artifacts_dir}: start one with --data DIR")
 
 
@@ -127,13 +131,13 @@ def plans(runs) -> list[dict]:
     for run in runs:
         plan = read_plan(run.folder)
         if plan and plan["recipe"] not in found:
-            found[plan["recipe"]] = {k: plan[k] for k in ("recipe", "data_dir", "overrides", "steps")}
+            found[plan["recipe"]] = _plan_of(plan)
     return list(found.values())
 
 
-def step_number(plan: dict, run_name: str) -> int:
-    """1-based position of `run_name` in the plan's chain."""
-    return plan["steps"].index(run_name) + 1
+def step_number(plan: dict, name: str) -> int:
+    """1-based position of run `name` in the plan's chain."""
+    return plan["steps"].index(name) + 1
 
 
 def search_settings(plan: dict, step: Step, artifacts_dir: str | os.PathLike):
@@ -159,7 +163,7 @@ def check_start(artifacts_dir: str | os.PathLike, plan: dict) -> None:
         if theirs is None:
             raise RunError(f"a run named {name!r} already exists and is not a step of recipe {plan['recipe']!r}: "
                            "pick another name for the recipe")
-        if {k: theirs.get(k) for k in ("recipe", "data_dir", "overrides")} != {k: plan[k] for k in ("recipe", "data_dir", "overrides")}:
+        if _plan_of(theirs) != _plan_of(plan):
             raise RunError(f"recipe {plan['recipe']!r} was started with other settings ({theirs['data_dir']}, "
                            f"{theirs['overrides'] or 'no changes'}): continue it with `python -m core resume {name}`, "
                            "or pick another name")
@@ -207,9 +211,19 @@ def is_complete(artifacts_dir: str | os.PathLike, plan: dict) -> bool:
     return (artifacts.run_dir(artifacts_dir, plan["recipe"]) / artifacts.METRICS).exists()
 
 
+def running_steps(rows: list[dict]) -> list[str]:
+    """The steps of a `status` table that are running now (their process then goes on with the chain)."""
+    return [row["step"] for row in rows if row["state"] in artifacts.ACTIVE_STATES]
+
+
 def is_active(artifacts_dir: str | os.PathLike, plan: dict) -> bool:
-    """Whether one of its steps is running now (its process then goes on with the chain)."""
-    return any(row["state"] in artifacts.ACTIVE_STATES for row in status(artifacts_dir, plan))
+    return bool(running_steps(status(artifacts_dir, plan)))
+
+
+def command(plan: dict) -> str:
+    """The same recipe as one terminal command."""
+    options = "".join(f" --{key.replace('_', '-')} {value}" for key, value in plan["overrides"].items())
+    return f"python -m core recipe --data {plan['data_dir']} --name {plan['recipe']}{options}"
 
 
 def estimate_s(plan: dict, n_images: int) -> float:

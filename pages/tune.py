@@ -81,9 +81,11 @@ with st.container(border=True):
     r3.number_input("Seed (split)", value=42, step=1, key="tune_recipe_seed")
     if summary and summary["total_images"]:
         try:
-            rough = recipe.estimate_s(recipe.make_plan(recipe_name.strip() or "recipe", str(root)), summary["total_images"])
-            st.caption(f"Rough CPU time on {summary['total_images']:,} images: **{ui.format_duration(rough)}**. "
-                       f"Same from a terminal: `python -m core recipe --data {root} --name {recipe_name.strip() or 'NAME'}`")
+            planned = recipe.make_plan(recipe_name.strip() or "recipe", str(root), {
+                "task": st.session_state.get("tune_recipe_task"), "seed": int(st.session_state.get("tune_recipe_seed", 42))})
+            st.caption(f"Rough CPU time on {summary['total_images']:,} images: "
+                       f"**{ui.format_duration(recipe.estimate_s(planned, summary['total_images']))}**. "
+                       f"Same from a terminal: `{recipe.command(planned)}`")
         except artifacts.RunError as error:
             st.caption(f":material/error: {error}")
     st.button("Start the recipe", key="tune_recipe_start", icon=":material/play_arrow:", on_click=_start_recipe,
@@ -442,7 +444,7 @@ if recipe_plans := recipe.plans(runs):
     st.header("Recipes")
     for plan in recipe_plans:
         steps = recipe.status(folder, plan)
-        complete, active = recipe.is_complete(folder, plan), recipe.is_active(folder, plan)
+        complete, active = recipe.is_complete(folder, plan), bool(recipe.running_steps(steps))
         with st.container(border=True):
             st.markdown(f"**{plan['recipe']}** · {'complete: its result is the ensemble run ' + plan['recipe'] if complete else 'running' if active else 'not finished'}")
             st.dataframe(steps, hide_index=True, key=f"tune_recipe_steps_{plan['recipe']}")

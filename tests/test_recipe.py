@@ -34,6 +34,7 @@ def test_plan_names_its_runs_and_merges_each_preset_with_the_overrides(tmp_path)
         wanted = {**presets.preset(preset).settings, "epochs": 2, "seed": 7}
         assert {key: getattr(settings, key) for key in wanted} == wanted
     assert quick.augment != recommended.augment  # the two searches really are the two presets
+    assert recipe.command(plan) == f"python -m core recipe --data {plan['data_dir']} --name mine --epochs 2 --seed 7"
 
 
 @pytest.mark.parametrize(
@@ -146,6 +147,9 @@ def test_tune_page_starts_a_recipe_in_one_click_and_lists_recipes(cooked, tmp_pa
     steps = next(d.value for d in at.dataframe if "step" in d.value.columns)
     assert list(steps["step"]) == ["r-quick", "r-recommended", "r-repeat", "r"] and set(steps["state"]) == {"completed"}
     assert not [b for b in at.button if b.key == "tune_recipe_continue_r"]  # complete: nothing to continue
+    at.selectbox(key="tune_recipe_task").set_value("three_class").run()  # the box's command follows its widgets
+    assert any(f"python -m core recipe --data {cooked.parent / 'data'} --name recipe --task three_class" in c.value for c in at.caption)
+    at.selectbox(key="tune_recipe_task").set_value("pneumonia").run()
 
     at.text_input(key="tune_recipe_name").set_value("r").run()  # taken
     at.button(key="tune_recipe_start").click().run()

@@ -77,11 +77,12 @@ def _launch_visibly(folder: Path, artifacts_dir: str, progress: dict) -> int:
     return pid
 
 
-def start_search(settings: SearchSettings) -> str:
+def start_search(settings: SearchSettings, extra_json: dict[str, dict] | None = None) -> str:
     """Create the run folder and start its search in the background; returns the run name.
 
     The run is listed (settings.json) only once its progress says "starting": a page that lists
-    the runs right after this call, or during it, shows the search as running.
+    the runs right after this call, or during it, shows the search as running. `extra_json`
+    (file name -> content, e.g. a recipe's plan) is written into the folder before the settings.
     """
     _reap()
     settings = settings.resolved()
@@ -97,6 +98,8 @@ def start_search(settings: SearchSettings) -> str:
     progress = {"trials_done": 0, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     artifacts.write_json(folder / artifacts.PROGRESS, {**progress, "state": "starting", "phase": "starting",
                                                        "pid": os.getpid(), "host": artifacts.this_host(), LAUNCHING: True})
+    for file_name, content in (extra_json or {}).items():
+        artifacts.write_json(folder / file_name, content)
     artifacts.write_json(folder / artifacts.SETTINGS, settings.to_dict())
     _launch_visibly(folder, settings.artifacts_dir, progress)
     return settings.name
@@ -124,16 +127,12 @@ def start_recipe(artifacts_dir: str, recipe_name: str, data_dir: str, overrides:
     """
     from core import recipe
 
-    _reap()
     plan = recipe.make_plan(recipe_name, data_dir, overrides)
     for name in plan["steps"]:
         if artifacts.run_dir(artifacts_dir, name).exists():
             raise artifacts.RunError(f"a run named {name!r} already exists: pick another name for the recipe")
-    progress = {"trials_done": 0, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    folder = recipe.create_first_step(plan, artifacts_dir, {**progress, "state": "starting", "phase": "starting",
-                                                            "pid": os.getpid(), "host": artifacts.this_host(), LAUNCHING: True})
-    _launch_visibly(folder, artifacts_dir, progress)
-    return folder.name
+    first = recipe.search_settings(plan, recipe.STEPS[0], artifacts_dir)
+    return start_search(first, extra_json={recipe.PLAN_FILE: recipe.step_plan(plan, 1)})
 
 
 def continue_recipe(artifacts_dir: str, recipe_name: str) -> int:

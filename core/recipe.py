@@ -148,9 +148,14 @@ def search_settings(plan: dict, step: Step, artifacts_dir: str | os.PathLike):
     return SearchSettings(data_dir=plan["data_dir"], artifacts_dir=str(artifacts_dir), name=step.run_name(plan["recipe"]), **values)
 
 
+def step_plan(plan: dict, number: int) -> dict:
+    """What step `number`'s `recipe.json` holds: the plan and the step's number."""
+    return {**plan, "step": number}
+
+
 def _write_plan(folder: Path, plan: dict, number: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(folder / PLAN_FILE, {**plan, "step": number})
+    artifacts.write_json(folder / PLAN_FILE, step_plan(plan, number))
 
 
 def check_start(artifacts_dir: str | os.PathLike, plan: dict) -> None:
@@ -167,24 +172,6 @@ def check_start(artifacts_dir: str | os.PathLike, plan: dict) -> None:
             raise RunError(f"recipe {plan['recipe']!r} was started with other settings ({theirs['data_dir']}, "
                            f"{theirs['overrides'] or 'no changes'}): continue it with `python -m core resume {name}`, "
                            "or pick another name")
-
-
-def create_first_step(plan: dict, artifacts_dir: str | os.PathLike, progress: dict) -> Path:
-    """Make the first step's run folder (plan, `progress`, then settings, listed last) for a background start."""
-    from core.splits import preflight
-
-    settings = search_settings(plan, STEPS[0], artifacts_dir).resolved()
-    preflight(settings)  # bad data or missing weights: say so now, not in a log
-    folder = artifacts.run_dir(artifacts_dir, settings.name)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        folder.mkdir()  # atomic: of two clicks on Start, one gets the folder
-    except FileExistsError:
-        raise RunError(f"a run named {settings.name!r} already exists: pick another name for the recipe") from None
-    _write_plan(folder, plan, 1)
-    artifacts.write_json(folder / artifacts.PROGRESS, progress)
-    artifacts.write_json(folder / artifacts.SETTINGS, settings.to_dict())
-    return folder
 
 
 def status(artifacts_dir: str | os.PathLike, plan: dict) -> list[dict]:
@@ -279,7 +266,7 @@ def run_recipe(artifacts_dir: str | os.PathLike, plan: dict, log=print) -> dict:
         if step.kind == "repeat":
             if not (folder / artifacts.SETTINGS).exists():
                 settings = repeat.plan_repeat(artifacts_dir, run_name(plan["recipe"], step.source), 1, name=name)
-                repeat.create_repeat(artifacts_dir, settings, extra_json={PLAN_FILE: {**plan, "step": number}})
+                repeat.create_repeat(artifacts_dir, settings, extra_json={PLAN_FILE: step_plan(plan, number)})
             result = repeat.run_repeat(artifacts_dir, name, log=log)
         else:
             _write_plan(folder, plan, number)

@@ -1,11 +1,11 @@
-"""Benchmark of core.engine: model.predict vs a tf.function vs the engine (TF Lite when it converts).
+"""Benchmark of core.models.engine: model.predict vs a tf.function vs the engine (TF Lite when it converts).
 
 Run by hand from the repository root:
 
     python bench/bench_engine.py            # 256 images per family, batch 32
     python bench/bench_engine.py --quick    # 64 images, fewer passes
 
-For each model family of the registry (`core.models.FAMILIES`, at its default input size) it
+For each model family of the registry (`core.models.families.FAMILIES`, at its default input size) it
 prints images/s over a batched pass and the median latency of one image, for `model.predict`, the
 `keras` engine (a tf.function) and the `auto` engine, with the speed-up over `model.predict`.
 A backbone uses ImageNet weights when $KERAS_HOME holds them (e.g. KERAS_HOME=../shared/keras_home),
@@ -31,8 +31,12 @@ import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core import models  # noqa: E402
-from core.engine import default_threads, make_engine  # noqa: E402
+from core.models import (
+    backbones,  # noqa: E402
+    builders,
+    families,
+)
+from core.models.engine import default_threads, make_engine  # noqa: E402
 
 
 def _calibrate_batchnorm(model: keras.Model, x: np.ndarray) -> None:
@@ -57,16 +61,16 @@ def family_model(name: str) -> tuple[keras.Model, str]:
     weights when `$KERAS_HOME/models` holds the file, random weights otherwise. The custom CNN:
     `build_custom_cnn` at its default hyperparameters, random weights.
     """
-    family = models.FAMILIES[name]
+    family = families.FAMILIES[name]
     size = family.default_image_size
     sample = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
     if not family.transfer:
-        model = models.build_custom_cnn(keras_tuner.HyperParameters(), size)
+        model = builders.build_custom_cnn(keras_tuner.HyperParameters(), size)
         _calibrate_batchnorm(model, sample)
         return model, f"{name} {size} (random)"
-    arch = models.ARCHITECTURES[family.architecture]
-    imagenet = (models.keras_models_dir() / arch.weights_file(size)).is_file()
-    backbone = models.build_backbone(models.BackboneSpec(arch.name, size, "imagenet" if imagenet else "none"))
+    arch = backbones.ARCHITECTURES[family.architecture]
+    imagenet = (backbones.keras_models_dir() / arch.weights_file(size)).is_file()
+    backbone = backbones.build_backbone(backbones.BackboneSpec(arch.name, size, "imagenet" if imagenet else "none"))
     if not imagenet:
         _calibrate_batchnorm(backbone, sample)
     x = keras.layers.Dropout(0.2)(backbone.output)
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=None, help="images per throughput pass (default 256)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="TF Lite threads (default: all usable cores)")
-    parser.add_argument("--models", nargs="+", choices=list(models.FAMILIES), default=list(models.FAMILIES))
+    parser.add_argument("--models", nargs="+", choices=list(families.FAMILIES), default=list(families.FAMILIES))
     args = parser.parse_args(argv)
     n_images = args.images or (64 if args.quick else 256)
     calls = 10 if args.quick else 20

@@ -7,7 +7,7 @@ default at the default cut (`block_12_add`), at `block_13_project_BN` (the depth
 trained by default before the cut-point cache: its top 20 weighted layers, block 14 up) and at
 `block_15_add` (`--cuts` for others), since the speed-up grows as fewer layers train (the frozen
 bottom's share of the work grows). The slow path is today's `--no-activation-cache` finetune (every step runs
-the frozen bottom too); the fast path trains on activations cached once (`core.activations`). The
+the frozen bottom too); the fast path trains on activations cached once (`core.search.activations`). The
 one-off cost of filling the cache (the bottom pass) is printed beside them.
 """
 
@@ -30,7 +30,9 @@ import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core import activations, augmentation, data, models  # noqa: E402
+from core.data import augmentation, folders, loading, tasks  # noqa: E402
+from core.models import backbone_cut, backbones, builders  # noqa: E402
+from core.search import activations  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
 
@@ -47,21 +49,21 @@ def timed_epoch(model: keras.Model, dataset, repeats: int = 2) -> float:
     return min(times)
 
 
-def measure(spec: models.BackboneSpec, cut_name: str, pixels: np.ndarray, paths: list[str], labels: np.ndarray, cache: str) -> dict:
+def measure(spec: backbones.BackboneSpec, cut_name: str, pixels: np.ndarray, paths: list[str], labels: np.ndarray, cache: str) -> dict:
     """One epoch both ways at the depth `cut_name` sets: the layers above it and the head train."""
     hp = keras_tuner.HyperParameters()
     hp.Fixed("dense_units", 0)
-    cut = activations.split_backbone(models.build_backbone(spec), cut_name)
+    cut = backbone_cut.split_backbone(backbones.build_backbone(spec), cut_name)
     depth = len([layer for layer in cut.top.layers if layer.weights])
     hp.Fixed("unfreeze_layers", depth)
-    whole = models.build_finetune(hp, spec)
-    slow = timed_epoch(whole, data.make_tf_dataset(pixels, labels, 32, shuffle=True))
+    whole = builders.build_finetune(hp, spec)
+    slow = timed_epoch(whole, loading.make_tf_dataset(pixels, labels, 32, shuffle=True))
     start = time.perf_counter()
     cached = activations.cached_activations(
         cut, spec, paths, np.ones(len(paths), bool), cache, augmentation.preset("off"), 0, log=lambda _: None
     )
     fill = time.perf_counter() - start
-    top = models.build_cut_finetune(hp, cut)
+    top = builders.build_cut_finetune(hp, cut)
     fast = timed_epoch(top, activations.training_dataset(None, cached.clean, labels, 32, 0))
     trainable = sum(int(np.prod(w.shape)) for w in top.trainable_weights)
     assert trainable == sum(int(np.prod(w.shape)) for w in whole.trainable_weights), "both paths must train the same layers"
@@ -75,16 +77,16 @@ def main() -> None:
     parser.add_argument("--cuts", nargs="+", default=None,
                         help="cut layers to measure at (default: the architecture's default cut, the former finetune default depth, block_15_add)")
     args = parser.parse_args()
-    table = data.scan_folder(DATA).table
+    table = folders.scan_folder(DATA).table
     table = table[table["folder_split"] == "train"].sample(frac=1.0, random_state=0).head(args.images)
-    paths, labels = list(table["path"]), data.BINARY.labels(table)
+    paths, labels = list(table["path"]), tasks.PNEUMONIA.labels(table)
     weights = "imagenet" if (KERAS_HOME / "models").exists() and args.size == 224 else "none"
-    spec = models.BackboneSpec("mobilenet_v2", args.size, weights)
+    spec = backbones.BackboneSpec("mobilenet_v2", args.size, weights)
     # block_13_project_BN: the former finetune default (unfreeze_layers=20, block_14 up) trains exactly the layers above it
     cuts = args.cuts or [spec.arch.default_cut, "block_13_project_BN", "block_15_add"]
 
     with tempfile.TemporaryDirectory() as cache:
-        pixels, _ = data.load_images(paths, args.size, Path(cache) / "pixels")
+        pixels, _ = loading.load_images(paths, args.size, Path(cache) / "pixels")
         rows = [measure(spec, cut_name, pixels, paths, labels, cache) for cut_name in cuts]
 
     print(f"MobileNetV2 {args.size} px ({weights} weights), {len(paths)} training images, {os.cpu_count()} cores, batch 32")

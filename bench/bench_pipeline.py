@@ -19,13 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from core import data  # noqa: E402
+from core.data import (
+    folders,  # noqa: E402
+    loading,
+    tasks,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
 
 
 def epoch(pixels: np.ndarray, labels: np.ndarray) -> None:
-    for _ in data.make_tf_dataset(pixels, labels, batch_size=32, shuffle=True):
+    for _ in loading.make_tf_dataset(pixels, labels, batch_size=32, shuffle=True):
         pass
 
 
@@ -33,15 +37,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
-    table = data.scan_folder(DATA).table
-    paths, labels = list(table["path"]), data.BINARY.labels(table)
+    table = folders.scan_folder(DATA).table
+    paths, labels = list(table["path"]), tasks.PNEUMONIA.labels(table)
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        pixels, _ = data.load_images(paths, args.size, cache)
+        pixels, _ = loading.load_images(paths, args.size, cache)
         epoch(pixels, labels)
         first = time.perf_counter() - start
         start = time.perf_counter()
-        pixels, _ = data.load_images(paths, args.size, cache)  # a later run: straight from the cache
+        pixels, _ = loading.load_images(paths, args.size, cache)  # a later run: straight from the cache
         epoch(np.asarray(pixels), labels)
         later = time.perf_counter() - start
     print(f"{len(paths)} images at {args.size} px, {os.cpu_count()} cores")

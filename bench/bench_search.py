@@ -26,32 +26,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from core import data, models, tuning  # noqa: E402
-from core.engine import make_engine  # noqa: E402
-from core.settings import SearchSettings  # noqa: E402
+from core.data import (
+    folders,  # noqa: E402
+    loading,
+)
+from core.models import backbones
+from core.models.engine import make_engine  # noqa: E402
+from core.search import loop
+from core.search.settings import SearchSettings  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
 
 
 def weights() -> str:
-    spec = models.BackboneSpec("mobilenet_v2", 224, "imagenet")
-    return "imagenet" if (models.keras_models_dir() / spec.arch.weights_file(224, 1.0)).exists() else "none"
+    spec = backbones.BackboneSpec("mobilenet_v2", 224, "imagenet")
+    return "imagenet" if (backbones.keras_models_dir() / spec.arch.weights_file(224, 1.0)).exists() else "none"
 
 
 def backbone_pass(paths: list[str], chunk: int = 256) -> dict[str, float]:
-    spec = models.BackboneSpec("mobilenet_v2", 224, weights())
-    backbone = models.build_backbone(spec)
+    spec = backbones.BackboneSpec("mobilenet_v2", 224, weights())
+    backbone = backbones.build_backbone(spec)
     with tempfile.TemporaryDirectory() as cache:
-        pixels, _ = data.load_images(paths, 224, cache)
+        pixels, _ = loading.load_images(paths, 224, cache)
         timings = {}
         for name, run in (
             ("model.predict", lambda x: backbone.predict(x, batch_size=32, verbose=0)),
             ("engine", make_engine(backbone, "auto", cache_path=Path(cache) / "engine.tflite").predict),
         ):
-            run(data.to_network_input(pixels[:32]))  # warm-up: tracing, conversion, allocation
+            run(loading.to_network_input(pixels[:32]))  # warm-up: tracing, conversion, allocation
             start = time.perf_counter()
             for i in range(0, len(paths), chunk):
-                run(data.to_network_input(pixels[i : i + chunk]))
+                run(loading.to_network_input(pixels[i : i + chunk]))
             timings[name] = time.perf_counter() - start
     return timings
 
@@ -64,7 +69,7 @@ def search(feature_cache: bool, trials: int, epochs: int) -> float:
             feature_cache=feature_cache, artifacts_dir=store, name="bench", tuner="random",
         )
         start = time.perf_counter()
-        tuning.run_search(settings, log=None)
+        loop.run_search(settings, log=None)
         return time.perf_counter() - start
 
 
@@ -74,7 +79,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--skip-search", action="store_true")
     args = parser.parse_args()
-    paths = list(data.scan_folder(DATA).table["path"])
+    paths = list(folders.scan_folder(DATA).table["path"])
     print(f"{len(paths)} images, MobileNetV2 224 px, weights {weights()}, {os.cpu_count()} cores")
 
     timings = backbone_pass(paths)

@@ -11,7 +11,7 @@ import os
 import sys
 
 from core import console
-from core.tasks import TASKS
+from core.data.tasks import TASKS
 
 EXIT_USAGE = 2
 
@@ -31,7 +31,7 @@ def _positive_int(text: str) -> int:
 
 
 # The choices of the parser, spelled out so that `--help` imports neither Keras nor TensorFlow
-# (tests/test_console.py checks they match models.MODES, settings.TUNERS, ...). The families come
+# (tests/test_console.py checks they match families.MODES, settings.TUNERS, ...). The families come
 # from the registry itself: core.models loads Keras only when a model is built.
 MODES = ("frozen", "finetune")
 TUNERS = ("random", "bayesian", "hyperband")
@@ -39,17 +39,19 @@ MOBILENET_VERSIONS = ("v1", "v2", "v3", "v3_small")
 
 
 def _default_artifacts_dir() -> str:
-    return os.environ.get("CXR_ARTIFACTS_DIR", "artifacts")  # as core.artifacts.default_artifacts_dir
+    return os.environ.get("CXR_ARTIFACTS_DIR", "artifacts")  # as core.runs.artifacts.default_artifacts_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core import augmentation, models, presets
+    from core.data import augmentation
+    from core.models import families
+    from core.search import presets
 
     parser = argparse.ArgumentParser(prog="python -m core", description="Compare pneumonia classifiers on chest X-rays.")
     commands = parser.add_subparsers(dest="command", required=True)
     artifacts_default = _default_artifacts_dir()
 
-    # Settings that a recipe may change too (core.recipe.OVERRIDABLE): one definition for both commands.
+    # Settings that a recipe may change too (core.workflows.recipe.OVERRIDABLE): one definition for both commands.
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--task", choices=list(TASKS),
                         help="what to predict: pneumonia (normal vs pneumonia, default), bacterial_vs_viral (pneumonia "
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Options left out keep the preset's value, else the setting's default (settings.SearchSettings).
     tune.add_argument("--preset", choices=sorted(presets.PRESETS),
                       help="start from named settings (" + "; ".join(f"{p.name}: {p.title}" for p in presets.PRESETS.values()) + ")")
-    tune.add_argument("--family", choices=sorted(models.FAMILIES), help="required unless a --preset names it")
+    tune.add_argument("--family", choices=sorted(families.FAMILIES), help="required unless a --preset names it")
     tune.add_argument("--tuner", choices=TUNERS, help="default: random")
     tune.add_argument("--mode", choices=MODES, help="default: frozen")
     tune.add_argument("--mobilenet-version", choices=MOBILENET_VERSIONS, help="default: v2")
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe = commands.add_parser(
         "recipe", parents=[shared],
-        description="The recommended recipe (core.recipe): the quick and the recommended presets, the recommended run's "
+        description="The recommended recipe (core.workflows.recipe): the quick and the recommended presets, the recommended run's "
         "best hyperparameters again with the next seed, and the equal-weight ensemble of the three. The setting options "
         "change both searches; left out, each keeps its preset's value.",
         help="the recommended recipe: quick and recommended presets, a repeat with the next seed, their ensemble "
@@ -179,8 +181,8 @@ _SETTING_OPTIONS = (
 
 def tune_settings(args):
     """The search the `tune` options ask for: the preset's settings, then the options given."""
-    from core import presets
-    from core.settings import SearchSettings, SettingsError
+    from core.search import presets
+    from core.search.settings import SearchSettings, SettingsError
 
     values = dict(presets.preset(args.preset).settings) if args.preset else {}
     values.update({key: getattr(args, key) for key in _SETTING_OPTIONS if getattr(args, key) is not None})
@@ -199,7 +201,7 @@ def tune_settings(args):
 
 def _space_edits(args) -> dict:
     """The search space edits of `--space FILE.json`, then of each `--hp` (checked when the settings resolve)."""
-    from core import search_space
+    from core.models import search_space
 
     edits = search_space.read_edits_file(args.space) if args.space else {}
     return {**edits, **search_space.parse_hp_options(args.hp)}
@@ -207,20 +209,21 @@ def _space_edits(args) -> dict:
 
 def _search(settings, resume: bool = False, role: str | None = None) -> dict:
     """Run a search, its log lines printed above a progress bar when stderr is a terminal."""
-    from core import artifacts, tuning
+    from core.runs import artifacts
+    from core.search import loop
 
     settings = settings.resolved()
     bar = console.ProgressBar()
     bar.watch(artifacts.run_dir(settings.artifacts_dir, settings.name) / artifacts.PROGRESS)
     try:
-        return tuning.run_search(settings, log=bar.echo, resume=resume, role=role)
+        return loop.run_search(settings, log=bar.echo, resume=resume, role=role)
     finally:
         bar.close()
 
 
 def _tune(args) -> int:
-    from core import distributed
-    from core.settings import SettingsError
+    from core.search import distributed
+    from core.search.settings import SettingsError
 
     settings = tune_settings(args)
     if args.distributed:
@@ -231,7 +234,7 @@ def _tune(args) -> int:
 
 
 def _worker(args) -> int:
-    from core import distributed
+    from core.search import distributed
 
     worker_id = args.id or str(os.getpid())
     distributed.configure_distributed("worker", args.oracle, worker_id)
@@ -241,8 +244,9 @@ def _worker(args) -> int:
 
 
 def _resume(args) -> int:
-    from core import artifacts, recipe, repeat
-    from core.settings import SearchSettings
+    from core.runs import artifacts
+    from core.search.settings import SearchSettings
+    from core.workflows import recipe, repeat
 
     run = artifacts.load_run(args.artifacts, args.run)
     if plan := recipe.read_plan(run.folder):  # a recipe's step: go on with the whole chain
@@ -264,7 +268,7 @@ def _finish(result: dict) -> int:
         f"specificity {test['specificity']:.4f}  (threshold {result['threshold']:.3f}, chosen on validation)"
     )
     if result.get("multiclass"):
-        from core import evaluation
+        from core.inference import evaluation
 
         print(f"test, {evaluation.multiclass_summary(result).removeprefix('; ')}")
     return 0
@@ -278,7 +282,7 @@ def _stop(args) -> int:
 
 
 def _runs(args) -> int:
-    from core import artifacts
+    from core.runs import artifacts
 
     table = artifacts.runs_table(artifacts.list_runs(args.artifacts))
     if table.empty:
@@ -289,7 +293,7 @@ def _runs(args) -> int:
 
 
 def _ensemble(args) -> int:
-    from core import ensemble
+    from core.inference import ensemble
 
     run = ensemble.build_ensemble(args.artifacts, args.members, args.name, weighted=args.weighted)
     print(f"ensemble {run.name}: weights {ensemble.weights_text(run)} ({run.settings['weight_rule']})")
@@ -297,8 +301,8 @@ def _ensemble(args) -> int:
 
 
 def _recipe(args) -> int:
-    from core import recipe
-    from core.settings import SettingsError
+    from core.search.settings import SettingsError
+    from core.workflows import recipe
 
     overrides = {key: getattr(args, key) for key in recipe.OVERRIDABLE}
     if args.data is None:
@@ -319,7 +323,7 @@ def _recipe_finish(result: dict) -> int:
 
 
 def _repeat(args) -> int:
-    from core import repeat
+    from core.workflows import repeat
 
     settings = repeat.plan_repeat(args.artifacts, args.run, args.seeds, args.name)
     repeat.create_repeat(args.artifacts, settings)
@@ -344,7 +348,9 @@ def _repeat_finish(result: dict) -> int:
 def _predict(args) -> int:
     import pandas as pd
 
-    from core import artifacts, evaluation
+    from core import files
+    from core.inference import evaluation
+    from core.runs import artifacts
 
     run = artifacts.load_run(args.artifacts, args.run)
     paths = evaluation.expand_image_paths(args.images)
@@ -352,7 +358,7 @@ def _predict(args) -> int:
         raise FileNotFoundError("no .jpeg/.jpg/.png images in the given paths")
     table = evaluation.predict_files(run, paths, engine=args.engine, unusual=True)
     if args.csv:
-        artifacts.write_csv(args.csv, table)
+        files.write_csv(args.csv, table)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     failed = int((table["error"] != "").sum())
     if failed:
@@ -365,7 +371,8 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from core import artifacts, evaluation
+    from core.inference import evaluation
+    from core.runs import artifacts
 
     run = artifacts.load_run(args.artifacts, args.run)
     metrics, _ = evaluation.evaluate_run_on_folder(run, args.data, args.split, engine=args.engine)
@@ -378,7 +385,7 @@ def _evaluate(args) -> int:
 
 
 def _export(args) -> int:
-    from core import export
+    from core.reporting import export
 
     path = export.export_run(args.artifacts, args.run, args.out)
     print(f"exported {args.run} to {path}")
@@ -388,10 +395,10 @@ def _export(args) -> int:
 def _data(args) -> int:
     import json
 
-    from core import data
+    from core.data import folders, splitting
 
-    dataset = data.scan_folder(args.data)
-    print(json.dumps(data.summarize(dataset), indent=2))
+    dataset = folders.scan_folder(args.data)
+    print(json.dumps(splitting.summarize(dataset), indent=2))
     return 0
 
 
@@ -401,10 +408,12 @@ HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _reci
 def main(argv: list[str] | None = None) -> int:
     console.quiet_tensorflow()  # TensorFlow's start-up chatter hides our messages
     args = build_parser().parse_args(argv)
-    from core import artifacts, data, models, search_space
-    from core.settings import SettingsError
+    from core.data import folders
+    from core.models import backbones, search_space
+    from core.runs import artifacts
+    from core.search.settings import SettingsError
 
-    user_errors = (data.DataError, models.WeightsError, artifacts.RunError, SettingsError, search_space.SpaceError,
+    user_errors = (folders.DataError, backbones.WeightsError, artifacts.RunError, SettingsError, search_space.SpaceError,
                    FileNotFoundError)
     try:
         return HANDLERS[args.command](args)

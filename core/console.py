@@ -194,4 +194,3 @@ class ProgressBar:
         if self._thread is not None:
             self._thread.join(timeout=2)
         self.clear()
-

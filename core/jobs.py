@@ -15,11 +15,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from core import artifacts, models
+from core import files
 from core.console import QUIET_TF_ENV
-from core.progress import StopFlag
-from core.settings import SearchSettings
-from core.splits import preflight
+from core.runs import artifacts
+from core.runs.progress import StopFlag
+from core.search.settings import SearchSettings
+from core.search.splits import preflight
 
 PROCESS_LOG = "process.log"
 # In progress.json while the pid is the launcher's (the dashboard's), not yet the search's: never signalled.
@@ -64,16 +65,16 @@ def _launch_visibly(folder: Path, artifacts_dir: str, progress: dict) -> int:
     """
     starting = {**progress, "state": "starting", "phase": "starting", "host": artifacts.this_host(), "error": None}
     starting.pop(LAUNCHING, None)
-    artifacts.write_json(folder / artifacts.PROGRESS, {**starting, "pid": os.getpid(), LAUNCHING: True})
+    files.write_json(folder / artifacts.PROGRESS, {**starting, "pid": os.getpid(), LAUNCHING: True})
     try:
         pid = _launch(folder, artifacts_dir)
     except OSError as error:
-        artifacts.write_json(folder / artifacts.PROGRESS, {**starting, "state": "failed", "phase": "failed", "pid": None,
+        files.write_json(folder / artifacts.PROGRESS, {**starting, "state": "failed", "phase": "failed", "pid": None,
                                                            "error": f"could not start the search process: {error}"})
         raise
-    current = artifacts.read_json(folder / artifacts.PROGRESS) or {}
+    current = files.read_json(folder / artifacts.PROGRESS) or {}
     if current.get("pid") != pid:  # the child may already have written its own progress: keep it
-        artifacts.write_json(folder / artifacts.PROGRESS, {**starting, "pid": pid})
+        files.write_json(folder / artifacts.PROGRESS, {**starting, "pid": pid})
     return pid
 
 
@@ -96,19 +97,19 @@ def start_search(settings: SearchSettings, extra_json: dict[str, dict] | None = 
     except FileExistsError:
         raise artifacts.RunError(f"a run named {settings.name!r} already exists: pick another name") from None
     progress = {"trials_done": 0, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    artifacts.write_json(folder / artifacts.PROGRESS, {**progress, "state": "starting", "phase": "starting",
+    files.write_json(folder / artifacts.PROGRESS, {**progress, "state": "starting", "phase": "starting",
                                                        "pid": os.getpid(), "host": artifacts.this_host(), LAUNCHING: True})
     for file_name, content in (extra_json or {}).items():
-        artifacts.write_json(folder / file_name, content)
-    artifacts.write_json(folder / artifacts.SETTINGS, settings.to_dict())
+        files.write_json(folder / file_name, content)
+    files.write_json(folder / artifacts.SETTINGS, settings.to_dict())
     _launch_visibly(folder, settings.artifacts_dir, progress)
     return settings.name
 
 
 def start_repeat(artifacts_dir: str, source: str, n_seeds: int, name: str | None = None) -> str:
-    """Start a repeat of `source`'s best hyperparameters with other seeds in the background (`core.repeat`);
+    """Start a repeat of `source`'s best hyperparameters with other seeds in the background (`core.workflows.repeat`);
     returns the new run's name. Bad input is refused here, before any process starts."""
-    from core import repeat
+    from core.workflows import repeat
 
     _reap()
     settings = repeat.plan_repeat(artifacts_dir, source, n_seeds, name)
@@ -120,12 +121,12 @@ def start_repeat(artifacts_dir: str, source: str, n_seeds: int, name: str | None
 
 
 def start_recipe(artifacts_dir: str, recipe_name: str, data_dir: str, overrides: dict | None = None) -> str:
-    """Start the recommended recipe (`core.recipe`) in the background; returns its first step's run name.
+    """Start the recommended recipe (`core.workflows.recipe`) in the background; returns its first step's run name.
 
     The first step's folder is made here, reading as starting, so the page lists it at once;
     `core resume` of a recipe's step goes on with the whole chain.
     """
-    from core import recipe
+    from core.workflows import recipe
 
     plan = recipe.make_plan(recipe_name, data_dir, overrides)
     for name in plan["steps"]:
@@ -137,7 +138,7 @@ def start_recipe(artifacts_dir: str, recipe_name: str, data_dir: str, overrides:
 
 def continue_recipe(artifacts_dir: str, recipe_name: str) -> int:
     """Go on with a recipe none of whose steps is running (stopped, failed, or ended between steps); returns the pid."""
-    from core import recipe
+    from core.workflows import recipe
 
     _reap()
     plan = recipe.find_plan(artifacts_dir, recipe_name)
@@ -170,7 +171,7 @@ def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
     try:
         run = artifacts.load_run(artifacts_dir, name)
     except artifacts.RunError:
-        from core import recipe
+        from core.workflows import recipe
 
         try:
             plan = recipe.find_plan(artifacts_dir, name)
@@ -192,57 +193,3 @@ def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
             pass
     _reap()
     return f"{'killed' if force else 'asked to stop'}: run {run.name!r} (completed trials are kept; resume to continue)"
-
-
-def estimate_remaining_s(progress: dict) -> float | None:
-    """Seconds left, from the time spent so far on the trials and epochs already done."""
-    total, done = progress.get("trials_total"), progress.get("trials_done") or 0
-    epochs, epoch = progress.get("epochs"), progress.get("epoch") or 0
-    elapsed = (progress.get("elapsed_s") or 0.0) + (progress.get("elapsed_before_s") or 0.0)
-    if not total or not epochs or progress.get("phase") != "searching":
-        return None
-    finished = done + min(max(epoch - 1, 0), epochs) / epochs  # the current epoch is not done yet
-    if finished <= 0:
-        return None
-    return max(0.0, elapsed / finished * (total - finished))
-
-
-# What a search costs besides the family's own figures (`models.Family.cost`), per image on the
-# same reference machine (README, "Benchmarks").
-AUGMENT_MS = 6.0  # one augmented view of one image at 224 px (Keras preprocessing layers)
-STRESS_CONDITIONS = 7  # the stress test scores the validation images this many ways (core.stress)
-HEAD_STEP_MS = 0.1  # a head on cached feature vectors
-STARTUP_S = 10.0  # TensorFlow import, scanning, model build and conversion
-DECODE_MS = 1.5  # first decode and resize (pixels are cached per size afterwards)
-TRAIN_SHARE, VAL_SHARE = 0.7, 0.15  # of the images, when splits are carved
-
-
-def estimate_search_s(
-    family: str, mode: str, image_size: int, trials: int, epochs: int, n_images: int,
-    activation_cache: bool = True, views: int = 0,
-) -> float:
-    """Order of magnitude of a search's time on a 2-core CPU, before it starts.
-
-    Frozen transfer learning pays for one backbone pass, then seconds per trial; fine-tuning pays
-    for one pass below the cut (and one per augmented view), then a step of the top per image and
-    epoch; the custom CNN and uncached fine-tuning pay a whole training step per image and epoch.
-    Costs scale with the pixel count.
-    """
-    info = models.FAMILIES[family]
-    cost = info.cost
-    scale = (image_size / info.default_image_size) ** 2
-    n_train, n_val = TRAIN_SHARE * n_images, VAL_SHARE * n_images
-    fixed = STARTUP_S + n_images * DECODE_MS / 1000
-    if not info.transfer:
-        step = cost.scratch_step_ms * scale / 1000
-        return fixed + trials * epochs * (n_train + n_val / 3) * step  # validation: forward only
-    if mode == "frozen":
-        features = n_images * cost.frozen_pass_ms * scale / 1000
-        return fixed + features + trials * (0.5 + epochs * n_train * HEAD_STEP_MS / 1000)
-    stress = STRESS_CONDITIONS * n_val * cost.frozen_pass_ms * scale / 1000
-    if activation_cache:
-        bottom = (n_images + views * n_train) * cost.bottom_pass_ms * scale / 1000 + views * n_train * AUGMENT_MS * scale / 1000
-        step = cost.top_step_ms * scale / 1000
-        return fixed + bottom + stress + trials * (1.0 + epochs * (n_train + n_val / 3) * step)
-    step = cost.finetune_step_ms * scale / 1000
-    return fixed + trials * epochs * (n_train + n_val / 3) * step

@@ -1,9 +1,9 @@
 """Compare page: the evidence sections, each one function that lays out what `core` computed.
 
-Curves (`core.curves`), the metrics table with intervals and the downloads, validation against
-test (`core.shift`) and the stress test (`core.stress`), the three-class section
-(`core.multiclass`), the paired test (`core.evidence`) and errors by kind of image; every
-label and sentence they share with the HTML report comes from `core.wording`.
+Curves (`core.reporting.curves`), the metrics table with intervals and the downloads, validation against
+test (`core.evidence.shift`) and the stress test (`core.evidence.stress`), the three-class section
+(`core.evidence.multiclass`), the paired test (`core.evidence`) and errors by kind of image; every
+label and sentence they share with the HTML report comes from `core.reporting.wording`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from core import comparison, curves, evidence, figures, repeat, report, shift, stress, tasks, wording
+from core.data import tasks
+from core.evidence import comparison, run_evidence, shift, stress
+from core.reporting import curves, figures, report, wording
+from core.workflows import repeat
 from pages import _loaders as load
 from pages._compare_runs import Picked
 
@@ -46,7 +49,7 @@ def curves_section(view: Picked) -> None:
 def metrics_section(view: Picked) -> None:
     """The metrics table with intervals and run facts, the spread over seeds, and the CSV and report downloads."""
     st.header("Metrics")
-    ci = wording.ci_label(evidence.CONFIDENCE)
+    ci = wording.ci_label(run_evidence.CONFIDENCE)
     # the evidence first, what the run is after it
     metrics_table = pd.concat([wording.metrics_table(view.evidences), comparison.facts_table(view.picked_runs)], axis=1)
     interval_help = wording.intervals_note(view.n_resamples, view.seed)
@@ -177,7 +180,7 @@ def paired_test_section(view: Picked) -> None:
         st.session_state.pop("paired_b", None)
     run_b = c2.selectbox("Run B", others, index=0, key="paired_b")
     try:  # with more than two runs picked, Holm-adjusted over every pair of them that can be paired
-        paired = evidence.paired_among(
+        paired = run_evidence.paired_among(
             run_a, run_b, [(n, view.predictions[n], view.thresholds[n]) for n in picked], run_tasks=view.run_tasks
         )
     except ValueError as error:
@@ -215,19 +218,19 @@ def _test_box(heading: str, figures: list[tuple[str, str]], interval: str, adjus
     st.caption(caption)
 
 
-def _auc_test(paired: evidence.PairedEvidence) -> None:
+def _auc_test(paired: run_evidence.PairedEvidence) -> None:
     d = paired.delong_by_patient
     _test_box(
         f"**AUCs, by patient** (DeLong's test clustered by patient) · {paired.n_images:,} shared test images "
         f"of {paired.n_patients:,} patients",
         [("AUC A", f"{d.auc_a:.3f}"), ("AUC difference (A − B)", f"{d.difference:+.3f}"), ("DeLong p (by patient)", wording.format_p(d.p_value))],
-        f"{wording.ci_label(evidence.CONFIDENCE)} of the difference, by patient: **{wording.difference_interval(d)}** · AUC B {d.auc_b:.3f}",
+        f"{wording.ci_label(run_evidence.CONFIDENCE)} of the difference, by patient: **{wording.difference_interval(d)}** · AUC B {d.auc_b:.3f}",
         ("DeLong p, Holm-adjusted", paired.p_auc_adjusted) if paired.adjusted else None,
         wording.auc_sentence(paired),
     )
 
 
-def _error_test(paired: evidence.PairedEvidence) -> None:
+def _error_test(paired: run_evidence.PairedEvidence) -> None:
     mc = paired.mcnemar_by_patient
     _test_box(
         f"**Errors, by patient** (McNemar's test clustered by patient) · A at {paired.threshold_a:.3f}, "
@@ -243,7 +246,7 @@ def _error_test(paired: evidence.PairedEvidence) -> None:
 def errors_by_kind_section(view: Picked) -> None:
     """Each run's error rate per kind of image (normal, bacterial, viral) at its threshold."""
     st.header("Errors by kind of image")
-    errors = evidence.errors_table(view.evidences)
+    errors = run_evidence.errors_table(view.evidences)
     if errors.empty:
         st.info("These predictions carry no kind of image (normal, bacteria, virus).")
         return

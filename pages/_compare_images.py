@@ -1,6 +1,6 @@
 """Compare page: every test image with each run's probability, and the selected image's Grad-CAM per run.
 
-The join, the "wrong in" / "disagree" columns and the filters are `core.comparison`'s.
+The join, the "wrong in" / "disagree" columns and the filters are `core.evidence.comparison`'s.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, comparison, figures
+from core.evidence import comparison
+from core.reporting import figures
+from core.runs import artifacts
 from pages import _loaders as load
 from pages import _shared as ui
 from pages._compare_runs import Picked

@@ -13,7 +13,11 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, comparison, ensemble, evidence, figures, tasks
+from core.data import tasks
+from core.evidence import comparison, run_evidence
+from core.inference import ensemble
+from core.reporting import figures
+from core.runs import artifacts
 from pages import _loaders as load
 from pages import _shared as ui
 from pages._compare_thresholds import choice_key, threshold_key
@@ -33,16 +37,16 @@ class Picked:
     colors: dict[str, str]
     n_resamples: int
     seed: int
-    at_saved: dict[str, evidence.RunEvidence]  # at the validation-chosen threshold: its operating points
+    at_saved: dict[str, run_evidence.RunEvidence]  # at the validation-chosen threshold: its operating points
     thresholds: dict[str, float]  # the thresholds in use
-    items: dict[str, evidence.RunEvidence]  # at the thresholds in use
+    items: dict[str, run_evidence.RunEvidence]  # at the thresholds in use
 
     @property
     def picked_runs(self) -> list[artifacts.Run]:
         return [self.by_name[name] for name in self.names]
 
     @property
-    def evidences(self) -> list[evidence.RunEvidence]:
+    def evidences(self) -> list[run_evidence.RunEvidence]:
         return [self.items[name] for name in self.names]
 
 
@@ -64,7 +68,7 @@ def pick_runs(folder: str, runs: list[artifacts.Run]) -> Picked:
     picked = [name for name in picked if name in predictions]
     if not picked:
         st.stop()
-    # What each run answers (core.tasks): a three-class run is compared on its derived binary view.
+    # What each run answers (core.data.tasks): a three-class run is compared on its derived binary view.
     run_tasks = {name: comparison.run_task(by_name[name]) for name in picked}
     _, positive = comparison.binary_names([by_name[n] for n in picked])
     for note in comparison.question_notes([by_name[n] for n in picked]):
@@ -74,7 +78,7 @@ def pick_runs(folder: str, runs: list[artifacts.Run]) -> Picked:
     thresholds, items = {}, {}
     for name in picked:
         st.session_state.setdefault(threshold_key(name), by_name[name].threshold)
-        st.session_state.setdefault(choice_key(name), evidence.VALIDATION_CHOICE)
+        st.session_state.setdefault(choice_key(name), run_evidence.VALIDATION_CHOICE)
         thresholds[name] = float(st.session_state[threshold_key(name)])
         items[name] = load.evidence_for(by_name[name], thresholds[name], n_resamples, seed)
     return Picked(
@@ -88,11 +92,11 @@ def _interval_settings(column) -> tuple[int, int]:
     with column.popover("Intervals", icon=":material/tune:", width="stretch"):
         n_resamples = int(
             st.number_input(
-                "Bootstrap resamples", min_value=100, max_value=20_000, value=evidence.N_RESAMPLES, step=100, key="compare_resamples",
+                "Bootstrap resamples", min_value=100, max_value=20_000, value=run_evidence.N_RESAMPLES, step=100, key="compare_resamples",
                 help="Each resample draws the test patients with replacement (all images of a drawn patient together).",
             )
         )
-        seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=evidence.SEED, step=1, key="compare_seed"))
+        seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=run_evidence.SEED, step=1, key="compare_seed"))
         st.caption("95 % intervals: the AUC's is a patient bootstrap (the same seed gives the same interval); sensitivity, "
                    "specificity and accuracy use Wilson's interval with the patients' design effect (no resampling).")
     return n_resamples, seed

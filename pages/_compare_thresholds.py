@@ -1,7 +1,7 @@
 """Compare page: each run's threshold control (an operating point or a slider) and its confusion matrix.
 
 The widgets' state lives under `threshold_key(run)` and `choice_key(run)`; which menu entries
-exist and where the slider ends are `core.evidence.RunEvidence`'s rules.
+exist and where the slider ends are `core.evidence.run_evidence.RunEvidence`'s rules.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from core import comparison, evidence, figures, wording
+from core.evidence import comparison, run_evidence
+from core.reporting import figures, wording
 from pages import _shared as ui
 
 if TYPE_CHECKING:
@@ -27,24 +28,24 @@ def choice_key(name: str) -> str:
     return f"operating_point::{name}"
 
 
-def _apply_choice(name: str, at_saved: evidence.RunEvidence) -> None:
+def _apply_choice(name: str, at_saved: run_evidence.RunEvidence) -> None:
     """An operating point was picked: move the slider to its threshold."""
     picked_choice = at_saved.choice(st.session_state[choice_key(name)])
     if picked_choice is not None:
         st.session_state[threshold_key(name)] = picked_choice.threshold
 
 
-def _slider_moved(name: str, at_saved: evidence.RunEvidence) -> None:
+def _slider_moved(name: str, at_saved: run_evidence.RunEvidence) -> None:
     """The slider was moved by hand: the operating point becomes "custom" (unless it landed on one)."""
     value = float(st.session_state[threshold_key(name)])
     key = at_saved.choice_after_move(st.session_state.get(choice_key(name)), value)
-    if key == evidence.CUSTOM_CHOICE:
+    if key == run_evidence.CUSTOM_CHOICE:
         st.session_state[choice_key(name)] = key
 
 
 def _reset_threshold(name: str, saved_threshold: float) -> None:
     st.session_state[threshold_key(name)] = saved_threshold
-    st.session_state[choice_key(name)] = evidence.VALIDATION_CHOICE
+    st.session_state[choice_key(name)] = run_evidence.VALIDATION_CHOICE
 
 
 def confusion_matrices_section(view: Picked) -> None:
@@ -66,7 +67,7 @@ def _run_threshold_box(view: Picked, name: str) -> None:
     run, at_saved, item = view.by_name[name], view.at_saved[name], view.items[name]
     options = at_saved.choice_keys
     if st.session_state.get(choice_key(name)) not in options:
-        st.session_state[choice_key(name)] = evidence.CUSTOM_CHOICE
+        st.session_state[choice_key(name)] = run_evidence.CUSTOM_CHOICE
     st.markdown(f"<span style='color:{view.colors[name]}'>●</span> **{name}**", unsafe_allow_html=True)
     st.selectbox(
         "Operating point", options, key=choice_key(name), on_change=_apply_choice, args=(name, at_saved),

@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, data
+from core import files
+from core.data import folders, splitting
+from core.runs import artifacts
 
 # --------------------------------------------------------------------------
 # Data folders
@@ -45,36 +47,36 @@ def folder_fingerprint(root: Path) -> str:
 
 
 @st.cache_data(max_entries=4, show_spinner="Scanning the data folder…")
-def _dataset(root: str, fingerprint: str) -> data.Dataset:
+def _dataset(root: str, fingerprint: str) -> folders.Dataset:
     """One scan per version of a folder (checking every image's header is the slow part)."""
-    return data.scan_folder(root)
+    return folders.scan_folder(root)
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def _scan(root: str, fingerprint: str) -> tuple[dict, pd.DataFrame]:
     dataset = _dataset(root, fingerprint)
-    return data.summarize(dataset), dataset.table
+    return splitting.summarize(dataset), dataset.table
 
 
 @st.cache_data(max_entries=4, show_spinner="Splitting by patient…")
 def _split(root: str, fingerprint: str, seed: int = 42, task_name: str = "pneumonia") -> tuple[dict | None, str]:
-    from core import tasks
+    from core.data import tasks
 
     task = tasks.task_for(task_name)
     dataset = _dataset(root, fingerprint)  # a copy: cache_data hands out copies, so notes can grow
     try:
-        data.require_usable(dataset, task)
-        table, notes = data.assign_splits(dataset.table, seed=seed, task=task)
-    except data.DataError as error:
+        folders.require_usable(dataset, task)
+        table, notes = splitting.assign_splits(dataset.table, seed=seed, task=task)
+    except folders.DataError as error:
         return None, str(error)
     dataset.notes.extend(notes)
-    return data.summarize(dataset, table, task), ""
+    return splitting.summarize(dataset, table, task), ""
 
 
 def summary_for(root: Path) -> dict | None:
     try:
         return _scan(str(root), folder_fingerprint(root))[0]
-    except data.DataError:
+    except folders.DataError:
         return None
 
 
@@ -102,7 +104,7 @@ def _mtime(path: Path) -> int:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def _model(path: str, mtime_ns: int):
-    from core import evaluation
+    from core.inference import evaluation
 
     return evaluation.load_model(path)
 
@@ -124,7 +126,7 @@ def models_mtime(run: artifacts.Run) -> tuple[int, ...]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _predictions(path: str, mtime_ns: int) -> pd.DataFrame:
-    return artifacts.read_csv(path)
+    return files.read_csv(path)
 
 
 def predictions_for(run: artifacts.Run) -> pd.DataFrame:
@@ -142,7 +144,7 @@ def val_predictions_for(run: artifacts.Run) -> pd.DataFrame | None:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _splits(path: str, mtime_ns: int) -> pd.DataFrame:
-    return artifacts.read_csv(path, usecols=["path", "split", "folder_split"])
+    return files.read_csv(path, usecols=["path", "split", "folder_split"])
 
 
 def splits_for(run: artifacts.Run) -> pd.DataFrame | None:
@@ -153,7 +155,7 @@ def splits_for(run: artifacts.Run) -> pd.DataFrame | None:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _trained_on(path: str, mtime_ns: int) -> frozenset[str]:
-    table = artifacts.read_csv(path, usecols=["path", "split"])
+    table = files.read_csv(path, usecols=["path", "split"])
     return frozenset(table.loc[table["split"].isin(["train", "val"]), "path"])
 
 
@@ -165,7 +167,7 @@ def trained_on(run: artifacts.Run) -> frozenset[str]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], images: tuple[tuple[str, bytes], ...]) -> pd.DataFrame:
-    from core import evaluation
+    from core.inference import evaluation
 
     run = artifacts.load_run(artifacts_folder, name)
     model = model_for(run)
@@ -173,7 +175,7 @@ def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...],
         paths = []
         for i, (file_name, content) in enumerate(images):
             suffix = Path(file_name).suffix.lower()
-            path = Path(folder) / f"{i:04d}{suffix if suffix in data.IMAGE_EXTENSIONS else '.img'}"
+            path = Path(folder) / f"{i:04d}{suffix if suffix in folders.IMAGE_EXTENSIONS else '.img'}"
             path.write_bytes(content)
             paths.append(str(path))
         table = evaluation.predict_files(run, paths, model=model, unusual=True)
@@ -193,16 +195,16 @@ def predict_images(run: artifacts.Run, images: list[tuple[str, bytes]]) -> pd.Da
 def _evidence(
     path: str, mtime_ns: int, val_path: str, val_mtime_ns: int, name: str, threshold: float, saved_threshold: float, n_resamples: int, seed: int
 ):
-    from core import evidence
+    from core.evidence import run_evidence
 
     validation = _predictions(val_path, val_mtime_ns) if val_mtime_ns else None
-    return evidence.run_evidence(
+    return run_evidence.run_evidence(
         name, _predictions(path, mtime_ns), threshold, saved_threshold, n_resamples=n_resamples, seed=seed, validation=validation
     )
 
 
 def evidence_for(run: artifacts.Run, threshold: float, n_resamples: int, seed: int):
-    """The run's `core.evidence.RunEvidence` at `threshold`, cached on its predictions file's mtime."""
+    """The run's `core.evidence.run_evidence.RunEvidence` at `threshold`, cached on its predictions file's mtime."""
     path = run.folder / artifacts.PREDICTIONS
     if not path.exists():
         raise artifacts.RunError(f"run {run.name!r} has no test predictions yet (state: {run.state})")
@@ -227,13 +229,13 @@ def _heatmap(
 ) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
-    from core import explanation
+    from core.inference import explanation
 
     run = artifacts.load_run(artifacts_folder, name)
     model = model_for(run)
     suffix = Path(file_name).suffix.lower()
     with tempfile.TemporaryDirectory(prefix="cxr-gradcam-") as folder:
-        path = Path(folder) / f"image{suffix if suffix in data.IMAGE_EXTENSIONS else '.img'}"
+        path = Path(folder) / f"image{suffix if suffix in folders.IMAGE_EXTENSIONS else '.img'}"
         path.write_bytes(content)
         heatmap, original = explanation.heatmap_for_run(run, path, model=model, class_name=class_name)
     original.thumbnail((OVERLAY_PX, OVERLAY_PX), Image.Resampling.LANCZOS)
@@ -247,11 +249,11 @@ def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity:
 
     The picture is PIL RGB at most OVERLAY_PX wide. The heatmap is cached per run, model file and
     image bytes; only the blend follows `opacity`. An ensemble's is the weighted mean of its
-    members' heatmaps (`core.explanation.combine_heatmaps`). An all-zero heatmap (nothing in the image pushes
+    members' heatmaps (`core.inference.explanation.combine_heatmaps`). An all-zero heatmap (nothing in the image pushes
     the run towards pneumonia) gives a uniformly cold overlay, hence the flag. Raises `RunError`
     (no model) or `ValueError`/`OSError` (an image or a model Grad-CAM cannot use).
     """
-    from core import explanation
+    from core.inference import explanation
 
     if not run.has_model:
         raise artifacts.RunError(f"run {run.name!r} has no saved model")
@@ -261,12 +263,13 @@ def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _class_evidence(path: str, mtime_ns: int, name: str, task_name: str, n_resamples: int, seed: int):
-    from core import multiclass, tasks
+    from core.data import tasks
+    from core.evidence import multiclass
 
     return multiclass.class_evidence(name, _predictions(path, mtime_ns), tasks.task_for(task_name), n_resamples=n_resamples, seed=seed)
 
 
 def class_evidence_for(run: artifacts.Run, n_resamples: int, seed: int):
-    """A three-class run's `core.multiclass.ClassEvidence` (argmax metrics, intervals, one-vs-rest curves), cached."""
+    """A three-class run's `core.evidence.multiclass.ClassEvidence` (argmax metrics, intervals, one-vs-rest curves), cached."""
     path = run.folder / artifacts.PREDICTIONS
     return _class_evidence(str(path), _mtime(path), run.name, run.task, int(n_resamples), int(seed))

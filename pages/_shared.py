@@ -3,7 +3,7 @@
 Not a page itself (streamlit_app.py lists the pages). The folders live in `st.session_state`
 under `data_dir` and `artifacts_dir`, so they survive page switches. The cached loaders are in
 `pages/_loaders.py`; the rules about runs (test AUC, each family's default run) on
-`core.artifacts.Run`.
+`core.runs.artifacts.Run`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core import artifacts, data, demo
+from core.data import demo, folders
+from core.runs import artifacts
 from pages import _loaders as load
 
 DATA_KEY = "data_dir"
@@ -113,8 +114,8 @@ def check_data_dir(folder: str) -> tuple[Path | None, str]:
     if not folder:
         return None, "type the folder that holds train/ and test/ (each with NORMAL/ and PNEUMONIA/)"
     try:
-        return data.find_data_root(folder), ""
-    except data.DataError as error:
+        return folders.find_data_root(folder), ""
+    except folders.DataError as error:
         return None, str(error)
 
 
@@ -180,14 +181,14 @@ def sidebar() -> None:
 
 def runs_with_metrics(folder: str, archived: bool | None = False) -> list[artifacts.Run]:
     """Runs with test predictions; archived ones only with `archived=None` (both) or True (only them)."""
-    from core import catalog
+    from core.runs import catalog
 
     runs = [r for r in artifacts.list_runs(folder) if r.metrics and (r.folder / artifacts.PREDICTIONS).exists()]
     return catalog.filter_runs(runs, archived=archived)
 
 
 def runs_with_model(folder: str, archived: bool | None = False) -> list[artifacts.Run]:
-    from core import catalog
+    from core.runs import catalog
 
     return catalog.filter_runs([r for r in artifacts.list_runs(folder) if r.metrics and r.has_model], archived=archived)
 
@@ -241,7 +242,7 @@ GRADCAM_PREDICTED = "predicted class"
 def gradcam_class_choice(runs: list[artifacts.Run], key: str) -> str | None:
     """A select box for the class three-class runs' Grad-CAM explains (shown only when one is picked):
     None for each run's predicted class, else a class of the three-class task."""
-    from core import tasks
+    from core.data import tasks
 
     if not any(not tasks.task_for(r.task).is_binary for r in runs):
         return None
@@ -258,7 +259,7 @@ def gradcam_class_choice(runs: list[artifacts.Run], key: str) -> str | None:
 def explained_class(run: artifacts.Run, class_name: str | None, label: str = "") -> str:
     """What a run's Grad-CAM explains, in words: a two-class run's positive class, a three-class
     run's chosen class or (None) its predicted one (`label`, its argmax class)."""
-    from core import tasks
+    from core.data import tasks
 
     task = tasks.task_for(run.task)
     if task.is_binary:

@@ -1,5 +1,5 @@
 """The Tune form's search space editor: every hyperparameter of the chosen search with its range or
-choices and help, to narrow, fix or thin out. Layout only: `core.search_space` defines the space
+choices and help, to narrow, fix or thin out. Layout only: `core.models.search_space` defines the space
 and checks the edits."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 
 import streamlit as st
 
-from core import search_space
+from core.models import search_space
 
 
 def space_editor(family: str, mode: str, image_size: int, augment: str) -> dict:

@@ -1,6 +1,6 @@
 """The Trials view of one run (Tune page: run details and the live panel of a running search).
 
-Only layout: the numbers come from `core.trials`, the figures from `core.trial_figures`.
+Only layout: the numbers come from `core.runs.trials`, the figures from `core.reporting.trial_figures`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, trial_figures, trials
+from core.reporting import trial_figures
+from core.runs import artifacts, trials
 
 OLD_RUN_NOTE = (
     "This run was saved before per-epoch histories were kept: the table and figures use trials.json only "

@@ -5,8 +5,9 @@ import random
 import pandas as pd
 import streamlit as st
 
-from core import data, demo, figures, tasks
-from core.download import DOWNLOAD_SIZE, KAGGLE_URL, DownloadError, download_public_dataset
+from core.data import demo, folders, splitting, tasks
+from core.data.download import DOWNLOAD_SIZE, KAGGLE_URL, DownloadError, download_public_dataset
+from core.reporting import figures
 from pages import _loaders as load
 from pages import _shared as ui
 
@@ -70,7 +71,7 @@ if root is None:
 
 try:
     summary, table = load.scan_for(root)
-except data.DataError as error:
+except folders.DataError as error:
     _get_the_data(str(error))
     st.stop()
 
@@ -111,7 +112,7 @@ if view.startswith("As a search"):
 images = shown["images"]
 total_patients = int(table["patient"].nunique()) if len(table) else 0
 negative, positive = task.binary_names  # the task's classes: a bacterial-vs-viral split shows viral : bacterial
-ratio = data.positive_per_negative(shown.get("task_images") or {}, task)
+ratio = splitting.positive_per_negative(shown.get("task_images") or {}, task)
 cols = st.columns(4)
 cols[0].metric("Images", f"{shown['total_images']:,}")
 cols[1].metric("Patients", f"{total_patients:,}")
@@ -133,7 +134,7 @@ if images:
         )
         weights = shown.get("class_weights") or {}
         if weights:
-            train_ratio = data.positive_per_negative(shown.get("task_images") or {}, task, ["train"])
+            train_ratio = splitting.positive_per_negative(shown.get("task_images") or {}, task, ["train"])
             st.caption(
                 "Training split: "
                 + (f"{train_ratio:.2f} {positive} images per {negative} one; " if train_ratio else "")

@@ -7,7 +7,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import artifacts, comparison, data, demo, figures, tasks
+from core.data import demo, folders, tasks
+from core.evidence import comparison
+from core.reporting import figures
+from core.runs import artifacts
 from pages import _loaders as load
 from pages import _shared as ui
 
@@ -55,9 +58,9 @@ with right:
         if c2.button("Pick at random", icon=":material/shuffle:", key="predict_pick", disabled=table.empty):
             rng = random.Random()
             chosen = []
-            for i, class_name in enumerate(data.CLASS_NAMES):  # half of each class
+            for i, class_name in enumerate(folders.CLASS_NAMES):  # half of each class
                 paths = list(table.loc[table["class_name"] == class_name, "path"])
-                want = int(how_many) // 2 + (int(how_many) % 2 if i == len(data.CLASS_NAMES) - 1 else 0)
+                want = int(how_many) // 2 + (int(how_many) % 2 if i == len(folders.CLASS_NAMES) - 1 else 0)
                 chosen += [(path, class_name) for path in rng.sample(paths, min(want, len(paths)))]
             st.session_state["predict_samples"] = chosen
         if st.session_state.get("predict_samples") and st.button("Clear the picked images", key="predict_clear"):

@@ -2,8 +2,13 @@
 
 import streamlit as st
 
-from core import artifacts, augmentation, catalog, data, demo, jobs, models, presets, recipe, repeat, tasks
-from core.settings import TUNERS, SearchSettings, SettingsError
+from core import jobs
+from core.data import augmentation, demo, folders, tasks
+from core.models import backbones, families
+from core.runs import artifacts, catalog
+from core.search import cost, presets
+from core.search.settings import TUNERS, SearchSettings, SettingsError
+from core.workflows import recipe, repeat
 from pages import _loaders as load
 from pages import _shared as ui
 from pages._space_editor import space_editor
@@ -52,7 +57,7 @@ def apply_preset() -> None:
         "weights": "tune_weights", "augment": "tune_augment", "augment_views": "tune_augment_views", "tta": "tune_tta",
     }
     defaults = {"tuner": "random", "weights": "imagenet", "augment": "off", "augment_views": 3, "tta": 1,
-                "image_size": models.FAMILIES[family_name].default_image_size}
+                "image_size": families.FAMILIES[family_name].default_image_size}
     for setting, key in widget_keys.items():
         if setting in chosen or setting in defaults:
             st.session_state[key] = chosen.get(setting, defaults.get(setting))
@@ -62,12 +67,12 @@ def _start_recipe() -> None:
     state = st.session_state
     try:
         if root is None:
-            raise data.DataError(data_problem)
+            raise folders.DataError(data_problem)
         first = jobs.start_recipe(folder, str(state.get("tune_recipe_name") or "").strip(), str(root),
                                   {"task": state.get("tune_recipe_task"), "seed": int(state.get("tune_recipe_seed", 42))})
         state["tune_recipe_message"] = ("success", f"Started the recipe in the background: its first step, **{first}**, "
                                                    "is under Running searches.")
-    except (SettingsError, artifacts.RunError, data.DataError, models.WeightsError, OSError) as error:
+    except (SettingsError, artifacts.RunError, folders.DataError, backbones.WeightsError, OSError) as error:
         state["tune_recipe_message"] = ("error", f"Not started: {error}")
 
 
@@ -113,10 +118,10 @@ with st.container(border=True):
         st.caption(f":material/recommend: {presets.PRESETS[preset_name].description} Same from a terminal: "
                    f"`{presets.PRESETS[preset_name].command()}`")
     family = st.selectbox(
-        "Model family", list(models.FAMILIES), key="tune_family",
-        format_func=lambda name: f"{name} — {models.FAMILIES[name].description}",
+        "Model family", list(families.FAMILIES), key="tune_family",
+        format_func=lambda name: f"{name} — {families.FAMILIES[name].description}",
     )
-    info = models.FAMILIES[family]
+    info = families.FAMILIES[family]
     st.caption(f":material/lightbulb: {info.hint}")
     task = st.selectbox(
         "Task", list(tasks.TASKS), key="tune_task", format_func=lambda name: f"{name} — {tasks.DESCRIPTIONS[name]}",
@@ -157,7 +162,7 @@ with st.container(border=True):
     if info.transfer:
         c1, c2 = st.columns(2)
         mode = c1.radio(
-            "Transfer mode", models.MODES, horizontal=True, key="tune_mode",
+            "Transfer mode", families.MODES, horizontal=True, key="tune_mode",
             help="frozen: the ImageNet backbone is fixed and only a head is trained (the paper's protocol). "
             "finetune: the backbone's top layers train too (slower, often better).",
         )
@@ -174,7 +179,7 @@ with st.container(border=True):
                 int(image_size), "imagenet", st.session_state.get("tune_mobilenet_version", info.default_version), st.session_state.get("tune_alpha", 1.0)
             )
             try:
-                local = models.keras_models_dir() / spec.arch.weights_file(int(image_size), spec.alpha)
+                local = backbones.keras_models_dir() / spec.arch.weights_file(int(image_size), spec.alpha)
             except ValueError:
                 st.caption(f"Keras publishes no ImageNet weights for {spec.architecture} at width {spec.alpha}: pick another width.")
             else:
@@ -235,7 +240,7 @@ with st.container(border=True):
     total_images = summary["total_images"] if summary else 0
     n_images = min(total_images, 6 * int(max_per_class)) if max_per_class else total_images
     if n_images:
-        seconds = jobs.estimate_search_s(
+        seconds = cost.estimate_search_s(
             family, mode, int(image_size), int(trials), int(epochs), n_images, views=int(views) if augment != "off" else 0
         )
         st.info(
@@ -249,7 +254,7 @@ with st.container(border=True):
 if start:
     try:
         if root is None:
-            raise data.DataError(data_problem)
+            raise folders.DataError(data_problem)
         settings = SearchSettings(
             data_dir=str(root), family=family, task=task, tuner=tuner, trials=int(trials), epochs=int(epochs),
             image_size=int(image_size), weights=weights, mode=mode if info.transfer else "frozen",
@@ -258,7 +263,7 @@ if start:
             augment=augment, augment_views=int(views), tta=int(tta), space=space_edits or None, patience=int(patience),
         ).resolved()
         started = jobs.start_search(settings)
-    except (SettingsError, artifacts.RunError, data.DataError, OSError) as error:
+    except (SettingsError, artifacts.RunError, folders.DataError, OSError) as error:
         st.error(f"Not started: {error}", icon=":material/block:")
     else:
         # Rerun so the sidebar and the lists below see the new run; the message survives the rerun.
@@ -301,7 +306,7 @@ def live_panel(folder: str, name: str) -> None:
         cols[1].metric("Epoch", f"{epoch or '–'} of {epochs or '?'}")
         cols[2].metric("Best val AUC", ui.format_number(progress.get("best_val_auc")))
         cols[3].metric("Elapsed", ui.format_duration(run.elapsed_s()))
-        cols[4].metric("Time left", ui.format_duration(jobs.estimate_remaining_s(progress)), help="From the time the finished epochs took")
+        cols[4].metric("Time left", ui.format_duration(cost.estimate_remaining_s(progress)), help="From the time the finished epochs took")
         if total and epochs:
             fraction = min(1.0, (done + min(max(epoch - 1, 0), epochs) / epochs) / total)
             st.progress(fraction, text=progress.get("message") or "")
@@ -359,7 +364,7 @@ def _save_notes(name: str) -> None:
 
 
 def _export(name: str) -> None:
-    from core import export
+    from core.reporting import export
 
     try:
         st.session_state["tune_export"] = (name, export.export_bytes(folder, name))
@@ -378,7 +383,7 @@ def _repeat(name: str) -> None:
 
 
 def repeat_panel(run: artifacts.Run) -> None:
-    """Repeat the run's best hyperparameters with other seeds (core.repeat); for a repeat, its spread over the seeds."""
+    """Repeat the run's best hyperparameters with other seeds (core.workflows.repeat); for a repeat, its spread over the seeds."""
     name = run.name
     with st.container(border=True):
         st.markdown(f"**{name}** · repeat the best with other seeds")

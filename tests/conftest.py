@@ -71,7 +71,7 @@ def make_runs(artifacts_dir: Path, other_split_dir: Path | None = None) -> Path:
         (
             FAILED_RUN,
             {"state": "failed", "phase": "failed", "trials_done": 0, "trials_total": 3, "elapsed_s": 2.5, "error": FAILED_ERROR},
-            "Traceback (most recent call last):\n  File \"core/tuning.py\", line 300, in prepare_split\n" + FAILED_ERROR + "\n",
+            "Traceback (most recent call last):\n  File \"core/search/loop.py\", line 300, in prepare_split\n" + FAILED_ERROR + "\n",
         ),
         (
             INTERRUPTED_RUN,  # "running" with a process that is gone: shown as interrupted

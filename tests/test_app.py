@@ -16,7 +16,12 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import artifacts, download, evaluation, evidence, shift, statistics, wording
+from core import files
+from core.data import download
+from core.evidence import run_evidence, shift, statistics
+from core.inference import evaluation
+from core.reporting import wording
+from core.runs import artifacts
 from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, OTHER_SPLIT_RUN, REPO
 
 # Loading a saved model without compiling it makes Keras say it skips the optimizer's state.
@@ -266,12 +271,12 @@ def set_tiny_search(at: AppTest, name: str) -> AppTest:
 
 
 def test_tune_form_adapts_to_each_family(data_dir, empty_dir):
-    from core import models
+    from core.models import families
 
     at = page("tune", data_dir, empty_dir)
     listed = at.selectbox(key="tune_family").options
-    assert [option.split(" — ")[0] for option in listed] == list(models.FAMILIES)  # every registered family
-    for family, info in models.FAMILIES.items():
+    assert [option.split(" — ")[0] for option in listed] == list(families.FAMILIES)  # every registered family
+    for family, info in families.FAMILIES.items():
         at.selectbox(key="tune_family").set_value(family).run()
         no_exception(at)
         assert info.hint in texts(at.caption)
@@ -407,7 +412,7 @@ def test_compare_per_image_filters(data_dir, runs_dir):
 
 
 def fixture_predictions(runs_dir: Path, name: str) -> pd.DataFrame:
-    return artifacts.read_csv(runs_dir / name / "predictions.csv")
+    return files.read_csv(runs_dir / name / "predictions.csv")
 
 
 def test_compare_shows_intervals_and_the_evidence_figures(data_dir, runs_dir):
@@ -488,7 +493,7 @@ def test_compare_paired_test_of_two_runs_on_the_same_images(data_dir, runs_dir):
     assert (shown["b: A right, B wrong"], shown["c: A wrong, B right"], shown["McNemar p (by patient)"]) == (
         str(expected.b), str(expected.c), wording.format_p(expected.p_value),
     )
-    pair = evidence.paired_evidence("cnn-small", small, metrics_of(runs_dir, "cnn-small")["threshold"], "cnn-wide", wide, metrics_of(runs_dir, "cnn-wide")["threshold"])
+    pair = run_evidence.paired_evidence("cnn-small", small, metrics_of(runs_dir, "cnn-small")["threshold"], "cnn-wide", wide, metrics_of(runs_dir, "cnn-wide")["threshold"])
     assert wording.auc_sentence(pair) in texts(at.caption)
     assert wording.errors_sentence(pair) in texts(at.caption)
     at.slider(key="threshold::cnn-small").set_value(0.0).run()  # McNemar follows A's threshold
@@ -501,7 +506,7 @@ def test_compare_paired_test_of_two_runs_on_the_same_images(data_dir, runs_dir):
     at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide", "mobilenet-none"]).run()
     no_exception(at)
     runs = [(n, fixture_predictions(runs_dir, n), at.slider(key=f"threshold::{n}").value) for n in ("cnn-small", "cnn-wide", "mobilenet-none")]
-    family, _ = evidence.pairwise_evidence(runs)
+    family, _ = run_evidence.pairwise_evidence(runs)
     shown = paired_metrics(at)
     assert shown["DeLong p, Holm-adjusted"] == wording.format_p(family[0].p_auc_adjusted)
     assert shown["McNemar p, Holm-adjusted"] == wording.format_p(family[0].p_errors_adjusted)
@@ -515,7 +520,7 @@ def test_compare_sentence_follows_the_patient_level_test(data_dir, copy_runs):
 
     folder = copy_runs(["cnn-small", "cnn-wide"])
     for name, table in zip(("cnn-small", "cnn-wide"), clustered_pair(), strict=True):
-        artifacts.write_csv(folder / name / artifacts.PREDICTIONS, table)
+        files.write_csv(folder / name / artifacts.PREDICTIONS, table)
         metrics = json.loads((folder / name / "metrics.json").read_text())
         (folder / name / "metrics.json").write_text(json.dumps({**metrics, "threshold": 0.6}))
     at = page("compare", data_dir, folder)
@@ -557,7 +562,7 @@ def test_compare_operating_point_sets_the_threshold(data_dir, runs_dir):
 
     # The operating points are chosen on the run's validation predictions and measured on test.
     small = fixture_predictions(runs_dir, "cnn-small")
-    val = artifacts.read_csv(runs_dir / "cnn-small" / artifacts.VAL_PREDICTIONS)
+    val = files.read_csv(runs_dir / "cnn-small" / artifacts.VAL_PREDICTIONS)
     points = {p.name: p for p in statistics.operating_points(val["y_true"], val["probability"])}
     for key in ("sens@spec90", "spec@sens95"):
         at.selectbox(key="operating_point::cnn-small").set_value(key).run()
@@ -765,7 +770,7 @@ def test_predict_samples_from_the_data_folder(data_dir, runs_dir):
 
 
 def test_tune_preset_fills_the_form(data_dir, empty_dir):
-    from core import presets
+    from core.search import presets
 
     at = page("tune", data_dir, empty_dir)
     quick = presets.preset(presets.DEFAULT).settings  # the first visit starts from the quick preset
@@ -786,7 +791,7 @@ def test_tune_preset_fills_the_form(data_dir, empty_dir):
 
 
 def test_compare_shows_the_stress_test_of_each_run(data_dir, runs_dir):
-    from core import stress
+    from core.evidence import stress
 
     at = page("compare", data_dir, runs_dir)
     no_exception(at)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from core import artifacts
+from core.runs import artifacts
 from tests.helpers import SHARED_DATA, wait_for
 from tests.test_app import page, set_tiny_search, texts
 

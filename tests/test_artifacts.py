@@ -1,4 +1,4 @@
-"""core.artifacts.Run's run rules: its threshold, its AUCs, the default run of each family, its elapsed time."""
+"""core.runs.artifacts.Run's run rules: its threshold, its AUCs, the default run of each family, its elapsed time."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core import artifacts
+from core import files
+from core.runs import artifacts
 
 
 def make_run(
@@ -17,8 +18,8 @@ def make_run(
 ) -> artifacts.Run:
     """A run folder written by hand with only the files the rules read."""
     folder = root / name
-    artifacts.write_json(folder / artifacts.SETTINGS, {"name": name, "family": family})
-    artifacts.write_json(folder / artifacts.PROGRESS, progress or {"state": "completed"})
+    files.write_json(folder / artifacts.SETTINGS, {"name": name, "family": family})
+    files.write_json(folder / artifacts.PROGRESS, progress or {"state": "completed"})
     metrics: dict = {"val": {}, "test": {}}
     if val_auc is not None:
         metrics["val"]["auc"] = val_auc
@@ -26,7 +27,7 @@ def make_run(
         metrics["test"]["auc"] = test_auc
     if threshold is not None:
         metrics["threshold"] = threshold
-    artifacts.write_json(folder / artifacts.METRICS, metrics)
+    files.write_json(folder / artifacts.METRICS, metrics)
     return artifacts.load_run(root, name)
 
 

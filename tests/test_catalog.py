@@ -1,4 +1,4 @@
-"""Many runs (core.catalog): archive, restore, delete, notes and tags, filtering; on hand-made run folders."""
+"""Many runs (core.runs.catalog): archive, restore, delete, notes and tags, filtering; on hand-made run folders."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core import artifacts, catalog
-from core.artifacts import RunError
+from core.runs import artifacts, catalog
+from core.runs.artifacts import RunError
 
 
 def make_run(root: Path, name: str, family: str = "custom_cnn", state: str = "completed", **settings) -> Path:

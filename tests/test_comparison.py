@@ -1,4 +1,4 @@
-"""core.comparison: the same-images check, the run facts and the per-image join of several runs."""
+"""core.evidence.comparison: the same-images check, the run facts and the per-image join of several runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import math
 import pandas as pd
 import pytest
 
-from core import artifacts, comparison, tasks, wording
+from core import files
+from core.data import tasks
+from core.evidence import comparison
+from core.reporting import wording
+from core.runs import artifacts
 
 
 def table(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
@@ -83,12 +87,12 @@ def test_filters_select_wrong_disagreeing_and_one_class():
 
 
 def test_run_facts_come_from_the_run_folder_and_missing_ones_are_none(tmp_path):
-    artifacts.write_json(tmp_path / "r" / artifacts.SETTINGS, {"family": "mobilenet", "mode": "finetune", "image_size": 224})
-    artifacts.write_json(
+    files.write_json(tmp_path / "r" / artifacts.SETTINGS, {"family": "mobilenet", "mode": "finetune", "image_size": 224})
+    files.write_json(
         tmp_path / "r" / artifacts.METRICS,
         {"parameters": 2_300_000, "val": {"auc": 0.97}, "timings": {"search_s": 258.0}, "inference": {"ms_per_image": 1.9}},
     )
-    artifacts.write_json(tmp_path / "bare" / artifacts.SETTINGS, {"family": "custom_cnn"})
+    files.write_json(tmp_path / "bare" / artifacts.SETTINGS, {"family": "custom_cnn"})
     run, bare = artifacts.load_run(tmp_path, "r"), artifacts.load_run(tmp_path, "bare")
     facts = comparison.run_facts(run)
     assert (facts.family, facts.mode, facts.image_size, facts.parameters) == ("mobilenet", "finetune", 224, 2_300_000)
@@ -102,10 +106,10 @@ def test_run_facts_come_from_the_run_folder_and_missing_ones_are_none(tmp_path):
 
 
 def test_a_runs_matrix_is_labelled_with_its_saved_classes_else_its_tasks(tmp_path):
-    artifacts.write_json(tmp_path / "viral" / artifacts.SETTINGS, {"family": "mobilenet", "task": "bacterial_vs_viral"})
-    artifacts.write_json(tmp_path / "viral" / artifacts.METRICS, {"test": {}})  # saved without its labels
-    artifacts.write_json(tmp_path / "saved" / artifacts.SETTINGS, {"family": "mobilenet"})
-    artifacts.write_json(tmp_path / "saved" / artifacts.METRICS, {"labels": ["A", "B"]})
+    files.write_json(tmp_path / "viral" / artifacts.SETTINGS, {"family": "mobilenet", "task": "bacterial_vs_viral"})
+    files.write_json(tmp_path / "viral" / artifacts.METRICS, {"test": {}})  # saved without its labels
+    files.write_json(tmp_path / "saved" / artifacts.SETTINGS, {"family": "mobilenet"})
+    files.write_json(tmp_path / "saved" / artifacts.METRICS, {"labels": ["A", "B"]})
     assert comparison.matrix_labels(artifacts.load_run(tmp_path, "viral")) == ["bacteria", "virus"]
     assert comparison.matrix_labels(artifacts.load_run(tmp_path, "saved")) == ["A", "B"]
 

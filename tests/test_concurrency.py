@@ -8,8 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from core import artifacts, features, jobs
-from core.settings import SearchSettings
+from core import jobs
+from core.runs import artifacts
+from core.search import features
+from core.search.settings import SearchSettings
 from tests.helpers import REPO, make_dataset, run_cli, wait_for
 
 
@@ -48,11 +50,12 @@ def test_a_running_name_cannot_be_started_or_resumed_twice(dataset, tmp_path):
 
 EXTRACT = """
 import sys, numpy as np, keras
-from core import features, models
+from core.search import features
+from core.models import backbones
 keras.utils.set_random_seed(0)
-spec = models.BackboneSpec("mobilenet_v2", 32, "none")
+spec = backbones.BackboneSpec("mobilenet_v2", 32, "none")
 paths = sys.argv[3:]
-values, errors = features.cached_features(models.build_backbone(spec), spec, paths, 32, sys.argv[1], seed=0, log=lambda m: None)
+values, errors = features.cached_features(backbones.build_backbone(spec), spec, paths, 32, sys.argv[1], seed=0, log=lambda m: None)
 np.save(sys.argv[2], values)
 """
 

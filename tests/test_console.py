@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from core import artifacts, cli, console, jobs
-from core.settings import TUNERS, SearchSettings
+from core import cli, console, jobs
+from core.runs import artifacts
+from core.search.settings import TUNERS, SearchSettings
 from tests.helpers import REPO, make_dataset, run_cli, wait_for
 
 # What TensorFlow 2.21 writes to fd 2 at start-up on this machine, whatever TF_CPP_MIN_LOG_LEVEL says.
@@ -39,7 +40,7 @@ def test_startup_lines_are_noise_and_our_lines_and_warnings_are_not():
         "[12:00:01] decoding 72 images at 32 px (cached per size)",
         "error: data folder /x does not exist: pass the folder that holds train/ and test/",
         "W0000 00:00:1795966895.045953   23671 cpu_allocator_impl.cc:83] Allocation of 1234 exceeds 10% of free system memory.",
-        "/x/core/models.py:12: UserWarning: something real",
+        "/x/core/models/families.py:12: UserWarning: something real",
     ):
         assert not console.is_noise(line), line
 
@@ -53,17 +54,17 @@ def test_help_does_not_import_tensorflow():
         "print(code, sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'keras_tuner')))\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
-    from core import models
+    from core.models import families
 
-    assert f"--family {{{','.join(sorted(models.FAMILIES))}}}" in done.stdout  # every registered family
+    assert f"--family {{{','.join(sorted(families.FAMILIES))}}}" in done.stdout  # every registered family
     assert done.stdout.strip().splitlines()[-1] == "0 []", done.stdout[-500:] + done.stderr[-2000:]
 
 
 def test_the_parsers_choices_are_the_librarys():
-    from core import models
+    from core.models import backbones, families
 
-    assert cli.MODES == models.MODES and cli.TUNERS == TUNERS
-    assert cli.MOBILENET_VERSIONS == tuple(sorted(models.MOBILENET_VERSIONS))
+    assert cli.MODES == families.MODES and cli.TUNERS == TUNERS
+    assert cli.MOBILENET_VERSIONS == tuple(sorted(backbones.MOBILENET_VERSIONS))
 
 
 def test_progress_bar_follows_the_long_steps():

@@ -1,4 +1,4 @@
-"""core.curves: the ROC, precision-recall and calibration inputs are each run's evidence, nothing else."""
+"""core.reporting.curves: the ROC, precision-recall and calibration inputs are each run's evidence, nothing else."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import curves, evidence, statistics
+from core.evidence import run_evidence, statistics
+from core.reporting import curves
 
 
 def predictions(seed: int, n: int = 80) -> pd.DataFrame:
@@ -18,7 +19,7 @@ def predictions(seed: int, n: int = 80) -> pd.DataFrame:
 
 def test_roc_curve_is_the_evidence_with_its_interval_and_operating_point():
     table = predictions(1)
-    ev = evidence.run_evidence("a", table, 0.4, 0.5, n_resamples=50, seed=2)
+    ev = run_evidence.run_evidence("a", table, 0.4, 0.5, n_resamples=50, seed=2)
     (curve,) = curves.roc_curves([ev])
     interval = ev.interval("auc")
     assert (curve["name"], curve["fpr"], curve["tpr"]) == ("a", ev.roc["fpr"], ev.roc["tpr"])
@@ -29,13 +30,13 @@ def test_roc_curve_is_the_evidence_with_its_interval_and_operating_point():
 
 def test_a_run_with_one_class_has_no_interval_and_no_point():
     normals = predictions(3).assign(y_true=0)
-    (curve,) = curves.roc_curves([evidence.run_evidence("normals", normals, 0.5, n_resamples=20)])
+    (curve,) = curves.roc_curves([run_evidence.run_evidence("normals", normals, 0.5, n_resamples=20)])
     assert curve["auc_low"] is None and curve["auc_high"] is None and curve["point"] is None
     assert curve["fpr"] == [] and curve["tpr"] == []
 
 
 def test_every_curve_keeps_the_order_of_the_runs_and_their_numbers():
-    items = [evidence.run_evidence(name, predictions(seed), 0.5, n_resamples=20) for name, seed in (("b", 4), ("a", 5))]
+    items = [run_evidence.run_evidence(name, predictions(seed), 0.5, n_resamples=20) for name, seed in (("b", 4), ("a", 5))]
     assert [c["name"] for c in curves.roc_curves(items)] == ["b", "a"]
     pr = curves.precision_recall_curves(items)
     assert [c["name"] for c in pr] == ["b", "a"]

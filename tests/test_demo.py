@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import artifacts, data, demo
+from core import files
+from core.data import demo, folders, splitting
+from core.runs import artifacts
 from tests.test_app import REPO, TIMEOUT, no_exception, page, texts, trace_names, wait_until_done
 
 HOOK_SKIPS = re.compile(r"(^|/)demo[^/]*/")  # the repository hook that flags tracked images skips these
@@ -20,7 +22,7 @@ HOOK_SKIPS = re.compile(r"(^|/)demo[^/]*/")  # the repository hook that flags tr
 def test_the_demo_set_is_small_real_and_split_by_patient():
     files = sorted(p for p in demo.DEMO_DIR.rglob("*") if p.is_file())
     assert sum(p.stat().st_size for p in files) < 3_000_000
-    dataset = data.scan_folder(demo.DEMO_DIR)
+    dataset = folders.scan_folder(demo.DEMO_DIR)
     assert not dataset.unreadable and not dataset.notes
     table = dataset.table
     counts = table.groupby(["folder_split", "class_name"]).size().to_dict()
@@ -30,7 +32,7 @@ def test_the_demo_set_is_small_real_and_split_by_patient():
     numbers = {split: {p.split("_")[0] for p in table.loc[table["folder_split"] == split, "patient"]} for split in ("train", "test")}
     assert not numbers["train"] & numbers["test"]  # no patient (nor patient number) in both parts
     # A search keeps the demo's test/ as its test split, as it keeps the full download's.
-    split, _ = data.assign_splits(table)
+    split, _ = splitting.assign_splits(table)
     assert (split.loc[split["split"] == "test", "folder_split"] == "test").all()
     assert (split["split"] == "test").sum() == 50
     for path in files:
@@ -103,7 +105,7 @@ def test_with_no_data_folder_the_demo_set_runs_a_search_compare_and_predict(monk
     run = wait_until_done(folder, "demo-cnn", 300)
     assert run.state == "completed", (run.folder / "process.log").read_text()[-3000:]
     assert run.settings["data_dir"] == str(demo.DEMO_DIR)
-    splits = artifacts.read_csv(run.folder / artifacts.SPLITS)
+    splits = files.read_csv(run.folder / artifacts.SPLITS)
     assert (splits["split"] == "test").sum() == 50  # the demo's own test/ is the test split
 
     # Compare draws it.

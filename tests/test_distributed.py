@@ -6,7 +6,8 @@ import socket
 import subprocess
 import sys
 
-from core import artifacts
+from core import files
+from core.runs import artifacts
 from tests.helpers import REPO, make_dataset
 
 
@@ -42,7 +43,7 @@ def test_chief_and_two_workers_share_the_trials_of_one_run(tmp_path):
     ran = {f"w{i}": json.loads((store / "shared" / "workers" / f"w{i}.json").read_text())["trials_run"] for i in (1, 2)}
     assert ran["w1"] and ran["w2"], f"both workers trained trials: {ran}"
     assert not set(ran["w1"]) & set(ran["w2"]), "no trial was trained twice"
-    trials = artifacts.read_json(store / "shared" / "trials.json")
+    trials = files.read_json(store / "shared" / "trials.json")
     completed = {t["trial_id"] for t in trials if t["status"] == "COMPLETED"}
     assert completed == set(ran["w1"]) | set(ran["w2"]) and len(completed) == 6
     run = artifacts.load_run(store, "shared")

@@ -1,4 +1,4 @@
-"""Agreement and behaviour tests for core.engine (TF Lite and tf.function engines vs model.predict)."""
+"""Agreement and behaviour tests for core.models.engine (TF Lite and tf.function engines vs model.predict)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from core import engine as eng
+from core.models import engine as eng
 
 TOL = 1e-4
 N = 7  # with batch_size 4: one full batch and a partial one

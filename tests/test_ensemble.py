@@ -1,4 +1,4 @@
-"""core.ensemble: finished runs combined into a run, checked on hand-made runs and on real fixture runs."""
+"""core.inference.ensemble: finished runs combined into a run, checked on hand-made runs and on real fixture runs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import artifacts, ensemble, evaluation, explanation, multiclass, report, statistics, stress, tasks
+from core import files
+from core.data import tasks
+from core.evidence import multiclass, statistics, stress
+from core.inference import ensemble, evaluation, explanation
+from core.reporting import report
+from core.runs import artifacts
 from tests.conftest import OTHER_SPLIT_RUN
 from tests.helpers import run_cli
 
@@ -110,7 +115,7 @@ def _save_stressed(root: Path, name: str, shift: float) -> dict[str, np.ndarray]
     val = artifacts.load_run(root, name).val_predictions()
     y, p = val["y_true"].to_numpy(), val["probability"].to_numpy()
     stressed = {c: np.round(np.clip(p + shift * (k + 1) * (y == 0), 0, 1), 6) for k, c in enumerate(stress.PERTURBATIONS)}
-    artifacts.write_csv(root / name / artifacts.VAL_STRESS_PREDICTIONS, stress.scores_table(val["path"].iloc[::-1], {c: v[::-1] for c, v in stressed.items()}))
+    files.write_csv(root / name / artifacts.VAL_STRESS_PREDICTIONS, stress.scores_table(val["path"].iloc[::-1], {c: v[::-1] for c, v in stressed.items()}))
     return stressed
 
 

@@ -1,4 +1,4 @@
-"""core.evaluation: the saved threshold, metrics and per-image rows agree, edge cases have clear messages."""
+"""core.inference.evaluation: the saved threshold, metrics and per-image rows agree, edge cases have clear messages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import artifacts, data, evaluation, statistics
+from core import files
+from core.data import folders
+from core.evidence import statistics
+from core.inference import evaluation
 
 
 def _table(n: int, y: np.ndarray) -> pd.DataFrame:
@@ -36,8 +39,8 @@ def test_saved_metrics_are_what_the_saved_predictions_give(monkeypatch, tmp_path
     monkeypatch.setattr(evaluation, "probabilities", lambda model, x, *a, **k: (x[:, 0].copy(), "fake"))
     result = evaluation.evaluate_model(None, inputs, labels, _table(8, labels), part)
 
-    artifacts.write_csv(tmp_path / "predictions.csv", result["predictions"])
-    saved = artifacts.read_csv(tmp_path / "predictions.csv")
+    files.write_csv(tmp_path / "predictions.csv", result["predictions"])
+    saved = files.read_csv(tmp_path / "predictions.csv")
     threshold = json.loads(json.dumps({"threshold": result["threshold"]}))["threshold"]
     again = statistics.binary_metrics(saved["y_true"], saved["probability"], threshold)
     for key in ("tp", "fp", "tn", "fn"):
@@ -48,9 +51,9 @@ def test_saved_metrics_are_what_the_saved_predictions_give(monkeypatch, tmp_path
 
 
 def test_a_one_class_validation_split_says_what_to_do():
-    with pytest.raises(data.DataError, match=r"validation split has no NORMAL images \(0 NORMAL, 3 PNEUMONIA\).*raise --max-per-class"):
+    with pytest.raises(folders.DataError, match=r"validation split has no NORMAL images \(0 NORMAL, 3 PNEUMONIA\).*raise --max-per-class"):
         evaluation.choose_threshold(np.array([1, 1, 1]), np.array([0.2, 0.5, 0.9]))
-    with pytest.raises(data.DataError, match="no PNEUMONIA images"):
+    with pytest.raises(folders.DataError, match="no PNEUMONIA images"):
         evaluation.choose_threshold(np.array([0, 0]), np.array([0.2, 0.5]))
     assert evaluation.choose_threshold(np.array([0, 1]), np.array([0.2, 0.5])) == 0.5
 

@@ -1,4 +1,4 @@
-"""core.evidence: a run's evidence is exactly what core.statistics says about its predictions.
+"""core.evidence: a run's evidence is exactly what core.evidence.statistics says about its predictions.
 
 Most tests use a synthetic test set big enough for meaningful intervals (300 images of 150
 patients, two images each); one uses the real fixture runs, including a pair made on different
@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import artifacts, evidence, statistics, wording
+from core.evidence import run_evidence, statistics
+from core.reporting import wording
+from core.runs import artifacts
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def predictions() -> pd.DataFrame:
 
 def test_evidence_equals_direct_statistics(predictions):
     y, s, groups = predictions["y_true"].to_numpy(), predictions["probability"].to_numpy(), predictions["patient"].to_numpy()
-    ev = evidence.run_evidence("synthetic", predictions, 0.42, 0.5, n_resamples=400, seed=11)
+    ev = run_evidence.run_evidence("synthetic", predictions, 0.42, 0.5, n_resamples=400, seed=11)
 
     assert ev.metrics == statistics.binary_metrics(y, s, 0.42)
     assert ev.intervals == statistics.metric_intervals(y, s, 0.42, groups=groups, n_resamples=400, seed=11)
@@ -61,14 +63,14 @@ def test_evidence_equals_direct_statistics(predictions):
 
 
 def test_intervals_contain_their_estimate_and_follow_the_seed(predictions):
-    ev = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=1)
-    for metric in evidence.INTERVAL_METRICS:
+    ev = run_evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=1)
+    for metric in run_evidence.INTERVAL_METRICS:
         interval = ev.interval(metric)
         assert interval.low <= interval.estimate <= interval.high, (metric, interval)
         assert interval.high - interval.low > 0.01  # a real interval, not a point
         assert interval.estimate == pytest.approx(ev.metrics[metric])
-    again = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=1)
-    other = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=2)
+    again = run_evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=1)
+    other = run_evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=500, seed=2)
     assert again.intervals == ev.intervals
     assert other.intervals["auc"] != ev.intervals["auc"]  # the bootstrap follows the seed
     assert other.intervals["sensitivity"] == ev.intervals["sensitivity"]  # Wilson does not resample
@@ -77,7 +79,7 @@ def test_intervals_contain_their_estimate_and_follow_the_seed(predictions):
 def test_intervals_resample_patients_not_images(predictions):
     """Two correlated images per patient: the patient bootstrap is what the evidence uses, and it is wider."""
     y, s = predictions["y_true"].to_numpy(), predictions["probability"].to_numpy()
-    ev = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=1000, seed=0)
+    ev = run_evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=1000, seed=0)
     by_image = statistics.bootstrap_ci(y, s, 0.5, n_resamples=1000, seed=0)
     width = ev.interval("auc").high - ev.interval("auc").low
     assert width > by_image["auc"].high - by_image["auc"].low
@@ -88,7 +90,7 @@ def test_intervals_resample_patients_not_images(predictions):
 
 def test_threshold_choices_are_the_validation_threshold_then_test_operating_points(predictions):
     y, s = predictions["y_true"].to_numpy(), predictions["probability"].to_numpy()
-    ev = evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=100)
+    ev = run_evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=100)
     keys = [c.key for c in ev.choices]
     assert keys == ["validation", "youden", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95"]
     validation = ev.choice("validation")
@@ -107,11 +109,11 @@ def test_operating_points_are_chosen_on_validation_and_measured_on_test(predicti
     # A validation split from a shifted scorer: its thresholds differ from the test-chosen ones.
     validation = predictions.assign(probability=np.clip(predictions["probability"] * 0.8 + 0.1, 0, 1))
     youden = statistics.youden_threshold(validation["y_true"], validation["probability"])
-    ev = evidence.run_evidence("synthetic", predictions, 0.3, youden, n_resamples=100, validation=validation)
+    ev = run_evidence.run_evidence("synthetic", predictions, 0.3, youden, n_resamples=100, validation=validation)
     # Youden's J on validation is the saved threshold itself, so it is not offered twice...
     assert [c.key for c in ev.choices] == ["validation", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95"]
     # ...unless the run chose another on validation (with the stress test's changed images): then it is offered.
-    robust = evidence.run_evidence("synthetic", predictions, 0.3, youden + 0.05, n_resamples=100, validation=validation)
+    robust = run_evidence.run_evidence("synthetic", predictions, 0.3, youden + 0.05, n_resamples=100, validation=validation)
     assert [c.key for c in robust.choices] == ["validation", "youden", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95"]
     assert robust.choice("youden").threshold == youden and not robust.choice("youden").on_test
     assert not ev.points_on_test
@@ -124,7 +126,7 @@ def test_operating_points_are_chosen_on_validation_and_measured_on_test(predicti
         assert (at["sensitivity"], at["specificity"]) == pytest.approx((choice.sensitivity, choice.specificity))
     # A validation split of one class cannot choose points: they come from test, marked so.
     one_class = validation[validation["y_true"] == 1]
-    fallback = evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=100, validation=one_class)
+    fallback = run_evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=100, validation=one_class)
     assert fallback.points_on_test and fallback.choice("youden").on_test
 
 
@@ -134,21 +136,21 @@ def test_a_nothing_positive_choice_stays_above_a_probability_of_one(predictions)
     # (clipped to 1.0 it would call every image scored 1.0 pneumonia).
     validation = pd.DataFrame({"y_true": [0, 1, 0, 1], "probability": [1.0, 0.9, 0.8, 0.2], "patient": list("abcd")})
     test = predictions.assign(probability=np.where(predictions["y_true"] == 1, 1.0, predictions["probability"]))
-    ev = evidence.run_evidence("ones", test, 0.5, 0.5, n_resamples=50, validation=validation)
+    ev = run_evidence.run_evidence("ones", test, 0.5, 0.5, n_resamples=50, validation=validation)
     choice = ev.choice("sens@spec95")
     assert choice.threshold > 1.0 and (choice.sensitivity, choice.specificity) == (0.0, 1.0)
 
 
 def test_a_test_set_of_one_class_gets_no_interval_and_says_why(predictions):
     normal = predictions[predictions["y_true"] == 0]
-    ev = evidence.run_evidence("normals", normal, 0.5, n_resamples=50)
+    ev = run_evidence.run_evidence("normals", normal, 0.5, n_resamples=50)
     assert ev.intervals is None and "both classes" in ev.interval_problem
     assert ev.choices == [] and math.isnan(ev.metrics["auc"])
     assert wording.metrics_table([ev])["AUC 95% CI"].tolist() == ["n/a"]
 
 
 def test_tables_show_the_intervals(predictions):
-    ev = evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=200)
+    ev = run_evidence.run_evidence("synthetic", predictions, 0.5, n_resamples=200)
     row = wording.metrics_table([ev]).iloc[0]
     auc = ev.interval("auc")
     assert row["AUC"] == ev.metrics["auc"]
@@ -159,7 +161,7 @@ def test_tables_show_the_intervals(predictions):
     table = wording.metrics_table([ev])
     metric_columns = [c for c in table.columns if c not in ("run", "threshold", "test images", "test patients") and "CI" not in c]
     assert sorted(metric_columns) == sorted([*wording.INTERVAL_TITLES.values(), *wording.POINT_METRIC_TITLES])
-    errors = evidence.errors_table([ev, evidence.run_evidence("again", predictions, 0.2, n_resamples=50)])
+    errors = run_evidence.errors_table([ev, run_evidence.run_evidence("again", predictions, 0.2, n_resamples=50)])
     assert list(errors["run"].unique()) == ["synthetic", "again"]
     assert errors.loc[(errors["run"] == "again") & (errors["kind"] == "all"), "threshold"].item() == 0.2
 
@@ -169,7 +171,7 @@ def test_paired_evidence_equals_the_tests_by_patient_and_by_image(predictions):
     rng = np.random.default_rng(5)
     b["probability"] = np.clip(b["probability"] + rng.normal(0, 0.15, len(b)), 0, 1)
     b = b.sample(frac=1.0, random_state=0)  # another row order: pairing goes by path
-    paired = evidence.paired_evidence("a", predictions, 0.5, "b", b, 0.4)
+    paired = run_evidence.paired_evidence("a", predictions, 0.5, "b", b, 0.4)
 
     y = predictions["y_true"].to_numpy()
     groups = predictions["patient"].to_numpy()
@@ -194,7 +196,7 @@ def test_sentences_follow_the_patient_level_test_not_the_image_level_one():
     from tests.helpers import clustered_pair
 
     a, b = clustered_pair()
-    paired = evidence.paired_evidence("cnn-a", a, 0.6, "cnn-b", b, 0.6)
+    paired = run_evidence.paired_evidence("cnn-a", a, 0.6, "cnn-b", b, 0.6)
     # The image-level tests would claim a difference; by patient there is no evidence at 5 %.
     assert paired.delong.p_value < 0.05 and paired.mcnemar.p_value < 0.05
     assert paired.delong_by_patient.p_value > 0.05 and paired.mcnemar_by_patient.p_value > 0.05
@@ -207,7 +209,7 @@ def test_sentences_follow_the_patient_level_test_not_the_image_level_one():
         f"({paired.errors_a} vs {paired.errors_b} errors of 240 images; by patient: p = {p_err})."
     )
     # One image per patient: the same data are 240 independent patients, and the sentences say so.
-    single = evidence.paired_evidence("cnn-a", a.assign(patient=a["path"]), 0.6, "cnn-b", b.assign(patient=b["path"]), 0.6)
+    single = run_evidence.paired_evidence("cnn-a", a.assign(patient=a["path"]), 0.6, "cnn-b", b.assign(patient=b["path"]), 0.6)
     assert single.delong_by_patient.p_value == pytest.approx(paired.delong.p_value, rel=1e-9)
     higher = "cnn-a" if single.delong.difference > 0 else "cnn-b"
     assert wording.auc_sentence(single) == f"{higher}'s AUC is higher than {'cnn-b' if higher == 'cnn-a' else 'cnn-a'}'s (by patient: p < 0.001)."
@@ -218,7 +220,7 @@ def test_sentences_follow_the_patient_level_test_not_the_image_level_one():
 def test_an_undefined_paired_test_says_so_instead_of_p_zero(predictions):
     # One pneumonia patient (two images) among normals: no patient-level variance for the AUC test.
     one = pd.concat([predictions[predictions["y_true"] == 0], predictions[predictions["y_true"] == 1].head(2).assign(patient="pX")])
-    paired = evidence.paired_evidence("a", one, 0.5, "b", one.assign(probability=one["probability"] ** 2), 0.5)
+    paired = run_evidence.paired_evidence("a", one, 0.5, "b", one.assign(probability=one["probability"] ** 2), 0.5)
     assert not paired.delong_by_patient.defined and math.isnan(paired.delong_by_patient.p_value)
     assert wording.auc_sentence(paired).startswith("The patient-level test of the AUCs is undefined: the clustered variance needs")
     assert wording.paired_row(paired)["AUC p (by patient)"] == "n/a"
@@ -230,7 +232,7 @@ def test_several_pairs_are_holm_adjusted_and_the_sentences_use_it(predictions):
     for name, noise in (("b", 0.1), ("c", 0.3)):
         runs.append((name, predictions.assign(probability=np.clip(predictions["probability"] + rng.normal(0, noise, len(predictions)), 0, 1)), 0.5))
     other = predictions.assign(path=predictions["path"] + "?")  # other images: cannot be paired
-    family, refused = evidence.pairwise_evidence([*runs, ("elsewhere", other, 0.5)])
+    family, refused = run_evidence.pairwise_evidence([*runs, ("elsewhere", other, 0.5)])
     assert [(p.name_a, p.name_b) for p in family] == [("a", "b"), ("a", "c"), ("b", "c")]
     assert [(a, b) for a, b, _ in refused] == [("a", "elsewhere"), ("b", "elsewhere"), ("c", "elsewhere")]
     raw_auc = [p.delong_by_patient.p_value for p in family]
@@ -243,31 +245,31 @@ def test_several_pairs_are_holm_adjusted_and_the_sentences_use_it(predictions):
         assert f"p {wording.format_p(p.p_auc_adjusted)}" in wording.auc_sentence(p).replace("= ", "")
         assert wording.paired_row(p)["AUC p, Holm-adjusted"] == wording.format_p(p.p_auc_adjusted)
     # The page's pair, in either order, gets the family's adjusted p-values.
-    single = evidence.paired_evidence("c", runs[2][1], 0.5, "a", predictions, 0.5)
-    as_in = evidence.adjusted_as_in(single, family)
+    single = run_evidence.paired_evidence("c", runs[2][1], 0.5, "a", predictions, 0.5)
+    as_in = run_evidence.adjusted_as_in(single, family)
     assert (as_in.p_auc_adjusted, as_in.n_comparisons) == (family[1].p_auc_adjusted, 3)
     assert as_in.delong_by_patient.difference == -family[1].delong_by_patient.difference
     # A family of one pair is not adjusted.
-    alone, _ = evidence.pairwise_evidence(runs[:2])
+    alone, _ = run_evidence.pairwise_evidence(runs[:2])
     assert not alone[0].adjusted and "Holm" not in wording.auc_sentence(alone[0])
 
 
 def test_real_runs_evidence_and_a_pair_on_different_splits_is_refused(runs_dir, other_split_dir):
     run = artifacts.load_run(runs_dir, "cnn-small")
     table = run.predictions()
-    ev = evidence.run_evidence(run.name, table, run.metrics["threshold"], run.metrics["threshold"], n_resamples=300)
+    ev = run_evidence.run_evidence(run.name, table, run.metrics["threshold"], run.metrics["threshold"], n_resamples=300)
     for metric in ("accuracy", "sensitivity", "specificity", "tp", "fp", "tn", "fn"):
         assert ev.metrics[metric] == pytest.approx(run.metrics["test"][metric])  # the saved test metrics
-    for metric in evidence.INTERVAL_METRICS:
+    for metric in run_evidence.INTERVAL_METRICS:
         assert ev.interval(metric).low <= ev.metrics[metric] <= ev.interval(metric).high
 
     wide = artifacts.load_run(runs_dir, "cnn-wide")
-    paired = evidence.paired_evidence("cnn-small", table, ev.threshold, "cnn-wide", wide.predictions(), wide.metrics["threshold"])
+    paired = run_evidence.paired_evidence("cnn-small", table, ev.threshold, "cnn-wide", wide.predictions(), wide.metrics["threshold"])
     assert paired.n_images == len(table)
 
     other = artifacts.load_run(other_split_dir, "cnn-other-split")
     with pytest.raises(ValueError, match="different test images"):
-        evidence.paired_evidence("cnn-small", table, 0.5, other.name, other.predictions(), 0.5)
+        run_evidence.paired_evidence("cnn-small", table, 0.5, other.name, other.predictions(), 0.5)
 
 
 def test_paired_among_adjusts_over_the_family_only_when_there_are_more_than_two_runs(predictions):
@@ -275,34 +277,34 @@ def test_paired_among_adjusts_over_the_family_only_when_there_are_more_than_two_
     runs = [("a", predictions, 0.5)]
     for name, noise in (("b", 0.1), ("c", 0.3)):
         runs.append((name, predictions.assign(probability=np.clip(predictions["probability"] + rng.normal(0, noise, len(predictions)), 0, 1)), 0.4))
-    two = evidence.paired_among("b", "a", runs[:2])
-    assert two == evidence.paired_evidence("b", runs[1][1], 0.4, "a", predictions, 0.5) and not two.adjusted
-    family, _ = evidence.pairwise_evidence(runs)
-    three = evidence.paired_among("c", "b", runs)
+    two = run_evidence.paired_among("b", "a", runs[:2])
+    assert two == run_evidence.paired_evidence("b", runs[1][1], 0.4, "a", predictions, 0.5) and not two.adjusted
+    family, _ = run_evidence.pairwise_evidence(runs)
+    three = run_evidence.paired_among("c", "b", runs)
     assert (three.name_a, three.name_b, three.threshold_a) == ("c", "b", 0.4)
     assert (three.n_comparisons, three.p_auc_adjusted, three.p_errors_adjusted) == (3, family[2].p_auc_adjusted, family[2].p_errors_adjusted)
     with pytest.raises(ValueError, match="different test images"):
-        evidence.paired_among("a", "x", [*runs, ("x", predictions.assign(path=predictions["path"] + "?"), 0.5)])
+        run_evidence.paired_among("a", "x", [*runs, ("x", predictions.assign(path=predictions["path"] + "?"), 0.5)])
     with pytest.raises(ValueError, match=r"\['z'\] not among the runs"):
-        evidence.paired_among("a", "z", runs)
+        run_evidence.paired_among("a", "z", runs)
 
 
 def test_the_threshold_control_follows_the_runs_choices(predictions):
-    ev = evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=50)
+    ev = run_evidence.run_evidence("synthetic", predictions, 0.3, 0.47, n_resamples=50)
     y, p = predictions["y_true"].to_numpy(), predictions["probability"].to_numpy()
     called = p >= 0.3
     expected = [[int(((y == 0) & ~called).sum()), int(((y == 0) & called).sum())], [int(((y == 1) & ~called).sum()), int(((y == 1) & called).sum())]]
     assert ev.confusion_matrix == expected
-    assert ev.choice_keys == [c.key for c in ev.choices] + [evidence.CUSTOM_CHOICE]
-    assert ev.choice_keys[0] == evidence.VALIDATION_CHOICE
+    assert ev.choice_keys == [c.key for c in ev.choices] + [run_evidence.CUSTOM_CHOICE]
+    assert ev.choice_keys[0] == run_evidence.VALIDATION_CHOICE
     assert ev.highest_threshold == max(1.0, *(c.threshold for c in ev.choices))
     point = ev.choice("sens@spec90")
     assert ev.choice_after_move("sens@spec90", point.threshold) == "sens@spec90"  # landed on its own point
-    assert ev.choice_after_move("sens@spec90", point.threshold + 0.01) == evidence.CUSTOM_CHOICE
-    assert ev.choice_after_move(None, point.threshold) == evidence.CUSTOM_CHOICE
+    assert ev.choice_after_move("sens@spec90", point.threshold + 0.01) == run_evidence.CUSTOM_CHOICE
+    assert ev.choice_after_move(None, point.threshold) == run_evidence.CUSTOM_CHOICE
 
 
 def test_the_threshold_control_reaches_a_choice_above_one(predictions):
     validation = pd.DataFrame({"y_true": [0, 1, 0, 1], "probability": [1.0, 0.9, 0.8, 0.2], "patient": list("abcd")})
-    ev = evidence.run_evidence("ones", predictions, 0.5, 0.5, n_resamples=50, validation=validation)
+    ev = run_evidence.run_evidence("ones", predictions, 0.5, 0.5, n_resamples=50, validation=validation)
     assert ev.highest_threshold > 1.0 and ev.highest_threshold == max(c.threshold for c in ev.choices)

@@ -1,4 +1,4 @@
-"""core.explanation: Grad-CAM through every model structure, following the evidence, and overlays."""
+"""core.inference.explanation: Grad-CAM through every model structure, following the evidence, and overlays."""
 
 import keras
 import keras_tuner
@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import artifacts, evaluation, explanation, models
+from core import files
+from core.inference import evaluation, explanation
+from core.models import backbones, builders
+from core.runs import artifacts
 
 SIZE = 32  # the tiny trained CNN's input
 
@@ -41,9 +44,9 @@ def _check_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> None:
 
 
 def _frozen(architecture: str, size: int) -> keras.Model:
-    backbone = models.build_backbone(models.BackboneSpec(architecture, size, "none"))
-    head = models.build_head(_hp(dense_units=0, dropout=0.0), backbone.output_shape[-1])
-    return models.attach_head(backbone, head)
+    backbone = backbones.build_backbone(backbones.BackboneSpec(architecture, size, "none"))
+    head = builders.build_head(_hp(dense_units=0, dropout=0.0), backbone.output_shape[-1])
+    return builders.attach_head(backbone, head)
 
 
 # ---------------------------------------------------------------------------- every structure
@@ -51,7 +54,7 @@ def _frozen(architecture: str, size: int) -> keras.Model:
 
 def test_custom_cnn_uses_its_last_spatial_layer():
     keras.utils.set_random_seed(0)
-    model = models.build_custom_cnn(_hp(conv_blocks=3, filters=16, kernel_size=3, batch_norm=True), SIZE)
+    model = builders.build_custom_cnn(_hp(conv_blocks=3, filters=16, kernel_size=3, batch_norm=True), SIZE)
     layer = explanation.find_last_feature_map(model)
     assert layer.name.startswith("max_pooling2d")  # the last block's output: 32 / 2**3 = 4
     _check_heatmap(explanation.grad_cam(model, _image(SIZE)), (4, 4))
@@ -74,14 +77,14 @@ def test_frozen_mobilenet_classifier_looks_inside_the_nested_base():
 
 def test_finetune_model_and_its_reloaded_copy_give_the_same_heatmap(tmp_path):
     keras.utils.set_random_seed(0)
-    model = models.build_finetune(_hp(dense_units=0, dropout=0.0, unfreeze_layers=10), models.BackboneSpec("mobilenet_v2", 64, "none"))
+    model = builders.build_finetune(_hp(dense_units=0, dropout=0.0, unfreeze_layers=10), backbones.BackboneSpec("mobilenet_v2", 64, "none"))
     layer = explanation.find_last_feature_map(model)
     assert layer.name == "out_relu" and _inside(layer, model)
     heatmap = explanation.grad_cam(model, _image(64, seed=3))
     _check_heatmap(heatmap, (2, 2))
 
     # Saved as a run saves it and reloaded in safe mode: the nested graphs survive.
-    artifacts.save_model(tmp_path / artifacts.MODEL, model)
+    files.save_model(tmp_path / artifacts.MODEL, model)
     reloaded = evaluation.load_model(tmp_path / artifacts.MODEL)
     assert explanation.find_last_feature_map(reloaded).name == "out_relu"
     np.testing.assert_allclose(explanation.grad_cam(reloaded, _image(64, seed=3)), heatmap, atol=1e-4)
@@ -145,7 +148,7 @@ def opacity_detector() -> keras.Model:
     keras.utils.set_random_seed(42)
     x, y = _opacity_images(384, np.random.default_rng(42))
     hp = _hp(conv_blocks=2, filters=16, kernel_size=3, batch_norm=False, dropout=0.0, dense_units=32, learning_rate=3e-3)
-    model = models.build_custom_cnn(hp, SIZE)
+    model = builders.build_custom_cnn(hp, SIZE)
     model.fit(x, y, epochs=6, batch_size=32, verbose=0, shuffle=True)
     accuracy = float(((model.predict(x, verbose=0)[:, 0] >= 0.5) == y).mean())
     assert accuracy > 0.9, f"the detector did not learn (training accuracy {accuracy:.2f})"

@@ -1,4 +1,4 @@
-"""Model cards (core.export, `python -m core export`): the zip, its card, and its model in a fresh process."""
+"""Model cards (core.reporting.export, `python -m core export`): the zip, its card, and its model in a fresh process."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from core import artifacts, ensemble, export
+from core.inference import ensemble
+from core.reporting import export
+from core.runs import artifacts
 from tests.conftest import FAILED_RUN, INTERRUPTED_RUN
 from tests.helpers import run_cli
 

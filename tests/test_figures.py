@@ -1,8 +1,8 @@
-"""core.figures: the ROC and precision-recall curves show each point's threshold on hover.
+"""core.reporting.figures: the ROC and precision-recall curves show each point's threshold on hover.
 
 The curves come from `core.evidence.run_evidence` on synthetic predictions with ties, as on the
 Compare page and in the report; every number in a trace's hover data is checked against
-scikit-learn and `core.statistics`, computed here independently.
+scikit-learn and `core.evidence.statistics`, computed here independently.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from core import evidence, figures, statistics
+from core.evidence import run_evidence, statistics
+from core.reporting import figures
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def _curve_trace(fig, name: str):
 
 
 def test_roc_points_carry_their_threshold_sensitivity_and_specificity(predictions):
-    ev = evidence.run_evidence("run-a", predictions, 0.5, n_resamples=100)
+    ev = run_evidence.run_evidence("run-a", predictions, 0.5, n_resamples=100)
     fig = figures.roc_figure([{"name": "run-a", **ev.roc, "auc": ev.metrics["auc"]}])
     trace = _curve_trace(fig, "run-a")
     data = np.asarray(trace.customdata, dtype=np.float64)
@@ -63,7 +64,7 @@ def test_roc_points_carry_their_threshold_sensitivity_and_specificity(prediction
 
 
 def test_precision_recall_points_carry_their_threshold_sensitivity_and_specificity(predictions):
-    ev = evidence.run_evidence("run-a", predictions, 0.5, n_resamples=100)
+    ev = run_evidence.run_evidence("run-a", predictions, 0.5, n_resamples=100)
     fig = figures.precision_recall_figure([{"name": "run-a", **ev.pr}])
     trace = _curve_trace(fig, "run-a")
     data = np.asarray(trace.customdata, dtype=np.float64)

@@ -12,7 +12,11 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from core import activations, artifacts, augmentation, evaluation, models
+from core.data import augmentation
+from core.inference import evaluation
+from core.models import backbone_cut, backbones
+from core.runs import artifacts
+from core.search import activations, hypermodel
 from tests.helpers import SHARED_DATA, make_dataset, run_cli
 
 V2_WEIGHTS = SHARED_DATA.parent.parent / "keras_home" / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
@@ -24,9 +28,9 @@ def images(tmp_path_factory):
     return sorted(str(p) for p in root.rglob("*.jpeg"))
 
 
-def _cut(weights: str = "none", cut: str = "block_12_add") -> tuple[activations.CutBackbone, models.BackboneSpec]:
-    spec = models.BackboneSpec("mobilenet_v2", 32, weights)
-    return activations.split_backbone(models.build_backbone(spec), cut), spec
+def _cut(weights: str = "none", cut: str = "block_12_add") -> tuple[backbone_cut.CutBackbone, backbones.BackboneSpec]:
+    spec = backbones.BackboneSpec("mobilenet_v2", 32, weights)
+    return backbone_cut.split_backbone(backbones.build_backbone(spec), cut), spec
 
 
 def _cache(cut, spec, images, cache_dir, augment="light", views=2, seed=0):
@@ -38,15 +42,15 @@ def _cache(cut, spec, images, cache_dir, augment="light", views=2, seed=0):
 
 def test_split_backbone_joins_back_to_the_whole_backbone():
     keras.utils.set_random_seed(0)
-    spec = models.BackboneSpec("mobilenet_v2", 32, "none")
-    backbone = models.build_backbone(spec)
-    cut = activations.split_backbone(backbone, "block_12_add")
+    spec = backbones.BackboneSpec("mobilenet_v2", 32, "none")
+    backbone = backbones.build_backbone(spec)
+    cut = backbone_cut.split_backbone(backbone, "block_12_add")
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(cut.top.predict(cut.bottom.predict(x, verbose=0), verbose=0), backbone.predict(x, verbose=0), atol=1e-6)
-    with pytest.raises(activations.CutError, match="has no layer 'nope'"):
-        activations.split_backbone(backbone, "nope")
-    with pytest.raises(activations.CutError, match="cannot be cut after 'block_12_project_BN'"):
-        activations.split_backbone(backbone, "block_12_project_BN")  # the residual add also reads block 11
+    with pytest.raises(backbone_cut.CutError, match="has no layer 'nope'"):
+        backbone_cut.split_backbone(backbone, "nope")
+    with pytest.raises(backbone_cut.CutError, match="cannot be cut after 'block_12_project_BN'"):
+        backbone_cut.split_backbone(backbone, "block_12_project_BN")  # the residual add also reads block 11
 
 
 def test_activation_cache_is_reused_and_invalidated(images, tmp_path, monkeypatch):
@@ -79,7 +83,7 @@ def test_activation_cache_is_reused_and_invalidated(images, tmp_path, monkeypatc
     assert len(files() - before) == 2 and all("block_13_project_BN" in name for name in files() - before)
     before = files()
     weights = tmp_path / "other.weights.h5"
-    base = next(layer for layer in models.build_backbone(spec).layers if isinstance(layer, keras.Model))
+    base = next(layer for layer in backbones.build_backbone(spec).layers if isinstance(layer, keras.Model))
     base.save_weights(weights)
     file_cut, file_spec = _cut(str(weights))
     _cache(file_cut, file_spec, images, tmp_path)  # other weights: new clean and views
@@ -137,7 +141,7 @@ def test_cut_model_builds_fresh_tops_per_trial():
     keras.utils.set_random_seed(0)
     cut, spec = _cut()
     hp = keras_tuner.HyperParameters()
-    space = models.SearchSpace("mobilenet", "finetune", 32, spec, cut=cut)
+    space = hypermodel.SearchSpace("mobilenet", "finetune", 32, spec, cut=cut)
     first = space.build(hp)
     trainable = {w.path for w in first.trainable_weights}
     assert any("dense" not in path and "probability" not in path for path in trainable), "the top trains"
@@ -187,8 +191,9 @@ def test_tta_is_recorded_and_used_by_predict(tmp_path):
 
 
 def test_presets_fill_settings_and_options_override_them():
-    from core import cli, presets
-    from core.settings import SearchSettings, SettingsError
+    from core import cli
+    from core.search import presets
+    from core.search.settings import SearchSettings, SettingsError
 
     parser = cli.build_parser()
     recommended = presets.preset("recommended").settings

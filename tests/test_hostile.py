@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core import artifacts, data, evaluation
+from core import files
+from core.data import folders, loading
+from core.inference import evaluation
+from core.runs import artifacts
 from tests.helpers import make_dataset, run_cli, xray
 
 
@@ -56,7 +59,7 @@ def messy(tmp_path_factory):
 
 
 def test_every_bad_file_is_listed_with_its_reason(messy):
-    dataset = data.scan_folder(messy)
+    dataset = folders.scan_folder(messy)
     reasons = {os.path.basename(u.path): u.reason for u in dataset.unreadable}
     assert "empty" in reasons["IM-9001-0001.jpeg"]
     assert "not an image" in reasons["IM-9003-0001.jpeg"]
@@ -74,10 +77,10 @@ def test_every_bad_file_is_listed_with_its_reason(messy):
 
 
 def test_truncated_images_are_dropped_at_decode_with_a_reason(messy):
-    dataset = data.scan_folder(messy)
+    dataset = folders.scan_folder(messy)
     truncated = [p for p in dataset.table["path"] if p.endswith("IM-9002-0001.jpeg")]
     assert truncated, "a truncated JPEG has a valid header, so it passes the scan"
-    pixels, errors = data.load_images(truncated + list(dataset.table["path"][:2]), 32)
+    pixels, errors = loading.load_images(truncated + list(dataset.table["path"][:2]), 32)
     assert [e.path for e in errors] == truncated and "truncated" in errors[0].reason
     assert pixels[1:].any()
 
@@ -89,7 +92,7 @@ def test_a_search_on_the_messy_folder_uses_the_good_images(messy, tmp_path):
     run = artifacts.load_run(tmp_path, "messy")
     skipped = {os.path.basename(u["path"]) for u in run.read("data_summary.json")["unreadable"]}
     assert {"IM-9001-0001.jpeg", "IM-9002-0001.jpeg", "IM-9003-0001.jpeg", "IM-9004-0001.png"} <= skipped
-    splits = artifacts.read_csv(run.folder / "splits.csv")
+    splits = files.read_csv(run.folder / "splits.csv")
     assert splits["path"].str.endswith("person9002_virus_1.png").any()  # the 16-bit PNG trained
     predictions = run.predictions()
     assert not predictions["path"].str.endswith("IM-9002-0001.jpeg").any()
@@ -139,39 +142,39 @@ def test_run_names_cannot_escape_the_artifacts_folder(name, tmp_path):
 
 
 def test_json_with_nan_stays_parseable(tmp_path):
-    artifacts.write_json(tmp_path / "m.json", {"auc": float("nan"), "n": np.int64(3)})
-    assert artifacts.read_json(tmp_path / "m.json") == {"auc": None, "n": 3}
-    artifacts.write_csv(tmp_path / "t.csv", pd.DataFrame({"path": ["a.jpeg"], "patient": ["007"]}))
-    assert artifacts.read_csv(tmp_path / "t.csv").iloc[0].tolist() == ["a.jpeg", "007"]
+    files.write_json(tmp_path / "m.json", {"auc": float("nan"), "n": np.int64(3)})
+    assert files.read_json(tmp_path / "m.json") == {"auc": None, "n": 3}
+    files.write_csv(tmp_path / "t.csv", pd.DataFrame({"path": ["a.jpeg"], "patient": ["007"]}))
+    assert files.read_csv(tmp_path / "t.csv").iloc[0].tolist() == ["a.jpeg", "007"]
 
 
 def test_json_safe_turns_numpy_and_non_finite_values_into_strict_json():
     value = {1: np.array([1.5, np.nan]), "b": np.bool_(True), "f": np.float32(np.inf), "t": (np.int16(2), -np.inf)}
-    assert artifacts.json_safe(value) == {"1": [1.5, None], "b": True, "f": None, "t": [2, None]}
-    assert type(artifacts.json_safe(np.int64(3))) is int
+    assert files.json_safe(value) == {"1": [1.5, None], "b": True, "f": None, "t": [2, None]}
+    assert type(files.json_safe(np.int64(3))) is int
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "m.json"
-    artifacts.write_json(path, {"v": 1})
+    files.write_json(path, {"v": 1})
 
     def half_then_crash(tmp):
         tmp.write_text('{"v": ')
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        artifacts.atomic_write(path, half_then_crash)
-    assert artifacts.read_json(path) == {"v": 1}
+        files.atomic_write(path, half_then_crash)
+    assert files.read_json(path) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
 
 
 def test_every_written_file_follows_the_umask_not_mkstemps_0600(tmp_path):
-    expected = 0o666 & ~artifacts._UMASK  # the umask this process started with
+    expected = 0o666 & ~files._UMASK  # the umask this process started with
     if expected == 0o600:
         pytest.skip("this umask gives 0600 anyway: the chmod cannot be told apart")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    artifacts.save_model(tmp_path / "model.keras", model)
-    artifacts.write_bytes(tmp_path / "m.tflite", b"flatbuffer")
-    artifacts.write_json(tmp_path / "m.json", {})
+    files.save_model(tmp_path / "model.keras", model)
+    files.write_bytes(tmp_path / "m.tflite", b"flatbuffer")
+    files.write_json(tmp_path / "m.json", {})
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["model.keras", "m.tflite", "m.json"], expected)

@@ -3,15 +3,17 @@
 import inspect
 import os
 import re
+from pathlib import Path
 
 import keras
 import keras_tuner
 import numpy as np
 import pytest
 
-from core import models
+from core.models import backbones, builders, families, search_space
+from core.search import hypermodel
 
-KERAS_HOME = models.Path(__file__).resolve().parent.parent.parent / "shared" / "keras_home"
+KERAS_HOME = Path(__file__).resolve().parent.parent.parent / "shared" / "keras_home"
 
 
 def _learnable(n: int, size: int, seed: int = 0):
@@ -22,13 +24,13 @@ def _learnable(n: int, size: int, seed: int = 0):
     return np.clip(x, 0, 255).astype("float32"), y
 
 
-@pytest.mark.parametrize("family", models.FAMILIES)
+@pytest.mark.parametrize("family", families.FAMILIES)
 def test_each_family_builds_a_model_that_trains(family):
-    info = models.FAMILIES[family]
+    info = families.FAMILIES[family]
     mode, size = ("finetune" if info.transfer else "scratch"), info.min_image_size  # the smallest input: quick
     keras.utils.set_random_seed(0)
     spec = info.backbone(size, "none")
-    space = models.SearchSpace(family, mode, size, spec)
+    space = hypermodel.SearchSpace(family, mode, size, spec)
     hp = keras_tuner.HyperParameters()
     model = space.build(hp)
     assert model.input_shape == (None, size, size, 3) and model.output_shape == (None, 1)
@@ -41,20 +43,20 @@ def test_each_family_builds_a_model_that_trains(family):
 
 
 def test_frozen_mode_trains_only_a_head_that_joins_the_backbone():
-    spec = models.BackboneSpec("mobilenet_v2", 32, "none")
-    backbone = models.build_backbone(spec)
+    spec = backbones.BackboneSpec("mobilenet_v2", 32, "none")
+    backbone = backbones.build_backbone(spec)
     assert not backbone.trainable
     features = backbone.predict(_learnable(8, 32)[0], verbose=0)
-    head = models.SearchSpace("mobilenet", "frozen", 32, spec, n_features=features.shape[1]).build(keras_tuner.HyperParameters())
+    head = hypermodel.SearchSpace("mobilenet", "frozen", 32, spec, n_features=features.shape[1]).build(keras_tuner.HyperParameters())
     assert head.input_shape == (None, 1280)
-    joined = models.attach_head(backbone, head)
+    joined = builders.attach_head(backbone, head)
     np.testing.assert_allclose(joined.predict(_learnable(8, 32)[0], verbose=0), head.predict(features, verbose=0), atol=1e-5)
 
 
 def test_finetune_unfreezes_only_the_top_layers_and_keeps_batch_norm_frozen():
     hp = keras_tuner.HyperParameters()
     hp.Fixed("unfreeze_layers", 10)
-    model = models.build_finetune(hp, models.BackboneSpec("mobilenet_v2", 32, "none"))
+    model = builders.build_finetune(hp, backbones.BackboneSpec("mobilenet_v2", 32, "none"))
     base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
     trainable = [layer for layer in base.layers if layer.trainable and layer.weights]
     assert 0 < len(trainable) <= 10
@@ -64,19 +66,19 @@ def test_finetune_unfreezes_only_the_top_layers_and_keeps_batch_norm_frozen():
 
 
 def test_custom_cnn_depth_is_bounded_by_the_image_size():
-    assert models.max_conv_blocks(32) == 3 and models.max_conv_blocks(224) == 5
+    assert search_space.max_conv_blocks(32) == 3 and search_space.max_conv_blocks(224) == 5
     hp = keras_tuner.HyperParameters()
     hp.Fixed("conv_blocks", 3)
-    assert models.build_custom_cnn(hp, 32).output_shape == (None, 1)
+    assert builders.build_custom_cnn(hp, 32).output_shape == (None, 1)
 
 
 def test_weights_none_and_missing_files():
-    assert models.resolve_weights(models.BackboneSpec("mobilenet_v2", 224, "none")) is None
-    with pytest.raises(models.WeightsError, match="does not exist"):
-        models.resolve_weights(models.BackboneSpec("mobilenet_v2", 224, "/no/such/file.h5"))
+    assert backbones.resolve_weights(backbones.BackboneSpec("mobilenet_v2", 224, "none")) is None
+    with pytest.raises(backbones.WeightsError, match="does not exist"):
+        backbones.resolve_weights(backbones.BackboneSpec("mobilenet_v2", 224, "/no/such/file.h5"))
 
 
-TRANSFER = [name for name, info in models.FAMILIES.items() if info.transfer]
+TRANSFER = [name for name, info in families.FAMILIES.items() if info.transfer]
 
 
 @pytest.mark.parametrize("family", TRANSFER)
@@ -87,10 +89,10 @@ def test_offline_imagenet_names_the_file_and_the_folder(family, tmp_path, monkey
         raise Exception("URL fetch failure on https://example: None -- [Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)  # tests never touch the network
-    info = models.FAMILIES[family]
+    info = families.FAMILIES[family]
     spec = info.backbone(info.default_image_size, "imagenet")
-    with pytest.raises(models.WeightsError) as error:
-        models.build_backbone(spec)
+    with pytest.raises(backbones.WeightsError) as error:
+        backbones.build_backbone(spec)
     message = str(error.value)
     assert spec.arch.weights_file(spec.image_size, spec.alpha) in message
     assert str(tmp_path / "models") in message and "--weights none" in message
@@ -101,13 +103,13 @@ def test_offline_imagenet_names_the_file_and_the_folder(family, tmp_path, monkey
 @pytest.mark.parametrize("family", TRANSFER)
 def test_a_local_weights_file_loads_offline(family, tmp_path, monkeypatch):
     monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: pytest.fail("must not download"))
-    info = models.FAMILIES[family]
+    info = families.FAMILIES[family]
     keras.utils.set_random_seed(1)
-    saved = models.build_backbone(info.backbone(info.min_image_size, "none"))
+    saved = backbones.build_backbone(info.backbone(info.min_image_size, "none"))
     file = tmp_path / f"{family}.weights.h5"
     next(layer for layer in saved.layers if isinstance(layer, keras.Model)).save_weights(file)  # a no-top file
     keras.utils.set_random_seed(2)
-    loaded = models.build_backbone(info.backbone(info.min_image_size, str(file)))
+    loaded = backbones.build_backbone(info.backbone(info.min_image_size, str(file)))
     # The file, not the seed, decided: seed 2 draws other random weights than the saved seed 1,
     # so only weights read from the file can equal the saved ones.
     for mine, theirs in zip(loaded.weights, saved.weights, strict=True):
@@ -120,48 +122,48 @@ def test_a_local_weights_file_loads_offline(family, tmp_path, monkeypatch):
 
 def test_wrong_weights_file_is_refused(tmp_path):
     other = tmp_path / "other.weights.h5"
-    models.build_backbone(models.BackboneSpec("mobilenet_v2", 32, "none")).save_weights(other)
-    with pytest.raises(models.WeightsError, match="does not fit inception_v3"):
-        models.build_backbone(models.BackboneSpec("inception_v3", 75, str(other)))
+    backbones.build_backbone(backbones.BackboneSpec("mobilenet_v2", 32, "none")).save_weights(other)
+    with pytest.raises(backbones.WeightsError, match="does not fit inception_v3"):
+        backbones.build_backbone(backbones.BackboneSpec("inception_v3", 75, str(other)))
 
 
 @pytest.mark.skipif(not (KERAS_HOME / "models").exists(), reason="../shared/keras_home is not beside the repository")
 def test_local_imagenet_weights_load_offline(monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(KERAS_HOME))
     monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: pytest.fail("must not download"))
-    spec = models.BackboneSpec("mobilenet_v2", 224, "imagenet")
-    assert models.resolve_weights(spec) == os.path.join(KERAS_HOME.resolve(), "models", spec.arch.weights_file(224, 1.0))
+    spec = backbones.BackboneSpec("mobilenet_v2", 224, "imagenet")
+    assert backbones.resolve_weights(spec) == os.path.join(KERAS_HOME.resolve(), "models", spec.arch.weights_file(224, 1.0))
     x = _learnable(2, 224)[0]
-    imagenet = models.build_backbone(spec).predict(x, verbose=0)
-    random = models.build_backbone(models.BackboneSpec("mobilenet_v2", 224, "none")).predict(x, verbose=0)
+    imagenet = backbones.build_backbone(spec).predict(x, verbose=0)
+    random = backbones.build_backbone(backbones.BackboneSpec("mobilenet_v2", 224, "none")).predict(x, verbose=0)
     assert imagenet.shape == (2, 1280) and not np.allclose(imagenet, random)
     # ImageNet ReLU6 features are sparse and bounded: a sign the real weights loaded.
     assert 0 <= imagenet.min() and imagenet.max() <= 6.0001
 
 
-BACKBONES = sorted({name for family in TRANSFER for name in [models.FAMILIES[family].architecture, *models.FAMILIES[family].versions.values()]})
+BACKBONES = sorted({name for family in TRANSFER for name in [families.FAMILIES[family].architecture, *families.FAMILIES[family].versions.values()]})
 
 
 @pytest.mark.parametrize("architecture", BACKBONES)
 def test_min_image_size_is_the_smallest_keras_accepts(architecture):
-    arch = models.ARCHITECTURES[architecture]
+    arch = backbones.ARCHITECTURES[architecture]
     constructor = getattr(keras.applications, arch.constructor)
     with pytest.raises(ValueError, match=f"at least {arch.min_image_size}x{arch.min_image_size}"):
         constructor(include_top=False, weights=None, input_shape=(arch.min_image_size - 1,) * 2 + (3,))
 
 
-@pytest.mark.parametrize("family", models.FAMILIES)
+@pytest.mark.parametrize("family", families.FAMILIES)
 def test_settings_refuse_an_input_below_the_familys_minimum(family, tmp_path):
-    from core.settings import SearchSettings, SettingsError
+    from core.search.settings import SearchSettings, SettingsError
 
-    info = models.FAMILIES[family]
+    info = families.FAMILIES[family]
     if info.min_image_size > 32:  # below 32 the general size check speaks instead
         with pytest.raises(SettingsError, match=f"{family} needs images of at least {info.min_image_size} pixels"):
             SearchSettings(data_dir=str(tmp_path), family=family, image_size=info.min_image_size - 1).resolved()
     assert SearchSettings(data_dir=str(tmp_path), family=family, image_size=info.min_image_size).resolved()
 
 
-def _keras_module(arch: models.Architecture):
+def _keras_module(arch: backbones.Architecture):
     # The private module that defines the public constructor: where Keras keeps its weight addresses
     # and its `preprocess_input`. Reached through the public object, so a move inside keras.src
     # still finds it; a changed address or preprocessing fails here.
@@ -170,7 +172,7 @@ def _keras_module(arch: models.Architecture):
 
 @pytest.mark.parametrize("architecture", BACKBONES)
 def test_weight_addresses_agree_with_the_installed_keras(architecture):
-    arch = models.ARCHITECTURES[architecture]
+    arch = backbones.ARCHITECTURES[architecture]
     module = _keras_module(arch)
     addresses = [v for v in vars(module).values() if isinstance(v, str) and v.startswith("https://")]
     for alpha in arch.widths or [1.0]:
@@ -180,14 +182,14 @@ def test_weight_addresses_agree_with_the_installed_keras(architecture):
 
 @pytest.mark.skipif(not (KERAS_HOME / "models").exists(), reason="../shared/keras_home is not beside the repository")
 def test_weight_file_names_are_those_keras_saved():
-    names = {arch.weights_file(224, alpha) for arch in models.ARCHITECTURES.values() for alpha in arch.widths or [1.0]}
+    names = {arch.weights_file(224, alpha) for arch in backbones.ARCHITECTURES.values() for alpha in arch.widths or [1.0]}
     saved = {path.name for path in (KERAS_HOME / "models").glob("*.h5")}
     assert saved and saved <= names
 
 
 @pytest.mark.parametrize("architecture", BACKBONES)
 def test_preprocessing_is_kerass_preprocess_input(architecture):
-    arch = models.ARCHITECTURES[architecture]
+    arch = backbones.ARCHITECTURES[architecture]
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     expected = np.asarray(_keras_module(arch).preprocess_input(pixels.copy()))
     ours = np.asarray(arch.preprocessing.layer()(pixels)) if arch.preprocessing else pixels
@@ -195,7 +197,7 @@ def test_preprocessing_is_kerass_preprocess_input(architecture):
 
 
 def test_weights_file_names_a_width_keras_lacks():
-    v1 = models.ARCHITECTURES["mobilenet_v1"]
+    v1 = backbones.ARCHITECTURES["mobilenet_v1"]
     assert v1.weights_file(160, 0.5) == "mobilenet_5_0_160_tf_no_top.h5"  # Keras's own spelling of 0.5
     assert v1.weights_file(300, 1.0) == "mobilenet_1_0_224_tf_no_top.h5"  # other sizes use the 224 file
     with pytest.raises(ValueError, match="no ImageNet weights for mobilenet_v1 at width 0.35"):
@@ -203,31 +205,31 @@ def test_weights_file_names_a_width_keras_lacks():
 
 
 def test_one_weights_check_for_settings_and_backbones(tmp_path):
-    from core.settings import SearchSettings, SettingsError
+    from core.search.settings import SearchSettings, SettingsError
 
-    assert models.weights_problem("imagenet") is None and models.weights_problem("none") is None
+    assert backbones.weights_problem("imagenet") is None and backbones.weights_problem("none") is None
     file = tmp_path / "w.h5"
     file.write_bytes(b"x")
-    assert models.weights_problem(str(file)) is None
+    assert backbones.weights_problem(str(file)) is None
     for bad in ("/no/such/file.h5", "", str(tmp_path)):
-        problem = models.weights_problem(bad)
+        problem = backbones.weights_problem(bad)
         assert problem and "does not exist" in problem
         with pytest.raises(SettingsError, match=re.escape(problem)):
             SearchSettings(data_dir=str(tmp_path), family="mobilenet", weights=bad).resolved()
-        with pytest.raises(models.WeightsError, match=re.escape(problem)):
-            models.resolve_weights(models.BackboneSpec("mobilenet_v2", 224, bad))
+        with pytest.raises(backbones.WeightsError, match=re.escape(problem)):
+            backbones.resolve_weights(backbones.BackboneSpec("mobilenet_v2", 224, bad))
 
 
-@pytest.mark.parametrize("family", models.FAMILIES)
+@pytest.mark.parametrize("family", families.FAMILIES)
 def test_settings_take_the_versions_and_widths_of_the_familys_entry(family, tmp_path):
     """The settings check knows versions and widths only through the registry entry."""
-    from core.settings import SearchSettings, SettingsError
+    from core.search.settings import SearchSettings, SettingsError
 
-    info = models.FAMILIES[family]
+    info = families.FAMILIES[family]
     base = {"data_dir": str(tmp_path), "family": family, "weights": "none"}
     for version in info.versions or [None]:
         name = info.versions[version] if version else info.architecture
-        widths = tuple(models.ARCHITECTURES[name].widths) if name else ()
+        widths = tuple(backbones.ARCHITECTURES[name].widths) if name else ()
         assert info.widths(version) == widths
         assert set(widths) <= set(info.all_widths)
         chosen = {**base, "mobilenet_version": version or "v2"}
@@ -246,13 +248,13 @@ def test_settings_take_the_versions_and_widths_of_the_familys_entry(family, tmp_
 
 @pytest.mark.parametrize("family", TRANSFER)
 def test_each_familys_default_cut_splits_its_backbone(family):
-    from core import activations
+    from core.models import backbone_cut
 
-    info = models.FAMILIES[family]
+    info = families.FAMILIES[family]
     spec = info.backbone(info.min_image_size, "none")
     keras.utils.set_random_seed(0)
-    backbone = models.build_backbone(spec)
-    cut = activations.split_backbone(backbone, spec.arch.default_cut)
+    backbone = backbones.build_backbone(spec)
+    cut = backbone_cut.split_backbone(backbone, spec.arch.default_cut)
     x = _learnable(2, info.min_image_size)[0]
     expected = backbone.predict(x, verbose=0)
     np.testing.assert_allclose(cut.top.predict(cut.bottom.predict(x, verbose=0), verbose=0), expected, rtol=1e-4, atol=1e-6)
@@ -260,12 +262,12 @@ def test_each_familys_default_cut_splits_its_backbone(family):
 
 @pytest.mark.parametrize("family", TRANSFER)
 def test_a_saved_model_keeps_its_preprocessing(family, tmp_path):
-    from core import engine
+    from core.models import engine
 
-    info = models.FAMILIES[family]
+    info = families.FAMILIES[family]
     hp = keras_tuner.HyperParameters()
     keras.utils.set_random_seed(0)
-    model = models.build_finetune(hp, info.backbone(info.min_image_size, "none"), unfreeze=0)
+    model = builders.build_finetune(hp, info.backbone(info.min_image_size, "none"), unfreeze=0)
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)  # as the model card loads it
     x = _learnable(3, info.min_image_size)[0]

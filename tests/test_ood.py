@@ -1,4 +1,4 @@
-"""Images unlike the training X-rays (core.ood): real test X-rays pass, blank, noise and photos are flagged."""
+"""Images unlike the training X-rays (core.inference.ood): real test X-rays pass, blank, noise and photos are flagged."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from core import data, ood
+from core.data import folders, splitting
+from core.inference import ood
 
 
 @pytest.fixture(scope="module")
 def reference(data_dir) -> dict:
     """A reference made as a run makes it: from the training and validation images of a patient split."""
-    dataset = data.scan_folder(data_dir, check_images=False)
-    table, _ = data.assign_splits(dataset.table, seed=42)
+    dataset = folders.scan_folder(data_dir, check_images=False)
+    table, _ = splitting.assign_splits(dataset.table, seed=42)
     return ood.build_reference(list(table.loc[table["split"] == "train", "path"]), list(table.loc[table["split"] == "val", "path"]))
 
 
@@ -43,7 +44,7 @@ def bad_images(folder):
 
 
 def test_real_test_xrays_are_almost_never_flagged(reference, data_dir):
-    paths = sorted(str(p) for p in (data_dir / "test").glob("*/*") if p.suffix.lower() in data.IMAGE_EXTENSIONS)
+    paths = sorted(str(p) for p in (data_dir / "test").glob("*/*") if p.suffix.lower() in folders.IMAGE_EXTENSIONS)
     flags = ood.flag_files(reference, paths)
     rate = float(flags["unusual"].astype(bool).mean())
     print(f"\nflagged {int(flags['unusual'].astype(bool).sum())} of {len(paths)} real test X-rays ({rate:.1%}); cut-off {reference['cutoff']:.2f}")
@@ -58,13 +59,14 @@ def test_blank_noise_and_non_xray_images_are_flagged(reference, tmp_path):
 
 
 def test_a_run_reference_is_computed_once_and_saved(runs_dir, tmp_path):
-    from core import artifacts
+    from core import files
+    from core.runs import artifacts
 
     run = artifacts.load_run(runs_dir, "cnn-small")
     (run.folder / ood.REFERENCE).unlink(missing_ok=True)
     reference = ood.reference_for(run)
     assert reference is not None and (run.folder / ood.REFERENCE).exists()
-    assert ood.reference_for(run) == artifacts.read_json(run.folder / ood.REFERENCE)
+    assert ood.reference_for(run) == files.read_json(run.folder / ood.REFERENCE)
     unreadable = tmp_path / "broken.jpeg"
     unreadable.write_bytes(b"not an image")
     flags = ood.flag_files(reference, [str(unreadable)])

@@ -1,4 +1,4 @@
-"""How a run's end is recorded: `core.progress.recorded_end` for searches, repeats and workers."""
+"""How a run's end is recorded: `core.runs.progress.recorded_end` for searches, repeats and workers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from core import artifacts
-from core.progress import STOPPED_MESSAGE, Progress, SearchStopped, StopFlag, recorded_end
+from core.runs import artifacts
+from core.runs.progress import STOPPED_MESSAGE, Progress, SearchStopped, StopFlag, recorded_end
 
 
 def _saved_progress(folder) -> dict:

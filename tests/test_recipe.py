@@ -1,4 +1,4 @@
-"""The recommended recipe (core.recipe): its plan, the chain run end to end by the CLI, continuing
+"""The recommended recipe (core.workflows.recipe): its plan, the chain run end to end by the CLI, continuing
 it, stopping it between steps, its refusals, and the Tune page's one-click start and recipe list."""
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import artifacts, jobs, presets, recipe, repeat, tuning
-from core.artifacts import RunError
-from core.progress import StopFlag
+from core import files, jobs
+from core.runs import artifacts
+from core.runs.artifacts import RunError
+from core.runs.progress import StopFlag
+from core.search import loop, presets
+from core.workflows import recipe, repeat
 from tests.helpers import make_dataset, run_cli
 from tests.test_app import no_exception, page
 from tests.test_finetune import V2_WEIGHTS
@@ -111,7 +114,7 @@ def test_a_stopped_step_ends_the_chain_and_nothing_after_it_starts(cooked, tmp_p
         shutil.rmtree(store / name)
     plan = recipe.find_plan(store, "r")
     calls = []
-    monkeypatch.setattr(tuning, "run_search", lambda settings, log, resume: calls.append(settings.name) or {"state": "stopped"})
+    monkeypatch.setattr(loop, "run_search", lambda settings, log, resume: calls.append(settings.name) or {"state": "stopped"})
     assert recipe.run_recipe(store, plan, log=lambda _: None) == {"state": "stopped", "step": "r-recommended"}
     assert calls == ["r-recommended"]
     assert not (store / "r-repeat").exists() and not (store / "r").exists()
@@ -198,7 +201,7 @@ def test_stop_by_the_recipes_name_stops_its_running_step(cooked, tmp_path):
     step = store / "r-recommended"
     (step / artifacts.METRICS).unlink()
     # Running as far as the pages can tell; the pid is the launcher's, so nothing is signalled.
-    artifacts.write_json(step / artifacts.PROGRESS, {"state": "running", "phase": "searching", "pid": os.getpid(),
+    files.write_json(step / artifacts.PROGRESS, {"state": "running", "phase": "searching", "pid": os.getpid(),
                                                      "host": artifacts.this_host(), jobs.LAUNCHING: True})
     assert "asked to stop: run 'r-recommended'" in jobs.stop_search(str(store), "r")
     assert (step / StopFlag.FILE).exists() and not (store / "r-quick" / StopFlag.FILE).exists()

@@ -1,4 +1,4 @@
-"""core.repeat: a finished run's best hyperparameters trained again with other seeds, as one new run.
+"""core.workflows.repeat: a finished run's best hyperparameters trained again with other seeds, as one new run.
 
 The spread table is checked against numbers worked out by hand; bad sources and seed counts are
 refused with a message before anything is written; and one tiny real repeat (36 images at 32 px,
@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import artifacts, repeat
-from core.artifacts import RunError
+from core import files
+from core.runs import artifacts
+from core.runs.artifacts import RunError
+from core.workflows import repeat
 from tests.helpers import make_dataset, run_cli
 from tests.test_app import charts, frame_with, no_exception, page
 
@@ -65,12 +67,12 @@ def test_seeds_are_the_ones_after_the_sources():
 def _fake_run(folder: Path, name: str, settings: dict, progress: dict, metrics: dict | None = None, best: dict | None = None) -> None:
     run = folder / name
     run.mkdir(parents=True)
-    artifacts.write_json(run / artifacts.SETTINGS, {"name": name, "family": "custom_cnn", "seed": 42, **settings})
-    artifacts.write_json(run / artifacts.PROGRESS, progress)
+    files.write_json(run / artifacts.SETTINGS, {"name": name, "family": "custom_cnn", "seed": 42, **settings})
+    files.write_json(run / artifacts.PROGRESS, progress)
     if metrics is not None:
-        artifacts.write_json(run / artifacts.METRICS, metrics)
+        files.write_json(run / artifacts.METRICS, metrics)
     if best is not None:
-        artifacts.write_json(run / artifacts.BEST_HYPERPARAMETERS, best)
+        files.write_json(run / artifacts.BEST_HYPERPARAMETERS, best)
 
 
 @pytest.fixture
@@ -143,7 +145,7 @@ def test_repeat_is_an_ordinary_run_with_every_seed_saved(repeated):
     assert run.settings["repeat"]["source"] == "source" and run.settings["repeat"]["seeds"] == [43, 44]
     assert run.settings["fixed_hyperparameters"] == best
     assert "source-again" in set(artifacts.runs_table(artifacts.list_runs(repeated))["run"])
-    pd.testing.assert_frame_equal(artifacts.read_csv(run.folder / artifacts.SPLITS), artifacts.read_csv(source.folder / artifacts.SPLITS))
+    pd.testing.assert_frame_equal(files.read_csv(run.folder / artifacts.SPLITS), files.read_csv(source.folder / artifacts.SPLITS))
 
     seed_runs = [artifacts.load_run(run.folder / repeat.SEEDS_DIR, f"seed-{s}") for s in (43, 44)]
     for seed, seed_run in zip((43, 44), seed_runs, strict=True):

@@ -1,4 +1,4 @@
-"""core.report: one self-contained HTML file, checked as text and opened in headless Chromium."""
+"""core.reporting.report: one self-contained HTML file, checked as text and opened in headless Chromium."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 import plotly.io
 import pytest
 
-from core import artifacts, evidence, report, shift, statistics, wording
+from core.evidence import run_evidence, shift, statistics
+from core.reporting import report, wording
+from core.runs import artifacts
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -56,7 +58,7 @@ def test_report_holds_the_evidence_of_every_run(fixture_runs, report_file):
     assert "Youden&#x27;s J on the validation split" in html  # the tool's threshold rule
     assert "300 resamples, seed 4" in html
     for run in fixture_runs:
-        ev = evidence.run_evidence(run.name, run.predictions(), run.metrics["threshold"], n_resamples=300, seed=4)
+        ev = run_evidence.run_evidence(run.name, run.predictions(), run.metrics["threshold"], n_resamples=300, seed=4)
         auc = ev.interval("auc")
         # the metrics table row and the ROC legend carry the same interval
         assert f"{auc.estimate:.3f} ({auc.low:.3f}–{auc.high:.3f})" in html
@@ -72,7 +74,7 @@ def test_report_holds_the_evidence_of_every_run(fixture_runs, report_file):
     assert "descriptive (optimistic" not in html
     # paired tests: every pair on the same images is tested by patient, Holm-adjusted over the three
     # pairs, with the sentences core.evidence writes; the other split's pairs are refused with the reason
-    family, refused = evidence.pairwise_evidence([(r.name, r.predictions(), r.metrics["threshold"]) for r in fixture_runs])
+    family, refused = run_evidence.pairwise_evidence([(r.name, r.predictions(), r.metrics["threshold"]) for r in fixture_runs])
     assert len(family) == 3 and len(refused) == 3 and all(p.n_comparisons == 3 for p in family)
     section = html.split("<h2>Paired tests</h2>")[1].split("<h2>")[0]
     for pair in family:

@@ -9,8 +9,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import artifacts, evaluation, jobs, models, stress
-from core.settings import SearchSettings, SettingsError
+from core import files, jobs
+from core.evidence import stress
+from core.inference import evaluation
+from core.models import families
+from core.runs import artifacts
+from core.search import cost
+from core.search.settings import SearchSettings, SettingsError
 from tests.helpers import make_dataset, run_cli, wait_for
 
 
@@ -158,7 +163,7 @@ def test_frozen_search_fills_the_feature_cache_once(dataset, tmp_path):
 
 
 def _progress(store, name):
-    return artifacts.read_json(store / name / "progress.json", {})
+    return files.read_json(store / name / "progress.json", {})
 
 
 def test_stop_then_resume_keeps_every_trial(dataset, tmp_path):
@@ -171,7 +176,7 @@ def test_stop_then_resume_keeps_every_trial(dataset, tmp_path):
     message = jobs.stop_search(str(tmp_path), "stoppable")
     assert "asked to stop" in message
     wait_for(lambda: artifacts.load_run(tmp_path, "stoppable").state == "stopped", 120, what="the stopped state")
-    kept = {t["trial_id"]: t for t in artifacts.read_json(tmp_path / "stoppable" / "trials.json") if t["status"] == "COMPLETED"}
+    kept = {t["trial_id"]: t for t in files.read_json(tmp_path / "stoppable" / "trials.json") if t["status"] == "COMPLETED"}
     assert 1 <= len(kept) < 4
     assert not (tmp_path / "stoppable" / "metrics.json").exists()
 
@@ -179,7 +184,7 @@ def test_stop_then_resume_keeps_every_trial(dataset, tmp_path):
     wait_for(lambda: artifacts.load_run(tmp_path, "stoppable").state in ("completed", "failed"), 240, what="completion")
     run = artifacts.load_run(tmp_path, "stoppable")
     assert run.state == "completed", run.progress.get("error")
-    trials = artifacts.read_json(run.folder / "trials.json")
+    trials = files.read_json(run.folder / "trials.json")
     completed = {t["trial_id"]: t for t in trials if t["status"] == "COMPLETED"}
     assert len(completed) == 4
     for trial_id, trial in kept.items():  # trials done before the stop are kept, not redone
@@ -220,8 +225,8 @@ def test_one_name_is_one_search(dataset, tmp_path):
 
 def test_progress_estimates_time_left():
     progress = {"phase": "searching", "trials_total": 4, "trials_done": 1, "epochs": 2, "epoch": 1, "elapsed_s": 30.0}
-    assert jobs.estimate_remaining_s(progress) == pytest.approx(90.0)
-    assert jobs.estimate_remaining_s({**progress, "phase": "decoding images"}) is None
+    assert cost.estimate_remaining_s(progress) == pytest.approx(90.0)
+    assert cost.estimate_remaining_s({**progress, "phase": "decoding images"}) is None
 
 
 # Searches measured on 2 cores over the 5,216 real training images (README, "Measured here"):
@@ -237,31 +242,31 @@ MEASURED_SEARCHES = {
 
 @pytest.mark.parametrize(("search", "seconds"), MEASURED_SEARCHES.items())
 def test_search_cost_estimate_is_within_3x_of_measured_runs(search, seconds):
-    assert seconds / 3 < jobs.estimate_search_s(*search) < 3 * seconds
+    assert seconds / 3 < cost.estimate_search_s(*search) < 3 * seconds
 
 
 def test_search_cost_estimate_follows_the_cost_model():
     def cost(family: str = "mobilenet", mode: str = "frozen", size: int = 224, trials: int = 10) -> float:
-        return jobs.estimate_search_s(family, mode, size, trials, 5, 5216)
+        return cost.estimate_search_s(family, mode, size, trials, 5, 5216)
 
     assert cost(trials=10) < 2 * cost(trials=1)  # frozen: the one backbone pass dominates
     assert cost(mode="finetune", trials=10) > 4 * cost(mode="finetune", trials=1)  # fine-tuning pays per trial
-    uncached = jobs.estimate_search_s("mobilenet", "finetune", 224, 10, 5, 5216, activation_cache=False)
+    uncached = cost.estimate_search_s("mobilenet", "finetune", 224, 10, 5, 5216, activation_cache=False)
     assert uncached > 2 * cost(mode="finetune", trials=10)  # the cut-point cache saves the bottom's steps
-    views = jobs.estimate_search_s("mobilenet", "finetune", 224, 1, 5, 5216, views=3)
+    views = cost.estimate_search_s("mobilenet", "finetune", 224, 1, 5, 5216, views=3)
     assert views > cost(mode="finetune", trials=1)  # augmented views cost a bottom pass each
     assert cost("inception_v3", size=299) > 2 * cost("mobilenet", size=224)
     assert cost("custom_cnn", size=300) > 3 * cost("custom_cnn", size=150)  # pixels grow with the square
 
 
-@pytest.mark.parametrize("family", models.FAMILIES)
+@pytest.mark.parametrize("family", families.FAMILIES)
 def test_every_family_has_a_cost_estimate_that_grows_with_the_work(family):
-    info = models.FAMILIES[family]
-    for mode in models.MODES if info.transfer else ("scratch",):
+    info = families.FAMILIES[family]
+    for mode in families.MODES if info.transfer else ("scratch",):
         for cache in (True, False):
-            one, many = (jobs.estimate_search_s(family, mode, info.default_image_size, t, 5, 5216, activation_cache=cache) for t in (1, 20))
+            one, many = (cost.estimate_search_s(family, mode, info.default_image_size, t, 5, 5216, activation_cache=cache) for t in (1, 20))
             assert 0 < one < many < float("inf"), (mode, cache)
-            assert jobs.estimate_search_s(family, mode, info.default_image_size, 1, 5, 500, activation_cache=cache) < one
+            assert cost.estimate_search_s(family, mode, info.default_image_size, 1, 5, 500, activation_cache=cache) < one
 
 
 def test_settings_are_checked_before_anything_starts(tmp_path):

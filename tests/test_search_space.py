@@ -1,4 +1,4 @@
-"""core.search_space: the default space is what the models draw, edits narrow it or are refused,
+"""core.models.search_space: the default space is what the models draw, edits narrow it or are refused,
 and edited spaces reach Keras Tuner (from the settings and from the CLI)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from core import search_space
-from core.progress import Progress, StopFlag
-from core.settings import SearchSettings, SettingsError
-from core.tuner import make_tuner
+from core.models import search_space
+from core.runs.progress import Progress, StopFlag
+from core.search.settings import SearchSettings, SettingsError
+from core.search.tuner import make_tuner
 from tests.helpers import make_dataset, run_cli
 
 CNN_32 = search_space.default_space("custom_cnn", "scratch", 32)
@@ -138,14 +138,15 @@ def _defined(space: dict) -> dict:
 
 def test_each_model_draws_exactly_its_default_space():
     """The space shown and edited is the one the builders register, name by name and range by range."""
-    from core import models
+    from core.models import backbones
+    from core.search import hypermodel
 
-    spec = models.BackboneSpec("mobilenet_v2", 32, "none")
+    spec = backbones.BackboneSpec("mobilenet_v2", 32, "none")
     cases = {
-        ("custom_cnn", "scratch", "off", True): models.SearchSpace("custom_cnn", "scratch", 32).build,
-        ("custom_cnn", "scratch", "search", True): models.SearchSpace("custom_cnn", "scratch", 32, augment="search").build,
-        ("mobilenet", "frozen", "off", True): models.SearchSpace("mobilenet", "frozen", 32, spec, n_features=8).build,
-        ("mobilenet", "finetune", "search", False): models.SearchSpace("mobilenet", "finetune", 32, spec, augment="search").build,
+        ("custom_cnn", "scratch", "off", True): hypermodel.SearchSpace("custom_cnn", "scratch", 32).build,
+        ("custom_cnn", "scratch", "search", True): hypermodel.SearchSpace("custom_cnn", "scratch", 32, augment="search").build,
+        ("mobilenet", "frozen", "off", True): hypermodel.SearchSpace("mobilenet", "frozen", 32, spec, n_features=8).build,
+        ("mobilenet", "finetune", "search", False): hypermodel.SearchSpace("mobilenet", "finetune", 32, spec, augment="search").build,
     }
     for (family, mode, augment, activation_cache), build in cases.items():
         expected = search_space.default_space(family, mode, 32, augment, activation_cache)
@@ -176,9 +177,10 @@ def test_the_tuners_oracle_searches_the_edited_space(tmp_path):
         space={"filters": 16, "learning_rate": {"min": 1e-3, "max": 2e-3}, "dense_units": [32, 128]},
     ).resolved()
     oracle_space = settings.hyperparameters()
-    from core import models, trials
+    from core.runs import trials
+    from core.search.hypermodel import SearchSpace
 
-    hypermodel = models.SearchSpace("custom_cnn", "scratch", 32)
+    hypermodel = SearchSpace("custom_cnn", "scratch", 32)
     recorder = trials.HistoryRecorder(tmp_path / "trial_history.csv")
     tuner = make_tuner(settings, hypermodel, tmp_path, Progress(tmp_path), StopFlag(tmp_path), print, recorder)
     space = {h.name: h for h in tuner.oracle.hyperparameters.space}

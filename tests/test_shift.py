@@ -1,4 +1,4 @@
-"""core.shift: each run's metrics on validation and on test, side by side, and where test comes from."""
+"""core.evidence.shift: each run's metrics on validation and on test, side by side, and where test comes from."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import figures, shift, statistics
+from core.evidence import shift, statistics
+from core.reporting import figures
 
 
 def predictions(y: np.ndarray, probability: np.ndarray) -> pd.DataFrame:

@@ -14,8 +14,9 @@ import sys
 
 import pytest
 
-from core import artifacts, jobs
-from core.settings import SearchSettings
+from core import files, jobs
+from core.runs import artifacts
+from core.search.settings import SearchSettings
 from tests.helpers import make_dataset
 from tests.test_app import page, texts
 
@@ -101,7 +102,7 @@ def test_stop_while_launching_never_signals_the_launcher(tmp_path, monkeypatch):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / artifacts.SETTINGS).write_text("{}")
-    artifacts.write_json(folder / artifacts.PROGRESS, {"state": "starting", "pid": os.getpid(), "host": artifacts.this_host(),
+    files.write_json(folder / artifacts.PROGRESS, {"state": "starting", "pid": os.getpid(), "host": artifacts.this_host(),
                                                       jobs.LAUNCHING: True})
     killed = []
     monkeypatch.setattr(jobs.os, "kill", lambda pid, sig: sig and killed.append(pid))  # signal 0 only probes

@@ -1,4 +1,4 @@
-"""Tests for core.statistics: each checks behaviour against an independent reference."""
+"""Tests for core.evidence.statistics: each checks behaviour against an independent reference."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from core import statistics as st
+from core.evidence import statistics as st
 
 
 def _binormal(rng: np.random.Generator, n_pos: int, n_neg: int, d: float):

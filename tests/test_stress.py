@@ -1,11 +1,11 @@
-"""core.stress: validation images changed as sites differ, and what that does to a run's decisions."""
+"""core.evidence.stress: validation images changed as sites differ, and what that does to a run's decisions."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_curve
 
-from core import stress
+from core.evidence import stress
 
 
 def _square(size: int = 40, side: int = 10) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The three tasks (core.tasks): labels on real file names, splits per task, three-class metrics
+"""The three tasks (core.data.tasks): labels on real file names, splits per task, three-class metrics
 against scikit-learn, the derived binary view, old runs, the shared feature cache, and a
 three-class search end to end (CLI -> saved run -> Compare, Predict and the report in AppTest)."""
 
@@ -14,8 +14,14 @@ import pytest
 from sklearn.metrics import accuracy_score, multilabel_confusion_matrix, recall_score, roc_auc_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from core import artifacts, data, evaluation, models, multiclass, tasks
-from core.settings import SearchSettings, SettingsError
+from core import files
+from core.data import folders, splitting, tasks
+from core.evidence import multiclass
+from core.inference import evaluation
+from core.models import builders, families
+from core.runs import artifacts
+from core.search import hypermodel
+from core.search.settings import SearchSettings, SettingsError
 from tests.helpers import make_dataset, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def real_table(data_dir) -> pd.DataFrame:
-    return data.scan_folder(data_dir, check_images=False).table
+    return folders.scan_folder(data_dir, check_images=False).table
 
 
 # ---------------------------------------------------------------------------- labels
@@ -60,7 +66,7 @@ def test_task_names_old_runs_and_bad_names(tmp_path):
         tasks.task_for("viral")
     # A run saved before tasks existed opens as a pneumonia run, and so does one saved as "binary".
     for name, settings in (("old", {"family": "custom_cnn"}), ("older", {"family": "custom_cnn", "task": "binary"})):
-        artifacts.write_json(tmp_path / name / artifacts.SETTINGS, settings)
+        files.write_json(tmp_path / name / artifacts.SETTINGS, settings)
         assert artifacts.load_run(tmp_path, name).task == "pneumonia"
     resolved = SearchSettings.from_dict({"data_dir": str(tmp_path), "task": "binary", "name": "x"}).resolved()
     assert resolved.task == "pneumonia"
@@ -74,23 +80,23 @@ def test_task_names_old_runs_and_bad_names(tmp_path):
 @pytest.mark.parametrize("task_name", list(tasks.TASKS))
 def test_splits_are_patient_grouped_and_stratified_by_the_tasks_classes(real_table, task_name):
     task = tasks.task_for(task_name)
-    table, _ = data.assign_splits(real_table, task=task)
-    data.check_patient_disjoint(table)
+    table, _ = splitting.assign_splits(real_table, task=task)
+    splitting.check_patient_disjoint(table)
     assert set(table[task.column]) == set(task.classes)  # only the task's images
     assert len(table) == task.rows(real_table).sum()
     assert (table.loc[table["split"] == "test", "folder_split"] == "test").all()  # the official test/ is kept
     shares = table.groupby("split")[task.column].value_counts(normalize=True).unstack()
     # validation is carved out of train/ stratified by the task's classes: the same shares as training
     assert np.allclose(shares.loc["val"], shares.loc["train"], atol=0.03), shares
-    weights = data.summarize(data.Dataset(Path("."), real_table), table, task)["class_weights"]
+    weights = splitting.summarize(folders.Dataset(Path("."), real_table), table, task)["class_weights"]
     train_counts = table.loc[table["split"] == "train", task.column].value_counts()
     assert set(weights) == set(task.classes)
     # each class counts equally in training: weight x images is the same for every class
     totals = [weights[c] * train_counts[c] for c in task.classes]
     assert max(totals) / min(totals) < 1.001
 
-    capped = data.cap_per_class(table, 30, task=task)
-    data.check_patient_disjoint(capped)
+    capped = splitting.cap_per_class(table, 30, task=task)
+    splitting.check_patient_disjoint(capped)
     counts = capped.groupby(["split", task.column]).size()
     assert counts.max() <= 30 + 5 and len(counts) == 3 * task.n_classes  # every class in every split, whole patients
 
@@ -98,16 +104,16 @@ def test_splits_are_patient_grouped_and_stratified_by_the_tasks_classes(real_tab
 # ---------------------------------------------------------------------------- models
 
 
-@pytest.mark.parametrize("family", models.FAMILIES)
+@pytest.mark.parametrize("family", families.FAMILIES)
 def test_every_family_trains_a_softmax_for_three_classes(family):
     import keras
     import keras_tuner
 
-    info = models.FAMILIES[family]
+    info = families.FAMILIES[family]
     mode, size = ("finetune" if info.transfer else "scratch"), info.min_image_size
     keras.utils.set_random_seed(0)
     task = tasks.THREE_CLASS
-    model = models.SearchSpace(family, mode, size, info.backbone(size, "none"), task=task).build(keras_tuner.HyperParameters())
+    model = hypermodel.SearchSpace(family, mode, size, info.backbone(size, "none"), task=task).build(keras_tuner.HyperParameters())
     assert model.output_shape == (None, 3)
     y = np.arange(12) % 3
     x = np.random.default_rng(0).normal(80, 10, (12, size, size, 3)).astype("float32")
@@ -115,7 +121,7 @@ def test_every_family_trains_a_softmax_for_three_classes(family):
     assert np.isfinite(history.history["loss"][0]) and "auc" in history.history
     outputs = model.predict(x, verbose=0)
     assert np.allclose(outputs.sum(axis=1), 1, atol=1e-5)
-    assert np.allclose(models.positive_probability(outputs), outputs[:, 1] + outputs[:, 2], atol=1e-5)
+    assert np.allclose(builders.positive_probability(outputs), outputs[:, 1] + outputs[:, 2], atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- three-class metrics
@@ -237,7 +243,7 @@ def _page(name: str, data_dir: Path, artifacts_dir: Path):
 
 
 def test_compare_predict_and_the_report_show_a_three_class_run(task_runs):
-    from core import report
+    from core.reporting import report
 
     folder = task_runs["artifacts"]
     at = _page("compare", task_runs["data"], folder)
@@ -283,7 +289,8 @@ def test_compare_predict_and_the_report_show_a_three_class_run(task_runs):
 def test_a_three_class_ensemble_predicts_and_explains_each_class(task_runs, tmp_path):
     import shutil
 
-    from core import ensemble, report
+    from core.inference import ensemble
+    from core.reporting import report
 
     folder = tmp_path / "artifacts"
     shutil.copytree(task_runs["artifacts"], folder)
@@ -330,7 +337,7 @@ def test_the_data_page_shows_the_class_balance_of_each_tasks_split(task_runs):
     assert [h.value.split(" (")[0] for h in at.subheader if h.value.endswith("images)")] == ["Bacterial", "Viral"]
     assert any("viral images per bacterial one" in c.value for c in at.caption)
     task = tasks.BACTERIAL_VS_VIRAL
-    table, _ = data.assign_splits(data.scan_folder(task_runs["data"]).table, task=task)
+    table, _ = splitting.assign_splits(folders.scan_folder(task_runs["data"]).table, task=task)
     viral = balance["data"][1]
     for split, text in zip(viral["y"], viral["text"], strict=True):
         expected = int(((table["split"] == split) & (table["kind"] == "virus")).sum())

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import artifacts, trial_figures, trials
-from core.progress import Progress, StopFlag
-from core.settings import SearchSettings, SettingsError
-from core.tuner import trial_callbacks
+from core.reporting import trial_figures
+from core.runs import artifacts, trials
+from core.runs.progress import Progress, StopFlag
+from core.search.settings import SearchSettings, SettingsError
+from core.search.tuner import trial_callbacks
 from tests.conftest import REPO
 from tests.helpers import make_trials_run
 
@@ -27,7 +28,7 @@ def test_recorder_writes_a_readable_history_after_every_epoch(tmp_path):
     for epoch in (1, 2, 3):
         recorder.begin_epoch()
         recorder.end_epoch(epoch, {"loss": 0.5, "auc": 0.7, "val_auc": 0.6 + epoch / 100, "val_loss": 0.4, "accuracy": 0.8})
-        saved = trials.read_history(path)  # what a reader sees mid-search (or after a kill)
+        saved = artifacts.read_history(path)  # what a reader sees mid-search (or after a kill)
         assert len(saved) == epoch and saved["trial_id"].tolist() == ["00"] * epoch
     assert np.isnan(saved["val_accuracy"]).all()  # a metric the logs lack is a gap, not an error
     recorder.end_training(last_epoch=3, planned_epochs=5)
@@ -49,7 +50,7 @@ def test_a_resumed_search_keeps_the_history_and_retries_a_trial_from_scratch(tmp
     assert again.trial_meta("00")["duration_s"] == 12.5
     again.begin_trial("01")
     again.end_epoch(1, {"val_auc": 0.8})
-    history = trials.read_history(path)
+    history = artifacts.read_history(path)
     assert history.groupby("trial_id").size().to_dict() == {"00": 2, "01": 1}
     assert history.loc[history["trial_id"] == "01", "val_auc"].tolist() == [0.8]
 
@@ -70,7 +71,7 @@ def test_early_stopping_ends_a_trial_that_stops_improving_and_says_so(tmp_path):
     model.fit(x, y, validation_data=(x, y), epochs=10, callbacks=callbacks, verbose=0)
     recorder.end_trial("00")
     assert recorder.trial_meta("00")["epochs_run"] == 3 and recorder.trial_meta("00")["stopped_early"]
-    assert len(trials.read_history(tmp_path / artifacts.TRIAL_HISTORY)) == 3
+    assert len(artifacts.read_history(tmp_path / artifacts.TRIAL_HISTORY)) == 3
     assert any("stopped early after epoch 3 of 10" in line for line in lines)
 
 

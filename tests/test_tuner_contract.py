@@ -1,4 +1,4 @@
-"""What core.tuner and core.progress rely on from Keras Tuner, checked on real (training-free) searches.
+"""What core.search.tuner and core.runs.progress rely on from Keras Tuner, checked on real (training-free) searches.
 
 The search loop counts Hyperband trials with its own formula and stops a search with a
 BaseException; if a Keras Tuner release sizes brackets differently or starts catching such an
@@ -10,8 +10,8 @@ from __future__ import annotations
 import keras_tuner
 import pytest
 
-from core.progress import SearchStopped
-from core.tuner import HYPERBAND_FACTOR, hyperband_trials
+from core.runs.progress import SearchStopped
+from core.search.tuner import HYPERBAND_FACTOR, hyperband_trials
 
 
 class _ScoreTuner(keras_tuner.Tuner):

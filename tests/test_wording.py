@@ -1,4 +1,4 @@
-"""core.wording: the labels and texts the Compare page and the report share, from the numbers of core.evidence."""
+"""core.reporting.wording: the labels and texts the Compare page and the report share, from the numbers of core.evidence."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import math
 
 import pytest
 
-from core import evidence, statistics, tasks, wording
-from core.evidence import ThresholdChoice
+from core.data import tasks
+from core.evidence import run_evidence, statistics
+from core.evidence.run_evidence import ThresholdChoice
+from core.reporting import wording
 
 
 def choice(key: str, on_test: bool, threshold: float = 0.4123) -> ThresholdChoice:
@@ -15,10 +17,10 @@ def choice(key: str, on_test: bool, threshold: float = 0.4123) -> ThresholdChoic
 
 
 def test_every_operating_point_has_a_label_and_says_where_it_was_chosen():
-    assert set(evidence.OPERATING_POINTS) == set(wording.POINT_LABELS)
+    assert set(run_evidence.OPERATING_POINTS) == set(wording.POINT_LABELS)
     assert choice("sens@spec90", on_test=False).label == "best sensitivity at specificity ≥ 90 % (chosen on validation)"
     assert choice("spec@sens95", on_test=True).label == "best specificity at sensitivity ≥ 95 % (on test, descriptive)"
-    assert choice(evidence.VALIDATION_CHOICE, on_test=False).label == "validation-chosen (the run's own threshold)"
+    assert choice(run_evidence.VALIDATION_CHOICE, on_test=False).label == "validation-chosen (the run's own threshold)"
 
 
 def test_the_menu_entry_of_an_operating_point_names_its_split_and_threshold():
@@ -28,7 +30,7 @@ def test_the_menu_entry_of_an_operating_point_names_its_split_and_threshold():
     assert wording.choice_option("validation", choice("validation", on_test=False, threshold=0.5)) == (
         "validation-chosen (the run's own threshold) — 0.500"
     )
-    assert wording.choice_option(evidence.CUSTOM_CHOICE, None) == "custom (the slider)"
+    assert wording.choice_option(run_evidence.CUSTOM_CHOICE, None) == "custom (the slider)"
 
 
 @pytest.mark.parametrize(
@@ -43,7 +45,7 @@ def test_intervals_and_their_label():
     assert wording.format_interval(statistics.Interval(0.95, math.nan, 0.97, 0.95, 0)) == "n/a"
     assert wording.format_interval(None) == "n/a"
     assert wording.ci_label(0.95) == "95% CI" and wording.ci_label(0.9) == "90% CI"
-    assert list(wording.INTERVAL_TITLES) == list(evidence.INTERVAL_METRICS)
+    assert list(wording.INTERVAL_TITLES) == list(run_evidence.INTERVAL_METRICS)
 
 
 def test_the_paired_tests_method_and_interval_texts():

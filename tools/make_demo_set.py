@@ -5,7 +5,7 @@
 SOURCE is the public "Chest X-Ray Images (Pneumonia)" folder (default ../shared/data/chest_xray).
 How the images are chosen, so that anyone can check or redo it:
 
-- whole patients only (the patient comes from the file name, as in `core.data.parse_file_name`),
+- whole patients only (the patient comes from the file name, as in `core.data.folders.parse_file_name`),
   drawn in a seeded random order; patients with more than MAX_IMAGES_PER_PATIENT images are skipped
   so that the images come from many children;
 - demo train/ from the source's train/, demo test/ from the source's test/: TRAIN_PER_CLASS and
@@ -35,7 +35,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core.data import CLASS_NAMES, IMAGE_EXTENSIONS, MIN_SPLIT_IMAGES_PER_CLASS, parse_file_name  # noqa: E402
+from core.data.folders import CLASS_NAMES, IMAGE_EXTENSIONS, MIN_SPLIT_IMAGES_PER_CLASS, parse_file_name  # noqa: E402
 
 DEMO_ROOT = REPO / "demo_data"
 TARGET = DEMO_ROOT / "chest_xray"

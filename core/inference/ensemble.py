@@ -1,0 +1,391 @@
+"""Ensembles: finished runs combined into a new run that averages their probabilities.
+
+Owns what makes an ensemble: which runs may be combined (finished, not ensembles themselves,
+tested and validated on exactly the same images), how the weights are chosen (equal, or the
+point of a coarse grid on the simplex with the best validation AUC), and how an ensemble scores
+new images and explains them (each member at its own input size, averaged with the weights).
+Members of one multi-class task (three-class runs) make an ensemble of that task, whose class
+probabilities are the members' averaged; any other mix answers the members' binary question.
+
+An ensemble is saved as an ordinary run folder, so every page, the report and `predict` read it
+like any other run: `predictions.csv`, `val_predictions.csv` and `metrics.json` are made by
+`core.inference.evaluation.evaluate_scores` (threshold chosen on validation, as for every run);
+`splits.csv` and `data_summary.json` come from the members; `settings.json` has family
+"ensemble", the member names and their weights. The members stay where they are (the same
+artifacts folder) and their models are loaded from there: deleting a member breaks prediction
+with the ensemble (its saved results stay readable).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import files
+from core.data import tasks
+from core.evidence import multiclass, stress
+from core.runs import artifacts
+from core.runs.artifacts import Run, RunError
+
+EQUAL_RULE = "equal weights (the plain mean of the members' probabilities)"
+WEIGHTED_RULE = (
+    "the weights on a grid of step 1/{steps} on the simplex (non-negative, summing to 1) with the highest "
+    "validation AUC; ties go to the weights closest to equal"
+)
+MAX_GRID_POINTS = 2000  # the grid gets coarser with more members so it stays under this
+_ROW_COLUMNS = ["path", "patient", "kind", "class_name", "y_true"]
+
+
+# --------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------
+
+
+def grid_steps(n_members: int, max_points: int = MAX_GRID_POINTS) -> int:
+    """The finest step 1/k (k <= 10) whose simplex grid for `n_members` has at most `max_points` points."""
+    steps = 10
+    while steps > 1 and math.comb(steps + n_members - 1, n_members - 1) > max_points:
+        steps -= 1
+    return steps
+
+
+def simplex_grid(n_members: int, steps: int) -> np.ndarray:
+    """Every weight vector whose entries are multiples of 1/steps and sum to 1: (points, n_members)."""
+    if n_members < 1 or steps < 1:
+        raise ValueError("a weight grid needs at least one member and one step")
+    rows = [c for c in itertools.product(range(steps + 1), repeat=n_members - 1) if sum(c) <= steps]
+    grid = np.array([[*c, steps - sum(c)] for c in rows], dtype=np.float64)
+    return grid / steps
+
+
+def _auc_columns(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The ROC AUC of each column of `scores` (ties count one half), by the rank-sum formula."""
+    from scipy.stats import rankdata
+
+    positive = y == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("choosing weights needs both classes in the validation split")
+    ranks = rankdata(scores, axis=0)
+    return (ranks[positive].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def choose_weights(y_val: np.ndarray, member_scores: np.ndarray, steps: int | None = None) -> tuple[np.ndarray, float]:
+    """(weights, their validation AUC): the grid point with the highest validation AUC.
+
+    `member_scores` is (images, members), the members' validation probabilities. Ties (within
+    1e-12) go to the weights closest to equal, then to the first in grid order, so the choice is
+    reproducible. Only validation labels are seen here: test never guides the weights.
+    """
+    y = np.asarray(y_val, dtype=np.int64)
+    scores = np.asarray(member_scores, dtype=np.float64)
+    n = scores.shape[1]
+    grid = simplex_grid(n, steps or grid_steps(n))
+    aucs = _auc_columns(y, scores @ grid.T)
+    best = aucs.max()
+    tied = np.flatnonzero(aucs >= best - 1e-12)
+    distance = np.linalg.norm(grid[tied] - 1.0 / n, axis=1)
+    pick = tied[np.argmin(distance)]
+    return grid[pick], float(aucs[pick])
+
+
+def combine(member_scores: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """The ensemble's probability: the weighted mean of the members' (the last axis of `member_scores`:
+    columns of scores, or the members of stacked class probabilities)."""
+    w = np.asarray(weights, dtype=np.float64)
+    return np.asarray(member_scores, dtype=np.float64) @ (w / w.sum())
+
+
+# --------------------------------------------------------------------------
+# Members
+# --------------------------------------------------------------------------
+
+
+def _problem(run: Run) -> str:
+    """Why `run` cannot be a member ("" when it can)."""
+    if run.is_ensemble:
+        return f"{run.name} is itself an ensemble (of {', '.join(run.members)}): pick its members instead"
+    if run.state != "completed" or not run.metrics:
+        return f"{run.name} is not finished (state: {run.state})"
+    if not (run.folder / artifacts.PREDICTIONS).exists():
+        return f"{run.name} has no test predictions"
+    if not (run.folder / artifacts.VAL_PREDICTIONS).exists():
+        return f"{run.name} has no validation predictions (saved by an older version): weights and threshold need them"
+    if not run.has_model:
+        return f"{run.name} has no saved model"
+    return ""
+
+
+def same_images(first: Run, other: Run, a: pd.DataFrame, b: pd.DataFrame, split: str) -> str:
+    paths_a, paths_b = set(a["path"]), set(b["path"])
+    if paths_a == paths_b:
+        return ""
+    return (
+        f"{first.name} and {other.name} were {split} on different images ({len(paths_a)} and {len(paths_b)} images, "
+        f"{len(paths_a & paths_b)} in common): an ensemble needs members split the same way (same data, seed and image cap)"
+    )
+
+
+def check_members(runs: Sequence[Run]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Each member's (validation, test) predictions, or `RunError` naming every run that cannot join."""
+    names = [r.name for r in runs]
+    if len(set(names)) < 2:
+        raise RunError(f"an ensemble needs at least two different runs, got {', '.join(names) or 'none'}")
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise RunError(f"each run can be a member once: {', '.join(repeated)} named twice")
+    problems = [p for p in (_problem(r) for r in runs) if p]
+    if problems:
+        raise RunError("cannot combine: " + "; ".join(problems))
+    first_task = tasks.task_for(runs[0].task)
+    for other in runs[1:]:
+        if problem := tasks.comparability_problem(first_task, tasks.task_for(other.task)):
+            raise RunError(f"cannot combine {runs[0].name} and {other.name}: {problem}")
+    tables = {r.name: (r.val_predictions(), r.predictions()) for r in runs}
+    first = runs[0]
+    for other in runs[1:]:
+        for index, split in ((0, "validated"), (1, "tested")):
+            problem = same_images(first, other, tables[first.name][index], tables[other.name][index], split)
+            if problem:
+                raise RunError(f"cannot combine: {problem}")
+    return tables
+
+
+def _aligned(tables: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the first table's image rows, the members' probabilities as columns), in the first table's order."""
+    rows = tables[0][_ROW_COLUMNS].reset_index(drop=True)
+    columns = []
+    for table in tables:
+        indexed = table.set_index("path")
+        if not indexed.index.is_unique:
+            raise RunError("a member's predictions list an image twice")
+        if not np.array_equal(indexed.loc[rows["path"], "y_true"].to_numpy(), rows["y_true"].to_numpy()):
+            raise RunError("the members disagree on the true class of some images")
+        columns.append(indexed.loc[rows["path"], "probability"].to_numpy(dtype=np.float64))
+    return rows, np.column_stack(columns)
+
+
+def ensemble_task(runs: Sequence[Run]) -> tasks.Task:
+    """The question an ensemble answers. Members of one multi-class task (all three-class runs) make
+    an ensemble of that task: their class probabilities are averaged. Otherwise the members'
+    probabilities answer one binary question (a three-class member's is P(pneumonia)), and so
+    does the ensemble."""
+    first = tasks.task_for(runs[0].task)
+    if not first.is_binary and all(tasks.task_for(r.task) == first for r in runs):
+        return first
+    return tasks.task_for(first.question)
+
+
+def _combined_classes(tables: Sequence[pd.DataFrame], rows: pd.DataFrame, task: tasks.Task, weights) -> tuple[np.ndarray, np.ndarray]:
+    """(true class index, the members' class probabilities combined with the weights) for the images
+    of `rows`, in their order: a multi-class ensemble's predictions."""
+    per_member = [multiclass.from_predictions(t.set_index("path").loc[rows["path"]].reset_index(), task) for t in tables]
+    y = per_member[0][0]
+    if any(not np.array_equal(y, other[0]) for other in per_member[1:]):
+        raise RunError("the members disagree on the true class of some images")
+    return y, combine(np.stack([p for _, p, _ in per_member], axis=-1), weights)  # (images, classes, members)
+
+
+def _combined_stress(runs: Sequence[Run], paths: pd.Series, weights: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The members' stressed validation probabilities (core.evidence.stress), combined with the weights, by
+    condition: the ensemble's threshold is then chosen as its members' were. None when a member kept
+    none (saved before, or with --no-stress-test): the threshold is then plain Youden's J."""
+    per_member = [stress.saved_scores(r.val_stress_predictions(), list(paths)) for r in runs]
+    if any(scores is None for scores in per_member):
+        return None
+    conditions = [name for name in per_member[0] if all(name in scores for scores in per_member)]
+    return {name: combine(np.column_stack([scores[name] for scores in per_member]), weights) for name in conditions} or None
+
+
+def _merged_splits(runs: Sequence[Run]) -> pd.DataFrame | None:
+    """Every member's split table in one: validation and test are shared, training is their union."""
+    parts = [files.read_csv(r.folder / artifacts.SPLITS) for r in runs if (r.folder / artifacts.SPLITS).exists()]
+    if not parts:
+        return None
+    return pd.concat(parts, ignore_index=True).drop_duplicates("path", keep="first").reset_index(drop=True)
+
+
+def total(values: list) -> float | None:
+    """The sum of `values` rounded to 3 decimals, or None when any is missing (a partial sum would mislead)."""
+    numbers = [float(v) for v in values if isinstance(v, (int, float))]
+    return round(sum(numbers), 3) if len(numbers) == len(values) else None
+
+
+# --------------------------------------------------------------------------
+# Building one
+# --------------------------------------------------------------------------
+
+
+def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str, weighted: bool = False) -> Run:
+    """Combine finished runs into a new run `name` in the same folder; return it.
+
+    Refuses (`RunError`, naming the runs) an existing name, fewer than two members, unfinished
+    runs, ensembles as members, and members validated or tested on different images.
+    """
+    from core.inference import evaluation
+
+    start = time.monotonic()
+    folder = artifacts.run_dir(artifacts_dir, name)
+    if (folder / artifacts.SETTINGS).exists():
+        raise RunError(f"a run named {name!r} already exists: pick another --name")
+    runs = [artifacts.load_run(artifacts_dir, member) for member in members]
+    tables = check_members(runs)
+    val_rows, val_scores = _aligned([tables[r.name][0] for r in runs])
+    test_rows, test_scores = _aligned([tables[r.name][1] for r in runs])
+    y_val, y_test = val_rows["y_true"].to_numpy(np.int64), test_rows["y_true"].to_numpy(np.int64)
+    task = ensemble_task(runs)
+
+    if weighted:
+        steps = grid_steps(len(runs))
+        weights, _ = choose_weights(y_val, val_scores, steps)
+        rule = WEIGHTED_RULE.format(steps=steps)
+    else:
+        weights, rule = np.full(len(runs), 1.0 / len(runs)), EQUAL_RULE
+    weights = np.round(weights, 6)
+    val_stressed = _combined_stress(runs, val_rows["path"], weights)
+    if task.is_binary:
+        result = evaluation.evaluate_scores(
+            val_rows, y_val, combine(val_scores, weights), test_rows, y_test, combine(test_scores, weights), task, val_stressed
+        )
+    else:  # the members' class probabilities, averaged: the argmax and the derived binary view follow from them
+        (y_val, val_p), (y_test, test_p) = (
+            _combined_classes([tables[r.name][index] for r in runs], rows, task, weights)
+            for index, rows in ((0, val_rows), (1, test_rows))
+        )
+        result = evaluation.evaluate_classes(val_rows, y_val, val_p, test_rows, y_test, test_p, task, val_stressed)
+    member_metrics = [r.metrics or {} for r in runs]
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    result.update(
+        {
+            "engine": "members",
+            "tta": None,  # each member predicts with its own test-time augmentation, if any
+            "ensemble": {"members": [r.name for r in runs], "weights": weights.tolist(), "weight_rule": rule},
+            # What using the ensemble costs: every member's parameters, search and inference time.
+            "parameters": total([m.get("parameters") for m in member_metrics]),
+            "timings": {"search_s": total([(m.get("timings") or {}).get("search_s") for m in member_metrics])},
+            "inference": {
+                "engine": "members",
+                "ms_per_image": total([(m.get("inference") or {}).get("ms_per_image") for m in member_metrics]),
+                "single_image_ms": total([(m.get("inference") or {}).get("single_image_ms") for m in member_metrics]),
+            },
+            "trials_completed": 0,
+            "finished_at": now,
+        }
+    )
+    if result["parameters"] is not None:
+        result["parameters"] = int(result["parameters"])
+    settings = {
+        "name": name,
+        "family": artifacts.ENSEMBLE_FAMILY,
+        "mode": artifacts.ENSEMBLE_FAMILY,
+        "task": task.name,
+        "member_tasks": [r.task for r in runs],
+        "members": [r.name for r in runs],
+        "weights": weights.tolist(),
+        "weighted": bool(weighted),
+        "weight_rule": rule,
+        "member_families": [r.family for r in runs],
+        "member_image_sizes": [r.settings.get("image_size") for r in runs],
+        "image_size": None,  # each member reads images at its own size
+        "data_dir": runs[0].settings.get("data_dir"),
+        "seed": runs[0].settings.get("seed"),
+    }
+    progress = {
+        "state": "completed", "phase": "done", "message": f"ensemble of {', '.join(r.name for r in runs)}",
+        "trials_done": 0, "trials_total": 0, "best_val_auc": result["val"]["auc"], "started_at": now, "updated_at": now,
+        "elapsed_s": round(time.monotonic() - start, 2), "host": artifacts.this_host(), "error": None,
+    }
+    with artifacts.run_lock(folder):
+        splits = _merged_splits(runs)
+        if splits is not None:
+            files.write_csv(folder / artifacts.SPLITS, splits)
+        summary = runs[0].read(artifacts.DATA_SUMMARY)
+        if summary is not None:
+            files.write_json(folder / artifacts.DATA_SUMMARY, summary)
+        evaluation.write_result(folder, result)
+        files.write_json(folder / artifacts.PROGRESS, progress)
+        files.write_json(folder / artifacts.SETTINGS, settings)  # last: the run is listed once it is whole
+    (folder / artifacts.LOCK).unlink(missing_ok=True)
+    return artifacts.load_run(artifacts_dir, name)
+
+
+# --------------------------------------------------------------------------
+# Using one
+# --------------------------------------------------------------------------
+
+
+def member_runs(run: Run) -> list[Run]:
+    """An ensemble's member runs, read from the folder beside it; `RunError` when one is gone."""
+    try:
+        return [artifacts.load_run(run.folder.parent, member) for member in run.members]
+    except RunError as error:
+        raise RunError(f"ensemble {run.name!r} cannot use its members: {error}") from None
+
+
+def weights_of(run: Run) -> np.ndarray:
+    """The ensemble's weights, one per member, summing to 1."""
+    weights = np.asarray(run.settings.get("weights") or [], dtype=np.float64)
+    if weights.size != len(run.members) or weights.size == 0 or weights.sum() <= 0 or (weights < 0).any():
+        raise RunError(f"ensemble {run.name!r} has unusable weights {run.settings.get('weights')!r} for members {run.members}")
+    return weights / weights.sum()
+
+
+def weights_text(run: Run) -> str:
+    """e.g. "cnn-small 0.60, cnn-wide 0.40": each member with its weight as saved."""
+    return ", ".join(f"{m} {w:.2f}" for m, w in zip(run.members, run.settings["weights"], strict=True))
+
+
+def predict_files(run: Run, paths: list[str], models: Mapping | None = None, engine: str = "auto") -> pd.DataFrame:
+    """Score image files with an ensemble: each member at its own size, averaged with the weights.
+
+    `models` (member name -> loaded Keras model) spares loading them again. Same columns as
+    `core.inference.evaluation.predict_files`: a multi-class ensemble also gives each class's probability (the
+    members' averaged) and its label is the argmax class. A file any member cannot read gets that
+    member's reason.
+    """
+    from core.inference import evaluation
+
+    members, weights = member_runs(run), weights_of(run)
+    task = tasks.task_for(run.task)
+    tables = [evaluation.predict_files(m, paths, model=(models or {}).get(m.name), engine=engine) for m in members]
+    scores = np.column_stack([t["probability"].to_numpy(dtype=np.float64) for t in tables])
+    errors = [next((e for e in row if e), "") for row in zip(*(t["error"] for t in tables), strict=True)]
+    threshold = run.threshold
+    combined = evaluation.saved_precision(combine(scores, weights))  # the label is decided on the number shown
+    class_columns = [] if task.is_binary else [tasks.probability_column(c) for c in task.classes]
+    classes = (
+        evaluation.saved_precision(combine(np.stack([t[class_columns].to_numpy(dtype=np.float64) for t in tables], axis=-1), weights))
+        if class_columns else None
+    )
+    rows = []
+    for i, (path, score, error) in enumerate(zip(paths, combined, errors, strict=True)):
+        ok = not error and np.isfinite(score)
+        label = task.binary_classes[int(score >= threshold)] if ok else ""
+        each_class = {}
+        if classes is not None:
+            each_class = dict(zip(class_columns, classes[i] if ok else [np.nan] * len(class_columns), strict=True))
+            label = task.classes[int(np.argmax(classes[i]))] if ok else ""
+        rows.append({"path": str(path), "probability": float(score) if ok else np.nan, "label": label, "error": error, **each_class})
+    return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
+
+
+def heatmap_for_run(run: Run, image_path: str | Path, models: Mapping | None = None, class_name: str | None = None):
+    """(the weighted mean of the members' Grad-CAM heatmaps, the original image); see `explanation.combine_heatmaps`.
+    Three-class members explain `class_name` (by default each its own predicted class)."""
+    from core.inference import explanation
+
+    heatmaps, weights, original = [], [], None
+    for member, weight in zip(member_runs(run), weights_of(run), strict=True):
+        if weight <= 0:
+            continue  # a member without weight does not take part in the ensemble's decision
+        heatmap, original = explanation.heatmap_for_run(member, image_path, model=(models or {}).get(member.name), class_name=class_name)
+        heatmaps.append(heatmap)
+        weights.append(weight)
+    return explanation.combine_heatmaps(heatmaps, weights), original

@@ -1,0 +1,388 @@
+"""Evaluation and prediction: probabilities from a model, the threshold, metrics, per-image rows.
+
+The decision threshold is chosen on the validation split (Youden's J) and only then applied to
+the test split, so test metrics never guide a choice. When the search ran its stress test, the
+validation images as changed there count too (`core.evidence.stress.robust_threshold`): a threshold that
+holds when images look as another site's do. Probabilities are rounded to
+`PROBABILITY_DECIMALS` as soon as they are computed, so the threshold, the saved metrics and the
+saved per-image rows all see the same numbers (an image cannot change class between `metrics.json`
+and `predictions.csv`). Saved models are loaded with Keras `safe_mode`, and predictions go through
+the fast inference engine. A three-class run (``core.data.tasks``) is evaluated twice: on its binary
+view (pneumonia vs normal from P(bacterial) + P(viral)), exactly as a two-class run, and on its
+three classes at the argmax (``core.evidence.multiclass``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from core import files
+from core.data import augmentation, folders, loading, tasks
+from core.evidence import multiclass, statistics, stress
+from core.models.builders import positive_probability
+from core.runs import artifacts
+
+THRESHOLD_RULE = "Youden's J on the validation split"
+PROBABILITY_DECIMALS = 6  # what predictions.csv keeps, and so what every decision uses
+
+
+def saved_precision(scores) -> np.ndarray:
+    """Probabilities as they are saved: rounded to `PROBABILITY_DECIMALS` (idempotent)."""
+    return np.round(np.asarray(scores, dtype=np.float64), PROBABILITY_DECIMALS)
+
+
+def choose_threshold(
+    y_val: np.ndarray, val_scores: np.ndarray, classes: tuple[str, str] = tasks.PNEUMONIA.classes,
+    stressed: Mapping[str, np.ndarray] | None = None,
+) -> float:
+    """The decision threshold: Youden's J on the validation split; with `stressed` (the validation
+    images' probabilities under the stress test's changes, `core.evidence.stress`), on them pooled too.
+
+    Raises `folders.DataError` with what to do when the validation split lacks a class (Youden's J,
+    like any sensitivity/specificity trade-off, needs both). `classes` name them in the message.
+    """
+    y_val = np.asarray(y_val)
+    counts = {name: int(np.sum(y_val == i)) for i, name in enumerate(classes)}
+    missing = [name for name, count in counts.items() if count == 0]
+    if missing:
+        held = ", ".join(f"{count} {name}" for name, count in counts.items())
+        raise folders.DataError(
+            f"cannot choose the decision threshold: the validation split has no {' or '.join(missing)} images "
+            f"({held}); Youden's J needs both classes: add images, or raise --max-per-class"
+        )
+    if stressed:
+        return stress.robust_threshold(y_val, val_scores, stressed)
+    return float(statistics.youden_threshold(y_val, val_scores))
+
+
+def threshold_rule(stressed: Mapping[str, np.ndarray] | None) -> str:
+    """How `choose_threshold` chose, in words for metrics.json, the report and the model card."""
+    return stress.ROBUST_THRESHOLD_RULE if stressed else THRESHOLD_RULE
+
+
+def model_outputs(
+    model, inputs: np.ndarray, engine: str = "auto", batch_size: int = 64, cache_path=None, tta: int = 1
+) -> tuple[np.ndarray, str]:
+    """The model's output rows for each input (pixels as uint8 (n,s,s,1) or features (n,d)):
+    (n, 1) for a sigmoid head, (n, k) class probabilities for a softmax.
+
+    With `tta` > 1 (pixels only), the mean over that many fixed views of each image
+    (`augmentation.tta_views`).
+    """
+    from core.models.engine import make_engine
+
+    runner = make_engine(model, engine, cache_path=cache_path)
+    if len(inputs) == 0:
+        width = int(model.output_shape[-1]) if getattr(model, "output_shape", None) else 1
+        return np.zeros((0, width), np.float64), runner.name
+    if inputs.ndim != 4:
+        return np.asarray(runner.predict(np.asarray(inputs, np.float32), batch_size=batch_size), np.float64), runner.name
+    outputs = [
+        np.asarray(runner.predict(loading.to_network_input(view), batch_size=batch_size), np.float64)
+        for view in augmentation.tta_views(inputs, tta)
+    ]
+    return np.mean(outputs, axis=0), runner.name
+
+
+def probabilities(
+    model, inputs: np.ndarray, engine: str = "auto", batch_size: int = 64, cache_path=None, tta: int = 1
+) -> tuple[np.ndarray, str]:
+    """Probability of the run's binary view for each input: pneumonia (or, for bacterial vs viral,
+    viral); a three-class model's P(bacterial) + P(viral) (`models.positive_probability`)."""
+    outputs, name = model_outputs(model, inputs, engine, batch_size, cache_path, tta)
+    return positive_probability(outputs).astype(float), name
+
+
+def roc_points(y_true: np.ndarray, y_score: np.ndarray) -> dict:
+    """The ROC curve for metrics.json: fpr, tpr and the threshold of each point.
+
+    scikit-learn's first threshold is +inf ("nothing positive"); it is written as the next float
+    above the top score, unrounded, so that a probability of exactly 1.0 stays below it (clipping
+    it to 1.0 would call such an image positive at the "nothing positive" point).
+    """
+    fpr, tpr, thresholds = roc_curve(y_true, y_score)
+    thresholds = thresholds.astype(np.float64)
+    finite = np.isfinite(thresholds)
+    thresholds[finite] = thresholds[finite].round(PROBABILITY_DECIMALS)
+    thresholds[~finite] = np.nextafter(float(np.max(y_score)), np.inf)
+    return {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist(), "thresholds": thresholds.tolist()}
+
+
+def prediction_rows(
+    table: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float, task: tasks.Task = tasks.PNEUMONIA
+) -> pd.DataFrame:
+    """One row per image: where it is, what it is, what the model said (on the task's binary view:
+    `y_true` and `prediction` are its two classes)."""
+    predicted = (y_score >= threshold).astype(int)
+    return pd.DataFrame(
+        {
+            "path": table["path"].to_numpy(),
+            "patient": table["patient"].to_numpy(),
+            "kind": table["kind"].to_numpy(),
+            "class_name": table["class_name"].to_numpy(),
+            "y_true": y_true.astype(int),
+            "probability": saved_precision(y_score),
+            "prediction": [task.binary_classes[p] for p in predicted],
+            "correct": predicted == y_true,
+        }
+    )
+
+
+def summarize_predictions(y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> dict:
+    metrics = statistics.binary_metrics(y_true, y_score, threshold)
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in metrics.items()}
+
+
+def evaluate_scores(
+    val_table: pd.DataFrame, y_val: np.ndarray, val_scores: np.ndarray,
+    test_table: pd.DataFrame, y_test: np.ndarray, test_scores: np.ndarray,
+    task: tasks.Task = tasks.PNEUMONIA, val_stressed: Mapping[str, np.ndarray] | None = None,
+) -> dict:
+    """Threshold from validation, then metrics, ROC and per-image rows on test, from probabilities.
+
+    The one place a run's `metrics.json` content (and its two prediction tables) is made: a search
+    calls it through `evaluate_model`, an ensemble with its combined probabilities. Every number is
+    computed from the probabilities as saved (`saved_precision`), so the saved metrics are what the
+    saved predictions give at the saved threshold. The labels are the task's binary view (0/1).
+    With `val_stressed` (the validation images' probabilities under each stress-test change, by
+    condition) the threshold is chosen on them pooled too, and the result also holds `stress` (the
+    stress test's rows at that threshold) and `val_stress_predictions` (the table to save).
+    """
+    val_scores, test_scores = saved_precision(val_scores), saved_precision(test_scores)
+    if val_stressed:
+        val_stressed = {name: saved_precision(scores) for name, scores in val_stressed.items()}
+    threshold = choose_threshold(y_val, val_scores, task.binary_classes, val_stressed)
+    test = summarize_predictions(y_test, test_scores, threshold)
+    stress_result = {}
+    if val_stressed:
+        stress_result = {
+            "stress": stress.stress_rows(y_val, val_scores, val_stressed, threshold),
+            "val_stress_predictions": stress.scores_table(val_table["path"], val_stressed),
+        }
+    return {
+        "threshold": threshold,
+        "threshold_rule": threshold_rule(val_stressed),
+        "val": summarize_predictions(y_val, val_scores, threshold),
+        "test": test,
+        "confusion_matrix": [[test["tn"], test["fp"]], [test["fn"], test["tp"]]],
+        "labels": list(task.binary_classes),
+        "task": task.name,
+        "roc": roc_points(y_test, test_scores),
+        "predictions": prediction_rows(test_table, y_test, test_scores, threshold, task),
+        "val_predictions": prediction_rows(val_table, y_val, val_scores, threshold, task),
+        **stress_result,
+    }
+
+
+def write_result(folder: str | os.PathLike, result: dict) -> None:
+    """Save what `evaluate_scores` made into a run folder: the prediction tables as CSV (taken out of
+    `result`), then `metrics.json` with the rest. Each file is written atomically."""
+    folder = Path(folder)
+    files.write_csv(folder / artifacts.VAL_PREDICTIONS, result.pop("val_predictions"))
+    if "val_stress_predictions" in result:
+        files.write_csv(folder / artifacts.VAL_STRESS_PREDICTIONS, result.pop("val_stress_predictions"))
+    files.write_csv(folder / artifacts.PREDICTIONS, result.pop("predictions"))
+    files.write_json(folder / artifacts.METRICS, result)
+
+
+def evaluate_classes(
+    val_table: pd.DataFrame, y_val: np.ndarray, val_probabilities: np.ndarray,
+    test_table: pd.DataFrame, y_test: np.ndarray, test_probabilities: np.ndarray, task: tasks.Task,
+    val_stressed: Mapping[str, np.ndarray] | None = None,
+) -> dict:
+    """A multi-class run's `metrics.json` content: its binary view through `evaluate_scores` (the
+    derived probability 1 − P(first class), threshold chosen on validation), plus `multiclass`
+    (argmax metrics and intervals, `core.evidence.multiclass.summary`); the prediction tables get the true
+    and argmax class and a probability column per class. Labels are class indices."""
+    val_p = saved_precision(val_probabilities)
+    test_p = saved_precision(test_probabilities)
+    result = evaluate_scores(
+        val_table, task.binary_labels(y_val), positive_probability(val_p), test_table, task.binary_labels(y_test),
+        positive_probability(test_p), task, val_stressed,
+    )
+    result["multiclass"] = multiclass.summary(task, y_val, val_p, y_test, test_p, test_table["patient"].astype(str).to_numpy())
+    for key, y, p in (("val_predictions", y_val, val_p), ("predictions", y_test, test_p)):
+        rows = result[key]
+        result[key] = pd.concat([rows, multiclass.prediction_columns(task, y, p).set_index(rows.index)], axis=1)
+    return result
+
+
+def multiclass_summary(result: dict) -> str:
+    """A log line's tail for a multi-class run ("" for others): argmax accuracy and macro AUC on test."""
+    block = result.get("multiclass") or {}
+    test = block.get("test") or {}
+    if not test:
+        return ""
+    return f"; {len(block.get('classes', []))} classes (argmax): accuracy {test['accuracy']:.4f}, macro AUC {test['macro_auc']:.4f}"
+
+
+def evaluate_model(
+    model, inputs, labels, table, part, engine="auto", batch_size=64, tta=1, cache_path=None, task: tasks.Task = tasks.PNEUMONIA,
+    val_stressed: Mapping[str, np.ndarray] | None = None,
+) -> dict:
+    """Threshold from validation, then metrics, ROC and per-image rows on test (see `evaluate_scores`;
+    `evaluate_classes` for a multi-class task, whose `labels` are class indices)."""
+    if task.is_binary:
+        val_scores, engine_name = probabilities(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
+        test_scores, _ = probabilities(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
+        result = evaluate_scores(
+            table[part["val"]], labels[part["val"]], val_scores, table[part["test"]], labels[part["test"]], test_scores, task,
+            val_stressed,
+        )
+    else:
+        val_p, engine_name = model_outputs(model, inputs[part["val"]], engine, batch_size, cache_path, tta)
+        test_p, _ = model_outputs(model, inputs[part["test"]], engine, batch_size, cache_path, tta)
+        result = evaluate_classes(
+            table[part["val"]], labels[part["val"]], val_p, table[part["test"]], labels[part["test"]], test_p, task, val_stressed
+        )
+    return {
+        **result,
+        "engine": engine_name,
+        "tta": {"views": int(tta), "rule": "mean probability over fixed views (core.data.augmentation.tta_views)"} if tta > 1 else None,
+    }
+
+
+def time_inference(model, sample_pixels: np.ndarray, engine: str = "auto", cache_path=None) -> dict:
+    """Milliseconds per image through the saved model: batched, and for a single image."""
+    from core.models.engine import make_engine
+
+    runner = make_engine(model, engine, cache_path=cache_path)
+    x = loading.to_network_input(sample_pixels)
+    runner.predict(x[:2])  # warm-up: the first call pays for tracing and allocation
+    start = time.perf_counter()
+    runner.predict(x, batch_size=32)
+    batched = (time.perf_counter() - start) / max(1, len(x))
+    singles = []
+    for image in x[:5]:
+        start = time.perf_counter()
+        runner.predict_one(image)
+        singles.append(time.perf_counter() - start)
+    return {"engine": runner.name, "ms_per_image": round(batched * 1000, 3), "single_image_ms": round(float(np.median(singles)) * 1000, 3)}
+
+
+# --------------------------------------------------------------------------
+# Saved runs
+# --------------------------------------------------------------------------
+
+
+def load_model(path: str | os.PathLike):
+    """Load a saved model without running any code stored in it (Keras `safe_mode`)."""
+    import warnings
+
+    import keras
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # the optimizer state is not saved for inference: harmless
+            warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:
+        raise artifacts.RunError(f"cannot load model {path}: {str(error)[:200]}") from None
+
+
+def run_image_size(run: artifacts.Run) -> int:
+    return int(run.settings.get("image_size") or 224)
+
+
+def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto", unusual: bool = False) -> pd.DataFrame:
+    """Score image files with a saved run: path, probability of its binary view's positive class
+    (pneumonia; viral for bacterial vs viral), label, error.
+
+    A multi-class run also gives each class's probability (`tasks.probability_column`) and its
+    label is the argmax class. A file that cannot be read gets its reason in `error` and no probability; the others are
+    still scored. An ensemble averages its members' probabilities (`model` then maps member names
+    to loaded models); see `core.inference.ensemble.predict_files`. With `unusual`, three more columns say
+    whether each image is far from the run's training X-rays (`core.inference.ood.flag_files`).
+    """
+    table = _predict_files(run, paths, model, engine)
+    if unusual:
+        from core.inference import ood
+
+        flags = ood.flag_files(ood.reference_for(run), list(paths))
+        table = pd.concat([table, flags.set_index(table.index)], axis=1)
+    return table
+
+
+def _predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto") -> pd.DataFrame:
+    if run.is_ensemble:
+        from core.inference import ensemble
+
+        return ensemble.predict_files(run, paths, models=model, engine=engine)
+    if not run.has_model:
+        raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
+    model = model or load_model(run.model_path)
+    task = tasks.task_for(run.task)
+    class_columns = [] if task.is_binary else [tasks.probability_column(c) for c in task.classes]
+    size = run_image_size(run)
+    threshold = run.threshold
+    rows, pixels, readable = [], [], []
+    for path in paths:
+        blank = {"path": str(path), "probability": np.nan, "label": "", "error": "", **dict.fromkeys(class_columns, np.nan)}
+        try:
+            pixels.append(loading.load_image(path, size))
+            readable.append(len(rows))
+            rows.append(blank)
+        except Exception as error:  # any unreadable file is reported, not fatal
+            rows.append({**blank, "error": f"cannot read image: {error}"})
+    if pixels:
+        tta = int(((run.metrics or {}).get("tta") or {}).get("views", 1))
+        outputs, _ = model_outputs(model, np.stack(pixels), engine, cache_path=run.folder / "model.tflite", tta=tta)
+        outputs = saved_precision(outputs)
+        for row_index, output in zip(readable, outputs, strict=True):
+            score = float(saved_precision(positive_probability(output[None]))[0])
+            rows[row_index]["probability"] = score  # the label is decided on the number shown
+            if task.is_binary:
+                rows[row_index]["label"] = task.binary_classes[int(score >= threshold)]
+            else:  # the argmax decides among the classes (core.evidence.multiclass.DECISION_RULE)
+                rows[row_index]["label"] = task.classes[int(np.argmax(output))]
+                rows[row_index].update({column: float(v) for column, v in zip(class_columns, output, strict=True)})
+    return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
+
+
+def expand_image_paths(items: list[str]) -> list[str]:
+    """Files as given, and the images inside folders (recursively), in a stable order."""
+    paths: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in folders.IMAGE_EXTENSIONS and p.is_file())
+        elif path.exists():
+            paths.append(str(path))
+        else:
+            raise FileNotFoundError(f"{item} does not exist")
+    return paths
+
+
+def evaluate_run_on_folder(run: artifacts.Run, folder: str, split: str = "test", engine: str = "auto") -> tuple[dict, pd.DataFrame]:
+    """Metrics of a saved run on one split folder of a data set, at the run's own threshold."""
+    task = tasks.task_for(run.task)
+    dataset = folders.scan_folder(folder)
+    table = task.select(dataset.table[dataset.table["folder_split"] == split])
+    if table.empty:
+        raise folders.DataError(f"no images of the {task.name} task in the {split}/ folder of {dataset.root}: pick another --split")
+    folders.require_usable(folders.Dataset(dataset.root, table), task)
+    trained_on = _training_patients(run)
+    overlap = sorted(set(table["patient"]) & trained_on)
+    predictions = predict_files(run, list(table["path"]), engine=engine)
+    ok = predictions["error"] == ""
+    y_true = task.binary_labels(task.labels(table))[ok.to_numpy()]
+    scores = predictions.loc[ok, "probability"].to_numpy(float)
+    threshold = run.threshold
+    metrics = summarize_predictions(y_true, scores, threshold)
+    metrics.update({"threshold": threshold, "unreadable": int((~ok).sum()), "patients_seen_in_training": len(overlap)})
+    return metrics, predictions
+
+
+def _training_patients(run: artifacts.Run) -> set[str]:
+    path = run.folder / artifacts.SPLITS
+    if not path.exists():
+        return set()
+    table = files.read_csv(path)
+    return set(table.loc[table["split"].isin(["train", "val"]), "patient"])

@@ -1,0 +1,170 @@
+"""Model builders: each builds a compiled Keras model from a `keras_tuner.HyperParameters` object.
+
+In `frozen` mode (the paper's protocol) the backbone turns each image into a pooled feature vector
+once, and the search only trains a head on those features; `attach_head` joins the two into the
+model that is saved. In `finetune` mode the top layers of the backbone train too, either on pixels
+(`build_finetune`) or on activations cached at a cut (`build_cut_finetune`). Every model takes RGB
+images with values 0..255 and does its own preprocessing inside.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from core.data.tasks import PNEUMONIA, Task
+from core.models import search_space
+from core.models.backbones import BackboneSpec, build_backbone
+
+if TYPE_CHECKING:  # Keras (and TensorFlow) load on first use: pages that only list runs stay light
+    import keras
+    import keras_tuner
+
+
+def _output_and_loss(task: Task, x):
+    import keras
+
+    if len(task.classes) == 2:
+        return keras.layers.Dense(1, activation="sigmoid", name="probability")(x), "binary_crossentropy"
+    # One-hot targets (`Task.targets`): Keras' AUC metric then is the micro one-vs-rest AUC.
+    return keras.layers.Dense(len(task.classes), activation="softmax", name="probability")(x), "categorical_crossentropy"
+
+
+def _compile(model: keras.Model, loss: str, learning_rate: float, steps_per_execution: int = 1) -> keras.Model:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=loss,
+        metrics=[
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.CategoricalAccuracy(name="accuracy") if loss == "categorical_crossentropy" else keras.metrics.BinaryAccuracy(name="accuracy"),
+        ],
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
+def _augmented(hp: keras_tuner.HyperParameters, augment: str, x, seed: int = 0):
+    """Augmentation layers in front of a pixel model: off at inference. `search` makes the preset
+    a hyperparameter."""
+    from core.data import augmentation
+
+    if augment == augmentation.SEARCH:
+        augment = search_space.draw(hp, search_space.AUGMENT)
+    for layer in augmentation.augmentation_layers(augmentation.preset(augment), seed):
+        x = layer(x)
+    return x
+
+
+def _head_layers(hp: keras_tuner.HyperParameters, x):
+    import keras
+
+    dropout = search_space.draw(hp, search_space.HEAD_DROPOUT)
+    x = keras.layers.Dropout(dropout)(x)
+    units = search_space.draw(hp, search_space.HEAD_DENSE_UNITS)
+    if units:
+        x = keras.layers.Dense(units, activation="relu")(x)
+        x = keras.layers.Dropout(dropout)(x)
+    return x
+
+
+def build_head(hp: keras_tuner.HyperParameters, n_features: int, task: Task = PNEUMONIA) -> keras.Model:
+    """The frozen-mode model: pooled features -> (dropout, optional dense layer) -> class output."""
+    import keras
+
+    inputs = keras.Input((n_features,), name="features")
+    outputs, loss = _output_and_loss(task, _head_layers(hp, inputs))
+    learning_rate = search_space.draw(hp, search_space.HEAD_LEARNING_RATE)
+    # A head's step on cached features is tiny, so per-step Python overhead dominates: run several
+    # steps per call (the saving is in the README, "Benchmarks").
+    return _compile(keras.Model(inputs, outputs, name="head"), loss, learning_rate, steps_per_execution=16)
+
+
+def attach_head(backbone: keras.Model, head: keras.Model) -> keras.Model:
+    """Join a frozen backbone and a head trained on its features into one image model."""
+    import keras
+
+    return keras.Model(backbone.input, head(backbone.output), name="classifier")
+
+
+def build_finetune(
+    hp: keras_tuner.HyperParameters, spec: BackboneSpec, task: Task = PNEUMONIA, unfreeze: int | None = None, augment: str = "off"
+) -> keras.Model:
+    """The finetune-mode model: the backbone with its top `unfreeze_layers` layers trainable.
+
+    `unfreeze=0` gives the frozen classifier trained on pixels (frozen mode without the cache).
+    """
+    import keras
+
+    backbone = build_backbone(spec)
+    base = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))
+    weighted = [layer for layer in base.layers if layer.weights]
+    # The learning rate's range follows the mode, not the drawn depth: one search, one range.
+    learning_rate_range = search_space.HEAD_LEARNING_RATE if unfreeze == 0 else search_space.FINETUNE_LEARNING_RATE
+    if unfreeze is None:
+        unfreeze = search_space.draw(hp, search_space.UNFREEZE_LAYERS)
+    backbone.trainable = True
+    for i, layer in enumerate(weighted):
+        # Batch norms stay frozen: their statistics come from ImageNet-sized batches.
+        layer.trainable = i >= len(weighted) - unfreeze and not isinstance(layer, keras.layers.BatchNormalization)
+    if augment == "off":
+        inputs, features = backbone.input, backbone.output
+    else:  # augmentation layers go in front of the whole backbone, preprocessing included
+        inputs = keras.Input(backbone.input.shape[1:], name="image")
+        features = backbone(_augmented(hp, augment, inputs))
+    outputs, loss = _output_and_loss(task, _head_layers(hp, features))
+    learning_rate = search_space.draw(hp, learning_rate_range)
+    return _compile(keras.Model(inputs, outputs, name="classifier"), loss, learning_rate)
+
+
+def build_cut_finetune(hp: keras_tuner.HyperParameters, cut, task: Task = PNEUMONIA) -> keras.Model:
+    """The finetune-mode model on cached activations: the top above the cut (batch norms in
+    inference mode) and a head."""
+    import keras
+
+    from core.models import backbone_cut
+
+    inputs = keras.Input(cut.activation_shape, name="activations")
+    features = backbone_cut.trainable_top(cut)(inputs, training=False)
+    outputs, loss = _output_and_loss(task, _head_layers(hp, features))
+    learning_rate = search_space.draw(hp, search_space.FINETUNE_LEARNING_RATE)
+    return _compile(keras.Model(inputs, outputs, name="top_and_head"), loss, learning_rate)
+
+
+def build_custom_cnn(hp: keras_tuner.HyperParameters, image_size: int, task: Task = PNEUMONIA, augment: str = "off") -> keras.Model:
+    """A plain CNN trained from scratch: conv blocks (conv, optional batch norm, ReLU, pooling)."""
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(_augmented(hp, augment, inputs))
+    blocks = search_space.draw(hp, search_space.cnn_conv_blocks(image_size))
+    filters = search_space.draw(hp, search_space.CNN_FILTERS)
+    kernel_size = search_space.draw(hp, search_space.CNN_KERNEL_SIZE)
+    batch_norm = search_space.draw(hp, search_space.CNN_BATCH_NORM)
+    for block in range(blocks):
+        x = keras.layers.Conv2D(min(256, filters * 2**block), kernel_size, padding="same", use_bias=not batch_norm)(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(search_space.draw(hp, search_space.CNN_DROPOUT))(x)
+    x = keras.layers.Dense(search_space.draw(hp, search_space.CNN_DENSE_UNITS), activation="relu")(x)
+    outputs, loss = _output_and_loss(task, x)
+    learning_rate = search_space.draw(hp, search_space.HEAD_LEARNING_RATE)
+    return _compile(keras.Model(inputs, outputs, name="custom_cnn"), loss, learning_rate)
+
+
+def positive_probability(outputs) -> object:
+    """The probability of the run's binary view from a model's output array.
+
+    A sigmoid's one column; for a softmax, 1 − P(first class): a three-class run's derived
+    probability of pneumonia, P(bacterial) + P(viral) (`core.data.tasks`), so every binary view (the
+    threshold, ROC, stress test, paired tests with pneumonia runs) works on it.
+    """
+    return outputs[:, 0] if outputs.shape[-1] == 1 else 1.0 - outputs[:, 0]
+
+
+def count_parameters(model: keras.Model) -> int:
+    return int(sum(math.prod(w.shape) for w in model.weights))

@@ -1,0 +1,1 @@
+"""The evidence for people: words, plotly figures, the HTML report and the model card."""

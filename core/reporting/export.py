@@ -1,0 +1,201 @@
+"""Model cards: one finished run as one zip (model, threshold, MODEL_CARD.md).
+
+The zip holds `model.keras`, `model.tflite` (converted on first use, as the engine does; left out
+with a note if conversion fails), `threshold.json` and `MODEL_CARD.md`. The card's metrics and
+intervals come from `core.evidence.run_evidence` (patient-level bootstrap for AUC, Wilson with the
+design effect for the rates) and its validation-against-test table from `core.evidence.shift`, so they are
+the numbers the Compare page shows. An ensemble is refused: it has no model of its own (export its
+members one by one; its weights are in its settings.json).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+from core import files
+from core.data import tasks
+from core.evidence import run_evidence, shift
+from core.reporting import wording
+from core.runs import artifacts
+from core.runs.artifacts import Run, RunError
+
+CARD = "MODEL_CARD.md"
+THRESHOLD = "threshold.json"
+
+
+def exportable(run: Run) -> Run:
+    """The run, if it can be exported; else RunError saying why."""
+    if run.is_ensemble:
+        raise RunError(
+            f"run {run.name!r} is an ensemble: it has no model of its own, so it is not exported; export its members "
+            f"({', '.join(run.members)}) one by one (its weights are in its settings.json)"
+        )
+    if run.state != "completed" or not run.metrics or not run.model_path.exists() or not (run.folder / artifacts.PREDICTIONS).exists():
+        raise RunError(f"run {run.name!r} is not finished (state: {run.state}): only completed runs with a saved model are exported")
+    return run
+
+
+def _tflite(run: Run) -> bytes | None:
+    path = run.folder / "model.tflite"
+    if not path.exists():
+        try:
+            from core.inference import evaluation
+            from core.models.engine import make_engine
+
+            make_engine(evaluation.load_model(run.model_path), "tflite", cache_path=path)
+        except Exception:
+            return None
+    return path.read_bytes() if path.exists() else None
+
+
+def _interval_row(label: str, ev: run_evidence.RunEvidence) -> str:
+    cells = [label, str(ev.n_images), str(ev.n_patients)]
+    for metric in run_evidence.INTERVAL_METRICS:
+        value = ev.metrics.get(metric)
+        interval = ev.interval(metric)
+        shown = f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+        cells.append(f"{shown} ({wording.format_interval(interval)})" if interval is not None else shown)
+    return "| " + " | ".join(cells) + " |"
+
+
+def model_card(run: Run) -> str:
+    """MODEL_CARD.md for a finished run (see the module's docstring for where the numbers come from)."""
+    metrics, settings = run.metrics or {}, run.settings
+    threshold = run.threshold
+    size = int(settings.get("image_size") or 224)
+    summary = run.read(artifacts.DATA_SUMMARY, {}) or {}
+    test_ev = run_evidence.run_evidence(run.name, run.predictions(), threshold, threshold, validation=run.val_predictions())
+    val = run.val_predictions()
+    val_ev = run_evidence.run_evidence(run.name, val, threshold, threshold) if val is not None and len(val) else None
+    moved = shift.for_run(run)
+    splits_text = "no splits.csv"
+    if (run.folder / artifacts.SPLITS).exists():
+        splits = files.read_csv(run.folder / artifacts.SPLITS)
+        counts = splits.groupby(["split", "class_name"]).size().unstack(fill_value=0) if "class_name" in splits else None
+        patients = splits.groupby("split")["patient"].nunique() if "patient" in splits else None
+        lines = ["| split | images | patients | " + " | ".join(counts.columns if counts is not None else []) + " |",
+                 "| --- | --- | --- | " + " | ".join("---" for _ in (counts.columns if counts is not None else [])) + " |"]
+        for split in ("train", "val", "test"):
+            if counts is not None and split in counts.index:
+                lines.append(f"| {split} | {int(counts.loc[split].sum())} | {int(patients[split]) if patients is not None else '–'} | "
+                             + " | ".join(str(int(v)) for v in counts.loc[split]) + " |")
+        splits_text = "\n".join(lines)
+    shift_rows = ["| metric | validation | test | test − validation |", "| --- | --- | --- | --- |"]
+    for key, title in shift.METRICS.items():
+        v = "–" if moved.val is None else f"{moved.val[key]:.3f}"
+        shift_rows.append(f"| {title} | {v} | {moved.test[key]:.3f} | {moved.change(key):+.3f} |")
+    warnings = shift.shift_warnings([moved])
+    tta = (metrics.get("tta") or {}).get("views", 1)
+    notes = "\n".join(f"- {n}" for n in summary.get("notes") or []) or "- none recorded"
+    task = tasks.task_for(run.task)
+    output = (
+        f"probability of {task.binary_names[1]} out" if task.is_binary
+        else f"one probability per class ({', '.join(task.names)}) out; P(pneumonia) = P(bacterial) + P(viral)"
+    )
+    labels_limit = (
+        "Labels are image-level diagnoses (normal / pneumonia); it cannot tell bacterial from viral pneumonia, nor other findings."
+        if task.name == "pneumonia" else
+        "Labels come from the file names' kind (bacteria / virus), image-level; it knows no other findings."
+    )
+    return f"""# Model card: {run.name}
+
+## Model details
+
+- Task: **{task.name}** ({tasks.DESCRIPTIONS[task.name]}).
+- Family: {run.family} ({settings.get('mode', 'frozen')} mode, weights {settings.get('weights', '?')}), input {size}×{size} px.
+- Found by a Keras Tuner {settings.get('tuner', '?')} search ({settings.get('trials', '?')} trials × {settings.get('epochs', '?')} epochs, seed {settings.get('seed', '?')}) with this project's `python -m core tune`.
+- Decision threshold: **{threshold:.6f}** ({metrics.get('threshold_rule', "Youden's J on the validation split")}); probability ≥ threshold means {task.binary_classes[1]}{'' if task.is_binary else ' (the binary view); the three classes are decided by the largest probability (argmax)'}.
+- Test-time augmentation: {f'{tta} views (core.data.augmentation.tta_views); the saved probabilities average them' if tta and tta > 1 else 'none'}.
+- Files: `model.keras` (Keras 3, pixels 0..255 in, {output}), `model.tflite` (the same model for TensorFlow Lite), `threshold.json`.
+
+## Intended use
+
+Research and teaching only: comparing classifiers of pneumonia on chest X-rays. **Not a medical device**;
+not for diagnosis, triage or any decision about a patient.
+
+## Training data
+
+The public "Chest X-Ray Images (Pneumonia)" data set (Kermany et al., Cell 2018; CC BY 4.0), paediatric
+anterior-posterior chest X-rays from one centre. Images are split by patient (no patient in two splits);
+the threshold is chosen on validation, never on test. Test split: {shift.SOURCE_TEXT[moved.source]}.
+
+{splits_text}
+
+Class weights: {json.dumps(summary.get('class_weights')) if summary.get('class_weights') else 'see data_summary.json'}. Notes from the data check:
+{notes}
+
+## Metrics
+
+At the threshold above, with 95% intervals that keep each patient's images together (AUC: patient-level
+bootstrap; rates: Wilson's interval widened by the design effect), as on the Compare page.
+
+| split | images | patients | AUC | sensitivity | specificity | accuracy |
+| --- | --- | --- | --- | --- | --- | --- |
+{_interval_row('validation', val_ev) if val_ev else '| validation | – | – | – | – | – | – |'}
+{_interval_row('test', test_ev)}
+
+{wording.intervals_note(test_ev.n_resamples, test_ev.seed)}
+
+## Validation against test (shift)
+
+{chr(10).join(shift_rows)}
+
+{('**Warning:** ' + ' '.join(warnings)) if warnings else 'Test is not worse than validation by 0.10 or more in any of these metrics.'}
+
+## Limitations
+
+- One public data set, one centre, children: it says nothing about adults, other hospitals, other machines or lateral views.
+- {labels_limit}
+- Metrics on a test split carved from train/ (internal) flatter the model; the external test/ folder is the fairer check.
+- An image unlike the training X-rays (blank, photo, text, another body part) still gets a probability; the dashboard and
+  `python -m core predict` flag such images, this file alone does not.
+- Calibration is as measured above (ECE); the probability is not a risk estimate for a patient.
+
+## How to load it and predict
+
+```python
+import keras, numpy as np; from PIL import Image
+model = keras.saving.load_model("model.keras", safe_mode=True, compile=False)
+img = Image.open("xray.jpeg"); img.draft("L", ({size}, {size})); x = np.asarray(img.convert("L").resize(({size}, {size}), Image.BILINEAR), np.float32)
+p = float(model.predict(np.repeat(x[None, :, :, None], 3, axis=-1), verbose=0)[0, -1]); print(p, "PNEUMONIA" if p >= {threshold:.6f} else "NORMAL")
+```
+
+The image is resized to {size}×{size}, made grayscale and repeated to three channels, 0..255 (no other scaling:
+the model holds its own preprocessing). `img.draft` is what the project's decoder does for JPEGs; without it,
+probabilities move by a little.
+"""
+
+
+def export_bytes(artifacts_dir: str | os.PathLike, name: str) -> bytes:
+    """The run's zip, in memory (what the dashboard's download button serves)."""
+    run = exportable(artifacts.load_run(artifacts_dir, name))
+    metrics = run.metrics or {}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(run.model_path, f"{run.name}/model.keras")
+        tflite = _tflite(run)
+        if tflite is not None:
+            archive.writestr(f"{run.name}/model.tflite", tflite)
+        archive.writestr(
+            f"{run.name}/{THRESHOLD}",
+            json.dumps({"threshold": metrics.get("threshold"), "rule": metrics.get("threshold_rule"), "image_size": int(run.settings.get("image_size") or 224),
+                        "positive_class": "PNEUMONIA", "input": "grayscale repeated to RGB, 0..255, float32",
+                        "tta_views": (metrics.get("tta") or {}).get("views", 1)}, indent=2),
+        )
+        card = model_card(run)
+        if tflite is None:
+            card += "\n_model.tflite is not included: this model could not be converted to TensorFlow Lite._\n"
+        archive.writestr(f"{run.name}/{CARD}", card)
+    return buffer.getvalue()
+
+
+def export_run(artifacts_dir: str | os.PathLike, name: str, out: str | os.PathLike) -> Path:
+    """Write the run's zip to `out` atomically; returns the path."""
+    content = export_bytes(artifacts_dir, name)
+    out = Path(out)
+    files.write_bytes(out, content)
+    return out

@@ -1,0 +1,281 @@
+"""The recommended recipe: a chain of runs that one click or one command starts, ending in an ensemble.
+
+It is what the README measures best on the external test split: the quick preset, the
+recommended preset, the recommended run's best hyperparameters trained again with the next seed
+(a repeat, on the same split), and the equal-weight ensemble of those three, whose threshold is
+chosen on validation like any run's. 22 minutes on 2 cores for the full training set.
+
+Each step is an ordinary run (`NAME-quick`, `NAME-recommended`, `NAME-repeat`) and the last one is
+the ensemble `NAME`, so every page, the report and `predict` read them as they read any run. Each
+step's folder also holds `recipe.json`, the plan: the recipe's name, the data folder, the settings
+that apply to both searches and the step's number. That is how `python -m core resume STEP` (the
+dashboard's Resume) goes on with the whole chain rather than the one run, and how the pages say
+"step k of 4". Running a recipe again continues it: finished steps are kept, a stopped or
+interrupted one resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import files
+from core.runs import artifacts
+from core.runs.artifacts import RunError
+from core.search import presets
+
+PLAN_FILE = "recipe.json"
+TITLE = "Recommended recipe (about 25 min on 2 cores)"
+DESCRIPTION = (
+    "Runs the quick and the recommended presets, trains the recommended run's best hyperparameters again with the "
+    "next seed (same split), then averages the three into an ensemble run whose threshold is chosen on validation. "
+    "Each step is an ordinary run; the ensemble is the recipe's result. On the 5,216 training images it took 22 min "
+    "on 2 cores, from an empty cache."
+)
+# Settings a user may change for the whole recipe (both searches); everything else is the presets'.
+OVERRIDABLE = ("task", "seed", "image_size", "weights", "max_per_class", "trials", "epochs", "augment_views", "batch_size")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One link of the chain: a preset's search, a repeat of an earlier step, or the ensemble of earlier steps."""
+
+    kind: str  # "search", "repeat" or "ensemble"
+    suffix: str  # the run is NAME-suffix; the ensemble (no suffix) is NAME itself
+    preset: str | None = None  # search: the preset it runs
+    source: str | None = None  # repeat: the suffix of the step it repeats
+    members: tuple[str, ...] = ()  # ensemble: the suffixes of its members
+
+    def run_name(self, recipe: str) -> str:
+        return run_name(recipe, self.suffix)
+
+
+def run_name(recipe: str, suffix: str) -> str:
+    """The run of step `suffix` of recipe `recipe`: NAME-suffix, or NAME itself for the ensemble."""
+    return f"{recipe}-{suffix}" if suffix else recipe
+
+
+STEPS = (
+    Step("search", "quick", preset="quick"),
+    Step("search", "recommended", preset="recommended"),
+    Step("repeat", "repeat", source="recommended"),  # one other seed: the recommended run's seed + 1
+    Step("ensemble", "", members=("quick", "recommended", "repeat")),
+)
+
+
+def step_names(recipe: str) -> list[str]:
+    return [step.run_name(recipe) for step in STEPS]
+
+
+def make_plan(recipe: str, data_dir: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """The recipe's plan (what `recipe.json` holds, less the step number); nothing is written.
+
+    Refuses a bad name (the longest step name must be a valid run name) and settings that are not
+    the recipe's to change, naming them.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None and not _is_default(k, v)}
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise RunError(f"a recipe cannot change {', '.join(unknown)}: it may change {', '.join(OVERRIDABLE)}")
+    for name in step_names(recipe):
+        if not artifacts.RUN_NAME.match(name):
+            raise RunError(f"{recipe!r} cannot name a recipe: its runs ({name!r}) need letters, digits, '.', '_' or '-', "
+                           f"at most {80 - len('-recommended')} characters")
+    return {"recipe": recipe, "data_dir": os.path.abspath(os.path.expanduser(str(data_dir))), "overrides": overrides,
+            "steps": step_names(recipe)}
+
+
+def _is_default(key: str, value) -> bool:
+    """A change that changes nothing (a default no preset sets): left out, so that the same recipe
+    started from the page (which passes every field) and from the CLI (only what was typed) is one plan."""
+    from dataclasses import MISSING, fields
+
+    from core.search.settings import SearchSettings
+
+    if any(key in presets.preset(step.preset).settings for step in STEPS if step.preset):
+        return False
+    default = next((f.default for f in fields(SearchSettings) if f.name == key), MISSING)
+    return default is not MISSING and default == value
+
+
+PLAN_KEYS = ("recipe", "data_dir", "overrides", "steps")  # a step's recipe.json adds its "step" number
+
+
+def _plan_of(step_plan: dict) -> dict:
+    """The recipe's plan from one step's `recipe.json` (without the step number)."""
+    return {key: step_plan.get(key) for key in PLAN_KEYS}
+
+
+def read_plan(folder: str | os.PathLike) -> dict | None:
+    """The plan a run folder belongs to, or None for a run that is not a recipe's step."""
+    plan = files.read_json(Path(folder) / PLAN_FILE)
+    return plan if isinstance(plan, dict) and plan.get("recipe") and isinstance(plan.get("steps"), list) else None
+
+
+def find_plan(artifacts_dir: str | os.PathLike, recipe: str) -> dict:
+    """The plan of recipe `recipe`, read from the first of its steps that exists; `RunError` when none does."""
+    for name in step_names(recipe):
+        try:
+            plan = read_plan(artifacts.run_dir(artifacts_dir, name))
+        except RunError:
+            break  # not a valid run name: no such recipe
+        if plan and plan["recipe"] == recipe:
+            return _plan_of(plan)
+    raise RunError(f"no recipe named {recipe!r} in {artifacts_dir}: start one with --data DIR")
+
+
+def plans(runs) -> list[dict]:
+    """The distinct recipes that `runs` (artifacts.Run) are steps of, newest first."""
+    found: dict[str, dict] = {}
+    for run in runs:
+        plan = read_plan(run.folder)
+        if plan and plan["recipe"] not in found:
+            found[plan["recipe"]] = _plan_of(plan)
+    return list(found.values())
+
+
+def step_number(plan: dict, name: str) -> int:
+    """1-based position of run `name` in the plan's chain."""
+    return plan["steps"].index(name) + 1
+
+
+def search_settings(plan: dict, step: Step, artifacts_dir: str | os.PathLike):
+    """The settings of a search step: its preset's, then the recipe's overrides."""
+    from core.search.settings import SearchSettings
+
+    values = {**presets.preset(step.preset).settings, **plan["overrides"]}
+    return SearchSettings(data_dir=plan["data_dir"], artifacts_dir=str(artifacts_dir), name=step.run_name(plan["recipe"]), **values)
+
+
+def step_plan(plan: dict, number: int) -> dict:
+    """What step `number`'s `recipe.json` holds: the plan and the step's number."""
+    return {**plan, "step": number}
+
+
+def _write_plan(folder: Path, plan: dict, number: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    files.write_json(folder / PLAN_FILE, step_plan(plan, number))
+
+
+def check_start(artifacts_dir: str | os.PathLike, plan: dict) -> None:
+    """Refuse to start a recipe whose run names are taken by other runs, or that was started with another plan."""
+    for name in plan["steps"]:
+        folder = artifacts.run_dir(artifacts_dir, name)
+        if not folder.exists():
+            continue
+        theirs = read_plan(folder)
+        if theirs is None:
+            raise RunError(f"a run named {name!r} already exists and is not a step of recipe {plan['recipe']!r}: "
+                           "pick another name for the recipe")
+        if _plan_of(theirs) != _plan_of(plan):
+            raise RunError(f"recipe {plan['recipe']!r} was started with other settings ({theirs['data_dir']}, "
+                           f"{theirs['overrides'] or 'no changes'}): continue it with `python -m core resume {name}`, "
+                           "or pick another name")
+
+
+def status(artifacts_dir: str | os.PathLike, plan: dict) -> list[dict]:
+    """Each step: its run's name, what it is, and its state ("not started" before its folder exists)."""
+    rows = []
+    for step, name in zip(STEPS, plan["steps"], strict=True):
+        folder = artifacts.run_dir(artifacts_dir, name)
+        state = "not started"
+        if (folder / artifacts.SETTINGS).exists():
+            state = artifacts.load_run(artifacts_dir, name).state
+        rows.append({"step": name, "what": describe(step), "state": state})
+    return rows
+
+
+def describe(step: Step) -> str:
+    if step.kind == "search":
+        return f"{step.preset} preset"
+    if step.kind == "repeat":
+        return f"{step.source}'s best hyperparameters, next seed"
+    return "equal-weight ensemble of " + ", ".join(step.members)
+
+
+def is_complete(artifacts_dir: str | os.PathLike, plan: dict) -> bool:
+    return (artifacts.run_dir(artifacts_dir, plan["recipe"]) / artifacts.METRICS).exists()
+
+
+def running_steps(rows: list[dict]) -> list[str]:
+    """The steps of a `status` table that are running now (their process then goes on with the chain)."""
+    return [row["step"] for row in rows if row["state"] in artifacts.ACTIVE_STATES]
+
+
+def is_active(artifacts_dir: str | os.PathLike, plan: dict) -> bool:
+    return bool(running_steps(status(artifacts_dir, plan)))
+
+
+def command(plan: dict) -> str:
+    """The same recipe as one terminal command."""
+    options = "".join(f" --{key.replace('_', '-')} {value}" for key, value in plan["overrides"].items())
+    return f"python -m core recipe --data {plan['data_dir']} --name {plan['recipe']}{options}"
+
+
+def estimate_s(plan: dict, n_images: int) -> float:
+    """Rough CPU seconds for the whole chain on `n_images` images: each search's estimate, and for the
+    repeat one trial of its source's settings (its augmented views are drawn again with the new seed)."""
+    from core.search import cost
+
+    def search_s(step: Step, trials: int | None = None) -> float:
+        s = search_settings(plan, step, ".")
+        views = s.augment_views if s.augment != "off" else 0
+        return cost.estimate_search_s(s.family, s.mode, s.image_size or 224, trials or s.trials, s.epochs, n_images, views=views)
+
+    by_suffix = {step.suffix: step for step in STEPS}
+    return sum(search_s(step) if step.kind == "search" else search_s(by_suffix[step.source], trials=1)
+               for step in STEPS if step.kind != "ensemble")
+
+
+# --------------------------------------------------------------------------
+# Running the chain
+# --------------------------------------------------------------------------
+
+
+def run_recipe(artifacts_dir: str | os.PathLike, plan: dict, log=print) -> dict:
+    """Run (or go on with) every step of `plan` in this process; returns the ensemble's metrics.
+
+    Finished steps are skipped, a stopped or interrupted one resumes. A stop request (the step's
+    Stop button, `python -m core stop STEP`, SIGTERM) ends the recipe after that step stops, with
+    {"state": "stopped", "step": STEP}; running the recipe again continues it.
+    """
+    from core.inference import ensemble
+    from core.search import loop
+    from core.workflows import repeat
+
+    check_start(artifacts_dir, plan)
+    if is_complete(artifacts_dir, plan):
+        raise RunError(f"recipe {plan['recipe']!r} is already complete: its result is the ensemble run {plan['recipe']!r}")
+    stopped = threading.Event()
+    for number, (step, name) in enumerate(zip(STEPS, plan["steps"], strict=True), 1):
+        folder = artifacts.run_dir(artifacts_dir, name)
+        if (folder / artifacts.METRICS).exists():
+            continue
+        # Between steps a SIGTERM is the recipe's; each step's search installs its own while it runs.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stopped.set())
+        if stopped.is_set():
+            return {"state": "stopped", "step": name}
+        log(f"recipe {plan['recipe']}: step {number} of {len(STEPS)}, {name} ({describe(step)})")
+        if step.kind == "ensemble":
+            _write_plan(folder, plan, number)
+            members = [run_name(plan["recipe"], member) for member in step.members]
+            run = ensemble.build_ensemble(artifacts_dir, members, name)
+            log(f"recipe {plan['recipe']}: done, test AUC {run.metrics['test']['auc']:.4f}, "
+                f"accuracy {run.metrics['test']['accuracy']:.4f} at the validation-chosen threshold {run.metrics['threshold']:.3f}")
+            return run.metrics
+        if step.kind == "repeat":
+            if not (folder / artifacts.SETTINGS).exists():
+                settings = repeat.plan_repeat(artifacts_dir, run_name(plan["recipe"], step.source), 1, name=name)
+                repeat.create_repeat(artifacts_dir, settings, extra_json={PLAN_FILE: step_plan(plan, number)})
+            result = repeat.run_repeat(artifacts_dir, name, log=log)
+        else:
+            _write_plan(folder, plan, number)
+            settings = search_settings(plan, step, artifacts_dir)
+            result = loop.run_search(settings, log=log, resume=(folder / artifacts.SETTINGS).exists())
+        if result.get("state") == "stopped":
+            return {"state": "stopped", "step": name}
+    raise AssertionError("STEPS ends with the ensemble step")

@@ -1,6 +1,8 @@
 # Two commands set up a fresh machine and do the work:
 #   make dashboard   - install into .venv, then open the dashboard (http://localhost:8501)
-#   make test        - install into .venv (and Chromium for the browser test), then lint and test
+#   make test        - install into .venv (and Chromium for the browser test), then lint, check the
+#                      architecture's layers, build the docs and test
+#   make docs        - serve the manual in docs/ at http://localhost:8000
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +10,7 @@ PY := $(VENV)/bin/python
 # interface (read README, "Serving it to others", first).
 ADDRESS ?= localhost
 
-.PHONY: dashboard test browser bench
+.PHONY: dashboard test browser bench docs
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +30,12 @@ browser:
 
 test: $(VENV)/.installed browser
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 	$(PY) -m pytest -q -n auto --maxprocesses 4
+
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs serve --dev-addr localhost:8000
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py

@@ -224,3 +224,24 @@ def test_colormaps_run_from_cold_to_hot_and_bad_arguments_are_refused():
         explanation.colorize(np.zeros(2), "viridis")
     with pytest.raises(ValueError, match="opacity"):
         explanation.overlay(np.zeros((4, 4)), np.zeros((2, 2)), opacity=1.5)
+
+
+def test_the_keras_internals_grad_cam_reads_still_exist():
+    """Grad-CAM reads two private Keras attributes (no public API says which layer made a tensor, or
+    which nodes a Functional graph has at each depth). If a Keras upgrade renames either, the
+    fallbacks would quietly pick another layer (the last of `model.layers`) or none: this test
+    fails first, naming the function to update.
+    """
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(x)
+    output = keras.layers.Dense(1, activation="sigmoid", name="probability")(pooled)
+    model = keras.Model(inputs, output)
+
+    history = getattr(model.outputs[0], "_keras_history", None)
+    assert history is not None, "keras tensors lost `_keras_history`: update explanation._output_dense"
+    assert history[0].name == "probability"
+    assert explanation._output_dense(model).name == "probability"
+    by_depth = getattr(model, "_nodes_by_depth", None)
+    assert by_depth, "Functional models lost `_nodes_by_depth`: update explanation._nodes_in_order"
+    assert explanation.find_last_feature_map(model).name == "conv"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # core/data/demo.py -> the repository
 DEMO_DIR = REPO / "demo_data" / "chest_xray"
 FULL_DATA_DIR = "data/chest_xray"  # where the full download is looked for first (relative to the working folder)
 FULL_IMAGES = "5,863"  # images in the Kaggle download (train, val and test)

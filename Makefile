@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Where `make dashboard` listens: this machine only. `make dashboard ADDRESS=0.0.0.0` serves every
-# interface (read README, "Serving it to others", first).
+# interface (read docs/serving-and-clusters.md, "Serving it to others", first).
 ADDRESS ?= localhost
 
 .PHONY: dashboard test browser bench docs
@@ -31,11 +31,11 @@ browser:
 test: $(VENV)/.installed browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 docs: $(VENV)/.installed
-	$(VENV)/bin/mkdocs serve --dev-addr localhost:8000
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr localhost:8000
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py

@@ -229,14 +229,14 @@ def test_progress_estimates_time_left():
     assert cost.estimate_remaining_s({**progress, "phase": "decoding images"}) is None
 
 
-# Searches measured on 2 cores over the 5,216 real training images (README, "Measured here"):
+# Searches measured on 2 cores over the 5,216 real training images (docs/measurements.md):
 # (family, mode, input px, trials, epochs, images) -> wall seconds.
 MEASURED_SEARCHES = {
     ("mobilenet", "frozen", 224, 10, 5, 5216): 36.0,
     ("custom_cnn", "frozen", 128, 3, 3, 5216): 215.0,
     ("mobilenet", "finetune", 224, 3, 2, 900, False): 71.0,  # --max-per-class 150 --no-activation-cache
-    ("mobilenet", "finetune", 224, 1, 3, 5528, True, 1): 258.0,  # --preset quick, cold cache (README)
-    ("mobilenet", "finetune", 224, 4, 6, 5528, True, 3): 969.0,  # --preset recommended (README)
+    ("mobilenet", "finetune", 224, 1, 3, 5528, True, 1): 258.0,  # --preset quick, cold cache (docs/measurements.md)
+    ("mobilenet", "finetune", 224, 4, 6, 5528, True, 3): 969.0,  # --preset recommended (docs/measurements.md)
 }
 
 

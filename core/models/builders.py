@@ -77,7 +77,7 @@ def build_head(hp: keras_tuner.HyperParameters, n_features: int, task: Task = PN
     outputs, loss = _output_and_loss(task, _head_layers(hp, inputs))
     learning_rate = search_space.draw(hp, search_space.HEAD_LEARNING_RATE)
     # A head's step on cached features is tiny, so per-step Python overhead dominates: run several
-    # steps per call (the saving is in the README, "Benchmarks").
+    # steps per call (the saving is in docs/measurements.md, "Benchmarks").
     return _compile(keras.Model(inputs, outputs, name="head"), loss, learning_rate, steps_per_execution=16)
 
 

@@ -9,7 +9,7 @@ TensorFlow's generic kernels). Two faster paths:
 - ``tflite``: the model is converted once to a float32 TensorFlow Lite flatbuffer (no quantisation,
   no float16, dynamic batch dimension) and run by the TF Lite interpreter, whose default CPU
   delegate, XNNPACK, runs convolutions several times faster than `model.predict` on a small x86
-  CPU (README, "Benchmarks").
+  CPU (docs/measurements.md, "Benchmarks").
   Images go through the interpreter a few at a time (twice the thread count), which keeps the
   activations in the CPU caches.
 - ``keras``: the model wrapped in a `tf.function` with a fixed ``[None, ...]`` input signature, so it
@@ -227,7 +227,7 @@ def convert_to_tflite(model: keras.Model) -> bytes:
     fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=False)
     concrete = fn.get_concrete_function()
     # No public TensorFlow API freezes a concrete function's variables into constants (the public
-    # routes are the SavedModel export below, much slower: README, "Benchmarks"; or the model as
+    # routes are the SavedModel export below, much slower: docs/measurements.md, "Benchmarks"; or the model as
     # trackable: NaN outputs), so this one private import stays; tests/test_engine.py fails if it
     # moves, and here it only costs speed.
     try:
@@ -356,7 +356,7 @@ class TFLiteEngine(InferenceEngine):
         # batch interpreter (or vice versa). The single-sample one is created on first use.
         self._batch_runner = _Runner(model_content, self.threads, 1, self.sample_shape)
         # XNNPACK is faster per image on a few images per invoke than on 32: the activations of a
-        # small batch stay in the CPU caches (README, "Benchmarks"; no model measured was slower).
+        # small batch stay in the CPU caches (docs/measurements.md, "Benchmarks"; no model measured was slower).
         # Caller batches of images are therefore run a few images at a time; feature vectors (2-D
         # inputs) are cheap and run whole.
         self.invoke_batch: int | None = 2 * self.threads if len(self.sample_shape) == 3 else None

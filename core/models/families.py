@@ -29,8 +29,8 @@ MODES = ("frozen", "finetune")
 class Cost:
     """What a search on a family costs, per image at the family's default input size.
 
-    Milliseconds on the reference machine (2 x86-64 cores; README, "Benchmarks" and "Measured
-    here"); `core.search.cost.estimate_search_s` turns them into a time estimate before a search starts.
+    Milliseconds on the reference machine (2 x86-64 cores; docs/measurements.md, "Benchmarks"):
+    `core.search.cost.estimate_search_s` turns them into a time estimate before a search starts.
     """
 
     frozen_pass_ms: float = 0.0  # backbone pass through the inference engine, decode included
@@ -135,7 +135,7 @@ FAMILIES = {
             "image than InceptionV3 and less than Xception. Frozen mode is practical on a CPU (features once, "
             "cached); fine-tuning the top of its last block works on cached activations, all images take long.",
             # Not measured here yet: placed between InceptionV3 and Xception, where Keras's own CPU
-            # timings of the three put it (README, "Benchmarks")
+            # timings of the three put it (docs/measurements.md, "Benchmarks")
             Cost(frozen_pass_ms=36.0, finetune_step_ms=75.0, bottom_pass_ms=33.0, top_step_ms=8.0),
             "densenet121",
         ),

@@ -269,7 +269,7 @@ def hyperparameter_importance(table: TrialTable, min_trials: int = MIN_TRIALS_FO
     forest = RandomForestRegressor(n_estimators=200, min_samples_leaf=2, random_state=seed, n_jobs=1).fit(x, y)
     baseline = r2_score(y, forest.predict(x))
     # Every shuffled copy in one matrix and one predict call: sklearn's permutation_importance makes
-    # a call per copy, and the per-call overhead of the 200 trees dominates (README, "Benchmarks").
+    # a call per copy, and the per-call overhead of the 200 trees dominates (docs/measurements.md, "Benchmarks").
     rng = np.random.default_rng(seed)
     copies = []
     for column in range(len(names)):

@@ -25,7 +25,7 @@ def estimate_remaining_s(progress: dict) -> float | None:
 
 
 # What a search costs besides the family's own figures (`families.Family.cost`), per image on the
-# same reference machine (README, "Benchmarks").
+# same reference machine (docs/measurements.md, "Benchmarks").
 AUGMENT_MS = 6.0  # one augmented view of one image at 224 px (Keras preprocessing layers)
 
 

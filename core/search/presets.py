@@ -1,7 +1,7 @@
 """Presets: named search settings a user can start with one click (Tune page) or one command.
 
 Each preset is a set of `settings.SearchSettings` fields; anything it does not name keeps the
-setting's default. They were chosen on the validation split (see the README's "Measured here" for
+setting's default. They were chosen on the validation split (see docs/measurements.md, "On the official test split", for
 how each one did on the external test split, measured after the choice).
 """
 

@@ -1,6 +1,6 @@
 """The recommended recipe: a chain of runs that one click or one command starts, ending in an ensemble.
 
-It is what the README measures best on the external test split: the quick preset, the
+It is what docs/measurements.md measures best on the external test split: the quick preset, the
 recommended preset, the recommended run's best hyperparameters trained again with the next seed
 (a repeat, on the same split), and the equal-weight ensemble of those three, whose threshold is
 chosen on validation like any run's. 22 minutes on 2 cores for the full training set.

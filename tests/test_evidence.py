@@ -97,7 +97,7 @@ def test_threshold_choices_are_the_validation_threshold_then_test_operating_poin
     assert validation.threshold == 0.47 and not validation.on_test
     expected = {p.name: p for p in statistics.operating_points(y, s)}
     for choice in ev.choices[1:]:
-        assert choice.on_test and "on test, descriptive" in choice.label
+        assert choice.on_test and "on test, descriptive" in wording.choice_label(choice)
         assert choice.threshold == expected[choice.key].threshold
         at = statistics.binary_metrics(y, s, choice.threshold)  # the point really gives what it claims
         assert (at["sensitivity"], at["specificity"]) == pytest.approx((choice.sensitivity, choice.specificity))
@@ -120,7 +120,7 @@ def test_operating_points_are_chosen_on_validation_and_measured_on_test(predicti
     on_val = {p.name: p for p in statistics.operating_points(validation["y_true"], validation["probability"])}
     on_test = {p.name: p for p in statistics.operating_points(y, s)}
     for choice in ev.choices[1:]:
-        assert not choice.on_test and "chosen on validation" in choice.label
+        assert not choice.on_test and "chosen on validation" in wording.choice_label(choice)
         assert choice.threshold == on_val[choice.key].threshold != on_test[choice.key].threshold
         at = statistics.binary_metrics(y, s, choice.threshold)  # what the threshold gives on test
         assert (at["sensitivity"], at["specificity"]) == pytest.approx((choice.sensitivity, choice.specificity))

@@ -12,7 +12,7 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from core.data import augmentation
+from core.data import augmentation, loading
 from core.inference import evaluation
 from core.models import backbone_cut, backbones
 from core.runs import artifacts
@@ -182,7 +182,7 @@ def test_tta_is_recorded_and_used_by_predict(tmp_path):
     assert run.metrics["tta"]["views"] == 3
     saved = run.predictions()
     model = evaluation.load_model(run.model_path)
-    pixels = np.stack([evaluation.data.load_image(p, 48) for p in saved["path"]])
+    pixels = np.stack([loading.load_image(p, 48) for p in saved["path"]])
     plain, _ = evaluation.probabilities(model, pixels, "keras")
     averaged, _ = evaluation.probabilities(model, pixels, "keras", tta=3)
     np.testing.assert_allclose(saved["probability"], averaged, atol=1e-4)

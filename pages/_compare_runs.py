@@ -1,6 +1,6 @@
 """Compare page: which runs are compared, at which thresholds, and adding an ensemble of them.
 
-`pick_runs` lays out the run picker and the interval settings and gathers what every section
+`pick_runs` lays out the run picker (`pages._run_picker`) and the interval settings and gathers what every section
 needs into one `Picked`: the runs, their predictions and tasks, and their evidence at the
 thresholds set on the page (the threshold controls themselves are `pages._compare_thresholds`).
 """
@@ -19,7 +19,7 @@ from core.inference import ensemble
 from core.reporting import figures
 from core.runs import artifacts
 from pages import _loaders as load
-from pages import _shared as ui
+from pages import _run_picker as run_picker
 from pages._compare_thresholds import choice_key, threshold_key
 
 
@@ -53,11 +53,9 @@ class Picked:
 def pick_runs(folder: str, runs: list[artifacts.Run]) -> Picked:
     """The run picker and the interval settings; stops the page when nothing can be compared."""
     by_name = {r.name: r for r in runs}
-    ui.forget_stale_choice("compare_runs", by_name)
     top_left, top_right = st.columns([4, 1], vertical_alignment="bottom")
-    picked = top_left.multiselect(
-        "Runs to compare", list(by_name), default=artifacts.best_per_family(runs), key="compare_runs",
-        format_func=lambda name: ui.run_label(by_name[name]),
+    picked = run_picker.pick_runs(
+        runs, "Runs to compare", key="compare_runs", where=top_left,
         help="Default: the run with the best validation AUC in each model family (chosen on validation, never on test).",
     )
     n_resamples, seed = _interval_settings(top_right)

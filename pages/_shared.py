@@ -1,9 +1,9 @@
-"""What every page of the dashboard shares: page set-up, the two folders, run pickers, formatting.
+"""What every page of the dashboard shares: page set-up, the two folders, formatting.
 
 Not a page itself (streamlit_app.py lists the pages). The folders live in `st.session_state`
 under `data_dir` and `artifacts_dir`, so they survive page switches. The cached loaders are in
-`pages/_loaders.py`; the rules about runs (test AUC, each family's default run) on
-`core.runs.artifacts.Run`.
+`pages/_loaders.py`; the run picker of Compare and Predict in `pages/_run_picker.py`; the rules
+about runs (test AUC, each family's default run) on `core.runs.artifacts.Run`.
 """
 
 from __future__ import annotations
@@ -175,43 +175,8 @@ def sidebar() -> None:
 
 
 # --------------------------------------------------------------------------
-# Runs
+# Formatting, and the Grad-CAM class of three-class runs
 # --------------------------------------------------------------------------
-
-
-def runs_with_metrics(folder: str, archived: bool | None = False) -> list[artifacts.Run]:
-    """Runs with test predictions; archived ones only with `archived=None` (both) or True (only them)."""
-    from core.runs import catalog
-
-    runs = [r for r in artifacts.list_runs(folder) if r.metrics and (r.folder / artifacts.PREDICTIONS).exists()]
-    return catalog.filter_runs(runs, archived=archived)
-
-
-def runs_with_model(folder: str, archived: bool | None = False) -> list[artifacts.Run]:
-    from core.runs import catalog
-
-    return catalog.filter_runs([r for r in artifacts.list_runs(folder) if r.metrics and r.has_model], archived=archived)
-
-
-def archived_toggle(folder: str, key: str) -> bool | None:
-    """A "show archived runs" switch, only where the folder has archived runs: None (show them too) or False."""
-    if not any(r.archived for r in artifacts.list_runs(folder)):
-        return False
-    return None if st.toggle("Show archived runs", key=key, help="Archived runs are hidden by default; restore them on the Tune page.") else False
-
-
-def forget_stale_choice(key: str, options) -> None:
-    """A multiselect whose remembered runs are gone (another folder, a deleted run) starts over
-    from its default instead of silently showing fewer runs or none."""
-    chosen = st.session_state.get(key)
-    if chosen is not None and any(name not in options for name in chosen):
-        del st.session_state[key]
-
-
-def run_label(run: artifacts.Run) -> str:
-    auc = run.test_auc
-    shown = f"test AUC {auc:.3f}" if np.isfinite(auc) else run.state
-    return f"{run.name} ({run.family}, {run.task}, {shown})"
 
 
 def format_duration(seconds: float | None) -> str:

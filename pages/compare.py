@@ -9,6 +9,7 @@ The sections live in `pages/_compare_*.py`; what they show is computed in `core`
 
 import streamlit as st
 
+from pages import _run_picker as run_picker
 from pages import _shared as ui
 from pages._compare_evidence import (
     curves_section,
@@ -26,15 +27,11 @@ ui.leave_pages_folder_mode()
 st.title("Compare")
 
 folder = ui.artifacts_dir()
-runs = ui.runs_with_metrics(folder, archived=ui.archived_toggle(folder, "compare_archived"))
-if not runs:
-    st.info(
-        f"No finished runs with test results in `{folder}` yet. Start a search on the **Tune** page, or point "
-        "the **Artifacts folder** in the sidebar at a folder of saved runs.",
-        icon=":material/inbox:",
-    )
-    st.stop()
-
+runs = run_picker.listed_runs(
+    folder, run_picker.runs_with_metrics, "compare_archived",
+    when_none=f"No finished runs with test results in `{folder}` yet. Start a search on the **Tune** page, or point "
+    "the **Artifacts folder** in the sidebar at a folder of saved runs.",
+)
 view = pick_runs(folder, runs)
 curves_section(view)
 confusion_matrices_section(view)

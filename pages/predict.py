@@ -12,6 +12,7 @@ from core.evidence import comparison
 from core.reporting import figures
 from core.runs import artifacts
 from pages import _loaders as load
+from pages import _run_picker as run_picker
 from pages import _shared as ui
 
 ui.leave_pages_folder_mode()
@@ -22,16 +23,13 @@ st.caption(
 )
 
 folder = ui.artifacts_dir()
-runs = ui.runs_with_model(folder, archived=ui.archived_toggle(folder, "predict_archived"))
-if not runs:
-    st.info(f"No saved models in `{folder}` yet: finish a search on the **Tune** page first.", icon=":material/inbox:")
-    st.stop()
+runs = run_picker.listed_runs(
+    folder, run_picker.runs_with_model, "predict_archived",
+    when_none=f"No saved models in `{folder}` yet: finish a search on the **Tune** page first.",
+)
 by_name = {r.name: r for r in runs}
-ui.forget_stale_choice("predict_runs", by_name)
-picked = st.multiselect(
-    "Runs", list(by_name), default=artifacts.best_per_family(runs), key="predict_runs",
-    format_func=lambda name: ui.run_label(by_name[name]),
-    help="Each picked run scores every image with its saved model and its own threshold.",
+picked = run_picker.pick_runs(
+    runs, "Runs", key="predict_runs", help="Each picked run scores every image with its saved model and its own threshold.",
 )
 
 left, right = st.columns([3, 2])

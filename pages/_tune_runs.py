@@ -1,0 +1,291 @@
+"""Tune page, the runs: live panels of running searches, the finished runs with filters, and one run's details and housekeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from core import jobs
+from core.runs import artifacts, catalog
+from core.search import cost
+from core.workflows import recipe, repeat
+from pages import _shared as ui
+from pages._trials import trials_view
+
+# --------------------------------------------------------------------------
+# Live runs
+# --------------------------------------------------------------------------
+
+
+@st.fragment(run_every="2s")
+def live_panel(folder: str, name: str) -> None:
+    """One running search, re-read every two seconds (only this panel reruns)."""
+    try:
+        run = artifacts.load_run(folder, name)
+    except artifacts.RunError:
+        st.rerun(scope="app")
+        return
+    state, progress = run.state, run.progress
+    if state not in artifacts.ACTIVE_STATES:
+        st.rerun(scope="app")  # finished: move it to the list below
+        return
+    with st.container(border=True):
+        st.markdown(
+            f"**{ui.STATE_ICONS.get(state, '')} {name}** · {run.family} · {run.task} · {run.settings.get('tuner')} search · "
+            f"state **{state}** · phase **{progress.get('phase') or state}**"
+        )
+        if plan := recipe.read_plan(run.folder):
+            st.caption(f":material/recommend: Step {recipe.step_number(plan, name)} of {len(plan['steps'])} of recipe "
+                       f"**{plan['recipe']}** ({' → '.join(plan['steps'])}). Stop ends the recipe after this step stops; "
+                       "Resume goes on with it.")
+        total, done = progress.get("trials_total"), progress.get("trials_done") or 0
+        epoch, epochs = progress.get("epoch") or 0, progress.get("epochs")
+        cols = st.columns(5)
+        cols[0].metric("Trial", f"{progress.get('trial') or '–'} of {total or '?'}", help=f"{done} completed")
+        cols[1].metric("Epoch", f"{epoch or '–'} of {epochs or '?'}")
+        cols[2].metric("Best val AUC", ui.format_number(progress.get("best_val_auc")))
+        cols[3].metric("Elapsed", ui.format_duration(run.elapsed_s()))
+        cols[4].metric("Time left", ui.format_duration(cost.estimate_remaining_s(progress)), help="From the time the finished epochs took")
+        if total and epochs:
+            fraction = min(1.0, (done + min(max(epoch - 1, 0), epochs) / epochs) / total)
+            st.progress(fraction, text=progress.get("message") or "")
+        elif progress.get("message"):
+            st.caption(progress["message"])
+        log = run.log_tail(12)
+        st.code(log or "(no log yet)", language=None, wrap_lines=True)
+        with st.expander("Trials so far", expanded=True):
+            trials_view(run, key=f"live_trials_{name}")
+        c1, c2, _ = st.columns([1, 1, 4])
+        if c1.button("Stop", key=f"stop_{name}", icon=":material/stop:", help="Stop after the current batch; completed trials are kept and it can be resumed."):
+            st.toast(jobs.stop_search(folder, name))
+        if c2.button("Kill now", key=f"kill_{name}", icon=":material/cancel:", help="Kill the process at once (SIGKILL). Completed trials are kept; resume continues."):
+            st.toast(jobs.stop_search(folder, name, force=True))
+
+
+def running_and_finished(runs: list[artifacts.Run]) -> tuple[list[artifacts.Run], list[artifacts.Run]]:
+    """(the runs still running, the others), sorted at one moment: a run's state follows its process."""
+    active = [r for r in runs if r.state in artifacts.ACTIVE_STATES]
+    finished = [r for r in runs if r.state not in artifacts.ACTIVE_STATES]
+    return active, finished
+
+
+def running_searches(folder: str, active: list[artifacts.Run]) -> None:
+    """The Running searches header and a live panel for each."""
+    st.header("Running searches")
+    if not active:
+        st.caption("None running.")
+    for run in active:
+        live_panel(folder, run.name)
+
+
+# --------------------------------------------------------------------------
+# The buttons' actions: each leaves its outcome in "tune_message", shown above the finished runs
+# --------------------------------------------------------------------------
+
+
+def _resume(folder: str, name: str) -> None:
+    try:
+        jobs.resume_search(folder, name)
+        st.session_state["tune_message"] = ("success", f"Resumed {name} in the background.")
+    except (artifacts.RunError, OSError) as error:
+        st.session_state["tune_message"] = ("error", f"Cannot resume {name}: {error}")
+
+
+def act(folder: str, action: Callable[[str, str], object], name: str, done: str) -> None:
+    """Run `action(folder, name)` for a button (archive, restore, delete, continue a recipe); `done` says it worked."""
+    try:
+        action(folder, name)
+        st.session_state["tune_message"] = ("success", done)
+    except (artifacts.RunError, OSError) as error:
+        st.session_state["tune_message"] = ("error", f"{name}: {error}")
+
+
+def _save_notes(folder: str, name: str) -> None:
+    state = st.session_state
+    act(folder, lambda f, n: catalog.set_notes(f, n, note=state[f"tune_note_{n}"], tags=state[f"tune_tags_{n}"]),
+        name, f"Saved the note and tags of {name}.")
+
+
+def _export(folder: str, name: str) -> None:
+    from core.reporting import export
+
+    try:
+        st.session_state["tune_export"] = (name, export.export_bytes(folder, name))
+    except (artifacts.RunError, OSError, ValueError) as error:
+        st.session_state["tune_message"] = ("error", f"Cannot export {name}: {error}")
+
+
+def _repeat(folder: str, name: str) -> None:
+    """The Repeat button: start the repeat in the background; it shows under "Running searches"."""
+    state = st.session_state
+    try:
+        new = jobs.start_repeat(folder, name, int(state[f"tune_repeat_seeds_{name}"]), str(state.get(f"tune_repeat_name_{name}") or "").strip() or None)
+        state["tune_message"] = ("success", f"Started **{new}** in the background: {name}'s best hyperparameters with other seeds.")
+    except (artifacts.RunError, OSError, ValueError) as error:
+        state["tune_message"] = ("error", f"Cannot repeat {name}: {error}")
+
+
+# --------------------------------------------------------------------------
+# Finished, stopped and failed runs
+# --------------------------------------------------------------------------
+
+
+def finished_runs(folder: str, all_finished: list[artifacts.Run], none_saved: bool) -> None:
+    """The runs no longer running: the last action's outcome, filters, the table, the unfinished ones, one run's details.
+
+    `none_saved`: the folder has no runs at all, running or not.
+    """
+    st.header("Finished, stopped and failed runs")
+    if message := st.session_state.pop("tune_message", None):
+        (st.success if message[0] == "success" else st.error)(message[1])
+    finished = _filtered(all_finished) if all_finished else all_finished
+    if not finished:
+        st.caption(f"No runs in {folder} yet." if none_saved else "None yet." if not all_finished else "No run matches the filters.")
+        return
+    _runs_table(finished)
+    for run in [r for r in finished if r.state != "completed"][:10]:
+        _unfinished_panel(folder, run)
+    _run_details(folder, finished)
+
+
+def _filtered(finished: list[artifacts.Run]) -> list[artifacts.Run]:
+    """The "Filter runs" expander (family, task, state, tag, archived) and the runs it keeps."""
+    options = catalog.filter_options(finished)
+    with st.expander("Filter runs", expanded=False):
+        f1, f2, f3, f4 = st.columns(4)
+        want_family = f1.multiselect("Family", options["family"], key="tune_filter_family")
+        want_task = f2.multiselect("Task", options["task"], key="tune_filter_task", help="Runs saved without a task are the pneumonia task.")
+        want_state = f3.multiselect("State", options["state"], key="tune_filter_state")
+        want_tag = f4.multiselect("Tag", options["tag"], key="tune_filter_tag", help="Runs with any of these tags.")
+        show_archived = st.toggle("Show archived runs", key="tune_show_archived", help="Archived runs keep their files; restore them below.")
+    return catalog.filter_runs(
+        finished, family=want_family, task=want_task, state=want_state, tag=want_tag, archived=None if show_archived else False
+    )
+
+
+def _runs_table(finished: list[artifacts.Run]) -> None:
+    table = artifacts.runs_table(finished)
+    table.insert(0, "outcome", table["state"])
+    if not table["archived"].any():
+        table = table.drop(columns=["archived"])
+    st.dataframe(
+        table.drop(columns=["state"]), hide_index=True, key="tune_runs",
+        column_config={
+            "best_val_auc": st.column_config.NumberColumn("best val AUC", format="%.3f"),
+            "test_auc": st.column_config.NumberColumn("test AUC", format="%.3f"),
+            "accuracy": st.column_config.NumberColumn(format="%.3f"),
+            "sensitivity": st.column_config.NumberColumn(format="%.3f"),
+            "specificity": st.column_config.NumberColumn(format="%.3f"),
+            "threshold": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+
+
+def _unfinished_panel(folder: str, run: artifacts.Run) -> None:
+    """A stopped, failed or interrupted run: why it ended, its process output, and Resume."""
+    with st.container(border=True):
+        progress = run.progress
+        st.markdown(
+            f"**{ui.STATE_ICONS.get(run.state, '')} {run.name}** · {run.family} · {run.task} · **{run.state}** · "
+            f"{progress.get('trials_done') or 0} of {progress.get('trials_total') or run.settings.get('trials', '?')} trials done · "
+            f"ran {ui.format_duration(run.elapsed_s())}"
+        )
+        if run.state == "failed":
+            st.error(progress.get("error") or "failed without an error message; see the process output below")
+        elif run.state == "interrupted":
+            st.warning("Its process ended without saying why (killed, or the machine restarted). Resume continues from the last completed trial.")
+        elif run.state == "stopped":
+            st.info(progress.get("message") or "stopped by request")
+        output = run.log_tail(25, jobs.PROCESS_LOG)
+        with st.expander("Process output (last lines)", expanded=run.state == "failed"):
+            st.code(output or "(empty)", language=None, wrap_lines=True)
+        st.button("Resume", key=f"resume_{run.name}", icon=":material/play_arrow:", on_click=_resume, args=(folder, run.name))
+
+
+# --------------------------------------------------------------------------
+# One run's details
+# --------------------------------------------------------------------------
+
+
+def _run_details(folder: str, finished: list[artifacts.Run]) -> None:
+    """The chosen run's trials, settings and log, then its repeat and housekeeping panels."""
+    st.subheader("Run details")
+    if st.session_state.get("tune_detail") not in {r.name for r in finished}:
+        st.session_state.pop("tune_detail", None)  # a deleted, archived or filtered-out run
+    detail = st.selectbox("Run", [r.name for r in finished], key="tune_detail")
+    run = next(r for r in finished if r.name == detail)
+    st.markdown("**Trials**")
+    trials_view(run, key="tune_trials")
+    left, right = st.columns(2)
+    with left:
+        st.caption("Settings")
+        st.json(run.settings, expanded=False)
+    with right:
+        st.caption("Log (last lines)")
+        st.code(run.log_tail(30) or "(no log)", language=None, wrap_lines=True)
+    repeat_panel(folder, run)
+    run_admin(folder, run)
+
+
+def repeat_panel(folder: str, run: artifacts.Run) -> None:
+    """Repeat the run's best hyperparameters with other seeds (core.workflows.repeat); for a repeat, its spread over the seeds."""
+    name = run.name
+    with st.container(border=True):
+        st.markdown(f"**{name}** · repeat the best with other seeds")
+        if repeat.is_repeat(run):
+            spread = repeat.seed_summary(run)
+            if spread.empty:
+                st.caption("Its seeds are not all trained yet.")
+            else:
+                st.dataframe(spread, hide_index=True, key=f"tune_seed_spread_{name}",
+                             column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("mean", "SD", "min", "max")})
+                st.caption(repeat.NOTE)
+            return
+        problem = repeat.source_problem(run)
+        st.caption("Trains its best hyperparameters again with other seeds, on its own split (only the training seed "
+                   "changes), into one new run; Compare then shows the spread of its test metrics over the seeds.")
+        r1, r2, r3 = st.columns([1, 2, 1], vertical_alignment="bottom")
+        r1.number_input("Other seeds", min_value=1, max_value=repeat.MAX_SEEDS, value=3, step=1, key=f"tune_repeat_seeds_{name}")
+        r2.text_input("Name of the new run", key=f"tune_repeat_name_{name}", placeholder=f"{name}-x3seeds (default)")
+        r3.button("Repeat", key=f"tune_repeat_{name}", icon=":material/replay:", on_click=_repeat, args=(folder, name),
+                  disabled=bool(problem), help=problem or "Runs in the background, one seed after another.")
+
+
+def run_admin(folder: str, run: artifacts.Run) -> None:
+    """Note, tags, archive or restore, delete (with a confirmation) and the model-card download of one run."""
+    name = run.name
+    with st.container(border=True):
+        st.markdown(f"**{name}** · note, tags and housekeeping" + (" · *archived*" if run.archived else ""))
+        n1, n2 = st.columns([3, 2])
+        n1.text_area("Note", value=run.notes["note"], key=f"tune_note_{name}", height=68)
+        n2.text_input("Tags (comma-separated)", value=", ".join(run.tags), key=f"tune_tags_{name}")
+        b1, b2, b3, b4 = st.columns(4)
+        b1.button("Save note and tags", key=f"tune_save_notes_{name}", on_click=_save_notes, args=(folder, name), icon=":material/save:")
+        if run.archived:
+            b2.button("Restore", key=f"tune_restore_{name}", icon=":material/unarchive:",
+                      on_click=act, args=(folder, catalog.restore, name, f"Restored {name}."))
+        else:
+            b2.button("Archive", key=f"tune_archive_{name}", icon=":material/archive:", help="Hide it from the default lists; its files stay.",
+                      on_click=act, args=(folder, catalog.archive, name, f"Archived {name}: it is hidden from the default lists."))
+        exportable = run.state == "completed" and not run.is_ensemble and run.model_path.exists()
+        b3.button("Prepare model card (zip)", key=f"tune_export_{name}", icon=":material/inventory_2:", on_click=_export, args=(folder, name),
+                  disabled=not exportable,
+                  help="The model (.keras, .tflite), its threshold and MODEL_CARD.md in one zip."
+                  if exportable else "Only a completed run with its own model (not an ensemble) can be exported.")
+        if b4.button("Delete…", key=f"tune_delete_{name}", icon=":material/delete:"):
+            st.session_state["tune_confirm_delete"] = name
+        prepared = st.session_state.get("tune_export")
+        if prepared and prepared[0] == name:
+            st.download_button(f"Download {name}.zip", prepared[1], file_name=f"{name}.zip", mime="application/zip",
+                               key=f"tune_download_{name}", icon=":material/download:")
+        if st.session_state.get("tune_confirm_delete") == name:
+            st.warning(f"Delete **{name}** and every file in its folder for good? Other runs and the shared caches stay.", icon=":material/warning:")
+            c1, c2, _ = st.columns([1, 1, 3])
+            if c1.button("Yes, delete it", key=f"tune_confirm_delete_{name}", type="primary"):
+                st.session_state.pop("tune_confirm_delete", None)
+                act(folder, catalog.delete, name, f"Deleted {name}.")
+                st.rerun()
+            if c2.button("Cancel", key=f"tune_cancel_delete_{name}"):
+                st.session_state.pop("tune_confirm_delete", None)
+                st.rerun()

@@ -69,7 +69,7 @@ def apply_preset() -> None:
 
 def _first_visit_preset(on_demo: bool) -> None:
     if "tune_preset" not in st.session_state:
-        # The first visit starts from the quick preset (a fine-tuned MobileNetV2; README "Measured here" gives its time);
+        # The first visit starts from the quick preset (a fine-tuned MobileNetV2; docs/measurements.md gives its time);
         # on the demo set, from the small search that fits it.
         st.session_state["tune_preset"] = "custom" if on_demo else presets.DEFAULT
         if on_demo:

@@ -32,7 +32,7 @@ def recipe_box(folder: str, data: DataFolder) -> None:
     """The recipe in one click: its name, task and seed, its rough CPU time and command, and Start."""
     with st.container(border=True):
         st.markdown(f"**:material/recommend: One click: {recipe.TITLE}**")
-        st.caption(recipe.DESCRIPTION + " The README gives what it measured on the official test split.")
+        st.caption(recipe.DESCRIPTION + " docs/measurements.md gives what it measured on the official test split.")
         r1, r2, r3 = st.columns([2, 2, 1])
         recipe_name = r1.text_input("Recipe name", value="recipe", key="tune_recipe_name",
                                     help="Its runs are NAME-quick, NAME-recommended, NAME-repeat and the ensemble NAME.")

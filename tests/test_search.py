@@ -15,6 +15,7 @@ from core.inference import evaluation
 from core.models import families
 from core.runs import artifacts
 from core.search import cost
+from core.search.cost import estimate_search_s
 from core.search.settings import SearchSettings, SettingsError
 from tests.helpers import make_dataset, run_cli, wait_for
 
@@ -242,18 +243,18 @@ MEASURED_SEARCHES = {
 
 @pytest.mark.parametrize(("search", "seconds"), MEASURED_SEARCHES.items())
 def test_search_cost_estimate_is_within_3x_of_measured_runs(search, seconds):
-    assert seconds / 3 < cost.estimate_search_s(*search) < 3 * seconds
+    assert seconds / 3 < estimate_search_s(*search) < 3 * seconds
 
 
 def test_search_cost_estimate_follows_the_cost_model():
     def cost(family: str = "mobilenet", mode: str = "frozen", size: int = 224, trials: int = 10) -> float:
-        return cost.estimate_search_s(family, mode, size, trials, 5, 5216)
+        return estimate_search_s(family, mode, size, trials, 5, 5216)
 
     assert cost(trials=10) < 2 * cost(trials=1)  # frozen: the one backbone pass dominates
     assert cost(mode="finetune", trials=10) > 4 * cost(mode="finetune", trials=1)  # fine-tuning pays per trial
-    uncached = cost.estimate_search_s("mobilenet", "finetune", 224, 10, 5, 5216, activation_cache=False)
+    uncached = estimate_search_s("mobilenet", "finetune", 224, 10, 5, 5216, activation_cache=False)
     assert uncached > 2 * cost(mode="finetune", trials=10)  # the cut-point cache saves the bottom's steps
-    views = cost.estimate_search_s("mobilenet", "finetune", 224, 1, 5, 5216, views=3)
+    views = estimate_search_s("mobilenet", "finetune", 224, 1, 5, 5216, views=3)
     assert views > cost(mode="finetune", trials=1)  # augmented views cost a bottom pass each
     assert cost("inception_v3", size=299) > 2 * cost("mobilenet", size=224)
     assert cost("custom_cnn", size=300) > 3 * cost("custom_cnn", size=150)  # pixels grow with the square
@@ -264,9 +265,9 @@ def test_every_family_has_a_cost_estimate_that_grows_with_the_work(family):
     info = families.FAMILIES[family]
     for mode in families.MODES if info.transfer else ("scratch",):
         for cache in (True, False):
-            one, many = (cost.estimate_search_s(family, mode, info.default_image_size, t, 5, 5216, activation_cache=cache) for t in (1, 20))
+            one, many = (estimate_search_s(family, mode, info.default_image_size, t, 5, 5216, activation_cache=cache) for t in (1, 20))
             assert 0 < one < many < float("inf"), (mode, cache)
-            assert cost.estimate_search_s(family, mode, info.default_image_size, 1, 5, 500, activation_cache=cache) < one
+            assert estimate_search_s(family, mode, info.default_image_size, 1, 5, 500, activation_cache=cache) < one
 
 
 def test_settings_are_checked_before_anything_starts(tmp_path):

@@ -18,9 +18,9 @@ def choice(key: str, on_test: bool, threshold: float = 0.4123) -> ThresholdChoic
 
 def test_every_operating_point_has_a_label_and_says_where_it_was_chosen():
     assert set(run_evidence.OPERATING_POINTS) == set(wording.POINT_LABELS)
-    assert choice("sens@spec90", on_test=False).label == "best sensitivity at specificity ≥ 90 % (chosen on validation)"
-    assert choice("spec@sens95", on_test=True).label == "best specificity at sensitivity ≥ 95 % (on test, descriptive)"
-    assert choice(run_evidence.VALIDATION_CHOICE, on_test=False).label == "validation-chosen (the run's own threshold)"
+    assert wording.choice_label(choice("sens@spec90", on_test=False)) == "best sensitivity at specificity ≥ 90 % (chosen on validation)"
+    assert wording.choice_label(choice("spec@sens95", on_test=True)) == "best specificity at sensitivity ≥ 95 % (on test, descriptive)"
+    assert wording.choice_label(choice(run_evidence.VALIDATION_CHOICE, on_test=False)) == "validation-chosen (the run's own threshold)"
 
 
 def test_the_menu_entry_of_an_operating_point_names_its_split_and_threshold():

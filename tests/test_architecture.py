@@ -29,45 +29,33 @@ def scratch_copy(tmp_path) -> Path:
     return tmp_path
 
 
-def _append_import(path: Path, line: str) -> None:
-    path.write_text(path.read_text() + f"\n{line}\n")
-
-
 def test_the_contracts_hold():
     result = lint_imports(REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 kept, 0 broken" in result.stdout
 
 
-def test_an_upward_import_breaks_the_layers(scratch_copy):
-    """The bottom layer importing the top: the layers contract names the import."""
-    _append_import(scratch_copy / "core" / "files.py", "from core import cli  # noqa")
+BREAKS = {
+    # what is added, to which file: the contract's words that must name it
+    "an upward import (the bottom layer importing the top)": (
+        "files.py", "from core import cli", "core.files is not allowed to import core.cli"),
+    "a sideways import between independent layers (models and evidence)": (
+        "evidence/statistics.py", "from core.models import families", "core.evidence is not allowed to import core.models"),
+    "an import cycle inside a package (folders imports tasks)": (
+        "data/tasks.py", "from core.data import folders", "No cycles are allowed in core.data"),
+    "streamlit in core": (
+        "evidence/statistics.py", "import streamlit", "core.evidence.statistics -> streamlit"),
+}
+
+
+@pytest.mark.parametrize("kind", BREAKS)
+def test_each_contract_fails_when_a_change_breaks_it(scratch_copy, kind):
+    module, line, message = BREAKS[kind]
+    path = scratch_copy / "core" / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa\n")
     result = lint_imports(scratch_copy)
     assert result.returncode != 0
-    assert "core.files is not allowed to import core.cli" in result.stdout
-
-
-def test_a_sideways_import_between_independent_layers_breaks_them(scratch_copy):
-    """models and evidence sit side by side and may not import each other."""
-    _append_import(scratch_copy / "core" / "evidence" / "statistics.py", "from core.models import families  # noqa")
-    result = lint_imports(scratch_copy)
-    assert result.returncode != 0
-    assert "core.evidence is not allowed to import core.models" in result.stdout
-
-
-def test_an_import_cycle_inside_a_package_breaks_the_acyclic_contract(scratch_copy):
-    """tasks is imported by folders; folders imported back by tasks is a circle in one layer."""
-    _append_import(scratch_copy / "core" / "data" / "tasks.py", "from core.data import folders  # noqa")
-    result = lint_imports(scratch_copy)
-    assert result.returncode != 0
-    assert "No cycles are allowed in core.data" in result.stdout
-
-
-def test_streamlit_in_core_breaks_the_contracts(scratch_copy):
-    _append_import(scratch_copy / "core" / "evidence" / "statistics.py", "import streamlit  # noqa")
-    result = lint_imports(scratch_copy)
-    assert result.returncode != 0
-    assert "core.evidence.statistics -> streamlit" in result.stdout
+    assert message in result.stdout
 
 
 def test_no_module_of_core_imports_streamlit_or_the_pages():

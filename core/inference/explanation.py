@@ -13,14 +13,15 @@ layer's `call` is wrapped for one forward pass: its output is captured and watch
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from core.data import loading
 
 if TYPE_CHECKING:
     import keras
@@ -253,20 +254,8 @@ def _class_of(probabilities, class_index: int | None) -> int:
 
 
 def load_original(path: str | Path) -> Image.Image:
-    """An X-ray at its own size as grayscale ("L"), decoded as `loading.load_image` does but unresized."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                pixels = np.asarray(image, dtype=np.float32)
-                low, high = float(pixels.min()), float(pixels.max())
-                pixels = (pixels - low) * (255.0 / (high - low)) if high > low else pixels * 0
-                return Image.fromarray(pixels.astype(np.uint8), mode="L")
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-                image = Image.alpha_composite(background, image.convert("RGBA"))
-            return image.convert("L")
+    """An X-ray at its own size as grayscale ("L"), decoded as the network's input is (`loading.decode_image`)."""
+    return loading.decode_image(path)
 
 
 def heatmap_for_run(
@@ -281,7 +270,6 @@ def heatmap_for_run(
     original is returned unresized so the overlay can keep its aspect ratio. For an ensemble
     (`model` then maps member names to models) it is the weighted mean of its members' heatmaps.
     """
-    from core.data import loading
     from core.inference import evaluation
     from core.runs import artifacts
 

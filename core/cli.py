@@ -253,7 +253,7 @@ def _resume(args) -> int:
         return _recipe_finish(recipe.run_recipe(args.artifacts, plan))
     if run.is_ensemble:
         raise artifacts.RunError(f"run {run.name!r} is an ensemble: it has no search to resume")
-    if repeat.is_repeat(run):
+    if run.is_repeat:
         return _repeat_finish(repeat.run_repeat(args.artifacts, run.name))
     settings = SearchSettings.from_dict({**run.settings, "artifacts_dir": args.artifacts})
     return _finish(_search(settings, resume=True))

@@ -387,7 +387,7 @@ def repeat_panel(run: artifacts.Run) -> None:
     name = run.name
     with st.container(border=True):
         st.markdown(f"**{name}** · repeat the best with other seeds")
-        if repeat.is_repeat(run):
+        if run.is_repeat:
             spread = repeat.seed_summary(run)
             if spread.empty:
                 st.caption("Its seeds are not all trained yet.")

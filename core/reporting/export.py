@@ -4,8 +4,9 @@ The zip holds `model.keras`, `model.tflite` (converted on first use, as the engi
 with a note if conversion fails), `threshold.json` and `MODEL_CARD.md`. The card's metrics and
 intervals come from `core.evidence.run_evidence` (patient-level bootstrap for AUC, Wilson with the
 design effect for the rates) and its validation-against-test table from `core.evidence.shift`, so they are
-the numbers the Compare page shows. An ensemble is refused: it has no model of its own (export its
-members one by one; its weights are in its settings.json).
+the numbers the Compare page shows. Whether a kind of run is exported is its kind's to say
+(`core.inference.run_kinds`): an ensemble is refused, it has no model of its own (export its members
+one by one; its weights are in its settings.json).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from core import files
 from core.data import tasks
 from core.evidence import run_evidence, shift
+from core.inference import run_kinds
 from core.reporting import wording
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
@@ -27,15 +29,20 @@ CARD = "MODEL_CARD.md"
 THRESHOLD = "threshold.json"
 
 
-def exportable(run: Run) -> Run:
-    """The run, if it can be exported; else RunError saying why."""
-    if run.is_ensemble:
-        raise RunError(
-            f"run {run.name!r} is an ensemble: it has no model of its own, so it is not exported; export its members "
-            f"({', '.join(run.members)}) one by one (its weights are in its settings.json)"
-        )
+def export_problem(run: Run) -> str:
+    """Why `run` cannot be exported ("" when it can): its kind is not (an ensemble has no model of
+    its own, `core.inference.run_kinds`), or it is not finished."""
+    if problem := run_kinds.export_problem(run):
+        return problem
     if run.state != "completed" or not run.metrics or not run.model_path.exists() or not (run.folder / artifacts.PREDICTIONS).exists():
-        raise RunError(f"run {run.name!r} is not finished (state: {run.state}): only completed runs with a saved model are exported")
+        return f"run {run.name!r} is not finished (state: {run.state}): only completed runs with a saved model are exported"
+    return ""
+
+
+def exportable(run: Run) -> Run:
+    """The run, if it can be exported; else RunError saying why (`export_problem`)."""
+    if problem := export_problem(run):
+        raise RunError(problem)
     return run
 
 

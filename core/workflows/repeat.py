@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from core import files
-from core.inference import ensemble
+from core.inference import ensemble, run_kinds
 from core.runs import artifacts
 from core.runs.artifacts import REPEAT, Run, RunError
 
@@ -65,10 +65,8 @@ def best_hyperparameters(run: Run) -> dict:
 
 def source_problem(run: Run) -> str:
     """Why `run` cannot be repeated ("" when it can)."""
-    if run.is_ensemble:
-        return f"{run.name} is an ensemble: it has no hyperparameters of its own; repeat one of its members ({', '.join(run.members)})"
-    if run.is_repeat:
-        return f"{run.name} is itself a repeat of {run.settings[REPEAT].get('source')}: repeat that run instead"
+    if problem := run_kinds.repeat_problem(run):  # an ensemble, or a repeat itself
+        return problem
     if run.state != "completed" or not run.metrics:
         return f"{run.name} is not finished (state: {run.state}): repeat a completed run"
     if not best_hyperparameters(run):

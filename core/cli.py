@@ -253,7 +253,7 @@ def _resume(args) -> int:
         return _recipe_finish(recipe.run_recipe(args.artifacts, plan))
     if run.is_ensemble:
         raise artifacts.RunError(f"run {run.name!r} is an ensemble: it has no search to resume")
-    if repeat.is_repeat(run):
+    if run.is_repeat:
         return _repeat_finish(repeat.run_repeat(args.artifacts, run.name))
     settings = SearchSettings.from_dict({**run.settings, "artifacts_dir": args.artifacts})
     return _finish(_search(settings, resume=True))
@@ -349,14 +349,14 @@ def _predict(args) -> int:
     import pandas as pd
 
     from core import files
-    from core.inference import evaluation
+    from core.inference import evaluation, run_kinds
     from core.runs import artifacts
 
     run = artifacts.load_run(args.artifacts, args.run)
     paths = evaluation.expand_image_paths(args.images)
     if not paths:
         raise FileNotFoundError("no .jpeg/.jpg/.png images in the given paths")
-    table = evaluation.predict_files(run, paths, engine=args.engine, unusual=True)
+    table = run_kinds.predict_files(run, paths, engine=args.engine, unusual=True)
     if args.csv:
         files.write_csv(args.csv, table)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -371,11 +371,11 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from core.inference import evaluation
+    from core.inference import run_kinds
     from core.runs import artifacts
 
     run = artifacts.load_run(args.artifacts, args.run)
-    metrics, _ = evaluation.evaluate_run_on_folder(run, args.data, args.split, engine=args.engine)
+    metrics, _ = run_kinds.evaluate_on_folder(run, args.data, args.split, engine=args.engine)
     if metrics["patients_seen_in_training"]:
         print(f"warning: {metrics['patients_seen_in_training']} patients of this folder were in the run's training data")
     for key in ("n", "auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "unreadable"):

@@ -111,9 +111,9 @@ def _model(path: str, mtime_ns: int):
 
 def model_for(run: artifacts.Run):
     """The run's loaded model; for an ensemble, {member name: model} (what `core` then expects)."""
-    if run.is_ensemble:
-        return {name: _model(str(path), _mtime(path)) for name, path in zip(run.members, run.model_paths, strict=True)}
-    return _model(str(run.model_path), _mtime(run.model_path))
+    from core.inference import run_kinds
+
+    return run_kinds.load_models(run, lambda path: _model(str(path), _mtime(path)))
 
 
 def models_mtime(run: artifacts.Run) -> tuple[int, ...]:
@@ -167,7 +167,7 @@ def trained_on(run: artifacts.Run) -> frozenset[str]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], images: tuple[tuple[str, bytes], ...]) -> pd.DataFrame:
-    from core.inference import evaluation
+    from core.inference import run_kinds
 
     run = artifacts.load_run(artifacts_folder, name)
     model = model_for(run)
@@ -178,7 +178,7 @@ def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...],
             path = Path(folder) / f"{i:04d}{suffix if suffix in folders.IMAGE_EXTENSIONS else '.img'}"
             path.write_bytes(content)
             paths.append(str(path))
-        table = evaluation.predict_files(run, paths, model=model, unusual=True)
+        table = run_kinds.predict_files(run, paths, model, unusual=True)
     names = [file_name for file_name, _ in images]
     # Reasons name the temporary copy: name the file the user gave instead.
     table["error"] = [error.replace(path, name) for error, path, name in zip(table["error"], paths, names, strict=True)]
@@ -229,7 +229,7 @@ def _heatmap(
 ) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
-    from core.inference import explanation
+    from core.inference import run_kinds
 
     run = artifacts.load_run(artifacts_folder, name)
     model = model_for(run)
@@ -237,7 +237,7 @@ def _heatmap(
     with tempfile.TemporaryDirectory(prefix="cxr-gradcam-") as folder:
         path = Path(folder) / f"image{suffix if suffix in folders.IMAGE_EXTENSIONS else '.img'}"
         path.write_bytes(content)
-        heatmap, original = explanation.heatmap_for_run(run, path, model=model, class_name=class_name)
+        heatmap, original = run_kinds.heatmap(run, path, model, class_name=class_name)
     original.thumbnail((OVERLAY_PX, OVERLAY_PX), Image.Resampling.LANCZOS)
     return heatmap, np.asarray(original)
 

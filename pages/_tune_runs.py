@@ -7,6 +7,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from core import jobs
+from core.reporting import export
 from core.runs import artifacts, catalog
 from core.search import cost
 from core.workflows import recipe, repeat
@@ -108,8 +109,6 @@ def _save_notes(folder: str, name: str) -> None:
 
 
 def _export(folder: str, name: str) -> None:
-    from core.reporting import export
-
     try:
         st.session_state["tune_export"] = (name, export.export_bytes(folder, name))
     except (artifacts.RunError, OSError, ValueError) as error:
@@ -233,7 +232,7 @@ def repeat_panel(folder: str, run: artifacts.Run) -> None:
     name = run.name
     with st.container(border=True):
         st.markdown(f"**{name}** · repeat the best with other seeds")
-        if repeat.is_repeat(run):
+        if run.is_repeat:
             spread = repeat.seed_summary(run)
             if spread.empty:
                 st.caption("Its seeds are not all trained yet.")
@@ -268,11 +267,10 @@ def run_admin(folder: str, run: artifacts.Run) -> None:
         else:
             b2.button("Archive", key=f"tune_archive_{name}", icon=":material/archive:", help="Hide it from the default lists; its files stay.",
                       on_click=act, args=(folder, catalog.archive, name, f"Archived {name}: it is hidden from the default lists."))
-        exportable = run.state == "completed" and not run.is_ensemble and run.model_path.exists()
+        not_exportable = export.export_problem(run)
         b3.button("Prepare model card (zip)", key=f"tune_export_{name}", icon=":material/inventory_2:", on_click=_export, args=(folder, name),
-                  disabled=not exportable,
-                  help="The model (.keras, .tflite), its threshold and MODEL_CARD.md in one zip."
-                  if exportable else "Only a completed run with its own model (not an ensemble) can be exported.")
+                  disabled=bool(not_exportable),
+                  help=not_exportable.capitalize() if not_exportable else "The model (.keras, .tflite), its threshold and MODEL_CARD.md in one zip.")
         if b4.button("Delete…", key=f"tune_delete_{name}", icon=":material/delete:"):
             st.session_state["tune_confirm_delete"] = name
         prepared = st.session_state.get("tune_export")

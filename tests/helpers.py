@@ -162,3 +162,52 @@ def make_trials_run(artifacts_dir: Path, name: str, n_trials: int = 20, tuner: s
     if history:
         pd.DataFrame(epochs_rows).to_csv(folder / "trial_history.csv", index=False)
     return folder
+
+
+def model_run(artifacts_dir: Path, name: str, data: Path, task: str = "pneumonia", size: int = 32, seed: int = 0, **settings) -> Path:
+    """A finished run folder with a tiny untrained CNN of the task's shape (a sigmoid for two classes,
+    a softmax for more), in seconds: no training, but evaluated as a search evaluates its best model.
+
+    `data` is a folder as `make_dataset` writes it: its train/ images are split into training and
+    validation (alternately, so both hold every class), its test/ images are the test split. The
+    model, `splits.csv`, both prediction tables and `metrics.json` (threshold chosen on validation)
+    are real; `settings` are added to `settings.json` (e.g. `repeat={...}`).
+    """
+    import json
+
+    import keras
+
+    from core import files
+    from core.data import folders, loading
+    from core.data import tasks as task_names
+    from core.inference import evaluation
+    from core.runs import artifacts
+
+    the_task = task_names.task_for(task)
+    table = the_task.select(folders.scan_folder(data).table)
+    in_train = (table["folder_split"] == "train").to_numpy()
+    split = np.where(in_train, np.where(np.cumsum(in_train) % 2 == 0, "val", "train"), "test")
+    part = {"val": split == "val", "test": split == "test"}
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    centred = keras.layers.Rescaling(1 / 64, offset=-1.0)(inputs)  # the dark background near 0: a blob stands out
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(centred))
+    spread = keras.initializers.RandomNormal(stddev=10.0, seed=seed)  # probabilities apart, not all within 1e-4 of 0.5
+    outputs = keras.layers.Dense(1 if the_task.is_binary else the_task.n_classes, kernel_initializer=spread,
+                                 activation="sigmoid" if the_task.is_binary else "softmax")(pooled)
+    model = keras.Model(inputs, outputs)
+    pixels, _ = loading.load_images(list(table["path"]), size)
+    result = evaluation.evaluate_model(model, pixels, the_task.labels(table), table, part, engine="keras", task=the_task)
+
+    folder = artifacts.run_dir(artifacts_dir, name)
+    folder.mkdir(parents=True)
+    files.save_model(folder / artifacts.MODEL, model)
+    files.write_csv(folder / artifacts.SPLITS, table.assign(split=split))
+    files.write_json(folder / artifacts.DATA_SUMMARY, {"notes": []})
+    evaluation.write_result(folder, {**result, "trials_completed": 1})
+    progress = {"state": "completed", "phase": "done", "started_at": "2026-01-01T00:00:00+00:00"}
+    (folder / artifacts.PROGRESS).write_text(json.dumps(progress))
+    (folder / artifacts.SETTINGS).write_text(json.dumps(
+        {"name": name, "family": "custom_cnn", "task": the_task.name, "image_size": size, "seed": seed, "mode": "scratch",
+         "weights": "none", "data_dir": str(data), **settings}))
+    return folder

@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 from core import files
 from core.data import download
 from core.evidence import run_evidence, shift, statistics
-from core.inference import evaluation
+from core.inference import evaluation, run_kinds
 from core.reporting import wording
 from core.runs import artifacts
 from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, OTHER_SPLIT_RUN, REPO
@@ -668,7 +668,7 @@ def test_compare_combines_two_runs_into_an_ensemble_every_page_uses(data_dir, co
     at.run()
     no_exception(at)
     table = at.dataframe[0].value
-    expected = evaluation.predict_files(duo, [str(sample_image)]).iloc[0]
+    expected = run_kinds.predict_files(duo, [str(sample_image)]).iloc[0]
     assert table.loc[0, "probability"] == pytest.approx(expected["probability"], abs=1e-6)
     assert table.loc[0, "label"] == expected["label"]
     assert image_captions(at)[1].startswith(f"duo · Grad-CAM · p = {expected['probability']:.3f}")

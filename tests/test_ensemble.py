@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from core import files
 from core.data import tasks
 from core.evidence import multiclass, statistics, stress
-from core.inference import ensemble, evaluation, explanation
+from core.inference import ensemble, evaluation, explanation, run_kinds
 from core.reporting import report
 from core.runs import artifacts
 from tests.conftest import OTHER_SPLIT_RUN
@@ -279,7 +279,7 @@ def test_real_ensemble_predicts_with_each_member_at_its_own_size(real_ensemble, 
     assert [m.settings["image_size"] for m in members] == duo.settings["member_image_sizes"] == [32, 40]
     saved = duo.predictions()
     paths = list(saved["path"][:3]) + [str(real_ensemble / "duo" / "metrics.json")]  # and a file that is no image
-    table = evaluation.predict_files(duo, paths, engine="keras")
+    table = run_kinds.predict_files(duo, paths, engine="keras")
     parts = [evaluation.predict_files(m, paths, engine="keras") for m in members]
     expected = (parts[0]["probability"] + parts[1]["probability"]) / 2
     assert np.allclose(table["probability"][:3], expected[:3], atol=2e-6)
@@ -297,7 +297,7 @@ def test_real_ensemble_predicts_with_each_member_at_its_own_size(real_ensemble, 
 def test_real_ensemble_grad_cam_is_the_members_weighted_mean(real_ensemble):
     duo = artifacts.load_run(real_ensemble, "duo")
     image = duo.predictions()["path"].iat[0]
-    heatmap, original = explanation.heatmap_for_run(duo, image)
+    heatmap, original = run_kinds.heatmap(duo, image)
     members = [explanation.heatmap_for_run(artifacts.load_run(real_ensemble, n), image)[0] for n in duo.members]
     assert np.allclose(heatmap, explanation.combine_heatmaps(members, [0.5, 0.5]))
     assert heatmap.shape == tuple(max(m.shape[i] for m in members) for i in (0, 1)) and original.mode == "L"
@@ -344,10 +344,10 @@ def test_an_ensemble_whose_member_is_gone_or_misnamed_cannot_predict(two_runs):
     run = artifacts.load_run(two_runs, "ab")
     assert not run.has_model
     with pytest.raises(artifacts.RunError, match="ensemble 'ab' cannot use its members: no run named 'b'"):
-        evaluation.predict_files(run, ["x.jpeg"])
+        run_kinds.predict_files(run, ["x.jpeg"])
     settings = json.loads((two_runs / "ab" / "settings.json").read_text())
     (two_runs / "ab" / "settings.json").write_text(json.dumps({**settings, "members": ["a", "../outside"]}))
     run = artifacts.load_run(two_runs, "ab")
     assert not run.has_model  # a member name that is not a plain run name is never followed
     with pytest.raises(artifacts.RunError, match="invalid run name '../outside'"):
-        evaluation.predict_files(run, ["x.jpeg"])
+        run_kinds.predict_files(run, ["x.jpeg"])

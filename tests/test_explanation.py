@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from core import files
+from core.data import loading
 from core.inference import evaluation, explanation
 from core.models import backbones, builders
 from core.runs import artifacts
@@ -214,6 +215,27 @@ def test_overlay_at_zero_opacity_is_the_original():
     np.testing.assert_array_equal(np.asarray(explanation.overlay(rgb, np.ones((3, 3)), opacity=0.0)), rgb)
     gray = Image.fromarray(rgb[..., 0], mode="L")
     np.testing.assert_array_equal(np.asarray(explanation.overlay(gray, np.ones((3, 3)), opacity=0.0)), np.asarray(gray.convert("RGB")))
+
+
+def test_the_overlays_original_is_decoded_as_the_networks_input(tmp_path):
+    """One decoder: `load_original` (the overlay's picture, unresized) and `loading.load_image` (the
+    network's input) give the same pixels for a 16-bit PNG and an RGBA PNG."""
+    rng = np.random.default_rng(0)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(rng.integers(1000, 40000, (48, 64)).astype(np.uint16)).save(deep)
+    alpha = tmp_path / "alpha.png"
+    rgba = rng.integers(0, 256, (48, 64, 4), dtype=np.uint8)
+    rgba[:, :16, 3] = 0  # a transparent strip
+    Image.fromarray(rgba, mode="RGBA").save(alpha)
+    for path in (deep, alpha):
+        original = explanation.load_original(path)
+        assert original.mode == "L" and original.size == (64, 48)
+        squashed = np.asarray(original.resize((32, 32), Image.Resampling.BILINEAR))
+        np.testing.assert_array_equal(loading.load_image(path, 32)[..., 0], squashed)
+        np.testing.assert_array_equal(loading.load_image(path, 48)[..., 0], np.asarray(original.resize((48, 48), Image.Resampling.BILINEAR)))
+    stretched = np.asarray(explanation.load_original(deep))
+    assert stretched.min() == 0 and stretched.max() >= 254  # 16 bits rescaled to the image's own range, not clipped
+    assert not np.asarray(explanation.load_original(alpha))[:, :16].any()  # transparent pixels lie on black
 
 
 def test_colormaps_run_from_cold_to_hot_and_bad_arguments_are_refused():

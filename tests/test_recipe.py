@@ -16,7 +16,7 @@ from core.runs import artifacts
 from core.runs.artifacts import RunError
 from core.runs.progress import StopFlag
 from core.search import loop, presets
-from core.workflows import recipe, repeat
+from core.workflows import recipe
 from tests.helpers import make_dataset, run_cli
 from tests.test_app import no_exception, page
 from tests.test_finetune import V2_WEIGHTS
@@ -73,7 +73,7 @@ def test_the_recipe_makes_four_ordinary_runs_ending_in_their_ensemble(cooked):
     assert recommended.settings["augment"] == presets.preset("recommended").settings["augment"]
     assert quick.settings["image_size"] == recommended.settings["image_size"] == 32
     # The repeat trains the recommended run's best hyperparameters with the next seed, on its split.
-    assert repeat.is_repeat(again) and again.settings["repeat"]["source"] == "r-recommended"
+    assert again.is_repeat and again.settings["repeat"]["source"] == "r-recommended"
     assert again.settings["repeat"]["seeds"] == [recommended.settings["seed"] + 1]
     # The result is the equal-weight ensemble of the three, its threshold chosen on validation.
     assert result.is_ensemble and result.members == ["r-quick", "r-recommended", "r-repeat"]

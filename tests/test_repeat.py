@@ -141,7 +141,7 @@ def repeated(tmp_path_factory) -> Path:
 def test_repeat_is_an_ordinary_run_with_every_seed_saved(repeated):
     source, run = artifacts.load_run(repeated, "source"), artifacts.load_run(repeated, "source-again")
     best = json.loads((source.folder / artifacts.BEST_HYPERPARAMETERS).read_text())
-    assert run.state == "completed" and repeat.is_repeat(run)
+    assert run.state == "completed" and run.is_repeat
     assert run.settings["repeat"]["source"] == "source" and run.settings["repeat"]["seeds"] == [43, 44]
     assert run.settings["fixed_hyperparameters"] == best
     assert "source-again" in set(artifacts.runs_table(artifacts.list_runs(repeated))["run"])

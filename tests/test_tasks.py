@@ -17,7 +17,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from core import files
 from core.data import folders, splitting, tasks
 from core.evidence import multiclass
-from core.inference import evaluation
+from core.inference import evaluation, run_kinds
 from core.models import builders, families
 from core.runs import artifacts
 from core.search import hypermodel
@@ -301,7 +301,7 @@ def test_a_three_class_ensemble_predicts_and_explains_each_class(task_runs, tmp_
     assert run.task == "three_class" and run.metrics["multiclass"]["classes"] == list(tasks.THREE_CLASS.classes)
 
     images = sorted((task_runs["data"] / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
-    mine = evaluation.predict_files(run, [str(i) for i in images])
+    mine = run_kinds.predict_files(run, [str(i) for i in images])
     member = evaluation.predict_files(artifacts.load_run(folder, "three"), [str(i) for i in images])
     columns = [tasks.probability_column(c) for c in tasks.THREE_CLASS.classes]
     assert np.allclose(mine[columns].to_numpy(float), member[columns].to_numpy(float), atol=2e-6)  # the mean of two equal members

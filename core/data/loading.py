@@ -18,29 +18,39 @@ from core.data.folders import UnreadableFile
 from core.files import read_csv, write_csv, write_npy
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode one X-ray to a (size, size, 1) uint8 grayscale array.
+def decode_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
+    """Decode one X-ray file to a grayscale ("L") PIL image at its own size: the one decoder.
 
-    Handles what real folders hold: EXIF rotation, 16-bit PNGs (rescaled, not clipped), CMYK and
-    alpha. Images are squashed to a square, as the backbones were trained on; X-rays are grayscale,
-    so one channel is stored and repeated to three only when fed to a network.
+    Handles what real folders hold: EXIF rotation, 16-bit PNGs (rescaled to the image's own range,
+    not clipped), CMYK, and alpha (flattened on black). A decompression bomb is refused. With
+    `size` (the square the caller will resize to), a big JPEG is decoded at a reduced scale no
+    smaller than that: much faster, and what every model here was trained on.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
-            if image.format == "JPEG":
-                image.draft("L", (size, size))  # decode big JPEGs at a reduced scale: much faster
+            if size is not None and image.format == "JPEG":
+                image.draft("L", (size, size))
             image = ImageOps.exif_transpose(image)
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 pixels = np.asarray(image, dtype=np.float32)
                 low, high = float(pixels.min()), float(pixels.max())
                 pixels = (pixels - low) * (255.0 / (high - low)) if high > low else pixels * 0
-                image = Image.fromarray(pixels.astype(np.uint8), mode="L")
-            elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                return Image.fromarray(pixels.astype(np.uint8), mode="L")
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 background = Image.new("RGBA", image.size, (0, 0, 0, 255))
                 image = Image.alpha_composite(background, image.convert("RGBA"))
-            image = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)[..., None]
+            return image.convert("L")
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode one X-ray (`decode_image`) to a (size, size, 1) uint8 grayscale array.
+
+    Images are squashed to a square, as the backbones were trained on; X-rays are grayscale, so one
+    channel is stored and repeated to three only when fed to a network.
+    """
+    image = decode_image(path, size).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)[..., None]
 
 
 def _fingerprint(paths: list[str], size: int) -> str:

@@ -31,6 +31,7 @@ import pandas as pd
 from core import files
 from core.data import tasks
 from core.evidence import multiclass, stress
+from core.inference import evaluation, explanation
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
 
@@ -229,8 +230,6 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
     Refuses (`RunError`, naming the runs) an existing name, fewer than two members, unfinished
     runs, ensembles as members, and members validated or tested on different images.
     """
-    from core.inference import evaluation
-
     start = time.monotonic()
     folder = artifacts.run_dir(artifacts_dir, name)
     if (folder / artifacts.SETTINGS).exists():
@@ -350,8 +349,6 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     members' averaged) and its label is the argmax class. A file any member cannot read gets that
     member's reason.
     """
-    from core.inference import evaluation
-
     members, weights = member_runs(run), weights_of(run)
     task = tasks.task_for(run.task)
     tables = [evaluation.predict_files(m, paths, model=(models or {}).get(m.name), engine=engine) for m in members]
@@ -379,8 +376,6 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
 def heatmap_for_run(run: Run, image_path: str | Path, models: Mapping | None = None, class_name: str | None = None):
     """(the weighted mean of the members' Grad-CAM heatmaps, the original image); see `explanation.combine_heatmaps`.
     Three-class members explain `class_name` (by default each its own predicted class)."""
-    from core.inference import explanation
-
     heatmaps, weights, original = [], [], None
     for member, weight in zip(member_runs(run), weights_of(run), strict=True):
         if weight <= 0:

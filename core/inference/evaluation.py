@@ -9,7 +9,8 @@ saved per-image rows all see the same numbers (an image cannot change class betw
 and `predictions.csv`). Saved models are loaded with Keras `safe_mode`, and predictions go through
 the fast inference engine. A three-class run (``core.data.tasks``) is evaluated twice: on its binary
 view (pneumonia vs normal from P(bacterial) + P(viral)), exactly as a two-class run, and on its
-three classes at the argmax (``core.evidence.multiclass``).
+three classes at the argmax (``core.evidence.multiclass``). It knows one model at a time: scoring
+any kind of run (an ensemble uses several) goes through ``core.inference.run_kinds``.
 """
 
 from __future__ import annotations
@@ -291,32 +292,23 @@ def run_image_size(run: artifacts.Run) -> int:
     return int(run.settings.get("image_size") or 224)
 
 
-def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto", unusual: bool = False) -> pd.DataFrame:
-    """Score image files with a saved run: path, probability of its binary view's positive class
-    (pneumonia; viral for bacterial vs viral), label, error.
+def own_model_path(run: artifacts.Run) -> Path:
+    """The run's own saved model file; `RunError` when it has none (yet)."""
+    if not run.model_path.exists():
+        raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
+    return run.model_path
+
+
+def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto") -> pd.DataFrame:
+    """Score image files with a saved run's own model: path, probability of its binary view's
+    positive class (pneumonia; viral for bacterial vs viral), label, error.
 
     A multi-class run also gives each class's probability (`tasks.probability_column`) and its
-    label is the argmax class. A file that cannot be read gets its reason in `error` and no probability; the others are
-    still scored. An ensemble averages its members' probabilities (`model` then maps member names
-    to loaded models); see `core.inference.ensemble.predict_files`. With `unusual`, three more columns say
-    whether each image is far from the run's training X-rays (`core.inference.ood.flag_files`).
+    label is the argmax class. A file that cannot be read gets its reason in `error` and no
+    probability; the others are still scored. One model only: any kind of run (an ensemble
+    averages its members'), and the flag of unusual images, is `core.inference.run_kinds.predict_files`.
     """
-    table = _predict_files(run, paths, model, engine)
-    if unusual:
-        from core.inference import ood
-
-        flags = ood.flag_files(ood.reference_for(run), list(paths))
-        table = pd.concat([table, flags.set_index(table.index)], axis=1)
-    return table
-
-
-def _predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto") -> pd.DataFrame:
-    if run.is_ensemble:
-        from core.inference import ensemble
-
-        return ensemble.predict_files(run, paths, models=model, engine=engine)
-    if not run.has_model:
-        raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
+    own_model_path(run)  # a model passed in is the run's own, loaded earlier: the run must still have it
     model = model or load_model(run.model_path)
     task = tasks.task_for(run.task)
     class_columns = [] if task.is_binary else [tasks.probability_column(c) for c in task.classes]
@@ -360,24 +352,31 @@ def expand_image_paths(items: list[str]) -> list[str]:
     return paths
 
 
-def evaluate_run_on_folder(run: artifacts.Run, folder: str, split: str = "test", engine: str = "auto") -> tuple[dict, pd.DataFrame]:
-    """Metrics of a saved run on one split folder of a data set, at the run's own threshold."""
+def split_images(run: artifacts.Run, folder: str, split: str = "test") -> pd.DataFrame:
+    """The images of the run's task in one split folder (`train/`, `val/`, `test/`) of a data set;
+    `folders.DataError` when there are none or they cannot be used."""
     task = tasks.task_for(run.task)
     dataset = folders.scan_folder(folder)
     table = task.select(dataset.table[dataset.table["folder_split"] == split])
     if table.empty:
         raise folders.DataError(f"no images of the {task.name} task in the {split}/ folder of {dataset.root}: pick another --split")
     folders.require_usable(folders.Dataset(dataset.root, table), task)
-    trained_on = _training_patients(run)
-    overlap = sorted(set(table["patient"]) & trained_on)
-    predictions = predict_files(run, list(table["path"]), engine=engine)
+    return table
+
+
+def metrics_on_images(run: artifacts.Run, table: pd.DataFrame, predictions: pd.DataFrame) -> dict:
+    """Metrics of a run on `table`'s images (`split_images`) from their `predictions` (one row per
+    image, in order), at the run's own threshold; with the count of unreadable files and of patients
+    the run trained or chose its threshold on."""
+    task = tasks.task_for(run.task)
+    overlap = set(table["patient"]) & _training_patients(run)
     ok = predictions["error"] == ""
     y_true = task.binary_labels(task.labels(table))[ok.to_numpy()]
     scores = predictions.loc[ok, "probability"].to_numpy(float)
     threshold = run.threshold
     metrics = summarize_predictions(y_true, scores, threshold)
     metrics.update({"threshold": threshold, "unreadable": int((~ok).sum()), "patients_seen_in_training": len(overlap)})
-    return metrics, predictions
+    return metrics
 
 
 def _training_patients(run: artifacts.Run) -> set[str]:

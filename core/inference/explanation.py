@@ -13,14 +13,15 @@ layer's `call` is wrapped for one forward pass: its output is captured and watch
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from core.data import loading
 
 if TYPE_CHECKING:
     import keras
@@ -253,48 +254,27 @@ def _class_of(probabilities, class_index: int | None) -> int:
 
 
 def load_original(path: str | Path) -> Image.Image:
-    """An X-ray at its own size as grayscale ("L"), decoded as `loading.load_image` does but unresized."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                pixels = np.asarray(image, dtype=np.float32)
-                low, high = float(pixels.min()), float(pixels.max())
-                pixels = (pixels - low) * (255.0 / (high - low)) if high > low else pixels * 0
-                return Image.fromarray(pixels.astype(np.uint8), mode="L")
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-                image = Image.alpha_composite(background, image.convert("RGBA"))
-            return image.convert("L")
+    """An X-ray at its own size as grayscale ("L"), decoded as the network's input is (`loading.decode_image`)."""
+    return loading.decode_image(path)
 
 
 def heatmap_for_run(
     run: Run, image_path: str | Path, model: keras.Model | None = None, class_name: str | None = None
 ) -> tuple[np.ndarray, Image.Image]:
-    """Grad-CAM of a saved run on one image file: (heatmap, the original image at its own size).
+    """Grad-CAM of a saved run's own model on one image file: (heatmap, the original image at its own size).
 
     A multi-class run explains `class_name` (one of its task's classes), by default its predicted
     class; a two-class run always explains its positive class.
 
     The network sees the image as prediction does (squashed to the run's square input size); the
-    original is returned unresized so the overlay can keep its aspect ratio. For an ensemble
-    (`model` then maps member names to models) it is the weighted mean of its members' heatmaps.
+    original is returned unresized so the overlay can keep its aspect ratio. One model only: any
+    kind of run (an ensemble's members, each at its own size) is explained by
+    `core.inference.run_kinds.heatmap`.
     """
-    from core.data import loading
-    from core.inference import evaluation
-    from core.runs import artifacts
-
-    if run.is_ensemble:  # `model` is then {member name: model}
-        from core.inference import ensemble
-
-        return ensemble.heatmap_for_run(run, image_path, models=model, class_name=class_name)
-    if model is None:
-        if not run.has_model:
-            raise artifacts.RunError(f"run {run.name!r} has no saved model yet (state: {run.state})")
-        model = evaluation.load_model(run.model_path)
     from core.data.tasks import task_for
+    from core.inference import evaluation
 
+    model = model or evaluation.load_model(evaluation.own_model_path(run))
     task = task_for(run.task)
     class_index = task.classes.index(class_name) if class_name in task.classes and not task.is_binary else None
     pixels = loading.load_image(image_path, evaluation.run_image_size(run))

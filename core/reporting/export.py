@@ -1,11 +1,14 @@
 """Model cards: one finished run as one zip (model, threshold, MODEL_CARD.md).
 
 The zip holds `model.keras`, `model.tflite` (converted on first use, as the engine does; left out
-with a note if conversion fails), `threshold.json` and `MODEL_CARD.md`. The card's metrics and
+with a note if conversion fails), `threshold.json` and `MODEL_CARD.md`. The decision rule in
+`threshold.json` and the card's usage snippet follow the run's task (`core.data.tasks`): its classes,
+its positive class (viral for bacterial vs viral), and for three classes the argmax. The card's metrics and
 intervals come from `core.evidence.run_evidence` (patient-level bootstrap for AUC, Wilson with the
 design effect for the rates) and its validation-against-test table from `core.evidence.shift`, so they are
-the numbers the Compare page shows. An ensemble is refused: it has no model of its own (export its
-members one by one; its weights are in its settings.json).
+the numbers the Compare page shows. Whether a kind of run is exported is its kind's to say
+(`core.inference.run_kinds`): an ensemble is refused, it has no model of its own (export its members
+one by one; its weights are in its settings.json).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from core import files
 from core.data import tasks
 from core.evidence import run_evidence, shift
+from core.inference import run_kinds
 from core.reporting import wording
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
@@ -27,15 +31,20 @@ CARD = "MODEL_CARD.md"
 THRESHOLD = "threshold.json"
 
 
-def exportable(run: Run) -> Run:
-    """The run, if it can be exported; else RunError saying why."""
-    if run.is_ensemble:
-        raise RunError(
-            f"run {run.name!r} is an ensemble: it has no model of its own, so it is not exported; export its members "
-            f"({', '.join(run.members)}) one by one (its weights are in its settings.json)"
-        )
+def export_problem(run: Run) -> str:
+    """Why `run` cannot be exported ("" when it can): its kind is not (an ensemble has no model of
+    its own, `core.inference.run_kinds`), or it is not finished."""
+    if problem := run_kinds.export_problem(run):
+        return problem
     if run.state != "completed" or not run.metrics or not run.model_path.exists() or not (run.folder / artifacts.PREDICTIONS).exists():
-        raise RunError(f"run {run.name!r} is not finished (state: {run.state}): only completed runs with a saved model are exported")
+        return f"run {run.name!r} is not finished (state: {run.state}): only completed runs with a saved model are exported"
+    return ""
+
+
+def exportable(run: Run) -> Run:
+    """The run, if it can be exported; else RunError saying why (`export_problem`)."""
+    if problem := export_problem(run):
+        raise RunError(problem)
     return run
 
 
@@ -60,6 +69,61 @@ def _interval_row(label: str, ev: run_evidence.RunEvidence) -> str:
         shown = f"{value:.3f}" if isinstance(value, (int, float)) else "–"
         cells.append(f"{shown} ({wording.format_interval(interval)})" if interval is not None else shown)
     return "| " + " | ".join(cells) + " |"
+
+
+def decision_rule(run: Run) -> dict:
+    """threshold.json: how the model's output becomes a label, for the run's task (`core.data.tasks`),
+    and what the model takes in.
+
+    Two classes: one probability, of the task's positive class (pneumonia; viral for bacterial vs
+    viral), against the threshold. Three classes: one probability per class, the label at the
+    argmax; the threshold is that of the binary view, P(pneumonia) = 1 − P(normal).
+    """
+    metrics = run.metrics or {}
+    task = tasks.task_for(run.task)
+    negative, positive = task.binary_classes
+    binary_rule = f"probability >= threshold means {positive}, else {negative}"
+    if task.is_binary:
+        outputs = {"output": f"one probability, of {positive}", "decision": binary_rule}
+    else:
+        others = " + ".join(f"P({c})" for c in task.classes[1:])
+        outputs = {"output": "one probability per class, in the order of classes", "decision": "the class with the largest probability (argmax)",
+                   "binary_view": f"probability = 1 - P({task.classes[0]}) = {others}; {binary_rule}"}
+    return {
+        "threshold": metrics.get("threshold"), "rule": metrics.get("threshold_rule"), "task": task.name,
+        "classes": list(task.classes), "class_names": list(task.names), "positive_class": positive, **outputs,
+        "image_size": int(run.settings.get("image_size") or 224), "input": "grayscale repeated to RGB, 0..255, float32",
+        "tta_views": (metrics.get("tta") or {}).get("views", 1),
+    }
+
+
+def usage(task: tasks.Task, size: int, threshold: float) -> str:
+    """The card's "how to load it and predict": a snippet that runs as written, with the task's labels."""
+    negative, positive = task.binary_classes
+    outputs = "model.predict(np.repeat(x[None, :, :, None], 3, axis=-1), verbose=0)"
+    if task.is_binary:
+        predict = f'p = float({outputs}[0, -1]); print(p, "{positive}" if p >= {threshold:.6f} else "{negative}")'
+        reading = f"`p` is the probability of {task.binary_names[1]}; at or above the threshold the label is {positive}."
+    else:
+        predict = (f"probabilities = {outputs}[0]; classes = {task.classes!r}\n"
+                   f'p = float(1 - probabilities[0]); print(p, "{positive}" if p >= {threshold:.6f} else "{negative}", '
+                   "classes[int(np.argmax(probabilities))], probabilities.round(6).tolist())")
+        reading = (f"The model gives one probability per class ({', '.join(task.classes)}, in this order); the label is the "
+                   f"class with the largest (argmax). `p` = 1 − P({task.classes[0]}) is the binary view ({task.binary_names[1]} "
+                   f"vs {task.binary_names[0]}), at or above the threshold {positive}.")
+    return f"""```python
+import keras, numpy as np; from PIL import Image
+model = keras.saving.load_model("model.keras", safe_mode=True, compile=False)
+img = Image.open("xray.jpeg"); img.draft("L", ({size}, {size})); x = np.asarray(img.convert("L").resize(({size}, {size}), Image.BILINEAR), np.float32)
+{predict}
+```
+
+{reading}
+
+The image is resized to {size}×{size}, made grayscale and repeated to three channels, 0..255 (no other scaling:
+the model holds its own preprocessing). `img.draft` is what the project's decoder does for JPEGs; without it,
+probabilities move by a little.
+"""
 
 
 def model_card(run: Run) -> str:
@@ -157,35 +221,20 @@ bootstrap; rates: Wilson's interval widened by the design effect), as on the Com
 
 ## How to load it and predict
 
-```python
-import keras, numpy as np; from PIL import Image
-model = keras.saving.load_model("model.keras", safe_mode=True, compile=False)
-img = Image.open("xray.jpeg"); img.draft("L", ({size}, {size})); x = np.asarray(img.convert("L").resize(({size}, {size}), Image.BILINEAR), np.float32)
-p = float(model.predict(np.repeat(x[None, :, :, None], 3, axis=-1), verbose=0)[0, -1]); print(p, "PNEUMONIA" if p >= {threshold:.6f} else "NORMAL")
-```
-
-The image is resized to {size}×{size}, made grayscale and repeated to three channels, 0..255 (no other scaling:
-the model holds its own preprocessing). `img.draft` is what the project's decoder does for JPEGs; without it,
-probabilities move by a little.
+{usage(task, size, threshold)}
 """
 
 
 def export_bytes(artifacts_dir: str | os.PathLike, name: str) -> bytes:
     """The run's zip, in memory (what the dashboard's download button serves)."""
     run = exportable(artifacts.load_run(artifacts_dir, name))
-    metrics = run.metrics or {}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.write(run.model_path, f"{run.name}/model.keras")
         tflite = _tflite(run)
         if tflite is not None:
             archive.writestr(f"{run.name}/model.tflite", tflite)
-        archive.writestr(
-            f"{run.name}/{THRESHOLD}",
-            json.dumps({"threshold": metrics.get("threshold"), "rule": metrics.get("threshold_rule"), "image_size": int(run.settings.get("image_size") or 224),
-                        "positive_class": "PNEUMONIA", "input": "grayscale repeated to RGB, 0..255, float32",
-                        "tta_views": (metrics.get("tta") or {}).get("views", 1)}, indent=2),
-        )
+        archive.writestr(f"{run.name}/{THRESHOLD}", json.dumps(decision_rule(run), indent=2))
         card = model_card(run)
         if tflite is None:
             card += "\n_model.tflite is not included: this model could not be converted to TensorFlow Lite._\n"

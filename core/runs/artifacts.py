@@ -41,6 +41,9 @@ DEFAULT_TASK = "pneumonia"  # runs saved without a task are the pneumonia binary
 # An ensemble's settings name this family and its members (runs in the same artifacts folder);
 # it has no model of its own and predicts with theirs (see core.inference.ensemble).
 ENSEMBLE_FAMILY = "ensemble"
+# A repeat's settings hold this key: {source, seeds, main} (see core.workflows.repeat); it predicts
+# with its first seed's model, saved as its own.
+REPEAT = "repeat"
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 ACTIVE_STATES = ("starting", "running", "stopping")
@@ -201,6 +204,11 @@ class Run:
     @property
     def is_ensemble(self) -> bool:
         return self.family == ENSEMBLE_FAMILY
+
+    @property
+    def is_repeat(self) -> bool:
+        """Whether the run is a repeat: a run's best hyperparameters trained again with other seeds."""
+        return isinstance(self.settings.get(REPEAT), dict)
 
     @property
     def members(self) -> list[str]:

@@ -31,11 +31,10 @@ import numpy as np
 import pandas as pd
 
 from core import files
-from core.inference import ensemble
+from core.inference import ensemble, run_kinds
 from core.runs import artifacts
-from core.runs.artifacts import Run, RunError
+from core.runs.artifacts import REPEAT, Run, RunError
 
-REPEAT = "repeat"  # the settings.json key that makes a run a repeat
 SEEDS_DIR = "seeds"
 SEED_TABLE = "seeds.csv"
 MAX_SEEDS = 20
@@ -47,10 +46,6 @@ NOTE = (
     "changes. Sensitivity and specificity are each seed's at its own threshold, chosen on validation. "
     "SD is the sample standard deviation over the seeds (n − 1); range is min–max."
 )
-
-
-def is_repeat(run: Run) -> bool:
-    return isinstance(run.settings.get(REPEAT), dict)
 
 
 def other_seeds(source_seed: int, n_seeds: int) -> list[int]:
@@ -70,10 +65,8 @@ def best_hyperparameters(run: Run) -> dict:
 
 def source_problem(run: Run) -> str:
     """Why `run` cannot be repeated ("" when it can)."""
-    if run.is_ensemble:
-        return f"{run.name} is an ensemble: it has no hyperparameters of its own; repeat one of its members ({', '.join(run.members)})"
-    if is_repeat(run):
-        return f"{run.name} is itself a repeat of {run.settings[REPEAT].get('source')}: repeat that run instead"
+    if problem := run_kinds.repeat_problem(run):  # an ensemble, or a repeat itself
+        return problem
     if run.state != "completed" or not run.metrics:
         return f"{run.name} is not finished (state: {run.state}): repeat a completed run"
     if not best_hyperparameters(run):
@@ -173,7 +166,7 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
     from core.search.settings import SearchSettings
 
     run = artifacts.load_run(artifacts_dir, name)
-    if not is_repeat(run):
+    if not run.is_repeat:
         raise RunError(f"run {name!r} is not a repeat")
     if run.metrics:
         raise RunError(f"run {name!r} is already complete; start a new repeat to train more seeds")
@@ -326,7 +319,7 @@ def _spread_sentence(per_seed: pd.DataFrame) -> str:
 def seed_summary(run: Run) -> pd.DataFrame:
     """The spread of `run`'s test metrics over its seeds (`summarize_seeds`) with a `run` column; empty when
     `run` is not a finished repeat."""
-    per_seed = read_seed_table(run.folder) if is_repeat(run) else pd.DataFrame()
+    per_seed = read_seed_table(run.folder) if run.is_repeat else pd.DataFrame()
     if per_seed.empty:
         return pd.DataFrame()
     table = summarize_seeds(per_seed)

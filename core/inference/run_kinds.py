@@ -1,0 +1,204 @@
+"""Kinds of run: the one place that decides how a run scores images, explains them, loads what it
+predicts with, and whether it is exported or repeated.
+
+Every caller that scores or explains a run (the CLI's predict and evaluate, the export, the
+dashboard's pages) goes through the functions at the bottom, which ask `kind_of(run)`. The kinds,
+in `KINDS` (ordered, first match wins):
+
+- `EnsembleRun`: finished runs combined (`core.inference.ensemble`). No model of its own: each
+  member predicts and explains at its own input size, averaged with the ensemble's weights. It is
+  not exported (export its members) and not repeated (it has no hyperparameters of its own).
+- `RepeatRun`: a run's best hyperparameters trained again with other seeds (`core.workflows.repeat`,
+  `Run.is_repeat`). It predicts, explains and is exported with its first seed's model, saved as its
+  own, exactly like a plain run; it cannot be the source of another repeat (repeat its source).
+- `PlainRun`: a searched run with its own model (`core.inference.evaluation`, `.explanation`); it
+  takes every run no kind before it claims.
+
+Three-class is not a kind of run but a task (`core.data.tasks`): a plain run and an ensemble can
+both be three-class. What the task changes (a probability column per class, the argmax label, the
+class Grad-CAM explains) is read from the run's `Task` by the code each kind calls, never here.
+
+A new kind (a model trained elsewhere: ONNX, TF Lite, a Keras file; a transformer run) is one more
+`RunKind` subclass in this file, listed in `KINDS` before `PlainRun`; nothing else dispatches.
+
+Imports go one way: `evaluation` and `explanation` know one model at a time and import neither this
+module nor `ensemble`; `ensemble` uses them for its members (plain runs); this module sits on top.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from core.inference import ensemble, evaluation, explanation, ood
+from core.runs.artifacts import REPEAT, Run, RunError
+
+# What `load_models` turns a model file into: `evaluation.load_model`, or a page's cached loader.
+ModelLoader = Callable[[Path], Any]
+
+
+class RunKind(ABC):
+    """What every kind of run answers. `models` is what `load_models` gave for the run (so a caller
+    may cache it and pass it back in); None loads the models from the run's folder."""
+
+    name: str
+
+    @abstractmethod
+    def applies(self, run: Run) -> bool:
+        """Whether `run` is of this kind."""
+
+    @abstractmethod
+    def load_models(self, run: Run, load: ModelLoader = evaluation.load_model) -> Any:
+        """The model(s) the run predicts with, each file read through `load`."""
+
+    @abstractmethod
+    def predict_files(self, run: Run, paths: Sequence[str], models: Any = None, engine: str = "auto") -> pd.DataFrame:
+        """One row per file: path, probability (of the binary view's positive class), label, error,
+        and a probability column per class for a multi-class task."""
+
+    @abstractmethod
+    def heatmap(self, run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None
+                ) -> tuple[np.ndarray, Image.Image]:
+        """(Grad-CAM heatmap in [0, 1], the image at its own size); `class_name` for a multi-class task."""
+
+    @abstractmethod
+    def export_problem(self, run: Run) -> str:
+        """Why a run of this kind is not exported, with what to do instead ("" when it is: its own model)."""
+
+    @abstractmethod
+    def repeat_problem(self, run: Run) -> str:
+        """Why a run of this kind cannot be the source of a repeat ("" when it can)."""
+
+
+class PlainRun(RunKind):
+    """A searched run: one model of its own (`model.keras`), read at the run's input size."""
+
+    name = "plain"
+
+    def applies(self, run: Run) -> bool:
+        return True  # the last kind: every run no other kind claims
+
+    def load_models(self, run: Run, load: ModelLoader = evaluation.load_model) -> Any:
+        return load(evaluation.own_model_path(run))
+
+    def predict_files(self, run: Run, paths: Sequence[str], models: Any = None, engine: str = "auto") -> pd.DataFrame:
+        return evaluation.predict_files(run, list(paths), model=models, engine=engine)
+
+    def heatmap(self, run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None
+                ) -> tuple[np.ndarray, Image.Image]:
+        return explanation.heatmap_for_run(run, image_path, model=models, class_name=class_name)
+
+    def export_problem(self, run: Run) -> str:
+        return ""
+
+    def repeat_problem(self, run: Run) -> str:
+        return ""
+
+
+class RepeatRun(PlainRun):
+    """A repeat (`core.workflows.repeat`): predicts with its first seed's model, saved as its own."""
+
+    name = "repeat"
+
+    def applies(self, run: Run) -> bool:
+        return run.is_repeat
+
+    def repeat_problem(self, run: Run) -> str:
+        return f"{run.name} is itself a repeat of {run.settings[REPEAT].get('source')}: repeat that run instead"
+
+
+class EnsembleRun(RunKind):
+    """Finished runs combined (`core.inference.ensemble`); `models` maps member names to their models."""
+
+    name = "ensemble"
+
+    def applies(self, run: Run) -> bool:
+        return run.is_ensemble
+
+    def load_models(self, run: Run, load: ModelLoader = evaluation.load_model) -> dict[str, Any]:
+        return {name: load(path) for name, path in zip(run.members, run.model_paths, strict=True)}
+
+    def predict_files(self, run: Run, paths: Sequence[str], models: Any = None, engine: str = "auto") -> pd.DataFrame:
+        return ensemble.predict_files(run, list(paths), models=models, engine=engine)
+
+    def heatmap(self, run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None
+                ) -> tuple[np.ndarray, Image.Image]:
+        return ensemble.heatmap_for_run(run, image_path, models=models, class_name=class_name)
+
+    def export_problem(self, run: Run) -> str:
+        return (
+            f"run {run.name!r} is an ensemble: it has no model of its own, so it is not exported; export its members "
+            f"({', '.join(run.members)}) one by one (its weights are in its settings.json)"
+        )
+
+    def repeat_problem(self, run: Run) -> str:
+        return f"{run.name} is an ensemble: it has no hyperparameters of its own; repeat one of its members ({', '.join(run.members)})"
+
+
+KINDS: tuple[RunKind, ...] = (EnsembleRun(), RepeatRun(), PlainRun())
+
+
+def kind_of(run: Run) -> RunKind:
+    """The first kind in `KINDS` that claims `run`."""
+    for kind in KINDS:
+        if kind.applies(run):
+            return kind
+    raise RunError(f"run {run.name!r} is of no known kind ({', '.join(k.name for k in KINDS)})")
+
+
+# --------------------------------------------------------------------------
+# The entry points
+# --------------------------------------------------------------------------
+
+
+def load_models(run: Run, load: ModelLoader = evaluation.load_model) -> Any:
+    """The model(s) `run` predicts with, to pass back into `predict_files` and `heatmap`: one model,
+    or {member name: model} for an ensemble. A page passes its cached loader as `load`."""
+    return kind_of(run).load_models(run, load)
+
+
+def predict_files(run: Run, paths: Sequence[str], models: Any = None, engine: str = "auto", unusual: bool = False) -> pd.DataFrame:
+    """Score image files with any run: path, probability of its binary view's positive class
+    (pneumonia; viral for bacterial vs viral), label, error; for a multi-class task also each class's
+    probability, the label then being the argmax class. A file that cannot be read gets its reason
+    in `error` and no probability; the others are still scored. `models`: what `load_models` gave.
+
+    With `unusual`, three more columns say whether each image is far from the run's training X-rays
+    (`core.inference.ood.flag_files`).
+    """
+    table = kind_of(run).predict_files(run, paths, models, engine)
+    if unusual:
+        flags = ood.flag_files(ood.reference_for(run), list(paths))
+        table = pd.concat([table, flags.set_index(table.index)], axis=1)
+    return table
+
+
+def heatmap(run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None) -> tuple[np.ndarray, Image.Image]:
+    """Grad-CAM of any run on one image file: (heatmap, the original image at its own size). A
+    multi-class task explains `class_name` (by default the predicted class); an ensemble's is the
+    weighted mean of its members' (`explanation.combine_heatmaps`)."""
+    return kind_of(run).heatmap(run, image_path, models, class_name)
+
+
+def evaluate_on_folder(run: Run, folder: str, split: str = "test", engine: str = "auto") -> tuple[dict, pd.DataFrame]:
+    """(metrics at the run's own threshold, the per-image predictions) of any run on one split folder
+    of a data set (`evaluation.split_images`, `evaluation.metrics_on_images`)."""
+    table = evaluation.split_images(run, folder, split)
+    predictions = predict_files(run, list(table["path"]), engine=engine)
+    return evaluation.metrics_on_images(run, table, predictions), predictions
+
+
+def export_problem(run: Run) -> str:
+    """Why `run`'s kind is not exported ("" when it is: the export packs its own model file)."""
+    return kind_of(run).export_problem(run)
+
+
+def repeat_problem(run: Run) -> str:
+    """Why `run`'s kind cannot be the source of a repeat ("" when it can)."""
+    return kind_of(run).repeat_problem(run)

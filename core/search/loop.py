@@ -1,12 +1,13 @@
 """The search loop: one whole run, from the data to the saved, evaluated best model.
 
-`run_search(settings)` does a whole run: scan and split the data (by patient), decode the pixels,
-in frozen mode fill the feature cache, search with Keras Tuner, keep the best model, choose the
-decision threshold on validation, evaluate on test and save everything into the run folder.
-The same name resumes a stopped or killed search where it stopped (Keras Tuner `overwrite=False`),
-with the settings and the split it started with. The pieces it calls live beside it: the settings
-in `core.search.settings`, progress and stop in `core.runs.progress`, the split in `core.search.splits`, the tuner and
-its callbacks in `core.search.tuner`, several machines in `core.search.distributed`.
+`run_search(settings)` does a whole run: scan and split the data (by patient), prepare what the
+trials train on (pixels, or cached backbone features or activations), search with Keras Tuner,
+keep the best model, choose the decision threshold on validation, evaluate on test and save
+everything into the run folder. The same name resumes a stopped or killed search where it stopped
+(Keras Tuner `overwrite=False`), with the settings and the split it started with. The pieces it
+calls live beside it: the settings in `core.search.settings`, progress and stop in
+`core.runs.progress`, the split in `core.search.splits`, the input kinds in `core.search.inputs`,
+the tuner and its callbacks in `core.search.tuner`, several machines in `core.search.distributed`.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from core import files
 from core.data import augmentation, folders, loading, splitting
 from core.evidence import stress
 from core.inference import evaluation
-from core.models import backbones, builders
+from core.models import builders
 from core.runs import artifacts, trials
 from core.runs.progress import Progress, StopFlag, now_utc, open_log, recorded_end
+from core.search import inputs
 from core.search.hypermodel import SearchSpace
-from core.search.settings import SearchSettings, cache_root
-from core.search.splits import drop_undecodable, preflight, prepare_split
+from core.search.settings import SearchSettings
+from core.search.splits import preflight, prepare_split
 from core.search.tuner import make_tuner, planned_trials, save_trials, trial_callbacks, trial_rows, watch_chief
 
 
@@ -73,179 +76,165 @@ def run_search(settings: SearchSettings, log=print, resume: bool = False, role: 
 
 
 def search(settings: SearchSettings, folder: Path, progress: Progress, stop: StopFlag, log, dataset=None, role=None) -> dict:
-    """The search itself in an open run folder; a chief, a worker (`role`) or a whole run (None)."""
-    import warnings
+    """The search itself in an open run folder; a chief, a worker (`role`) or a whole run (None).
 
-    import keras
-
-    from core.models import backbone_cut  # they load TensorFlow: only a search needs them
-    from core.search import activations, features
-
-    # Keras Tuner passes shuffle=True to fit and reloads checkpoints without optimizer state: both harmless.
-    warnings.filterwarnings("ignore", message=".*shuffle=True.*")
-    warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
-
+    One sequence for every input kind (`core.search.inputs`): split, inputs, trials, best model.
+    """
+    _ignore_harmless_warnings()
     timings: dict[str, float] = {}
     clock = time.monotonic()
     keras.utils.set_random_seed(settings.seed)
     task = settings.task_info
-
     progress.update(phase="reading data", message="scanning and splitting the data", force=True)
     table, _ = prepare_split(settings, folder, log, dataset)
     timings["scan_s"] = time.monotonic() - clock
 
-    spec = settings.backbone()
-    if spec is not None and spec.weights == "none" and settings.mode == "frozen":
-        log("note: a frozen backbone with random weights gives random features; expect results near chance "
-            "(a baseline for what ImageNet features add). Use --mode finetune to train a backbone from scratch")
-    use_features = spec is not None and settings.mode == "frozen" and settings.feature_cache
-    use_activations = spec is not None and settings.uses_activation_cache
-    backbone = backbones.build_backbone(spec) if spec is not None and (settings.mode == "frozen" or use_activations) else None
-    if spec is not None and backbone is None:
-        backbones.resolve_weights(spec)  # finetune: fail on missing weights now, not in every trial
-    cut = backbone_cut.split_backbone(backbone, settings.cut_layer) if use_activations else None
-
-    clock = time.monotonic()
-    progress.update(phase="decoding images", message=f"decoding {len(table)} images at {settings.image_size} px", force=True)
-    log(f"decoding {len(table)} images at {settings.image_size} px (cached per size)")
-    inputs = views = None
-    if use_features:
-        inputs, errors = features.cached_features(
-            backbone, spec, list(table["path"]), settings.image_size, cache_root(settings),
-            engine=settings.engine, seed=settings.seed,
-            progress=lambda done, total: progress.update(message=f"features {done}/{total}"),
-            log=log, stop=stop.check,
-        )
-    elif use_activations:
-        cached = activations.cached_activations(
-            cut, spec, list(table["path"]), (table["split"] == "train").to_numpy(), cache_root(settings),
-            augmentation.preset(settings.augment), settings.augment_views, seed=settings.seed, engine=settings.engine,
-            progress=lambda message: progress.update(message=message), log=log, stop=stop.check,
-        )
-        inputs, views, errors = cached.clean, cached.views, cached.errors
-    else:
-        inputs, errors = loading.load_images(
-            list(table["path"]), settings.image_size, cache_root(settings) / "pixels",
-            progress=lambda done, total: progress.update(message=f"decoded {done}/{total}"),
-        )
-    if views is not None and errors:  # the views hold the training rows only: keep them aligned
-        train_rows = (table["split"] == "train").to_numpy()
-        bad = table["path"].isin({e.path for e in errors}).to_numpy()
-        views = views[:, ~bad[train_rows]]
-    table, inputs = drop_undecodable(table, inputs, errors, folder, log)
+    _note_random_frozen_backbone(settings, log)
+    kind = inputs.for_settings(settings)
+    table, model_inputs = kind.prepare(table, folder, progress, stop, log, timings)
     splitting.require_splits(table, task)
-    timings["features_s" if use_features else "activations_s" if use_activations else "decode_s"] = time.monotonic() - clock
     stop.check()
 
     labels = task.labels(table)
     part = {split: (table["split"] == split).to_numpy() for split in folders.SPLITS}
     weights = splitting.class_weights(labels[part["train"]], task.n_classes)
     targets = task.targets(labels)  # one-hot for a softmax head
-    space = SearchSpace(
-        settings.family, settings.mode, settings.image_size, spec,
-        n_features=inputs.shape[1] if use_features else None, task=task, augment=settings.augment, cut=cut,
-    )
+    space = SearchSpace(settings.family, settings.mode, settings.image_size, settings.backbone(),
+                        n_features=kind.n_features, task=task, augment=settings.augment, cut=kind.cut)
 
     clock = time.monotonic()
-    # A worker records its own trials beside its log; the others, the run's trial_history.csv.
-    history_path = progress.path.with_name(f"{progress.path.stem}_{artifacts.TRIAL_HISTORY}") if role == "worker" else folder / artifacts.TRIAL_HISTORY
-    recorder = trials.HistoryRecorder(history_path, files.read_json(folder / artifacts.TRIALS, []) or [])
+    recorder = trials.HistoryRecorder(_history_path(folder, progress, role), files.read_json(folder / artifacts.TRIALS, []) or [])
     tuner = make_tuner(settings, space, folder, progress, stop, log, recorder)
     total = planned_trials(tuner, settings)
     progress.update(state="running", phase="searching", trials_total=total, epochs=settings.epochs, force=True)
     log(f"searching: {settings.tuner} search, {total} trials, {settings.epochs} epochs, class weights {weights}")
-    if use_activations:
-        train_ds = activations.training_dataset(views, inputs[part["train"]], targets[part["train"]], settings.batch_size, settings.seed)
-        val_ds = loading.make_tf_dataset(np.asarray(inputs[part["val"]], np.float32), targets[part["val"]], settings.batch_size)
-    else:
-        train_ds = loading.make_tf_dataset(inputs[part["train"]], targets[part["train"]], settings.batch_size, shuffle=True, seed=settings.seed)
-        val_ds = loading.make_tf_dataset(inputs[part["val"]], targets[part["val"]], settings.batch_size)
+    train_ds, val_ds = kind.datasets(model_inputs, targets, part)
     callbacks = trial_callbacks(settings, progress, stop, log, recorder)
     watcher = watch_chief(tuner, progress, folder) if role == "chief" else None
-    # Keras Tuner clears the Keras session before every trial, and that runs a full gc.collect()
-    # over everything loaded so far (TensorFlow, the backbone, the data): a fair share of a short
-    # frozen-mode trial (README, "Benchmarks"). Freezing those long-lived objects takes them out of it.
-    gc.freeze()
-    try:
-        tuner.search(train_ds, validation_data=val_ds, epochs=settings.epochs, class_weight=weights, callbacks=callbacks, verbose=0)
-    finally:
-        gc.unfreeze()  # in-process callers (tests, the distributed test) get a normal collector back
-        if watcher:
-            watcher.set()
+    _run_trials(tuner, train_ds, val_ds, settings.epochs, weights, callbacks, watcher)
     if role == "worker":
-        log(f"worker finished: ran trials {progress.state.get('trials_run', [])}")
-        return {"state": "worker-done", "trials_run": progress.state.get("trials_run", [])}
+        return _worker_done(progress, log)
     stop.check()
     save_trials(tuner, folder, recorder)
     timings["search_s"] = time.monotonic() - clock
-
-    completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
-    if not completed:
-        messages = [row["message"] for row in trial_rows(tuner) if row["message"]]
-        raise RuntimeError(f"no trial finished; last error: {messages[-1] if messages else 'unknown'}")
+    completed = _completed_trials(tuner)
 
     progress.update(phase="evaluating", message="evaluating the best model", force=True)
     clock = time.monotonic()
     best_hp = tuner.get_best_hyperparameters(1)[0]
     trained = tuner.get_best_models(1)[0]
-    files.write_json(folder / artifacts.BEST_HYPERPARAMETERS, {k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")})
-    if use_features:
-        model = builders.attach_head(backbone, trained)
-    elif use_activations:
-        model = backbone_cut.join(cut, trained)
-    else:
-        model = trained
-    # Validation and test pixels, decoded once (pixel cache) for the evaluation on pixels and the
-    # stress test, whichever needs them.
-    rows = part["val"] | part["test"]
-    sub = {split: mask[rows] for split, mask in part.items()}
-    pixels = None
-    if not (use_features and settings.tta == 1) or settings.stress_test:
-        pixels, _ = loading.load_images(list(table.loc[rows, "path"]), settings.image_size, cache_root(settings) / "pixels")
-    # The stress test's changed validation images: their probabilities choose the threshold with the
-    # images as they are (core.evidence.stress.robust_threshold), and the stress table is read at it.
-    val_stressed = None
-    if settings.stress_test:
-        progress.update(message="stress test on validation", force=True)
-        stress_clock = time.monotonic()
-        val_stressed = _stressed_scores(settings, model, np.asarray(pixels)[sub["val"]], folder)
-        timings["stress_s"] = time.monotonic() - stress_clock
-    if use_features and settings.tta == 1:
-        # Evaluate what the search trained on: the same numbers as the saved model, much faster.
-        result = evaluation.evaluate_model(
-            trained, inputs, labels, table, part, settings.engine, settings.batch_size, task=task, val_stressed=val_stressed
-        )
-    else:
-        # The saved model on pixels (activations are float16; views need pixels): exactly what
-        # `predict` will give later.
-        result = evaluation.evaluate_model(
-            model, pixels, labels[rows], table[rows], sub, settings.engine, settings.batch_size,
-            tta=settings.tta, cache_path=folder / "model.tflite", task=task, val_stressed=val_stressed,
-        )
+    files.write_json(folder / artifacts.BEST_HYPERPARAMETERS, _chosen(best_hp))
+    model = kind.saved_model(trained)
+    data = inputs.EvaluationData(settings, table, labels, part)
+    val_stressed = _stress_test(settings, model, data, folder, progress, timings)
+    result = kind.evaluate(trained, model, model_inputs, data, folder, val_stressed)
     timings["evaluate_s"] = time.monotonic() - clock - timings.get("stress_s", 0.0)
+    _log_worst_stress(result, log)
+    files.save_model(folder / artifacts.MODEL, model)
+    result["inference"] = _time_inference(settings, model, table[part["test"]], folder)
+    result.update(_run_record(settings, model, best_hp, timings, len(completed), kind))
+    evaluation.write_result(folder, result)
+    return result
+
+
+def _ignore_harmless_warnings() -> None:
+    import warnings
+
+    # Keras Tuner passes shuffle=True to fit and reloads checkpoints without optimizer state: both harmless.
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+    warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
+
+
+def _note_random_frozen_backbone(settings: SearchSettings, log) -> None:
+    spec = settings.backbone()
+    if spec is not None and spec.weights == "none" and settings.mode == "frozen":
+        log("note: a frozen backbone with random weights gives random features; expect results near chance "
+            "(a baseline for what ImageNet features add). Use --mode finetune to train a backbone from scratch")
+
+
+def _history_path(folder: Path, progress: Progress, role: str | None) -> Path:
+    """A worker records its own trials beside its log; the others, the run's trial_history.csv."""
+    if role == "worker":
+        return progress.path.with_name(f"{progress.path.stem}_{artifacts.TRIAL_HISTORY}")
+    return folder / artifacts.TRIAL_HISTORY
+
+
+def _run_trials(tuner, train_ds, val_ds, epochs: int, class_weight: dict, callbacks: list, watcher) -> None:
+    """Keras Tuner's search, with the collector's long-lived objects frozen and the chief's watcher ended after."""
+    # Keras Tuner clears the Keras session before every trial, and that runs a full gc.collect()
+    # over everything loaded so far (TensorFlow, the backbone, the data): a fair share of a short
+    # frozen-mode trial (README, "Benchmarks"). Freezing those long-lived objects takes them out of it.
+    gc.freeze()
+    try:
+        tuner.search(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight, callbacks=callbacks, verbose=0)
+    finally:
+        gc.unfreeze()  # in-process callers (tests, the distributed test) get a normal collector back
+        if watcher:
+            watcher.set()
+
+
+def _worker_done(progress: Progress, log) -> dict:
+    """A worker ends after its trials: the chief saves and evaluates the run."""
+    log(f"worker finished: ran trials {progress.state.get('trials_run', [])}")
+    return {"state": "worker-done", "trials_run": progress.state.get("trials_run", [])}
+
+
+def _completed_trials(tuner) -> list:
+    """The trials that finished with a score; none is an error naming the last trial's."""
+    completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
+    if not completed:
+        messages = [row["message"] for row in trial_rows(tuner) if row["message"]]
+        raise RuntimeError(f"no trial finished; last error: {messages[-1] if messages else 'unknown'}")
+    return completed
+
+
+def _chosen(best_hp) -> dict:
+    """The best trial's hyperparameters, without Keras Tuner's own bookkeeping (`tuner/...`)."""
+    return {k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")}
+
+
+def _stress_test(settings: SearchSettings, model, data: inputs.EvaluationData, folder: Path, progress: Progress,
+                 timings: dict[str, float]) -> dict[str, np.ndarray] | None:
+    """The stress test's changed validation images, scored by the saved model (None when it is off).
+
+    Their probabilities choose the threshold with the images as they are
+    (core.evidence.stress.robust_threshold), and the stress table is read at it.
+    """
+    if not settings.stress_test:
+        return None
+    progress.update(message="stress test on validation", force=True)
+    clock = time.monotonic()
+    val_stressed = _stressed_scores(settings, model, np.asarray(data.pixels)[data.held_out_part["val"]], folder)
+    timings["stress_s"] = time.monotonic() - clock
+    return val_stressed
+
+
+def _log_worst_stress(result: dict, log) -> None:
     worst = stress.worst(result.get("stress") or [])
     if worst:
         log(f"stress test on validation: worst is {worst['condition']} (specificity {worst['specificity']:.3f}, "
             f"sensitivity {worst['sensitivity']:.3f}); threshold {result['threshold']:.3f} chosen on validation with its "
             "stressed copies")
-    files.save_model(folder / artifacts.MODEL, model)
-    sample = loading.load_images(list(table.loc[part["test"], "path"][:32]), settings.image_size)[0]
-    result["inference"] = evaluation.time_inference(model, sample, settings.engine, folder / "model.tflite")
-    result.update(
-        {
-            "task": task.name,
-            "parameters": builders.count_parameters(model),
-            "best_hyperparameters": {k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")},
-            "timings": {k: round(v, 2) for k, v in timings.items()},
-            "trials_completed": len(completed),
-            "feature_cache": use_features,
-            "activation_cache": {"cut": cut.cut, "augment": settings.augment, "views": settings.augment_views} if cut else None,
-            "augmentation": _augmentation_record(settings, best_hp),
-            "finished_at": now_utc(),
-        }
-    )
-    evaluation.write_result(folder, result)
-    return result
+
+
+def _time_inference(settings: SearchSettings, model, test_table, folder: Path) -> dict:
+    """The saved model's speed on up to 32 test images."""
+    sample = loading.load_images(list(test_table["path"][:32]), settings.image_size)[0]
+    return evaluation.time_inference(model, sample, settings.engine, folder / "model.tflite")
+
+
+def _run_record(settings: SearchSettings, model, best_hp, timings: dict[str, float], completed: int, kind: inputs.SearchInputs) -> dict:
+    """What metrics.json records about the run beside the evaluation."""
+    return {
+        "task": settings.task_info.name,
+        "parameters": builders.count_parameters(model),
+        "best_hyperparameters": _chosen(best_hp),
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "trials_completed": completed,
+        **kind.record(),
+        "augmentation": _augmentation_record(settings, best_hp),
+        "finished_at": now_utc(),
+    }
 
 
 def _stressed_scores(settings: SearchSettings, model, val_pixels: np.ndarray, folder: Path) -> dict[str, np.ndarray]:

@@ -163,7 +163,7 @@ def _run_trials(tuner, train_ds, val_ds, epochs: int, class_weight: dict, callba
     """Keras Tuner's search, with the collector's long-lived objects frozen and the chief's watcher ended after."""
     # Keras Tuner clears the Keras session before every trial, and that runs a full gc.collect()
     # over everything loaded so far (TensorFlow, the backbone, the data): a fair share of a short
-    # frozen-mode trial (README, "Benchmarks"). Freezing those long-lived objects takes them out of it.
+    # frozen-mode trial (docs/measurements.md, "Benchmarks"). Freezing those long-lived objects takes them out of it.
     gc.freeze()
     try:
         tuner.search(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight, callbacks=callbacks, verbose=0)

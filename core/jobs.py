@@ -21,6 +21,7 @@ from core.runs import artifacts
 from core.runs.progress import StopFlag
 from core.search.settings import SearchSettings
 from core.search.splits import preflight
+from core.workflows import recipe, repeat
 
 PROCESS_LOG = "process.log"
 # In progress.json while the pid is the launcher's (the dashboard's), not yet the search's: never signalled.
@@ -109,8 +110,6 @@ def start_search(settings: SearchSettings, extra_json: dict[str, dict] | None = 
 def start_repeat(artifacts_dir: str, source: str, n_seeds: int, name: str | None = None) -> str:
     """Start a repeat of `source`'s best hyperparameters with other seeds in the background (`core.workflows.repeat`);
     returns the new run's name. Bad input is refused here, before any process starts."""
-    from core.workflows import repeat
-
     _reap()
     settings = repeat.plan_repeat(artifacts_dir, source, n_seeds, name)
     progress = {"trials_done": 0, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -126,8 +125,6 @@ def start_recipe(artifacts_dir: str, recipe_name: str, data_dir: str, overrides:
     The first step's folder is made here, reading as starting, so the page lists it at once;
     `core resume` of a recipe's step goes on with the whole chain.
     """
-    from core.workflows import recipe
-
     plan = recipe.make_plan(recipe_name, data_dir, overrides)
     for name in plan["steps"]:
         if artifacts.run_dir(artifacts_dir, name).exists():
@@ -138,8 +135,6 @@ def start_recipe(artifacts_dir: str, recipe_name: str, data_dir: str, overrides:
 
 def continue_recipe(artifacts_dir: str, recipe_name: str) -> int:
     """Go on with a recipe none of whose steps is running (stopped, failed, or ended between steps); returns the pid."""
-    from core.workflows import recipe
-
     _reap()
     plan = recipe.find_plan(artifacts_dir, recipe_name)
     if recipe.is_complete(artifacts_dir, plan):
@@ -171,8 +166,6 @@ def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
     try:
         run = artifacts.load_run(artifacts_dir, name)
     except artifacts.RunError:
-        from core.workflows import recipe
-
         try:
             plan = recipe.find_plan(artifacts_dir, name)
         except artifacts.RunError:

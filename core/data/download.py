@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.data.folders import DataError, find_data_root
+
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 KAGGLE_URL = "https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia"
 DOWNLOAD_SIZE = "about 2 GB"
@@ -29,8 +31,6 @@ def download_public_dataset(dataset: str = KAGGLE_DATASET) -> Path:
     kagglehub caches downloads under `~/.cache/kagglehub` (or `$KAGGLEHUB_CACHE`), so a second
     call returns at once.
     """
-    from core.data.folders import DataError, find_data_root
-
     try:
         import kagglehub
     except ImportError:

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image
 
 from core.data import loading
+from core.data.tasks import task_for
+from core.inference import evaluation
 
 if TYPE_CHECKING:
     import keras
@@ -271,9 +273,6 @@ def heatmap_for_run(
     kind of run (an ensemble's members, each at its own size) is explained by
     `core.inference.run_kinds.heatmap`.
     """
-    from core.data.tasks import task_for
-    from core.inference import evaluation
-
     model = model or evaluation.load_model(evaluation.own_model_path(run))
     task = task_for(run.task)
     class_index = task.classes.index(class_name) if class_name in task.classes and not task.is_binary else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from core.data import augmentation
 from core.data.tasks import PNEUMONIA, Task
 from core.models import search_space
 from core.models.backbones import BackboneSpec, build_backbone
@@ -48,8 +49,6 @@ def _compile(model: keras.Model, loss: str, learning_rate: float, steps_per_exec
 def _augmented(hp: keras_tuner.HyperParameters, augment: str, x, seed: int = 0):
     """Augmentation layers in front of a pixel model: off at inference. `search` makes the preset
     a hyperparameter."""
-    from core.data import augmentation
-
     if augment == augmentation.SEARCH:
         augment = search_space.draw(hp, search_space.AUGMENT)
     for layer in augmentation.augmentation_layers(augmentation.preset(augment), seed):

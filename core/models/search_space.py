@@ -122,8 +122,6 @@ CNN_DENSE_UNITS = Hyperparameter("dense_units", CHOICE, "Width of the hidden ReL
 
 def cnn_conv_blocks(image_size: int) -> Hyperparameter:
     """Conv blocks of the custom CNN: each halves the image, so the input size bounds how many fit."""
-    from core.models.search_space import max_conv_blocks  # core.models imports this module: import on use
-
     top = max_conv_blocks(image_size)
     return Hyperparameter(
         "conv_blocks", INT, f"Conv blocks (conv, batch norm, ReLU, 2× pooling); at most {top} at {image_size} px.",

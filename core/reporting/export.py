@@ -22,7 +22,7 @@ from pathlib import Path
 from core import files
 from core.data import tasks
 from core.evidence import run_evidence, shift
-from core.inference import run_kinds
+from core.inference import evaluation, run_kinds
 from core.reporting import wording
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
@@ -52,8 +52,7 @@ def _tflite(run: Run) -> bytes | None:
     path = run.folder / "model.tflite"
     if not path.exists():
         try:
-            from core.inference import evaluation
-            from core.models.engine import make_engine
+            from core.models.engine import make_engine  # it loads TensorFlow: only a conversion needs it
 
             make_engine(evaluation.load_model(run.model_path), "tflite", cache_path=path)
         except Exception:

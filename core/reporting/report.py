@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from core.data import tasks
 from core.evidence import comparison, multiclass, shift, stress
 from core.evidence import run_evidence as ev
+from core.inference.evaluation import THRESHOLD_RULE
 from core.reporting import curves, figures, wording
 from core.runs.artifacts import Run
 
@@ -133,8 +134,6 @@ class _Figures:
 def _threshold_rule(runs: Sequence[Run]) -> str:
     rules = {str((r.metrics or {}).get("threshold_rule") or "") for r in runs} - {""}
     if not rules:
-        from core.inference.evaluation import THRESHOLD_RULE
-
         rules = {THRESHOLD_RULE}
     return "; ".join(sorted(rules))
 

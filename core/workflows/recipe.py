@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import files
+from core.inference import ensemble
 from core.runs import artifacts
 from core.runs.artifacts import RunError
-from core.search import presets
+from core.search import cost, presets
+from core.search.settings import SearchSettings
+from core.workflows import repeat
 
 PLAN_FILE = "recipe.json"
 TITLE = "Recommended recipe (about 25 min on 2 cores)"
@@ -93,8 +96,6 @@ def _is_default(key: str, value) -> bool:
     started from the page (which passes every field) and from the CLI (only what was typed) is one plan."""
     from dataclasses import MISSING, fields
 
-    from core.search.settings import SearchSettings
-
     if any(key in presets.preset(step.preset).settings for step in STEPS if step.preset):
         return False
     default = next((f.default for f in fields(SearchSettings) if f.name == key), MISSING)
@@ -144,8 +145,6 @@ def step_number(plan: dict, name: str) -> int:
 
 def search_settings(plan: dict, step: Step, artifacts_dir: str | os.PathLike):
     """The settings of a search step: its preset's, then the recipe's overrides."""
-    from core.search.settings import SearchSettings
-
     values = {**presets.preset(step.preset).settings, **plan["overrides"]}
     return SearchSettings(data_dir=plan["data_dir"], artifacts_dir=str(artifacts_dir), name=step.run_name(plan["recipe"]), **values)
 
@@ -218,8 +217,6 @@ def command(plan: dict) -> str:
 def estimate_s(plan: dict, n_images: int) -> float:
     """Rough CPU seconds for the whole chain on `n_images` images: each search's estimate, and for the
     repeat one trial of its source's settings (its augmented views are drawn again with the new seed)."""
-    from core.search import cost
-
     def search_s(step: Step, trials: int | None = None) -> float:
         s = search_settings(plan, step, ".")
         views = s.augment_views if s.augment != "off" else 0
@@ -242,9 +239,7 @@ def run_recipe(artifacts_dir: str | os.PathLike, plan: dict, log=print) -> dict:
     Stop button, `python -m core stop STEP`, SIGTERM) ends the recipe after that step stops, with
     {"state": "stopped", "step": STEP}; running the recipe again continues it.
     """
-    from core.inference import ensemble
-    from core.search import loop
-    from core.workflows import repeat
+    from core.search import loop  # it loads TensorFlow: pages that list recipes do without it
 
     check_start(artifacts_dir, plan)
     if is_complete(artifacts_dir, plan):

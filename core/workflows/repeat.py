@@ -34,6 +34,8 @@ from core import files
 from core.inference import ensemble, run_kinds
 from core.runs import artifacts
 from core.runs.artifacts import REPEAT, Run, RunError
+from core.runs.progress import Progress, SearchStopped, StopFlag, open_log, recorded_end
+from core.search.settings import SearchSettings, cache_root
 
 SEEDS_DIR = "seeds"
 SEED_TABLE = "seeds.csv"
@@ -161,10 +163,6 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
     request (the Stop button, `python -m core stop`, SIGTERM) ends it with state "stopped" and
     returns {"state": "stopped"}; `python -m core resume NAME` continues.
     """
-    # the search machinery: Compare, which only reads repeats, does without it
-    from core.runs.progress import Progress, SearchStopped, StopFlag, open_log, recorded_end
-    from core.search.settings import SearchSettings
-
     run = artifacts.load_run(artifacts_dir, name)
     if not run.is_repeat:
         raise RunError(f"run {name!r} is not a repeat")
@@ -211,8 +209,7 @@ def run_repeat(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
 
 def _train_seed(top, seed: int, seeds_dir: Path, folder: Path, log) -> dict:
     """One seed: an ordinary one-trial search in `seeds/seed-S`, on the repeat's split (copied in first)."""
-    from core.search import loop
-    from core.search.settings import SearchSettings, cache_root
+    from core.search import loop  # it loads TensorFlow: Compare, which only reads repeats, does without it
 
     settings = SearchSettings.from_dict(
         {**top.to_dict(), "name": seed_run_name(seed), "seed": seed, "artifacts_dir": str(seeds_dir),

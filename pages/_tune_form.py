@@ -53,18 +53,15 @@ def apply_preset() -> None:
     name = st.session_state.get("tune_preset", "custom")
     if name == "custom":
         return
-    chosen = presets.preset(name).settings
+    chosen = presets.preset(name).every_setting()
     family_name = chosen["family"]
     widget_keys = {
         "family": "tune_family", "tuner": "tune_tuner", "trials": f"tune_trials_{family_name}",
         "epochs": f"tune_epochs_{family_name}", "image_size": f"tune_size_{family_name}", "mode": "tune_mode",
         "weights": "tune_weights", "augment": "tune_augment", "augment_views": "tune_augment_views", "tta": "tune_tta",
     }
-    defaults = {"tuner": "random", "weights": "imagenet", "augment": "off", "augment_views": 3, "tta": 1,
-                "image_size": families.FAMILIES[family_name].default_image_size}
     for setting, key in widget_keys.items():
-        if setting in chosen or setting in defaults:
-            st.session_state[key] = chosen.get(setting, defaults.get(setting))
+        st.session_state[key] = chosen[setting]
 
 
 def _first_visit_preset(on_demo: bool) -> None:

@@ -190,6 +190,22 @@ def test_tta_is_recorded_and_used_by_predict(tmp_path):
     np.testing.assert_allclose(evaluation.predict_files(run, list(saved["path"]))["probability"], averaged, atol=1e-4)
 
 
+def test_a_presets_every_setting_is_the_search_it_starts():
+    """What the Tune form shows for a preset equals the settings the search resolves to, field by
+    field: its own settings, the search's defaults for the rest, the family's input size."""
+    from dataclasses import asdict
+
+    from core.search import presets
+    from core.search.settings import SearchSettings
+
+    for chosen in presets.PRESETS.values():
+        shown = chosen.every_setting()
+        resolved = asdict(SearchSettings(data_dir="D", **chosen.settings).resolved())
+        compared = [key for key in shown if key in resolved and key not in ("data_dir", "name", "started_at")]
+        assert {"tuner", "weights", "augment_views", "tta", "image_size", "trials", "epochs"} <= set(compared)
+        assert {key: shown[key] for key in compared} == {key: resolved[key] for key in compared}
+
+
 def test_presets_fill_settings_and_options_override_them():
     from core import cli
     from core.search import presets

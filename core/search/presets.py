@@ -7,7 +7,10 @@ how each one did on the external test split, measured after the choice).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+
+from core.models import families
+from core.search.settings import SearchSettings
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,15 @@ class Preset:
     def command(self, data_dir: str = "DIR") -> str:
         """The same search as one `python -m core tune` command."""
         return f"python -m core tune --data {data_dir} --preset {self.name}"
+
+    def every_setting(self) -> dict:
+        """Every setting of the search the preset starts: its own, over the search's defaults
+        (`SearchSettings`), with the input size resolved to the family's default. What a form
+        shows when the preset is chosen, so no caller keeps a copy of the defaults."""
+        values = {f.name: f.default for f in fields(SearchSettings) if f.default is not MISSING}
+        values.update(self.settings)
+        values["image_size"] = values["image_size"] or families.FAMILIES[values["family"]].default_image_size
+        return values
 
     def full_command(self, data_dir: str = "DIR") -> str:
         """The same search with every setting spelled out."""

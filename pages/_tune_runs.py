@@ -9,6 +9,7 @@ import streamlit as st
 from core import jobs
 from core.reporting import export
 from core.runs import artifacts, catalog
+from core.runs.progress import trials_finished
 from core.search import cost
 from core.workflows import recipe, repeat
 from pages import _shared as ui
@@ -48,9 +49,9 @@ def live_panel(folder: str, name: str) -> None:
         cols[2].metric("Best val AUC", ui.format_number(progress.get("best_val_auc")))
         cols[3].metric("Elapsed", ui.format_duration(run.elapsed_s()))
         cols[4].metric("Time left", ui.format_duration(cost.estimate_remaining_s(progress)), help="From the time the finished epochs took")
-        if total and epochs:
-            fraction = min(1.0, (done + min(max(epoch - 1, 0), epochs) / epochs) / total)
-            st.progress(fraction, text=progress.get("message") or "")
+        finished = trials_finished(progress)
+        if finished is not None:
+            st.progress(min(1.0, finished / total), text=progress.get("message") or "")
         elif progress.get("message"):
             st.caption(progress["message"])
         log = run.log_tail(12)

@@ -62,3 +62,16 @@ def test_a_worker_without_log_or_stop_flag_keeps_the_chiefs_request_file(tmp_pat
         raise SearchStopped()
     assert _saved_progress(tmp_path)["state"] == "stopped"
     assert stop.file.exists()
+
+
+def test_trials_finished_counts_the_current_trials_finished_epochs():
+    """The live panel's bar and the time left read one count: trials done, plus the epochs of the
+    current trial before the one running, as a fraction of it."""
+    from core.runs.progress import trials_finished
+
+    progress = {"trials_total": 4, "trials_done": 1, "epochs": 4, "epoch": 3}
+    assert trials_finished(progress) == 1.5  # epochs 1 and 2 of the second trial are done
+    assert trials_finished({**progress, "epoch": 1}) == 1.0  # the first epoch is still running
+    assert trials_finished({**progress, "epoch": 9}) == 2.0  # never more than a whole trial
+    assert trials_finished({**progress, "epochs": None}) is None  # not known yet: no bar, no estimate
+    assert trials_finished({"trials_done": 0}) is None

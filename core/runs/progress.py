@@ -159,3 +159,14 @@ def recorded_end(
     finally:
         if stop is not None:
             stop.file.unlink(missing_ok=True)
+
+
+def trials_finished(progress: dict) -> float | None:
+    """How many of its trials a search has done, the current trial's finished epochs counting as a
+    fraction of it; None before it knows how many trials and epochs it runs. The live panel's bar
+    and the time-left estimate (`core.search.cost`) both read it."""
+    total, done = progress.get("trials_total"), progress.get("trials_done") or 0
+    epochs, epoch = progress.get("epochs"), progress.get("epoch") or 0
+    if not total or not epochs:
+        return None
+    return done + min(max(epoch - 1, 0), epochs) / epochs  # the current epoch is not done yet

@@ -9,19 +9,16 @@ docs/measurements.md).
 from __future__ import annotations
 
 from core.models import families
+from core.runs.progress import trials_finished
 
 
 def estimate_remaining_s(progress: dict) -> float | None:
     """Seconds left, from the time spent so far on the trials and epochs already done."""
-    total, done = progress.get("trials_total"), progress.get("trials_done") or 0
-    epochs, epoch = progress.get("epochs"), progress.get("epoch") or 0
+    finished = trials_finished(progress)
+    if finished is None or finished <= 0 or progress.get("phase") != "searching":
+        return None
     elapsed = (progress.get("elapsed_s") or 0.0) + (progress.get("elapsed_before_s") or 0.0)
-    if not total or not epochs or progress.get("phase") != "searching":
-        return None
-    finished = done + min(max(epoch - 1, 0), epochs) / epochs  # the current epoch is not done yet
-    if finished <= 0:
-        return None
-    return max(0.0, elapsed / finished * (total - finished))
+    return max(0.0, elapsed / finished * (progress["trials_total"] - finished))
 
 
 # What a search costs besides the family's own figures (`families.Family.cost`), per image on the

@@ -1,4 +1,4 @@
-"""Background searches: start the CLI in its own process, stop it, resume it, estimate their cost.
+"""Background searches: start the CLI in its own process, stop it, resume it (their cost: `core.search.cost`).
 
 The dashboard never trains inside its own process: a search is `python -m core resume NAME` in a
 new process session, so closing the browser tab, reloading, or a second user changes nothing.

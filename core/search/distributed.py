@@ -1,8 +1,9 @@
 """Searches over several machines, with Keras Tuner's own distributed mode.
 
 One chief holds the oracle and hands out trials; workers train them. `configure_distributed`
-sets Keras Tuner's environment variables, `watch_chief` reports the workers' trials in the
-chief's `progress.json`, and `run_worker` waits for the chief's split and then trains. All of
+sets Keras Tuner's environment variables and `run_worker` waits for the chief's split and then
+trains; the chief's side, `watch_chief` (the workers' trials in its `progress.json`), is tuner-side
+and lives in `core.search.tuner`. All of
 them must see the same artifacts folder.
 """
 

@@ -3,7 +3,8 @@
 `make_tuner` builds the chosen Keras Tuner (random, Bayesian or Hyperband) as a subclass that
 reports trial starts and ends to `progress.json` and rewrites `trials.json`; `trial_callbacks`
 gives every trial's `fit` the progress and history callback (which also turns a stop request
-into `SearchStopped`) and early stopping. Keras and Keras Tuner are imported inside the
+into `SearchStopped`) and early stopping; `watch_chief` reports a distributed search's trials in
+the chief's `progress.json`. Keras and Keras Tuner are imported inside the
 functions, so importing this module stays cheap.
 """
 

@@ -1,8 +1,9 @@
 """Where the heat sits: on the film's border band or on burnt-in marks, rather than on the lungs.
 
 A classifier can learn a shortcut: the laterality letter ("R"/"L"), burnt-in text, the collimator
-edge, all of which differ between hospitals and so between the classes of a pooled data set.
-Without lesion masks the lungs' outline is unknown, but these shortcuts have a known place: the
+edge, all of which differ between hospitals and so between the classes of a pooled data set
+(Zech et al., 2018, *PLoS Medicine* 15:e1002683, and DeGrave et al., 2021, *Nature Machine
+Intelligence* 3:610-619, showed chest X-ray models using such marks). Without lesion masks the lungs' outline is unknown, but these shortcuts have a known place: the
 border of the film, and small, very bright marks. This module measures how much of a heatmap's
 heat falls there, and turns the per-image shares into a plain warning for a run.
 

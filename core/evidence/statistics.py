@@ -266,8 +266,9 @@ def resample_weights(n_images: int, groups: Any = None, n_resamples: int = 1000,
 
     With ``groups`` (a patient id per image) whole patients are drawn with replacement and each
     image weighs as often as its patient was drawn; without, images are drawn. Every interval
-    made by patient bootstrap here (:func:`bootstrap_ci`, ``core.evidence.multiclass``) draws through this,
-    so the same ``seed`` draws the same patients.
+    made by patient bootstrap here (:func:`bootstrap_ci`, ``core.evidence.multiclass``,
+    ``core.evidence.faithfulness.mean_interval``) draws through this, so the same ``seed`` draws
+    the same patients.
     """
     if groups is None:
         codes = np.arange(n_images)

@@ -3,7 +3,8 @@
 The data have no lesion masks, so where a heatmap should point is unknown on real images. Here an
 opacity is drawn into a lung field of a real film, so its place is known exactly; a method that
 explains the model's reaction to it should put its peak on it (:func:`hit`, the pointing game) and
-its hot region over it (:func:`iou`). This is a synthetic check, not a clinical localisation
+its hot region over it (:func:`iou`); the pointing game is Zhang et al. (2018), Top-down neural
+attention by excitation backprop, *IJCV* 126:1084-1102. This is a synthetic check, not a clinical localisation
 benchmark: a blended blob is not pneumonia, and a model may rightly ignore it.
 
 Conventions: images are uint8 grayscale (H, W); points are (x, y) in pixels, x to the right, y

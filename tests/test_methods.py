@@ -27,7 +27,6 @@ def opacity_detector() -> keras.Model:
 
 def test_the_registry_names_its_methods():
     assert list(methods.METHODS) == ["gradcam", "gradcam++", "occlusion", "smoothgrad", "rollout"]
-    assert list(cli.EXPLANATION_METHODS) == list(methods.METHODS)  # the parser's copy, spelled out for a fast --help
     assert methods.DEFAULT_METHOD == "gradcam"
     assert [m.name for m in methods.METHODS.values() if m.model_agnostic] == ["occlusion"]
     assert methods.method_named("gradcam++").label == "Grad-CAM++"

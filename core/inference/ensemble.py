@@ -409,7 +409,9 @@ def method_problem(run: Run, method: str, models: Mapping | None = None) -> str:
     """Why `method` cannot explain the ensemble ("" when it explains every member that has weight)."""
     chosen = methods.method_named(method)
     for member, weight in zip(member_runs(run), weights_of(run), strict=True):
+        if weight <= 0:
+            continue  # not explained (see `heatmap_for_run`): its model need not be loaded
         model = (models or {}).get(member.name) or evaluation.load_model(evaluation.own_model_path(member))
-        if weight > 0 and (problem := chosen.problem(model)):
+        if problem := chosen.problem(model):
             return f"{chosen.label} does not apply to member {member.name!r}: {problem}"
     return ""

@@ -1,4 +1,4 @@
-"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|predict|evaluate|export|data`.
+"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|predict|explain|evaluate|export|data`.
 
 Headless twin of the dashboard, for terminals, GPU boxes and clusters. Errors a user can fix
 print one line (`error: ...`) and exit with status 2, without a traceback.
@@ -36,6 +36,7 @@ def _positive_int(text: str) -> int:
 MODES = ("frozen", "finetune")
 TUNERS = ("random", "bayesian", "hyperband")
 MOBILENET_VERSIONS = ("v1", "v2", "v3", "v3_small")
+EXPLANATION_METHODS = ("gradcam", "gradcam++", "occlusion", "smoothgrad", "rollout")  # core.inference.methods.METHODS
 
 
 def _default_artifacts_dir() -> str:
@@ -154,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--csv", default=None, help="also write the table to this CSV file")
     predict.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
     predict.add_argument("images", nargs="+", help="image files or folders")
+
+    explain = commands.add_parser("explain", help="where a saved run looks: heatmap overlays, region masks and boxes")
+    explain.add_argument("run")
+    explain.add_argument("images", nargs="+", help="image files or folders")
+    explain.add_argument("--method", default="gradcam", choices=EXPLANATION_METHODS,
+                         help="gradcam (default), gradcam++, occlusion (any model), smoothgrad, rollout (transformers)")
+    explain.add_argument("--out", required=True, help="the folder to write overlays, masks, boxes and explanations.csv to")
+    explain.add_argument("--share", type=float, default=0.5, help="the share of the heat the region holds (default 0.5)")
+    explain.add_argument("--class", dest="class_name", default=None, help="the class to explain (a multi-class run; default: its predicted class)")
+    explain.add_argument("--artifacts", default=artifacts_default)
 
     export = commands.add_parser("export", help="one finished run as a zip: model, threshold, MODEL_CARD.md")
     export.add_argument("run")
@@ -370,6 +381,67 @@ def _predict(args) -> int:
     return 1 if failed == len(table) else 0
 
 
+def _explain(args) -> int:
+    import io
+    from pathlib import Path
+
+    import pandas as pd
+
+    from core import files
+    from core.data import tasks
+    from core.inference import evaluation, explanation, regions, run_kinds
+    from core.runs import artifacts
+
+    if not 0.0 < args.share <= 1.0:
+        raise artifacts.RunError(f"--share must be in (0, 1], got {args.share}")
+    run = artifacts.load_run(args.artifacts, args.run)
+    task = tasks.task_for(run.task)
+    if args.class_name is not None and (task.is_binary or args.class_name not in task.classes):
+        choices = "none: a two-class run explains its positive class" if task.is_binary else ", ".join(task.classes)
+        raise artifacts.RunError(f"run {run.name!r} has no class {args.class_name!r} to explain (choices: {choices})")
+    paths = evaluation.expand_image_paths(args.images)
+    if not paths:
+        raise FileNotFoundError("no .jpeg/.jpg/.png images in the given paths")
+    models = run_kinds.load_models(run)
+    if problem := run_kinds.method_problem(run, args.method, models):
+        raise artifacts.RunError(problem)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = run_kinds.predict_files(run, paths, models, engine="keras")  # the model the heatmaps read
+    rows, stems = [], set()
+    for path, score in zip(paths, scores.itertuples(index=False), strict=True):
+        stem = Path(path).stem
+        while stem in stems:  # the same name in two folders: both kept
+            stem += "-2"
+        stems.add(stem)
+        row = {"image": path, "run": run.name, "method": args.method, "probability": score.probability, "label": score.label,
+               "box": "", "heat_share": None, "error": score.error}
+        if not score.error:
+            try:
+                heatmap, original = run_kinds.heatmap(run, path, models, args.class_name, args.method)
+            except (OSError, ValueError) as error:  # an image the method cannot read: reported, the others go on
+                row["error"] = f"cannot explain image: {error}"
+            else:
+                region = regions.region_of(heatmap, original.width, original.height, args.share)
+                picture = regions.draw_region(explanation.overlay(original, heatmap), region)
+                buffer = io.BytesIO()
+                picture.save(buffer, format="PNG")
+                files.write_bytes(out / f"{stem}.overlay.png", buffer.getvalue())
+                files.write_bytes(out / f"{stem}.mask.png", regions.mask_png(region))
+                record = regions.region_record(region, run=run.name, method=args.method, image=path, probability=score.probability,
+                                               label=score.label, class_name=args.class_name)
+                files.write_json(out / f"{stem}.box.json", record)
+                row.update(box=",".join(map(str, region.box)) if region.box else "", heat_share=round(region.heat_share, 6))
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["image", "run", "method", "probability", "label", "box", "heat_share", "error"])
+    files.write_csv(out / "explanations.csv", table)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    failed = int((table["error"] != "").sum())
+    if failed:
+        print(f"{failed} of {len(table)} images could not be explained (see the error column)", file=sys.stderr)
+    return 1 if failed == len(table) else 0
+
+
 def _evaluate(args) -> int:
     from core.inference import run_kinds
     from core.runs import artifacts
@@ -402,7 +474,7 @@ def _data(args) -> int:
     return 0
 
 
-HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "stop": _stop, "runs": _runs, "ensemble": _ensemble, "predict": _predict, "evaluate": _evaluate, "export": _export, "data": _data}
+HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "stop": _stop, "runs": _runs, "ensemble": _ensemble, "predict": _predict, "explain": _explain, "evaluate": _evaluate, "export": _export, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -211,3 +211,44 @@ def model_run(artifacts_dir: Path, name: str, data: Path, task: str = "pneumonia
         {"name": name, "family": "custom_cnn", "task": the_task.name, "image_size": size, "seed": seed, "mode": "scratch",
          "weights": "none", "data_dir": str(data), **settings}))
     return folder
+
+
+OPACITY_SIZE = 32  # the opacity detector's input
+
+
+def opacity_images(n: int, rng: np.random.Generator, size: int = OPACITY_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy dark images (n, size, size, 3) float; the positive half has a bright 8x8 square anywhere."""
+    x = rng.normal(50, 15, (n, size, size))
+    y = np.arange(n) % 2
+    for i in np.flatnonzero(y):
+        top, left = rng.integers(0, size - 8, 2)
+        x[i, top : top + 8, left : left + 8] += 150
+    return np.clip(x, 0, 255).astype(np.float32)[..., None].repeat(3, axis=-1), y
+
+
+def with_square(top: int, left: int, seed: int, size: int = OPACITY_SIZE) -> np.ndarray:
+    """One noisy dark image (size, size, 3) float with a bright 8x8 square at (top, left)."""
+    x = np.random.default_rng(seed).normal(50, 15, (size, size))
+    x[top : top + 8, left : left + 8] += 150
+    return np.clip(x, 0, 255).astype(np.float32)[..., None].repeat(3, axis=-1)
+
+
+def train_opacity_detector():
+    """A tiny custom CNN (32 px, sigmoid) trained in seconds to find the bright square of `opacity_images`:
+    a model whose evidence is known, for explanation methods to find."""
+    import keras
+    import keras_tuner
+
+    from core.models import builders
+
+    keras.utils.set_random_seed(42)
+    x, y = opacity_images(384, np.random.default_rng(42))
+    hp = keras_tuner.HyperParameters()
+    for name, value in dict(conv_blocks=2, filters=16, kernel_size=3, batch_norm=False, dropout=0.0, dense_units=32,
+                            learning_rate=3e-3).items():
+        hp.Fixed(name, value)
+    model = builders.build_custom_cnn(hp, OPACITY_SIZE)
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0, shuffle=True)
+    accuracy = float(((model.predict(x, verbose=0)[:, 0] >= 0.5) == y).mean())
+    assert accuracy > 0.9, f"the detector did not learn (training accuracy {accuracy:.2f})"
+    return model

@@ -65,6 +65,9 @@ def test_the_parsers_choices_are_the_librarys():
 
     assert cli.MODES == families.MODES and cli.TUNERS == TUNERS
     assert cli.MOBILENET_VERSIONS == tuple(sorted(backbones.MOBILENET_VERSIONS))
+    from core.inference import methods
+
+    assert list(cli.EXPLANATION_METHODS) == list(methods.METHODS)
 
 
 def test_progress_bar_follows_the_long_steps():

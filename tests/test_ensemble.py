@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from core import files
 from core.data import tasks
 from core.evidence import multiclass, statistics, stress
-from core.inference import ensemble, evaluation, explanation, run_kinds
+from core.inference import ensemble, evaluation, explanation, methods, run_kinds
 from core.reporting import report
 from core.runs import artifacts
 from tests.conftest import OTHER_SPLIT_RUN
@@ -298,7 +298,7 @@ def test_real_ensemble_grad_cam_is_the_members_weighted_mean(real_ensemble):
     duo = artifacts.load_run(real_ensemble, "duo")
     image = duo.predictions()["path"].iat[0]
     heatmap, original = run_kinds.heatmap(duo, image)
-    members = [explanation.heatmap_for_run(artifacts.load_run(real_ensemble, n), image)[0] for n in duo.members]
+    members = [methods.heatmap_for_run(artifacts.load_run(real_ensemble, n), image)[0] for n in duo.members]
     assert np.allclose(heatmap, explanation.combine_heatmaps(members, [0.5, 0.5]))
     assert heatmap.shape == tuple(max(m.shape[i] for m in members) for i in (0, 1)) and original.mode == "L"
 

@@ -8,11 +8,12 @@ from PIL import Image
 
 from core import files
 from core.data import loading
-from core.inference import evaluation, explanation
+from core.inference import evaluation, explanation, methods
 from core.models import backbones, builders
 from core.runs import artifacts
+from tests.helpers import OPACITY_SIZE, train_opacity_detector, with_square
 
-SIZE = 32  # the tiny trained CNN's input
+SIZE = OPACITY_SIZE  # the tiny trained CNN's input
 
 
 def _hp(**values) -> keras_tuner.HyperParameters:
@@ -93,12 +94,12 @@ def test_finetune_model_and_its_reloaded_copy_give_the_same_heatmap(tmp_path):
     # heatmap_for_run: the run's input size for the network, the file's own size for the overlay.
     run = artifacts.Run("ft", tmp_path, {"image_size": 64}, {}, None)
     Image.fromarray(_image(90, seed=4)[:64, :, 0].astype(np.uint8), mode="L").save(tmp_path / "wide.png")
-    run_heatmap, original = explanation.heatmap_for_run(run, tmp_path / "wide.png", model=reloaded)
+    run_heatmap, original = methods.heatmap_for_run(run, tmp_path / "wide.png", model=reloaded)
     _check_heatmap(run_heatmap, (2, 2))
     assert original.size == (90, 64)  # not squashed to the network's 64x64
     assert explanation.overlay(original, run_heatmap).size == original.size
     with pytest.raises(artifacts.RunError, match="no saved model"):
-        explanation.heatmap_for_run(artifacts.Run("empty", tmp_path / "empty", {}, {}, None), tmp_path / "wide.png")
+        methods.heatmap_for_run(artifacts.Run("empty", tmp_path / "empty", {}, {}, None), tmp_path / "wide.png")
 
 
 def test_inception_at_75_px_falls_back_to_the_last_block_with_a_spatial_extent():
@@ -120,22 +121,6 @@ def test_a_model_without_a_spatial_map_is_refused():
 # ---------------------------------------------------------------------------- following the evidence
 
 
-def _opacity_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Noisy dark images; the positive half has a bright 8x8 square anywhere."""
-    x = rng.normal(50, 15, (n, SIZE, SIZE))
-    y = np.arange(n) % 2
-    for i in np.flatnonzero(y):
-        top, left = rng.integers(0, SIZE - 8, 2)
-        x[i, top : top + 8, left : left + 8] += 150
-    return np.clip(x, 0, 255).astype(np.float32)[..., None].repeat(3, axis=-1), y
-
-
-def _with_square(top: int, left: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).normal(50, 15, (SIZE, SIZE))
-    x[top : top + 8, left : left + 8] += 150
-    return np.clip(x, 0, 255).astype(np.float32)[..., None].repeat(3, axis=-1)
-
-
 def _quadrant(heatmap: np.ndarray) -> tuple[int, int]:
     """(row half, column half) of the heatmap's centre of mass: 0 = top/left, 1 = bottom/right."""
     rows, cols = np.indices(heatmap.shape) + 0.5
@@ -146,19 +131,12 @@ def _quadrant(heatmap: np.ndarray) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def opacity_detector() -> keras.Model:
-    keras.utils.set_random_seed(42)
-    x, y = _opacity_images(384, np.random.default_rng(42))
-    hp = _hp(conv_blocks=2, filters=16, kernel_size=3, batch_norm=False, dropout=0.0, dense_units=32, learning_rate=3e-3)
-    model = builders.build_custom_cnn(hp, SIZE)
-    model.fit(x, y, epochs=6, batch_size=32, verbose=0, shuffle=True)
-    accuracy = float(((model.predict(x, verbose=0)[:, 0] >= 0.5) == y).mean())
-    assert accuracy > 0.9, f"the detector did not learn (training accuracy {accuracy:.2f})"
-    return model
+    return train_opacity_detector()
 
 
 @pytest.mark.parametrize(("top", "left"), [(2, 2), (22, 22), (2, 22), (22, 2)])
 def test_heatmap_follows_the_opacity(opacity_detector, top, left):
-    image = _with_square(top, left, seed=top * 100 + left)
+    image = with_square(top, left, seed=top * 100 + left)
     assert opacity_detector.predict(image[None], verbose=0)[0, 0] > 0.5
     heatmap = explanation.grad_cam(opacity_detector, image)
     assert heatmap.shape == (8, 8)  # 32 px after two poolings
@@ -175,7 +153,7 @@ def test_saturated_sigmoid_still_gives_a_heatmap(opacity_detector, monkeypatch):
     dense = explanation._output_dense(model)
     kernel, bias = dense.get_weights()
     dense.set_weights([kernel * 50, bias * 50])
-    image = _with_square(2, 2, seed=7)
+    image = with_square(2, 2, seed=7)
     assert model.predict(image[None], verbose=0)[0, 0] == 1.0  # saturated in float32
     heatmap = explanation.grad_cam(model, image)
     assert heatmap.max() == pytest.approx(1.0)

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from core import files
 from core.data import tasks
-from core.inference import ensemble, evaluation, explanation, ood, run_kinds
+from core.inference import ensemble, evaluation, explanation, methods, ood, run_kinds
 from core.reporting import export
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
@@ -120,14 +120,14 @@ def test_heatmaps_through_the_entry_point(store):
     image = _images(store)[0]
     plain = _load(store, "plain")
     heatmap, original = run_kinds.heatmap(plain, image)
-    expected, _ = explanation.heatmap_for_run(plain, image)
+    expected, _ = methods.heatmap_for_run(plain, image)
     np.testing.assert_array_equal(heatmap, expected)
     assert original.mode == "L" and original.size == (48, 48)  # the file's own size, not the network's
 
     for name, class_name in (("duo", None), ("three-duo", "virus")):
         run = _load(store, name)
         heatmap, _ = run_kinds.heatmap(run, image, run_kinds.load_models(run), class_name=class_name)
-        members = [explanation.heatmap_for_run(_load(store, m), image, class_name=class_name)[0] for m in run.members]
+        members = [methods.heatmap_for_run(_load(store, m), image, class_name=class_name)[0] for m in run.members]
         np.testing.assert_allclose(heatmap, explanation.combine_heatmaps(members, WEIGHTS), atol=1e-6)
         assert heatmap.shape == (38, 38)  # the larger member's map: 40 px in, a 3x3 convolution without padding
 
@@ -170,3 +170,52 @@ def test_a_new_kind_is_one_class(store, monkeypatch):
     imported = Run("outside", plain.folder, {**plain.settings, "imported": True}, plain.progress, plain.metrics)
     assert run_kinds.kind_of(imported).name == "imported" and run_kinds.kind_of(plain).name == "plain"
     assert run_kinds.predict_files(imported, ["x.png"])["probability"].tolist() == [0.25]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "occlusion", "smoothgrad"])
+def test_every_method_explains_a_plain_run_and_an_ensemble(store, method):
+    image = _images(store)[0]
+    plain = _load(store, "plain")
+    heatmap, original = run_kinds.heatmap(plain, image, method=method)
+    expected, _ = methods.heatmap_for_run(plain, image, method=method)
+    np.testing.assert_array_equal(heatmap, expected)
+    assert heatmap.dtype == np.float32 and heatmap.min() >= 0 and heatmap.max() <= 1 and original.size == (48, 48)
+    duo = _load(store, "duo")
+    combined, _ = run_kinds.heatmap(duo, image, run_kinds.load_models(duo), method=method)
+    members = [methods.heatmap_for_run(_load(store, m), image, method=method)[0] for m in duo.members]
+    np.testing.assert_allclose(combined, explanation.combine_heatmaps(members, WEIGHTS), atol=1e-6)
+    assert run_kinds.method_problem(duo, method) == run_kinds.method_problem(plain, method) == ""
+
+
+def test_a_method_that_does_not_apply_is_refused_with_its_reason(store):
+    image = _images(store)[0]
+    assert run_kinds.method_problem(_load(store, "plain"), "rollout").startswith("no attention layers")
+    assert "member 'plain'" in run_kinds.method_problem(_load(store, "duo"), "rollout")
+    assert run_kinds.method_problem(_load(store, "plain"), "lime").startswith("unknown explanation method 'lime': choose one of")
+    with pytest.raises(ValueError, match="Attention rollout does not apply to run 'plain': no attention layers"):
+        run_kinds.heatmap(_load(store, "plain"), image, method="rollout")
+    with pytest.raises(ValueError, match="ensemble 'duo', member 'plain'.*no attention layers"):
+        run_kinds.heatmap(_load(store, "duo"), image, method="rollout")
+
+
+@pytest.mark.parametrize("name", ["plain", "three", "duo", "three-duo"])
+def test_score_pixels_is_the_probability_predict_gives(store, name):
+    """The same images as pixels at the first member's size (the other member resizes them): within
+    predict_files' rounding of the saved probability."""
+    from core.data import loading
+
+    run = _load(store, name)
+    paths = _images(store)[:4]
+    size = evaluation.run_image_size(run if not run.is_ensemble else _load(store, run.members[0]))
+    pixels = loading.to_network_input(np.stack([loading.load_image(p, size) for p in paths]))
+    scores = run_kinds.score_pixels(run, pixels)
+    assert scores.shape == (4,) and scores.dtype == np.float64
+    expected = run_kinds.predict_files(run, paths, engine="keras")["probability"].to_numpy(float)
+    if not run.is_ensemble:
+        np.testing.assert_allclose(scores, expected, atol=1e-4)
+    else:  # the second member sees 32 px squashed again to 40, not the file read at 40: close, not equal
+        members = [run_kinds.score_pixels(_load(store, m), pixels) for m in run.members]
+        np.testing.assert_allclose(scores, WEIGHTS[0] * members[0] + WEIGHTS[1] * members[1], atol=1e-9)
+        np.testing.assert_allclose(members[0], run_kinds.predict_files(_load(store, run.members[0]), paths, engine="keras")["probability"], atol=1e-4)
+    # Any size in: resized to the model's own.
+    assert run_kinds.score_pixels(run, np.stack([np.kron(p, np.ones((2, 2, 1))) for p in pixels])).shape == (4,)

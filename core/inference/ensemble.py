@@ -31,7 +31,7 @@ import pandas as pd
 from core import files
 from core.data import tasks
 from core.evidence import multiclass, stress
-from core.inference import evaluation, explanation
+from core.inference import evaluation, explanation, methods
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
 
@@ -373,14 +373,45 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
 
 
-def heatmap_for_run(run: Run, image_path: str | Path, models: Mapping | None = None, class_name: str | None = None):
-    """(the weighted mean of the members' Grad-CAM heatmaps, the original image); see `explanation.combine_heatmaps`.
-    Three-class members explain `class_name` (by default each its own predicted class)."""
+def score_pixels(run: Run, images: np.ndarray, models: Mapping | None = None) -> np.ndarray:
+    """The ensemble's probability of its binary view's positive class for a batch of square RGB images
+    (n, S, S, 3) in 0..255: the members' (`evaluation.score_pixels`, each at its own size) combined with the weights."""
+    members, weights = member_runs(run), weights_of(run)
+    scores = [
+        evaluation.score_pixels((models or {}).get(m.name) or evaluation.load_model(evaluation.own_model_path(m)), images)
+        for m in members
+    ]
+    return combine(np.column_stack(scores), weights)
+
+
+def heatmap_for_run(
+    run: Run, image_path: str | Path, models: Mapping | None = None, class_name: str | None = None, method: str = methods.DEFAULT_METHOD
+):
+    """(the weighted mean of the members' `method` heatmaps, the original image); see `explanation.combine_heatmaps`.
+    Three-class members explain `class_name` (by default each its own predicted class). ValueError, naming
+    the member, when the method does not apply to one of them."""
     heatmaps, weights, original = [], [], None
     for member, weight in zip(member_runs(run), weights_of(run), strict=True):
         if weight <= 0:
             continue  # a member without weight does not take part in the ensemble's decision
-        heatmap, original = explanation.heatmap_for_run(member, image_path, model=(models or {}).get(member.name), class_name=class_name)
+        try:
+            heatmap, original = methods.heatmap_for_run(
+                member, image_path, model=(models or {}).get(member.name), class_name=class_name, method=method
+            )
+        except ValueError as error:
+            raise ValueError(f"ensemble {run.name!r}, member {member.name!r}: {error}") from None
         heatmaps.append(heatmap)
         weights.append(weight)
     return explanation.combine_heatmaps(heatmaps, weights), original
+
+
+def method_problem(run: Run, method: str, models: Mapping | None = None) -> str:
+    """Why `method` cannot explain the ensemble ("" when it explains every member that has weight)."""
+    chosen = methods.method_named(method)
+    for member, weight in zip(member_runs(run), weights_of(run), strict=True):
+        if weight <= 0:
+            continue  # not explained (see `heatmap_for_run`): its model need not be loaded
+        model = (models or {}).get(member.name) or evaluation.load_model(evaluation.own_model_path(member))
+        if problem := chosen.problem(model):
+            return f"{chosen.label} does not apply to member {member.name!r}: {problem}"
+    return ""

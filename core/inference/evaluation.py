@@ -338,6 +338,32 @@ def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str 
     return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
 
 
+def score_pixels(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The probability of the binary view's positive class (as `probabilities`) for square RGB images
+    (n, S, S, 3) float in 0..255 at any S, each resized (bilinear, on the float values) to the model's
+    input size first. The Keras model itself, batched, without test-time augmentation: what a
+    perturbation of the pixels does to the model (e.g. deletion curves)."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[-1] != 3:
+        raise ValueError(f"expected square RGB images (n, S, S, 3), got shape {images.shape}")
+    size = model.input_shape[1]
+    if size is not None and images.shape[1] != size:
+        images = np.stack([_resized(image, int(size)) for image in images])
+    outputs = [np.asarray(model(images[i : i + batch_size], training=False), np.float64) for i in range(0, len(images), batch_size)]
+    if not outputs:
+        return np.zeros(0, np.float64)
+    return np.asarray(positive_probability(np.concatenate(outputs)), np.float64)
+
+
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack(
+        [np.asarray(Image.fromarray(image[..., c], mode="F").resize((size, size), Image.Resampling.BILINEAR)) for c in range(3)],
+        axis=-1,
+    )
+
+
 def expand_image_paths(items: list[str]) -> list[str]:
     """Files as given, and the images inside folders (recursively), in a stable order."""
     paths: list[str] = []

@@ -1,8 +1,11 @@
-"""Where a model looks: Grad-CAM heatmaps and overlays.
+"""Where a model looks through its feature maps: Grad-CAM, Grad-CAM++, and overlays.
 
 Grad-CAM (Selvaraju et al., 2017) weights each channel of a convolutional feature map by how much
 the pneumonia score grows with it (the spatially averaged gradient) and keeps the positive part of
-the weighted sum: the regions that push the model towards "pneumonia".
+the weighted sum: the regions that push the model towards "pneumonia". Grad-CAM++ (Chattopadhay et
+al., 2018) weighs each position's gradient instead of averaging them. Both read the same
+activations and gradients (`feature_map_gradients`); the other methods, and which one a run is
+explained with, are `core.inference.methods`.
 
 The saved models nest graphs inside graphs (a keras.applications base inside a backbone inside a
 classifier), so a sub-model from the input to an inner layer cannot be built. Instead the chosen
@@ -22,19 +25,18 @@ import numpy as np
 from PIL import Image
 
 from core.data import loading
-from core.data.tasks import task_for
-from core.inference import evaluation
+from core.inference import regions
 
 if TYPE_CHECKING:
     import keras
 
-    from core.runs.artifacts import Run
 
 COLORMAPS = ("jet", "turbo")
 
-# Grad-CAM swaps a method on layers of a model that other threads (dashboard sessions sharing a
+# Explanations swap a method on layers of a model that other threads (dashboard sessions sharing a
 # cached model) may use at the same time; one explanation at a time keeps the swaps from nesting.
-_LOCK = threading.Lock()
+# Every module that wraps a layer's call (gradients, attention) holds this one lock.
+LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------
@@ -128,7 +130,7 @@ def _output_dense(model):
 
 
 # --------------------------------------------------------------------------
-# Grad-CAM
+# Grad-CAM and Grad-CAM++
 # --------------------------------------------------------------------------
 
 
@@ -160,7 +162,7 @@ def _intercept(layer, on_output: Callable[[tuple, object], None]) -> Iterator[No
             object.__delattr__(layer, "call")
 
 
-def _network_input(image: np.ndarray, model) -> np.ndarray:
+def network_input(image: np.ndarray, model) -> np.ndarray:
     """One image as a batch of one (1, S, S, 3) float32 in 0..255, checked against the model."""
     pixels = np.asarray(image)
     if pixels.ndim == 2:
@@ -175,71 +177,114 @@ def _network_input(image: np.ndarray, model) -> np.ndarray:
     return pixels.astype(np.float32)[None]
 
 
-def grad_cam(
-    model: keras.Model, image: np.ndarray, layer: keras.layers.Layer | None = None, class_index: int | None = None
-) -> np.ndarray:
-    """Grad-CAM heatmap of one class: (h, w) in [0, 1] at the feature map's resolution.
+def class_score(model: keras.Model, x, class_index: int | None = None, column: int | None = None):
+    """The explained class's score for each image of the batch `x`, recorded by the tape in use.
 
-    The class is the positive one of a sigmoid model (pneumonia; viral for bacterial vs viral). For
-    a softmax model it is `class_index`, by default the predicted class (the argmax of the output).
+    Call inside a `tf.GradientTape` while holding `LOCK`. The class is the positive one of a
+    sigmoid model (pneumonia; viral for bacterial vs viral); for a softmax model it is
+    `class_index`, by default the predicted class of the first image (the argmax of its output).
+    `column` fixes the output column instead (a batch of noisy copies explains the clean image's).
+    Returns (score (n,), the output column explained).
 
-    `image` is (S, S, 3) float in 0..255 or (S, S, 1) uint8; `layer` defaults to
-    `find_last_feature_map(model)`. The map is ReLU(sum_k alpha_k A_k), with alpha_k the mean over
-    positions of d score / d A_k, divided by its maximum; all zeros when nothing in the image
-    speaks for pneumonia.
-
-    The score is the logit (pre-sigmoid value) of the positive class whenever the output layer is
-    a Dense layer, computed from that layer's own inputs, kernel and bias. The probability would
-    give the same normalised map (its gradient is the logit's times p(1 - p), one positive factor)
-    except that a confident model saturates the sigmoid: p(1 - p) rounds to 0 in float32 and every
+    The score is the logit (pre-sigmoid value) of that class whenever the output layer is a Dense
+    layer, computed from that layer's own inputs, kernel and bias. The probability would give the
+    same normalised maps (its gradient is the logit's times p(1 - p), one positive factor) except
+    that a confident model saturates the sigmoid: p(1 - p) rounds to 0 in float32 and every
     gradient vanishes. Other output layers fall back to the probability.
     """
     import tensorflow as tf
 
-    x = tf.constant(_network_input(image, model))
-    layer = layer or find_last_feature_map(model)
     dense = _output_dense(model)
-    feature_maps: list = []
     dense_inputs: list = []
+    if dense is None:
+        probabilities = model(x, training=False)
+    else:
+        with _intercept(dense, lambda args, _output: dense_inputs.append(args[0])):
+            probabilities = model(x, training=False)
+    column = explained_column(probabilities, class_index) if column is None else column
+    if dense_inputs:
+        logits = tf.matmul(dense_inputs[-1], dense.kernel)
+        if dense.use_bias:
+            logits = logits + dense.bias
+        return logits[:, column], column
+    return probabilities[:, column], column
 
-    with _LOCK, tf.GradientTape() as tape:
+
+def feature_map_gradients(
+    model: keras.Model, image: np.ndarray, layer: keras.layers.Layer | None = None, class_index: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(activations A, gradients d score / d A) of one image at `layer`, both (h, w, channels) float64.
+
+    `layer` defaults to `find_last_feature_map(model)`; the score is `class_score`'s. What Grad-CAM
+    and Grad-CAM++ weigh differently.
+    """
+    import tensorflow as tf
+
+    x = tf.constant(network_input(image, model))
+    layer = layer or find_last_feature_map(model)
+    feature_maps: list = []
+
+    with LOCK, tf.GradientTape() as tape:
 
         def capture(_args, output):
             tape.watch(output)  # the tape then records everything computed from it
             feature_maps.append(output)
 
         with _intercept(layer, capture):
-            if dense is None:
-                probabilities = model(x, training=False)
-            else:
-                with _intercept(dense, lambda args, _output: dense_inputs.append(args[0])):
-                    probabilities = model(x, training=False)
+            score, _ = class_score(model, x, class_index)
         if not feature_maps:
             raise ValueError(f"layer {layer.name!r} did not run in the forward pass of {model.name!r}")
-        if dense_inputs:
-            logits = tf.matmul(dense_inputs[-1], dense.kernel)
-            if dense.use_bias:
-                logits = logits + dense.bias
-            score = logits[:, _class_of(probabilities, class_index)]
-        else:
-            score = probabilities[:, _class_of(probabilities, class_index)]
     feature_map = feature_maps[-1]  # a shared layer runs more than once: the last call feeds the output
     gradients = tape.gradient(score, feature_map)
     if gradients is None:
         raise ValueError(f"the output of {model.name!r} does not depend on layer {layer.name!r}")
+    return feature_map.numpy()[0].astype(np.float64), gradients.numpy()[0].astype(np.float64)
 
-    gradients = gradients.numpy()[0].astype(np.float64)
-    activations = feature_map.numpy()[0].astype(np.float64)
+
+def normalised(heat: np.ndarray) -> np.ndarray:
+    """ReLU(heat) divided by its maximum, float32; all zeros when nothing is positive (or not finite)."""
+    heat = np.maximum(np.nan_to_num(np.asarray(heat, np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0.0)
+    peak = heat.max() if heat.size else 0.0
+    if peak <= 0:  # vanished gradients or no positive evidence
+        return np.zeros(heat.shape, np.float32)
+    return (heat / peak).astype(np.float32)
+
+
+def grad_cam(
+    model: keras.Model, image: np.ndarray, layer: keras.layers.Layer | None = None, class_index: int | None = None
+) -> np.ndarray:
+    """Grad-CAM heatmap of one class: (h, w) in [0, 1] at the feature map's resolution.
+
+    The class is `class_score`'s. `image` is (S, S, 3) float in 0..255 or (S, S, 1) uint8; `layer`
+    defaults to `find_last_feature_map(model)`. The map is ReLU(sum_k alpha_k A_k), with alpha_k
+    the mean over positions of d score / d A_k, divided by its maximum; all zeros when nothing in
+    the image speaks for the class.
+    """
+    activations, gradients = feature_map_gradients(model, image, layer, class_index)
     weights = gradients.mean(axis=(0, 1))  # alpha_k: one weight per channel
-    cam = np.maximum(activations @ weights, 0.0)
-    peak = cam.max()
-    if not np.isfinite(peak) or peak <= 0:  # vanished gradients or no positive evidence
-        return np.zeros(cam.shape, np.float32)
-    return (cam / peak).astype(np.float32)
+    return normalised(activations @ weights)
 
 
-def _class_of(probabilities, class_index: int | None) -> int:
-    """The output column Grad-CAM explains: a sigmoid's only one; for a softmax the chosen class, else the predicted one."""
+def grad_cam_plus_plus(
+    model: keras.Model, image: np.ndarray, layer: keras.layers.Layer | None = None, class_index: int | None = None
+) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhay et al., 2018) of one class: (h, w) in [0, 1], as `grad_cam`.
+
+    Each position's gradient is weighted by alpha = g^2 / (2 g^2 + sum_ab(A) g^3) (0 where the
+    denominator is 0) before the channel weights w_k = sum_ij alpha relu(g) are summed, so several
+    separate regions of one class all count, where Grad-CAM's plain mean favours the largest. The
+    closed form assumes an exponential score: on a logit it is the usual approximation.
+    """
+    activations, gradients = feature_map_gradients(model, image, layer, class_index)
+    g2, g3 = gradients**2, gradients**3
+    denominator = 2.0 * g2 + activations.sum(axis=(0, 1)) * g3
+    alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=denominator != 0)
+    weights = (alpha * np.maximum(gradients, 0.0)).sum(axis=(0, 1))
+    return normalised(activations @ weights)
+
+
+def explained_column(probabilities, class_index: int | None) -> int:
+    """The output column explained: a sigmoid's only one; for a softmax the chosen class, else the first image's predicted one."""
     width = int(probabilities.shape[-1])
     if width == 1:
         return 0
@@ -251,33 +296,13 @@ def _class_of(probabilities, class_index: int | None) -> int:
 
 
 # --------------------------------------------------------------------------
-# Saved runs
+# Originals, ensembles
 # --------------------------------------------------------------------------
 
 
 def load_original(path: str | Path) -> Image.Image:
     """An X-ray at its own size as grayscale ("L"), decoded as the network's input is (`loading.decode_image`)."""
     return loading.decode_image(path)
-
-
-def heatmap_for_run(
-    run: Run, image_path: str | Path, model: keras.Model | None = None, class_name: str | None = None
-) -> tuple[np.ndarray, Image.Image]:
-    """Grad-CAM of a saved run's own model on one image file: (heatmap, the original image at its own size).
-
-    A multi-class run explains `class_name` (one of its task's classes), by default its predicted
-    class; a two-class run always explains its positive class.
-
-    The network sees the image as prediction does (squashed to the run's square input size); the
-    original is returned unresized so the overlay can keep its aspect ratio. One model only: any
-    kind of run (an ensemble's members, each at its own size) is explained by
-    `core.inference.run_kinds.heatmap`.
-    """
-    model = model or evaluation.load_model(evaluation.own_model_path(run))
-    task = task_for(run.task)
-    class_index = task.classes.index(class_name) if class_name in task.classes and not task.is_binary else None
-    pixels = loading.load_image(image_path, evaluation.run_image_size(run))
-    return grad_cam(model, pixels, class_index=class_index), load_original(image_path)
 
 
 def combine_heatmaps(heatmaps: list[np.ndarray], weights: list[float]) -> np.ndarray:
@@ -354,8 +379,7 @@ def overlay(
     if heat.ndim != 2:
         raise ValueError(f"expected a 2-D heatmap, got shape {heat.shape}")
     height, width = base.shape[:2]
-    # Bilinear on the float map: smooth regions instead of the feature map's coarse blocks.
-    resized = np.asarray(Image.fromarray(np.nan_to_num(heat), mode="F").resize((width, height), Image.Resampling.BILINEAR))
+    resized = regions.upsample(heat, width, height)  # the same stretch the region outlines use
     colours = colorize(resized, colormap).astype(np.float64)
     blended = (1.0 - opacity) * base.astype(np.float64) + opacity * colours
     return Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8), mode="RGB")

@@ -11,17 +11,17 @@ in `KINDS` (ordered, first match wins):
 - `RepeatRun`: a run's best hyperparameters trained again with other seeds (`core.workflows.repeat`,
   `Run.is_repeat`). It predicts, explains and is exported with its first seed's model, saved as its
   own, exactly like a plain run; it cannot be the source of another repeat (repeat its source).
-- `PlainRun`: a searched run with its own model (`core.inference.evaluation`, `.explanation`); it
+- `PlainRun`: a searched run with its own model (`core.inference.evaluation`, `.methods`); it
   takes every run no kind before it claims.
 
 Three-class is not a kind of run but a task (`core.data.tasks`): a plain run and an ensemble can
 both be three-class. What the task changes (a probability column per class, the argmax label, the
-class Grad-CAM explains) is read from the run's `Task` by the code each kind calls, never here.
+class an explanation explains) is read from the run's `Task` by the code each kind calls, never here.
 
 A new kind (a model trained elsewhere: ONNX, TF Lite, a Keras file; a transformer run) is one more
 `RunKind` subclass in this file, listed in `KINDS` before `PlainRun`; nothing else dispatches.
 
-Imports go one way: `evaluation` and `explanation` know one model at a time and import neither this
+Imports go one way: `evaluation`, `explanation` and `methods` know one model at a time and import neither this
 module nor `ensemble`; `ensemble` uses them for its members (plain runs); this module sits on top.
 """
 
@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.inference import ensemble, evaluation, explanation, ood
+from core.inference import ensemble, evaluation, methods, ood
+from core.inference.methods import DEFAULT_METHOD
 from core.runs.artifacts import REPEAT, Run, RunError
 
 # What `load_models` turns a model file into: `evaluation.load_model`, or a page's cached loader.
@@ -63,9 +64,17 @@ class RunKind(ABC):
         and a probability column per class for a multi-class task."""
 
     @abstractmethod
-    def heatmap(self, run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None
-                ) -> tuple[np.ndarray, Image.Image]:
-        """(Grad-CAM heatmap in [0, 1], the image at its own size); `class_name` for a multi-class task."""
+    def score_pixels(self, run: Run, images: np.ndarray, models: Any = None) -> np.ndarray:
+        """The binary view's positive-class probability of square RGB images (n, S, S, 3) in 0..255, any S."""
+
+    @abstractmethod
+    def heatmap(self, run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None,
+                method: str = DEFAULT_METHOD) -> tuple[np.ndarray, Image.Image]:
+        """(`method`'s heatmap in [0, 1], the image at its own size); `class_name` for a multi-class task."""
+
+    @abstractmethod
+    def method_problem(self, run: Run, method: str, models: Any = None) -> str:
+        """Why `method` cannot explain this run ("" when it can)."""
 
     @abstractmethod
     def export_problem(self, run: Run) -> str:
@@ -90,9 +99,15 @@ class PlainRun(RunKind):
     def predict_files(self, run: Run, paths: Sequence[str], models: Any = None, engine: str = "auto") -> pd.DataFrame:
         return evaluation.predict_files(run, list(paths), model=models, engine=engine)
 
-    def heatmap(self, run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None
-                ) -> tuple[np.ndarray, Image.Image]:
-        return explanation.heatmap_for_run(run, image_path, model=models, class_name=class_name)
+    def score_pixels(self, run: Run, images: np.ndarray, models: Any = None) -> np.ndarray:
+        return evaluation.score_pixels(models or self.load_models(run), images)
+
+    def heatmap(self, run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None,
+                method: str = DEFAULT_METHOD) -> tuple[np.ndarray, Image.Image]:
+        return methods.heatmap_for_run(run, image_path, model=models, class_name=class_name, method=method)
+
+    def method_problem(self, run: Run, method: str, models: Any = None) -> str:
+        return methods.method_named(method).problem(models or self.load_models(run))
 
     def export_problem(self, run: Run) -> str:
         return ""
@@ -127,9 +142,15 @@ class EnsembleRun(RunKind):
     def predict_files(self, run: Run, paths: Sequence[str], models: Any = None, engine: str = "auto") -> pd.DataFrame:
         return ensemble.predict_files(run, list(paths), models=models, engine=engine)
 
-    def heatmap(self, run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None
-                ) -> tuple[np.ndarray, Image.Image]:
-        return ensemble.heatmap_for_run(run, image_path, models=models, class_name=class_name)
+    def score_pixels(self, run: Run, images: np.ndarray, models: Any = None) -> np.ndarray:
+        return ensemble.score_pixels(run, images, models=models)
+
+    def heatmap(self, run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None,
+                method: str = DEFAULT_METHOD) -> tuple[np.ndarray, Image.Image]:
+        return ensemble.heatmap_for_run(run, image_path, models=models, class_name=class_name, method=method)
+
+    def method_problem(self, run: Run, method: str, models: Any = None) -> str:
+        return ensemble.method_problem(run, method, models=models)
 
     def export_problem(self, run: Run) -> str:
         return (
@@ -179,11 +200,29 @@ def predict_files(run: Run, paths: Sequence[str], models: Any = None, engine: st
     return table
 
 
-def heatmap(run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None) -> tuple[np.ndarray, Image.Image]:
-    """Grad-CAM of any run on one image file: (heatmap, the original image at its own size). A
-    multi-class task explains `class_name` (by default the predicted class); an ensemble's is the
-    weighted mean of its members' (`explanation.combine_heatmaps`)."""
-    return kind_of(run).heatmap(run, image_path, models, class_name)
+def heatmap(run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None,
+            method: str = DEFAULT_METHOD) -> tuple[np.ndarray, Image.Image]:
+    """`method`'s heatmap (`core.inference.methods.METHODS`, Grad-CAM by default) of any run on one
+    image file: (heatmap, the original image at its own size). A multi-class task explains
+    `class_name` (by default the predicted class); an ensemble's is the weighted mean of its members'
+    (`explanation.combine_heatmaps`). ValueError when the method does not apply (`method_problem`)."""
+    return kind_of(run).heatmap(run, image_path, models, class_name, method)
+
+
+def method_problem(run: Run, method: str, models: Any = None) -> str:
+    """Why `method` cannot explain `run` ("" when it can): unknown, or not for its model(s) (e.g.
+    attention rollout of a CNN). Loads the models when `models` is None."""
+    if method not in methods.METHODS:
+        return f"unknown explanation method {method!r}: choose one of {', '.join(methods.METHODS)}"
+    return kind_of(run).method_problem(run, method, models)
+
+
+def score_pixels(run: Run, images: np.ndarray, models: Any = None) -> np.ndarray:
+    """The probability of any run's binary view's positive class (as `predict_files`' probability, not
+    rounded) for square RGB images (n, S, S, 3) float in 0..255 at any S, each resized (bilinear) to
+    each model's input size; an ensemble's is its members' weighted mean (`ensemble.combine`). No
+    test-time augmentation: what model-agnostic evidence (deletion curves) perturbs and scores."""
+    return kind_of(run).score_pixels(run, images, models)
 
 
 def evaluate_on_folder(run: Run, folder: str, split: str = "test", engine: str = "auto") -> tuple[dict, pd.DataFrame]:

@@ -139,3 +139,15 @@ def write_npy(path: str | os.PathLike, array) -> None:
 def save_model(path: str | os.PathLike, model) -> None:
     """Save a Keras model atomically (Keras needs the `.keras` suffix on the temporary name)."""
     atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip archive in memory of {name inside the zip: content} (what a page's download button serves)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()

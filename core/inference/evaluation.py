@@ -16,7 +16,9 @@ any kind of run (an ensemble uses several) goes through ``core.inference.run_kin
 from __future__ import annotations
 
 import os
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -349,10 +351,26 @@ def score_pixels(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     size = model.input_shape[1]
     if size is not None and images.shape[1] != size:
         images = np.stack([_resized(image, int(size)) for image in images])
-    outputs = [np.asarray(model(images[i : i + batch_size], training=False), np.float64) for i in range(0, len(images), batch_size)]
-    if not outputs:
+    if not len(images):
         return np.zeros(0, np.float64)
-    return np.asarray(positive_probability(np.concatenate(outputs)), np.float64)
+    return np.asarray(positive_probability(np.asarray(engine_for(model).predict(images, batch_size=batch_size), np.float64)), np.float64)
+
+
+_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ENGINES_LOCK = threading.Lock()
+
+
+def engine_for(model):
+    """The inference engine (`core.models.engine`, "auto": TF Lite, else Keras) of a loaded model,
+    made once per model object and process. Perturbation methods and deletion curves run the same
+    model on hundreds of changed copies of an image; converting it once makes them several times
+    faster than calling the Keras model (docs/measurements.md)."""
+    from core.models.engine import make_engine
+
+    with _ENGINES_LOCK:
+        if model not in _ENGINES:
+            _ENGINES[model] = make_engine(model, "auto")
+        return _ENGINES[model]
 
 
 def _resized(image: np.ndarray, size: int) -> np.ndarray:

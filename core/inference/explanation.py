@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from core.data import loading
-from core.inference import regions
+from core.evidence.heatmap_grid import stretch
 
 if TYPE_CHECKING:
     import keras
@@ -318,8 +318,7 @@ def combine_heatmaps(heatmaps: list[np.ndarray], weights: list[float]) -> np.nda
     width = max(np.asarray(h).shape[1] for h in heatmaps)
     total = np.zeros((height, width), np.float64)
     for heatmap, weight in zip(heatmaps, weights, strict=True):
-        image = Image.fromarray(np.nan_to_num(np.asarray(heatmap, np.float32)), mode="F")
-        total += float(weight) * np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), np.float64)
+        total += float(weight) * stretch(heatmap, width, height).astype(np.float64)
     total = np.maximum(total, 0.0)
     peak = total.max()
     return (total / peak).astype(np.float32) if np.isfinite(peak) and peak > 0 else np.zeros((height, width), np.float32)
@@ -379,7 +378,7 @@ def overlay(
     if heat.ndim != 2:
         raise ValueError(f"expected a 2-D heatmap, got shape {heat.shape}")
     height, width = base.shape[:2]
-    resized = regions.upsample(heat, width, height)  # the same stretch the region outlines use
+    resized = stretch(heat, width, height)  # the same stretch the region outlines and the evidence use
     colours = colorize(resized, colormap).astype(np.float64)
     blended = (1.0 - opacity) * base.astype(np.float64) + opacity * colours
     return Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8), mode="RGB")

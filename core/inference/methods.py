@@ -5,7 +5,7 @@ float32 in [0, 1]: 1 at the hottest point, all zeros when nothing speaks for the
 the heat being evidence for that class (the positive class of a sigmoid; the chosen class, else the
 predicted one, of a softmax). The resolution is the method's own (Grad-CAM's feature map, the
 input's pixels, a transformer's patch grid): overlays and regions stretch it to the image
-(`core.inference.regions.upsample`). Any kind of run (an ensemble's members each at its own size)
+(`core.evidence.heatmap_grid.stretch`). Any kind of run (an ensemble's members each at its own size)
 is explained through `core.inference.run_kinds.heatmap`, which names the method.
 """
 
@@ -66,8 +66,10 @@ def _occlusion(model: keras.Model, pixels: np.ndarray, class_index: int | None =
     batch = explanation.network_input(pixels, model)
     column = explanation.explained_column(np.asarray(model(batch, training=False)), class_index)
 
+    runner = evaluation.engine_for(model)  # hundreds of occluded copies: through the fast engine
+
     def predict(images: np.ndarray) -> np.ndarray:
-        return np.asarray(model(np.asarray(images, np.float32), training=False))[:, column]
+        return np.asarray(runner.predict(np.asarray(images, np.float32), batch_size=64))[:, column]
 
     return perturbation.occlusion(predict, batch[0])
 

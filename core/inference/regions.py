@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from core.evidence.heatmap_grid import stretch
+
 
 @dataclass(frozen=True)
 class Region:
@@ -40,31 +42,17 @@ class Region:
         return int(self.mask.shape[0])
 
 
-def upsample(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
-    """The heatmap stretched (bilinear, on the float values) to `width` x `height`: float32 (height, width).
-
-    The one resize from a heatmap to its image: overlays and regions use it, so an outline lies
-    where the colours are. A map already at that size is returned as it is.
-    """
-    heat = np.nan_to_num(np.asarray(heatmap, np.float32))
-    if heat.ndim != 2:
-        raise ValueError(f"expected a 2-D heatmap, got shape {heat.shape}")
-    if heat.shape == (height, width):
-        return heat
-    return np.asarray(Image.fromarray(heat, mode="F").resize((int(width), int(height)), Image.Resampling.BILINEAR), np.float32)
-
-
 def region_of(heatmap: np.ndarray, width: int, height: int, share: float = 0.5) -> Region:
     """The smallest set of pixels (hottest first) holding `share` of the heat, on a `width` x `height` image.
 
-    The heatmap is upsampled to the image (`upsample`); negative values count as no heat. The box
+    The heatmap is stretched to the image (`core.evidence.heatmap_grid.stretch`, as overlays are); negative values count as no heat. The box
     bounds the 8-connected component of the mask holding the most heat, not the whole mask, so two
     separate blobs give the box of the hotter one. An all-zero heatmap gives an empty mask and
     box None: there is no region to show, rather than an arbitrary one.
     """
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share must be in (0, 1], got {share}")
-    heat = np.maximum(upsample(heatmap, width, height).astype(np.float64), 0.0)
+    heat = np.maximum(stretch(heatmap, width, height).astype(np.float64), 0.0)
     total = heat.sum()
     mask = np.zeros(heat.shape, bool)
     if not np.isfinite(total) or total <= 0:
@@ -120,3 +108,18 @@ def region_record(region: Region, **about) -> dict:
         "height": region.height,
         **about,
     }
+
+
+def region_files(region: Region, picture: Image.Image, **about) -> dict[str, bytes]:
+    """What `explain` and Predict's download save for one image and run, by file suffix: the overlay
+    with the region drawn ("overlay.png", from `picture`), the mask ("mask.png") and the box with
+    what it is of ("box.json", `region_record` with `about`)."""
+    import json
+
+    from core import files
+
+    buffer = io.BytesIO()
+    draw_region(picture, region).save(buffer, format="PNG")
+    record = files.json_safe(region_record(region, **about))
+    return {"overlay.png": buffer.getvalue(), "mask.png": mask_png(region),
+            "box.json": (json.dumps(record, indent=2) + "\n").encode()}

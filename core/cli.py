@@ -178,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--artifacts", default=artifacts_default)
     evaluate.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
 
+    look = commands.add_parser(
+        "where-it-looks", help="measure where runs look: each explanation method's faithfulness, border heat and a synthetic-opacity check",
+    )
+    look.add_argument("runs", nargs="+", help="run names (an ensemble after its members reuses their loaded models)")
+    look.add_argument("--artifacts", default=artifacts_default)
+    look.add_argument("--methods", default=None, help="comma-separated explanation methods (default: every one that applies)")
+    look.add_argument("--per-class", type=int, default=None, help="test images sampled per class (default 16)")
+    look.add_argument("--synthetic", type=int, default=None, help="healthy validation images given an opacity (default 16; 0 skips the check)")
+    look.add_argument("--seed", type=int, default=0, help="draws the sampled images and the opacities")
+    look.add_argument("--split", default="test", choices=("test", "val"),
+                      help="where the sampled images come from: test (what Compare and the report show) or val (to choose between runs)")
+
     summary = commands.add_parser("data", help="summarise a data folder (images, patients, unreadable files)")
     summary.add_argument("--data", required=True)
     return parser
@@ -382,7 +394,6 @@ def _predict(args) -> int:
 
 
 def _explain(args) -> int:
-    import io
     from pathlib import Path
 
     import pandas as pd
@@ -423,14 +434,10 @@ def _explain(args) -> int:
                 row["error"] = f"cannot explain image: {error}"
             else:
                 region = regions.region_of(heatmap, original.width, original.height, args.share)
-                picture = regions.draw_region(explanation.overlay(original, heatmap), region)
-                buffer = io.BytesIO()
-                picture.save(buffer, format="PNG")
-                files.write_bytes(out / f"{stem}.overlay.png", buffer.getvalue())
-                files.write_bytes(out / f"{stem}.mask.png", regions.mask_png(region))
-                record = regions.region_record(region, run=run.name, method=args.method, image=path, probability=score.probability,
-                                               label=score.label, class_name=args.class_name)
-                files.write_json(out / f"{stem}.box.json", record)
+                saved = regions.region_files(region, explanation.overlay(original, heatmap), run=run.name, method=args.method,
+                                             image=path, probability=score.probability, label=score.label, class_name=args.class_name)
+                for suffix, content in saved.items():
+                    files.write_bytes(out / f"{stem}.{suffix}", content)
                 row.update(box=",".join(map(str, region.box)) if region.box else "", heat_share=round(region.heat_share, 6))
         rows.append(row)
     table = pd.DataFrame(rows, columns=["image", "run", "method", "probability", "label", "box", "heat_share", "error"])
@@ -464,6 +471,30 @@ def _export(args) -> int:
     return 0
 
 
+def _where_it_looks(args) -> int:
+    from core.runs import artifacts
+    from core.workflows import localisation
+
+    runs = [artifacts.load_run(args.artifacts, name) for name in args.runs]
+    options = {"seed": args.seed, "split": args.split}
+    if args.methods:
+        options["method_names"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.per_class is not None:
+        options["per_class"] = args.per_class
+    if args.synthetic is not None:
+        options["synthetic"] = args.synthetic
+    from core.runs.progress import SearchStopped
+
+    try:
+        problems = localisation.measure_runs(runs, echo=print, **options)
+    except SearchStopped:
+        print("stopped: the evidence saved before is kept", file=sys.stderr)
+        return 130
+    for name, problem in problems.items():
+        print(f"{name}: {problem or 'saved'}")
+    return 1 if all(problems.values()) else 0
+
+
 def _data(args) -> int:
     import json
 
@@ -474,7 +505,9 @@ def _data(args) -> int:
     return 0
 
 
-HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "stop": _stop, "runs": _runs, "ensemble": _ensemble, "predict": _predict, "explain": _explain, "evaluate": _evaluate, "export": _export, "data": _data}
+HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "stop": _stop, "runs": _runs,
+            "ensemble": _ensemble, "predict": _predict, "explain": _explain, "where-it-looks": _where_it_looks, "evaluate": _evaluate,
+            "export": _export, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from core import files
 from core.console import QUIET_TF_ENV
+from core.evidence import localisation as saved_evidence
 from core.runs import artifacts
 from core.runs.progress import StopFlag
 from core.search.settings import SearchSettings
 from core.search.splits import preflight
-from core.workflows import recipe, repeat
+from core.workflows import localisation, recipe, repeat
 
 PROCESS_LOG = "process.log"
 # In progress.json while the pid is the launcher's (the dashboard's), not yet the search's: never signalled.
@@ -37,12 +38,12 @@ def _reap() -> None:
             _children.remove(child)
 
 
-def _launch(folder: Path, artifacts_dir: str, command: list[str] | None = None) -> int:
+def _launch(folder: Path, artifacts_dir: str, command: list[str] | None = None, log_name: str = PROCESS_LOG) -> int:
     """Start `python -m core COMMAND` (default: `resume FOLDER`) in its own session, output to the folder's process log."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **QUIET_TF_ENV)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     command = command or ["resume", folder.name]
-    with open(folder / PROCESS_LOG, "ab") as output:
+    with open(folder / log_name, "ab") as output:
         child = subprocess.Popen(
             [sys.executable, "-m", "core", *command, "--artifacts", os.path.abspath(artifacts_dir)],
             cwd=PROJECT_ROOT,
@@ -186,3 +187,58 @@ def stop_search(artifacts_dir: str, name: str, force: bool = False) -> str:
             pass
     _reap()
     return f"{'killed' if force else 'asked to stop'}: run {run.name!r} (completed trials are kept; resume to continue)"
+
+
+# --------------------------------------------------------------------------
+# Where the models look (core.workflows.localisation)
+# --------------------------------------------------------------------------
+
+LOCALISATION_LOG = "localisation.log"
+QUEUED = "queued"
+
+
+def localisation_state(run: artifacts.Run) -> str:
+    """"" (never measured), "queued", "running", "completed", "stopped", "failed", or "interrupted"
+    (its process is gone while the file still says queued or running)."""
+    progress = localisation.progress_of(run) or {}
+    state = progress.get("state", "")
+    if state in (QUEUED, "running") and progress.get("host") == artifacts.this_host() and not artifacts.pid_alive(progress.get("pid")):
+        return "interrupted"
+    return state
+
+
+def start_where_it_looks(artifacts_dir: str, names: list[str]) -> int:
+    """Measure where `names` look, one after the other, in one background process; returns its pid.
+
+    Each run reads as queued from now on (its progress file names the process), so the page shows
+    it at once; a run already being measured is refused.
+    """
+    _reap()
+    runs = [artifacts.load_run(artifacts_dir, name) for name in names]
+    if not runs:
+        raise artifacts.RunError("pick at least one run to measure")
+    busy = [run.name for run in runs if localisation_state(run) in (QUEUED, "running")]
+    if busy:
+        raise artifacts.RunError(f"already being measured: {', '.join(busy)}")
+    queued = {"state": QUEUED, "done": 0, "total": None, "message": "waiting for its turn", "host": artifacts.this_host(),
+              "pid": os.getpid(), "error": None}
+    for run in runs:
+        (run.folder / saved_evidence.STOP_FILE).unlink(missing_ok=True)  # an old request must not stop the new measurement
+        files.write_json(run.folder / saved_evidence.PROGRESS_FILE, queued)
+    try:
+        pid = _launch(runs[0].folder, artifacts_dir, ["where-it-looks", *names], log_name=LOCALISATION_LOG)
+    except OSError as error:
+        for run in runs:
+            files.write_json(run.folder / saved_evidence.PROGRESS_FILE, {**queued, "state": "failed", "error": str(error)})
+        raise
+    for run in runs:
+        current = files.read_json(run.folder / saved_evidence.PROGRESS_FILE) or {}
+        if current.get("state") == QUEUED:  # the child may already have started on it: keep its own
+            files.write_json(run.folder / saved_evidence.PROGRESS_FILE, {**queued, "pid": pid})
+    return pid
+
+
+def stop_where_it_looks(artifacts_dir: str, names: list[str]) -> None:
+    """Ask the measurement of `names` to stop; what each run saved before is kept."""
+    for name in names:
+        localisation.stop(artifacts.load_run(artifacts_dir, name))

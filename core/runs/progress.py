@@ -83,12 +83,13 @@ class Progress:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT or by a `stop.request` file in the run folder."""
+    """Set by SIGTERM/SIGINT or by a `stop.request` file in the run folder (another work on a
+    finished run, such as measuring where it looks, names its own file)."""
 
     FILE = "stop.request"
 
-    def __init__(self, folder: Path):
-        self.file = folder / self.FILE
+    def __init__(self, folder: Path, file_name: str = FILE):
+        self.file = folder / file_name
         self.event = threading.Event()
         self._last_check = 0.0
 

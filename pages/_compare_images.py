@@ -1,4 +1,4 @@
-"""Compare page: every test image with each run's probability, and the selected image's Grad-CAM per run.
+"""Compare page: every test image with each run's probability, and the selected image's heatmap per run (any explanation method).
 
 The join, the "wrong in" / "disagree" columns and the filters are `core.evidence.comparison`'s.
 """
@@ -62,10 +62,7 @@ def _selected_image(view: Picked, row: pd.Series) -> None:
     )
     if content is None:
         return
-    opacity = st.slider(
-        "Grad-CAM opacity", 0.0, 1.0, 0.4, step=0.05, key="compare_opacity",
-        help=f"Grad-CAM: the regions that push each run towards {view.positive} (red: most).",
-    )
+    choice = ui.explanation_controls("compare", view.positive)
     gradcam_class = ui.gradcam_class_choice(view.picked_runs, "compare_gradcam_class")
     tiles = [None, *view.names]  # None: the image itself
     for start in range(0, len(tiles), TILES_PER_ROW):
@@ -75,18 +72,23 @@ def _selected_image(view: Picked, row: pd.Series) -> None:
                 if name is None:
                     st.image(content, caption=f"{row['image']} · true class {row['class_name']} ({row['kind']})", width="stretch")
                 else:
-                    _gradcam_tile(view, name, row, content, opacity, gradcam_class, detail)
+                    _heatmap_tile(view, name, row, content, choice, gradcam_class, detail)
 
 
-def _gradcam_tile(view: Picked, name: str, row: pd.Series, content: bytes, opacity: float, gradcam_class: str | None,
+def _heatmap_tile(view: Picked, name: str, row: pd.Series, content: bytes, choice: ui.ExplanationChoice, gradcam_class: str | None,
                   detail: pd.DataFrame) -> None:
+    from core.inference import methods
+
     run = view.by_name[name]
+    label_of_method = methods.METHODS[choice.method].label
     try:
-        picture, has_evidence = load.gradcam_overlay(run, str(row["path"]), content, opacity, gradcam_class)
+        picture, has_evidence, region = load.explanation_overlay(run, str(row["path"]), content, choice.opacity, gradcam_class,
+                                                                 choice.method, choice.share)
     except (artifacts.RunError, ValueError, OSError) as error:
-        st.caption(f"{name}: no Grad-CAM ({error})")
+        st.caption(f"{name}: no {label_of_method} ({error})")
         return
     label = detail.loc[detail["run"] == name, "label"].iat[0]
     predicted = comparison.predicted_class(view.predictions[name], row["path"])
     explained = ui.explained_class(run, gradcam_class, predicted)
-    st.image(picture, caption=ui.gradcam_caption(name, comparison.probability_of(row, name), label, has_evidence, explained), width="stretch")
+    st.image(picture, caption=ui.heatmap_caption(name, comparison.probability_of(row, name), label, has_evidence, explained,
+                                                 label_of_method, region), width="stretch")

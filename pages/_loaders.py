@@ -214,18 +214,61 @@ def evidence_for(run: artifacts.Run, threshold: float, n_resamples: int, seed: i
     )
 
 
+# --------------------------------------------------------------------------
+# Where the models look
+# --------------------------------------------------------------------------
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _localisation(folder: str, mtime_ns: int):
+    from core.evidence import localisation
+
+    return localisation.read(Path(folder))
+
+
+def localisation_for(artifacts_folder: str, names: list[str]) -> dict:
+    """{run: its saved `core.evidence.localisation.Saved`} for the runs measured, cached on the file's mtime."""
+    from core.evidence import localisation
+
+    found = {}
+    for name in names:
+        folder = artifacts.run_dir(artifacts_folder, name)
+        saved = _localisation(str(folder), _mtime(folder / localisation.SUMMARY_FILE))
+        if saved is not None:
+            found[name] = saved
+    return found
+
+
+@st.cache_data(max_entries=32, show_spinner="Resampling patients…")
+def _localisation_summary(folder: str, mtime_ns: int, n_resamples: int, seed: int):
+    from core.evidence import localisation
+
+    return localisation.method_summary(_localisation(folder, mtime_ns), n_resamples, seed)
+
+
+def localisation_summaries(artifacts_folder: str, names: tuple[str, ...], n_resamples: int, seed: int) -> dict:
+    """{run: `core.evidence.localisation.method_summary`} of measured runs, cached."""
+    from core.evidence import localisation
+
+    summaries = {}
+    for name in names:
+        folder = artifacts.run_dir(artifacts_folder, name)
+        summaries[name] = _localisation_summary(str(folder), _mtime(folder / localisation.SUMMARY_FILE), int(n_resamples), int(seed))
+    return summaries
+
 
 # --------------------------------------------------------------------------
-# Grad-CAM
+# Heatmaps (every explanation method)
 # --------------------------------------------------------------------------
 
-# Grad-CAM overlays are shown this wide at most: the original is shrunk to it before blending.
+# Heatmap overlays are shown this wide at most: the original is shrunk to it before blending.
 OVERLAY_PX = 640
 
 
 @st.cache_data(max_entries=96, show_spinner=False)
 def _heatmap(
-    artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], file_name: str, content: bytes, class_name: str | None = None
+    artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], file_name: str, content: bytes, class_name: str | None = None,
+    method: str = "gradcam",
 ) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
@@ -234,31 +277,54 @@ def _heatmap(
     run = artifacts.load_run(artifacts_folder, name)
     model = model_for(run)
     suffix = Path(file_name).suffix.lower()
-    with tempfile.TemporaryDirectory(prefix="cxr-gradcam-") as folder:
+    with tempfile.TemporaryDirectory(prefix="cxr-heatmap-") as folder:
         path = Path(folder) / f"image{suffix if suffix in folders.IMAGE_EXTENSIONS else '.img'}"
         path.write_bytes(content)
-        heatmap, original = run_kinds.heatmap(run, path, model, class_name=class_name)
+        heatmap, original = run_kinds.heatmap(run, path, model, class_name=class_name, method=method)
     original.thumbnail((OVERLAY_PX, OVERLAY_PX), Image.Resampling.LANCZOS)
     return heatmap, np.asarray(original)
 
 
-def gradcam_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity: float = 0.4, class_name: str | None = None):
-    """(the run's Grad-CAM of one image blended over it, whether any region points to pneumonia).
+def explanation_overlay(run: artifacts.Run, file_name: str, content: bytes, opacity: float = 0.4, class_name: str | None = None,
+                        method: str = "gradcam", share: float = 0.0):
+    """(the run's heatmap of one image blended over it, whether any region points to its class, the
+    outlined region as `core.inference.regions.region_record` or None when `share` is 0).
 
-    A three-class run explains `class_name` (a class of its task), by default its predicted class.
-
-    The picture is PIL RGB at most OVERLAY_PX wide. The heatmap is cached per run, model file and
-    image bytes; only the blend follows `opacity`. An ensemble's is the weighted mean of its
-    members' heatmaps (`core.inference.explanation.combine_heatmaps`). An all-zero heatmap (nothing in the image pushes
-    the run towards pneumonia) gives a uniformly cold overlay, hence the flag. Raises `RunError`
-    (no model) or `ValueError`/`OSError` (an image or a model Grad-CAM cannot use).
+    `method` is a `core.inference.methods` name; a three-class run explains `class_name` (a class
+    of its task), by default its predicted class. The picture is PIL RGB at most OVERLAY_PX wide,
+    with the region's outline and box drawn in green. The heatmap is cached per run, model file,
+    image bytes and method; only the blend and the region follow the sliders. An ensemble's is the
+    weighted mean of its members' heatmaps (`core.inference.explanation.combine_heatmaps`). An
+    all-zero heatmap (nothing in the image pushes the run towards its class) gives a uniformly
+    cold overlay, hence the flag. Raises `RunError` (no model) or `ValueError`/`OSError` (an image
+    or a model the method cannot use, e.g. attention rollout on a CNN).
     """
-    from core.inference import explanation
+    from core.inference import explanation, regions
 
     if not run.has_model:
         raise artifacts.RunError(f"run {run.name!r} has no saved model")
-    heatmap, original = _heatmap(str(run.folder.parent), run.name, models_mtime(run), file_name, content, class_name)
-    return explanation.overlay(original, heatmap, opacity=float(opacity)), bool(np.max(heatmap) > 0)
+    heatmap, original = _heatmap(str(run.folder.parent), run.name, models_mtime(run), file_name, content, class_name, method)
+    picture = explanation.overlay(original, heatmap, opacity=float(opacity))
+    record = None
+    if share > 0:
+        region = regions.region_of(heatmap, picture.width, picture.height, share=float(share))
+        picture, record = regions.draw_region(picture, region), regions.region_record(region)
+    return picture, bool(np.max(heatmap) > 0), record
+
+
+def explanation_files(run: artifacts.Run, file_name: str, content: bytes, class_name: str | None, method: str, share: float,
+                      **about) -> dict[str, bytes]:
+    """Predict's download for one image and run: the overlay with its region, the mask and the box
+    (`core.inference.regions.region_files`), at the image's own size; a `share` of 0 (no region shown) saves half the heat's."""
+    import io
+
+    from core.data import loading
+    from core.inference import explanation, regions
+
+    heatmap, _ = _heatmap(str(run.folder.parent), run.name, models_mtime(run), file_name, content, class_name, method)
+    original = loading.decode_image(io.BytesIO(content))  # the mask and box at the image's own size, not the page's
+    region = regions.region_of(heatmap, original.width, original.height, share=float(share) or 0.5)
+    return regions.region_files(region, explanation.overlay(original, heatmap), run=run.name, method=method, image=file_name, **about)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

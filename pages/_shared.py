@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import streamlit as st
@@ -194,11 +195,49 @@ def format_number(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and np.isfinite(value) else "–"
 
 
-def gradcam_caption(run_name: str, probability: float, label: str, has_evidence: bool, explained: str = "pneumonia") -> str:
-    """`explained`: the class the heatmap is of (pneumonia, viral, or a three-class run's chosen class)."""
+def heatmap_caption(run_name: str, probability: float, label: str, has_evidence: bool, explained: str = "pneumonia",
+                    method: str = "Grad-CAM", region: dict | None = None) -> str:
+    """`explained`: the class the heatmap is of (pneumonia, viral, or a three-class run's chosen class);
+    `method`: the explanation's label; `region`: its `core.inference.regions.region_record`, when drawn."""
     shown = f"p = {probability:.3f}, {label}" if np.isfinite(probability) else "not scored"
     what = "" if explained == "pneumonia" else f" · regions pointing to {explained}"
-    return f"{run_name} · Grad-CAM · {shown}{what}" + ("" if has_evidence else f" · no region points to {explained}")
+    outlined = ""
+    if region and region.get("box"):
+        outlined = f" · green: {region['share']:.0%} of the heat in {region['area_fraction']:.0%} of the image"
+    return f"{run_name} · {method} · {shown}{what}" + ("" if has_evidence else f" · no region points to {explained}") + outlined
+
+
+class ExplanationChoice(NamedTuple):
+    """What the explanation controls chose: a `core.inference.methods` name, the overlay's opacity,
+    and the share of heat the outlined region holds (0: no region drawn)."""
+
+    method: str
+    opacity: float
+    share: float
+
+
+def explanation_controls(key_prefix: str, positive: str) -> ExplanationChoice:
+    """The method, opacity and region controls above a row of heatmaps (Compare's selected image, Predict)."""
+    from core.inference import methods
+
+    left, middle, right = st.columns(3)
+    method = left.selectbox(
+        "Explanation", list(methods.METHODS), key=f"{key_prefix}_method",
+        format_func=lambda name: methods.METHODS[name].label,
+        help="Where each run looks, by one of several methods (Compare's \"Where the models look\" says which to trust): "
+        + " ".join(f"**{m.label}**: {m.summary}." for m in methods.METHODS.values()),
+    )
+    opacity = middle.slider(
+        "Heatmap opacity", 0.0, 1.0, 0.4, step=0.05, key=f"{key_prefix}_opacity",
+        help=f"The heatmap is blended over the X-ray: the regions that push each run towards {positive} (red: most). "
+        "0 shows the X-ray alone, 1 the heatmap alone.",
+    )
+    share = right.slider(
+        "Outlined region (share of the heat)", 0.0, 0.9, 0.5, step=0.1, key=f"{key_prefix}_region",
+        help="Outlines in green the smallest area holding this share of the heat, with the box of its hottest part: "
+        "where the run localises the finding. 0 draws no region.",
+    )
+    return ExplanationChoice(method, float(opacity), float(share))
 
 
 GRADCAM_PREDICTED = "predicted class"

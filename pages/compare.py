@@ -3,7 +3,8 @@
 ROC, precision-recall and calibration curves; each run on validation against test; confusion
 matrices at a movable threshold (or a named operating point); metrics with patient-aware
 intervals; runs combined into an ensemble; a paired test of two runs by patient; errors by kind
-of image; per-image results with each run's Grad-CAM; and the whole comparison as one HTML report.
+of image; where the models look (each explanation method's evidence); per-image results with each run's
+heatmap; and the whole comparison as one HTML report.
 The sections live in `pages/_compare_*.py`; what they show is computed in `core`.
 """
 
@@ -20,6 +21,7 @@ from pages._compare_evidence import (
     three_class_section,
 )
 from pages._compare_images import per_image_section
+from pages._compare_localisation import where_they_look_section
 from pages._compare_runs import ensemble_section, pick_runs
 from pages._compare_thresholds import confusion_matrices_section
 
@@ -41,4 +43,5 @@ ensemble_section(view)
 three_class_section(view)
 paired_test_section(view)
 errors_by_kind_section(view)
+where_they_look_section(view)
 per_image_section(view)

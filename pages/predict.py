@@ -1,5 +1,5 @@
 """Predict page: score uploaded X-rays (or samples from the data folder, else the demo set) with saved runs, side by side,
-and show where each run looks (Grad-CAM)."""
+and show where each run looks (any explanation method, with the region it outlines, downloadable as masks and boxes)."""
 
 import random
 from pathlib import Path
@@ -7,8 +7,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core import files
 from core.data import demo, folders, tasks
 from core.evidence import comparison
+from core.inference import methods
 from core.reporting import figures
 from core.runs import artifacts
 from pages import _loaders as load
@@ -65,11 +67,8 @@ with right:
             st.session_state["predict_samples"] = []
 # The picked runs' positive class (pneumonia, or viral for bacterial vs viral runs); pneumonia before any is picked.
 _, pushed_towards = comparison.binary_names([by_name[n] for n in picked]) if picked else tasks.PNEUMONIA.binary_names
-opacity = st.slider(
-    "Grad-CAM opacity", 0.0, 1.0, 0.4, step=0.05, key="predict_opacity",
-    help="Under each prediction, each run's Grad-CAM is blended over the X-ray: the regions that push the run towards "
-    f"{pushed_towards} (red: most). 0 shows the X-ray alone, 1 the heatmap alone.",
-)
+choice = ui.explanation_controls("predict", pushed_towards)
+method_label = methods.METHODS[choice.method].label
 
 images: list[tuple[str, bytes]] = []
 truth: dict[str, str] = {}
@@ -119,24 +118,31 @@ for _, row in bad.iterrows():
     st.error(f"**{row['image']}** was not scored: {row['error']}. Upload a JPEG or PNG chest X-ray.", icon=":material/block:")
 
 colors = figures.run_colors(picked)
-GRADCAM_PER_ROW = 4
+HEATMAPS_PER_ROW = 4
+downloads: dict[str, bytes] = {}  # Predict's regions download: overlay, mask and box per image and run
 
 
-def gradcam(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
-    """A row of Grad-CAM overlays under a prediction, one per picked run."""
-    st.caption(f"Where each run looks (Grad-CAM: regions that push it towards {positive if not class_runs else 'the class shown'}, red most)")
-    for start in range(0, len(picked), GRADCAM_PER_ROW):
-        cols = st.columns(GRADCAM_PER_ROW)
-        for col, row in zip(cols, rows.iloc[start : start + GRADCAM_PER_ROW].itertuples(), strict=False):
+def heatmaps(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
+    """A row of heatmap overlays under a prediction, one per picked run, each with its outlined region."""
+    st.caption(f"Where each run looks ({method_label}: regions that push it towards "
+               f"{positive if not class_runs else 'the class shown'}, red most)")
+    for start in range(0, len(picked), HEATMAPS_PER_ROW):
+        cols = st.columns(HEATMAPS_PER_ROW)
+        for col, row in zip(cols, rows.iloc[start : start + HEATMAPS_PER_ROW].itertuples(), strict=False):
             with col:
                 try:
-                    picture, has_evidence = load.gradcam_overlay(by_name[row.run], image_name, content, opacity, gradcam_class)
+                    picture, has_evidence, region = load.explanation_overlay(by_name[row.run], image_name, content, choice.opacity,
+                                                                             gradcam_class, choice.method, choice.share)
                 except (artifacts.RunError, ValueError, OSError) as error:
-                    st.caption(f"{row.run}: no Grad-CAM ({error})")
+                    st.caption(f"{row.run}: no {method_label} ({error})")
                     continue
                 explained = ui.explained_class(by_name[row.run], gradcam_class, row.label)
-                caption = ui.gradcam_caption(row.run, float(row.probability), row.label, has_evidence, explained)
+                caption = ui.heatmap_caption(row.run, float(row.probability), row.label, has_evidence, explained, method_label, region)
                 st.image(picture, caption=caption, width="stretch")
+                stem = f"{Path(image_name).stem}.{row.run}.{choice.method}"
+                files_of_image = load.explanation_files(by_name[row.run], image_name, content, gradcam_class, choice.method,
+                                                        choice.share, probability=float(row.probability), label=row.label)
+                downloads.update({f"{stem}.{suffix}": data for suffix, data in files_of_image.items()})
 
 
 def _flag(table: pd.DataFrame, column: str, index: int):
@@ -195,7 +201,7 @@ for index, (image_name, content) in enumerate(images):
             seen = [n for n in picked if sample_paths.get(image_name) in load.trained_on(by_name[n])]
             if seen:
                 st.caption(f":material/warning: {', '.join(seen)} trained or chose its threshold on this image: its score here is optimistic.")
-        gradcam(image_name, content, rows)
+        heatmaps(image_name, content, rows)
 
 if long_rows:
     st.header("All predictions")
@@ -209,4 +215,16 @@ if long_rows:
             **{f"P({name})": st.column_config.NumberColumn(format="%.3f") for name in tasks.THREE_CLASS.names},
         },
     )
-    st.download_button("Download (CSV)", table.to_csv(index=False).encode(), file_name="predictions.csv", mime="text/csv", key="predict_download", icon=":material/download:")
+    csv_column, regions_column = st.columns(2)
+    csv_column.download_button("Download (CSV)", table.to_csv(index=False).encode(), file_name="predictions.csv", mime="text/csv",
+                               key="predict_download", icon=":material/download:")
+    if downloads:
+        share = choice.share or 0.5
+        regions_column.download_button(
+            f"Download the regions (zip: overlay, mask, box per image and run; {method_label}, {share:.0%} of the heat)",
+            files.zip_bytes(downloads), file_name=f"regions-{choice.method}.zip", mime="application/zip",
+            key="predict_regions_download", icon=":material/download:",
+            help="For each image and run: IMAGE.RUN.METHOD.overlay.png (the heatmap and the region outlined), .mask.png "
+            "(255 inside the region, at the image's own size) and .box.json (the box of its hottest part, in pixels, with "
+            "the share of heat it holds). The same files as `python -m core explain RUN IMAGES --method M --out DIR`.",
+        )

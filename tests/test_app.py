@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -22,6 +23,7 @@ from core.evidence import run_evidence, shift, statistics
 from core.inference import evaluation, run_kinds
 from core.reporting import wording
 from core.runs import artifacts
+from pages import _loaders as load
 from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, OTHER_SPLIT_RUN, REPO
 
 # Loading a saved model without compiling it makes Keras say it skips the optimizer's state.
@@ -876,3 +878,35 @@ def test_tune_page_notes_tags_filters_archive_restore_delete_and_export(data_dir
     assert {p.name for p in store.iterdir()} == {".cache", "cnn-wide", "mobilenet-none", FAILED_RUN}
     assert (cache / "kept.npz").read_bytes() == b"cache"
     assert "cnn-small" not in set(frame_with(at, "note")["run"])
+
+
+def test_predict_explains_by_the_chosen_method_and_downloads_masks_and_boxes(data_dir, runs_dir, sample_image):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    at = page("predict", data_dir, runs_dir)
+    at.multiselect(key="predict_runs").set_value(["cnn-small", "mobilenet-none"])
+    at.file_uploader(key="predict_upload").set_value([("chest.jpeg", sample_image.read_bytes(), "image/jpeg")])
+    at.selectbox(key="predict_method").set_value("occlusion")
+    at.slider(key="predict_region").set_value(0.3)
+    at.run()
+    no_exception(at)
+    captions = image_captions(at)[1:]
+    assert len(captions) == 2 and all(" · Occlusion · " in c for c in captions), captions
+    # a heatmap with heat gets its region outlined; an untrained run that nothing moves gets none, and says so
+    assert all(("green: 30% of the heat" in c) != ("no region points to" in c) for c in captions), captions
+    assert captions[0].startswith("cnn-small") and "green: 30% of the heat" in captions[0]
+    button = at.get("download_button")
+    assert any("Download the regions" in b.proto.label and "Occlusion, 30% of the heat" in b.proto.label for b in button)
+    # what the button serves: per image and run an overlay, a mask at the image's own size and a box
+    content = sample_image.read_bytes()
+    saved = load.explanation_files(artifacts.load_run(runs_dir, "cnn-small"), "chest.jpeg", content, None, "occlusion", 0.3)
+    assert set(saved) == {"overlay.png", "mask.png", "box.json"}
+    mask = np.asarray(Image.open(io.BytesIO(saved["mask.png"])))
+    assert mask.shape == Image.open(sample_image).size[::-1] and set(np.unique(mask)) <= {0, 255}
+    box = json.loads(saved["box.json"])
+    x0, y0, x1, y1 = (box["box"][k] for k in ("x0", "y0", "x1", "y1"))
+    assert mask[y0:y1, x0:x1].max() == 255 and box["method"] == "occlusion" and box["share"] == 0.3
+    assert zipfile.ZipFile(io.BytesIO(files.zip_bytes({"a.box.json": saved["box.json"]}))).read("a.box.json") == saved["box.json"]

@@ -23,7 +23,7 @@ from core.data import tasks
 from core.evidence import comparison, multiclass, shift, stress
 from core.evidence import run_evidence as ev
 from core.inference.evaluation import THRESHOLD_RULE
-from core.reporting import curves, figures, wording
+from core.reporting import curves, figures, where_it_looks, wording
 from core.runs.artifacts import Run
 
 TITLE = "Pneumonia classifiers compared"
@@ -291,6 +291,25 @@ def _shift_section(shifts: Sequence[shift.Shift], figure: _Figures, colors: Mapp
 # --------------------------------------------------------------------------
 
 
+def _where_they_look_section(runs: Sequence[Run], figure: _Figures, colors: Mapping[str, str]) -> str:
+    """Each explanation method's evidence for the runs measured (`core.workflows.localisation`); a hint when none was."""
+    saved = where_it_looks.runs_with_evidence({run.name: run.folder for run in runs})
+    parts = ["<h2>Where the models look</h2>"]
+    if not saved:
+        names = " ".join(run.name for run in runs)
+        return parts[0] + (f"<p class='meta'>Not measured for these runs: <code>python -m core where-it-looks {_e(names)}</code> "
+                           "(or Compare's \"Where the models look\") measures each explanation method.</p>")
+    summaries = where_it_looks.summaries_of(saved)
+    run_tasks = {run.name: comparison.run_task(run) for run in runs if run.name in saved}
+    parts += [f"<div class='warn'>{_e(line)}</div>" for line in where_it_looks.warnings_text(summaries, run_tasks)]
+    parts.append(_table(where_it_looks.summary_table(summaries, run_tasks)))
+    parts.append(f"<p class='meta'>{_e(where_it_looks.explained_text().replace('**', ''))}</p>")
+    parts.append(figure(where_it_looks.border_figure(summaries, run_tasks, colors)))
+    positive = comparison.binary_names(runs)[1]
+    parts += [figure(where_it_looks.curves_figure(item, name, positive)) for name, item in saved.items()]
+    return "".join(parts)
+
+
 def build_report(
     runs: Sequence[Run],
     thresholds: Mapping[str, float] | None = None,
@@ -386,6 +405,7 @@ def build_report(
         body.append(f"<details><summary>Every count and rate</summary>{_table(shown)}</details>")
     else:
         body.append("<p class='meta'>The predictions carry no kind of image.</p>")
+    body.append(_where_they_look_section(runs, figure, colors))
     body += [
         "<h2>Runs: settings, data and operating points</h2>",
         "".join(_run_section(run, evidence[run.name], colors[run.name]) for run in runs),

@@ -123,6 +123,30 @@ def test_augmentation_layers_change_images_only_while_training():
         augmentation.preset("wild")
 
 
+def test_border_erasing_blacks_out_the_border_band_of_some_views_and_only_there():
+    pixels = np.full((200, 40, 40, 1), 200, np.uint8)
+    erased = augmentation.erase_borders(pixels, 0.5, np.random.default_rng(0))
+    changed = (erased != pixels).reshape(len(pixels), -1).any(axis=1)
+    assert 0.35 < changed.mean() < 0.65  # about half the images
+    low, high = augmentation.BORDER_BAND_RANGE
+    for image in erased[changed]:
+        black = image[..., 0] == 0
+        assert black[:, 0].all() and black[0, :].all() and black[:, -1].all() and black[-1, :].all()  # every side
+        assert not black[round(40 * high) : 40 - round(40 * high), round(40 * high) : 40 - round(40 * high)].any()  # never the centre
+    np.testing.assert_array_equal(erased[~changed], pixels[~changed])
+    # the cached views carry it, under their own cache key; the presets without it keep theirs
+    strong, border = augmentation.preset("strong"), augmentation.preset("strong-border")
+    views = augmentation.augmented_views(pixels[:20], border, 2, seed=1)
+    assert (views[..., 0, 0, 0] == 0).mean() > 0.25
+    assert activations.views_key(strong, 3, 42) != activations.views_key(border, 3, 42)
+    assert activations.views_key(strong, 3, 42) == activations.views_key(augmentation.Augmentation(**{
+        k: getattr(strong, k) for k in ("rotation_deg", "zoom", "zoom_in", "shift", "contrast", "brightness", "sharpness")}), 3, 42)
+    # it is no Keras layer: a search that would need one is refused with the reason
+    with pytest.raises(ValueError, match="cached augmented views only"):
+        augmentation.augmentation_layers(border)
+    assert not augmentation.in_model("strong-border") and augmentation.in_model("strong")
+
+
 def test_tta_views_are_fixed_mild_variations():
     pixels = np.zeros((1, 50, 50, 1), np.uint8)
     pixels[0, 20:30, 20:30] = 255

@@ -13,7 +13,7 @@ image (the image itself, a small zoom, small shifts). It is off unless a run ask
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -35,6 +35,13 @@ class Augmentation:
     # the original files differ in sharpness, and a loss of edges is also what an opacity looks
     # like, so a model must not learn "less sharp = pneumonia"
     sharpness: float = 0.0
+    # the share of views whose border band (4-15 % of each side, drawn per side) is blacked out:
+    # laterality markers, burnt-in text and collimator edges sit there, and a model that finds its
+    # evidence for pneumonia there has learnt the site, not the lungs (DeGrave et al., 2021;
+    # docs/measurements.md, "Where the models look"). Cached augmented views only (cut-point
+    # fine-tuning): it is not a Keras layer, so no saved model carries it. Not in the repr, so the
+    # cache keys of the presets without it stay as they were (`core.search.activations.views_key`).
+    border_erase: float = field(default=0.0, repr=False)
 
     @property
     def zoom_range_text(self) -> str:
@@ -53,7 +60,8 @@ class Augmentation:
             f"rotation ±{self.rotation_deg:g}°, zoom {self.zoom_range_text}, shift ±{self.shift:.0%}, "
             f"contrast ±{self.contrast:.0%}, brightness ±{self.brightness:.0%}"
         )
-        return text + (f", sharpness ±{self.sharpness:.0%}" if self.sharpness else "")
+        text += f", sharpness ±{self.sharpness:.0%}" if self.sharpness else ""
+        return text + (f", border blacked out on {self.border_erase:.0%} of views" if self.border_erase else "")
 
 
 AUGMENTATIONS = {
@@ -61,7 +69,15 @@ AUGMENTATIONS = {
     "light": Augmentation(rotation_deg=5, zoom=0.05, shift=0.03, contrast=0.1, brightness=0.05),
     "medium": Augmentation(rotation_deg=10, zoom=0.1, zoom_in=0.25, shift=0.06, contrast=0.25, brightness=0.1, sharpness=0.25),
     "strong": Augmentation(rotation_deg=15, zoom=0.15, zoom_in=0.35, shift=0.1, contrast=0.4, brightness=0.15, sharpness=0.4),
+    "strong-border": Augmentation(rotation_deg=15, zoom=0.15, zoom_in=0.35, shift=0.1, contrast=0.4, brightness=0.15, sharpness=0.4,
+                                  border_erase=0.5),
 }
+BORDER_BAND_RANGE = (0.04, 0.15)  # the blacked-out band's width, a fraction of the side, drawn per side
+
+
+def in_model(name: str) -> bool:
+    """Whether preset `name` can run as Keras layers inside a model (every one but those that erase borders)."""
+    return not preset(name).border_erase
 SEARCH = "search"  # the augmentation preset is a hyperparameter of the search (in-model augmentation only)
 
 
@@ -81,6 +97,9 @@ def augmentation_layers(augmentation: Augmentation, seed: int = 0) -> list:
     """
     import keras
 
+    if augmentation.border_erase:
+        raise ValueError("border erasing works on cached augmented views only (cut-point fine-tuning with the activation "
+                         "cache), not as Keras layers: pick another augmentation for this search")
     if augmentation.is_off:
         return []
     a = augmentation
@@ -116,13 +135,29 @@ def augmented_views(pixels: np.ndarray, augmentation: Augmentation, views: int, 
         out[:] = pixels[None]
         return out
     keras.utils.set_random_seed(seed)
-    layers = augmentation_layers(augmentation, seed)
+    layers = augmentation_layers(replace(augmentation, border_erase=0.0), seed)
+    rng = np.random.default_rng(seed)  # the border erasing's own draws: the Keras layers' stay as they were
     for view in range(views):
         for start in range(0, len(pixels), batch_size):
             x = pixels[start : start + batch_size].astype(np.float32)
             for layer in layers:
                 x = layer(x, training=True)
-            out[view, start : start + batch_size] = np.clip(np.rint(keras.ops.convert_to_numpy(x)), 0, 255).astype(np.uint8)
+            batch = np.clip(np.rint(keras.ops.convert_to_numpy(x)), 0, 255).astype(np.uint8)
+            out[view, start : start + batch_size] = erase_borders(batch, augmentation.border_erase, rng) if augmentation.border_erase else batch
+    return out
+
+
+def erase_borders(pixels: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:
+    """A copy of (n, s, s, c) images where each, with `probability`, has a black band along every
+    side, each side's width drawn from `BORDER_BAND_RANGE`."""
+    out = np.array(pixels, copy=True)
+    size_y, size_x = out.shape[1:3]
+    for i in np.flatnonzero(rng.random(len(out)) < probability):
+        top, bottom, left, right = (rng.uniform(*BORDER_BAND_RANGE, size=4) * np.array([size_y, size_y, size_x, size_x])).round().astype(int)
+        out[i, :top] = 0
+        out[i, size_y - bottom :] = 0
+        out[i, :, :left] = 0
+        out[i, :, size_x - right :] = 0
     return out
 
 

@@ -110,7 +110,7 @@ UNFREEZE_LAYERS = Hyperparameter(
 )
 AUGMENT = Hyperparameter(
     "augment", CHOICE, "The training augmentation preset (rotation, zoom, shift, contrast, brightness, sharpness).",
-    "off", choices=tuple(augmentation.AUGMENTATIONS),
+    "off", choices=tuple(name for name in augmentation.AUGMENTATIONS if augmentation.in_model(name)),
 )
 CNN_FILTERS = Hyperparameter("filters", CHOICE, "Filters of the first conv block; each further block doubles them (at most 256).",
                              32, choices=(16, 32, 64))

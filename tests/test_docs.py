@@ -24,7 +24,7 @@ DOC_FILES = [README, *sorted(DOCS.glob("*.md"))]
 # A backticked repository path of a Python file under core/, pages/ or tests/.
 CODE_PATH = re.compile(r"`((?:core|pages|tests)/[^`\s]*\.py)`")
 # The kinds of addition each "where to add things" list must place, as named in its bullets.
-ADDITIONS = ("model family", "input kind", "run kind", "chart", "statistic", "task", "page")
+ADDITIONS = ("model family", "input kind", "run kind", "explanation method", "chart", "statistic", "task", "page")
 README_MAX_LINES = 160
 README_START = [
     "```bash",

@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from core import cli
-from core.inference import attention, explanation, methods, perturbation, regions
+from core.evidence import faithfulness, heat_location, synthetic_opacity
+from core.evidence.heatmap_grid import stretch
+from core.inference import attention, evaluation, explanation, methods, perturbation, regions
 from tests.helpers import OPACITY_SIZE, make_dataset, model_run, train_opacity_detector, with_square
 
 pytestmark = pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
@@ -43,7 +45,7 @@ def test_each_method_finds_the_opacity(opacity_detector, name, top, left):
     heatmap = method.compute(opacity_detector, image, None)
     assert heatmap.dtype == np.float32 and heatmap.ndim == 2
     assert heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0)
-    heat = regions.upsample(heatmap, OPACITY_SIZE, OPACITY_SIZE)
+    heat = stretch(heatmap, OPACITY_SIZE, OPACITY_SIZE)
     row, col = np.unravel_index(np.argmax(heat), heat.shape)
     margin = 4  # Grad-CAM's cells are 4 px: its peak may sit on the cell that holds the square's edge
     assert top - margin <= row < top + 8 + margin and left - margin <= col < left + 8 + margin, (name, row, col)
@@ -206,6 +208,84 @@ def test_a_coarse_map_is_upsampled_to_the_image_and_drawn_and_saved():
     empty = regions.region_of(np.zeros((4, 4)), 120, 80)
     assert regions.region_record(empty)["box"] is None and not empty.mask.any()
     assert np.array_equal(np.asarray(regions.draw_region(Image.new("RGB", (120, 80)), empty)), np.zeros((80, 120, 3)))
+
+
+# ---------------------------------------------------------------------------- evidence on models of known evidence
+
+
+@pytest.mark.parametrize("name", PER_IMAGE)
+def test_each_methods_map_deletes_the_evidence_faster_than_a_random_map(opacity_detector, name):
+    """On a model that depends on one known region (the square), deleting by the method's map loses
+    the probability sooner than deleting by random maps: a lower deletion area, a higher gain."""
+    image = with_square(20, 4, seed=7)  # off-centre, so a centred guess would not do either
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        return evaluation.score_pixels(opacity_detector, batch)
+
+    heatmap = methods.method_named(name).compute(opacity_detector, image, None)
+    deletion = faithfulness.curve_area(faithfulness.deletion_curve(score, image, heatmap, steps=8))
+    gain = faithfulness.curve_area(faithfulness.insertion_curve(score, image, heatmap, steps=8)) - deletion
+    random_areas, random_gains = [], []
+    for seed in range(5):
+        noise = faithfulness.random_heatmap((8, 8), seed)
+        random_deletion = faithfulness.curve_area(faithfulness.deletion_curve(score, image, noise, steps=8))
+        random_areas.append(random_deletion)
+        random_gains.append(faithfulness.curve_area(faithfulness.insertion_curve(score, image, noise, steps=8)) - random_deletion)
+    assert deletion < min(random_areas), (name, deletion, random_areas)
+    assert gain > max(random_gains), (name, gain, random_gains)
+
+
+def _region_reader(size: int, rows: slice, cols: slice) -> keras.Model:
+    """A hand-weighted model that calls an image positive when something bright (> 200) lies in
+    `rows` x `cols`, and ignores everything else: its evidence is known by construction."""
+    inputs = keras.Input((size, size, 3))
+    brightness = keras.layers.Conv2D(1, 3, padding="same", kernel_initializer=keras.initializers.Constant(1 / 27),
+                                     bias_initializer=keras.initializers.Constant(-200.0))(inputs)
+    window = np.zeros((1, size, size, 1), np.float32)
+    window[:, rows, cols] = 1.0
+    seen = keras.layers.Multiply()([keras.layers.ReLU()(brightness), keras.layers.Rescaling(0.0, offset=1.0)(inputs)[..., :1] * window])
+    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(0.2),
+                                 bias_initializer=keras.initializers.Constant(-2.0))(keras.layers.GlobalMaxPooling2D()(seen))
+    return keras.Model(inputs, outputs)
+
+
+def _film(size: int, seed: int, bright: tuple[slice, slice]) -> np.ndarray:
+    """A dark noisy film with one bright mark (a laterality letter, or a lesion)."""
+    pixels = np.random.default_rng(seed).normal(70, 12, (size, size))
+    pixels[bright] = 255
+    return np.clip(pixels, 0, 255).astype(np.float32)[..., None].repeat(3, axis=-1)
+
+
+@pytest.mark.parametrize("name", PER_IMAGE)
+def test_the_border_measure_flags_a_model_that_reads_a_corner_marker(name):
+    size = 64
+    corner, centre = (slice(1, 6), slice(1, 6)), (slice(28, 36), slice(28, 36))
+    marker_reader = _region_reader(size, slice(0, 8), slice(0, 8))
+    lung_reader = _region_reader(size, slice(20, 44), slice(20, 44))
+    border = heat_location.border_mask(size, size)
+    method = methods.method_named(name)
+    on_marker = [heat_location.heat_share(method.compute(marker_reader, _film(size, seed, corner), None), border) for seed in range(4)]
+    on_lungs = [heat_location.heat_share(method.compute(lung_reader, _film(size, seed, centre), None), border) for seed in range(4)]
+    assert float(marker_reader(_film(size, 0, corner)[None])[0, 0]) > 0.9  # it does read the marker
+    assert heat_location.border_warning(on_marker).startswith("looks at markers, not lungs"), (name, on_marker)
+    assert heat_location.border_warning(on_lungs) == "", (name, on_lungs)
+
+
+@pytest.mark.parametrize("name", ["gradcam", "occlusion"])
+def test_the_synthetic_opacity_check_finds_an_opacity_a_model_responds_to(opacity_detector, name):
+    hits, ious, rises = [], [], []
+    for seed in range(6):
+        film = np.clip(np.random.default_rng(seed).normal(50, 15, (OPACITY_SIZE, OPACITY_SIZE)), 0, 255).astype(np.uint8)
+        centre, _ = synthetic_opacity.random_opacities(OPACITY_SIZE, OPACITY_SIZE, 2, seed)[seed % 2]
+        changed, mask = synthetic_opacity.insert_opacity(film, centre, 5.0, density=0.8, seed=seed)
+        before, after = (np.repeat(x.astype(np.float32)[..., None], 3, axis=-1) for x in (film, changed))
+        rises.append(float(evaluation.score_pixels(opacity_detector, np.stack([before, after])) @ [-1, 1]))
+        heatmap = methods.method_named(name).compute(opacity_detector, after, None)
+        hits.append(synthetic_opacity.hit(heatmap, mask))
+        ious.append(synthetic_opacity.iou(regions.region_of(heatmap, OPACITY_SIZE, OPACITY_SIZE, 0.5).mask, mask))
+    assert np.mean(rises) > 0.3, rises  # the model responds to the inserted opacity
+    assert np.mean(hits) >= 5 / 6, hits  # and the heat's peak lands in it
+    assert np.mean(ious) > 0.2, ious
 
 
 # ---------------------------------------------------------------------------- the explain command

@@ -37,7 +37,12 @@ def where_they_look_section(view: Picked) -> None:
     for line in where_it_looks.warnings_text(summaries, view.run_tasks):
         st.warning(line, icon=":material/warning:")
     table = where_it_looks.summary_table(summaries, view.run_tasks)
-    st.dataframe(table, hide_index=True, key="where_it_looks_table", width="stretch")
+    st.dataframe(table, hide_index=True, key="where_it_looks_table", width="stretch",
+                 height=min(38 + 35 * len(table), 38 + 35 * 24))  # every row of up to four runs, no inner scrolling
+    with st.expander("Deletion, insertion, marks, and how many X-rays look at the border"):
+        details = where_it_looks.detail_table(summaries, view.run_tasks)
+        st.dataframe(details, hide_index=True, key="where_it_looks_details", width="stretch",
+                     height=min(38 + 35 * len(details), 38 + 35 * 24))
     first = next(iter(saved.values())).about
     st.caption(
         f"{first.get('n_images', '?')} test images per run ({first.get('per_class', '?')} per class, seed "
@@ -87,7 +92,8 @@ def _progress_panel(folder: str, names: list[str]) -> None:
             state, progress = jobs.localisation_state(run), localisation.progress_of(run) or {}
             states[name] = state
             done, total = progress.get("done") or 0, progress.get("total")
-            text = f"{name}: {state} · {progress.get('message') or ''}"
+            message = str(progress.get("message") or "").removeprefix(f"{name}: ")
+            text = f"{name}: {state}" + (f" · {message}" if message else "")
             if total:
                 st.progress(min(1.0, done / total), text=text)
             else:

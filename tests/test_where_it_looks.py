@@ -73,6 +73,10 @@ def test_the_summary_has_intervals_per_method_and_class(measured):
     table = where_it_looks.summary_table({"plain": summary}, {"plain": tasks.PNEUMONIA})
     assert list(table["method"])[-2:] == ["random (baseline)", "centred blob (baseline)"]
     assert table.filter(like="border heat").shape[1] == 2
+    assert table.loc[table["method"] == "Grad-CAM", "gain ↑"].iat[0].startswith(f"{gradcam['gain_mean']:.3f} (")
+    details = where_it_looks.detail_table({"plain": summary}, {"plain": tasks.PNEUMONIA})
+    assert list(details.columns[:4]) == ["run", "method", "deletion ↓", "insertion ↑"] and len(details) == len(table)
+    assert gradcam["gain_mean"] == pytest.approx(gradcam["insertion_mean"] - gradcam["deletion_mean"])
 
 
 def test_a_stop_keeps_the_evidence_saved_before(store, measured, tmp_path):

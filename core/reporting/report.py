@@ -303,6 +303,8 @@ def _where_they_look_section(runs: Sequence[Run], figure: _Figures, colors: Mapp
     run_tasks = {run.name: comparison.run_task(run) for run in runs if run.name in saved}
     parts += [f"<div class='warn'>{_e(line)}</div>" for line in where_it_looks.warnings_text(summaries, run_tasks)]
     parts.append(_table(where_it_looks.summary_table(summaries, run_tasks)))
+    parts.append(f"<details><summary>Deletion, insertion, marks, and how many X-rays look at the border</summary>"
+                 f"{_table(where_it_looks.detail_table(summaries, run_tasks))}</details>")
     parts.append(f"<p class='meta'>{_e(where_it_looks.explained_text().replace('**', ''))}</p>")
     parts.append(figure(where_it_looks.border_figure(summaries, run_tasks, colors)))
     positive = comparison.binary_names(runs)[1]

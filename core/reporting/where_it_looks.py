@@ -63,31 +63,53 @@ def _percent(value) -> str:
     return "–" if value is None or pd.isna(value) else f"{100 * float(value):.0f} %"
 
 
-def summary_table(summaries: Mapping[str, pd.DataFrame], run_tasks: Mapping[str, tasks.Task]) -> pd.DataFrame:
-    """One row per run × method (baselines last): the areas and shares with intervals, as text for a table."""
+def _cells(summaries: Mapping[str, pd.DataFrame], run_tasks: Mapping[str, tasks.Task], columns) -> pd.DataFrame:
+    """One row per run × method (baselines last); `columns` maps a title to cell(all row, row of the
+    run's negative class or None, of its positive class or None, is a baseline)."""
     rows = []
     for run, summary in summaries.items():
-        negative, positive = run_tasks[run].names[0], run_tasks[run].names[-1]
         by_group = {group: frame.set_index("method") for group, frame in summary.groupby("images")}
         everything = by_group.get("all", pd.DataFrame())
         for method in everything.index:
-            row = everything.loc[method]
-            is_baseline = method in saved_evidence.BASELINES
-            rows.append({
-                "run": run,
-                "method": method_label(method),
-                "gain ↑": _with_interval(row, "gain"),
-                "deletion ↓": _with_interval(row, "deletion"),
-                "insertion ↑": _with_interval(row, "insertion"),
-                f"border heat, {negative}": _with_interval(by_group["negative"].loc[method], "border_share", percent=True)
-                if "negative" in by_group and method in by_group["negative"].index else "–",
-                f"border heat, {positive}": _with_interval(by_group["positive"].loc[method], "border_share", percent=True)
-                if "positive" in by_group and method in by_group["positive"].index else "–",
-                "on marks": _with_interval(row, "mark_share", percent=True),
-                "opacity hit": "–" if is_baseline else _percent(row.get("hit_rate")),
-                "opacity IoU": "–" if is_baseline or pd.isna(row.get("iou")) else f"{float(row['iou']):.2f}",
-            })
+            groups = [by_group[g].loc[method] if g in by_group and method in by_group[g].index else None for g in ("negative", "positive")]
+            row = {"run": run, "method": method_label(method)}
+            for title, cell in columns(run_tasks[run]).items():
+                row[title] = cell(everything.loc[method], *groups, method in saved_evidence.BASELINES)
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _border(group_row) -> str:
+    return "–" if group_row is None else _with_interval(group_row, "border_share", percent=True)
+
+
+def summary_table(summaries: Mapping[str, pd.DataFrame], run_tasks: Mapping[str, tasks.Task]) -> pd.DataFrame:
+    """The key figures, one row per run × method (baselines last): the gain, the border heat on each
+    class and the synthetic check; narrow enough to read whole at 1,280 px."""
+    def columns(task: tasks.Task) -> dict:
+        return {
+            "gain ↑": lambda row, negative, positive, baseline: _with_interval(row, "gain"),
+            f"border heat, {task.names[0]}": lambda row, negative, positive, baseline: _border(negative),
+            f"border heat, {task.names[-1]}": lambda row, negative, positive, baseline: _border(positive),
+            "opacity hit": lambda row, negative, positive, baseline: "–" if baseline else _percent(row.get("hit_rate")),
+            "opacity IoU": lambda row, negative, positive, baseline: "–" if baseline or pd.isna(row.get("iou")) else f"{float(row['iou']):.2f}",
+        }
+    return _cells(summaries, run_tasks, columns)
+
+
+def detail_table(summaries: Mapping[str, pd.DataFrame], run_tasks: Mapping[str, tasks.Task]) -> pd.DataFrame:
+    """The rest, one row per run × method: deletion and insertion areas, heat on marks, the share of
+    each class's X-rays that look at the border, and how much the synthetic opacity raised the probability."""
+    def columns(task: tasks.Task) -> dict:
+        return {
+            "deletion ↓": lambda row, negative, positive, baseline: _with_interval(row, "deletion"),
+            "insertion ↑": lambda row, negative, positive, baseline: _with_interval(row, "insertion"),
+            "on marks": lambda row, negative, positive, baseline: _with_interval(row, "mark_share", percent=True),
+            f"{task.names[0]} X-rays at the border": lambda row, negative, positive, baseline: _percent(None if negative is None else negative["looks_at_border"]),
+            f"{task.names[-1]} X-rays at the border": lambda row, negative, positive, baseline: _percent(None if positive is None else positive["looks_at_border"]),
+            "opacity: probability rise": lambda row, negative, positive, baseline: "–" if baseline or pd.isna(row.get("probability_rise")) else f"{float(row['probability_rise']):+.2f}",
+        }
+    return _cells(summaries, run_tasks, columns)
 
 
 def curves_figure(saved: saved_evidence.Saved, run: str, positive: str = "pneumonia") -> go.Figure:

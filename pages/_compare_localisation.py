@@ -10,6 +10,7 @@ import streamlit as st
 
 from core import jobs
 from core.reporting import where_it_looks
+from core.runs import artifacts
 from core.workflows import localisation
 from pages import _loaders as load
 from pages import _shared as ui
@@ -28,7 +29,7 @@ def where_they_look_section(view: Picked) -> None:
         _progress_panel(view.folder, [name for name, state in states.items() if state in RUNNING])
     saved = load.localisation_for(view.folder, [run.name for run in binary])
     missing = [run.name for run in binary if run.name not in saved and states[run.name] not in RUNNING]
-    _measure_form(view.folder, missing, [run.name for run in binary if run.name in saved])
+    _measure_form(view.folder, binary, missing, [run.name for run in binary if run.name in saved])
     if len(binary) < len(runs):
         st.caption("Three-class runs are not measured here: their heatmap explains a different class on each image.")
     if not saved:
@@ -58,13 +59,13 @@ def where_they_look_section(view: Picked) -> None:
         st.caption(f"{name}: not measured: " + "; ".join(f"{where_it_looks.method_label(m)} ({why})" for m, why in reasons.items()))
 
 
-def _measure_form(folder: str, missing: list[str], measured: list[str]) -> None:
+def _measure_form(folder: str, runs: list[artifacts.Run], missing: list[str], measured: list[str]) -> None:
     """Start a measurement of the runs without evidence (or again, of all)."""
     if not missing and not measured:
         return
     names = missing or measured
     verb = "Measure" if missing else "Measure again"
-    estimate = ui.format_duration(len(names) * localisation.ESTIMATED_S_PER_RUN)
+    estimate = ui.format_duration(localisation.estimated_s([run for run in runs if run.name in names]))
     if missing:
         st.info(f"Not measured yet: {', '.join(missing)}. Each run's explanations are checked on "
                 f"{2 * localisation.PER_CLASS} test images and {localisation.SYNTHETIC} synthetic opacities, in the "
@@ -83,8 +84,6 @@ def _measure_form(folder: str, missing: list[str], measured: list[str]) -> None:
 @st.fragment(run_every="2s")
 def _progress_panel(folder: str, names: list[str]) -> None:
     """The background measurement's progress, re-read every two seconds, with a Stop button."""
-    from core.runs import artifacts
-
     states = {}
     with st.container(border=True):
         for name in names:

@@ -152,3 +152,9 @@ def test_validation_is_measured_beside_test_and_never_over_it(store, measured):
     assert saved_evidence.read(store / "plain").about["split"] == "test"
     with pytest.raises(ValueError, match="split must be one of"):
         saved_evidence.read(store / "plain", "train")
+
+
+def test_the_time_estimate_counts_an_ensembles_members(store):
+    plain, duo = artifacts.load_run(store, "plain"), artifacts.load_run(store, "duo")
+    assert localisation.estimated_s([duo]) == 2 * localisation.estimated_s([plain]) == 2 * localisation.SECONDS_PER_MODEL
+    assert localisation.estimated_s([plain], per_class=8, synthetic=8) == pytest.approx(localisation.SECONDS_PER_MODEL / 2)

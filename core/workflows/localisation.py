@@ -45,7 +45,10 @@ SYNTHETIC = 16  # healthy validation images that get an inserted opacity
 STEPS = 16  # points on each deletion/insertion curve after the start
 REGION_SHARE = 0.5  # the region is the smallest area holding half the heat
 LOCATION_PX = 512  # border and mark shares are measured on the image shrunk to this long side
-ESTIMATED_S_PER_RUN = 600  # measured: see docs/measurements.md ("Where the models look")
+# Seconds per model at the default sample on 2 cores, measured on the recipe's MobileNetV2 runs at
+# 224 px while another job trained beside them: 188 s and 267 s for two runs, 437 s for their
+# three-member ensemble (docs/measurements.md, "Where the models look").
+SECONDS_PER_MODEL = 200
 BASELINE_GRID = (7, 7)  # random and centred-blob maps are as coarse as MobileNet's Grad-CAM
 
 
@@ -60,6 +63,12 @@ def sample(predictions: pd.DataFrame, per_class: int = PER_CLASS, seed: int = 0)
     if not picked:
         raise RunError("none of the run's sampled images can be found on this machine: the data folder moved or is missing")
     return pd.concat(picked, ignore_index=True)
+
+
+def estimated_s(runs: Sequence[Run], per_class: int = PER_CLASS, synthetic: int = SYNTHETIC) -> float:
+    """About how long measuring `runs` takes: each model (an ensemble's members each) at the default sample's pace."""
+    models = sum(max(1, len(run.members)) for run in runs)
+    return models * SECONDS_PER_MODEL * (2 * per_class + synthetic) / (2 * PER_CLASS + SYNTHETIC)
 
 
 def canvas_size(run: Run) -> int:

@@ -56,7 +56,8 @@ def _with_interval(row: pd.Series, measure: str, percent: bool = False) -> str:
     if pd.isna(low) or pd.isna(high):
         return f"{mean * scale:.{0 if percent else 3}f}{unit}"
     digits = 0 if percent else 3
-    return f"{mean * scale:.{digits}f} ({low * scale:.{digits}f}–{high * scale:.{digits}f}){unit}"
+    dash = "–" if low >= 0 else " to "  # "-0.19–-0.07" would read as a subtraction
+    return f"{mean * scale:.{digits}f} ({low * scale:.{digits}f}{dash}{high * scale:.{digits}f}){unit}"
 
 
 def _percent(value) -> str:
@@ -158,7 +159,7 @@ def border_figure(summaries: Mapping[str, pd.DataFrame], run_tasks: Mapping[str,
                 hovertemplate=f"{run} · {name} images<br>%{{x}}: %{{y:.0f}} % of the heat in the border band<extra></extra>",
             ))
     fig.add_hline(y=100 * BAND_AREA, line={"dash": "dash", "color": "#7f7f7f"},
-                  annotation_text=f"uniform heat ({BAND_AREA:.0%}: the band's area)", annotation_position="top left")
+                  annotation_text=f"uniform heat ({BAND_AREA:.0%}: the band's area)", annotation_position="top right")
     return figures._layout(fig, "Heat in the border band (markers, edges, text)", "explanation method",
                            "share of heat in the border band (%)", height=380, barmode="group",
                            yaxis={"range": [0, 100]})

@@ -4,6 +4,7 @@ measured on tiny real runs (`tests.helpers.model_run`), stopped, refused, starte
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -158,3 +159,16 @@ def test_the_time_estimate_counts_an_ensembles_members(store):
     plain, duo = artifacts.load_run(store, "plain"), artifacts.load_run(store, "duo")
     assert localisation.estimated_s([duo]) == 2 * localisation.estimated_s([plain]) == 2 * localisation.SECONDS_PER_MODEL
     assert localisation.estimated_s([plain], per_class=8, synthetic=8) == pytest.approx(localisation.SECONDS_PER_MODEL / 2)
+
+
+def test_a_killed_measurement_reads_as_interrupted_and_can_start_again(store, tmp_path):
+    target = tmp_path / "artifacts"
+    shutil.copytree(store / "wide", target / "wide")
+    run = artifacts.load_run(target, "wide")
+    dead = {"state": "running", "done": 3, "total": 10, "pid": 2**22 + 12345, "host": artifacts.this_host()}
+    files.write_json(target / "wide" / saved_evidence.PROGRESS_FILE, dead)
+    assert jobs.localisation_state(run) == "interrupted"
+    assert saved_evidence.read(target / "wide") is None  # nothing half-written to show
+    files.write_json(target / "wide" / saved_evidence.PROGRESS_FILE, {**dead, "pid": os.getpid()})
+    with pytest.raises(RunError, match="already being measured"):  # a live one is not started twice
+        jobs.start_where_it_looks(str(target), ["wide"])

@@ -13,9 +13,7 @@ says where the model looks, not what there speaks for pneumonia.
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,29 +41,19 @@ def attention_layers(model) -> list:
     return found
 
 
-@contextmanager
-def _scores_of(layer, into: list) -> Iterator[None]:
+def _scores_of(layer, into: list):
     """While open, each call of `layer` by this thread appends its attention scores (batch, heads, T, S) to `into`."""
-    original = layer.call
-    had_own = "call" in vars(layer)
-    thread = threading.get_ident()
 
-    def call(*args, **kwargs):
-        if threading.get_ident() != thread:
-            return original(*args, **kwargs)
-        asked = kwargs.get("return_attention_scores", False)  # the graph itself may want the scores
-        output, scores = original(*args, **{**kwargs, "return_attention_scores": True})
-        into.append(scores)
-        return (output, scores) if asked else output
+    def wrap(original):
+        def call(*args, **kwargs):
+            asked = kwargs.get("return_attention_scores", False)  # the graph itself may want the scores
+            output, scores = original(*args, **{**kwargs, "return_attention_scores": True})
+            into.append(scores)
+            return (output, scores) if asked else output
 
-    object.__setattr__(layer, "call", call)
-    try:
-        yield
-    finally:
-        if had_own:
-            object.__setattr__(layer, "call", original)
-        else:
-            object.__delattr__(layer, "call")
+        return call
+
+    return explanation.swapped_call(layer, wrap)
 
 
 def rollout_matrix(attentions: list[np.ndarray]) -> np.ndarray:

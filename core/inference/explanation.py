@@ -135,21 +135,20 @@ def _output_dense(model):
 
 
 @contextmanager
-def _intercept(layer, on_output: Callable[[tuple, object], None]) -> Iterator[None]:
-    """Wrap `layer.call` so that `on_output(args, output)` sees every call made by this thread.
+def swapped_call(layer, wrap: Callable[[Callable], Callable]) -> Iterator[None]:
+    """While open, `layer.call` is `wrap(original)` for calls made by this thread; other threads
+    running the model meanwhile pass straight through to the original.
 
-    The instance attribute shadows the class's method only until the block ends; other threads
-    running the model meanwhile pass straight through.
+    The instance attribute shadows the class's method only until the block ends (attention
+    rollout swaps a MultiHeadAttention's call the same way).
     """
     original = layer.call
     had_own = "call" in vars(layer)
     thread = threading.get_ident()
+    wrapped = wrap(original)
 
     def call(*args, **kwargs):
-        output = original(*args, **kwargs)
-        if threading.get_ident() == thread:
-            on_output(args, output)
-        return output
+        return wrapped(*args, **kwargs) if threading.get_ident() == thread else original(*args, **kwargs)
 
     # object.__setattr__: Keras' attribute tracking has no business with a temporary method.
     object.__setattr__(layer, "call", call)
@@ -160,6 +159,20 @@ def _intercept(layer, on_output: Callable[[tuple, object], None]) -> Iterator[No
             object.__setattr__(layer, "call", original)
         else:
             object.__delattr__(layer, "call")
+
+
+def _intercept(layer, on_output: Callable[[tuple, object], None]):
+    """Wrap `layer.call` so that `on_output(args, output)` sees every call made by this thread."""
+
+    def wrap(original: Callable) -> Callable:
+        def call(*args, **kwargs):
+            output = original(*args, **kwargs)
+            on_output(args, output)
+            return output
+
+        return call
+
+    return swapped_call(layer, wrap)
 
 
 def network_input(image: np.ndarray, model) -> np.ndarray:

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="start from named settings (" + "; ".join(f"{p.name}: {p.title}" for p in presets.PRESETS.values()) + ")")
     tune.add_argument("--family", choices=sorted(families.FAMILIES), help="required unless a --preset names it")
     tune.add_argument("--tuner", choices=TUNERS, help="default: random")
-    tune.add_argument("--mode", choices=MODES, help="default: frozen")
+    tune.add_argument("--mode", choices=MODES, help="default: the family's (frozen; finetune for hybrid)")
     tune.add_argument("--mobilenet-version", choices=MOBILENET_VERSIONS, help="default: v2")
     tune.add_argument("--alpha", type=float, help="MobileNet width multiplier (default: 1.0)")
     tune.add_argument("--no-feature-cache", action="store_true", help="frozen mode: recompute the backbone every step")
@@ -204,6 +204,7 @@ _SETTING_OPTIONS = (
 
 def tune_settings(args):
     """The search the `tune` options ask for: the preset's settings, then the options given."""
+    from core.models import families
     from core.search import presets
     from core.search.settings import SearchSettings, SettingsError
 
@@ -211,6 +212,7 @@ def tune_settings(args):
     values.update({key: getattr(args, key) for key in _SETTING_OPTIONS if getattr(args, key) is not None})
     if "family" not in values:
         raise SettingsError("pass --family (or a --preset that names one)")
+    values.setdefault("mode", families.FAMILIES[values["family"]].default_mode)  # frozen, or finetune for the hybrid
     if args.no_feature_cache:
         values["feature_cache"] = False
     if args.no_activation_cache:

@@ -281,6 +281,8 @@ def load_model(path: str | os.PathLike):
 
     import keras
 
+    import core.models.transformer  # noqa: F401  registers the hybrid's own layers (cxr>...) for loading
+
     path = Path(path)
     try:
         with warnings.catch_warnings():  # the optimizer state is not saved for inference: harmless

@@ -31,11 +31,14 @@ def _output_and_loss(task: Task, x):
     return keras.layers.Dense(len(task.classes), activation="softmax", name="probability")(x), "categorical_crossentropy"
 
 
-def _compile(model: keras.Model, loss: str, learning_rate: float, steps_per_execution: int = 1) -> keras.Model:
+def _compile(model: keras.Model, loss: str, learning_rate: float, steps_per_execution: int = 1,
+             weight_decay: float | None = None) -> keras.Model:
+    """Adam, or AdamW when a `weight_decay` is given."""
     import keras
 
+    optimizer = keras.optimizers.Adam(learning_rate) if weight_decay is None else keras.optimizers.AdamW(learning_rate, weight_decay)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer,
         loss=loss,
         metrics=[
             keras.metrics.AUC(name="auc"),
@@ -129,6 +132,35 @@ def build_cut_finetune(hp: keras_tuner.HyperParameters, cut, task: Task = PNEUMO
     outputs, loss = _output_and_loss(task, _head_layers(hp, features))
     learning_rate = search_space.draw(hp, search_space.FINETUNE_LEARNING_RATE)
     return _compile(keras.Model(inputs, outputs, name="top_and_head"), loss, learning_rate)
+
+
+def build_hybrid(hp: keras_tuner.HyperParameters, cut, task: Task = PNEUMONIA, joined: bool = False) -> keras.Model:
+    """The hybrid CNN-transformer (Dosovitskiy et al., 2021): a backbone's activations at `cut`, one
+    token per position, through a transformer encoder (`core.models.transformer`) to the class output.
+
+    It trains on the cut's cached activations; the saved model joins the frozen stem below
+    (`backbone_cut.join`). `joined=True` builds that pixel model to train directly (no activation cache).
+    """
+    import keras
+
+    from core.models import backbone_cut, transformer
+
+    encoder = transformer.Encoder(
+        depth=search_space.draw(hp, search_space.HYBRID_DEPTH),
+        heads=search_space.draw(hp, search_space.HYBRID_HEADS),
+        width=search_space.draw(hp, search_space.HYBRID_WIDTH),
+        mlp_ratio=search_space.draw(hp, search_space.HYBRID_MLP_RATIO),
+        dropout=search_space.draw(hp, search_space.HYBRID_DROPOUT),
+        stochastic_depth=search_space.draw(hp, search_space.HYBRID_STOCHASTIC_DEPTH),
+        pooling=search_space.draw(hp, search_space.HYBRID_POOLING),
+    )
+    inputs = keras.Input(cut.activation_shape, name="activations")
+    outputs, loss = _output_and_loss(task, encoder(inputs))
+    model = keras.Model(inputs, outputs, name="encoder_and_head")
+    if joined:
+        model = backbone_cut.join(cut, model)
+    learning_rate = search_space.draw(hp, search_space.HYBRID_LEARNING_RATE)
+    return _compile(model, loss, learning_rate, weight_decay=search_space.draw(hp, search_space.HYBRID_WEIGHT_DECAY))
 
 
 def build_custom_cnn(hp: keras_tuner.HyperParameters, image_size: int, task: Task = PNEUMONIA, augment: str = "off") -> keras.Model:

@@ -60,10 +60,25 @@ class Family:
     architecture: str | None = None  # in ARCHITECTURES; None: trained from scratch
     versions: dict[str, str] = field(default_factory=dict, hash=False)  # version -> architecture
     label: str = ""  # the family's name in messages and widget labels ("MobileNet"); default: `name`
+    # A hybrid CNN-transformer: the backbone's top above its cut is replaced by a transformer encoder
+    # (core.models.transformer) trained on the cut's cached activations: finetune mode only
+    hybrid: bool = False
 
     @property
     def transfer(self) -> bool:
         return self.architecture is not None
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The transfer modes it trains in (() when trained from scratch)."""
+        if not self.transfer:
+            return ()
+        return ("finetune",) if self.hybrid else MODES
+
+    @property
+    def default_mode(self) -> str:
+        """The mode a search takes when none is named: "scratch" for a family without a backbone."""
+        return self.modes[0] if self.modes else "scratch"
 
     @property
     def title(self) -> str:
@@ -138,6 +153,17 @@ FAMILIES = {
             # timings of the three put it (docs/measurements.md, "Benchmarks")
             Cost(frozen_pass_ms=36.0, finetune_step_ms=75.0, bottom_pass_ms=33.0, top_step_ms=8.0),
             "densenet121",
+        ),
+        Family(
+            "hybrid", 224, "Hybrid CNN-transformer: a MobileNet stem up to its cut, then transformer encoder blocks",
+            "The hybrid ViT of Dosovitskiy et al. (2021): the ImageNet MobileNet (V2 by default) runs once per image up to "
+            "its cut (14×14 positions at 224 px, cached with augmented copies), and a small transformer encoder trained "
+            "from scratch reads those positions as tokens. Fine-tuning mode with the activation cache only; about the cost "
+            "of MobileNet fine-tuning. Its attention layers can be explained by attention rollout.",
+            # Measured at 224 px on this machine (2 cores shared; default encoder: depth 2, width 128), rounded up:
+            # a train step per image on cached activations, and the joined model's pass per image
+            Cost(frozen_pass_ms=4.0, finetune_step_ms=15.0, bottom_pass_ms=2.5, top_step_ms=4.0),
+            "mobilenet_v2", MOBILENET_VERSIONS, label="Hybrid CNN-transformer", hybrid=True,
         ),
         Family(
             "custom_cnn", 150, "A small CNN trained from scratch",

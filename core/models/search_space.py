@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.data import augmentation
+from core.models import families
 
 if TYPE_CHECKING:
     import keras_tuner
@@ -119,6 +120,29 @@ CNN_BATCH_NORM = Hyperparameter("batch_norm", BOOLEAN, "Batch normalisation afte
 CNN_DROPOUT = Hyperparameter("dropout", FLOAT, "Fraction of the pooled features dropped at random while training.", 0.3, 0.0, 0.5, 0.1)
 CNN_DENSE_UNITS = Hyperparameter("dense_units", CHOICE, "Width of the hidden ReLU layer before the output.", 64, choices=(32, 64, 128, 256))
 
+# The hybrid CNN-transformer's encoder (core.models.transformer), trained from scratch on a cut's activations
+HYBRID_DEPTH = Hyperparameter("depth", INT, "Transformer encoder blocks (attention and MLP, each with a residual).", 2, 1, 6)
+HYBRID_HEADS = Hyperparameter("heads", CHOICE, "Attention heads per block; each sees width / heads channels.", 4, choices=(2, 4, 8))
+HYBRID_WIDTH = Hyperparameter("width", CHOICE, "Token width d: each cut-point position is projected to d channels.",
+                              128, choices=(64, 128, 192))
+HYBRID_MLP_RATIO = Hyperparameter("mlp_ratio", CHOICE, "Hidden width of each block's GELU MLP, as a multiple of d.", 2, choices=(2, 4))
+HYBRID_DROPOUT = Hyperparameter("dropout", FLOAT, "Fraction of the attention and MLP outputs dropped at random while training.",
+                                0.1, 0.0, 0.3, 0.05)
+HYBRID_STOCHASTIC_DEPTH = Hyperparameter(
+    "stochastic_depth", FLOAT, "Chance that the last block's attention or MLP branch is skipped for an image while training "
+    "(earlier blocks: less, down to 0 for the first).", 0.1, 0.0, 0.2, 0.05,
+)
+HYBRID_POOLING = Hyperparameter("pooling", CHOICE, "What the head reads: a class token's output (token) or the mean of all tokens "
+                                "(average).", "token", choices=("token", "average"))
+HYBRID_LEARNING_RATE = Hyperparameter(
+    "learning_rate", FLOAT, "AdamW's step size; the encoder starts from random weights, so larger than for fine-tuning.",
+    5e-4, 1e-4, 3e-3, log=True,
+)
+HYBRID_WEIGHT_DECAY = Hyperparameter("weight_decay", FLOAT, "AdamW's weight decay, against overfitting the encoder.",
+                                     1e-2, 1e-5, 1e-1, log=True)
+HYBRID_SPACE = (HYBRID_DEPTH, HYBRID_HEADS, HYBRID_WIDTH, HYBRID_MLP_RATIO, HYBRID_DROPOUT, HYBRID_STOCHASTIC_DEPTH,
+                HYBRID_POOLING, HYBRID_LEARNING_RATE, HYBRID_WEIGHT_DECAY)
+
 
 def cnn_conv_blocks(image_size: int) -> Hyperparameter:
     """Conv blocks of the custom CNN: each halves the image, so the input size bounds how many fit."""
@@ -140,6 +164,8 @@ def default_space(family: str, mode: str, image_size: int, augment: str = "off",
     if family == "custom_cnn":
         space = [*searched_augment, cnn_conv_blocks(image_size), CNN_FILTERS, CNN_KERNEL_SIZE, CNN_BATCH_NORM,
                  CNN_DROPOUT, CNN_DENSE_UNITS, HEAD_LEARNING_RATE]
+    elif family in families.FAMILIES and families.FAMILIES[family].hybrid:  # one space whatever the mode: it trains only on the cut's activations
+        space = list(HYBRID_SPACE)
     elif mode == "frozen":
         space = [HEAD_DROPOUT, HEAD_DENSE_UNITS, HEAD_LEARNING_RATE]
     elif activation_cache:  # cut-point fine-tuning: the blocks above the cut always train

@@ -12,8 +12,10 @@ import keras
 import keras_tuner
 
 from core.data.tasks import PNEUMONIA, Task
-from core.models.backbones import BackboneSpec
-from core.models.builders import build_custom_cnn, build_cut_finetune, build_finetune, build_head
+from core.models.backbone_cut import split_backbone
+from core.models.backbones import BackboneSpec, build_backbone
+from core.models.builders import build_custom_cnn, build_cut_finetune, build_finetune, build_head, build_hybrid
+from core.models.families import FAMILIES
 
 
 @dataclass
@@ -38,6 +40,9 @@ class SearchSpace(keras_tuner.HyperModel):
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         if self.backbone is None:
             return build_custom_cnn(hp, self.image_size, self.task, self.augment)
+        if FAMILIES[self.family].hybrid:  # on cached activations; without them, on pixels through the frozen stem
+            cut = self.cut or split_backbone(build_backbone(self.backbone), self.backbone.arch.default_cut)
+            return build_hybrid(hp, cut, self.task, joined=self.cut is None)
         if self.mode == "frozen" and self.n_features:
             return build_head(hp, self.n_features, self.task)
         if self.mode == "frozen":  # no feature cache: the frozen backbone runs in every step

@@ -112,6 +112,9 @@ class SearchSettings:
             problems.append(f"tuner must be one of {', '.join(TUNERS)}")
         if self.family_info.transfer and self.mode not in families.MODES:
             problems.append(f"mode must be one of {', '.join(families.MODES)}")
+        elif self.family_info.hybrid and not self.uses_activation_cache:
+            problems.append(f"{self.family} ({self.family_info.title}) trains its transformer on cut-point activations only: "
+                            "it needs --mode finetune with the activation cache on (no --mode frozen, no --no-activation-cache)")
         if not 1 <= int(self.trials) <= 1000:
             problems.append("trials must be between 1 and 1000")
         if not 1 <= int(self.epochs) <= 1000:

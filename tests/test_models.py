@@ -159,8 +159,8 @@ def test_settings_refuse_an_input_below_the_familys_minimum(family, tmp_path):
     info = families.FAMILIES[family]
     if info.min_image_size > 32:  # below 32 the general size check speaks instead
         with pytest.raises(SettingsError, match=f"{family} needs images of at least {info.min_image_size} pixels"):
-            SearchSettings(data_dir=str(tmp_path), family=family, image_size=info.min_image_size - 1).resolved()
-    assert SearchSettings(data_dir=str(tmp_path), family=family, image_size=info.min_image_size).resolved()
+            SearchSettings(data_dir=str(tmp_path), family=family, mode=info.default_mode, image_size=info.min_image_size - 1).resolved()
+    assert SearchSettings(data_dir=str(tmp_path), family=family, mode=info.default_mode, image_size=info.min_image_size).resolved()
 
 
 def _keras_module(arch: backbones.Architecture):
@@ -226,7 +226,7 @@ def test_settings_take_the_versions_and_widths_of_the_familys_entry(family, tmp_
     from core.search.settings import SearchSettings, SettingsError
 
     info = families.FAMILIES[family]
-    base = {"data_dir": str(tmp_path), "family": family, "weights": "none"}
+    base = {"data_dir": str(tmp_path), "family": family, "weights": "none", "mode": info.default_mode}
     for version in info.versions or [None]:
         name = info.versions[version] if version else info.architecture
         widths = tuple(backbones.ARCHITECTURES[name].widths) if name else ()

@@ -167,7 +167,8 @@ class SearchSettings:
             problems.append("augmented views must be between 1 and 16")
         if self.cut and not self.uses_activation_cache:
             problems.append("a cut layer needs --mode finetune with the activation cache on")
-        if self.uses_activation_cache and not self.cut_layer:
+        known_version = not self.family_info.versions or self.mobilenet_version in self.family_info.versions  # else reported above
+        if self.uses_activation_cache and known_version and not self.cut_layer:
             problems.append(f"{self.backbone().architecture} has no default cut layer: pass --cut LAYER")
         return problems
 

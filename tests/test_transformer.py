@@ -1,0 +1,155 @@
+"""The hybrid CNN-transformer family (core.models.transformer, builders.build_hybrid).
+
+It builds for every task on cut-point activations and draws exactly its default space; the encoder
+is deterministic at inference; the settings refuse what it cannot train in; a search runs end to end
+with space edits reaching Keras Tuner, and its saved model takes pixels, reloads in a fresh process
+with the saved probabilities, and is explained by attention rollout and by Grad-CAM on the stem.
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import keras_tuner
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.data import tasks
+from core.inference import attention, evaluation, explanation, run_kinds
+from core.models import backbone_cut, backbones, search_space, transformer
+from core.models.engine import make_engine
+from core.runs import artifacts
+from core.search import hypermodel
+from core.search.settings import SearchSettings, SettingsError
+from tests.helpers import SHARED_DATA, make_dataset, run_cli
+
+V2_WEIGHTS = SHARED_DATA.parent.parent / "keras_home" / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+SIZE = 64  # block_12_add of MobileNetV2 at 64 px: a 4x4 grid of 96 channels
+
+
+@pytest.fixture(scope="module")
+def cut() -> backbone_cut.CutBackbone:
+    keras.utils.set_random_seed(0)
+    return backbone_cut.split_backbone(backbones.build_backbone(backbones.BackboneSpec("mobilenet_v2", SIZE, "none")), "block_12_add")
+
+
+@pytest.mark.parametrize(("task", "width"), [(tasks.PNEUMONIA, 1), (tasks.TASKS["bacterial_vs_viral"], 1), (tasks.THREE_CLASS, 3)])
+def test_builds_for_each_task_on_the_cut_activations(cut, task, width):
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.SearchSpace("hybrid", "finetune", SIZE, cut=cut, backbone=_spec(), task=task).build(hp)
+    assert model.input_shape == (None, 4, 4, 96) and model.output_shape == (None, width)
+    assert len(attention.attention_layers(model)) == hp.values["depth"] == 2
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert np.isclose(float(model.optimizer.weight_decay), 1e-2) and np.isclose(float(model.optimizer.learning_rate), 5e-4)
+    if width > 1:  # one fit is enough to show it trains (each costs a few seconds of tracing)
+        x = np.random.default_rng(0).normal(size=(6, 4, 4, 96)).astype("float32")
+        history = model.fit(x, task.targets(np.arange(6) % task.n_classes), epochs=1, batch_size=3, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+
+
+def _spec() -> backbones.BackboneSpec:
+    return backbones.BackboneSpec("mobilenet_v2", SIZE, "none")
+
+
+def test_draws_exactly_its_default_space_whatever_the_mode(cut):
+    hp = keras_tuner.HyperParameters()
+    hypermodel.SearchSpace("hybrid", "finetune", SIZE, _spec(), cut=cut).build(hp)
+    registered = {h.name: h.get_config() for h in hp.space}
+    expected = search_space.default_space("hybrid", "finetune", SIZE)
+    defined = {h.name: h.get_config() for h in search_space.registered_in_advance(expected.values()).space}
+    assert list(registered) == list(expected) == [
+        "depth", "heads", "width", "mlp_ratio", "dropout", "stochastic_depth", "pooling", "learning_rate", "weight_decay"]
+    assert registered == defined
+    assert search_space.default_space("hybrid", "frozen", SIZE) == expected  # the Tune form's editor, whatever its mode radio
+
+
+@pytest.mark.parametrize("pooling", ["token", "average"])
+def test_the_encoder_is_deterministic_at_inference_and_drops_whole_branches_in_training(pooling):
+    keras.utils.set_random_seed(0)
+    grid = keras.Input((3, 3, 8))
+    encoder = transformer.Encoder(depth=2, heads=2, width=16, dropout=0.0, stochastic_depth=0.5, pooling=pooling)
+    model = keras.Model(grid, encoder(grid))
+    assert model.output_shape == (None, 16)
+    x = np.random.default_rng(1).normal(size=(64, 3, 3, 8)).astype("float32")
+    inference = [np.asarray(model(x, training=False)) for _ in range(2)]
+    np.testing.assert_array_equal(*inference)
+    assert not np.allclose(np.asarray(model(x, training=True)), inference[0]), "stochastic depth acts while training"
+    drop = model.get_layer("encoder_block2_drop_path2")  # the last block drops at the full rate, per example
+    kept = np.asarray(drop(np.ones((400, 5, 4), "float32"), training=True))
+    assert set(np.unique(kept)) == {0.0, 2.0} and all(len(np.unique(row)) == 1 for row in kept)  # whole rows, scaled by 1/(1-0.5)
+    assert 0.4 < (kept[:, 0, 0] == 0).mean() < 0.6
+
+
+def test_settings_need_finetune_with_the_activation_cache(tmp_path):
+    from core import cli
+
+    base = {"data_dir": str(tmp_path), "family": "hybrid", "weights": "none"}
+    for wrong in ({"mode": "frozen"}, {"mode": "finetune", "activation_cache": False}):
+        with pytest.raises(SettingsError, match="needs --mode finetune with the activation cache on"):
+            SearchSettings(**base, **wrong).resolved()
+    assert SearchSettings(**base, mode="finetune").resolved().uses_activation_cache
+    settings = cli.tune_settings(cli.build_parser().parse_args(["tune", "--data", "D", "--family", "hybrid"]))
+    assert settings.mode == "finetune"  # no --mode: the family's own
+    assert cli.tune_settings(cli.build_parser().parse_args(["tune", "--data", "D", "--family", "mobilenet"])).mode == "frozen"
+
+
+@pytest.fixture(scope="module")
+def hybrid_run(tmp_path_factory):
+    """One tiny search through the command line: real MobileNetV2 weights when ../shared has them
+    (image-specific probabilities), random ones otherwise."""
+    tmp = tmp_path_factory.mktemp("hybrid")
+    dataset = make_dataset(tmp / "chest_xray", {"train": 8, "test": 4}, images_per_patient=2, size=SIZE)
+    weights = str(V2_WEIGHTS) if V2_WEIGHTS.exists() else "none"
+    result = run_cli(
+        "tune", "--data", str(dataset), "--family", "hybrid", "--weights", weights, "--image-size", str(SIZE),
+        "--trials", "1", "--epochs", "1", "--augment", "light", "--augment-views", "1", "--engine", "keras",
+        "--hp", "depth=1", "--hp", "heads=2,8", "--hp", "pooling=average",
+        "--name", "hybrid", "--artifacts", str(tmp / "runs"), env={"CXR_CACHE_DIR": str(tmp / "cache")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return artifacts.load_run(tmp / "runs", "hybrid"), tmp
+
+
+def test_a_search_trains_on_the_activation_cache_with_the_edited_space(hybrid_run):
+    run, _ = hybrid_run
+    assert run.settings["mode"] == "finetune" and run.settings["space"] == {"depth": 1, "heads": [2, 8], "pooling": "average"}
+    assert run.metrics["activation_cache"] == {"cut": "block_12_add", "augment": "light", "views": 1}
+    trial = json.loads((run.folder / "trials.json").read_text())[0]["hyperparameters"]
+    assert trial["depth"] == 1 and trial["heads"] in (2, 8) and trial["pooling"] == "average"
+    model = evaluation.load_model(run.model_path)
+    assert model.input_shape == (None, SIZE, SIZE, 3)  # the stem joined below: it takes pixels
+    assert len(attention.attention_layers(model)) == 1  # depth=1 reached the model
+
+
+def test_the_saved_model_reloads_in_a_fresh_process_with_the_saved_probabilities(hybrid_run):
+    run, tmp = hybrid_run
+    saved = run.predictions()
+    out = tmp / "again.csv"
+    result = run_cli("predict", "--run", "hybrid", *saved["path"], "--csv", str(out), "--engine", "keras",
+                     "--artifacts", str(tmp / "runs"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = pd.read_csv(out).set_index("path").loc[saved["path"]]
+    np.testing.assert_allclose(again["probability"], saved["probability"], atol=1e-4)
+    if V2_WEIGHTS.exists():
+        assert saved["probability"].std() > 1e-5, "real stem features give image-specific probabilities"
+
+
+def test_rollout_and_gradcam_explain_the_saved_model(hybrid_run):
+    run, _ = hybrid_run
+    image = run.predictions()["path"].iloc[0]
+    rollout, _ = run_kinds.heatmap(run, image, method="rollout")
+    assert rollout.shape == (4, 4) and 0 <= rollout.min() and rollout.max() <= 1  # the cut's grid: one cell per token
+    gradcam, _ = run_kinds.heatmap(run, image, method="gradcam")
+    assert gradcam.shape == (4, 4) and 0 <= gradcam.min() and gradcam.max() <= 1
+    assert explanation.find_last_feature_map(evaluation.load_model(run.model_path)).name == "block_12_add"  # on the stem
+
+
+def test_the_inference_engine_runs_the_saved_model(hybrid_run):
+    run, _ = hybrid_run
+    model = evaluation.load_model(run.model_path)
+    x = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
+    engine = make_engine(model, "auto", threads=1)
+    assert engine.name == "tflite", engine.fallback_reason  # the converter takes the encoder's layers
+    np.testing.assert_allclose(engine.predict(x), model.predict(x, verbose=0), rtol=1e-3, atol=1e-4)

@@ -154,14 +154,18 @@ def _preset_choice() -> None:
 
 
 def _transfer_settings(info: families.Family, image_size: int) -> tuple[str, str]:
-    """(transfer mode, backbone weights) of a transfer family, with where its ImageNet weights are; ("scratch", "none") otherwise."""
+    """(transfer mode, backbone weights) of a transfer family, with where its ImageNet weights are; ("scratch", "none") otherwise
+    (a ViT trained from a weights file of its shape takes it from the command line: `--weights FILE`)."""
     mode, weights = "scratch", "none"
     if info.transfer:
         c1, c2 = st.columns(2)
+        if st.session_state.get("tune_mode") not in info.modes:
+            st.session_state.pop("tune_mode", None)  # a mode the family does not train in (frozen, for the hybrid)
         mode = c1.radio(
-            "Transfer mode", families.MODES, horizontal=True, key="tune_mode",
+            "Transfer mode", info.modes, horizontal=True, key="tune_mode",
             help="frozen: the ImageNet backbone is fixed and only a head is trained (the paper's protocol). "
-            "finetune: the backbone's top layers train too (slower, often better).",
+            "finetune: the backbone's top layers train too (slower, often better). The hybrid CNN-transformer "
+            "trains its encoder on the backbone's cut-point activations: finetune only.",
         )
         weights_choice = c2.radio(
             "Backbone weights", ["imagenet", "none", "file"], horizontal=True, key="tune_weights",

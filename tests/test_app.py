@@ -284,6 +284,8 @@ def test_tune_form_adapts_to_each_family(data_dir, empty_dir):
         assert info.hint in texts(at.caption)
         assert at.number_input(key=f"tune_size_{family}").value == info.default_image_size
         assert bool(at.get("radio")) == info.transfer  # transfer mode and weights only for backbones
+        if info.transfer:  # only the modes it trains in: finetune alone for the hybrid
+            assert tuple(at.radio(key="tune_mode").options) == info.modes and at.radio(key="tune_mode").value in info.modes
         assert "Rough CPU time" in texts(at.info)
     at.selectbox(key="tune_family").set_value("mobilenet").run()
     at.selectbox(key="tune_mobilenet_version").set_value("v1")

@@ -153,3 +153,80 @@ def test_the_inference_engine_runs_the_saved_model(hybrid_run):
     engine = make_engine(model, "auto", threads=1)
     assert engine.name == "tflite", engine.fallback_reason  # the converter takes the encoder's layers
     np.testing.assert_allclose(engine.predict(x), model.predict(x, verbose=0), rtol=1e-3, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- the plain ViT
+
+
+VIT_SIZE = 32
+
+
+@pytest.mark.parametrize(("task", "width"), [(tasks.PNEUMONIA, 1), (tasks.TASKS["bacterial_vs_viral"], 1), (tasks.THREE_CLASS, 3)])
+def test_the_vit_builds_for_each_task_on_patches_of_the_pixels(task, width):
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("patch", 8)
+    model = hypermodel.SearchSpace("vit", "scratch", VIT_SIZE, task=task).build(hp)
+    assert model.input_shape == (None, VIT_SIZE, VIT_SIZE, 3) and model.output_shape == (None, width)
+    assert model.get_layer("patch_embedding").output.shape[1:3] == (4, 4)  # 32 px in 8 px patches: 16 tokens
+    assert len(attention.attention_layers(model)) == hp.values["depth"] == 2
+    assert {h.name for h in hp.space} == set(search_space.default_space("vit", "scratch", VIT_SIZE))
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+
+
+def test_a_vit_weights_file_of_its_shape_is_loaded_and_another_is_refused(tmp_path):
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("patch", 8)
+    source = hypermodel.SearchSpace("vit", "scratch", VIT_SIZE).build(hp)
+    path = tmp_path / "vit.weights.h5"
+    source.save_weights(path)
+    loaded = hypermodel.SearchSpace("vit", "scratch", VIT_SIZE, weights=str(path)).build(hp)
+    for a, b in zip(source.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = keras_tuner.HyperParameters()
+    other.Fixed("patch", 8)
+    other.Fixed("depth", 1)
+    with pytest.raises(ValueError, match="does not fit this ViT .* save it from a ViT of the same shape"):
+        hypermodel.SearchSpace("vit", "scratch", VIT_SIZE, weights=str(path)).build(other)
+    settings = SearchSettings(data_dir=str(tmp_path), family="vit", weights=str(path)).resolved()
+    assert settings.weights == str(path) and settings.mode == "scratch"  # a file is kept; "imagenet" means from scratch
+    assert SearchSettings(data_dir=str(tmp_path), family="vit").resolved().weights == "none"
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vit")
+    dataset = make_dataset(tmp / "chest_xray", {"train": 8, "test": 4}, images_per_patient=2, size=VIT_SIZE)
+    result = run_cli(
+        "tune", "--data", str(dataset), "--family", "vit", "--image-size", str(VIT_SIZE), "--trials", "1", "--epochs", "1",
+        "--engine", "keras", "--hp", "patch=8", "--hp", "depth=1", "--name", "vit", "--artifacts", str(tmp / "runs"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return artifacts.load_run(tmp / "runs", "vit"), tmp
+
+
+def test_a_vit_search_saves_a_model_that_takes_pixels_reloads_and_is_explained_by_rollout(vit_run):
+    run, tmp = vit_run
+    assert run.settings["family"] == "vit" and run.settings["space"] == {"patch": 8, "depth": 1}
+    model = evaluation.load_model(run.model_path)
+    assert model.input_shape == (None, VIT_SIZE, VIT_SIZE, 3) and len(attention.attention_layers(model)) == 1
+    saved = run.predictions()
+    again = run_kinds.predict_files(run, list(saved["path"]), engine="keras")
+    np.testing.assert_allclose(again["probability"], saved["probability"], atol=1e-4)
+    rollout, _ = run_kinds.heatmap(run, saved["path"].iloc[0], method="rollout")
+    assert rollout.shape == (4, 4) and 0 <= rollout.min() and rollout.max() <= 1  # one cell per patch
+
+
+def test_a_transformer_model_card_ships_its_layers_and_its_snippet_runs_without_this_project(vit_run, tmp_path):
+    import zipfile
+
+    from core.reporting import export
+    from tests.test_export import _card_snippet_says
+
+    run, tmp = vit_run
+    with zipfile.ZipFile(export.export_run(tmp / "runs", "vit", tmp_path / "vit.zip")) as archive:
+        archive.extractall(tmp_path)
+    folder = tmp_path / "vit"
+    assert (folder / export.LAYERS_MODULE).exists() and "import cxr_layers" in (folder / "MODEL_CARD.md").read_text()
+    saved = run.predictions().head(3)
+    said = _card_snippet_says(folder, list(saved["path"]))  # a fresh process, PYTHONPATH unset: only the zip's files
+    np.testing.assert_allclose([float(line[0]) for line in said], saved["probability"], atol=1e-4)

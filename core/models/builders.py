@@ -143,9 +143,23 @@ def build_hybrid(hp: keras_tuner.HyperParameters, cut, task: Task = PNEUMONIA, j
     """
     import keras
 
-    from core.models import backbone_cut, transformer
+    from core.models import backbone_cut
 
-    encoder = transformer.Encoder(
+    encoder = _encoder(hp)
+    inputs = keras.Input(cut.activation_shape, name="activations")
+    outputs, loss = _output_and_loss(task, encoder(inputs))
+    model = keras.Model(inputs, outputs, name="encoder_and_head")
+    if joined:
+        model = backbone_cut.join(cut, model)
+    learning_rate = search_space.draw(hp, search_space.HYBRID_LEARNING_RATE)
+    return _compile(model, loss, learning_rate, weight_decay=search_space.draw(hp, search_space.HYBRID_WEIGHT_DECAY))
+
+
+def _encoder(hp: keras_tuner.HyperParameters):
+    """The transformer encoder the drawn hyperparameters describe (the hybrid's and the ViT's)."""
+    from core.models import transformer
+
+    return transformer.Encoder(
         depth=search_space.draw(hp, search_space.HYBRID_DEPTH),
         heads=search_space.draw(hp, search_space.HYBRID_HEADS),
         width=search_space.draw(hp, search_space.HYBRID_WIDTH),
@@ -154,11 +168,34 @@ def build_hybrid(hp: keras_tuner.HyperParameters, cut, task: Task = PNEUMONIA, j
         stochastic_depth=search_space.draw(hp, search_space.HYBRID_STOCHASTIC_DEPTH),
         pooling=search_space.draw(hp, search_space.HYBRID_POOLING),
     )
-    inputs = keras.Input(cut.activation_shape, name="activations")
-    outputs, loss = _output_and_loss(task, encoder(inputs))
-    model = keras.Model(inputs, outputs, name="encoder_and_head")
-    if joined:
-        model = backbone_cut.join(cut, model)
+
+
+def build_vit(hp: keras_tuner.HyperParameters, image_size: int, task: Task = PNEUMONIA, augment: str = "off",
+              weights: str = "none") -> keras.Model:
+    """A plain ViT (Dosovitskiy et al., 2021): non-overlapping square patches of the pixels, each
+    linearly embedded (a strided convolution), through the transformer encoder to the class output.
+
+    `weights`: "none" trains from scratch; a file path loads a `.weights.h5` saved from a ViT of
+    this shape (image size, patch and encoder), refused with what differs when it does not fit.
+    """
+    import keras
+
+    patch = search_space.draw(hp, search_space.VIT_PATCH)
+    if image_size % patch:
+        raise ValueError(f"a {image_size} px image does not split into {patch} px patches: pick a patch that divides it")
+    encoder = _encoder(hp)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(_augmented(hp, augment, inputs))
+    x = keras.layers.Conv2D(encoder.width, patch, strides=patch, name="patch_embedding")(x)
+    outputs, loss = _output_and_loss(task, encoder(x))
+    model = keras.Model(inputs, outputs, name="vit")
+    if weights not in ("none", "imagenet"):
+        try:
+            model.load_weights(weights)
+        except (ValueError, KeyError) as error:
+            raise ValueError(f"weights file {weights} does not fit this ViT ({image_size} px, patch {patch}, "
+                             f"{encoder.depth} blocks of width {encoder.width}): save it from a ViT of the same shape "
+                             f"({type(error).__name__}: {error})") from None
     learning_rate = search_space.draw(hp, search_space.HYBRID_LEARNING_RATE)
     return _compile(model, loss, learning_rate, weight_decay=search_space.draw(hp, search_space.HYBRID_WEIGHT_DECAY))
 

@@ -63,6 +63,9 @@ class Family:
     # A hybrid CNN-transformer: the backbone's top above its cut is replaced by a transformer encoder
     # (core.models.transformer) trained on the cut's cached activations: finetune mode only
     hybrid: bool = False
+    # A plain ViT: patches of the pixels, not a CNN's activations, feed the transformer encoder;
+    # trained from scratch, or from a local weights file of the same shape (no ImageNet ViT here)
+    patches: bool = False
 
     @property
     def transfer(self) -> bool:
@@ -171,6 +174,15 @@ FAMILIES = {
             "Trains every weight from scratch, so every epoch passes over all training images; "
             "cheap per image, and the cost grows with the square of the input size. No ImageNet weights needed.",
             Cost(scratch_step_ms=8.0),
+        ),
+        Family(
+            "vit", 128, "A plain vision transformer (ViT) trained from scratch on image patches",
+            "The ViT of Dosovitskiy et al. (2021): square patches of the X-ray become tokens of a transformer encoder. "
+            "No ImageNet ViT weights can be fetched here, so it trains from scratch (or from a .weights.h5 file of the "
+            "same shape, --weights FILE); ViTs need far more than 5,000 images to learn from scratch, so expect it to "
+            "trail the ImageNet CNNs. Its attention layers can be explained by attention rollout.",
+            # a train step per image at 128 px, patch 16, the default encoder (depth 2, width 128), rounded up
+            Cost(scratch_step_ms=6.0), label="ViT (from scratch)", patches=True,
         ),
     )
 }

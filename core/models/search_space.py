@@ -120,10 +120,11 @@ CNN_BATCH_NORM = Hyperparameter("batch_norm", BOOLEAN, "Batch normalisation afte
 CNN_DROPOUT = Hyperparameter("dropout", FLOAT, "Fraction of the pooled features dropped at random while training.", 0.3, 0.0, 0.5, 0.1)
 CNN_DENSE_UNITS = Hyperparameter("dense_units", CHOICE, "Width of the hidden ReLU layer before the output.", 64, choices=(32, 64, 128, 256))
 
-# The hybrid CNN-transformer's encoder (core.models.transformer), trained from scratch on a cut's activations
+# The transformer encoder (core.models.transformer) of the hybrid, on a cut's activations, and of the ViT, on
+# patches; trained from scratch in both
 HYBRID_DEPTH = Hyperparameter("depth", INT, "Transformer encoder blocks (attention and MLP, each with a residual).", 2, 1, 6)
 HYBRID_HEADS = Hyperparameter("heads", CHOICE, "Attention heads per block; each sees width / heads channels.", 4, choices=(2, 4, 8))
-HYBRID_WIDTH = Hyperparameter("width", CHOICE, "Token width d: each cut-point position is projected to d channels.",
+HYBRID_WIDTH = Hyperparameter("width", CHOICE, "Token width d: each cut-point position (or ViT patch) is projected to d channels.",
                               128, choices=(64, 128, 192))
 HYBRID_MLP_RATIO = Hyperparameter("mlp_ratio", CHOICE, "Hidden width of each block's GELU MLP, as a multiple of d.", 2, choices=(2, 4))
 HYBRID_DROPOUT = Hyperparameter("dropout", FLOAT, "Fraction of the attention and MLP outputs dropped at random while training.",
@@ -140,6 +141,8 @@ HYBRID_LEARNING_RATE = Hyperparameter(
 )
 HYBRID_WEIGHT_DECAY = Hyperparameter("weight_decay", FLOAT, "AdamW's weight decay, against overfitting the encoder.",
                                      1e-2, 1e-5, 1e-1, log=True)
+VIT_PATCH = Hyperparameter("patch", CHOICE, "Side of the square patches the ViT cuts the image into, in pixels; each "
+                           "patch is one token.", 16, choices=(8, 16, 32))
 HYBRID_SPACE = (HYBRID_DEPTH, HYBRID_HEADS, HYBRID_WIDTH, HYBRID_MLP_RATIO, HYBRID_DROPOUT, HYBRID_STOCHASTIC_DEPTH,
                 HYBRID_POOLING, HYBRID_LEARNING_RATE, HYBRID_WEIGHT_DECAY)
 
@@ -164,6 +167,8 @@ def default_space(family: str, mode: str, image_size: int, augment: str = "off",
     if family == "custom_cnn":
         space = [*searched_augment, cnn_conv_blocks(image_size), CNN_FILTERS, CNN_KERNEL_SIZE, CNN_BATCH_NORM,
                  CNN_DROPOUT, CNN_DENSE_UNITS, HEAD_LEARNING_RATE]
+    elif family in families.FAMILIES and families.FAMILIES[family].patches:  # the same encoder on patches of the pixels
+        space = [*searched_augment, VIT_PATCH, *HYBRID_SPACE]
     elif family in families.FAMILIES and families.FAMILIES[family].hybrid:  # one space whatever the mode: it trains only on the cut's activations
         space = list(HYBRID_SPACE)
     elif mode == "frozen":

@@ -23,6 +23,7 @@ from core import files
 from core.data import tasks
 from core.evidence import run_evidence, shift
 from core.inference import evaluation, run_kinds
+from core.models import families
 from core.reporting import wording
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
@@ -96,8 +97,19 @@ def decision_rule(run: Run) -> dict:
     }
 
 
-def usage(task: tasks.Task, size: int, threshold: float) -> str:
-    """The card's "how to load it and predict": a snippet that runs as written, with the task's labels."""
+LAYERS_MODULE = "cxr_layers.py"  # the transformer families' own Keras layers, shipped beside their model
+
+
+def needs_layers(run: Run) -> bool:
+    """Whether the run's model holds layers of this project's own (the transformer families'), which
+    Keras can load only once their module is imported."""
+    family = families.FAMILIES.get(run.family)
+    return bool(family and (family.hybrid or family.patches))
+
+
+def usage(task: tasks.Task, size: int, threshold: float, layers: bool = False) -> str:
+    """The card's "how to load it and predict": a snippet that runs as written, with the task's labels;
+    `layers`: import the shipped `cxr_layers.py` first (a transformer family's model)."""
     negative, positive = task.binary_classes
     outputs = "model.predict(np.repeat(x[None, :, :, None], 3, axis=-1), verbose=0)"
     if task.is_binary:
@@ -110,9 +122,10 @@ def usage(task: tasks.Task, size: int, threshold: float) -> str:
         reading = (f"The model gives one probability per class ({', '.join(task.classes)}, in this order); the label is the "
                    f"class with the largest (argmax). `p` = 1 − P({task.classes[0]}) is the binary view ({task.binary_names[1]} "
                    f"vs {task.binary_names[0]}), at or above the threshold {positive}.")
+    registers = "import cxr_layers  # this zip's transformer layers (class token, position embedding), known to Keras once imported\n" if layers else ""
     return f"""```python
 import keras, numpy as np; from PIL import Image
-model = keras.saving.load_model("model.keras", safe_mode=True, compile=False)
+{registers}model = keras.saving.load_model("model.keras", safe_mode=True, compile=False)
 img = Image.open("xray.jpeg"); img.draft("L", ({size}, {size})); x = np.asarray(img.convert("L").resize(({size}, {size}), Image.BILINEAR), np.float32)
 {predict}
 ```
@@ -220,7 +233,7 @@ bootstrap; rates: Wilson's interval widened by the design effect), as on the Com
 
 ## How to load it and predict
 
-{usage(task, size, threshold)}
+{usage(task, size, threshold, needs_layers(run))}
 """
 
 
@@ -230,6 +243,8 @@ def export_bytes(artifacts_dir: str | os.PathLike, name: str) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.write(run.model_path, f"{run.name}/model.keras")
+        if needs_layers(run):
+            archive.write(transformer_layers_file(), f"{run.name}/{LAYERS_MODULE}")
         tflite = _tflite(run)
         if tflite is not None:
             archive.writestr(f"{run.name}/model.tflite", tflite)
@@ -239,6 +254,11 @@ def export_bytes(artifacts_dir: str | os.PathLike, name: str) -> bytes:
             card += "\n_model.tflite is not included: this model could not be converted to TensorFlow Lite._\n"
         archive.writestr(f"{run.name}/{CARD}", card)
     return buffer.getvalue()
+
+
+def transformer_layers_file() -> Path:
+    """`core/models/transformer.py`: it imports only Keras, so it loads on its own as `cxr_layers.py`."""
+    return Path(__file__).resolve().parents[1] / "models" / "transformer.py"
 
 
 def export_run(artifacts_dir: str | os.PathLike, name: str, out: str | os.PathLike) -> Path:

@@ -14,7 +14,14 @@ import keras_tuner
 from core.data.tasks import PNEUMONIA, Task
 from core.models.backbone_cut import split_backbone
 from core.models.backbones import BackboneSpec, build_backbone
-from core.models.builders import build_custom_cnn, build_cut_finetune, build_finetune, build_head, build_hybrid
+from core.models.builders import (
+    build_custom_cnn,
+    build_cut_finetune,
+    build_finetune,
+    build_head,
+    build_hybrid,
+    build_vit,
+)
 from core.models.families import FAMILIES
 
 
@@ -33,11 +40,14 @@ class SearchSpace(keras_tuner.HyperModel):
     task: Task = field(default=PNEUMONIA)
     augment: str = "off"  # an augmentation preset, or "search" (in-model augmentation only)
     cut: object | None = None  # an activations.CutBackbone: finetune on cached activations
+    weights: str = "none"  # a ViT's: "none" (from scratch) or a .weights.h5 file of its shape
 
     def __post_init__(self):
         keras_tuner.HyperModel.__init__(self, name=f"{self.family}-{self.mode}", tunable=True)
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        if FAMILIES[self.family].patches:  # a plain ViT on pixels, from scratch or a weights file of its shape
+            return build_vit(hp, self.image_size, self.task, self.augment, self.weights)
         if self.backbone is None:
             return build_custom_cnn(hp, self.image_size, self.task, self.augment)
         if FAMILIES[self.family].hybrid:  # on cached activations; without them, on pixels through the frozen stem

@@ -100,7 +100,7 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
     weights = splitting.class_weights(labels[part["train"]], task.n_classes)
     targets = task.targets(labels)  # one-hot for a softmax head
     space = SearchSpace(settings.family, settings.mode, settings.image_size, settings.backbone(),
-                        n_features=kind.n_features, task=task, augment=settings.augment, cut=kind.cut)
+                        n_features=kind.n_features, task=task, augment=settings.augment, cut=kind.cut, weights=settings.weights)
 
     clock = time.monotonic()
     recorder = trials.HistoryRecorder(_history_path(folder, progress, role), files.read_json(folder / artifacts.TRIALS, []) or [])

@@ -96,7 +96,9 @@ class SearchSettings:
         settings.task = tasks.canonical_name(settings.task)
         settings.image_size = settings.image_size or family.default_image_size
         if not family.transfer:
-            settings.weights, settings.mode = "none", "scratch"
+            # no ImageNet weights from scratch; a ViT may start from a weights file of its own shape
+            keeps_file = family.patches and settings.weights not in backbones.WEIGHTS_CHOICES
+            settings.weights, settings.mode = settings.weights if keeps_file else "none", "scratch"
         if not settings.name:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             settings.name = f"{settings.family}-{settings.mode}-{stamp}"

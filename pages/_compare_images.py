@@ -62,7 +62,7 @@ def _selected_image(view: Picked, row: pd.Series) -> None:
     )
     if content is None:
         return
-    choice = ui.explanation_controls("compare", view.positive)
+    choice = ui.explanation_controls("compare", view.positive, view.picked_runs)
     gradcam_class = ui.gradcam_class_choice(view.picked_runs, "compare_gradcam_class")
     tiles = [None, *view.names]  # None: the image itself
     for start in range(0, len(tiles), TILES_PER_ROW):

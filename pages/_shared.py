@@ -216,13 +216,17 @@ class ExplanationChoice(NamedTuple):
     share: float
 
 
-def explanation_controls(key_prefix: str, positive: str) -> ExplanationChoice:
-    """The method, opacity and region controls above a row of heatmaps (Compare's selected image, Predict)."""
+def explanation_controls(key_prefix: str, positive: str, runs: list[artifacts.Run] | None = None) -> ExplanationChoice:
+    """The method, opacity and region controls above a row of heatmaps (Compare's selected image,
+    Predict). The method starts at attention rollout when every run is a transformer, else Grad-CAM."""
     from core.inference import methods
+    from core.models import families
 
+    transformer = bool(runs) and all(getattr(families.FAMILIES.get(r.family), "transformer", False) for r in runs)
     left, middle, right = st.columns(3)
+    names = list(methods.METHODS)
     method = left.selectbox(
-        "Explanation", list(methods.METHODS), key=f"{key_prefix}_method",
+        "Explanation", names, index=names.index(methods.default_for(transformer)), key=f"{key_prefix}_method",
         format_func=lambda name: methods.METHODS[name].label,
         help="Where each run looks, by one of several methods (Compare's \"Where the models look\" says which to trust): "
         + " ".join(f"**{m.label}**: {m.summary}." for m in methods.METHODS.values()),

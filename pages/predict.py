@@ -67,7 +67,7 @@ with right:
             st.session_state["predict_samples"] = []
 # The picked runs' positive class (pneumonia, or viral for bacterial vs viral runs); pneumonia before any is picked.
 _, pushed_towards = comparison.binary_names([by_name[n] for n in picked]) if picked else tasks.PNEUMONIA.binary_names
-choice = ui.explanation_controls("predict", pushed_towards)
+choice = ui.explanation_controls("predict", pushed_towards, [by_name[n] for n in picked])
 method_label = methods.METHODS[choice.method].label
 
 images: list[tuple[str, bytes]] = []

@@ -230,3 +230,35 @@ def test_a_transformer_model_card_ships_its_layers_and_its_snippet_runs_without_
     saved = run.predictions().head(3)
     said = _card_snippet_says(folder, list(saved["path"]))  # a fresh process, PYTHONPATH unset: only the zip's files
     np.testing.assert_allclose([float(line[0]) for line in said], saved["probability"], atol=1e-4)
+
+
+def _page(name: str, data, runs):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import REPO
+
+    at = AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=120)
+    at.session_state["data_dir"], at.session_state["artifacts_dir"] = str(data), str(runs)
+    return at
+
+
+def test_compare_and_predict_show_a_transformers_attention_map(vit_run):
+    run, tmp = vit_run
+    at = _page("compare", tmp / "chest_xray", tmp / "runs")
+    at.session_state["image_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}  # as a click on row 0
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="compare_method").value == "rollout"  # a transformer's own explanation comes first
+    captions = [c for element in at.get("image") for c in element.captions]
+    assert any(c.startswith("vit · Attention rollout · p = ") for c in captions), captions
+
+    at = _page("predict", tmp / "chest_xray", tmp / "runs").run()
+    image = run.predictions()["path"].iloc[0]
+    at.file_uploader(key="predict_upload").set_value([("chest.jpeg", open(image, "rb").read(), "image/jpeg")])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = [c for element in at.get("image") for c in element.captions]
+    assert any(c.startswith("vit · Attention rollout · p = ") for c in captions), captions
+    at.selectbox(key="predict_method").set_value("gradcam").run()  # on a ViT, Grad-CAM reads the patch embeddings' grid
+    assert not at.exception
+    assert any(c.startswith("vit · Grad-CAM · p = ") for element in at.get("image") for c in element.captions)

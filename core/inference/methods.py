@@ -138,3 +138,9 @@ def heatmap_for_run(
     class_index = task.classes.index(class_name) if class_name in task.classes and not task.is_binary else None
     pixels = loading.to_network_input(loading.load_image(image_path, evaluation.run_image_size(run))[None])[0]
     return chosen.compute(model, pixels, class_index), explanation.load_original(image_path)
+
+
+def default_for(transformer: bool) -> str:
+    """The method shown first: attention rollout for transformer models (their own explanation),
+    Grad-CAM for the rest (the most faithful of the cheap ones on the recipe's CNNs, docs/measurements.md)."""
+    return "rollout" if transformer else DEFAULT_METHOD

@@ -72,6 +72,11 @@ class Family:
         return self.architecture is not None
 
     @property
+    def transformer(self) -> bool:
+        """Whether its models end in a transformer encoder (`core.models.transformer`): hybrid or ViT."""
+        return self.hybrid or self.patches
+
+    @property
     def modes(self) -> tuple[str, ...]:
         """The transfer modes it trains in (() when trained from scratch)."""
         if not self.transfer:

@@ -104,7 +104,7 @@ def needs_layers(run: Run) -> bool:
     """Whether the run's model holds layers of this project's own (the transformer families'), which
     Keras can load only once their module is imported."""
     family = families.FAMILIES.get(run.family)
-    return bool(family and (family.hybrid or family.patches))
+    return bool(family and family.transformer)
 
 
 def usage(task: tasks.Task, size: int, threshold: float, layers: bool = False) -> str:

@@ -49,6 +49,23 @@ def test_builds_for_each_task_on_the_cut_activations(cut, task, width):
         assert np.isfinite(history.history["loss"][0])
 
 
+def test_the_hybrid_reads_tokens_at_the_cut_or_from_the_fine_tuned_blocks_above_it(cut):
+    shapes = {}
+    for tokens in ("cut", "top"):
+        hp = keras_tuner.HyperParameters()
+        hp.Fixed("tokens", tokens)
+        model = hypermodel.SearchSpace("hybrid", "finetune", SIZE, cut=cut, backbone=_spec()).build(hp)
+        projection = next(layer for layer in model.layers + [inner for layer in model.layers for inner in getattr(layer, "layers", [])]
+                          if layer.name == "encoder_tokens")
+        shapes[tokens] = tuple(projection.output.shape[1:])
+        trainable = {w.path for w in model.trainable_weights}
+        # the MobileNet blocks above the cut train only when they make the tokens
+        assert any("block_15" in path for path in trainable) == (tokens == "top"), tokens
+        assert not any("BatchNormalization" in type(layer).__name__ and layer.trainable
+                       for layer in model._flatten_layers() if layer.weights)  # batch norms stay frozen
+    assert shapes == {"cut": (16, 96), "top": (4, 1280)}  # 4x4 positions at the cut, 2x2 at the top, at 64 px
+
+
 def _spec() -> backbones.BackboneSpec:
     return backbones.BackboneSpec("mobilenet_v2", SIZE, "none")
 
@@ -60,7 +77,7 @@ def test_draws_exactly_its_default_space_whatever_the_mode(cut):
     expected = search_space.default_space("hybrid", "finetune", SIZE)
     defined = {h.name: h.get_config() for h in search_space.registered_in_advance(expected.values()).space}
     assert list(registered) == list(expected) == [
-        "depth", "heads", "width", "mlp_ratio", "dropout", "stochastic_depth", "pooling", "learning_rate", "weight_decay"]
+        "tokens", "depth", "heads", "width", "mlp_ratio", "dropout", "stochastic_depth", "pooling", "learning_rate", "weight_decay"]
     assert registered == defined
     assert search_space.default_space("hybrid", "frozen", SIZE) == expected  # the Tune form's editor, whatever its mode radio
 

@@ -72,6 +72,14 @@ def trainable_top(cut: CutBackbone) -> keras.Model:
     return top
 
 
+def trainable_top_grid(cut: CutBackbone) -> keras.Model:
+    """A trainable top (see `trainable_top`) that stops at its last spatial feature map (batch, h, w,
+    c), before the global pooling: the tokens of a transformer on the fine-tuned blocks."""
+    top = trainable_top(cut)
+    last = [layer for layer in top.layers if len(layer.output.shape) == 4][-1]
+    return keras.Model(top.input, last.output, name="top_grid")
+
+
 def join(cut: CutBackbone, trained: keras.Model) -> keras.Model:
     """The saved model: pixels -> frozen bottom -> trained top and head."""
     return keras.Model(cut.bottom.input, trained(cut.bottom.output), name="classifier")

@@ -135,19 +135,23 @@ def build_cut_finetune(hp: keras_tuner.HyperParameters, cut, task: Task = PNEUMO
 
 
 def build_hybrid(hp: keras_tuner.HyperParameters, cut, task: Task = PNEUMONIA, joined: bool = False) -> keras.Model:
-    """The hybrid CNN-transformer (Dosovitskiy et al., 2021): a backbone's activations at `cut`, one
-    token per position, through a transformer encoder (`core.models.transformer`) to the class output.
+    """The hybrid CNN-transformer (Dosovitskiy et al., 2021): a backbone's feature map, one token per
+    position, through a transformer encoder (`core.models.transformer`) to the class output.
 
-    It trains on the cut's cached activations; the saved model joins the frozen stem below
-    (`backbone_cut.join`). `joined=True` builds that pixel model to train directly (no activation cache).
+    The tokens are the activations at `cut` (`tokens="cut"`) or the last feature map of the blocks
+    above it, which then fine-tune with the encoder (`tokens="top"`, batch norms frozen as in
+    cut-point fine-tuning). It trains on the cut's cached activations; the saved model joins the
+    frozen stem below (`backbone_cut.join`). `joined=True` builds that pixel model to train directly.
     """
     import keras
 
     from core.models import backbone_cut
 
+    tokens = search_space.draw(hp, search_space.HYBRID_TOKENS)
     encoder = _encoder(hp)
     inputs = keras.Input(cut.activation_shape, name="activations")
-    outputs, loss = _output_and_loss(task, encoder(inputs))
+    grid = inputs if tokens == "cut" else backbone_cut.trainable_top_grid(cut)(inputs, training=False)
+    outputs, loss = _output_and_loss(task, encoder(grid))
     model = keras.Model(inputs, outputs, name="encoder_and_head")
     if joined:
         model = backbone_cut.join(cut, model)

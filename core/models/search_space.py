@@ -143,7 +143,12 @@ HYBRID_WEIGHT_DECAY = Hyperparameter("weight_decay", FLOAT, "AdamW's weight deca
                                      1e-2, 1e-5, 1e-1, log=True)
 VIT_PATCH = Hyperparameter("patch", CHOICE, "Side of the square patches the ViT cuts the image into, in pixels; each "
                            "patch is one token.", 16, choices=(8, 16, 32))
-HYBRID_SPACE = (HYBRID_DEPTH, HYBRID_HEADS, HYBRID_WIDTH, HYBRID_MLP_RATIO, HYBRID_DROPOUT, HYBRID_STOCHASTIC_DEPTH,
+HYBRID_TOKENS = Hyperparameter(
+    "tokens", CHOICE, "Where the hybrid's tokens come from: the frozen stem's cut (cut: 14×14 positions at 224 px) or the "
+    "backbone's blocks above the cut, fine-tuned with the encoder (top: its last feature map, 7×7 at 224 px).",
+    "cut", choices=("cut", "top"),
+)
+ENCODER_SPACE = (HYBRID_DEPTH, HYBRID_HEADS, HYBRID_WIDTH, HYBRID_MLP_RATIO, HYBRID_DROPOUT, HYBRID_STOCHASTIC_DEPTH,
                 HYBRID_POOLING, HYBRID_LEARNING_RATE, HYBRID_WEIGHT_DECAY)
 
 
@@ -168,9 +173,9 @@ def default_space(family: str, mode: str, image_size: int, augment: str = "off",
         space = [*searched_augment, cnn_conv_blocks(image_size), CNN_FILTERS, CNN_KERNEL_SIZE, CNN_BATCH_NORM,
                  CNN_DROPOUT, CNN_DENSE_UNITS, HEAD_LEARNING_RATE]
     elif family in families.FAMILIES and families.FAMILIES[family].patches:  # the same encoder on patches of the pixels
-        space = [*searched_augment, VIT_PATCH, *HYBRID_SPACE]
+        space = [*searched_augment, VIT_PATCH, *ENCODER_SPACE]
     elif family in families.FAMILIES and families.FAMILIES[family].hybrid:  # one space whatever the mode: it trains only on the cut's activations
-        space = list(HYBRID_SPACE)
+        space = [HYBRID_TOKENS, *ENCODER_SPACE]
     elif mode == "frozen":
         space = [HEAD_DROPOUT, HEAD_DENSE_UNITS, HEAD_LEARNING_RATE]
     elif activation_cache:  # cut-point fine-tuning: the blocks above the cut always train

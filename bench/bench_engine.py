@@ -5,7 +5,8 @@ Run by hand from the repository root:
     python bench/bench_engine.py            # 256 images per family, batch 32
     python bench/bench_engine.py --quick    # 64 images, fewer passes
 
-For each model family of the registry (`core.models.families.FAMILIES`, at its default input size) it
+For each model family of the registry (`core.models.families.FAMILIES`, at its default input size;
+the transformer families at their default encoder) it
 prints images/s over a batched pass and the median latency of one image, for `model.predict`, the
 `keras` engine (a tf.function) and the `auto` engine, with the speed-up over `model.predict`.
 A backbone uses ImageNet weights when $KERAS_HOME holds them (e.g. KERAS_HOME=../shared/keras_home),
@@ -64,6 +65,17 @@ def family_model(name: str) -> tuple[keras.Model, str]:
     family = families.FAMILIES[name]
     size = family.default_image_size
     sample = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
+    if family.transformer:  # the hybrid's stem and encoder, or the ViT, at the default hyperparameters
+        from core.search import hypermodel
+
+        spec = None
+        if family.transfer:
+            arch = backbones.ARCHITECTURES[family.architecture]
+            imagenet = (backbones.keras_models_dir() / arch.weights_file(size)).is_file()
+            spec = backbones.BackboneSpec(arch.name, size, "imagenet" if imagenet else "none")
+        model = hypermodel.SearchSpace(name, family.default_mode, size, spec).build(keras_tuner.HyperParameters())
+        _calibrate_batchnorm(model, sample)
+        return model, f"{name} {size} (default encoder)"
     if not family.transfer:
         model = builders.build_custom_cnn(keras_tuner.HyperParameters(), size)
         _calibrate_batchnorm(model, sample)

@@ -124,8 +124,11 @@ downloads: dict[str, bytes] = {}  # Predict's regions download: overlay, mask an
 
 def heatmaps(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
     """A row of heatmap overlays under a prediction, one per picked run, each with its outlined region."""
-    st.caption(f"Where each run looks ({method_label}: regions that push it towards "
-               f"{positive if not class_runs else 'the class shown'}, red most)")
+    if choice.method == "rollout":  # class-blind: where the tokens draw from, not what speaks for a class
+        st.caption(f"Where each run looks ({method_label}: {methods.METHODS[choice.method].summary}; red most)")
+    else:
+        st.caption(f"Where each run looks ({method_label}: regions that push it towards "
+                   f"{positive if not class_runs else 'the class shown'}, red most)")
     for start in range(0, len(picked), HEATMAPS_PER_ROW):
         cols = st.columns(HEATMAPS_PER_ROW)
         for col, row in zip(cols, rows.iloc[start : start + HEATMAPS_PER_ROW].itertuples(), strict=False):

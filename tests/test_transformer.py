@@ -243,7 +243,9 @@ def test_a_transformer_model_card_ships_its_layers_and_its_snippet_runs_without_
     with zipfile.ZipFile(export.export_run(tmp / "runs", "vit", tmp_path / "vit.zip")) as archive:
         archive.extractall(tmp_path)
     folder = tmp_path / "vit"
-    assert (folder / export.LAYERS_MODULE).exists() and "import cxr_layers" in (folder / "MODEL_CARD.md").read_text()
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert (folder / export.LAYERS_MODULE).exists() and "import cxr_layers" in card
+    assert "A vision transformer trained from scratch on about 5,000 X-rays" in card  # it says it is weak
     saved = run.predictions().head(3)
     said = _card_snippet_says(folder, list(saved["path"]))  # a fresh process, PYTHONPATH unset: only the zip's files
     np.testing.assert_allclose([float(line[0]) for line in said], saved["probability"], atol=1e-4)

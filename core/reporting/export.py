@@ -177,6 +177,12 @@ def model_card(run: Run) -> str:
         if task.name == "pneumonia" else
         "Labels come from the file names' kind (bacteria / virus), image-level; it knows no other findings."
     )
+    family = families.FAMILIES.get(run.family)
+    scratch_vit = (
+        "\n- A vision transformer trained from scratch on about 5,000 X-rays: far too few for a ViT to learn attention from "
+        "nothing, so expect it to trail the ImageNet CNNs (docs/measurements.md, \"Transformers\": test AUC 0.915 against 0.976)."
+        if family is not None and family.patches and settings.get("weights", "none") == "none" else ""
+    )
     return f"""# Model card: {run.name}
 
 ## Model details
@@ -229,7 +235,7 @@ bootstrap; rates: Wilson's interval widened by the design effect), as on the Com
 - Metrics on a test split carved from train/ (internal) flatter the model; the external test/ folder is the fairer check.
 - An image unlike the training X-rays (blank, photo, text, another body part) still gets a probability; the dashboard and
   `python -m core predict` flag such images, this file alone does not.
-- Calibration is as measured above (ECE); the probability is not a risk estimate for a patient.
+- Calibration is as measured above (ECE); the probability is not a risk estimate for a patient.{scratch_vit}
 
 ## How to load it and predict
 

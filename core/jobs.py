@@ -200,11 +200,8 @@ QUEUED = "queued"
 def localisation_state(run: artifacts.Run) -> str:
     """"" (never measured), "queued", "running", "completed", "stopped", "failed", or "interrupted"
     (its process is gone while the file still says queued or running)."""
-    progress = localisation.progress_of(run) or {}
-    state = progress.get("state", "")
-    if state in (QUEUED, "running") and progress.get("host") == artifacts.this_host() and not artifacts.pid_alive(progress.get("pid")):
-        return "interrupted"
-    return state
+    progress = localisation.progress_of(run)
+    return artifacts.effective_state(progress, active=(QUEUED, "running")) if progress else ""
 
 
 def start_where_it_looks(artifacts_dir: str, names: list[str]) -> int:

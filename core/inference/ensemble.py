@@ -373,12 +373,17 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
 
 
+def _member_model(member: Run, models: Mapping | None):
+    """The member's model: the one passed in `models` (a page's cached one), else loaded from its folder."""
+    return (models or {}).get(member.name) or evaluation.load_model(evaluation.own_model_path(member))
+
+
 def score_pixels(run: Run, images: np.ndarray, models: Mapping | None = None) -> np.ndarray:
     """The ensemble's probability of its binary view's positive class for a batch of square RGB images
     (n, S, S, 3) in 0..255: the members' (`evaluation.score_pixels`, each at its own size) combined with the weights."""
     members, weights = member_runs(run), weights_of(run)
     scores = [
-        evaluation.score_pixels((models or {}).get(m.name) or evaluation.load_model(evaluation.own_model_path(m)), images)
+        evaluation.score_pixels(_member_model(m, models), images)
         for m in members
     ]
     return combine(np.column_stack(scores), weights)
@@ -411,7 +416,7 @@ def method_problem(run: Run, method: str, models: Mapping | None = None) -> str:
     for member, weight in zip(member_runs(run), weights_of(run), strict=True):
         if weight <= 0:
             continue  # not explained (see `heatmap_for_run`): its model need not be loaded
-        model = (models or {}).get(member.name) or evaluation.load_model(evaluation.own_model_path(member))
+        model = _member_model(member, models)
         if problem := chosen.problem(model):
             return f"{chosen.label} does not apply to member {member.name!r}: {problem}"
     return ""

@@ -8,12 +8,14 @@ hottest connected part, and how much of the heat they hold. Pure numpy, PIL and 
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from core import files
 from core.evidence.heatmap_grid import stretch
 
 
@@ -114,10 +116,6 @@ def region_files(region: Region, picture: Image.Image, **about) -> dict[str, byt
     """What `explain` and Predict's download save for one image and run, by file suffix: the overlay
     with the region drawn ("overlay.png", from `picture`), the mask ("mask.png") and the box with
     what it is of ("box.json", `region_record` with `about`)."""
-    import json
-
-    from core import files
-
     buffer = io.BytesIO()
     draw_region(picture, region).save(buffer, format="PNG")
     record = files.json_safe(region_record(region, **about))

@@ -109,12 +109,13 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def effective_state(progress: dict | None) -> str:
-    """The state to show: a run whose process died while 'running' was interrupted, not running."""
+def effective_state(progress: dict | None, active: tuple[str, ...] = ACTIVE_STATES) -> str:
+    """The state to show: a run whose process died while in one of the `active` states (a search's
+    by default) was interrupted, not running."""
     if not progress:
         return "unknown"
     state = progress.get("state", "unknown")
-    if state in ACTIVE_STATES and progress.get("host", this_host()) == this_host():
+    if state in active and progress.get("host", this_host()) == this_host():
         if not pid_alive(progress.get("pid")):
             return "interrupted"
     return state

@@ -39,13 +39,35 @@ def now_utc() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-class Progress:
-    """The run's `progress.json`, rewritten atomically so another process can always read it."""
+class ProgressFile:
+    """A state other processes read (a page, `stop`), rewritten whole and atomically at most once a
+    second, or at once when forced; `updated_at` says when."""
+
+    def __init__(self, path: Path, state: dict):
+        self.path = path
+        self.state = state
+        self._start = time.monotonic()
+        self._last_write = 0.0
+        self.write()
+
+    def update(self, force: bool = False, **values) -> None:
+        self.state.update(values)
+        now = time.monotonic()
+        if force or now - self._last_write >= 1.0:
+            self.write()
+
+    def write(self) -> None:
+        self.state["updated_at"] = now_utc()
+        self._last_write = time.monotonic()
+        files.write_json(self.path, self.state)
+
+
+class Progress(ProgressFile):
+    """The run's `progress.json`: a search's state, trials and epochs, and how long it has run."""
 
     def __init__(self, folder: Path, previous: dict | None = None, file_name: str = artifacts.PROGRESS):
-        self.path = folder / file_name
         previous = previous or {}
-        self.state = {
+        super().__init__(folder / file_name, {
             "state": "starting",
             "phase": "starting",
             "message": "",
@@ -64,22 +86,11 @@ class Progress:
             "pid": os.getpid(),
             "host": artifacts.this_host(),
             "error": None,
-        }
-        self._start = time.monotonic()
-        self._last_write = 0.0
-        self.write()
-
-    def update(self, force: bool = False, **values) -> None:
-        self.state.update(values)
-        now = time.monotonic()
-        if force or now - self._last_write >= 1.0:
-            self.write()
+        })
 
     def write(self) -> None:
         self.state["elapsed_s"] = round(time.monotonic() - self._start, 1)
-        self.state["updated_at"] = now_utc()
-        self._last_write = time.monotonic()
-        files.write_json(self.path, self.state)
+        super().write()
 
 
 class StopFlag:

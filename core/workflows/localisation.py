@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from core.evidence import localisation as saved_evidence
 from core.inference import evaluation, methods, regions, run_kinds
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
-from core.runs.progress import SearchStopped, StopFlag, now_utc
+from core.runs.progress import ProgressFile, SearchStopped, StopFlag, now_utc
 
 PER_CLASS = 16  # sampled test images per class: enough for a patient-bootstrap interval, minutes per run on 2 cores
 SYNTHETIC = 16  # healthy validation images that get an inserted opacity
@@ -104,25 +103,12 @@ def _curves(score, pixels: np.ndarray, heatmap: np.ndarray, steps: int) -> tuple
             faithfulness.insertion_curve(score, pixels, heatmap, steps=steps))
 
 
-class _Progress:
+def _progress(folder: Path) -> ProgressFile:
     """`localisation.progress.json`: what is being measured, how far, and by which process."""
-
-    def __init__(self, folder: Path, total: int | None):
-        self.path = folder / saved_evidence.PROGRESS_FILE
-        self.state = {"state": "running", "done": 0, "total": total, "message": "", "pid": os.getpid(),
-                      "host": artifacts.this_host(), "started_at": now_utc(), "updated_at": now_utc(), "error": None}
-        self._last = 0.0
-        self.write()
-
-    def update(self, force: bool = False, **values) -> None:
-        self.state.update(values)
-        if force or time.monotonic() - self._last >= 1.0:
-            self.write()
-
-    def write(self) -> None:
-        self.state["updated_at"] = now_utc()
-        self._last = time.monotonic()
-        files.write_json(self.path, self.state)
+    return ProgressFile(folder / saved_evidence.PROGRESS_FILE, {
+        "state": "running", "done": 0, "total": None, "message": "", "pid": os.getpid(), "host": artifacts.this_host(),
+        "started_at": now_utc(), "error": None,
+    })
 
 
 def measure(
@@ -156,7 +142,7 @@ def measure(
     healthy = _healthy_validation(run, synthetic, seed)
     stop = StopFlag(run.folder, file_name=saved_evidence.STOP_FILE)
     stop.install_signal_handlers()
-    progress = _Progress(run.folder, total=None)
+    progress = _progress(run.folder)
     try:
         models = run_kinds.load_models(run, load)
         size = canvas_size(run)
@@ -193,7 +179,7 @@ def measure(
     return saved_evidence.read(run.folder, split)
 
 
-def _tick(progress: _Progress, stop: StopFlag, echo, message: str) -> None:
+def _tick(progress: ProgressFile, stop: StopFlag, echo, message: str) -> None:
     stop.check()
     progress.update(done=progress.state["done"] + 1, message=message)
     echo(f"[{progress.state['done']}/{progress.state['total']}] {message}")

@@ -380,13 +380,11 @@ def _member_model(member: Run, models: Mapping | None):
 
 def score_pixels(run: Run, images: np.ndarray, models: Mapping | None = None) -> np.ndarray:
     """The ensemble's probability of its binary view's positive class for a batch of square RGB images
-    (n, S, S, 3) in 0..255: the members' (`evaluation.score_pixels`, each at its own size) combined with the weights."""
-    members, weights = member_runs(run), weights_of(run)
-    scores = [
-        evaluation.score_pixels(_member_model(m, models), images)
-        for m in members
-    ]
-    return combine(np.column_stack(scores), weights)
+    (n, S, S, 3) in 0..255: the members' (`evaluation.score_pixels`, each at its own size) combined with the weights;
+    a member without weight is neither loaded nor run."""
+    weighted = [(m, w) for m, w in zip(member_runs(run), weights_of(run), strict=True) if w > 0]  # as `heatmap_for_run`
+    scores = [evaluation.score_pixels(_member_model(m, models), images) for m, _ in weighted]
+    return combine(np.column_stack(scores), [w for _, w in weighted])
 
 
 def heatmap_for_run(

@@ -37,6 +37,7 @@ MODES = ("frozen", "finetune")
 TUNERS = ("random", "bayesian", "hyperband")
 MOBILENET_VERSIONS = ("v1", "v2", "v3", "v3_small")
 EXPLANATION_METHODS = ("gradcam", "gradcam++", "occlusion", "smoothgrad", "rollout")  # core.inference.methods.METHODS
+IMPORT_SCALINGS = ("0-255", "0-1", "-1-1", "caffe", "torch")  # core.models.imported.SCALINGS
 
 
 def _default_artifacts_dir() -> str:
@@ -166,6 +167,30 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--class", dest="class_name", default=None, help="the class to explain (a multi-class run; default: its predicted class)")
     explain.add_argument("--artifacts", default=artifacts_default)
 
+    imports = commands.add_parser(
+        "import", help="score a model trained elsewhere (.keras, .h5, SavedModel folder, .tflite, .onnx) as a run",
+        description="Import a model trained elsewhere as an ordinary run: the data split by a search's rules and seed, "
+        "validation and test predictions, the threshold chosen on validation, the stress test. Give only what the "
+        "model file cannot say: always --scaling; --input-size, --channels, --layout when the file leaves them dynamic.",
+    )
+    imports.add_argument("model", help="the model file, or a SavedModel folder")
+    imports.add_argument("--name", required=True, help="the run's name")
+    imports.add_argument("--data", required=True, help="the data folder (as for tune)")
+    imports.add_argument("--scaling", required=True, choices=IMPORT_SCALINGS,
+                         help="how the model expects pixels: 0-255 (scales inside), 0-1, -1-1, caffe (BGR minus ImageNet mean), "
+                         "torch (ImageNet mean/std)")
+    imports.add_argument("--task", choices=list(TASKS), default="pneumonia", help="what the model predicts (default: pneumonia)")
+    imports.add_argument("--input-size", dest="image_size", type=_positive_int, help="the side in pixels, when the file does not say")
+    imports.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3, when the file does not say")
+    imports.add_argument("--layout", choices=("NHWC", "NCHW"), help="channels last or first, when the file does not say")
+    imports.add_argument("--positive-output", dest="positive", type=_non_negative_int,
+                         help="the output column of the positive class (default: the only one, or 1 of two)")
+    imports.add_argument("--logits", action="store_true", help="the outputs are logits: apply sigmoid or softmax")
+    imports.add_argument("--seed", type=int, default=42, help="the split's seed: a searched run's, to pair with it (default 42)")
+    imports.add_argument("--max-per-class", type=_positive_int, help="cap images per class and split, as the runs to pair with")
+    imports.add_argument("--no-stress-test", dest="stress_test", action="store_false", help="skip the stress test on validation")
+    imports.add_argument("--artifacts", default=artifacts_default)
+
     export = commands.add_parser("export", help="one finished run as a zip: model, threshold, MODEL_CARD.md")
     export.add_argument("run")
     export.add_argument("--out", required=True, help="the zip file to write")
@@ -271,7 +296,7 @@ def _worker(args) -> int:
 def _resume(args) -> int:
     from core.runs import artifacts
     from core.search.settings import SearchSettings
-    from core.workflows import recipe, repeat
+    from core.workflows import importing, recipe, repeat
 
     run = artifacts.load_run(args.artifacts, args.run)
     if plan := recipe.read_plan(run.folder):  # a recipe's step: go on with the whole chain
@@ -280,6 +305,8 @@ def _resume(args) -> int:
         raise artifacts.RunError(f"run {run.name!r} is an ensemble: it has no search to resume")
     if run.is_repeat:
         return _repeat_finish(repeat.run_repeat(args.artifacts, run.name))
+    if run.is_imported:
+        return _finish(importing.run_import(args.artifacts, run.name))
     settings = SearchSettings.from_dict({**run.settings, "artifacts_dir": args.artifacts})
     return _finish(_search(settings, resume=True))
 
@@ -465,6 +492,19 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _import(args) -> int:
+    from core.workflows import importing
+
+    options = importing.ImportOptions(
+        model=args.model, data_dir=args.data, artifacts_dir=args.artifacts,
+        **{key: getattr(args, key) for key in importing.option_names() if hasattr(args, key) and key != "model"},
+    )
+    result = importing.import_model(options)
+    for warning in result.get("warnings") or []:
+        print(f"warning: {warning}", file=sys.stderr)
+    return _finish(result)
+
+
 def _export(args) -> int:
     from core.reporting import export
 
@@ -509,7 +549,7 @@ def _data(args) -> int:
 
 HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "stop": _stop, "runs": _runs,
             "ensemble": _ensemble, "predict": _predict, "explain": _explain, "where-it-looks": _where_it_looks, "evaluate": _evaluate,
-            "export": _export, "data": _data}
+            "import": _import, "export": _export, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from core.runs import artifacts
 from core.runs.progress import StopFlag
 from core.search.settings import SearchSettings
 from core.search.splits import preflight
-from core.workflows import localisation, recipe, repeat
+from core.workflows import importing, localisation, recipe, repeat
 
 PROCESS_LOG = "process.log"
 # In progress.json while the pid is the launcher's (the dashboard's), not yet the search's: never signalled.
@@ -117,6 +117,20 @@ def start_repeat(artifacts_dir: str, source: str, n_seeds: int, name: str | None
     folder = repeat.create_repeat(artifacts_dir, settings, {**progress, "state": "starting", "phase": "starting",
                                                             "pid": os.getpid(), "host": artifacts.this_host(), LAUNCHING: True})
     _launch_visibly(folder, artifacts_dir, progress)  # `core resume` continues a repeat as a repeat
+    return settings["name"]
+
+
+def start_import(options: importing.ImportOptions) -> str:
+    """Import a model in the background (`core.workflows.importing`); returns the run's name. Every
+    check (the data, the file, its input and output, its outputs on a few images) runs here, before
+    any folder is made; the model file is copied into the run folder before this returns, so a
+    temporary upload can be deleted after."""
+    _reap()
+    settings = importing.plan_import(options)
+    progress = {"trials_done": 0, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    folder = importing.create_import(settings, options.model, {**progress, "state": "starting", "phase": "starting",
+                                                               "pid": os.getpid(), "host": artifacts.this_host(), LAUNCHING: True})
+    _launch_visibly(folder, options.artifacts_dir, progress)  # `core resume` scores an imported run
     return settings["name"]
 
 

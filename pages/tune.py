@@ -1,6 +1,6 @@
 """Tune page: start a Keras Tuner search in the background, follow it live, stop and resume it.
 
-The sections live in `pages/_tune_*.py`: the search form (`_tune_form`), the recipe box and the
+The sections live in `pages/_tune_*.py`: the search form (`_tune_form`), the Import form (`_tune_import`), the recipe box and the
 Recipes list (`_tune_recipes`), the live panels and the finished runs (`_tune_runs`).
 """
 
@@ -9,6 +9,7 @@ import streamlit as st
 from core.runs import artifacts
 from pages import _shared as ui
 from pages._tune_form import data_folder_notes, search_form
+from pages._tune_import import import_form
 from pages._tune_recipes import recipe_box, recipes_list
 from pages._tune_runs import finished_runs, running_and_finished, running_searches
 
@@ -25,6 +26,7 @@ st.header("New search")
 data = data_folder_notes(ui.data_dir())
 recipe_box(folder, data)
 search_form(folder, data)
+import_form(folder, data)
 
 runs = artifacts.list_runs(folder)
 active, finished = running_and_finished(runs)

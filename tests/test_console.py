@@ -68,6 +68,9 @@ def test_the_parsers_choices_are_the_librarys():
     from core.inference import methods
 
     assert list(cli.EXPLANATION_METHODS) == list(methods.METHODS)
+    from core.models import imported
+
+    assert list(cli.IMPORT_SCALINGS) == list(imported.SCALINGS)
 
 
 def test_progress_bar_follows_the_long_steps():

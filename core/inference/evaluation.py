@@ -276,14 +276,21 @@ def time_inference(model, sample_pixels: np.ndarray, engine: str = "auto", cache
 
 
 def load_model(path: str | os.PathLike):
-    """Load a saved model without running any code stored in it (Keras `safe_mode`)."""
+    """Load a saved model without running any code stored in it (Keras `safe_mode`); an imported
+    run's bundle folder is read and adapted (`core.models.imported.load_bundle`)."""
     import warnings
 
     import keras
 
     import core.models.transformer  # noqa: F401  registers the hybrid's own layers (cxr>...) for loading
+    from core.models import imported
 
     path = Path(path)
+    if imported.is_bundle(path):
+        try:
+            return imported.load_bundle(path)
+        except ValueError as error:
+            raise artifacts.RunError(f"cannot load the imported model in {path}: {error}") from None
     try:
         with warnings.catch_warnings():  # the optimizer state is not saved for inference: harmless
             warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")

@@ -46,6 +46,11 @@ class ExplanationMethod:
 
     def problem(self, model: keras.Model) -> str:
         """"" when the method applies to `model`, else why not (in words for a user)."""
+        from core.models.imported import ForeignModel
+
+        if isinstance(model, ForeignModel) and not self.model_agnostic:
+            return (f"it reads a Keras model's gradients or layers, and this model is an imported {model.adapter.format} "
+                    "file: use occlusion, which needs only its predictions")
         return self.needs(model)
 
 

@@ -11,6 +11,9 @@ in `KINDS` (ordered, first match wins):
 - `RepeatRun`: a run's best hyperparameters trained again with other seeds (`core.workflows.repeat`,
   `Run.is_repeat`). It predicts, explains and is exported with its first seed's model, saved as its
   own, exactly like a plain run; it cannot be the source of another repeat (repeat its source).
+- `ImportedRun`: a model trained elsewhere and imported (`core.workflows.importing`); its own model
+  is the bundle `core.models.imported` reads (a Keras model, or a TF Lite, ONNX or SavedModel file
+  run as it is). It is exported with that bundle, and not repeated (nothing here trained it).
 - `PlainRun`: a searched run with its own model (`core.inference.evaluation`, `.methods`); it
   takes every run no kind before it claims.
 
@@ -18,8 +21,8 @@ Three-class is not a kind of run but a task (`core.data.tasks`): a plain run and
 both be three-class. What the task changes (a probability column per class, the argmax label, the
 class an explanation explains) is read from the run's `Task` by the code each kind calls, never here.
 
-A new kind (a model trained elsewhere: ONNX, TF Lite, a Keras file; a transformer run) is one more
-`RunKind` subclass in this file, listed in `KINDS` before `PlainRun`; nothing else dispatches.
+A new kind is one more `RunKind` subclass in this file, listed in `KINDS` before `PlainRun`; nothing
+else dispatches.
 
 Imports go one way: `evaluation`, `explanation` and `methods` know one model at a time and import neither this
 module nor `ensemble`; `ensemble` uses them for its members (plain runs); this module sits on top.
@@ -128,6 +131,21 @@ class RepeatRun(PlainRun):
         return f"{run.name} is itself a repeat of {run.settings[REPEAT].get('source')}: repeat that run instead"
 
 
+class ImportedRun(PlainRun):
+    """A model trained elsewhere (`core.workflows.importing`): its bundle (the copied file and its
+    adapter, `core.models.imported`) is its own model, read as a Keras model or run as a file of its
+    format; explained by occlusion, and by the gradient methods when it is a Keras model."""
+
+    name = "imported"
+
+    def applies(self, run: Run) -> bool:
+        return run.is_imported
+
+    def repeat_problem(self, run: Run) -> str:
+        return (f"{run.name} is an imported model: it was trained elsewhere, so there are no hyperparameters or "
+                "training data here to train it again with; retrain it where it was made, then import it again")
+
+
 class EnsembleRun(RunKind):
     """Finished runs combined (`core.inference.ensemble`); `models` maps member names to their models."""
 
@@ -162,7 +180,7 @@ class EnsembleRun(RunKind):
         return f"{run.name} is an ensemble: it has no hyperparameters of its own; repeat one of its members ({', '.join(run.members)})"
 
 
-KINDS: tuple[RunKind, ...] = (EnsembleRun(), RepeatRun(), PlainRun())
+KINDS: tuple[RunKind, ...] = (EnsembleRun(), RepeatRun(), ImportedRun(), PlainRun())
 
 
 def kind_of(run: Run) -> RunKind:

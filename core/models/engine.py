@@ -411,9 +411,13 @@ def make_engine(
     ``cache_path``: where to keep the converted .tflite file (plus a ``.json`` sidecar that ties it
     to the model's shapes and weights); reused when it matches, rebuilt otherwise. The caller makes
     it unique per model. ``threads``: interpreter threads, default all cores this process may use.
+    A model that is already an engine (an imported TF Lite, ONNX or SavedModel file,
+    `core.models.imported.ForeignModel`) runs itself, whatever ``engine`` asks for.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if isinstance(model, InferenceEngine):
+        return model
     if threads is not None and threads < 1:
         raise ValueError("threads must be >= 1")
     if engine == "keras":

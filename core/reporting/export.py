@@ -61,6 +61,23 @@ def _tflite(run: Run) -> bytes | None:
     return path.read_bytes() if path.exists() else None
 
 
+def _onnx(run: Run) -> bytes | None:
+    """The run's own Keras model as ONNX (`core.models.model_files.convert_to_onnx`), converted on first
+    use and kept as `model.onnx` beside it; None when it cannot be converted, or the run is imported (its
+    original file travels in its bundle)."""
+    if run.is_imported:
+        return None
+    path = run.folder / "model.onnx"
+    if not path.exists():
+        try:
+            from core.models import model_files
+
+            files.write_bytes(path, model_files.convert_to_onnx(evaluation.load_model(run.model_path)))
+        except Exception:
+            return None
+    return path.read_bytes()
+
+
 def _interval_row(label: str, ev: run_evidence.RunEvidence) -> str:
     cells = [label, str(ev.n_images), str(ev.n_patients)]
     for metric in run_evidence.INTERVAL_METRICS:
@@ -94,7 +111,18 @@ def decision_rule(run: Run) -> dict:
         "classes": list(task.classes), "class_names": list(task.names), "positive_class": positive, **outputs,
         "image_size": int(run.settings.get("image_size") or 224), "input": "grayscale repeated to RGB, 0..255, float32",
         "tta_views": (metrics.get("tta") or {}).get("views", 1),
+        **({"imported_model": _imported_input(run)} if run.is_imported else {}),
     }
+
+
+def _imported_input(run: Run) -> dict:
+    """How the imported model's own file is fed (threshold.json): its adapter, in words and as saved."""
+    from core.models import imported  # it loads Keras: only an imported run's export needs it
+
+    record = run.settings[artifacts.IMPORTED]
+    adapter = imported.Adapter.from_dict(record["adapter"])
+    return {"file": f"{artifacts.IMPORTED_MODEL}/{adapter.file}", "reads": adapter.describe(),
+            "scaling": imported.SCALINGS[adapter.scaling].description, "adapter": adapter.to_dict()}
 
 
 LAYERS_MODULE = "cxr_layers.py"  # the transformer families' own Keras layers, shipped beside their model
@@ -188,11 +216,10 @@ def model_card(run: Run) -> str:
 ## Model details
 
 - Task: **{task.name}** ({tasks.DESCRIPTIONS[task.name]}).
-- Family: {run.family} ({settings.get('mode', 'frozen')} mode, weights {settings.get('weights', '?')}), input {size}×{size} px.
-- Found by a Keras Tuner {settings.get('tuner', '?')} search ({settings.get('trials', '?')} trials × {settings.get('epochs', '?')} epochs, seed {settings.get('seed', '?')}) with this project's `python -m core tune`.
+{_origin(run, size)}
 - Decision threshold: **{threshold:.6f}** ({metrics.get('threshold_rule', "Youden's J on the validation split")}); probability ≥ threshold means {task.binary_classes[1]}{'' if task.is_binary else ' (the binary view); the three classes are decided by the largest probability (argmax)'}.
 - Test-time augmentation: {f'{tta} views (core.data.augmentation.tta_views); the saved probabilities average them' if tta and tta > 1 else 'none'}.
-- Files: `model.keras` (Keras 3, pixels 0..255 in, {output}), `model.tflite` (the same model for TensorFlow Lite), `threshold.json`.
+- Files: {_files_line(run, output)}
 
 ## Intended use
 
@@ -239,8 +266,46 @@ bootstrap; rates: Wilson's interval widened by the design effect), as on the Com
 
 ## How to load it and predict
 
-{usage(task, size, threshold, needs_layers(run))}
+{_imported_usage(run, threshold) if run.is_imported else usage(task, size, threshold, needs_layers(run))}
 """
+
+
+def _origin(run: Run, size: int) -> str:
+    """Where the model came from: the search that found it, or the file it was imported from."""
+    settings = run.settings
+    if run.is_imported:
+        record = settings[artifacts.IMPORTED]
+        return (f"- Imported: a {record['format']} model trained elsewhere, `{Path(record['source']).name}` (sha256 "
+                f"{record['sha256'][:16]}…), scored here with `python -m core import`; input {size}×{size} px, read as "
+                f"{_imported_input(run)['reads']}. Pixel scaling: {_imported_input(run)['scaling']}.\n"
+                f"- Split by this project's rules with seed {settings.get('seed', '?')}: its validation and test images are those "
+                "of searched runs with the same data and seed.")
+    return (f"- Family: {run.family} ({settings.get('mode', 'frozen')} mode, weights {settings.get('weights', '?')}), input {size}×{size} px.\n"
+            f"- Found by a Keras Tuner {settings.get('tuner', '?')} search ({settings.get('trials', '?')} trials × "
+            f"{settings.get('epochs', '?')} epochs, seed {settings.get('seed', '?')}) with this project's `python -m core tune`.")
+
+
+def _files_line(run: Run, output: str) -> str:
+    if run.is_imported:
+        return (f"`{artifacts.IMPORTED_MODEL}/` (the original file and `adapter.json`, how it is fed: see threshold.json's "
+                f"`imported_model`), `model.tflite` when it could be converted, `threshold.json`.")
+    return (f"`model.keras` (Keras 3, pixels 0..255 in, {output}), `model.tflite` and `model.onnx` (the same model for "
+            "TensorFlow Lite and ONNX Runtime), `threshold.json`.")
+
+
+def _imported_usage(run: Run, threshold: float) -> str:
+    """The card's "how to predict" for an imported run: its own file, fed as its adapter says, or imported again."""
+    record = run.settings[artifacts.IMPORTED]
+    options = record.get("options") or {}
+    flags = " ".join(
+        f"--{flag} {options[key]}" for key, flag in (("image_size", "input-size"), ("channels", "channels"), ("layout", "layout"),
+                                                     ("positive", "positive-output")) if options.get(key) is not None
+    ) + (" --logits" if options.get("logits") else "")
+    reading = _imported_input(run)
+    return (f"Run `{reading['file']}` with the tool it was made for, feeding it as it was trained: {reading['reads']}. "
+            f"At or above {threshold:.6f} the label is {tasks.task_for(run.task).binary_classes[1]}.\n\n"
+            f"Or import it into this project again (the same adapter):\n\n```\npython -m core import {reading['file']} "
+            f"--name NAME --data DATA --scaling {reading['adapter']['scaling']} {flags}\n```\n")
 
 
 def export_bytes(artifacts_dir: str | os.PathLike, name: str) -> bytes:
@@ -248,7 +313,14 @@ def export_bytes(artifacts_dir: str | os.PathLike, name: str) -> bytes:
     run = exportable(artifacts.load_run(artifacts_dir, name))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.write(run.model_path, f"{run.name}/model.keras")
+        if run.is_imported:  # the original file as it was imported, with the adapter that reads it
+            for path in sorted(p for p in run.model_path.rglob("*") if p.is_file()):
+                archive.write(path, f"{run.name}/{artifacts.IMPORTED_MODEL}/{path.relative_to(run.model_path)}")
+        else:
+            archive.write(run.model_path, f"{run.name}/model.keras")
+        onnx = _onnx(run)
+        if onnx is not None:
+            archive.writestr(f"{run.name}/model.onnx", onnx)
         if needs_layers(run):
             archive.write(transformer_layers_file(), f"{run.name}/{LAYERS_MODULE}")
         tflite = _tflite(run)
@@ -258,6 +330,8 @@ def export_bytes(artifacts_dir: str | os.PathLike, name: str) -> bytes:
         card = model_card(run)
         if tflite is None:
             card += "\n_model.tflite is not included: this model could not be converted to TensorFlow Lite._\n"
+        if onnx is None and not run.is_imported:
+            card += "\n_model.onnx is not included: tf2onnx could not convert this model._\n"
         archive.writestr(f"{run.name}/{CARD}", card)
     return buffer.getvalue()
 

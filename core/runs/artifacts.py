@@ -44,6 +44,10 @@ ENSEMBLE_FAMILY = "ensemble"
 # A repeat's settings hold this key: {source, seeds, main} (see core.workflows.repeat); it predicts
 # with its first seed's model, saved as its own.
 REPEAT = "repeat"
+# An imported run's settings hold this key: where its model came from and how it is read (see
+# core.workflows.importing); its model is the bundle folder IMPORTED_MODEL (core.models.imported).
+IMPORTED = "imported"
+IMPORTED_MODEL = "imported_model"
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 ACTIVE_STATES = ("starting", "running", "stopping")
@@ -200,7 +204,13 @@ class Run:
 
     @property
     def model_path(self) -> Path:
-        return self.folder / MODEL
+        """The run's own model: `model.keras`, or an imported run's bundle folder."""
+        return self.folder / (IMPORTED_MODEL if self.is_imported else MODEL)
+
+    @property
+    def is_imported(self) -> bool:
+        """Whether the run scores a model trained elsewhere (`python -m core import`)."""
+        return isinstance(self.settings.get(IMPORTED), dict)
 
     @property
     def is_ensemble(self) -> bool:
@@ -365,11 +375,12 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
                 "run": run.name,
                 "family": run.family,
                 "task": run.task,
-                "mode": run.settings.get("mode"),
+                "mode": run.settings[IMPORTED].get("format") if run.is_imported else run.settings.get("mode"),
                 "tuner": run.settings.get("tuner"),
                 "image_size": run.settings.get("image_size"),
                 "state": run.state,
-                "trials": f"{run.progress.get('trials_done', 0)}/{run.progress.get('trials_total', '?')}",
+                # an imported model was trained elsewhere: no trials here
+                "trials": "–" if run.is_imported else f"{run.progress.get('trials_done', 0)}/{run.progress.get('trials_total', '?')}",
                 "best_val_auc": _number(run.progress.get("best_val_auc")),
                 "test_auc": _number(metrics.get("auc")),
                 "accuracy": _number(metrics.get("accuracy")),

@@ -1,7 +1,7 @@
 """The data of a run: checked before the run folder exists, split once, read back on resume.
 
 `preflight` refuses a folder without usable images or weights that cannot be had before anything
-is written; `prepare_split` makes the patient-level split table (`splits.csv`) and the data
+is written; `make_split` applies the splitting rules; `prepare_split` makes the patient-level split table (`splits.csv`) and the data
 summary on a run's first start and reads them back unchanged on resume; `drop_undecodable`
 takes out images that failed to decode and lists them in the summary. The splitting rules
 themselves live in `core.data`.
@@ -54,13 +54,8 @@ def prepare_split(settings: SearchSettings, folder: Path, log, dataset: folders.
         log(f"scanning {settings.data_dir}")
         dataset = folders.scan_folder(settings.data_dir)
         folders.require_usable(dataset, settings.task_info)
-    task = settings.task_info
-    table, notes = splitting.assign_splits(dataset.table, settings.val_fraction, settings.test_fraction, settings.seed, task)
-    dataset.notes.extend(notes)
-    table = splitting.cap_per_class(table, settings.max_per_class, settings.seed, task)
-    splitting.check_patient_disjoint(table)
-    splitting.require_splits(table, task)
-    summary = splitting.summarize(dataset, table, task)
+    table, summary = make_split(dataset, settings.task_info, settings.val_fraction, settings.test_fraction, settings.seed,
+                                settings.max_per_class)
     files.write_csv(saved, table)
     files.write_json(folder / artifacts.DATA_SUMMARY, summary)
     for note in summary["notes"]:
@@ -68,6 +63,20 @@ def prepare_split(settings: SearchSettings, folder: Path, log, dataset: folders.
     if summary["unreadable"]:
         log(f"skipped {len(summary['unreadable'])} unreadable files (listed in {artifacts.DATA_SUMMARY})")
     return table, summary
+
+
+def make_split(
+    dataset: folders.Dataset, task, val_fraction: float, test_fraction: float, seed: int, max_per_class: int | None
+) -> tuple[pd.DataFrame, dict]:
+    """The patient-level split table and the data summary: a search's rules, so that any run made
+    with the same data, fractions, seed and cap (a search, an imported model) holds the same images
+    in each split and pairs with the others."""
+    table, notes = splitting.assign_splits(dataset.table, val_fraction, test_fraction, seed, task)
+    dataset.notes.extend(notes)
+    table = splitting.cap_per_class(table, max_per_class, seed, task)
+    splitting.check_patient_disjoint(table)
+    splitting.require_splits(table, task)
+    return table, splitting.summarize(dataset, table, task)
 
 
 def drop_undecodable(table: pd.DataFrame, pixels: np.ndarray, errors, folder: Path, log):

@@ -218,15 +218,14 @@ class ExplanationChoice(NamedTuple):
 
 def explanation_controls(key_prefix: str, positive: str, runs: list[artifacts.Run] | None = None) -> ExplanationChoice:
     """The method, opacity and region controls above a row of heatmaps (Compare's selected image,
-    Predict). The method starts at attention rollout when every run is a transformer, else Grad-CAM."""
-    from core.inference import methods
-    from core.models import families
+    Predict). The method starts where `run_kinds.default_method` says (Grad-CAM, attention rollout for
+    transformers, occlusion for imported files without gradients)."""
+    from core.inference import methods, run_kinds
 
-    transformer = bool(runs) and all(getattr(families.FAMILIES.get(r.family), "transformer", False) for r in runs)
     left, middle, right = st.columns(3)
     names = list(methods.METHODS)
     method = left.selectbox(
-        "Explanation", names, index=names.index(methods.default_for(transformer)), key=f"{key_prefix}_method",
+        "Explanation", names, index=names.index(run_kinds.default_method(runs or [])), key=f"{key_prefix}_method",
         format_func=lambda name: methods.METHODS[name].label,
         help="Where each run looks, by one of several methods (Compare's \"Where the models look\" says which to trust): "
         + " ".join(f"**{m.label}**: {m.summary}." for m in methods.METHODS.values()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import streamlit as st
 
@@ -215,8 +216,11 @@ def _run_details(folder: str, finished: list[artifacts.Run]) -> None:
         st.session_state.pop("tune_detail", None)  # a deleted, archived or filtered-out run
     detail = st.selectbox("Run", [r.name for r in finished], key="tune_detail")
     run = next(r for r in finished if r.name == detail)
-    st.markdown("**Trials**")
-    trials_view(run, key="tune_trials")
+    if run.is_imported:
+        imported_model(run)
+    else:
+        st.markdown("**Trials**")
+        trials_view(run, key="tune_trials")
     left, right = st.columns(2)
     with left:
         st.caption("Settings")
@@ -226,6 +230,23 @@ def _run_details(folder: str, finished: list[artifacts.Run]) -> None:
         st.code(run.log_tail(30) or "(no log)", language=None, wrap_lines=True)
     repeat_panel(folder, run)
     run_admin(folder, run)
+
+
+def imported_model(run: artifacts.Run) -> None:
+    """Where an imported run's model came from and how it is read, and what to check after the import."""
+    record = run.settings[artifacts.IMPORTED]
+    st.markdown("**Imported model** (trained elsewhere: no trials here)")
+    adapter = record.get("adapter") or {}
+    st.markdown(
+        f"- File: `{Path(record['source']).name}` ({record['format']}), sha256 `{record['sha256'][:16]}…`, imported "
+        f"{record.get('imported_at', '?')}\n"
+        f"- Read as: input {adapter.get('size')}×{adapter.get('size')} px, {adapter.get('channels')} channel(s), "
+        f"{adapter.get('layout')}, pixel scaling {adapter.get('scaling')}; output {adapter.get('outputs')} column(s)"
+        + (f", positive class column {adapter['positive']}" if adapter.get("outputs", 1) > 1 and adapter.get("positive") is not None else "")
+        + (", logits" if adapter.get("logits") else "")
+    )
+    for warning in (run.metrics or {}).get("warnings") or []:
+        st.warning(warning, icon=":material/warning:")
 
 
 def repeat_panel(folder: str, run: artifacts.Run) -> None:

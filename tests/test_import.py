@@ -235,6 +235,7 @@ def test_occlusion_explains_any_import_and_grad_cam_only_keras(imported_runs, da
         assert heat.shape == (SIZE, SIZE) and 0 <= heat.min() and heat.max() == pytest.approx(1.0)
         assert original.size == (SIZE, SIZE)
     assert run_kinds.method_problem(keras_run, "gradcam") == ""
+    assert run_kinds.default_method([onnx_run]) == "occlusion" and run_kinds.default_method([keras_run]) == "gradcam"
     heat, _ = run_kinds.heatmap(keras_run, image, method="gradcam")
     assert heat.ndim == 2 and heat.max() <= 1.0
 
@@ -321,3 +322,76 @@ def test_the_adapter_maps_are_one_code_path_for_numpy_and_keras():
     logits = np.array([[0.0, 2.0], [1.0, -1.0]], np.float32)
     np.testing.assert_allclose(np.asarray(imported.model_output(logits, adapter))[:, 0],
                                np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1), atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# The dashboard
+# --------------------------------------------------------------------------
+
+
+def _page(name: str, data_dir: Path, artifacts_dir: Path):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import REPO
+
+    at = AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=120)
+    at.session_state["data_dir"] = str(data_dir)
+    at.session_state["artifacts_dir"] = str(artifacts_dir)
+    return at.run()
+
+
+def _said(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def test_the_import_form_checks_uploads_and_the_run_reaches_compare_and_predict(data_dir, runs_dir, tmp_path):
+    import shutil
+
+    from tests.helpers import wait_for
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(runs_dir / "cnn-small", folder / "cnn-small", ignore=shutil.ignore_patterns("search.lock"))
+    at = _page("tune", data_dir, folder)
+    at.button(key="import_start").click().run()
+    assert "Not imported: give the run a name" in _said(at.error)
+    at.text_input(key="import_name").input("outside").run()
+    at.button(key="import_start").click().run()
+    assert "choose the pixel scaling" in _said(at.error)
+    at.selectbox(key="import_scaling").set_value("torch")
+    at.file_uploader(key="import_upload").set_value(("cxr.onnx", b"not a model", "application/octet-stream"))
+    at.button(key="import_start").click().run()
+    assert "Not imported: cannot import cxr.onnx" in _said(at.error) and "not an ONNX model" in _said(at.error)
+    assert sorted(p.name for p in folder.iterdir()) == ["cnn-small"]  # nothing saved half-done
+
+    model = nchw_logits_onnx(tmp_path / "at32.onnx", 32)
+    at.file_uploader(key="import_upload").set_value(("at32.onnx", model.read_bytes(), "application/octet-stream"))
+    at.checkbox(key="import_logits").check()
+    at.number_input(key="import_cap").set_value(12)
+    at.button(key="import_start").click().run()
+    assert not at.exception and not at.error, _said(at.error)
+    assert "Importing **outside** in the background" in _said(at.success)
+    wait_for(lambda: artifacts.load_run(folder, "outside").state in ("completed", "failed"), timeout=180, what="the import")
+    run = artifacts.load_run(folder, "outside")
+    assert run.state == "completed", run.log_tail()
+    assert run.settings["imported"]["source"] == "at32.onnx"  # the upload's own name, not the temporary copy's path
+
+    at.run()
+    at.selectbox(key="tune_detail").set_value("outside").run()
+    assert not at.exception
+    assert "Imported model" in _said(at.markdown) and "at32.onnx" in _said(at.markdown)
+    table = at.dataframe[0].value
+    assert dict(zip(table["run"], table["family"], strict=True))["outside"] == "imported"
+
+    compare = _page("compare", data_dir, folder)
+    compare.multiselect(key="compare_runs").set_value(["cnn-small", "outside"]).run()
+    assert not compare.exception
+    assert {compare.selectbox(key="paired_a").value, compare.selectbox(key="paired_b").value} == {"cnn-small", "outside"}
+    assert "DeLong p (by patient)" in [m.label for m in compare.metric]
+
+    predict = _page("predict", data_dir, folder)
+    predict.multiselect(key="predict_runs").set_value(["outside"])
+    image = next((data_dir / "test" / "PNEUMONIA").glob("*.jpeg"))
+    predict.file_uploader(key="predict_upload").set_value([("chest.jpeg", image.read_bytes(), "image/jpeg")])
+    predict.run()
+    assert not predict.exception
+    assert predict.dataframe[0].value["run"].tolist() == ["outside"]

@@ -145,7 +145,11 @@ def heatmap_for_run(
     return chosen.compute(model, pixels, class_index), explanation.load_original(image_path)
 
 
-def default_for(transformer: bool) -> str:
-    """The method shown first: attention rollout for transformer models (their own explanation),
-    Grad-CAM for the rest (the most faithful of the cheap ones on the recipe's CNNs, docs/measurements.md)."""
+def default_for(transformer: bool, gradients: bool = True) -> str:
+    """The method shown first: occlusion when some model has no gradients to read (an imported TF
+    Lite, ONNX or SavedModel file: it needs only predictions), attention rollout for transformer
+    models (their own explanation), Grad-CAM for the rest (the most faithful of the cheap ones on the
+    recipe's CNNs, docs/measurements.md)."""
+    if not gradients:
+        return "occlusion"
     return "rollout" if transformer else DEFAULT_METHOD

@@ -41,7 +41,8 @@ from PIL import Image
 
 from core.inference import ensemble, evaluation, methods, ood
 from core.inference.methods import DEFAULT_METHOD
-from core.runs.artifacts import REPEAT, Run, RunError
+from core.runs import artifacts
+from core.runs.artifacts import IMPORTED, REPEAT, Run, RunError
 
 # What `load_models` turns a model file into: `evaluation.load_model`, or a page's cached loader.
 ModelLoader = Callable[[Path], Any]
@@ -225,6 +226,23 @@ def heatmap(run: Run, image_path: str | Path, models: Any = None, class_name: st
     `class_name` (by default the predicted class); an ensemble's is the weighted mean of its members'
     (`explanation.combine_heatmaps`). ValueError when the method does not apply (`method_problem`)."""
     return kind_of(run).heatmap(run, image_path, models, class_name, method)
+
+
+def default_method(runs: Sequence[Run]) -> str:
+    """The explanation method a page shows first for `runs` (`methods.default_for`), read from their
+    settings without loading a model: an imported file without gradients (`model_files.KERAS_FORMATS`
+    are the ones with) makes it occlusion; all transformer families, attention rollout."""
+    from core.models import families, model_files
+
+    def gradients(run: Run) -> bool:
+        try:
+            members = [artifacts.load_run(run.folder.parent, m) for m in run.members] if run.is_ensemble else [run]
+        except RunError:  # a deleted member: the page says so where it explains
+            return True
+        return all(not m.is_imported or m.settings[IMPORTED].get("format") in model_files.KERAS_FORMATS for m in members)
+
+    transformer = bool(runs) and all(getattr(families.FAMILIES.get(r.family), "transformer", False) for r in runs)
+    return methods.default_for(transformer, all(gradients(r) for r in runs))
 
 
 def method_problem(run: Run, method: str, models: Any = None) -> str:

@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,6 +25,7 @@ from core.evidence import comparison, multiclass, shift, stress
 from core.evidence import run_evidence as ev
 from core.inference.evaluation import THRESHOLD_RULE
 from core.reporting import curves, figures, where_it_looks, wording
+from core.runs import artifacts
 from core.runs.artifacts import Run
 
 TITLE = "Pneumonia classifiers compared"
@@ -176,6 +178,14 @@ def _data_summary(summary: Mapping[str, Any] | None) -> str:
     return "".join(parts)
 
 
+def _imported_from(run: Run) -> str | None:
+    """An imported run's model file, by name, format and hash (None for other runs)."""
+    if not run.is_imported:
+        return None
+    record = run.settings[artifacts.IMPORTED]
+    return f"{Path(record['source']).name} ({record['format']}, sha256 {record['sha256'][:12]}…), trained elsewhere"
+
+
 def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
     choices = pd.DataFrame(
         [
@@ -187,6 +197,7 @@ def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
     task = comparison.run_task(run)
     facts = {
         "family": run_facts.family,
+        "imported from": _imported_from(run),
         "task": f"{task.name} ({task.title}; positive: {task.binary_names[1]}"
         + (", the derived P(bacterial) + P(viral)" if not task.is_binary else "") + ")",
         "threshold in use": f"{evidence.threshold:.4f} ({_threshold_source(evidence)})",

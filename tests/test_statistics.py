@@ -562,11 +562,33 @@ def test_clustered_mcnemar_hand_example() -> None:
     sums = [abs(sum(e * d for e, d in zip(signs, (3, 2, 1, 2), strict=True))) for signs in itertools.product((1, -1), repeat=4)]
     assert res.method == "exact_sign_flip"
     assert res.p_value == sum(s >= 6 for s in sums) / 16 == 4 / 16
-    # Three copies of these patients (15 patients, 30 discordant images): Durkalski's statistic
-    # (24 - 6)^2 / (3 * (9 + 4 + 1 + 0 + 4)) = 324 / 54 = 6 on 1 df, p = erfc(sqrt(3)).
-    tripled = st.clustered_mcnemar_test(np.tile(y, 3), np.tile(pa, 3), np.tile(pb, 3), np.r_[groups, groups + "b", groups + "c"])
-    assert (tripled.method, tripled.b, tripled.c, tripled.n_patients) == ("durkalski", 24, 6, 15)
-    assert tripled.statistic == pytest.approx(6.0) and tripled.p_value == pytest.approx(math.erfc(math.sqrt(3.0)))
+    # Seven copies of these patients (35 patients, 28 of them discordant): Durkalski's statistic
+    # (56 - 14)^2 / (7 * (9 + 4 + 1 + 0 + 4)) = 1764 / 126 = 14 on 1 df, p = erfc(sqrt(7)).
+    copies = [groups + f"-{i}" for i in range(7)]
+    sevenfold = st.clustered_mcnemar_test(np.tile(y, 7), np.tile(pa, 7), np.tile(pb, 7), np.concatenate(copies))
+    assert (sevenfold.method, sevenfold.b, sevenfold.c, sevenfold.n_patients) == ("durkalski", 56, 14, 35)
+    assert sevenfold.n_discordant_patients == 28
+    assert sevenfold.statistic == pytest.approx(14.0) and sevenfold.p_value == pytest.approx(math.erfc(math.sqrt(7.0)))
+
+
+def test_clustered_mcnemar_counts_discordant_patients_not_images() -> None:
+    # Four patients, each with 7 images A got right and B wrong: 28 discordant images but only
+    # 4 independent units. The exact sign-flip test over the 4 patients gives p = 2 / 2^4 = 0.125
+    # (only all-plus and all-minus reach |sum| = 28), the smallest p four patients can give;
+    # a chi-square on these 4 patients would claim p = erfc(sqrt(2)) = 0.046.
+    groups = np.repeat(["p1", "p2", "p3", "p4"], 7)
+    y, pa, pb = _paired_outcomes(28, 0, 0, 0)
+    res = st.clustered_mcnemar_test(y, pa, pb, groups)
+    assert (res.b, res.c, res.n_discordant_patients) == (28, 0, 4)
+    assert res.method == "exact_sign_flip" and res.p_value == pytest.approx(2 / 16)
+    # The switch to Durkalski's chi-square is at 25 discordant patients, whatever their image count:
+    # a patient whose images cancel out (b_k = c_k) is not discordant.
+    for n_disc, method in ((24, "exact_sign_flip"), (25, "durkalski")):
+        y, pa, pb = _paired_outcomes(2 * n_disc, 0, 0, 0)
+        y2, pa2, pb2 = _paired_outcomes(5, 5, 0, 0)  # one patient, 5 images each way: d = 0
+        groups = np.r_[np.repeat(np.arange(n_disc), 2), np.full(10, -1)]
+        res = st.clustered_mcnemar_test(np.r_[y, y2], np.r_[pa, pa2], np.r_[pb, pb2], groups)
+        assert (res.method, res.n_discordant_patients, res.b) == (method, n_disc, 2 * n_disc + 5)
 
 
 def test_holm_adjust_hand_example() -> None:
@@ -615,7 +637,7 @@ def test_paired_tests_by_patient_hold_their_type_one_error() -> None:
     assert 0.02 <= rate["clustered_delong"] <= 0.08, rate
     assert 0.02 <= rate["clustered_mcnemar"] <= 0.08, rate
     assert rate["delong"] > 0.10 and rate["mcnemar"] > 0.08, rate
-    # Small test sets (12 patients): few discordant images, so the exact sign-flip test runs; an
+    # Small test sets (12 patients): few discordant patients, so the exact sign-flip test runs; an
     # exact test may be conservative but must not exceed the level.
     small = 0
     for _ in range(reps):

@@ -73,9 +73,9 @@ __all__ = [
 #: every list of interval metrics (evidence, export, pages) takes it from here.
 BOOTSTRAP_METRICS: tuple[str, ...] = ("auc", "sensitivity", "specificity", "accuracy")
 
-# McNemar switches from the exact binomial test to the continuity-corrected
-# chi-square once there are this many discordant pairs; below it the
-# chi-square approximation is poor.
+# McNemar switches from the exact test to a chi-square once there are this
+# many discordant independent units (images for mcnemar_test, patients for
+# clustered_mcnemar_test); below it the chi-square approximation is poor.
 _MCNEMAR_EXACT_BELOW = 25
 
 # Upper bound on the size of the (resamples x images) weight matrix built at
@@ -763,9 +763,10 @@ class ClusteredMcNemarResult(_DictMixin):
 
     ``b`` / ``c`` count images as in :class:`McNemarResult`;
     ``n_discordant_patients`` are the patients with b_k != c_k, the only ones
-    that carry information. ``method`` is ``"exact_sign_flip"`` (exact
-    permutation test of the per-patient differences b_k - c_k,
-    ``statistic = b - c``) or ``"durkalski"`` (Durkalski et al. 2003 chi-square,
+    that carry information, and the count that picks the method:
+    ``"exact_sign_flip"`` under 25 of them (exact permutation test of the
+    per-patient differences b_k - c_k, ``statistic = b - c``), else
+    ``"durkalski"`` (Durkalski et al. 2003 chi-square,
     ``statistic = (b - c)^2 / sum_k (b_k - c_k)^2``, 1 degree of freedom).
     """
 
@@ -803,9 +804,13 @@ def clustered_mcnemar_test(y_true: Any, pred_a: Any, pred_b: Any, groups: Any) -
 
     Per patient k, b_k counts its images A got right and B wrong, c_k the
     reverse. Under the null the patient differences d_k = b_k - c_k are
-    symmetric about zero. With fewer than 25 discordant images the exact
-    sign-flip (permutation) test of sum d_k is used: for one image per patient
-    it is exactly McNemar's exact binomial test. Otherwise Durkalski, Palesch,
+    symmetric about zero. The independent units are the patients, so the
+    method is chosen by the number of discordant patients (d_k != 0), not of
+    discordant images: four patients with 7 discordant images each are 4
+    units, and no test on them can give p below 2 / 2^4 = 0.125. With fewer
+    than 25 discordant patients the exact sign-flip (permutation) test of
+    sum d_k over the 2^k sign patterns of those patients is used: for one
+    image per patient it is exactly McNemar's exact binomial test. Otherwise Durkalski, Palesch,
     Lipsitz & Rust (2003), "Analysis of clustered matched-pair data", Stat Med
     22:2417-2428: ``X^2 = (sum_k d_k)^2 / sum_k d_k^2`` on 1 degree of
     freedom, which for one image per patient is McNemar's chi-square without
@@ -824,7 +829,7 @@ def clustered_mcnemar_test(y_true: Any, pred_a: Any, pred_b: Any, groups: Any) -
     b, c = int(b_img.sum()), int(c_img.sum())
     d = np.bincount(codes, weights=b_img - c_img, minlength=n_clusters).astype(np.int64)
     n_disc_patients = int(np.sum(d != 0))
-    if b + c < _MCNEMAR_EXACT_BELOW:
+    if n_disc_patients < _MCNEMAR_EXACT_BELOW:
         p = _sign_flip_p(d)
         statistic, method = float(b - c), "exact_sign_flip"
     else:

@@ -136,7 +136,7 @@ def image_counts(check: ImageCheck) -> str:
 PAIRED_NOTE = (
     "Both tests keep each patient's images together, as the intervals do: DeLong's test of the AUCs clustered by "
     "patient (Obuchowski 1997), and McNemar's test of the errors at each run's threshold clustered by patient "
-    "(exact sign-flip test of the per-patient differences under 25 discordant images, else Durkalski 2003). "
+    "(exact sign-flip test of the per-patient differences under 25 patients with a net disagreement, else Durkalski 2003). "
     "b = images A got right and B wrong, c = the reverse. The image-level tests, which treat every image as "
     "independent, are shown for reference only: with several images per patient their p-values are too small."
 )
@@ -152,7 +152,7 @@ def mcnemar_method(result: statistics.ClusteredMcNemarResult, detailed: bool = F
     exact = result.method == "exact_sign_flip"
     if detailed:
         return (
-            "exact sign-flip test of the per-patient differences (under 25 discordant images)"
+            "exact sign-flip test of the per-patient differences (under 25 patients with a net disagreement)"
             if exact else "Durkalski's chi-square of the per-patient differences"
         )
     return "exact sign-flip" if exact else "Durkalski chi-square"

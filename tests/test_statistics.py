@@ -379,6 +379,74 @@ def test_delong_with_one_image_of_a_class_is_undefined_not_p_zero() -> None:
     assert two.defined and two.se**2 == pytest.approx(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
 
 
+def _newcombe_variance_written_out(theta: float, m: int, n: int) -> float:
+    """Hanley & McNeil (1982) variance of an AUC theta, with Newcombe's (2006, method 5) N - 1 for m - 1 and n - 1.
+
+    V = [theta (1 - theta) + (N - 1)(Q1 - theta^2) + (N - 1)(Q2 - theta^2)] / (m n),
+    Q1 = theta / (2 - theta), Q2 = 2 theta^2 / (1 + theta), N = (m + n) / 2.
+    """
+    q1, q2, big_n = theta / (2 - theta), 2 * theta**2 / (1 + theta), (m + n) / 2
+    return (theta * (1 - theta) + (big_n - 1) * (q1 - theta**2) + (big_n - 1) * (q2 - theta**2)) / (m * n)
+
+
+@pytest.mark.parametrize(("auc", "m", "n"), [(1.0, 4, 6), (0.8, 10, 7), (0.55, 30, 30), (0.0, 5, 5), (0.97, 3, 40)])
+def test_newcombe_interval_solves_the_score_equation(auc: float, m: int, n: int) -> None:
+    # The bounds are where |auc - theta| = z sqrt(V(theta)), V from Hanley & McNeil's formula as
+    # written above; between them the inequality holds and outside it fails (checked on a grid).
+    z = 1.959963984540054
+    low, high = st.newcombe_auc_interval(auc, m, n)
+    assert 0.0 <= low <= auc <= high <= 1.0 and low < high
+    for bound in (low, high):
+        if 0 < bound < 1:
+            assert abs(auc - bound) == pytest.approx(z * math.sqrt(_newcombe_variance_written_out(bound, m, n)), rel=1e-8)
+    grid = np.linspace(0.0005, 0.9995, 1000)
+    inside = grid[[(auc - t) ** 2 <= z**2 * _newcombe_variance_written_out(t, m, n) for t in grid]]
+    assert inside.min() == pytest.approx(low, abs=1e-3) and inside.max() == pytest.approx(high, abs=1e-3)
+
+
+def test_delong_ci_at_perfect_separation_is_an_interval_not_a_point() -> None:
+    # k positives all above k negatives: DeLong's variance is 0 and its interval was [1, 1].
+    lows = []
+    for k in (3, 5, 10, 30):
+        y = np.r_[np.ones(k, dtype=int), np.zeros(k, dtype=int)]
+        s = np.r_[np.linspace(0.6, 0.9, k), np.linspace(0.1, 0.4, k)]
+        ci = st.delong_ci(y, s)
+        assert ci.auc == pytest.approx(1.0) and (ci.se, ci.high, ci.method) == (0.0, 1.0, "newcombe_score")
+        assert ci.low < 1.0 and (ci.low, ci.high) == pytest.approx(st.newcombe_auc_interval(1.0, k, k))
+        mirrored = st.delong_ci(y, -s)  # AUC 0: the mirror image
+        assert mirrored.auc == pytest.approx(0.0, abs=1e-12) and mirrored.low == 0.0
+        assert mirrored.high == pytest.approx(1 - ci.low)
+        lows.append(ci.low)
+    assert lows == sorted(lows) and len(set(lows)) == len(lows)  # narrower with every larger sample
+    assert st.delong_ci(_Y, _A).method == "delong"  # a positive variance keeps DeLong's interval
+    # Coverage: a true AUC of 0.97 on 8 + 8 images is perfectly separated in about 40 % of samples,
+    # where a zero-width [1, 1] misses it; with the score interval there the coverage is nominal.
+    rng = np.random.default_rng(11)
+    d = math.sqrt(2) * 1.880793608151251  # Phi(d / sqrt 2) = 0.97
+    covered = 0
+    for _ in range(400):
+        y, s = _binormal(rng, 8, 8, d)
+        ci = st.delong_ci(y, s)
+        covered += ci.low <= 0.97 <= ci.high
+    assert covered / 400 >= 0.9, covered / 400
+
+
+def test_metric_intervals_auc_at_perfect_separation_counts_patients() -> None:
+    # Perfect separation: every patient bootstrap resample has AUC 1, so the percentile interval is
+    # [1, 1]. The score interval is taken on patients: three copies of each image change nothing.
+    for k in (4, 12):
+        y_pat = np.r_[np.ones(k, dtype=int), np.zeros(k, dtype=int)]
+        s_pat = np.r_[np.linspace(0.6, 0.9, k), np.linspace(0.1, 0.4, k)]
+        groups = np.repeat(np.arange(2 * k), 3)
+        got = st.metric_intervals(np.repeat(y_pat, 3), np.repeat(s_pat, 3), 0.5, groups=groups, n_resamples=200)["auc"]
+        assert got.method == "newcombe_score" and got.estimate == 1.0 == got.high
+        assert (got.low, got.high) == pytest.approx(st.newcombe_auc_interval(1.0, k, k))
+        assert got.low < 1.0
+    # Without patients the images are the units (here each image is its own patient).
+    single = st.metric_intervals(y_pat, s_pat, 0.5, n_resamples=200)["auc"]
+    assert single.low == pytest.approx(st.newcombe_auc_interval(1.0, 12, 12)[0])
+
+
 def _slow_obuchowski(y: np.ndarray, scores: list[np.ndarray], groups: np.ndarray) -> tuple[list[float], np.ndarray]:
     """Obuchowski (1997, Biometrics 53:567) clustered AUC covariance, written out from the paper.
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 from sklearn.metrics import (
     average_precision_score,
     precision_recall_curve,
@@ -62,6 +62,7 @@ __all__ = [
     "holm_adjust",
     "mcnemar_test",
     "metric_intervals",
+    "newcombe_auc_interval",
     "operating_points",
     "precision_recall",
     "reliability_curve",
@@ -198,8 +199,10 @@ class Interval(_DictMixin):
     ``method`` says how the interval was made: ``"percentile_bootstrap"``
     (:func:`bootstrap_ci`; ``n_resamples`` is the number of resamples actually
     used, ``n_skipped`` those discarded because a resample lacked one of the
-    classes) or ``"wilson_design_effect"`` (:func:`wilson_cluster_ci`; no
-    resamples, ``n_resamples = 0``).
+    classes), ``"wilson_design_effect"`` (:func:`wilson_cluster_ci`; no
+    resamples, ``n_resamples = 0``) or ``"newcombe_score"``
+    (:func:`newcombe_auc_interval`, the AUC where every resample gives the same
+    value; ``n_resamples = 0``).
     """
 
     estimate: float
@@ -428,6 +431,13 @@ def metric_intervals(
     sensitivity, specificity and accuracy, proportions that are often near
     100 %, get :func:`wilson_cluster_ci` with the same ``groups``. Raises
     ``ValueError`` like :func:`bootstrap_ci` (one class, too few patients).
+
+    Where every resample gives the same AUC (perfect separation, AUC 1 or 0,
+    or one score for all images) the bootstrap interval has zero width, which
+    no finite sample justifies: the AUC then gets :func:`newcombe_auc_interval`
+    on the patients with a positive and with a negative image (as if a
+    patient's images were copies, the convention of :func:`wilson_cluster_ci`
+    at 0 % and 100 %).
     """
     y = _labels(y_true)
     s = _scores(y_score, y.size)
@@ -435,8 +445,12 @@ def metric_intervals(
     g = np.arange(y.size) if groups is None else np.asarray(groups)
     pred = (s >= threshold).astype(np.int64)
     pos = y == 1
+    auc = boot["auc"]
+    if auc.low == auc.high:
+        low, high = newcombe_auc_interval(auc.estimate, len(set(g[pos].tolist())), len(set(g[~pos].tolist())), confidence)
+        auc = Interval(auc.estimate, low, high, float(confidence), 0, 0, "newcombe_score")
     return {
-        "auc": boot["auc"],
+        "auc": auc,
         "sensitivity": wilson_cluster_ci(pred[pos], g[pos], confidence),
         "specificity": wilson_cluster_ci(1 - pred[~pos], g[~pos], confidence),
         "accuracy": wilson_cluster_ci((pred == y).astype(np.int64), g, confidence),
@@ -476,13 +490,18 @@ class DeLongResult(_DictMixin):
 
 @dataclass(frozen=True)
 class DeLongCI(_DictMixin):
-    """A single AUC with its DeLong standard error and normal-theory interval."""
+    """A single AUC with its DeLong standard error and interval.
+
+    ``method`` is ``"delong"`` (normal-theory interval ``auc +/- z se``) or
+    ``"newcombe_score"`` (DeLong's se is 0; bounds from :func:`newcombe_auc_interval`).
+    """
 
     auc: float
     se: float
     low: float
     high: float
     confidence: float
+    method: str = "delong"
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
@@ -608,11 +627,47 @@ def _delong_result(
     )
 
 
+def newcombe_auc_interval(auc: float, n_pos: int, n_neg: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Newcombe's score interval of an AUC from ``n_pos`` positive and ``n_neg`` negative units.
+
+    Newcombe (2006), "Confidence intervals for an effect size measure based on
+    the Mann-Whitney statistic. Part 2: Asymptotic methods and evaluation",
+    Stat Med 25:559-573, method 5: all theta with
+    ``|auc - theta| <= z * sqrt(V(theta))``, where V is Hanley & McNeil's (1982)
+    variance at theta (Q1 = theta / (2 - theta), Q2 = 2 theta^2 / (1 + theta))
+    with both n_pos - 1 and n_neg - 1 replaced by N - 1, N = (n_pos + n_neg) / 2::
+
+        V(theta) = theta (1 - theta) / (n_pos n_neg) * (2N - 1 - 3 (N - 1) / ((2 - theta)(1 + theta)))
+
+    The variance is taken at theta, not at the estimate, so the interval keeps
+    a positive width at AUC 1 (perfect separation), where DeLong's and Hanley
+    & McNeil's variance at the estimate are 0; like Wilson's interval for a
+    proportion it is never wider than [0, 1] and narrows as n grows.
+    """
+    z = float(stats.norm.ppf(0.5 + confidence / 2.0))
+    big_n = (n_pos + n_neg) / 2.0
+
+    def excess(theta: float, side: float) -> float:
+        # (distance beyond the estimate in standard errors at theta) - z; the factor
+        # theta (1 - theta) is divided out so that the trivial root at auc = 0 or 1 goes.
+        spread = (2 * big_n - 1 - 3 * (big_n - 1) / ((2 - theta) * (1 + theta))) / (n_pos * n_neg)
+        return side * (theta - auc) / math.sqrt(theta * (1 - theta)) - z * math.sqrt(spread)
+
+    tiny = 1e-12  # also absorbs rounding: an AUC of 1 - 1e-16 is an AUC of 1
+    low = 0.0 if auc <= tiny else float(optimize.brentq(excess, tiny, min(auc, 1 - tiny), args=(-1.0,), xtol=1e-14))
+    high = 1.0 if auc >= 1 - tiny else float(optimize.brentq(excess, max(auc, tiny), 1 - tiny, args=(1.0,), xtol=1e-14))
+    return low, high
+
+
 def delong_ci(y_true: Any, score: Any, confidence: float = 0.95) -> DeLongCI:
     """AUC with a normal-theory interval from DeLong's variance estimate.
 
     The interval is ``auc +/- z * se`` clipped to [0, 1]; it needs no
-    resampling, so it is a quick cross-check of :func:`bootstrap_ci`.
+    resampling, so it is a quick cross-check of :func:`bootstrap_ci`. Where
+    DeLong's variance is 0 (perfect separation, AUC 1 or 0, or one score for
+    all images) that interval would have zero width whatever the sample size:
+    the bounds then come from :func:`newcombe_auc_interval` (``method =
+    "newcombe_score"``) while ``se`` stays DeLong's 0.
     """
     y = _labels(y_true)
     s = _scores(score, y.size)
@@ -625,6 +680,9 @@ def delong_ci(y_true: Any, score: Any, confidence: float = 0.95) -> DeLongCI:
         auc = float(aucs[0])
         se = math.sqrt(max(float(cov[0, 0]), 0.0))
     q = float(stats.norm.ppf(0.5 + confidence / 2.0))
+    if se == 0:
+        low, high = newcombe_auc_interval(auc, n_pos, y.size - n_pos, confidence)
+        return DeLongCI(auc=auc, se=se, low=low, high=high, confidence=float(confidence), method="newcombe_score")
     return DeLongCI(
         auc=auc,
         se=se,

@@ -118,7 +118,8 @@ def intervals_note(n_resamples: int, seed: int, confidence: float = CONFIDENCE) 
     """How the intervals are made, in one sentence for the page and the report."""
     return (
         f"{ci_label(confidence)}: AUC by percentile bootstrap over patients (all images of a drawn patient together), "
-        f"{n_resamples:,} resamples, seed {seed}; sensitivity, specificity and accuracy by Wilson's score interval "
+        f"{n_resamples:,} resamples, seed {seed} (at perfect separation, where every resample gives the same AUC, "
+        "Newcombe's score interval on the patients); sensitivity, specificity and accuracy by Wilson's score interval "
         "widened by the patients' design effect, which holds near 0 % and 100 % where a bootstrap falls short."
     )
 

@@ -101,10 +101,12 @@ def _interval_settings(column) -> tuple[int, int]:
 
 
 def _read_predictions(by_name: dict[str, artifacts.Run], picked: list[str]) -> dict[str, pd.DataFrame]:
-    """Each picked run's test predictions; a run that cannot be read gets an error and is left out."""
+    """Each picked run's test predictions; a run whose test or validation predictions cannot be read
+    (missing, or damaged by hand: `artifacts.check_predictions`) gets an error and is left out."""
     predictions = {}
     for name in picked:
         try:
+            load.val_predictions_for(by_name[name])  # read here so that a damaged file is named, not raised later
             predictions[name] = load.predictions_for(by_name[name])
         except (artifacts.RunError, OSError, ValueError) as error:
             st.error(f"Cannot read the predictions of {name}: {error}")

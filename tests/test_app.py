@@ -7,6 +7,7 @@ session state, as the sidebar of streamlit_app.py would; the main app is run too
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -583,6 +584,36 @@ def test_compare_operating_point_sets_the_threshold(data_dir, runs_dir):
     at.button(key="reset_cnn-small").click().run()
     assert at.selectbox(key="operating_point::cnn-small").value == "validation"
     assert at.slider(key="threshold::cnn-small").value == pytest.approx(saved)
+
+
+def test_compare_names_a_damaged_predictions_file_and_compares_the_other_runs(tmp_path):
+    from tests.test_ensemble import _rows, fake_run
+
+    rng = np.random.default_rng(0)
+    y_val, y_test = np.repeat([0, 1], 20), np.repeat([0, 1], 30)
+    for name in ("sound", "bad-test", "bad-val"):
+        val = _rows("val", y_val, np.clip(0.5 * y_val + 0.25 + rng.normal(0, 0.3, y_val.size), 0, 1))
+        test = _rows("test", y_test, np.clip(0.5 * y_test + 0.25 + rng.normal(0, 0.3, y_test.size), 0, 1))
+        fake_run(tmp_path, name, val, test)
+    for name, file_name, column, value in (
+        ("bad-test", artifacts.PREDICTIONS, "probability", math.nan),  # a cell emptied by hand
+        ("bad-val", artifacts.VAL_PREDICTIONS, "y_true", "pneumonia"),
+    ):
+        table = pd.read_csv(tmp_path / name / file_name)
+        table[column] = table[column].astype(object)
+        table.loc[4, column] = value
+        table.to_csv(tmp_path / name / file_name, index=False)
+
+    at = page("compare", tmp_path / "no-data", tmp_path)
+    at.multiselect(key="compare_runs").set_value(["sound", "bad-test", "bad-val"]).run()
+    no_exception(at)
+    errors = texts(at.error)
+    assert f"Cannot read the predictions of bad-test: {tmp_path / 'bad-test' / artifacts.PREDICTIONS} is damaged: " \
+        "column 'probability' holds an empty cell on line 6" in errors
+    assert f"Cannot read the predictions of bad-val: {tmp_path / 'bad-val' / artifacts.VAL_PREDICTIONS} is damaged: " \
+        "column 'y_true' holds 'pneumonia' on line 6" in errors
+    assert errors.count("run the search again") == 2
+    assert frame_with(at, "AUC 95% CI")["run"].tolist() == ["sound"]  # the sound run is still compared
 
 
 def test_compare_falls_back_to_test_operating_points_for_runs_without_validation_predictions(data_dir, runs_dir, tmp_path):

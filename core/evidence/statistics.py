@@ -1219,18 +1219,26 @@ def _youden_index(roc: _RocCounts) -> int:
     return int(np.argmax(roc.tp * roc.n_neg - roc.fp * roc.n_pos))
 
 
-def youden_threshold(y_true: Any, y_score: Any) -> float:
+def youden_threshold(y_true: Any, y_score: Any, within: tuple[float, float] | None = None) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1.
 
     Ties (equal J, compared with exact counts) go to the highest threshold
-    (the most conservative positive call). Needs both classes: raises
+    (the most conservative positive call). With ``within = (low, high)`` only
+    the thresholds t with low <= t <= high compete; ``ValueError`` if none of
+    the data's thresholds lies there. Needs both classes: raises
     ``ValueError`` saying how many images of each class there are otherwise.
     """
     y = _labels(y_true)
     s = _scores(y_score, y.size)
     _require_both_classes(y, "youden_threshold")
     roc = _roc_counts(y, s)
-    return float(roc.threshold[_youden_index(roc)])
+    if within is None:
+        return float(roc.threshold[_youden_index(roc)])
+    inside = np.flatnonzero((roc.threshold >= within[0]) & (roc.threshold <= within[1]))
+    if inside.size == 0:
+        raise ValueError(f"no threshold of the data lies within {within}")
+    j = roc.tp[inside] * roc.n_neg - roc.fp[inside] * roc.n_pos
+    return float(roc.threshold[inside[int(np.argmax(j))]])  # highest first: ties to the highest
 
 
 def operating_points(y_true: Any, y_score: Any, targets: Sequence[float] = (0.90, 0.95)) -> list[OperatingPoint]:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from core.evidence import multiclass
+from core.evidence import multiclass, stress
 from core.evidence.run_evidence import CONFIDENCE, CUSTOM_CHOICE, INTERVAL_METRICS, VALIDATION_CHOICE
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from core.data.tasks import Task
     from core.evidence import statistics
@@ -83,6 +83,24 @@ def threshold_help(task: Task, saved_threshold: float, rule: str | None = None) 
     if not task.is_binary:
         text += f" A three-class run's probability of {positive} is " + " + ".join(f"P({n})" for n in task.names[1:]) + "."
     return text
+
+
+def clean_point_note(saved_threshold: float, at_saved: Mapping[str, float], clean: Mapping[str, float]) -> str:
+    """The run's threshold on the unchanged validation images, beside their own Youden point."""
+    return (
+        f"Unchanged validation images: at {saved_threshold:.3f} sensitivity {100 * at_saved['sensitivity']:.1f} % · "
+        f"specificity {100 * at_saved['specificity']:.1f} %; on them alone Youden's J would choose {clean['threshold']:.3f} "
+        f"({100 * clean['sensitivity']:.1f} % · {100 * clean['specificity']:.1f} %)."
+    )
+
+
+def clean_point_warning(shortfall: float) -> str:
+    """Why a run's threshold is suspect when it costs the unchanged validation images too much."""
+    return (
+        f"This threshold costs the unchanged validation images {100 * shortfall:.1f} points of sensitivity or specificity "
+        f"against their own Youden point, more than the {100 * stress.CLEAN_MARGIN:g} the current rule allows: the "
+        "stress-test copies pulled it (the run was saved under the earlier rule). Consider the 'Youden's J' operating point."
+    )
 
 
 # --------------------------------------------------------------------------

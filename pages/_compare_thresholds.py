@@ -87,7 +87,8 @@ def _run_threshold_box(view: Picked, name: str) -> None:
         "Operating point", options, key=choice_key(name), on_change=_apply_choice, args=(name, at_saved),
         format_func=lambda key: wording.choice_option(key, at_saved.choice(key)),
         help="Validation-chosen: the run's own threshold (how it was chosen is in the slider's help: Youden's J on the "
-        "validation split, pooled with the stress test's changed copies of it when the search ran one). The others "
+        "validation split, pooled with the stress test's changed copies of it when the search ran one, kept where the "
+        f"unchanged images lose at most {100 * stress.CLEAN_MARGIN:g} points of sensitivity or specificity). The others "
         "(sens@spec90: the best sensitivity with specificity at least 90 %, and so on) are chosen on the "
         "validation split too and measured on test; a run saved without validation predictions gets them "
         "from the test images instead, marked 'on test' (descriptive only).",

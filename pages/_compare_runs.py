@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data import tasks
-from core.evidence import comparison, run_evidence
+from core.evidence import comparison, run_evidence, stress
 from core.inference import ensemble
 from core.reporting import figures
 from core.runs import artifacts
@@ -101,10 +101,12 @@ def _interval_settings(column) -> tuple[int, int]:
 
 
 def _read_predictions(by_name: dict[str, artifacts.Run], picked: list[str]) -> dict[str, pd.DataFrame]:
-    """Each picked run's test predictions; a run that cannot be read gets an error and is left out."""
+    """Each picked run's test predictions; a run whose test or validation predictions cannot be read
+    (missing, or damaged by hand: `artifacts.check_predictions`) gets an error and is left out."""
     predictions = {}
     for name in picked:
         try:
+            load.val_predictions_for(by_name[name])  # read here so that a damaged file is named, not raised later
             predictions[name] = load.predictions_for(by_name[name])
         except (artifacts.RunError, OSError, ValueError) as error:
             st.error(f"Cannot read the predictions of {name}: {error}")
@@ -136,7 +138,8 @@ def ensemble_section(view: Picked) -> None:
         st.caption(
             "The ensemble's probability is the mean of its members' (each reads images at its own size; three-class "
             "members alone make a three-class ensemble, the mean of their class probabilities); its threshold is "
-            "chosen on validation like every run's (Youden's J, pooled with the members' stress-test copies when they all "
+            f"chosen on validation like every run's (Youden's J, pooled with the members' stress-test copies, within {100 * stress.CLEAN_MARGIN:g} points "
+            "of the unchanged images' own Youden point, when they all "
             "kept them). Weights: "
             f"{ensemble.EQUAL_RULE}, or with the box ticked {ensemble.WEIGHTED_RULE.format(steps='k')} (k = 10 for up to "
             "four members). Members must be finished runs split the same way (the same validation and test images: the "

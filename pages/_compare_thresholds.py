@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from core.evidence import comparison, run_evidence
+from core.evidence import comparison, run_evidence, stress
 from core.reporting import figures, wording
+from core.runs import artifacts
+from pages import _loaders as load
 from pages import _shared as ui
 
 if TYPE_CHECKING:
@@ -63,6 +65,18 @@ def confusion_matrices_section(view: Picked) -> None:
                 _run_threshold_box(view, name)
 
 
+def _clean_point(run: artifacts.Run) -> None:
+    """The saved threshold on the unchanged validation images beside their own Youden point, with a
+    warning when it gives them up (`stress.clean_shortfall` above `stress.CLEAN_MARGIN`)."""
+    at_saved = (run.metrics or {}).get("val")
+    clean = stress.saved_clean_point(run.metrics, load.val_predictions_for(run))
+    if not isinstance(at_saved, dict) or clean is None or not {"sensitivity", "specificity"} <= set(at_saved):
+        return
+    st.caption(wording.clean_point_note(run.threshold, at_saved, clean))
+    if (shortfall := stress.clean_shortfall(at_saved, clean)) > stress.CLEAN_MARGIN + 1e-9:
+        st.warning(wording.clean_point_warning(shortfall), icon=":material/warning:")
+
+
 def _run_threshold_box(view: Picked, name: str) -> None:
     run, at_saved, item = view.by_name[name], view.at_saved[name], view.items[name]
     options = at_saved.choice_keys
@@ -73,7 +87,8 @@ def _run_threshold_box(view: Picked, name: str) -> None:
         "Operating point", options, key=choice_key(name), on_change=_apply_choice, args=(name, at_saved),
         format_func=lambda key: wording.choice_option(key, at_saved.choice(key)),
         help="Validation-chosen: the run's own threshold (how it was chosen is in the slider's help: Youden's J on the "
-        "validation split, pooled with the stress test's changed copies of it when the search ran one). The others "
+        "validation split, pooled with the stress test's changed copies of it when the search ran one, kept where the "
+        f"unchanged images lose at most {100 * stress.CLEAN_MARGIN:g} points of sensitivity or specificity). The others "
         "(sens@spec90: the best sensitivity with specificity at least 90 %, and so on) are chosen on the "
         "validation split too and measured on test; a run saved without validation predictions gets them "
         "from the test images instead, marked 'on test' (descriptive only).",
@@ -83,6 +98,7 @@ def _run_threshold_box(view: Picked, name: str) -> None:
         f"Threshold (probability of {task.binary_names[1]})", 0.0, at_saved.highest_threshold, step=0.001, format="%.3f",
         key=threshold_key(name), on_change=_slider_moved, args=(name, at_saved), help=wording.threshold_help(task, run.threshold, (run.metrics or {}).get("threshold_rule")),
     )
+    _clean_point(run)
     st.plotly_chart(
         figures.confusion_matrix_figure(item.confusion_matrix, comparison.matrix_labels(run), title=""), key=f"fig_cm_{name}"
     )

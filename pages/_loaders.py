@@ -126,7 +126,7 @@ def models_mtime(run: artifacts.Run) -> tuple[int, ...]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _predictions(path: str, mtime_ns: int) -> pd.DataFrame:
-    return files.read_csv(path)
+    return artifacts.read_predictions(path)
 
 
 def predictions_for(run: artifacts.Run) -> pd.DataFrame:

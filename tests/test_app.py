@@ -7,6 +7,7 @@ session state, as the sidebar of streamlit_app.py would; the main app is run too
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -19,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import files
 from core.data import download
-from core.evidence import run_evidence, shift, statistics
+from core.evidence import run_evidence, shift, statistics, stress
 from core.inference import evaluation, run_kinds
 from core.reporting import wording
 from core.runs import artifacts
@@ -583,6 +584,67 @@ def test_compare_operating_point_sets_the_threshold(data_dir, runs_dir):
     at.button(key="reset_cnn-small").click().run()
     assert at.selectbox(key="operating_point::cnn-small").value == "validation"
     assert at.slider(key="threshold::cnn-small").value == pytest.approx(saved)
+
+
+def test_compare_names_a_damaged_predictions_file_and_compares_the_other_runs(tmp_path):
+    from tests.test_ensemble import _rows, fake_run
+
+    rng = np.random.default_rng(0)
+    y_val, y_test = np.repeat([0, 1], 20), np.repeat([0, 1], 30)
+    for name in ("sound", "bad-test", "bad-val"):
+        val = _rows("val", y_val, np.clip(0.5 * y_val + 0.25 + rng.normal(0, 0.3, y_val.size), 0, 1))
+        test = _rows("test", y_test, np.clip(0.5 * y_test + 0.25 + rng.normal(0, 0.3, y_test.size), 0, 1))
+        fake_run(tmp_path, name, val, test)
+    for name, file_name, column, value in (
+        ("bad-test", artifacts.PREDICTIONS, "probability", math.nan),  # a cell emptied by hand
+        ("bad-val", artifacts.VAL_PREDICTIONS, "y_true", "pneumonia"),
+    ):
+        table = pd.read_csv(tmp_path / name / file_name)
+        table[column] = table[column].astype(object)
+        table.loc[4, column] = value
+        table.to_csv(tmp_path / name / file_name, index=False)
+
+    at = page("compare", tmp_path / "no-data", tmp_path)
+    at.multiselect(key="compare_runs").set_value(["sound", "bad-test", "bad-val"]).run()
+    no_exception(at)
+    errors = texts(at.error)
+    assert f"Cannot read the predictions of bad-test: {tmp_path / 'bad-test' / artifacts.PREDICTIONS} is damaged: " \
+        "column 'probability' holds an empty cell on line 6" in errors
+    assert f"Cannot read the predictions of bad-val: {tmp_path / 'bad-val' / artifacts.VAL_PREDICTIONS} is damaged: " \
+        "column 'y_true' holds 'pneumonia' on line 6" in errors
+    assert errors.count("run the search again") == 2
+    assert frame_with(at, "AUC 95% CI")["run"].tolist() == ["sound"]  # the sound run is still compared
+
+
+def test_compare_shows_the_threshold_on_the_unchanged_images_and_warns_when_it_gives_them_up(tmp_path):
+    from tests.test_ensemble import _rows, fake_run
+    from tests.test_stress import _weak_model
+
+    y, as_is, stressed = _weak_model(3, n=200)
+    y_test = np.repeat([0, 1], 30)
+    test = _rows("test", y_test, np.round(0.48 + 0.02 * y_test + np.random.default_rng(0).normal(0, 0.0167, 60), 6))
+    old_rule = float(statistics.youden_threshold(np.tile(y, 7), np.concatenate([as_is, *stressed.values()])))
+    for name, threshold in (("old-rule", old_rule), ("new-rule", stress.robust_threshold(y, as_is, stressed))):
+        folder = fake_run(tmp_path, name, _rows("val", y, as_is), test)
+        metrics = files.read_json(folder / "metrics.json")
+        val = statistics.binary_metrics(y, as_is, threshold)
+        metrics.update(threshold=threshold, val={"sensitivity": val["sensitivity"], "specificity": val["specificity"], "auc": val["auc"]})
+        if name == "new-rule":  # saved since the clean point is kept; the old run's is computed from its predictions
+            clean = stress.clean_point(y, as_is)
+            metrics.update(clean_threshold=clean["threshold"], clean_val={k: clean[k] for k in ("sensitivity", "specificity")})
+        files.write_json(folder / "metrics.json", metrics)
+
+    at = page("compare", tmp_path / "no-data", tmp_path)
+    at.multiselect(key="compare_runs").set_value(["old-rule", "new-rule"]).run()
+    no_exception(at)
+    clean = stress.clean_point(y, as_is)
+    own = f"on them alone Youden's J would choose {clean['threshold']:.3f} ({100 * clean['sensitivity']:.1f} % · {100 * clean['specificity']:.1f} %)"
+    captions = texts(at.caption)
+    assert captions.count(own) == 2
+    old_val = statistics.binary_metrics(y, as_is, old_rule)
+    assert f"at {old_rule:.3f} sensitivity {100 * old_val['sensitivity']:.1f} %" in captions
+    warnings = [w.value for w in at.warning if "unchanged validation images" in w.value]
+    assert len(warnings) == 1 and f"{100 * (clean['sensitivity'] - old_val['sensitivity']):.1f} points" in warnings[0]
 
 
 def test_compare_falls_back_to_test_operating_points_for_runs_without_validation_predictions(data_dir, runs_dir, tmp_path):

@@ -7,6 +7,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from core import files
@@ -76,3 +77,68 @@ def test_elapsed_time_adds_every_start_and_a_live_run_counts_up_to_now(tmp_path)
         progress={**progress, "updated_at": "yesterday", "state": "running", "pid": os.getpid(), "host": artifacts.this_host()},
     )
     assert broken.elapsed_s() == 130.0
+
+
+# ---------------------------------------------------------------------------- prediction tables
+
+
+def _tables(folder: Path) -> None:
+    """A run's three prediction tables, sound: 4 validation and 4 test images."""
+    y = [0, 0, 1, 1]
+    rows = {"path": [f"/d/{i}.jpeg" for i in range(4)], "patient": ["007", "008", "009", "010"], "y_true": y}
+    pd.DataFrame({**rows, "probability": [0.1, 0.4, 0.6, 1.0]}).to_csv(folder / artifacts.PREDICTIONS, index=False)
+    pd.DataFrame({**rows, "probability": [0.0, 0.3, 0.7, 0.9], "probability_viral": [0.0, 0.1, 0.2, 0.3]}).to_csv(
+        folder / artifacts.VAL_PREDICTIONS, index=False
+    )
+    pd.DataFrame({"path": rows["path"], "sharpened": [0.2, 0.3, 0.8, 0.9]}).to_csv(folder / artifacts.VAL_STRESS_PREDICTIONS, index=False)
+
+
+def _damage(path: Path, column: str, row: int, value) -> None:
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.loc[row, column] = value
+    table.to_csv(path, index=False)
+
+
+READERS = {
+    artifacts.PREDICTIONS: artifacts.Run.predictions,
+    artifacts.VAL_PREDICTIONS: artifacts.Run.val_predictions,
+    artifacts.VAL_STRESS_PREDICTIONS: artifacts.Run.val_stress_predictions,
+}
+
+
+def test_sound_prediction_tables_read_as_saved(tmp_path):
+    run = make_run(tmp_path, "ok", "custom_cnn")
+    _tables(run.folder)
+    assert run.predictions()["probability"].tolist() == [0.1, 0.4, 0.6, 1.0]
+    assert run.predictions()["patient"].tolist() == ["007", "008", "009", "010"]  # ids stay strings
+    assert run.val_predictions()["probability_viral"].max() == 0.3
+    assert run.val_stress_predictions()["sharpened"].tolist() == [0.2, 0.3, 0.8, 0.9]
+
+
+@pytest.mark.parametrize(
+    ("file_name", "column", "row", "value", "shown"),
+    [
+        (artifacts.PREDICTIONS, "probability", 2, "", "an empty cell"),
+        (artifacts.PREDICTIONS, "probability", 1, "nan", "an empty cell"),
+        (artifacts.PREDICTIONS, "y_true", 3, "yes", "'yes'"),
+        (artifacts.PREDICTIONS, "y_true", 0, "0.5", "'0.5'"),
+        (artifacts.VAL_PREDICTIONS, "probability", 1, "1.7", "'1.7'"),
+        (artifacts.VAL_PREDICTIONS, "probability_viral", 3, "-0.1", "'-0.1'"),
+        (artifacts.VAL_STRESS_PREDICTIONS, "sharpened", 2, "high", "'high'"),
+    ],
+)
+def test_a_damaged_prediction_table_names_the_file_column_and_line(tmp_path, file_name, column, row, value, shown):
+    run = make_run(tmp_path, "edited", "custom_cnn")
+    _tables(run.folder)
+    _damage(run.folder / file_name, column, row, value)
+    if row < 3:
+        _damage(run.folder / file_name, column, 3, "")  # a later bad row too: the first one is named
+    with pytest.raises(artifacts.RunError) as caught:
+        READERS[file_name](run)
+    message = str(caught.value)
+    assert str(run.folder / file_name) in message and f"column {column!r}" in message
+    assert f"holds {shown} on line {row + 2}" in message
+    assert "restore the file" in message and "run the search again" in message
+    for other, read in READERS.items():  # the run's other tables still read
+        if other != file_name:
+            assert isinstance(read(run), pd.DataFrame)

@@ -137,6 +137,11 @@ def test_members_stress_tests_choose_the_ensemble_threshold(two_runs):
     )
     assert [row["condition"] for row in run.metrics["stress"]] == ["as is", *stress.PERTURBATIONS]
     assert run.metrics["threshold"] != pytest.approx(plain.metrics["threshold"])  # the drift moved it
+    # Beside it, the unchanged validation images' own Youden point (plain Youden's J, as the plain ensemble's).
+    assert run.metrics["clean_threshold"] == pytest.approx(plain.metrics["threshold"], abs=1e-9)
+    at_clean = statistics.binary_metrics(val["y_true"], val["probability"], run.metrics["clean_threshold"])
+    assert run.metrics["clean_val"] == pytest.approx({k: at_clean[k] for k in ("sensitivity", "specificity")})
+    assert "clean_threshold" not in plain.metrics
 
 
 def _class_rows(prefix: str, y_class: np.ndarray, p: np.ndarray) -> pd.DataFrame:

@@ -379,6 +379,74 @@ def test_delong_with_one_image_of_a_class_is_undefined_not_p_zero() -> None:
     assert two.defined and two.se**2 == pytest.approx(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
 
 
+def _newcombe_variance_written_out(theta: float, m: int, n: int) -> float:
+    """Hanley & McNeil (1982) variance of an AUC theta, with Newcombe's (2006, method 5) N - 1 for m - 1 and n - 1.
+
+    V = [theta (1 - theta) + (N - 1)(Q1 - theta^2) + (N - 1)(Q2 - theta^2)] / (m n),
+    Q1 = theta / (2 - theta), Q2 = 2 theta^2 / (1 + theta), N = (m + n) / 2.
+    """
+    q1, q2, big_n = theta / (2 - theta), 2 * theta**2 / (1 + theta), (m + n) / 2
+    return (theta * (1 - theta) + (big_n - 1) * (q1 - theta**2) + (big_n - 1) * (q2 - theta**2)) / (m * n)
+
+
+@pytest.mark.parametrize(("auc", "m", "n"), [(1.0, 4, 6), (0.8, 10, 7), (0.55, 30, 30), (0.0, 5, 5), (0.97, 3, 40)])
+def test_newcombe_interval_solves_the_score_equation(auc: float, m: int, n: int) -> None:
+    # The bounds are where |auc - theta| = z sqrt(V(theta)), V from Hanley & McNeil's formula as
+    # written above; between them the inequality holds and outside it fails (checked on a grid).
+    z = 1.959963984540054
+    low, high = st.newcombe_auc_interval(auc, m, n)
+    assert 0.0 <= low <= auc <= high <= 1.0 and low < high
+    for bound in (low, high):
+        if 0 < bound < 1:
+            assert abs(auc - bound) == pytest.approx(z * math.sqrt(_newcombe_variance_written_out(bound, m, n)), rel=1e-8)
+    grid = np.linspace(0.0005, 0.9995, 1000)
+    inside = grid[[(auc - t) ** 2 <= z**2 * _newcombe_variance_written_out(t, m, n) for t in grid]]
+    assert inside.min() == pytest.approx(low, abs=1e-3) and inside.max() == pytest.approx(high, abs=1e-3)
+
+
+def test_delong_ci_at_perfect_separation_is_an_interval_not_a_point() -> None:
+    # k positives all above k negatives: DeLong's variance is 0 and its interval was [1, 1].
+    lows = []
+    for k in (3, 5, 10, 30):
+        y = np.r_[np.ones(k, dtype=int), np.zeros(k, dtype=int)]
+        s = np.r_[np.linspace(0.6, 0.9, k), np.linspace(0.1, 0.4, k)]
+        ci = st.delong_ci(y, s)
+        assert ci.auc == pytest.approx(1.0) and (ci.se, ci.high, ci.method) == (0.0, 1.0, "newcombe_score")
+        assert ci.low < 1.0 and (ci.low, ci.high) == pytest.approx(st.newcombe_auc_interval(1.0, k, k))
+        mirrored = st.delong_ci(y, -s)  # AUC 0: the mirror image
+        assert mirrored.auc == pytest.approx(0.0, abs=1e-12) and mirrored.low == 0.0
+        assert mirrored.high == pytest.approx(1 - ci.low)
+        lows.append(ci.low)
+    assert lows == sorted(lows) and len(set(lows)) == len(lows)  # narrower with every larger sample
+    assert st.delong_ci(_Y, _A).method == "delong"  # a positive variance keeps DeLong's interval
+    # Coverage: a true AUC of 0.97 on 8 + 8 images is perfectly separated in about 40 % of samples,
+    # where a zero-width [1, 1] misses it; with the score interval there the coverage is nominal.
+    rng = np.random.default_rng(11)
+    d = math.sqrt(2) * 1.880793608151251  # Phi(d / sqrt 2) = 0.97
+    covered = 0
+    for _ in range(400):
+        y, s = _binormal(rng, 8, 8, d)
+        ci = st.delong_ci(y, s)
+        covered += ci.low <= 0.97 <= ci.high
+    assert covered / 400 >= 0.9, covered / 400
+
+
+def test_metric_intervals_auc_at_perfect_separation_counts_patients() -> None:
+    # Perfect separation: every patient bootstrap resample has AUC 1, so the percentile interval is
+    # [1, 1]. The score interval is taken on patients: three copies of each image change nothing.
+    for k in (4, 12):
+        y_pat = np.r_[np.ones(k, dtype=int), np.zeros(k, dtype=int)]
+        s_pat = np.r_[np.linspace(0.6, 0.9, k), np.linspace(0.1, 0.4, k)]
+        groups = np.repeat(np.arange(2 * k), 3)
+        got = st.metric_intervals(np.repeat(y_pat, 3), np.repeat(s_pat, 3), 0.5, groups=groups, n_resamples=200)["auc"]
+        assert got.method == "newcombe_score" and got.estimate == 1.0 == got.high
+        assert (got.low, got.high) == pytest.approx(st.newcombe_auc_interval(1.0, k, k))
+        assert got.low < 1.0
+    # Without patients the images are the units (here each image is its own patient).
+    single = st.metric_intervals(y_pat, s_pat, 0.5, n_resamples=200)["auc"]
+    assert single.low == pytest.approx(st.newcombe_auc_interval(1.0, 12, 12)[0])
+
+
 def _slow_obuchowski(y: np.ndarray, scores: list[np.ndarray], groups: np.ndarray) -> tuple[list[float], np.ndarray]:
     """Obuchowski (1997, Biometrics 53:567) clustered AUC covariance, written out from the paper.
 
@@ -562,11 +630,33 @@ def test_clustered_mcnemar_hand_example() -> None:
     sums = [abs(sum(e * d for e, d in zip(signs, (3, 2, 1, 2), strict=True))) for signs in itertools.product((1, -1), repeat=4)]
     assert res.method == "exact_sign_flip"
     assert res.p_value == sum(s >= 6 for s in sums) / 16 == 4 / 16
-    # Three copies of these patients (15 patients, 30 discordant images): Durkalski's statistic
-    # (24 - 6)^2 / (3 * (9 + 4 + 1 + 0 + 4)) = 324 / 54 = 6 on 1 df, p = erfc(sqrt(3)).
-    tripled = st.clustered_mcnemar_test(np.tile(y, 3), np.tile(pa, 3), np.tile(pb, 3), np.r_[groups, groups + "b", groups + "c"])
-    assert (tripled.method, tripled.b, tripled.c, tripled.n_patients) == ("durkalski", 24, 6, 15)
-    assert tripled.statistic == pytest.approx(6.0) and tripled.p_value == pytest.approx(math.erfc(math.sqrt(3.0)))
+    # Seven copies of these patients (35 patients, 28 of them discordant): Durkalski's statistic
+    # (56 - 14)^2 / (7 * (9 + 4 + 1 + 0 + 4)) = 1764 / 126 = 14 on 1 df, p = erfc(sqrt(7)).
+    copies = [groups + f"-{i}" for i in range(7)]
+    sevenfold = st.clustered_mcnemar_test(np.tile(y, 7), np.tile(pa, 7), np.tile(pb, 7), np.concatenate(copies))
+    assert (sevenfold.method, sevenfold.b, sevenfold.c, sevenfold.n_patients) == ("durkalski", 56, 14, 35)
+    assert sevenfold.n_discordant_patients == 28
+    assert sevenfold.statistic == pytest.approx(14.0) and sevenfold.p_value == pytest.approx(math.erfc(math.sqrt(7.0)))
+
+
+def test_clustered_mcnemar_counts_discordant_patients_not_images() -> None:
+    # Four patients, each with 7 images A got right and B wrong: 28 discordant images but only
+    # 4 independent units. The exact sign-flip test over the 4 patients gives p = 2 / 2^4 = 0.125
+    # (only all-plus and all-minus reach |sum| = 28), the smallest p four patients can give;
+    # a chi-square on these 4 patients would claim p = erfc(sqrt(2)) = 0.046.
+    groups = np.repeat(["p1", "p2", "p3", "p4"], 7)
+    y, pa, pb = _paired_outcomes(28, 0, 0, 0)
+    res = st.clustered_mcnemar_test(y, pa, pb, groups)
+    assert (res.b, res.c, res.n_discordant_patients) == (28, 0, 4)
+    assert res.method == "exact_sign_flip" and res.p_value == pytest.approx(2 / 16)
+    # The switch to Durkalski's chi-square is at 25 discordant patients, whatever their image count:
+    # a patient whose images cancel out (b_k = c_k) is not discordant.
+    for n_disc, method in ((24, "exact_sign_flip"), (25, "durkalski")):
+        y, pa, pb = _paired_outcomes(2 * n_disc, 0, 0, 0)
+        y2, pa2, pb2 = _paired_outcomes(5, 5, 0, 0)  # one patient, 5 images each way: d = 0
+        groups = np.r_[np.repeat(np.arange(n_disc), 2), np.full(10, -1)]
+        res = st.clustered_mcnemar_test(np.r_[y, y2], np.r_[pa, pa2], np.r_[pb, pb2], groups)
+        assert (res.method, res.n_discordant_patients, res.b) == (method, n_disc, 2 * n_disc + 5)
 
 
 def test_holm_adjust_hand_example() -> None:
@@ -615,7 +705,7 @@ def test_paired_tests_by_patient_hold_their_type_one_error() -> None:
     assert 0.02 <= rate["clustered_delong"] <= 0.08, rate
     assert 0.02 <= rate["clustered_mcnemar"] <= 0.08, rate
     assert rate["delong"] > 0.10 and rate["mcnemar"] > 0.08, rate
-    # Small test sets (12 patients): few discordant images, so the exact sign-flip test runs; an
+    # Small test sets (12 patients): few discordant patients, so the exact sign-flip test runs; an
     # exact test may be conservative but must not exceed the level.
     small = 0
     for _ in range(reps):

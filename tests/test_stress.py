@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from core.evidence import stress
 
@@ -49,17 +49,72 @@ def test_a_model_that_reads_framing_fails_the_framing_condition():
     assert stress.worst(rows[:1]) is None
 
 
-def _pooled_youden_by_hand(y, scores):
+def _pooled_youden_by_hand(y, scores, floors=(0.0, 0.0)):
     """Independent reference: every distinct score as a threshold, J = sens + spec - 1 counted
-    directly, ties to the highest threshold."""
-    y, s = np.tile(y, len(scores)), np.concatenate(scores)
+    directly, ties to the highest threshold; only thresholds at which the first scores (the images
+    as they are) keep sensitivity >= floors[0] and specificity >= floors[1] compete."""
+    clean = scores[0]
+    y_all, s = np.tile(y, len(scores)), np.concatenate(scores)
     best, best_j = None, -2.0
     for t in sorted(set(s.tolist()), reverse=True):
+        if (clean[y == 1] >= t).mean() < floors[0] - 1e-9 or (clean[y == 0] < t).mean() < floors[1] - 1e-9:
+            continue
         called = s >= t
-        j = called[y == 1].mean() - called[y == 0].mean()
+        j = called[y_all == 1].mean() - called[y_all == 0].mean()
         if j > best_j + 1e-12:
             best, best_j = t, j
     return best
+
+
+def _clean_youden_by_hand(y, as_is):
+    """(sensitivity, specificity) at Youden's J of the images as they are, from scikit-learn's ROC."""
+    fpr, tpr, _ = roc_curve(y, as_is, drop_intermediate=False)
+    best = np.flatnonzero((tpr - fpr) == (tpr - fpr).max())[0]  # ties: the highest threshold
+    return tpr[best], 1 - fpr[best]
+
+
+def _weak_model(seed: int, n: int = 200, shift: float = 0.02):
+    """A weak model's validation probabilities, all near 0.5 (AUC about 0.8), and six stressed copies
+    that drift up by `shift` to `shift` + 0.025: the copies outweigh the originals six to one."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n // 2)
+    as_is = np.round(0.48 + 0.02 * y + rng.normal(0, 0.0167, n), 6)
+    stressed = {name: np.round(as_is + shift + 0.005 * i + rng.normal(0, 0.004, n), 6) for i, name in enumerate(stress.PERTURBATIONS)}
+    return y, as_is, stressed
+
+
+def test_the_pooled_threshold_never_gives_up_the_unchanged_images():
+    # The degenerate case seen on a weak run: pooled with six upward-drifted copies, Youden's J sits
+    # where the unchanged images are nearly all called normal (here sensitivity 9 %, specificity 99 %).
+    y, as_is, stressed = _weak_model(3)
+    assert 0.75 < roc_auc_score(y, as_is) < 0.9
+    unbounded = _pooled_youden_by_hand(y, [as_is, *stressed.values()])
+    assert (as_is[y == 1] >= unbounded).mean() < 0.5
+    robust = stress.robust_threshold(y, as_is, stressed)
+    sens, spec = (as_is[y == 1] >= robust).mean(), (as_is[y == 0] < robust).mean()
+    clean_sens, clean_spec = _clean_youden_by_hand(y, as_is)
+    assert sens >= 0.5 and spec >= 0.5
+    assert sens >= clean_sens - stress.CLEAN_MARGIN - 1e-9 and spec >= clean_spec - stress.CLEAN_MARGIN - 1e-9
+    assert robust > stress.clean_point(y, as_is)["threshold"]  # it still leans towards the changed copies
+    point = stress.clean_point(y, as_is)
+    assert (point["sensitivity"], point["specificity"]) == pytest.approx((clean_sens, clean_spec))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_robust_threshold_is_pooled_youden_within_the_clean_range(seed):
+    # Weak and strong models, copies drifting up or down: the rule is the by-hand pooled Youden among
+    # the thresholds that keep the unchanged images within CLEAN_MARGIN of their own Youden point.
+    rng = np.random.default_rng(100 + seed)
+    y, as_is, stressed = _weak_model(seed, shift=rng.uniform(-0.04, 0.04))
+    if seed % 2:  # a strong model: the bound rarely binds
+        as_is = np.round(np.clip(0.3 * y + rng.normal(0.35, 0.1, y.size), 0, 1), 6)
+        stressed = {name: np.round(np.clip(as_is + 0.05 * (y == 0) + rng.normal(0, 0.02, y.size), 0, 1), 6) for name in stressed}
+    clean_sens, clean_spec = _clean_youden_by_hand(y, as_is)
+    floors = (clean_sens - stress.CLEAN_MARGIN, clean_spec - stress.CLEAN_MARGIN)
+    robust = stress.robust_threshold(y, as_is, stressed)
+    assert robust == pytest.approx(_pooled_youden_by_hand(y, [as_is, *stressed.values()], floors))
+    if roc_auc_score(y, as_is) > 0.75:
+        assert min((as_is[y == 1] >= robust).mean(), (as_is[y == 0] < robust).mean()) >= 0.5
 
 
 def test_robust_threshold_is_youden_on_the_pooled_conditions():
@@ -70,7 +125,9 @@ def test_robust_threshold_is_youden_on_the_pooled_conditions():
     stressed = {name: np.round(np.clip(as_is + 0.1 * (k + 1) * (y == 0) + rng.normal(0, 0.02, y.size), 0, 1), 6)
                 for k, name in enumerate(list(stress.PERTURBATIONS)[:3])}
     robust = stress.robust_threshold(y, as_is, stressed)
-    assert robust == pytest.approx(_pooled_youden_by_hand(y, [as_is, *stressed.values()]))
+    clean_sens, clean_spec = _clean_youden_by_hand(y, as_is)
+    floors = (clean_sens - stress.CLEAN_MARGIN, clean_spec - stress.CLEAN_MARGIN)
+    assert robust == pytest.approx(_pooled_youden_by_hand(y, [as_is, *stressed.values()], floors))
     fpr, tpr, thresholds = roc_curve(y, as_is)
     plain = thresholds[np.argmax(tpr - fpr)]
     assert robust > plain  # the drift of the healthy images moves it up

@@ -54,10 +54,10 @@ def test_the_paired_tests_method_and_interval_texts():
     y = [0, 0, 1, 1, 1, 0, 1, 0]
     groups = ["p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]
     mcnemar = statistics.clustered_mcnemar_test(y, [int(s >= 0.5) for s in a], [int(s >= 0.5) for s in b], groups)
-    assert mcnemar.method == "exact_sign_flip"  # few discordant images
+    assert mcnemar.method == "exact_sign_flip"  # few discordant patients
     assert wording.mcnemar_method(mcnemar) == "exact sign-flip"
     assert wording.mcnemar_method(mcnemar, detailed=True) == (
-        "exact sign-flip test of the per-patient differences (under 25 discordant images)"
+        "exact sign-flip test of the per-patient differences (under 25 patients with a net disagreement)"
     )
     chi_square = type("Result", (), {"method": "durkalski"})()
     assert wording.mcnemar_method(chi_square) == "Durkalski chi-square"

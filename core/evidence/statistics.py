@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 from sklearn.metrics import (
     average_precision_score,
     precision_recall_curve,
@@ -62,6 +62,7 @@ __all__ = [
     "holm_adjust",
     "mcnemar_test",
     "metric_intervals",
+    "newcombe_auc_interval",
     "operating_points",
     "precision_recall",
     "reliability_curve",
@@ -73,9 +74,9 @@ __all__ = [
 #: every list of interval metrics (evidence, export, pages) takes it from here.
 BOOTSTRAP_METRICS: tuple[str, ...] = ("auc", "sensitivity", "specificity", "accuracy")
 
-# McNemar switches from the exact binomial test to the continuity-corrected
-# chi-square once there are this many discordant pairs; below it the
-# chi-square approximation is poor.
+# McNemar switches from the exact test to a chi-square once there are this
+# many discordant independent units (images for mcnemar_test, patients for
+# clustered_mcnemar_test); below it the chi-square approximation is poor.
 _MCNEMAR_EXACT_BELOW = 25
 
 # Upper bound on the size of the (resamples x images) weight matrix built at
@@ -198,8 +199,10 @@ class Interval(_DictMixin):
     ``method`` says how the interval was made: ``"percentile_bootstrap"``
     (:func:`bootstrap_ci`; ``n_resamples`` is the number of resamples actually
     used, ``n_skipped`` those discarded because a resample lacked one of the
-    classes) or ``"wilson_design_effect"`` (:func:`wilson_cluster_ci`; no
-    resamples, ``n_resamples = 0``).
+    classes), ``"wilson_design_effect"`` (:func:`wilson_cluster_ci`; no
+    resamples, ``n_resamples = 0``) or ``"newcombe_score"``
+    (:func:`newcombe_auc_interval`, the AUC where every resample gives the same
+    value; ``n_resamples = 0``).
     """
 
     estimate: float
@@ -428,6 +431,13 @@ def metric_intervals(
     sensitivity, specificity and accuracy, proportions that are often near
     100 %, get :func:`wilson_cluster_ci` with the same ``groups``. Raises
     ``ValueError`` like :func:`bootstrap_ci` (one class, too few patients).
+
+    Where every resample gives the same AUC (perfect separation, AUC 1 or 0,
+    or one score for all images) the bootstrap interval has zero width, which
+    no finite sample justifies: the AUC then gets :func:`newcombe_auc_interval`
+    on the patients with a positive and with a negative image (as if a
+    patient's images were copies, the convention of :func:`wilson_cluster_ci`
+    at 0 % and 100 %).
     """
     y = _labels(y_true)
     s = _scores(y_score, y.size)
@@ -435,8 +445,12 @@ def metric_intervals(
     g = np.arange(y.size) if groups is None else np.asarray(groups)
     pred = (s >= threshold).astype(np.int64)
     pos = y == 1
+    auc = boot["auc"]
+    if auc.low == auc.high:
+        low, high = newcombe_auc_interval(auc.estimate, len(set(g[pos].tolist())), len(set(g[~pos].tolist())), confidence)
+        auc = Interval(auc.estimate, low, high, float(confidence), 0, 0, "newcombe_score")
     return {
-        "auc": boot["auc"],
+        "auc": auc,
         "sensitivity": wilson_cluster_ci(pred[pos], g[pos], confidence),
         "specificity": wilson_cluster_ci(1 - pred[~pos], g[~pos], confidence),
         "accuracy": wilson_cluster_ci((pred == y).astype(np.int64), g, confidence),
@@ -476,13 +490,18 @@ class DeLongResult(_DictMixin):
 
 @dataclass(frozen=True)
 class DeLongCI(_DictMixin):
-    """A single AUC with its DeLong standard error and normal-theory interval."""
+    """A single AUC with its DeLong standard error and interval.
+
+    ``method`` is ``"delong"`` (normal-theory interval ``auc +/- z se``) or
+    ``"newcombe_score"`` (DeLong's se is 0; bounds from :func:`newcombe_auc_interval`).
+    """
 
     auc: float
     se: float
     low: float
     high: float
     confidence: float
+    method: str = "delong"
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
@@ -608,11 +627,47 @@ def _delong_result(
     )
 
 
+def newcombe_auc_interval(auc: float, n_pos: int, n_neg: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Newcombe's score interval of an AUC from ``n_pos`` positive and ``n_neg`` negative units.
+
+    Newcombe (2006), "Confidence intervals for an effect size measure based on
+    the Mann-Whitney statistic. Part 2: Asymptotic methods and evaluation",
+    Stat Med 25:559-573, method 5: all theta with
+    ``|auc - theta| <= z * sqrt(V(theta))``, where V is Hanley & McNeil's (1982)
+    variance at theta (Q1 = theta / (2 - theta), Q2 = 2 theta^2 / (1 + theta))
+    with both n_pos - 1 and n_neg - 1 replaced by N - 1, N = (n_pos + n_neg) / 2::
+
+        V(theta) = theta (1 - theta) / (n_pos n_neg) * (2N - 1 - 3 (N - 1) / ((2 - theta)(1 + theta)))
+
+    The variance is taken at theta, not at the estimate, so the interval keeps
+    a positive width at AUC 1 (perfect separation), where DeLong's and Hanley
+    & McNeil's variance at the estimate are 0; like Wilson's interval for a
+    proportion it is never wider than [0, 1] and narrows as n grows.
+    """
+    z = float(stats.norm.ppf(0.5 + confidence / 2.0))
+    big_n = (n_pos + n_neg) / 2.0
+
+    def excess(theta: float, side: float) -> float:
+        # (distance beyond the estimate in standard errors at theta) - z; the factor
+        # theta (1 - theta) is divided out so that the trivial root at auc = 0 or 1 goes.
+        spread = (2 * big_n - 1 - 3 * (big_n - 1) / ((2 - theta) * (1 + theta))) / (n_pos * n_neg)
+        return side * (theta - auc) / math.sqrt(theta * (1 - theta)) - z * math.sqrt(spread)
+
+    tiny = 1e-12  # also absorbs rounding: an AUC of 1 - 1e-16 is an AUC of 1
+    low = 0.0 if auc <= tiny else float(optimize.brentq(excess, tiny, min(auc, 1 - tiny), args=(-1.0,), xtol=1e-14))
+    high = 1.0 if auc >= 1 - tiny else float(optimize.brentq(excess, max(auc, tiny), 1 - tiny, args=(1.0,), xtol=1e-14))
+    return low, high
+
+
 def delong_ci(y_true: Any, score: Any, confidence: float = 0.95) -> DeLongCI:
     """AUC with a normal-theory interval from DeLong's variance estimate.
 
     The interval is ``auc +/- z * se`` clipped to [0, 1]; it needs no
-    resampling, so it is a quick cross-check of :func:`bootstrap_ci`.
+    resampling, so it is a quick cross-check of :func:`bootstrap_ci`. Where
+    DeLong's variance is 0 (perfect separation, AUC 1 or 0, or one score for
+    all images) that interval would have zero width whatever the sample size:
+    the bounds then come from :func:`newcombe_auc_interval` (``method =
+    "newcombe_score"``) while ``se`` stays DeLong's 0.
     """
     y = _labels(y_true)
     s = _scores(score, y.size)
@@ -625,6 +680,9 @@ def delong_ci(y_true: Any, score: Any, confidence: float = 0.95) -> DeLongCI:
         auc = float(aucs[0])
         se = math.sqrt(max(float(cov[0, 0]), 0.0))
     q = float(stats.norm.ppf(0.5 + confidence / 2.0))
+    if se == 0:
+        low, high = newcombe_auc_interval(auc, n_pos, y.size - n_pos, confidence)
+        return DeLongCI(auc=auc, se=se, low=low, high=high, confidence=float(confidence), method="newcombe_score")
     return DeLongCI(
         auc=auc,
         se=se,
@@ -763,9 +821,10 @@ class ClusteredMcNemarResult(_DictMixin):
 
     ``b`` / ``c`` count images as in :class:`McNemarResult`;
     ``n_discordant_patients`` are the patients with b_k != c_k, the only ones
-    that carry information. ``method`` is ``"exact_sign_flip"`` (exact
-    permutation test of the per-patient differences b_k - c_k,
-    ``statistic = b - c``) or ``"durkalski"`` (Durkalski et al. 2003 chi-square,
+    that carry information, and the count that picks the method:
+    ``"exact_sign_flip"`` under 25 of them (exact permutation test of the
+    per-patient differences b_k - c_k, ``statistic = b - c``), else
+    ``"durkalski"`` (Durkalski et al. 2003 chi-square,
     ``statistic = (b - c)^2 / sum_k (b_k - c_k)^2``, 1 degree of freedom).
     """
 
@@ -803,9 +862,13 @@ def clustered_mcnemar_test(y_true: Any, pred_a: Any, pred_b: Any, groups: Any) -
 
     Per patient k, b_k counts its images A got right and B wrong, c_k the
     reverse. Under the null the patient differences d_k = b_k - c_k are
-    symmetric about zero. With fewer than 25 discordant images the exact
-    sign-flip (permutation) test of sum d_k is used: for one image per patient
-    it is exactly McNemar's exact binomial test. Otherwise Durkalski, Palesch,
+    symmetric about zero. The independent units are the patients, so the
+    method is chosen by the number of discordant patients (d_k != 0), not of
+    discordant images: four patients with 7 discordant images each are 4
+    units, and no test on them can give p below 2 / 2^4 = 0.125. With fewer
+    than 25 discordant patients the exact sign-flip (permutation) test of
+    sum d_k over the 2^k sign patterns of those patients is used: for one
+    image per patient it is exactly McNemar's exact binomial test. Otherwise Durkalski, Palesch,
     Lipsitz & Rust (2003), "Analysis of clustered matched-pair data", Stat Med
     22:2417-2428: ``X^2 = (sum_k d_k)^2 / sum_k d_k^2`` on 1 degree of
     freedom, which for one image per patient is McNemar's chi-square without
@@ -824,7 +887,7 @@ def clustered_mcnemar_test(y_true: Any, pred_a: Any, pred_b: Any, groups: Any) -
     b, c = int(b_img.sum()), int(c_img.sum())
     d = np.bincount(codes, weights=b_img - c_img, minlength=n_clusters).astype(np.int64)
     n_disc_patients = int(np.sum(d != 0))
-    if b + c < _MCNEMAR_EXACT_BELOW:
+    if n_disc_patients < _MCNEMAR_EXACT_BELOW:
         p = _sign_flip_p(d)
         statistic, method = float(b - c), "exact_sign_flip"
     else:
@@ -1156,18 +1219,26 @@ def _youden_index(roc: _RocCounts) -> int:
     return int(np.argmax(roc.tp * roc.n_neg - roc.fp * roc.n_pos))
 
 
-def youden_threshold(y_true: Any, y_score: Any) -> float:
+def youden_threshold(y_true: Any, y_score: Any, within: tuple[float, float] | None = None) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1.
 
     Ties (equal J, compared with exact counts) go to the highest threshold
-    (the most conservative positive call). Needs both classes: raises
+    (the most conservative positive call). With ``within = (low, high)`` only
+    the thresholds t with low <= t <= high compete; ``ValueError`` if none of
+    the data's thresholds lies there. Needs both classes: raises
     ``ValueError`` saying how many images of each class there are otherwise.
     """
     y = _labels(y_true)
     s = _scores(y_score, y.size)
     _require_both_classes(y, "youden_threshold")
     roc = _roc_counts(y, s)
-    return float(roc.threshold[_youden_index(roc)])
+    if within is None:
+        return float(roc.threshold[_youden_index(roc)])
+    inside = np.flatnonzero((roc.threshold >= within[0]) & (roc.threshold <= within[1]))
+    if inside.size == 0:
+        raise ValueError(f"no threshold of the data lies within {within}")
+    j = roc.tp[inside] * roc.n_neg - roc.fp[inside] * roc.n_pos
+    return float(roc.threshold[inside[int(np.argmax(j))]])  # highest first: ties to the highest
 
 
 def operating_points(y_true: Any, y_score: Any, targets: Sequence[float] = (0.90, 0.95)) -> list[OperatingPoint]:

@@ -11,13 +11,16 @@ The same changed images also choose the decision threshold (`robust_threshold`):
 the validation images as they are *and* as changed, pooled. A model's ranking survives these
 changes (validation AUC stays about 0.99) while its probabilities drift upward, so the plain
 Youden threshold, fitted to the images as they are, calls many healthy X-rays from another site
-pneumonia; the pooled one sits where the changed images are separated too. Each run keeps the
+pneumonia; the pooled one sits where the changed images are separated too, but only where the
+unchanged images keep their sensitivity and specificity within `CLEAN_MARGIN` of their own
+Youden point (`clean_range`). Each run keeps the
 changed images' probabilities (`val_stress_predictions.csv`, `scores_table`) so that an ensemble
 can choose its own threshold the same way.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -70,9 +73,14 @@ PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 AS_IS = "as is"
+# How far (in sensitivity or specificity, each) the pooled threshold may move the unchanged validation
+# images from their own Youden point. The real runs' pooled thresholds cost them at most 3.1 points
+# (docs/measurements.md); a weak model's could cost 60, calling nearly every image normal.
+CLEAN_MARGIN = 0.05
 ROBUST_THRESHOLD_RULE = (
     "Youden's J on the validation split pooled with its stressed copies (framed tighter, sharpened, blurred, "
-    "contrast changed: core.evidence.stress)"
+    f"contrast changed: core.evidence.stress), among the thresholds that keep the unchanged validation images' "
+    f"sensitivity and specificity each within {100 * CLEAN_MARGIN:g} points of their own Youden point"
 )
 
 
@@ -81,13 +89,73 @@ def stressed_scores(score: Callable[[np.ndarray], np.ndarray], pixels: np.ndarra
     return {name: np.asarray(score(change(pixels)), dtype=float) for name, change in PERTURBATIONS.items()}
 
 
+def clean_point(y_true: np.ndarray, as_is: np.ndarray) -> dict[str, float]:
+    """The unchanged validation images' own operating point: Youden's J on them alone
+    (`statistics.youden_threshold`), with its sensitivity and specificity."""
+    threshold = float(statistics.youden_threshold(y_true, as_is))
+    metrics = statistics.binary_metrics(y_true, as_is, threshold)
+    return {"threshold": threshold, "sensitivity": float(metrics["sensitivity"]), "specificity": float(metrics["specificity"])}
+
+
+def clean_range(y_true: np.ndarray, as_is: np.ndarray, margin: float = CLEAN_MARGIN) -> tuple[float, float]:
+    """The thresholds (low, high) at which the unchanged images keep sensitivity and specificity
+    each at least their `clean_point` value minus `margin`.
+
+    Sensitivity falls and specificity rises with the threshold, so the set is one range: at most
+    `high` (the k-th highest positive score, k = the positives needed) and above `low` (the j-th
+    lowest negative score, j = the negatives needed; `low` is the next float above it). It holds
+    the clean Youden threshold, so it is never empty.
+    """
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(as_is, dtype=float)
+    point = clean_point(y, s)
+    pos, neg = np.sort(s[y == 1])[::-1], np.sort(s[y == 0])
+    eps = 1e-9  # 9/10 meets a floor of 0.9 despite rounding
+    k = math.ceil(max(point["sensitivity"] - margin, 0.0) * pos.size - eps)
+    j = math.ceil(max(point["specificity"] - margin, 0.0) * neg.size - eps)
+    high = float(pos[k - 1]) if k > 0 else math.inf
+    low = float(np.nextafter(neg[j - 1], math.inf)) if j > 0 else -math.inf
+    return low, high
+
+
+def saved_clean_point(metrics: Mapping | None, validation: pd.DataFrame | None) -> dict[str, float] | None:
+    """A run's `clean_point`: from metrics.json (`clean_threshold`, `clean_val`), else, for runs saved
+    before it was kept, from its validation predictions; None when neither gives one."""
+    metrics = metrics or {}
+    clean = metrics.get("clean_val")
+    if isinstance(clean, Mapping) and "clean_threshold" in metrics:
+        return {"threshold": float(metrics["clean_threshold"]), "sensitivity": float(clean["sensitivity"]),
+                "specificity": float(clean["specificity"])}
+    if validation is None or not {"y_true", "probability"} <= set(validation.columns):
+        return None
+    try:
+        return clean_point(validation["y_true"].to_numpy(), validation["probability"].to_numpy())
+    except ValueError:  # one class only: no Youden point
+        return None
+
+
+def clean_shortfall(at_threshold: Mapping[str, float], clean: Mapping[str, float]) -> float:
+    """How much the unchanged validation images lose at a threshold against their own Youden point:
+    the larger drop of sensitivity or specificity (0 or less when neither drops). Above
+    `CLEAN_MARGIN` the threshold gives them up (runs saved before `robust_threshold` kept them)."""
+    return max(clean["sensitivity"] - at_threshold["sensitivity"], clean["specificity"] - at_threshold["specificity"])
+
+
 def robust_threshold(y_true: np.ndarray, as_is: np.ndarray, stressed: Mapping[str, np.ndarray]) -> float:
     """Youden's J over the images as they are and under every perturbation, pooled (each image and
-    condition counts once): a threshold that still separates the classes when images change as
-    they do between sites. Needs both classes, like `statistics.youden_threshold`."""
+    condition counts once), among the thresholds of `clean_range`: a threshold that still separates
+    the classes when images change as they do between sites, and never gives up the unchanged images.
+
+    Pooled, the six changed copies outweigh the originals six to one. For a strong model that is the
+    point (its changed healthy X-rays drift up, and the threshold follows at a cost of a few points
+    on the originals); for a weak one with probabilities near 0.5 it could pull the threshold to
+    where nearly every unchanged image is called normal. The range keeps the unchanged images'
+    sensitivity and specificity each within `CLEAN_MARGIN` of their own Youden point. Needs both
+    classes, like `statistics.youden_threshold`."""
     y = np.asarray(y_true).astype(int)
     scores = [np.asarray(as_is, dtype=float), *(np.asarray(stressed[name], dtype=float) for name in stressed)]
-    return float(statistics.youden_threshold(np.tile(y, len(scores)), np.concatenate(scores)))
+    within = clean_range(y, scores[0])
+    return float(statistics.youden_threshold(np.tile(y, len(scores)), np.concatenate(scores), within=within))
 
 
 def stress_rows(y_true: np.ndarray, as_is: np.ndarray, stressed: Mapping[str, np.ndarray], threshold: float) -> list[dict]:

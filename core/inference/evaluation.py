@@ -3,7 +3,8 @@
 The decision threshold is chosen on the validation split (Youden's J) and only then applied to
 the test split, so test metrics never guide a choice. When the search ran its stress test, the
 validation images as changed there count too (`core.evidence.stress.robust_threshold`): a threshold that
-holds when images look as another site's do. Probabilities are rounded to
+holds when images look as another site's do, kept where the unchanged images lose at most
+`stress.CLEAN_MARGIN` of their own sensitivity or specificity. Probabilities are rounded to
 `PROBABILITY_DECIMALS` as soon as they are computed, so the threshold, the saved metrics and the
 saved per-image rows all see the same numbers (an image cannot change class between `metrics.json`
 and `predictions.csv`). Saved models are loaded with Keras `safe_mode`, and predictions go through
@@ -46,7 +47,9 @@ def choose_threshold(
     stressed: Mapping[str, np.ndarray] | None = None,
 ) -> float:
     """The decision threshold: Youden's J on the validation split; with `stressed` (the validation
-    images' probabilities under the stress test's changes, `core.evidence.stress`), on them pooled too.
+    images' probabilities under the stress test's changes, `core.evidence.stress`), on them pooled too,
+    among the thresholds that keep the unchanged images' sensitivity and specificity each within
+    `stress.CLEAN_MARGIN` of their own Youden point (`stress.robust_threshold`).
 
     Raises `folders.DataError` with what to do when the validation split lacks a class (Youden's J,
     like any sensitivity/specificity trade-off, needs both). `classes` name them in the message.
@@ -165,7 +168,11 @@ def evaluate_scores(
     test = summarize_predictions(y_test, test_scores, threshold)
     stress_result = {}
     if val_stressed:
+        clean = stress.clean_point(y_val, val_scores)
         stress_result = {
+            # The unchanged validation images' own Youden point, shown beside the pooled threshold.
+            "clean_threshold": clean["threshold"],
+            "clean_val": {"sensitivity": clean["sensitivity"], "specificity": clean["specificity"]},
             "stress": stress.stress_rows(y_val, val_scores, val_stressed, threshold),
             "val_stress_predictions": stress.scores_table(val_table["path"], val_stressed),
         }

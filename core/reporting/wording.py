@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from core.evidence import multiclass
+from core.evidence import multiclass, stress
 from core.evidence.run_evidence import CONFIDENCE, CUSTOM_CHOICE, INTERVAL_METRICS, VALIDATION_CHOICE
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from core.data.tasks import Task
     from core.evidence import statistics
@@ -85,6 +85,24 @@ def threshold_help(task: Task, saved_threshold: float, rule: str | None = None) 
     return text
 
 
+def clean_point_note(saved_threshold: float, at_saved: Mapping[str, float], clean: Mapping[str, float]) -> str:
+    """The run's threshold on the unchanged validation images, beside their own Youden point."""
+    return (
+        f"Unchanged validation images: at {saved_threshold:.3f} sensitivity {100 * at_saved['sensitivity']:.1f} % · "
+        f"specificity {100 * at_saved['specificity']:.1f} %; on them alone Youden's J would choose {clean['threshold']:.3f} "
+        f"({100 * clean['sensitivity']:.1f} % · {100 * clean['specificity']:.1f} %)."
+    )
+
+
+def clean_point_warning(shortfall: float) -> str:
+    """Why a run's threshold is suspect when it costs the unchanged validation images too much."""
+    return (
+        f"This threshold costs the unchanged validation images {100 * shortfall:.1f} points of sensitivity or specificity "
+        f"against their own Youden point, more than the {100 * stress.CLEAN_MARGIN:g} the current rule allows: the "
+        "stress-test copies pulled it (the run was saved under the earlier rule). Consider the 'Youden's J' operating point."
+    )
+
+
 # --------------------------------------------------------------------------
 # Numbers and intervals
 # --------------------------------------------------------------------------
@@ -118,7 +136,8 @@ def intervals_note(n_resamples: int, seed: int, confidence: float = CONFIDENCE) 
     """How the intervals are made, in one sentence for the page and the report."""
     return (
         f"{ci_label(confidence)}: AUC by percentile bootstrap over patients (all images of a drawn patient together), "
-        f"{n_resamples:,} resamples, seed {seed}; sensitivity, specificity and accuracy by Wilson's score interval "
+        f"{n_resamples:,} resamples, seed {seed} (at perfect separation, where every resample gives the same AUC, "
+        "Newcombe's score interval on the patients); sensitivity, specificity and accuracy by Wilson's score interval "
         "widened by the patients' design effect, which holds near 0 % and 100 % where a bootstrap falls short."
     )
 
@@ -136,7 +155,7 @@ def image_counts(check: ImageCheck) -> str:
 PAIRED_NOTE = (
     "Both tests keep each patient's images together, as the intervals do: DeLong's test of the AUCs clustered by "
     "patient (Obuchowski 1997), and McNemar's test of the errors at each run's threshold clustered by patient "
-    "(exact sign-flip test of the per-patient differences under 25 discordant images, else Durkalski 2003). "
+    "(exact sign-flip test of the per-patient differences under 25 patients with a net disagreement, else Durkalski 2003). "
     "b = images A got right and B wrong, c = the reverse. The image-level tests, which treat every image as "
     "independent, are shown for reference only: with several images per patient their p-values are too small."
 )
@@ -152,7 +171,7 @@ def mcnemar_method(result: statistics.ClusteredMcNemarResult, detailed: bool = F
     exact = result.method == "exact_sign_flip"
     if detailed:
         return (
-            "exact sign-flip test of the per-patient differences (under 25 discordant images)"
+            "exact sign-flip test of the per-patient differences (under 25 patients with a net disagreement)"
             if exact else "Durkalski's chi-square of the per-patient differences"
         )
     return "exact sign-flip" if exact else "Durkalski chi-square"

@@ -58,6 +58,55 @@ class RunError(ValueError):
 
 
 # --------------------------------------------------------------------------
+# Prediction tables
+# --------------------------------------------------------------------------
+
+_FIX_PREDICTIONS = "restore the file from a copy of the run, or run the search again to write it anew"
+
+
+def _bad_value(path: Path, column: str, values: pd.Series, ok: pd.Series, wanted: str) -> RunError:
+    """The RunError naming the first row of ``column`` that is not ``ok``: file, column, line, value."""
+    row = int(ok.to_numpy().argmin())
+    value = values.iloc[row]
+    shown = "an empty cell" if pd.isna(value) else repr(str(value))
+    return RunError(
+        f"{path} is damaged: column {column!r} holds {shown} on line {row + 2} (the header is line 1), "
+        f"where {wanted} belongs; {_FIX_PREDICTIONS}"
+    )
+
+
+def check_predictions(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``table`` (read from ``path``) when its labels are 0/1 and its probabilities numbers in [0, 1].
+
+    A hand-edited file with a blank, a word or a NaN in such a column would otherwise fail far from
+    here (an integer cast, a metric of NaN), with no word of which file to mend. Labels: ``y_true``.
+    Probabilities: ``probability``, ``probability_<class>`` and, in ``val_stress_predictions.csv``,
+    every column but ``path``. Raises ``RunError`` naming the file, the column and its first bad line.
+    """
+    stress = path.name == VAL_STRESS_PREDICTIONS
+    for column in table.columns:
+        if column == "y_true":
+            wanted, low, high, whole = "a label 0 or 1", 0, 1, True
+        elif column == "probability" or column.startswith("probability_") or (stress and column != "path"):
+            wanted, low, high, whole = "a probability between 0 and 1", 0.0, 1.0, False
+        else:
+            continue
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        ok = numbers.between(low, high)  # False for NaN and for words, which became NaN
+        if whole:
+            ok &= numbers == numbers.round()
+        if not ok.all():
+            raise _bad_value(path, column, table[column], ok, wanted)
+    return table
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    """A run's prediction table (``predictions.csv``, ``val_predictions.csv`` or
+    ``val_stress_predictions.csv``), checked by :func:`check_predictions`."""
+    return check_predictions(read_csv(path), Path(path))
+
+
+# --------------------------------------------------------------------------
 # Names and folders
 # --------------------------------------------------------------------------
 
@@ -282,18 +331,18 @@ class Run:
         path = self.folder / PREDICTIONS
         if not path.exists():
             raise RunError(f"run {self.name!r} has no test predictions yet (state: {self.state})")
-        return read_csv(path)
+        return read_predictions(path)
 
     def val_predictions(self) -> pd.DataFrame | None:
         """The validation split's predictions, or None for runs saved before they were kept."""
         path = self.folder / VAL_PREDICTIONS
-        return read_csv(path) if path.exists() else None
+        return read_predictions(path) if path.exists() else None
 
     def val_stress_predictions(self) -> pd.DataFrame | None:
         """The validation images' probabilities under the stress test's changes (core.evidence.stress), or
         None for runs saved before they were kept or without the stress test."""
         path = self.folder / VAL_STRESS_PREDICTIONS
-        return read_csv(path) if path.exists() else None
+        return read_predictions(path) if path.exists() else None
 
     def trials(self) -> list[dict]:
         """trials.json: one dict per Keras Tuner trial; [] before the first trial or if unreadable."""

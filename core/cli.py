@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--tuner", choices=TUNERS, help="default: random")
     tune.add_argument("--mode", choices=MODES, help="default: the family's (frozen; finetune for hybrid)")
     tune.add_argument("--mobilenet-version", choices=MOBILENET_VERSIONS, help="default: v2")
+    tune.add_argument("--stem", choices=sorted(families.FAMILIES["hybrid"].versions),
+                      help="hybrid: the ImageNet CNN whose activations at its cut feed the encoder (default: v2, MobileNetV2)")
     tune.add_argument("--alpha", type=float, help="MobileNet width multiplier (default: 1.0)")
     tune.add_argument("--no-feature-cache", action="store_true", help="frozen mode: recompute the backbone every step")
     tune.add_argument("--engine", choices=("auto", "tflite", "keras"))
@@ -238,6 +240,12 @@ def tune_settings(args):
     if "family" not in values:
         raise SettingsError("pass --family (or a --preset that names one)")
     values.setdefault("mode", families.FAMILIES[values["family"]].default_mode)  # frozen, or finetune for the hybrid
+    if getattr(args, "stem", None):
+        if not families.FAMILIES[values["family"]].hybrid:
+            raise SettingsError(f"--stem chooses a hybrid's CNN; {values['family']} has none: leave it out (--mobilenet-version for MobileNet)")
+        if args.mobilenet_version and args.mobilenet_version != args.stem:
+            raise SettingsError("pass --stem or --mobilenet-version, not both")
+        values["mobilenet_version"] = args.stem
     if args.no_feature_cache:
         values["feature_cache"] = False
     if args.no_activation_cache:

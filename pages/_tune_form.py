@@ -125,7 +125,7 @@ def search_form(folder: str, data: DataFolder) -> None:
         space_edits = space_editor(family, mode, int(image_size), augment)
         more = _more_settings(info)
         _cost_estimate(data, family=family, mode=mode, image_size=int(image_size), trials=int(trials), epochs=int(epochs),
-                       max_per_class=int(max_per_class), views=int(views) if augment != "off" else 0)
+                       max_per_class=int(max_per_class), views=int(views) if augment != "off" else 0, version=more["mobilenet_version"])
 
         start = st.button("Start search", type="primary", icon=":material/play_arrow:", key="tune_start")
 
@@ -157,6 +157,8 @@ def _transfer_settings(info: families.Family, image_size: int) -> tuple[str, str
     """(transfer mode, backbone weights) of a transfer family, with where its ImageNet weights are; ("scratch", "none") otherwise
     (a ViT trained from a weights file of its shape takes it from the command line: `--weights FILE`)."""
     mode, weights = "scratch", "none"
+    if info.versions and st.session_state.get("tune_mobilenet_version") not in info.versions:
+        st.session_state.pop("tune_mobilenet_version", None)  # another family's version (a hybrid's Xception stem, for MobileNet)
     if info.transfer:
         c1, c2 = st.columns(2)
         if st.session_state.get("tune_mode") not in info.modes:
@@ -236,7 +238,7 @@ def _more_settings(info: families.Family) -> dict:
         if info.versions:
             versions = sorted(info.versions)
             version = c3.selectbox(
-                f"{info.title} version", versions, index=versions.index(info.default_version), key="tune_mobilenet_version"
+                f"{info.title} {info.version_label}", versions, index=versions.index(info.default_version), key="tune_mobilenet_version"
             )
         if widths := list(info.all_widths):
             alpha = c4.selectbox(
@@ -248,13 +250,14 @@ def _more_settings(info: families.Family) -> dict:
 
 
 def _cost_estimate(
-    data: DataFolder, *, family: str, mode: str, image_size: int, trials: int, epochs: int, max_per_class: int, views: int
+    data: DataFolder, *, family: str, mode: str, image_size: int, trials: int, epochs: int, max_per_class: int, views: int,
+    version: str | None = None,
 ) -> None:
     """The search's rough CPU time on the images it would read (`views`: augmented views per image, 0 without augmentation)."""
     total_images = data.summary["total_images"] if data.summary else 0
     n_images = min(total_images, 6 * max_per_class) if max_per_class else total_images
     if n_images:
-        seconds = cost.estimate_search_s(family, mode, image_size, trials, epochs, n_images, views=views)
+        seconds = cost.estimate_search_s(family, mode, image_size, trials, epochs, n_images, views=views, version=version)
         st.info(
             f"Rough CPU time for this search on about {n_images:,} images: **{ui.format_duration(seconds)}** "
             "(order of magnitude; the live panel below gives a real estimate once the first epoch ends).",

@@ -281,3 +281,39 @@ def test_compare_and_predict_show_a_transformers_attention_map(vit_run):
     at.selectbox(key="predict_method").set_value("gradcam").run()  # on a ViT, Grad-CAM reads the patch embeddings' grid
     assert not at.exception
     assert any(c.startswith("vit · Grad-CAM · p = ") for element in at.get("image") for c in element.captions)
+
+
+@pytest.mark.parametrize(("stem", "architecture"), [("densenet121", "densenet121"), ("xception", "xception"), ("v1", "mobilenet_v1")])
+def test_the_stem_is_any_backbone_with_a_cut(stem, architecture, tmp_path):
+    """Every hybrid stem is a backbone with a default cut, taken by --stem, costed as its own family."""
+    from core import cli
+    from core.models import families
+    from core.search import cost
+
+    settings = cli.tune_settings(cli.build_parser().parse_args(["tune", "--data", str(tmp_path), "--family", "hybrid", "--stem", stem,
+                                                                "--weights", "none"]))
+    spec = settings.resolved().backbone()
+    assert (settings.mobilenet_version, spec.architecture) == (stem, architecture)
+    assert backbones.ARCHITECTURES[architecture].default_cut
+    hybrid = families.FAMILIES["hybrid"]
+    owner = next(f for f in families.FAMILIES.values() if architecture in (f.architecture, *f.versions.values()) and not f.hybrid)
+    scale = (hybrid.default_image_size / owner.default_image_size) ** 2
+    if owner.architecture == architecture:  # a backbone another family measured: its bottom pass, the encoder's step
+        assert hybrid.cost_for(stem).bottom_pass_ms == pytest.approx(owner.cost.bottom_pass_ms * scale)
+        assert hybrid.cost_for(stem).top_step_ms == hybrid.cost.top_step_ms
+    heavier = cost.estimate_search_s("hybrid", "finetune", 224, 4, 4, 5000, version=stem)
+    assert (heavier > cost.estimate_search_s("hybrid", "finetune", 224, 4, 4, 5000)) == (owner.name != "mobilenet")
+    with pytest.raises(SettingsError, match="--stem chooses a hybrid's CNN"):
+        cli.tune_settings(cli.build_parser().parse_args(["tune", "--data", "D", "--family", "mobilenet", "--stem", stem]))
+
+
+def test_a_densenet_stem_feeds_the_encoder_its_cut_activations():
+    keras.utils.set_random_seed(0)
+    spec = backbones.BackboneSpec("densenet121", SIZE, "none")
+    cut = backbone_cut.split_backbone(backbones.build_backbone(spec), backbones.ARCHITECTURES["densenet121"].default_cut)
+    model = hypermodel.SearchSpace("hybrid", "finetune", SIZE, cut=cut, backbone=spec).build(keras_tuner.HyperParameters())
+    assert model.input_shape == (None, *cut.activation_shape) and model.output_shape == (None, 1)
+    joined = backbone_cut.join(cut, model)
+    assert joined.input_shape == (None, SIZE, SIZE, 3)
+    out = joined.predict(np.full((2, SIZE, SIZE, 3), 128.0, np.float32), verbose=0)
+    assert out.shape == (2, 1) and np.all((out >= 0) & (out <= 1))

@@ -9,7 +9,7 @@ command line, the Tune page, the cost estimate (`core.search.cost`), the setting
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from core.models.backbones import ARCHITECTURES, MOBILENET_VERSIONS, BackboneSpec
@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # Keras (and TensorFlow) load on first use: pages that only l
     pass
 
 MODES = ("frozen", "finetune")
+# The hybrid's stems: a MobileNet version, or any other ImageNet backbone with a default cut
+HYBRID_STEMS = {**MOBILENET_VERSIONS, **{name: name for name in ("densenet121", "inception_v3", "xception")}}
 
 
 # --------------------------------------------------------------------------
@@ -66,6 +68,7 @@ class Family:
     # A plain ViT: patches of the pixels, not a CNN's activations, feed the transformer encoder;
     # trained from scratch, or from a local weights file of the same shape (no ImageNet ViT here)
     patches: bool = False
+    version_label: str = "version"  # what a choice of `versions` is called in labels and messages ("stem" for the hybrid)
 
     @property
     def transfer(self) -> bool:
@@ -119,6 +122,21 @@ class Family:
         names = [*self.versions.values(), self.architecture] if self.transfer else []
         return max([32, *(ARCHITECTURES[name].min_image_size for name in names)])
 
+    def cost_for(self, version: str | None = None) -> Cost:
+        """The cost per image at this family's default size, for a version whose backbone another family
+        measured (a hybrid's DenseNet121, InceptionV3 or Xception stem): that family's passes and steps,
+        scaled to this default size, with this family's own step of the top (the encoder's)."""
+        architecture = self.versions.get(version or self.default_version or "") if self.versions else self.architecture
+        if architecture is None or architecture == self.architecture:
+            return self.cost
+        owner = next((f for f in FAMILIES.values() if f.architecture == architecture and not f.hybrid), None)
+        if owner is None:  # a version no family measured (MobileNet V1 and V3): this family's own figures
+            return self.cost
+        scale = (self.default_image_size / owner.default_image_size) ** 2
+        own = owner.cost
+        return replace(own, frozen_pass_ms=own.frozen_pass_ms * scale, finetune_step_ms=own.finetune_step_ms * scale,
+                       bottom_pass_ms=own.bottom_pass_ms * scale, top_step_ms=self.cost.top_step_ms)
+
     def backbone(self, image_size: int, weights: str, version: str | None = None, alpha: float = 1.0) -> BackboneSpec | None:
         if not self.transfer:
             return None
@@ -163,16 +181,18 @@ FAMILIES = {
             "densenet121",
         ),
         Family(
-            "hybrid", 224, "Hybrid CNN-transformer: a MobileNet stem up to its cut, then transformer encoder blocks",
-            "The hybrid ViT of Dosovitskiy et al. (2021): the ImageNet MobileNet (V2 by default) runs once per image up to "
-            "its cut (14×14 positions at 224 px, cached with augmented copies), and a small transformer encoder trained "
-            "from scratch reads those positions as tokens. Fine-tuning mode with the activation cache only; a little more per "
-            "epoch than MobileNet fine-tuning. Its attention layers can be explained by attention rollout.",
+            "hybrid", 224, "Hybrid CNN-transformer: an ImageNet CNN stem up to its cut, then transformer encoder blocks",
+            "The hybrid ViT of Dosovitskiy et al. (2021): an ImageNet CNN, the stem (MobileNetV2 by default; any MobileNet, "
+            "DenseNet121, InceptionV3 or Xception), runs once per image up to its cut (MobileNetV2: 14×14 positions at "
+            "224 px, cached with augmented copies), and a small transformer encoder trained from scratch reads those "
+            "positions as tokens. Fine-tuning mode with the activation cache only; with the MobileNetV2 stem a little more "
+            "per epoch than MobileNet fine-tuning, with the others about their own fine-tuning's cost. Its attention layers "
+            "can be explained by attention rollout.",
             # Rough timings at 224 px (2 shared cores, default encoder: depth 2, width 128): the joined model through
             # TF Lite 2.8 ms per image (Keras 9.5), a train step on cached activations 6-8 ms; the bottom is
             # MobileNetV2's. Fine-tuning without the cache is refused: its figure is MobileNet's plus the encoder's.
             Cost(frozen_pass_ms=3.0, finetune_step_ms=15.0, bottom_pass_ms=2.5, top_step_ms=7.0),
-            "mobilenet_v2", MOBILENET_VERSIONS, label="Hybrid CNN-transformer", hybrid=True,
+            "mobilenet_v2", HYBRID_STEMS, label="Hybrid CNN-transformer", hybrid=True, version_label="stem",
         ),
         Family(
             "custom_cnn", 150, "A small CNN trained from scratch",

@@ -43,7 +43,7 @@ TRAIN_SHARE, VAL_SHARE = 0.7, 0.15  # of the images, when splits are carved
 
 def estimate_search_s(
     family: str, mode: str, image_size: int, trials: int, epochs: int, n_images: int,
-    activation_cache: bool = True, views: int = 0,
+    activation_cache: bool = True, views: int = 0, version: str | None = None,
 ) -> float:
     """Order of magnitude of a search's time on a 2-core CPU, before it starts.
 
@@ -53,7 +53,7 @@ def estimate_search_s(
     Costs scale with the pixel count.
     """
     info = families.FAMILIES[family]
-    cost = info.cost
+    cost = info.cost_for(version)  # a hybrid's stem costs what its own family measured
     scale = (image_size / info.default_image_size) ** 2
     n_train, n_val = TRAIN_SHARE * n_images, VAL_SHARE * n_images
     fixed = STARTUP_S + n_images * DECODE_MS / 1000

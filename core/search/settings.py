@@ -133,7 +133,7 @@ class SearchSettings:
             problems.append("max images per class must be at least 4 (or unset for all images)")
         family = self.family_info
         if family.versions and self.mobilenet_version not in family.versions:
-            problems.append(f"{family.title} version must be one of {', '.join(family.versions)}")
+            problems.append(f"{family.title} {family.version_label} must be one of {', '.join(family.versions)}")
         elif (widths := family.widths(self.mobilenet_version)) and self.alpha not in widths:
             problems.append(f"{family.title} {self.mobilenet_version} comes in widths (alpha) {', '.join(map(str, widths))}")
         if weights_problem := backbones.weights_problem(self.weights):

@@ -172,6 +172,21 @@ def test_the_inference_engine_runs_the_saved_model(hybrid_run):
     np.testing.assert_allclose(engine.predict(x), model.predict(x, verbose=0), rtol=1e-3, atol=1e-4)
 
 
+def test_a_repeat_retrains_the_hybrid_on_its_split_with_its_encoder(hybrid_run):
+    """`repeat` of a hybrid: its best encoder hyperparameters fixed, the next seed, the same split and cache."""
+    run, tmp = hybrid_run
+    result = run_cli("repeat", "hybrid", "--seeds", "1", "--name", "hybrid-again", "--artifacts", str(tmp / "runs"),
+                     env={"CXR_CACHE_DIR": str(tmp / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = artifacts.load_run(tmp / "runs", "hybrid-again")
+    assert again.state == "completed" and again.is_repeat and again.settings["seed"] == run.settings["seed"] + 1
+    assert again.settings["fixed_hyperparameters"]["depth"] == 1 and again.settings["mobilenet_version"] == "v2"
+    assert sorted(again.predictions()["path"]) == sorted(run.predictions()["path"])
+    model = evaluation.load_model(again.model_path)
+    assert len(attention.attention_layers(model)) == 1  # the repeat's model is a hybrid with the fixed depth
+    assert run_kinds.heatmap(again, again.predictions()["path"].iloc[0], method="rollout")[0].shape == (4, 4)
+
+
 # ---------------------------------------------------------------------------- the plain ViT
 
 

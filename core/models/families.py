@@ -118,9 +118,15 @@ class Family:
 
     @property
     def min_image_size(self) -> int:
-        """The smallest input every architecture of the family accepts."""
-        names = [*self.versions.values(), self.architecture] if self.transfer else []
-        return max([32, *(ARCHITECTURES[name].min_image_size for name in names)])
+        """The smallest input the family's default backbone accepts (`min_size` for another version)."""
+        return self.min_size()
+
+    def min_size(self, version: str | None = None) -> int:
+        """The smallest input the version's backbone accepts (32 for a family without one)."""
+        if not self.transfer:
+            return 32
+        name = self.versions.get(version or self.default_version, self.architecture) if self.versions else self.architecture
+        return max(32, ARCHITECTURES[name].min_image_size)
 
     def cost_for(self, version: str | None = None) -> Cost:
         """The cost per image at this family's default size, for a version whose backbone another family

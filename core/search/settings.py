@@ -125,8 +125,8 @@ class SearchSettings:
             problems.append("hyperband needs at least 2 epochs (it trains candidates for more and more epochs)")
         if not 32 <= int(self.image_size) <= 1024:
             problems.append("image size must be between 32 and 1024 pixels")
-        elif self.image_size < self.family_info.min_image_size:
-            problems.append(f"{self.family} needs images of at least {self.family_info.min_image_size} pixels")
+        elif self.image_size < (smallest := self.family_info.min_size(self.mobilenet_version)):
+            problems.append(f"{self.family} needs images of at least {smallest} pixels")
         if not 1 <= int(self.batch_size) <= 4096:
             problems.append("batch size must be between 1 and 4096")
         if self.max_per_class is not None and int(self.max_per_class) < 4:

@@ -49,8 +49,8 @@ class ExplanationMethod:
         from core.models.imported import ForeignModel
 
         if isinstance(model, ForeignModel) and not self.model_agnostic:
-            return (f"it reads a Keras model's gradients or layers, and this model is an imported {model.adapter.format} "
-                    "file: use occlusion, which needs only its predictions")
+            return (f"{self.label} reads a Keras model's gradients or layers, and this model is an imported "
+                    f"{model.adapter.format} file: use occlusion, which needs only its predictions")
         return self.needs(model)
 
 

@@ -9,7 +9,8 @@ import streamlit as st
 
 from core import jobs
 from core.data import folders, tasks
-from core.models import imported, model_files
+from core.models import model_files
+from core.models.pixel_scaling import SCALINGS
 from core.runs import artifacts
 from core.workflows import importing
 from pages._tune_form import DataFolder
@@ -37,8 +38,8 @@ def import_form(folder: str, data: DataFolder) -> None:
         c1, c2, c3 = st.columns(3)
         name = c1.text_input("Run name", key="import_name", placeholder="e.g. colab-mobilenet")
         scaling = c2.selectbox(
-            "Pixel scaling", list(imported.SCALINGS), index=None, key="import_scaling", placeholder="How was it trained?",
-            format_func=lambda s: f"{s}: {imported.SCALINGS[s].description}",
+            "Pixel scaling", list(SCALINGS), index=None, key="import_scaling", placeholder="How was it trained?",
+            format_func=lambda s: f"{s}: {SCALINGS[s].description}",
             help="How the model expects pixels. A wrong choice gives a validation AUC near 0.5: the import then warns.",
         )
         task = c3.selectbox("Task", list(tasks.TASKS), key="import_task", format_func=lambda t: tasks.DESCRIPTIONS[t])

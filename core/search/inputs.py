@@ -31,7 +31,7 @@ from core.inference import evaluation
 from core.models import backbone_cut, backbones, builders
 from core.runs.progress import Progress, StopFlag
 from core.search import activations, features
-from core.search.settings import SearchSettings, cache_root
+from core.search.settings import SearchSettings, cache_root, pixel_cache
 from core.search.splits import drop_undecodable
 
 if TYPE_CHECKING:
@@ -58,11 +58,6 @@ class EvaluationData:
         """The validation and test images, (n, size, size, 1) uint8, in the table's order."""
         paths = list(self.table.loc[self.rows, "path"])
         return loading.load_images(paths, self.settings.image_size, pixel_cache(self.settings))[0]
-
-
-def pixel_cache(settings: SearchSettings) -> Path:
-    """Where decoded pixels are cached, shared by runs."""
-    return cache_root(settings) / "pixels"
 
 
 class SearchInputs:

@@ -205,3 +205,8 @@ class SearchSettings:
 def cache_root(settings: SearchSettings) -> Path:
     """Decoded pixels and backbone features are shared by runs: they live beside the runs."""
     return Path(os.environ.get("CXR_CACHE_DIR") or settings.cache_dir or Path(settings.artifacts_dir) / ".cache")
+
+
+def pixel_cache(settings: SearchSettings) -> Path:
+    """Where decoded pixels are cached, shared by runs (a search's, an imported model's)."""
+    return cache_root(settings) / "pixels"

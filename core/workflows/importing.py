@@ -26,6 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,14 +34,16 @@ from core import files
 from core.data import folders, loading, tasks
 from core.evidence import stress
 from core.inference import evaluation
-from core.models import imported, model_files
+from core.models import model_files
 from core.models.model_files import ModelFileError
 from core.runs import artifacts
 from core.runs.artifacts import IMPORTED, IMPORTED_MODEL, RunError
 from core.runs.progress import Progress, StopFlag, now_utc, open_log, recorded_end
-from core.search.inputs import pixel_cache
-from core.search.settings import SearchSettings
+from core.search.settings import SearchSettings, pixel_cache
 from core.search.splits import drop_undecodable, make_split
+
+if TYPE_CHECKING:
+    from core.models.imported import Adapter
 
 FAMILY = "imported"
 PROBE_IMAGES = 4  # real images the model scores before anything is written: its outputs are checked on them
@@ -90,6 +93,8 @@ def plan_import(options: ImportOptions) -> dict:
     folder = artifacts.run_dir(options.artifacts_dir, options.name)
     if folder.exists():
         raise RunError(f"a run named {options.name!r} already exists: pick another --name")
+    from core.models import imported  # Keras: loaded only when a model is imported, not with the pages
+
     task = tasks.task_for(options.task)
     dataset = folders.scan_folder(options.data_dir)
     folders.require_usable(dataset, task)
@@ -127,9 +132,11 @@ def plan_import(options: ImportOptions) -> dict:
     }
 
 
-def _probed(model: model_files.ModelFile, adapter: imported.Adapter, paths: list[str]) -> imported.Adapter:
+def _probed(model: model_files.ModelFile, adapter: Adapter, paths: list[str]) -> Adapter:
     """The adapter, its output width read from a probe when the file left it dynamic, after checking
     the model's raw outputs on a few real images (ModelFileError naming the problem)."""
+    from core.models import imported
+
     pixels = loading.to_network_input(np.stack([loading.load_image(p, adapter.size) for p in paths]))
     try:
         raw = model.run(np.ascontiguousarray(np.asarray(imported.model_input(pixels, adapter)), np.float32))
@@ -167,6 +174,8 @@ def create_import(settings: dict, model: str | os.PathLike, progress: dict | Non
                                     settings["test_fraction"], settings["seed"], settings["max_per_class"])
         files.write_csv(folder / artifacts.SPLITS, table)
         files.write_json(folder / artifacts.DATA_SUMMARY, summary)
+        from core.models import imported
+
         record = settings[IMPORTED]
         adapter = imported.save_bundle(model, imported.Adapter.from_dict(record["adapter"]), folder / IMPORTED_MODEL)
         settings = {**settings, IMPORTED: {**record, "adapter": adapter.to_dict(), "imported_at": now_utc()}}
@@ -208,6 +217,8 @@ def run_import(artifacts_dir: str | os.PathLike, name: str, log=print) -> dict:
 
 
 def _score(run: artifacts.Run, progress: Progress, stop: StopFlag, log) -> dict:
+    from core.models import imported
+
     settings, record = run.settings, run.settings[IMPORTED]
     search_like = SearchSettings.from_dict({**settings, "artifacts_dir": str(run.folder.parent)})
     task = tasks.task_for(run.task)

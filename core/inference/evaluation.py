@@ -329,7 +329,7 @@ def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str 
             rows.append({**blank, "error": f"cannot read image: {error}"})
     if pixels:
         tta = int(((run.metrics or {}).get("tta") or {}).get("views", 1))
-        outputs, _ = model_outputs(model, np.stack(pixels), engine, cache_path=run.folder / "model.tflite", tta=tta)
+        outputs, _ = model_outputs(model, np.stack(pixels), engine, cache_path=run.folder / artifacts.TFLITE_MODEL, tta=tta)
         outputs = saved_precision(outputs)
         for row_index, output in zip(readable, outputs, strict=True):
             score = float(saved_precision(positive_probability(output[None]))[0])

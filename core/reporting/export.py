@@ -50,7 +50,7 @@ def exportable(run: Run) -> Run:
 
 
 def _tflite(run: Run) -> bytes | None:
-    path = run.folder / "model.tflite"
+    path = run.folder / artifacts.TFLITE_MODEL
     if not path.exists():
         try:
             from core.models.engine import make_engine  # it loads TensorFlow: only a conversion needs it

@@ -33,6 +33,7 @@ PREDICTIONS = "predictions.csv"
 VAL_PREDICTIONS = "val_predictions.csv"  # where operating points are chosen
 VAL_STRESS_PREDICTIONS = "val_stress_predictions.csv"  # validation probabilities under the stress test's changes (core.evidence.stress)
 MODEL = "model.keras"
+TFLITE_MODEL = "model.tflite"  # the same model converted for the TF Lite engine (core.models.engine), made on first use
 LOG = "log.txt"
 LOCK = "search.lock"
 TUNER_DIR = "tuner"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
 from pathlib import Path
 
@@ -192,3 +193,21 @@ def test_the_int8_engine_refuses_a_missing_or_stale_model(store):
         engine.make_engine(keras.models.clone_model(model), "int8", cache_path=run.folder / artifacts.INT8_MODEL)
     with pytest.raises(ValueError, match="no int8 model of these weights"):  # an fp32 file is not an int8 one
         engine.make_engine(model, "int8", cache_path=run.folder / artifacts.TFLITE_MODEL)
+
+
+def test_the_model_card_zip_carries_a_kept_int8_model_and_its_agreement(store):
+    import zipfile
+
+    from core.reporting import export
+
+    with zipfile.ZipFile(io.BytesIO(export.export_bytes(store, "plain"))) as archive:
+        names = set(archive.namelist())
+        assert {"plain/model.tflite", "plain/model.int8.tflite", "plain/int8.json"} <= names
+        assert archive.read("plain/model.int8.tflite") == (_load(store, "plain").folder / artifacts.INT8_MODEL).read_bytes()
+        record = json.loads(archive.read("plain/int8.json"))
+        card = archive.read("plain/MODEL_CARD.md").decode()
+    assert "## int8 model" in card and "| test | 12 |" in card
+    assert f"{record['test']['auc_fp32']:.4f} | {record['test']['auc_int8']:.4f}" in card
+    with zipfile.ZipFile(io.BytesIO(export.export_bytes(store, "wide"))) as archive:
+        assert not any("int8" in n for n in archive.namelist())
+        assert "`python -m core quantize wide` makes one" in archive.read("wide/MODEL_CARD.md").decode()

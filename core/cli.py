@@ -1,4 +1,4 @@
-"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|predict|explain|evaluate|export|data`.
+"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|predict|explain|evaluate|quantize|export|data`.
 
 Headless twin of the dashboard, for terminals, GPU boxes and clusters. Errors a user can fix
 print one line (`error: ...`) and exit with status 2, without a traceback.
@@ -38,6 +38,10 @@ TUNERS = ("random", "bayesian", "hyperband")
 MOBILENET_VERSIONS = ("v1", "v2", "v3", "v3_small")
 EXPLANATION_METHODS = ("gradcam", "gradcam++", "occlusion", "smoothgrad", "rollout")  # core.inference.methods.METHODS
 IMPORT_SCALINGS = ("0-255", "0-1", "-1-1", "caffe", "torch")  # core.models.imported.SCALINGS
+SEARCH_ENGINES = ("auto", "tflite", "keras")  # core.models.engine.BUILT_ENGINES
+ENGINES = (*SEARCH_ENGINES, "int8")  # core.models.engine.ENGINES: int8 reads the model `quantize` made
+ENGINE_HELP = ("auto (default: TF Lite fp32, else Keras), tflite, keras, or int8: the run's int8 model, made by "
+               "`python -m core quantize RUN` (refused when it has none)")
 
 
 def _default_artifacts_dir() -> str:
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hybrid: the ImageNet CNN whose activations at its cut feed the encoder (default: v2, MobileNetV2)")
     tune.add_argument("--alpha", type=float, help="MobileNet width multiplier (default: 1.0)")
     tune.add_argument("--no-feature-cache", action="store_true", help="frozen mode: recompute the backbone every step")
-    tune.add_argument("--engine", choices=("auto", "tflite", "keras"))
+    tune.add_argument("--engine", choices=SEARCH_ENGINES)
     tune.add_argument("--cut", default=None,
                       help="finetune mode: train the backbone's layers above this layer (default: the architecture's)")
     tune.add_argument("--no-stress-test", action="store_true",
@@ -156,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", required=True)
     predict.add_argument("--artifacts", default=artifacts_default)
     predict.add_argument("--csv", default=None, help="also write the table to this CSV file")
-    predict.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
+    predict.add_argument("--engine", default="auto", choices=ENGINES, help=ENGINE_HELP)
     predict.add_argument("images", nargs="+", help="image files or folders")
 
     explain = commands.add_parser("explain", help="where a saved run looks: heatmap overlays, region masks and boxes")
@@ -203,7 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
     evaluate.add_argument("--artifacts", default=artifacts_default)
-    evaluate.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
+    evaluate.add_argument("--engine", default="auto", choices=ENGINES, help=ENGINE_HELP)
+
+    quantize = commands.add_parser(
+        "quantize", help="an int8 model of a finished run beside its fp32 one, with how the two agree",
+        description="Full-integer post-training quantisation of a finished run (core.inference.quantization): calibrated on a "
+        "seeded sample of its training images, then measured against fp32 on its validation and test images. The run keeps "
+        "int8 only when the validation AUC moves by at most 0.003; either way int8.json records the figures.",
+    )
+    quantize.add_argument("run", help="a finished run with its own model (for an ensemble, quantise each member)")
+    quantize.add_argument("--images", type=_positive_int, default=None, help="calibration images (default 200)")
+    quantize.add_argument("--seed", type=int, default=None, help="draws the calibration images (default: the run's seed)")
+    quantize.add_argument("--artifacts", default=artifacts_default)
 
     look = commands.add_parser(
         "where-it-looks", help="measure where runs look: each explanation method's faithfulness, border heat and a synthetic-opacity check",
@@ -513,6 +528,16 @@ def _import(args) -> int:
     return _finish(result)
 
 
+def _quantize(args) -> int:
+    from core.inference import quantization
+    from core.runs import artifacts
+
+    run = artifacts.load_run(args.artifacts, args.run)
+    record = quantization.quantize_run(run, n_images=args.images or quantization.CALIBRATION_IMAGES, seed=args.seed)
+    print(quantization.summary(record))
+    return 0
+
+
 def _export(args) -> int:
     from core.reporting import export
 
@@ -557,7 +582,7 @@ def _data(args) -> int:
 
 HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "stop": _stop, "runs": _runs,
             "ensemble": _ensemble, "predict": _predict, "explain": _explain, "where-it-looks": _where_it_looks, "evaluate": _evaluate,
-            "import": _import, "export": _export, "data": _data}
+            "import": _import, "quantize": _quantize, "export": _export, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

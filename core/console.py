@@ -38,6 +38,7 @@ NOISE = re.compile(
             r"This TensorFlow binary is optimized to use available CPU instructions",
             r"^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags",
             r"Created TensorFlow Lite XNNPACK delegate",
+            r"^fully_quantize: \d+, inference_type: \d+",  # the int8 converter's settings (core.models.quantize)
         )
     )
 )

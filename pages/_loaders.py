@@ -166,7 +166,10 @@ def trained_on(run: artifacts.Run) -> frozenset[str]:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], images: tuple[tuple[str, bytes], ...]) -> pd.DataFrame:
+def _predict(
+    artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...], images: tuple[tuple[str, bytes], ...], engine: str,
+    int8_mtime_ns: tuple[int, ...],
+) -> pd.DataFrame:
     from core.inference import run_kinds
 
     run = artifacts.load_run(artifacts_folder, name)
@@ -178,7 +181,7 @@ def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...],
             path = Path(folder) / f"{i:04d}{suffix if suffix in folders.IMAGE_EXTENSIONS else '.img'}"
             path.write_bytes(content)
             paths.append(str(path))
-        table = run_kinds.predict_files(run, paths, model, unusual=True)
+        table = run_kinds.predict_files(run, paths, model, engine=engine, unusual=True)
     names = [file_name for file_name, _ in images]
     # Reasons name the temporary copy: name the file the user gave instead.
     table["error"] = [error.replace(path, name) for error, path, name in zip(table["error"], paths, names, strict=True)]
@@ -186,9 +189,14 @@ def _predict(artifacts_folder: str, name: str, models_mtime_ns: tuple[int, ...],
     return table.drop(columns=["path"])
 
 
-def predict_images(run: artifacts.Run, images: list[tuple[str, bytes]]) -> pd.DataFrame:
-    """Score (name, bytes) images with a run: image, probability, label, error, unusual, unusual_reason (one row each)."""
-    return _predict(str(run.folder.parent), run.name, models_mtime(run), tuple(images))
+def predict_images(run: artifacts.Run, images: list[tuple[str, bytes]], engine: str = "auto") -> pd.DataFrame:
+    """Score (name, bytes) images with a run: image, probability, label, error, unusual, unusual_reason (one row each).
+    `engine` "int8": with the int8 model(s) the run keeps (`run_kinds.engine_problem` says when there are none)."""
+    try:  # an int8 model made again (its record rewritten) must not be served from the cache
+        int8_mtimes = tuple(_mtime(path.parent / artifacts.INT8_RECORD) for path in run.model_paths) if engine == "int8" else ()
+    except artifacts.RunError:
+        int8_mtimes = ()
+    return _predict(str(run.folder.parent), run.name, models_mtime(run), tuple(images), engine, int8_mtimes)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)

@@ -10,7 +10,7 @@ import streamlit as st
 from core import files
 from core.data import demo, folders, tasks
 from core.evidence import comparison
-from core.inference import methods
+from core.inference import methods, run_kinds
 from core.reporting import figures
 from core.runs import artifacts
 from pages import _loaders as load
@@ -65,6 +65,12 @@ with right:
             st.session_state["predict_samples"] = chosen
         if st.session_state.get("predict_samples") and st.button("Clear the picked images", key="predict_clear"):
             st.session_state["predict_samples"] = []
+precision = st.radio(
+    "Inference", ["fp32", "int8"], horizontal=True, key="predict_engine",
+    help="fp32: each run's own model (TF Lite, else Keras). int8: its full-integer quantised model, faster on a CPU, made by "
+    "`python -m core quantize RUN` and kept only when it moved the validation AUC by at most 0.003; a run without one is "
+    "scored in fp32, and the page says why.",
+)
 # The picked runs' positive class (pneumonia, or viral for bacterial vs viral runs); pneumonia before any is picked.
 _, pushed_towards = comparison.binary_names([by_name[n] for n in picked]) if picked else tasks.PNEUMONIA.binary_names
 choice = ui.explanation_controls("predict", pushed_towards, [by_name[n] for n in picked])
@@ -100,11 +106,21 @@ if class_runs:
     )
 gradcam_class = ui.gradcam_class_choice([by_name[n] for n in picked], "predict_gradcam_class")
 
+engines = {name: "auto" for name in picked}
+if precision == "int8":
+    for name in picked:
+        if problem := run_kinds.engine_problem(by_name[name], "int8"):
+            st.caption(f":material/info: {name} is scored in fp32: {problem}")
+        else:
+            engines[name] = "int8"
+    if int8_runs := [name for name, engine in engines.items() if engine == "int8"]:
+        st.caption(f"Scored with their int8 models: {', '.join(int8_runs)} (agreement with fp32 in each run's int8.json).")
+
 results: dict[str, pd.DataFrame] = {}
 with st.spinner(f"Scoring {len(images)} image{'s' if len(images) != 1 else ''} with {len(picked)} run{'s' if len(picked) != 1 else ''}…"):
     for name in picked:
         try:
-            results[name] = load.predict_images(by_name[name], images)
+            results[name] = load.predict_images(by_name[name], images, engines[name])
         except artifacts.RunError as error:
             st.error(f"{name} cannot predict: {error}")
 picked = [name for name in picked if name in results]

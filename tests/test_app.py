@@ -824,6 +824,25 @@ def test_predict_scores_uploads_and_reports_a_bad_file(data_dir, runs_dir, sampl
     assert thresholds[0] == pytest.approx(metrics_of(runs_dir, "cnn-small")["threshold"])
 
 
+def test_predict_scores_with_int8_models_where_runs_keep_one_and_says_why_not_elsewhere(data_dir, copy_runs, sample_image):
+    from core.inference import quantization
+
+    store = copy_runs(["cnn-small", "mobilenet-none"])
+    quantization.quantize_run(artifacts.load_run(store, "cnn-small"), n_images=8, tolerance=1.0)  # kept whatever it measures
+    at = page("predict", data_dir, store)
+    at.multiselect(key="predict_runs").set_value(["cnn-small", "mobilenet-none"])
+    at.file_uploader(key="predict_upload").set_value([("chest.jpeg", sample_image.read_bytes(), "image/jpeg")])
+    at.radio(key="predict_engine").set_value("int8")
+    at.run()
+    no_exception(at)
+    assert "mobilenet-none is scored in fp32: run 'mobilenet-none' has no int8 model" in texts(at.caption)
+    assert "Scored with their int8 models: cnn-small" in texts(at.caption)
+    table = at.dataframe[0].value.set_index("run")
+    for name, engine in (("cnn-small", "int8"), ("mobilenet-none", "auto")):
+        expected = run_kinds.predict_files(artifacts.load_run(store, name), [str(sample_image)], engine=engine).iloc[0]
+        assert table.loc[name, "probability"] == pytest.approx(expected["probability"], abs=1e-6)
+
+
 def test_predict_samples_from_the_data_folder(data_dir, runs_dir):
     at = page("predict", data_dir, runs_dir)
     at.number_input(key="predict_sample_count").set_value(2)

@@ -71,6 +71,11 @@ def test_the_parsers_choices_are_the_librarys():
     from core.models import imported
 
     assert list(cli.IMPORT_SCALINGS) == list(imported.SCALINGS)
+    from core.inference import quantization
+    from core.models import engine
+
+    assert cli.SEARCH_ENGINES == engine.BUILT_ENGINES and cli.ENGINES == engine.ENGINES
+    assert quantization.ENGINE == engine.INT8  # spelled out there so that asking about a run loads no TensorFlow
 
 
 def test_progress_bar_follows_the_long_steps():

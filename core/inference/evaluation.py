@@ -317,6 +317,14 @@ def own_model_path(run: artifacts.Run) -> Path:
     return run.model_path
 
 
+def engine_file(run: artifacts.Run, engine: str) -> Path:
+    """The file `engine` runs the run's model from: its int8 model (made by `python -m core quantize`)
+    for "int8", else the fp32 TF Lite conversion (made on first use)."""
+    from core.models.engine import INT8
+
+    return run.folder / (artifacts.INT8_MODEL if engine == INT8 else artifacts.TFLITE_MODEL)
+
+
 def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str = "auto") -> pd.DataFrame:
     """Score image files with a saved run's own model: path, probability of its binary view's
     positive class (pneumonia; viral for bacterial vs viral), label, error.
@@ -343,7 +351,7 @@ def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str 
             rows.append({**blank, "error": f"cannot read image: {error}"})
     if pixels:
         tta = int(((run.metrics or {}).get("tta") or {}).get("views", 1))
-        outputs, _ = model_outputs(model, np.stack(pixels), engine, cache_path=run.folder / "model.tflite", tta=tta)
+        outputs, _ = model_outputs(model, np.stack(pixels), engine, cache_path=engine_file(run, engine), tta=tta)
         outputs = saved_precision(outputs)
         for row_index, output in zip(readable, outputs, strict=True):
             score = float(saved_precision(positive_probability(output[None]))[0])

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.inference import ensemble, evaluation, methods, ood
+from core.inference import ensemble, evaluation, methods, ood, quantization
 from core.inference.methods import DEFAULT_METHOD
 from core.runs import artifacts
 from core.runs.artifacts import IMPORTED, REPEAT, Run, RunError
@@ -66,6 +66,11 @@ class RunKind(ABC):
     def predict_files(self, run: Run, paths: Sequence[str], models: Any = None, engine: str = "auto") -> pd.DataFrame:
         """One row per file: path, probability (of the binary view's positive class), label, error,
         and a probability column per class for a multi-class task."""
+
+    @abstractmethod
+    def engine_problem(self, run: Run, engine: str) -> str:
+        """Why `predict_files` cannot use `engine` for this run ("" when it can): "int8" needs the int8
+        model(s) `python -m core quantize` made and kept (`core.inference.quantization`)."""
 
     @abstractmethod
     def score_pixels(self, run: Run, images: np.ndarray, models: Any = None) -> np.ndarray:
@@ -102,6 +107,9 @@ class PlainRun(RunKind):
 
     def predict_files(self, run: Run, paths: Sequence[str], models: Any = None, engine: str = "auto") -> pd.DataFrame:
         return evaluation.predict_files(run, list(paths), model=models, engine=engine)
+
+    def engine_problem(self, run: Run, engine: str) -> str:
+        return quantization.int8_problem(run) if engine == quantization.ENGINE else ""
 
     def score_pixels(self, run: Run, images: np.ndarray, models: Any = None) -> np.ndarray:
         return evaluation.score_pixels(models or self.load_models(run), images)
@@ -161,6 +169,12 @@ class EnsembleRun(RunKind):
     def predict_files(self, run: Run, paths: Sequence[str], models: Any = None, engine: str = "auto") -> pd.DataFrame:
         return ensemble.predict_files(run, list(paths), models=models, engine=engine)
 
+    def engine_problem(self, run: Run, engine: str) -> str:
+        if engine != quantization.ENGINE:
+            return ""
+        problems = [p for p in (quantization.int8_problem(m) for m in ensemble.member_runs(run)) if p]
+        return f"ensemble {run.name!r} predicts int8 only when each member can: " + "; ".join(problems) if problems else ""
+
     def score_pixels(self, run: Run, images: np.ndarray, models: Any = None) -> np.ndarray:
         return ensemble.score_pixels(run, images, models=models)
 
@@ -212,11 +226,19 @@ def predict_files(run: Run, paths: Sequence[str], models: Any = None, engine: st
     With `unusual`, three more columns say whether each image is far from the run's training X-rays
     (`core.inference.ood.flag_files`).
     """
+    if problem := engine_problem(run, engine):
+        raise RunError(problem)
     table = kind_of(run).predict_files(run, paths, models, engine)
     if unusual:
         flags = ood.flag_files(ood.reference_for(run), list(paths))
         table = pd.concat([table, flags.set_index(table.index)], axis=1)
     return table
+
+
+def engine_problem(run: Run, engine: str) -> str:
+    """Why `predict_files` cannot score with `engine` for `run` ("" when it can): with "int8", a run
+    (or an ensemble's member) without a kept int8 model, each named with what to do."""
+    return kind_of(run).engine_problem(run, engine)
 
 
 def heatmap(run: Run, image_path: str | Path, models: Any = None, class_name: str | None = None,

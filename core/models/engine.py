@@ -16,7 +16,12 @@ TensorFlow's generic kernels). Two faster paths:
   is traced once and every batch, the last partial one included, reuses that graph.
 
 ``auto`` (the default) tries ``tflite`` and falls back to ``keras`` when conversion or interpreter
-creation fails, recording why in ``fallback_reason``. The engine logs nothing; the caller records
+creation fails, recording why in ``fallback_reason``.
+
+``int8`` runs a full-integer quantised flatbuffer made beforehand (``core.models.quantize``: it needs
+calibration images, so it is never made here) and stored with `store_flatbuffer`; it is refused
+(ValueError) when there is none for these weights, never silently replaced by fp32. Its input and
+output stay float32, so callers feed and read the same arrays. The engine logs nothing; the caller records
 ``engine.name`` (and ``fallback_reason``) in its run files.
 
 Both engines return float32 arrays shaped like `model.predict`'s output. Only single-input,
@@ -33,7 +38,7 @@ import queue
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +48,9 @@ import tensorflow as tf
 
 from core import files
 
-ENGINES = ("auto", "tflite", "keras")
+INT8 = "int8"
+BUILT_ENGINES = ("auto", "tflite", "keras")  # made from the model alone (what a search may use)
+ENGINES = (*BUILT_ENGINES, INT8)
 
 # Bump when the conversion recipe changes, so cached flatbuffers from an older recipe are rebuilt.
 _CACHE_FORMAT = 1
@@ -214,14 +221,21 @@ class KerasEngine(InferenceEngine):
 
 
 def convert_to_tflite(model: keras.Model) -> bytes:
-    """Convert ``model`` (inference mode) to a float32 TF Lite flatbuffer with a dynamic batch size.
+    """Convert ``model`` (inference mode) to a float32 TF Lite flatbuffer with a dynamic batch size:
+    `convert` with only TFLITE_BUILTINS ops (no Flex/Select TF ops, so the whole graph can run in
+    XNNPACK) and no optimisation flags, so weights stay float32."""
+    return convert(model, _float32)
+
+
+def convert(model: keras.Model, configure: Callable[[tf.lite.TFLiteConverter], None]) -> bytes:
+    """``model`` (inference mode) as a TF Lite flatbuffer with a dynamic batch size, the converter
+    set up by ``configure`` (ops, optimisations, a representative data set) before it converts.
 
     The model's call is traced as a `tf.function` over ``[None, *sample_shape]`` and its variables
     are frozen into constants before conversion: in TF 2.21 with Keras 3,
     `from_concrete_functions(..., trackable_obj=model)` produces a flatbuffer with uninitialised
     weights (NaN outputs), and `from_keras_model` goes through a SavedModel export on disk, several
-    times slower. Only TFLITE_BUILTINS ops are allowed (no Flex/Select TF ops) so the whole graph can
-    run in XNNPACK; no optimisation flags are set, so weights stay float32.
+    times slower.
     """
     spec = tf.TensorSpec((None, *_sample_shape(model)), tf.float32)
     fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=False)
@@ -233,27 +247,31 @@ def convert_to_tflite(model: keras.Model) -> bytes:
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     except ImportError:
-        return _convert_via_saved_model(model, spec)
+        return _convert_via_saved_model(model, spec, configure)
     frozen = convert_variables_to_constants_v2(concrete)
     # The frozen function holds no variables, so an empty module is a complete trackable object
     # (and passing one avoids the converter's deprecated no-trackable path and its warning).
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
-    return _finish_conversion(converter)
+    configure(converter)
+    return bytes(converter.convert())
 
 
-def _convert_via_saved_model(model: keras.Model, spec: tf.TensorSpec) -> bytes:
+def _convert_via_saved_model(
+    model: keras.Model, spec: tf.TensorSpec, configure: Callable[[tf.lite.TFLiteConverter], None]
+) -> bytes:
     with tempfile.TemporaryDirectory() as saved:
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
         archive.write_out(saved, verbose=False)
-        return _finish_conversion(tf.lite.TFLiteConverter.from_saved_model(saved))
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        configure(converter)
+        return bytes(converter.convert())
 
 
-def _finish_conversion(converter: tf.lite.TFLiteConverter) -> bytes:
+def _float32(converter: tf.lite.TFLiteConverter) -> None:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.optimizations = []
-    return bytes(converter.convert())
 
 
 def _weights_digest(model: keras.Model) -> str:
@@ -275,9 +293,10 @@ def _sidecar_path(cache_path: Path) -> Path:
     return cache_path.with_name(cache_path.name + ".json")
 
 
-def _cache_meta(model: keras.Model) -> dict[str, Any]:
+def _cache_meta(model: keras.Model, precision: str = "float32") -> dict[str, Any]:
     return {
         "format": _CACHE_FORMAT,
+        "precision": precision,
         "input_shape": [None, *_sample_shape(model)],
         "output_shape": [None, *_output_sample_shape(model)],
         "weights_digest": _weights_digest(model),
@@ -291,7 +310,8 @@ def _load_cached(cache_path: Path, meta: dict[str, Any]) -> bytes | None:
         data = cache_path.read_bytes()
     except (OSError, ValueError):
         return None
-    if any(stored.get(k) != v for k, v in meta.items()):
+    # Sidecars written before int8 models existed name no precision: theirs is float32.
+    if any(stored.get(k, "float32" if k == "precision" else None) != v for k, v in meta.items()):
         return None
     if stored.get("tflite_digest") != _bytes_digest(data):
         return None
@@ -302,6 +322,24 @@ def _store_cached(cache_path: Path, meta: dict[str, Any], data: bytes) -> None:
     files.write_bytes(cache_path, data)
     sidecar = {**meta, "tflite_digest": _bytes_digest(data), "tflite_bytes": len(data), "tensorflow": tf.__version__}
     files.write_json(_sidecar_path(cache_path), sidecar)
+
+
+def store_flatbuffer(path: str | Path, model: keras.Model, data: bytes, precision: str) -> None:
+    """Write a flatbuffer made from ``model`` (e.g. an int8 one, ``core.models.quantize``) to ``path``
+    atomically, with the sidecar that ties it to the model's shapes and weights and to ``precision``."""
+    _store_cached(Path(path), _cache_meta(model, precision), data)
+
+
+def load_flatbuffer(path: str | Path, model: keras.Model, precision: str) -> bytes | None:
+    """The flatbuffer at ``path`` if its sidecar says it was made from these weights at ``precision``
+    and the file is intact; None otherwise (missing, stale or damaged)."""
+    return _load_cached(Path(path), _cache_meta(model, precision))
+
+
+def remove_flatbuffer(path: str | Path) -> None:
+    """Delete a stored flatbuffer and its sidecar, if there."""
+    for file in (Path(path), _sidecar_path(Path(path))):
+        file.unlink(missing_ok=True)
 
 
 def _make_interpreter(model_content: bytes, threads: int) -> tf.lite.Interpreter:
@@ -383,6 +421,22 @@ class TFLiteEngine(InferenceEngine):
         return self._one_runner.run(sample_batch)
 
 
+class Int8Engine(TFLiteEngine):
+    """A full-integer quantised TF Lite model (``core.models.quantize``): float32 in and out, int8
+    inside, run by XNNPACK's quantised kernels."""
+
+    name = INT8
+
+
+def _int8_engine(model: keras.Model, path: str | Path | None, threads: int | None) -> Int8Engine:
+    if path is None:
+        raise ValueError("the int8 engine reads a quantised model made beforehand: pass its file as cache_path")
+    data = load_flatbuffer(path, model, INT8)
+    if data is None:
+        raise ValueError(f"no int8 model of these weights at {path}: quantise the model first (core.models.quantize)")
+    return Int8Engine(model, data, threads)
+
+
 def _tflite_engine(model: keras.Model, cache_path: str | Path | None, threads: int | None) -> TFLiteEngine:
     if cache_path is None:
         return TFLiteEngine(model, convert_to_tflite(model), threads)
@@ -406,13 +460,14 @@ def make_engine(
     cache_path: str | Path | None = None,
     threads: int | None = None,
 ) -> InferenceEngine:
-    """An inference engine for ``model``: ``"tflite"``, ``"keras"`` or ``"auto"`` (see module doc).
+    """An inference engine for ``model``: ``"tflite"``, ``"keras"``, ``"auto"`` or ``"int8"`` (see module doc).
 
     ``cache_path``: where to keep the converted .tflite file (plus a ``.json`` sidecar that ties it
     to the model's shapes and weights); reused when it matches, rebuilt otherwise. The caller makes
-    it unique per model. ``threads``: interpreter threads, default all cores this process may use.
-    A model that is already an engine (an imported TF Lite, ONNX or SavedModel file,
-    `core.models.imported.ForeignModel`) runs itself, whatever ``engine`` asks for.
+    it unique per model. For ``"int8"``: the quantised model's file, read, never made. ``threads``:
+    interpreter threads, default all cores this process may use. A model that is already an engine
+    (an imported TF Lite, ONNX or SavedModel file, `core.models.imported.ForeignModel`) runs itself,
+    whatever ``engine`` asks for.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -424,6 +479,8 @@ def make_engine(
         return KerasEngine(model)
     if engine == "tflite":
         return _tflite_engine(model, cache_path, threads)
+    if engine == INT8:
+        return _int8_engine(model, cache_path, threads)
     try:
         return _tflite_engine(model, cache_path, threads)
     except Exception as exc:  # any TF Lite failure means: use the Keras path

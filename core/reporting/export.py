@@ -1,7 +1,9 @@
 """Model cards: one finished run as one zip (model, threshold, MODEL_CARD.md).
 
 The zip holds `model.keras`, `model.tflite` (converted on first use, as the engine does; left out
-with a note if conversion fails), `threshold.json` and `MODEL_CARD.md`. The decision rule in
+with a note if conversion fails), `threshold.json` and `MODEL_CARD.md`; and, when the run keeps an
+int8 model (`python -m core quantize`, `core.inference.quantization`), `model.int8.tflite` and
+`int8.json`, its measured agreement with fp32, which the card shows too. The decision rule in
 `threshold.json` and the card's usage snippet follow the run's task (`core.data.tasks`): its classes,
 its positive class (viral for bacterial vs viral), and for three classes the argmax. The card's metrics and
 intervals come from `core.evidence.run_evidence` (patient-level bootstrap for AUC, Wilson with the
@@ -22,7 +24,7 @@ from pathlib import Path
 from core import files
 from core.data import tasks
 from core.evidence import run_evidence, shift
-from core.inference import evaluation, run_kinds
+from core.inference import evaluation, quantization, run_kinds
 from core.models import families
 from core.reporting import wording
 from core.runs import artifacts
@@ -50,7 +52,7 @@ def exportable(run: Run) -> Run:
 
 
 def _tflite(run: Run) -> bytes | None:
-    path = run.folder / "model.tflite"
+    path = run.folder / artifacts.TFLITE_MODEL
     if not path.exists():
         try:
             from core.models.engine import make_engine  # it loads TensorFlow: only a conversion needs it
@@ -76,6 +78,27 @@ def _onnx(run: Run) -> bytes | None:
         except Exception:
             return None
     return path.read_bytes()
+
+
+def int8_section(run: Run) -> str:
+    """The card's int8 paragraph: the agreement with fp32 of a kept int8 model, why the run keeps
+    fp32, or how to make one."""
+    record = run.read(artifacts.INT8_RECORD)
+    if not record:
+        return f"No int8 model: `python -m core quantize {run.name}` makes one and measures it against fp32."
+    if quantization.int8_problem(run):
+        return f"No int8 model: this run keeps fp32. {record.get('reason', '')}".rstrip() + "."
+    rows = ["| split | images | AUC fp32 | AUC int8 | change | images changing side | largest change of probability |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for split, title in (("val", "validation"), ("test", "test")):
+        a = record[split]
+        rows.append(f"| {title} | {a['images']} | {a['auc_fp32']:.4f} | {a['auc_int8']:.4f} | {a['auc_change']:+.4f} | "
+                    f"{a['changed_side']} | {a['max_abs_change']:.4f} |")
+    calibration = record["calibration"]
+    return (f"`model.int8.tflite` is this model with full-integer (int8) weights and activations, float32 in and out "
+            f"(the same pixels, the same probability), for faster CPU inference. Calibrated on {calibration['images']} "
+            f"training images (seed {calibration['seed']}); kept because {record['reason']}. Against the fp32 model, at "
+            f"the threshold above:\n\n" + "\n".join(rows) + "\n\nThe figures are in `int8.json`.")
 
 
 def _interval_row(label: str, ev: run_evidence.RunEvidence) -> str:
@@ -219,7 +242,7 @@ def model_card(run: Run) -> str:
 {_origin(run, size)}
 - Decision threshold: **{threshold:.6f}** ({metrics.get('threshold_rule', "Youden's J on the validation split")}); probability ≥ threshold means {task.binary_classes[1]}{'' if task.is_binary else ' (the binary view); the three classes are decided by the largest probability (argmax)'}.
 - Test-time augmentation: {f'{tta} views (core.data.augmentation.tta_views); the saved probabilities average them' if tta and tta > 1 else 'none'}.
-- Files: {_files_line(run, output)}
+- Files: {_files_line(run, output)}{', `model.int8.tflite` and `int8.json` (below)' if not quantization.int8_problem(run) else ''}.
 
 ## Intended use
 
@@ -264,6 +287,10 @@ bootstrap; rates: Wilson's interval widened by the design effect), as on the Com
   `python -m core predict` flag such images, this file alone does not.
 - Calibration is as measured above (ECE); the probability is not a risk estimate for a patient.{scratch_vit}
 
+## int8 model
+
+{int8_section(run)}
+
 ## How to load it and predict
 
 {_imported_usage(run, threshold) if run.is_imported else usage(task, size, threshold, needs_layers(run))}
@@ -288,9 +315,9 @@ def _origin(run: Run, size: int) -> str:
 def _files_line(run: Run, output: str) -> str:
     if run.is_imported:
         return (f"`{artifacts.IMPORTED_MODEL}/` (the original file and `adapter.json`, how it is fed: see threshold.json's "
-                f"`imported_model`), `model.tflite` when it could be converted, `threshold.json`.")
+                f"`imported_model`), `model.tflite` when it could be converted, `threshold.json`")
     return (f"`model.keras` (Keras 3, pixels 0..255 in, {output}), `model.tflite` and `model.onnx` (the same model for "
-            "TensorFlow Lite and ONNX Runtime), `threshold.json`.")
+            "TensorFlow Lite and ONNX Runtime), `threshold.json`")
 
 
 def _imported_usage(run: Run, threshold: float) -> str:
@@ -326,6 +353,9 @@ def export_bytes(artifacts_dir: str | os.PathLike, name: str) -> bytes:
         tflite = _tflite(run)
         if tflite is not None:
             archive.writestr(f"{run.name}/model.tflite", tflite)
+        if not quantization.int8_problem(run):
+            archive.write(run.folder / artifacts.INT8_MODEL, f"{run.name}/{artifacts.INT8_MODEL}")
+            archive.write(run.folder / artifacts.INT8_RECORD, f"{run.name}/{artifacts.INT8_RECORD}")
         archive.writestr(f"{run.name}/{THRESHOLD}", json.dumps(decision_rule(run), indent=2))
         card = model_card(run)
         if tflite is None:

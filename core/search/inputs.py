@@ -29,6 +29,7 @@ import pandas as pd
 from core.data import augmentation, folders, loading
 from core.inference import evaluation
 from core.models import backbone_cut, backbones, builders
+from core.runs import artifacts
 from core.runs.progress import Progress, StopFlag
 from core.search import activations, features
 from core.search.settings import SearchSettings, cache_root, pixel_cache
@@ -112,7 +113,7 @@ class SearchInputs:
         settings = self.settings
         return evaluation.evaluate_model(
             saved, data.pixels, data.labels[data.rows], data.table[data.rows], data.held_out_part, settings.engine,
-            settings.batch_size, tta=settings.tta, cache_path=folder / "model.tflite", task=settings.task_info,
+            settings.batch_size, tta=settings.tta, cache_path=folder / artifacts.TFLITE_MODEL, task=settings.task_info,
             val_stressed=val_stressed,
         )
 

@@ -220,7 +220,7 @@ def _log_worst_stress(result: dict, log) -> None:
 def _time_inference(settings: SearchSettings, model, test_table, folder: Path) -> dict:
     """The saved model's speed on up to 32 test images."""
     sample = loading.load_images(list(test_table["path"][:32]), settings.image_size)[0]
-    return evaluation.time_inference(model, sample, settings.engine, folder / "model.tflite")
+    return evaluation.time_inference(model, sample, settings.engine, folder / artifacts.TFLITE_MODEL)
 
 
 def _run_record(settings: SearchSettings, model, best_hp, timings: dict[str, float], completed: int, kind: inputs.SearchInputs) -> dict:
@@ -241,7 +241,7 @@ def _stressed_scores(settings: SearchSettings, model, val_pixels: np.ndarray, fo
     """The saved model's probabilities on validation images changed as sites differ (core.evidence.stress)."""
 
     def score(images: np.ndarray) -> np.ndarray:
-        return evaluation.probabilities(model, images, settings.engine, settings.batch_size, folder / "model.tflite", settings.tta)[0]
+        return evaluation.probabilities(model, images, settings.engine, settings.batch_size, folder / artifacts.TFLITE_MODEL, settings.tta)[0]
 
     return stress.stressed_scores(score, val_pixels)
 

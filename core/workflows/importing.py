@@ -238,7 +238,7 @@ def _score(run: artifacts.Run, progress: Progress, stop: StopFlag, log) -> dict:
     model = evaluation.load_model(run.model_path)
     labels = task.labels(table)
     part = {split: (table["split"] == split).to_numpy() for split in ("val", "test")}
-    cache = run.folder / "model.tflite"
+    cache = run.folder / artifacts.TFLITE_MODEL
     val_stressed = None
     if settings.get("stress_test", True):
         progress.update(phase="evaluating", message="stress test on validation", force=True)

@@ -252,7 +252,7 @@ def _collect(run: Run, seed_runs: Sequence[Run]) -> dict:
                 raise RunError(f"the seeds of {run.name} differ: {problem}")
     table = seed_table(seed_runs)
     files.write_csv(run.folder / SEED_TABLE, table)
-    for file_name in (artifacts.MODEL, "model.tflite"):
+    for file_name in (artifacts.MODEL, artifacts.TFLITE_MODEL):
         if (first.folder / file_name).exists():
             files.write_bytes(run.folder / file_name, (first.folder / file_name).read_bytes())
     files.write_csv(run.folder / artifacts.VAL_PREDICTIONS, tables[first.name][0])

@@ -395,3 +395,10 @@ def test_the_import_form_checks_uploads_and_the_run_reaches_compare_and_predict(
     predict.run()
     assert not predict.exception
     assert predict.dataframe[0].value["run"].tolist() == ["outside"]
+
+
+def test_an_imported_file_is_not_quantised_here(imported_runs):
+    from core.inference import quantization
+
+    with pytest.raises(RunError, match="imported onnx file: only Keras models are quantised here"):
+        quantization.quantize_run(artifacts.load_run(imported_runs, "onnx"))

@@ -26,6 +26,7 @@ from core import files
 from core.data import loading
 from core.evidence import statistics
 from core.inference import evaluation
+from core.models import model_files
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
 
@@ -90,6 +91,9 @@ def _quantizable(run: Run) -> None:
     if run.is_ensemble:
         raise RunError(f"run {run.name!r} is an ensemble: it has no model of its own; quantise its members "
                        f"({', '.join(run.members)}) one by one")
+    if run.is_imported and run.settings[artifacts.IMPORTED].get("format") not in model_files.KERAS_FORMATS:
+        raise RunError(f"run {run.name!r} is an imported {run.settings[artifacts.IMPORTED].get('format')} file: only Keras models "
+                       "are quantised here; quantise it where it was made and import the int8 TF Lite file as a run of its own")
     if run.state != "completed" or not run.metrics or not run.model_path.exists():
         raise RunError(f"run {run.name!r} is not finished (state: {run.state}): only completed runs with a saved model are quantised")
     for name in (artifacts.SPLITS, artifacts.VAL_PREDICTIONS, artifacts.PREDICTIONS):

@@ -74,7 +74,7 @@ def clustered_pair(seed: int = 2, n_patients: int = 40, images_per_patient: int 
 
     Each run has its own per-patient error, shared by all that patient's images. Treating the
     images as independent makes the runs look different (for seed 2: image-level DeLong p ~ 1e-4,
-    McNemar p ~ 0.007 at threshold 0.6); by patient the evidence is weak (p ~ 0.12 and ~ 0.21).
+    McNemar p ~ 0.007 at threshold 0.6); by patient the evidence is weak (p ~ 0.12 and ~ 0.24, McNemar's exact sign-flip over patients).
     Returns the two prediction tables (the columns of predictions.csv that the tests need).
     """
     import pandas as pd

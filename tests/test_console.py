@@ -71,6 +71,10 @@ def test_the_parsers_choices_are_the_librarys():
     from core.models import imported
 
     assert list(cli.IMPORT_SCALINGS) == list(imported.SCALINGS)
+    from core.evidence import site_adaptation
+
+    assert list(cli.SITE_RULES) == list(site_adaptation.RULES) and cli.SITE_CALIBRATIONS == site_adaptation.CALIBRATIONS
+    assert cli.SITE_RULES[0] == site_adaptation.DEFAULT_RULE
 
 
 def test_progress_bar_follows_the_long_steps():

@@ -113,6 +113,27 @@ def site_point_summary(record: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def site_points_table(points: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
+    """One row per saved site operating point ({run: {name: record}}): where it was made, its rule and
+    threshold, and the site's sensitivity and specificity with intervals, at it and at the run's own threshold."""
+    rows = []
+    for run, records in points.items():
+        for name, r in records.items():
+            intervals, before = r.get("intervals") or {}, r.get("at_run_threshold") or {}
+            rows.append({
+                "run": run, "operating point": name, "site": r.get("site"), "images": r.get("n_images"),
+                "rule": r.get("rule"), "calibration": (r.get("calibration") or {}).get("method", "none"),
+                "threshold": r.get("threshold"),
+                "site sensitivity": _interval_text(intervals.get("sensitivity")),
+                "site specificity": _interval_text(intervals.get("specificity")),
+                "run's threshold": r.get("run_threshold"),
+                "sensitivity there": _interval_text(before.get("sensitivity")),
+                "specificity there": _interval_text(before.get("specificity")),
+                "made": r.get("created_at"),
+            })
+    return pd.DataFrame(rows)
+
+
 SITE_CURVE_NOTE = (
     "For each number of site images, {draws} draws of that many of the site's labelled images, with replacement (seeded): "
     "the rule chooses a threshold on each draw, and the sensitivity and specificity it gives are measured on all of them. "

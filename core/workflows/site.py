@@ -33,6 +33,8 @@ from core.inference import run_kinds
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
 
+VALIDATION_POINT = "validation"  # `apply_point`'s name for the run's own, validation-chosen threshold
+
 
 def site_images(run: Run, folder: str | os.PathLike) -> tuple[pd.DataFrame, list[folders.UnreadableFile]]:
     """(path, patient, y_true of each usable image of the site folder for `run`'s task, the files skipped).
@@ -130,7 +132,7 @@ def apply_point(table: pd.DataFrame, run: Run, point: dict | None) -> pd.DataFra
     out = table.copy()
     threshold = run.threshold if point is None else float(point["threshold"])
     out["threshold"] = threshold
-    out["operating_point"] = "validation" if point is None else str(point.get("name", "site"))
+    out["operating_point"] = VALIDATION_POINT if point is None else str(point.get("name", "site"))
     if point is None or not task.is_binary:
         return out
     scored = out["probability"].notna()

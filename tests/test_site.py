@@ -186,18 +186,23 @@ def _drifted_scores(run, paths, models=None, engine="auto", unusual=False):
     return pd.DataFrame(rows)
 
 
-@pytest.fixture
-def a_run(tmp_path, monkeypatch):
+def plain_run(artifacts_dir) -> artifacts.Run:
+    """A finished two-class run named "plain" (threshold 0.5, validation sensitivity 0.95), its model a placeholder."""
     from tests.test_ensemble import _rows, fake_run
 
     y = np.repeat([0, 1], 20)
     rng = np.random.default_rng(0)
-    folder = fake_run(tmp_path / "artifacts", "plain", _rows("val", y, np.clip(0.6 * y + 0.2 + rng.normal(0, 0.1, 40), 0, 1)),
+    folder = fake_run(artifacts_dir, "plain", _rows("val", y, np.clip(0.6 * y + 0.2 + rng.normal(0, 0.1, 40), 0, 1)),
                       _rows("test", y, np.clip(0.6 * y + 0.2 + rng.normal(0, 0.1, 40), 0, 1)))
     metrics = json.loads((folder / "metrics.json").read_text())
     (folder / "metrics.json").write_text(json.dumps({**metrics, "val": {"sensitivity": 0.95}}))
+    return artifacts.load_run(artifacts_dir, "plain")
+
+
+@pytest.fixture
+def a_run(tmp_path, monkeypatch):
     monkeypatch.setattr(run_kinds, "predict_files", _drifted_scores)
-    return artifacts.load_run(tmp_path / "artifacts", "plain")
+    return plain_run(tmp_path / "artifacts")
 
 
 def test_a_site_point_is_saved_beside_the_run_and_decides_its_predictions(a_run, tmp_path):

@@ -17,9 +17,9 @@ Conventions are those of ``core.evidence.statistics``: ``y_true`` is 0/1 (1 = th
 * **Intervals**: Wilson's interval with the patients' design effect (`statistics.wilson_cluster_ci`)
   on the site images at the chosen threshold, although the threshold was chosen on those same
   images. Chosen on validation (sites of 50 images drawn from the 746 validation images of three
-  runs, `coverage`): these held the whole split's sensitivity and specificity in 97-100 % of draws
+  runs, `coverage`): these held the whole split's sensitivity and specificity in 96.8-99.7 % of draws
   each, while intervals made from leave-one-patient-out calls (the threshold re-chosen without each
-  patient) held them in 73-94 % only (docs/measurements.md, "Site adaptation").
+  patient) held them in 72.5-93.8 % only (docs/measurements.md, "Site adaptation").
 * **Calibration** (`CALIBRATIONS`): Platt's ``σ(a·logit(p) + b)`` or temperature ``σ(logit(p) / T)``,
   each fitted by maximum likelihood on the site images with Platt's (1999) smoothed targets
   ``(n₊ + 1) / (n₊ + 2)`` and ``1 / (n₋ + 2)``: with a few well separated images the plain fit

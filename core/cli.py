@@ -1,4 +1,4 @@
-"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|predict|explain|evaluate|quantize|export|data`.
+"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|predict|adapt|explain|evaluate|import|quantize|export|data`.
 
 Headless twin of the dashboard, for terminals, GPU boxes and clusters. Errors a user can fix
 print one line (`error: ...`) and exit with status 2, without a traceback.
@@ -42,6 +42,8 @@ SEARCH_ENGINES = ("auto", "tflite", "keras")  # core.models.engine.BUILT_ENGINES
 ENGINES = (*SEARCH_ENGINES, "int8")  # core.models.engine.ENGINES: int8 reads the model `quantize` made
 ENGINE_HELP = ("auto (default: TF Lite fp32, else Keras), tflite, keras, or int8: the run's int8 model, made by "
                "`python -m core quantize RUN` (refused when it has none)")
+SITE_RULES = ("youden", "sensitivity")  # core.evidence.site_adaptation.RULES
+SITE_CALIBRATIONS = ("none", "platt", "temperature")  # core.evidence.site_adaptation.CALIBRATIONS
 
 
 def _default_artifacts_dir() -> str:
@@ -161,7 +163,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--artifacts", default=artifacts_default)
     predict.add_argument("--csv", default=None, help="also write the table to this CSV file")
     predict.add_argument("--engine", default="auto", choices=ENGINES, help=ENGINE_HELP)
+    predict.add_argument("--operating-point", default=None, metavar="NAME",
+                         help="decide at the run's operating point NAME, chosen on a site's images (`adapt`); default: its own threshold")
     predict.add_argument("images", nargs="+", help="image files or folders")
+
+    adapt = commands.add_parser(
+        "adapt", help="re-choose a run's threshold on a few labelled images of your site, saved as a named operating point",
+        description="Score a small labelled folder of your site's X-rays (NORMAL/ and PNEUMONIA/, 20-100 images) with a run, "
+        "choose its threshold there and save it as a named operating point of the run (not a new training): its sensitivity "
+        "and specificity on the site with 95 %% intervals, and how they vary with the number of site images. "
+        "`predict --operating-point NAME`, Compare and Predict use it.",
+    )
+    adapt.add_argument("run")
+    adapt.add_argument("--site", required=True, help="the folder of labelled site images: NORMAL/ and PNEUMONIA/ inside")
+    adapt.add_argument("--name", required=True, help="the operating point's name")
+    adapt.add_argument("--rule", choices=SITE_RULES, default=SITE_RULES[0],
+                       help="youden (default): Youden's J on the site images; sensitivity: keep the run's validation "
+                       "sensitivity at the site, with the best specificity")
+    adapt.add_argument("--calibrate", choices=SITE_CALIBRATIONS, default="none",
+                       help="also recalibrate the probabilities on the site images: platt or temperature (decisions do not change)")
+    adapt.add_argument("--replace", action="store_true", help="replace an operating point of the same name")
+    adapt.add_argument("--engine", default="auto", choices=("auto", "tflite", "keras"))
+    adapt.add_argument("--artifacts", default=artifacts_default)
 
     explain = commands.add_parser("explain", help="where a saved run looks: heatmap overlays, region masks and boxes")
     explain.add_argument("run")
@@ -426,12 +449,16 @@ def _predict(args) -> int:
     from core import files
     from core.inference import evaluation, run_kinds
     from core.runs import artifacts
+    from core.workflows import site
 
     run = artifacts.load_run(args.artifacts, args.run)
+    point = run.operating_point(args.operating_point) if args.operating_point else None
     paths = evaluation.expand_image_paths(args.images)
     if not paths:
         raise FileNotFoundError("no .jpeg/.jpg/.png images in the given paths")
     table = run_kinds.predict_files(run, paths, engine=args.engine, unusual=True)
+    if point is not None:
+        table = site.apply_point(table, run, point)
     if args.csv:
         files.write_csv(args.csv, table)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -443,6 +470,29 @@ def _predict(args) -> int:
         print(f"{flagged} of {len(table)} images are not like the run's training X-rays (see unusual_reason): "
               "their probabilities mean little", file=sys.stderr)
     return 1 if failed == len(table) else 0
+
+
+def _adapt(args) -> int:
+    import pandas as pd
+
+    from core.evidence import site_adaptation
+    from core.reporting import wording
+    from core.runs import artifacts
+    from core.workflows import site
+
+    run = artifacts.load_run(args.artifacts, args.run)
+    record = site.adapt_run(run, args.site, args.name, rule=args.rule, calibration=args.calibrate, engine=args.engine,
+                            replace=args.replace)
+    print(wording.site_point_summary(record))
+    curve = pd.DataFrame(record["curve"])
+    if curve.empty:
+        print(f"too few site images for the curve of how many to label: it starts at {site_adaptation.CURVE_STEP}")
+    else:
+        print(f"how the adapted point varies with the number of site images (median, 5-95 % of {record['curve_draws']} draws "
+              "with replacement, measured on all the site images):")
+        print(curve.drop(columns=["draws", "skipped"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"saved: `python -m core predict --run {run.name} --operating-point {record['name']} IMAGES` decides at it")
+    return 0
 
 
 def _explain(args) -> int:
@@ -581,7 +631,7 @@ def _data(args) -> int:
 
 
 HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "stop": _stop, "runs": _runs,
-            "ensemble": _ensemble, "predict": _predict, "explain": _explain, "where-it-looks": _where_it_looks, "evaluate": _evaluate,
+            "ensemble": _ensemble, "predict": _predict, "adapt": _adapt, "explain": _explain, "where-it-looks": _where_it_looks, "evaluate": _evaluate,
             "import": _import, "quantize": _quantize, "export": _export, "data": _data}
 
 
@@ -589,12 +639,13 @@ def main(argv: list[str] | None = None) -> int:
     console.quiet_tensorflow()  # TensorFlow's start-up chatter hides our messages
     args = build_parser().parse_args(argv)
     from core.data import folders
+    from core.evidence.site_adaptation import SiteError
     from core.models import backbones, search_space
     from core.runs import artifacts
     from core.search.settings import SettingsError
 
     user_errors = (folders.DataError, backbones.WeightsError, artifacts.RunError, SettingsError, search_space.SpaceError,
-                   FileNotFoundError)
+                   FileNotFoundError, SiteError)
     try:
         return HANDLERS[args.command](args)
     except user_errors as error:

@@ -72,7 +72,14 @@ def pick_runs(folder: str, runs: list[artifacts.Run]) -> Picked:
     for note in comparison.question_notes([by_name[n] for n in picked]):
         st.info(note, icon=":material/help:")
     # The validation-chosen threshold and the operating points do not depend on the threshold in use.
-    at_saved = {name: load.evidence_for(by_name[name], by_name[name].threshold, n_resamples, seed) for name in picked}
+    # A run's saved site operating points (core.workflows.site) join its menu, measured on test.
+    at_saved = {
+        name: run_evidence.with_site_points(
+            load.evidence_for(by_name[name], by_name[name].threshold, n_resamples, seed), predictions[name],
+            {point: record["threshold"] for point, record in by_name[name].operating_points().items()},
+        )
+        for name in picked
+    }
     thresholds, items = {}, {}
     for name in picked:
         st.session_state.setdefault(threshold_key(name), by_name[name].threshold)

@@ -1,7 +1,7 @@
 """Compare page: the evidence behind "which run to trust".
 
 ROC, precision-recall and calibration curves; each run on validation against test; confusion
-matrices at a movable threshold (or a named operating point); metrics with patient-aware
+matrices at a movable threshold (or a named operating point, or one chosen on a few labelled site images); metrics with patient-aware
 intervals; runs combined into an ensemble; a paired test of two runs by patient; errors by kind
 of image; where the models look (each explanation method's evidence); per-image results with each run's
 heatmap; and the whole comparison as one HTML report.
@@ -23,6 +23,7 @@ from pages._compare_evidence import (
 from pages._compare_images import per_image_section
 from pages._compare_localisation import where_they_look_section
 from pages._compare_runs import ensemble_section, pick_runs
+from pages._compare_site import site_section
 from pages._compare_thresholds import confusion_matrices_section
 
 ui.leave_pages_folder_mode()
@@ -37,6 +38,7 @@ runs = run_picker.listed_runs(
 view = pick_runs(folder, runs)
 curves_section(view)
 confusion_matrices_section(view)
+site_section(view)
 metrics_section(view)
 shift_and_stress_section(view)
 ensemble_section(view)

@@ -13,6 +13,7 @@ from core.evidence import comparison
 from core.inference import methods, run_kinds
 from core.reporting import figures
 from core.runs import artifacts
+from core.workflows import site
 from pages import _loaders as load
 from pages import _run_picker as run_picker
 from pages import _shared as ui
@@ -33,6 +34,26 @@ by_name = {r.name: r for r in runs}
 picked = run_picker.pick_runs(
     runs, "Runs", key="predict_runs", help="Each picked run scores every image with its saved model and its own threshold.",
 )
+
+# Each picked run decides at its own threshold, or at an operating point chosen on a site's images (core.workflows.site).
+points = {name: by_name[name].operating_points() for name in picked if by_name[name].operating_points()}
+if points:
+    point_columns = st.columns(min(len(points), 4))
+    for i, (name, saved) in enumerate(points.items()):
+        point_columns[i % len(point_columns)].selectbox(
+            f"Operating point of {name}", [site.VALIDATION_POINT, *saved], key=f"predict_point::{name}",
+            format_func=lambda key, saved=saved: "its own threshold (validation-chosen)" if key == site.VALIDATION_POINT
+            else f"site point {key} — {saved[key]['threshold']:.3f}",
+            help="A site operating point was chosen on a few labelled images of a site (Compare's 'Adapt to your site', or "
+            "`python -m core adapt`); a recalibrated one also shows the calibrated probability.",
+        )
+
+
+def chosen_point(name: str) -> dict | None:
+    """The picked run's chosen site operating point, or None for its own threshold."""
+    key = st.session_state.get(f"predict_point::{name}", site.VALIDATION_POINT)
+    return points.get(name, {}).get(key)
+
 
 left, right = st.columns([3, 2])
 with left:
@@ -120,7 +141,7 @@ results: dict[str, pd.DataFrame] = {}
 with st.spinner(f"Scoring {len(images)} image{'s' if len(images) != 1 else ''} with {len(picked)} run{'s' if len(picked) != 1 else ''}…"):
     for name in picked:
         try:
-            results[name] = load.predict_images(by_name[name], images, engines[name])
+            results[name] = site.apply_point(load.predict_images(by_name[name], images, engines[name]), by_name[name], chosen_point(name))
         except artifacts.RunError as error:
             st.error(f"{name} cannot predict: {error}")
 picked = [name for name in picked if name in results]
@@ -181,7 +202,10 @@ for index, (image_name, content) in enumerate(images):
             "run": picked,
             "probability": [results[n]["probability"].iat[index] for n in picked],
             "label": [results[n]["label"].iat[index] for n in picked],
-            "threshold": [by_name[n].threshold for n in picked],
+            "threshold": [results[n]["threshold"].iat[index] for n in picked],
+            "operating_point": [results[n]["operating_point"].iat[index] for n in picked],
+            "calibrated": [results[n]["calibrated_probability"].iat[index] if "calibrated_probability" in results[n] else None
+                           for n in picked],
             "unusual": [_flag(results[n], "unusual", index) for n in picked],
             "unusual_reason": [_flag(results[n], "unusual_reason", index) for n in picked],
         }
@@ -194,7 +218,8 @@ for index, (image_name, content) in enumerate(images):
             for i, column in enumerate(class_columns.values())
         } if class_runs else {}
         long_rows.append({"image": image_name, "run": row.run, "task": run_tasks[row.run].name, "probability": row.probability,
-                          "label": row.label, "threshold": row.threshold, **each_class,
+                          "label": row.label, "threshold": row.threshold, "operating point": row.operating_point,
+                          "calibrated probability": row.calibrated, **each_class,
                           "unusual": bool(row.unusual), "unusual_reason": row.unusual_reason, "true class": truth.get(image_name, "")})
     with st.container(border=True):
         left, right = st.columns([1, 3], vertical_alignment="center")
@@ -225,12 +250,17 @@ for index, (image_name, content) in enumerate(images):
 if long_rows:
     st.header("All predictions")
     table = pd.DataFrame(long_rows)
+    if table["calibrated probability"].isna().all():  # no run decides at a recalibrated site point
+        table = table.drop(columns=["calibrated probability"])
     st.dataframe(
         table, hide_index=True, key="predict_table",
         column_config={
             "probability": st.column_config.NumberColumn(f"probability of {positive}", format="%.3f",
                                                          help="Three-class runs: P(bacterial) + P(viral). Bacterial vs viral runs: P(viral)."),
             "threshold": st.column_config.NumberColumn(format="%.3f"),
+            "calibrated probability": st.column_config.NumberColumn(
+                format="%.3f", help="A recalibrated site operating point's probability (Platt or temperature, fitted on the "
+                "site's images): the same decision at its threshold, a probability closer to the site's rates."),
             **{f"P({name})": st.column_config.NumberColumn(format="%.3f") for name in tasks.THREE_CLASS.names},
         },
     )

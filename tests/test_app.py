@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import files
 from core.data import download
-from core.evidence import run_evidence, shift, statistics, stress
+from core.evidence import run_evidence, shift, site_adaptation, statistics, stress
 from core.inference import evaluation, run_kinds
 from core.reporting import wording
 from core.runs import artifacts
@@ -995,3 +995,76 @@ def test_predict_explains_by_the_chosen_method_and_downloads_masks_and_boxes(dat
     x0, y0, x1, y1 = (box["box"][k] for k in ("x0", "y0", "x1", "y1"))
     assert mask[y0:y1, x0:x1].max() == 255 and box["method"] == "occlusion" and box["share"] == 0.3
     assert zipfile.ZipFile(io.BytesIO(files.zip_bytes({"a.box.json": saved["box.json"]}))).read("a.box.json") == saved["box.json"]
+
+
+# ---------------------------------------------------------------------------- site adaptation
+
+
+def test_compare_adapts_a_run_to_a_site_and_predict_decides_at_its_point(tmp_path, monkeypatch):
+    """Compare's Adapt form scores a labelled site folder, saves the point and picks it in the run's menu,
+    measured on test; Predict then decides at it. The run's probabilities drifted up at this site
+    (every healthy image 0.55-0.77: the run's own 0.5 calls them all pneumonia)."""
+    from tests.test_site import _drifted_scores, _site_folder, plain_run
+
+    a_run = plain_run(tmp_path / "artifacts")
+    site_folder = _site_folder(tmp_path / "site")
+    monkeypatch.setattr(run_kinds, "predict_files", _drifted_scores)
+    monkeypatch.setattr(load, "model_for", lambda run: None)
+    at = page("compare", tmp_path, a_run.folder.parent)
+    at.multiselect(key="compare_runs").set_value(["plain"]).run()
+    no_exception(at)
+    assert "No site operating points saved" in texts(at.caption)
+    at.text_input(key="site_folder").set_value(str(site_folder))
+    at.text_input(key="site_name").set_value("clinic-a")
+    at.selectbox(key="site_calibration").set_value("platt")
+    at.button(key="site_adapt").click().run()
+    no_exception(at)
+    assert "Saved operating point **clinic-a** of plain" in texts(at.success)
+
+    record = a_run.operating_point("clinic-a")
+    assert record["calibration"]["method"] == "platt" and record["intervals"]["specificity"]["estimate"] == 1.0
+    assert at.selectbox(key="operating_point::plain").value == "site:clinic-a"
+    assert at.slider(key="threshold::plain").value == pytest.approx(record["threshold"])
+    test = a_run.predictions()
+    on_test = statistics.binary_metrics(test["y_true"], test["probability"], record["threshold"])
+    assert f"Sensitivity **{on_test['sensitivity']:.3f}** · specificity **{on_test['specificity']:.3f}**" in texts(at.markdown)
+    saved = frame_with(at, "site specificity")
+    assert saved.loc[0, "operating point"] == "clinic-a" and saved.loc[0, "site specificity"].startswith("1.000 (")
+    assert saved.loc[0, "specificity there"].startswith("0.000 (")  # the run's own threshold at this site
+    curve = chart(at, "How many site images it takes")
+    assert curve["layout"]["xaxis"]["title"]["text"] == "Labelled site images (count)"
+    assert curve["layout"]["yaxis"]["title"]["text"] == "On the site's images (%)"
+    assert {t["name"] for t in curve["data"]} >= {"sensitivity, median", "specificity, 5-95 % of draws"}
+
+    at.button(key="site_adapt").click().run()  # the same name again
+    assert "No operating point saved" in texts(at.error) and "pick another name, or replace it" in texts(at.error)
+    at.text_input(key="site_folder").set_value(str(tmp_path / "nowhere"))
+    at.text_input(key="site_name").set_value("clinic-b")
+    at.button(key="site_adapt").click().run()
+    assert "does not exist" in texts(at.error) and list(a_run.operating_points()) == ["clinic-a"]
+
+    # Predict: the run's own threshold, then the site point (and its calibrated probability).
+    image = site_folder / "NORMAL" / "IM-0003-0001.jpeg"
+
+    def scored(run, images):
+        table = _drifted_scores(run, [str(image)], unusual=True).drop(columns=["path"])
+        return table.assign(image=[name for name, _ in images])
+
+    monkeypatch.setattr(load, "predict_images", scored)
+    at = page("predict", tmp_path, a_run.folder.parent)
+    at.multiselect(key="predict_runs").set_value(["plain"])
+    at.file_uploader(key="predict_upload").set_value([("chest.jpeg", image.read_bytes(), "image/jpeg")])
+    at.run()
+    no_exception(at)
+    own = at.dataframe[0].value
+    assert (own.loc[0, "label"], own.loc[0, "threshold"], own.loc[0, "operating point"]) == ("PNEUMONIA", 0.5, "validation")
+    assert "calibrated probability" not in own.columns
+    at.selectbox(key="predict_point::plain").set_value("clinic-a").run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert (table.loc[0, "label"], table.loc[0, "operating point"]) == ("NORMAL", "clinic-a")
+    assert table.loc[0, "threshold"] == pytest.approx(record["threshold"])
+    calibration = site_adaptation.Calibration.from_dict(record["calibration"])
+    assert table.loc[0, "calibrated probability"] == pytest.approx(float(calibration.apply(0.61)))
+    thresholds = next(t for t in charts(at)[0]["data"] if t.get("name") == "run's threshold")["x"]
+    assert thresholds[0] == pytest.approx(record["threshold"])

@@ -76,6 +76,10 @@ def test_the_parsers_choices_are_the_librarys():
 
     assert cli.SEARCH_ENGINES == engine.BUILT_ENGINES and cli.ENGINES == engine.ENGINES
     assert quantization.ENGINE == engine.INT8  # spelled out there so that asking about a run loads no TensorFlow
+    from core.evidence import site_adaptation
+
+    assert list(cli.SITE_RULES) == list(site_adaptation.RULES) and cli.SITE_CALIBRATIONS == site_adaptation.CALIBRATIONS
+    assert cli.SITE_RULES[0] == site_adaptation.DEFAULT_RULE
 
 
 def test_progress_bar_follows_the_long_steps():

@@ -36,6 +36,9 @@ INTERVAL_METRICS = statistics.BOOTSTRAP_METRICS  # auc, sensitivity, specificity
 
 VALIDATION_CHOICE = "validation"
 CUSTOM_CHOICE = "custom"
+# A run's named operating point chosen on a site's labelled images (core.workflows.site) is the menu
+# entry "site:<name>", measured on test like the others.
+SITE_CHOICE_PREFIX = "site:"
 # The operating points offered beside the validation-chosen threshold, in the order shown
 # (names of `statistics.operating_points`; `core.reporting.wording.POINT_LABELS` says them in words).
 OPERATING_POINTS = ("youden", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95")
@@ -192,6 +195,24 @@ def threshold_choices(
         at = statistics.binary_metrics(y, s, threshold)
         choices.append(ThresholdChoice(name, threshold, float(at["sensitivity"]), float(at["specificity"]), on_test=on_test))
     return choices
+
+
+def site_choice_key(point_name: str) -> str:
+    return f"{SITE_CHOICE_PREFIX}{point_name}"
+
+
+def with_site_points(evidence: RunEvidence, predictions: pd.DataFrame, points: Mapping[str, float]) -> RunEvidence:
+    """`evidence` with a menu entry per site operating point ({name: threshold}), each measured on
+    the test predictions, after the validation-chosen points (none for a run without points)."""
+    if not points or not evidence.choices:
+        return evidence
+    y, s, _ = arrays(predictions)
+    extra = []
+    for point_name, threshold in points.items():
+        at = statistics.binary_metrics(y, s, float(threshold))
+        extra.append(ThresholdChoice(site_choice_key(point_name), float(threshold), float(at["sensitivity"]),
+                                     float(at["specificity"]), on_test=False))
+    return replace(evidence, choices=[*evidence.choices, *extra])
 
 
 def run_evidence(

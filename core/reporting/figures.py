@@ -383,6 +383,25 @@ def probability_figure(
     return fig
 
 
+def site_curve_figure(curve: Sequence[Mapping], title: str = "How many site images it takes") -> go.Figure:
+    """The adapted operating point's sensitivity and specificity against the number of labelled site
+    images: the median of the draws as a line, their 5-95 % range as a band
+    (`core.evidence.site_adaptation.sample_size_curve`'s rows: n, metric, median, low, high)."""
+    table = pd.DataFrame(list(curve), columns=["n", "metric", "median", "low", "high"])
+    fig = go.Figure()
+    for metric, color in (("sensitivity", "#d1495b"), ("specificity", "#3b82c4")):
+        part = table[table["metric"] == metric].sort_values("n")
+        n = part["n"].astype(int).tolist()
+        fig.add_scatter(x=n + n[::-1], y=part["high"].tolist() + part["low"].tolist()[::-1], fill="toself", mode="lines",
+                        line={"width": 0}, fillcolor=color, opacity=0.18, name=f"{metric}, 5-95 % of draws", hoverinfo="skip")
+        fig.add_scatter(x=n, y=part["median"].tolist(), mode="lines+markers", line={"color": color, "width": 2},
+                        name=f"{metric}, median", customdata=part[["low", "high"]].values.tolist(),
+                        hovertemplate=f"{metric} with %{{x}} images: %{{y:.1%}} (5-95 %: %{{customdata[0]:.1%}}–%{{customdata[1]:.1%}})<extra></extra>")
+    _layout(fig, title, "Labelled site images (count)", "On the site's images (%)", height=360)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig
+
+
 def shift_figure(rows: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
     """Validation → test for each run and metric: an open dot on validation, a filled one on test, joined.
 

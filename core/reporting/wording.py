@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from core.evidence import multiclass, stress
-from core.evidence.run_evidence import CONFIDENCE, CUSTOM_CHOICE, INTERVAL_METRICS, VALIDATION_CHOICE
+from core.evidence.run_evidence import (
+    CONFIDENCE,
+    CUSTOM_CHOICE,
+    INTERVAL_METRICS,
+    SITE_CHOICE_PREFIX,
+    VALIDATION_CHOICE,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -66,11 +72,73 @@ def choice_label(choice: ThresholdChoice) -> str:
 def choice_option(key: str, choice: ThresholdChoice | None) -> str:
     """e.g. "sens@spec90 · on validation — 0.412": one entry of the page's operating-point menu."""
     label = _SHORT_LABELS.get(key, key)
+    if key.startswith(SITE_CHOICE_PREFIX):
+        label = f"site point {key.removeprefix(SITE_CHOICE_PREFIX)} · on site images"
+        return label if choice is None else f"{label} — {choice.threshold:.3f}"
     if choice is None:
         return label
     if key != VALIDATION_CHOICE:
         label += " · on test" if choice.on_test else " · on validation"
     return f"{label} — {choice.threshold:.3f}"
+
+
+def _interval_text(stored: Mapping[str, Any] | None) -> str:
+    """'0.950 (0.870–0.983)' from a saved `statistics.Interval.to_dict()`."""
+    if not stored or stored.get("estimate") is None:
+        return "n/a"
+    low, high = stored.get("low"), stored.get("high")
+    inside = f" ({low:.3f}–{high:.3f})" if low is not None and high is not None else ""
+    return f"{stored['estimate']:.3f}{inside}"
+
+
+def site_point_summary(record: Mapping[str, Any]) -> str:
+    """A saved site operating point (`core.workflows.site`) in a few lines: the threshold, what it and
+    the run's own threshold give on the site's images, with intervals, and its calibration."""
+    intervals, before = record.get("intervals") or {}, record.get("at_run_threshold") or {}
+    lines = [
+        f"operating point {record.get('name')} of {record.get('run')}: threshold {record['threshold']:.3f} "
+        f"({record.get('rule_text', record.get('rule'))}), on {record['n_images']} site images "
+        f"({record['n_positive']} positive, {record['n_patients']} patients) from {record.get('site')}",
+        f"  on the site images, {ci_label(record.get('confidence', CONFIDENCE))} by patient: sensitivity "
+        f"{_interval_text(intervals.get('sensitivity'))}, specificity {_interval_text(intervals.get('specificity'))}",
+        f"  the run's own threshold {record['run_threshold']:.3f} gave there: sensitivity "
+        f"{_interval_text(before.get('sensitivity'))}, specificity {_interval_text(before.get('specificity'))}",
+    ]
+    if calibration := record.get("calibration"):
+        lines.append(f"  recalibrated ({calibration['method']}): the threshold is {record['calibrated_threshold']:.3f} on the "
+                     f"calibrated probability; Brier score on the site images {record['brier']:.3f} → {record['brier_calibrated']:.3f} "
+                     "(fitted on the same images: optimistic)")
+    if record.get("skipped_files"):
+        lines.append(f"  {record['skipped_files']} files of the folder could not be read and were left out")
+    return "\n".join(lines)
+
+
+def site_points_table(points: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
+    """One row per saved site operating point ({run: {name: record}}): where it was made, its rule and
+    threshold, and the site's sensitivity and specificity with intervals, at it and at the run's own threshold."""
+    rows = []
+    for run, records in points.items():
+        for name, r in records.items():
+            intervals, before = r.get("intervals") or {}, r.get("at_run_threshold") or {}
+            rows.append({
+                "run": run, "operating point": name, "site": r.get("site"), "images": r.get("n_images"),
+                "rule": r.get("rule"), "calibration": (r.get("calibration") or {}).get("method", "none"),
+                "threshold": r.get("threshold"),
+                "site sensitivity": _interval_text(intervals.get("sensitivity")),
+                "site specificity": _interval_text(intervals.get("specificity")),
+                "run's threshold": r.get("run_threshold"),
+                "sensitivity there": _interval_text(before.get("sensitivity")),
+                "specificity there": _interval_text(before.get("specificity")),
+                "made": r.get("created_at"),
+            })
+    return pd.DataFrame(rows)
+
+
+SITE_CURVE_NOTE = (
+    "For each number of site images, {draws} draws of that many of the site's labelled images, with replacement (seeded): "
+    "the rule chooses a threshold on each draw, and the sensitivity and specificity it gives are measured on all of them. "
+    "The line is the median, the band the 5-95 % range: where the band is narrow enough, that many labelled images are enough."
+)
 
 
 def threshold_help(task: Task, saved_threshold: float, rule: str | None = None) -> str:

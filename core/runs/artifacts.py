@@ -39,6 +39,9 @@ INT8_RECORD = "int8.json"  # how that int8 model agrees with fp32, and whether t
 LOG = "log.txt"
 LOCK = "search.lock"
 TUNER_DIR = "tuner"
+# Named operating points chosen on a site's labelled images (core.workflows.site): one JSON file each,
+# `operating_points/<name>.json`; the run's own threshold stays in metrics.json.
+OPERATING_POINTS = "operating_points"
 NOTES = "notes.json"  # the user's note, tags and archived flag (core.runs.catalog); never written by a search
 DEFAULT_TASK = "pneumonia"  # runs saved without a task are the pneumonia binary task
 # An ensemble's settings name this family and its members (runs in the same artifacts folder);
@@ -123,6 +126,15 @@ def check_run_name(name: str) -> str:
     if not isinstance(name, str) or not RUN_NAME.match(name) or name in (".", ".."):
         raise RunError(
             f"invalid run name {name!r}: use 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def check_point_name(name: str) -> str:
+    """Accept an operating point's name when it is one plain file name (the rules of a run name)."""
+    if not isinstance(name, str) or not RUN_NAME.match(name) or name in (".", ".."):
+        raise RunError(
+            f"invalid operating point name {name!r}: use 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 
@@ -346,6 +358,24 @@ class Run:
         None for runs saved before they were kept or without the stress test."""
         path = self.folder / VAL_STRESS_PREDICTIONS
         return read_predictions(path) if path.exists() else None
+
+    def operating_points(self) -> dict[str, dict]:
+        """The run's named operating points chosen on site images ({name: the saved record}, by name);
+        {} when there are none. An unreadable file is left out."""
+        found = {}
+        for path in sorted((self.folder / OPERATING_POINTS).glob("*.json")):
+            record = read_json(path)
+            if isinstance(record, dict) and RUN_NAME.match(path.stem) and isinstance(record.get("threshold"), (int, float)):
+                found[path.stem] = record
+        return found
+
+    def operating_point(self, name: str) -> dict:
+        """One named operating point (`operating_points`); `RunError` naming the ones there are otherwise."""
+        points = self.operating_points()
+        if name not in points:
+            known = ", ".join(points) or "none yet: make one with `python -m core adapt`"
+            raise RunError(f"run {self.name!r} has no operating point named {name!r} (its points: {known})")
+        return points[name]
 
     def trials(self) -> list[dict]:
         """trials.json: one dict per Keras Tuner trial; [] before the first trial or if unreadable."""

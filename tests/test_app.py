@@ -1046,7 +1046,7 @@ def test_compare_adapts_a_run_to_a_site_and_predict_decides_at_its_point(tmp_pat
     # Predict: the run's own threshold, then the site point (and its calibrated probability).
     image = site_folder / "NORMAL" / "IM-0003-0001.jpeg"
 
-    def scored(run, images):
+    def scored(run, images, engine="auto"):
         table = _drifted_scores(run, [str(image)], unusual=True).drop(columns=["path"])
         return table.assign(image=[name for name, _ in images])
 

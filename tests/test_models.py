@@ -240,7 +240,7 @@ def test_settings_take_the_versions_and_widths_of_the_familys_entry(family, tmp_
                 SearchSettings(**chosen, alpha=0.123).resolved()
     if info.versions:
         assert info.versions[info.default_version] == info.architecture
-        with pytest.raises(SettingsError, match=f"{info.title} version must be one of"):
+        with pytest.raises(SettingsError, match=f"{info.title} {info.version_label} must be one of"):
             SearchSettings(**base, mobilenet_version="v0").resolved()
     else:
         assert info.default_version is None and info.all_widths == info.widths()

@@ -260,6 +260,12 @@ def test_each_familys_default_cut_splits_its_backbone(family):
     np.testing.assert_allclose(cut.top.predict(cut.bottom.predict(x, verbose=0), verbose=0), expected, rtol=1e-4, atol=1e-6)
 
 
+# The families whose saved model is also converted to TF Lite here: the recipe's (MobileNet, and the hybrid with
+# its own layers). Converting DenseNet121, Xception or InceptionV3 costs 20-70 s each on 2 cores; the conversion
+# itself is one code path for every Keras model (core.models.engine), and tests/test_engine.py converts InceptionV3.
+CONVERTED_HERE = ("mobilenet", "hybrid")
+
+
 @pytest.mark.parametrize("family", TRANSFER)
 def test_a_saved_model_keeps_its_preprocessing(family, tmp_path):
     from core.models import engine
@@ -273,5 +279,6 @@ def test_a_saved_model_keeps_its_preprocessing(family, tmp_path):
     x = _learnable(3, info.min_image_size)[0]
     expected = model.predict(x, verbose=0)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
-    fast = engine.make_engine(loaded, "tflite", threads=1)  # the engine every search and prediction uses
-    np.testing.assert_allclose(fast.predict(x), expected, rtol=1e-3, atol=1e-4)
+    if family in CONVERTED_HERE:
+        fast = engine.make_engine(loaded, "tflite", threads=1)  # the engine every search and prediction uses
+        np.testing.assert_allclose(fast.predict(x), expected, rtol=1e-3, atol=1e-4)

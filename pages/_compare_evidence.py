@@ -78,7 +78,11 @@ def metrics_section(view: Picked) -> None:
 
 
 def _downloads(view: Picked, metrics_table: pd.DataFrame) -> None:
-    c1, c2 = st.columns([1, 1])
+    c1, c2, c3 = st.columns([1, 1, 1])
+    include_folders = c3.checkbox(
+        "Folder paths in the report", key="report_folders",
+        help="Off: the data and artifacts folders are named without their place on this machine, fit to share.",
+    )
     c1.download_button(
         "Download metrics (CSV)", metrics_table.to_csv(index=False).encode(), file_name="metrics.csv",
         mime="text/csv", icon=":material/download:", key="download_metrics",
@@ -88,7 +92,8 @@ def _downloads(view: Picked, metrics_table: pd.DataFrame) -> None:
     def report_html() -> bytes:
         """Built only when the button is clicked (Streamlit calls it then), with the page's current choices."""
         return report.build_report(
-            runs, thresholds, predictions=predictions, n_resamples=view.n_resamples, seed=view.seed
+            runs, thresholds, predictions=predictions, n_resamples=view.n_resamples, seed=view.seed,
+            include_folders=include_folders,
         ).encode("utf-8")
 
     c2.download_button(
@@ -108,16 +113,26 @@ def shift_and_stress_section(view: Picked) -> None:
     ]
     for sentence in shift.shift_warnings(shifts):
         st.warning(f"Test is clearly worse than validation: {sentence}", icon=":material/trending_down:")
-    shift_left, shift_right = st.columns([3, 2])
+    shift_left, shift_right = st.columns([1, 1])
     shift_left.dataframe(
         shift.shift_table(shifts), hide_index=True, key="shift_table",
         column_config={
+            "run": st.column_config.TextColumn("run", width="medium"),
+            "validation": number_column(format="%.3f", help="On the validation split, where the threshold was chosen"),
+            "test": number_column(format="%.3f", help="On the test split"),
+            "test − validation": number_column(format="%+.3f", help="Test minus validation: negative is worse, except for ECE"),
+        },
+    )
+    shift_left.dataframe(
+        shift.shift_runs_table(shifts), hide_index=True, key="shift_runs_table",
+        column_config={
             "threshold": number_column(format="%.3f"),
-            **{f"{title} {part}": number_column(format="%.3f") for title in shift.METRICS.values() for part in ("(val)", "(test)")},
-            **{f"{title} test − val": number_column(format="%+.3f", help="test minus validation") for title in shift.METRICS.values()},
+            "validation images": number_column(format="localized"),
+            "test images": number_column(format="localized"),
         },
     )
     shift_right.plotly_chart(figures.shift_figure(shift.figure_rows(shifts), view.colors), key="fig_shift")
+    shift_left.caption(shift.source_note(shifts))
     st.caption(f"{shift.NOTE} At the thresholds set above.")
 
     stressed = stress.saved_results(view.picked_runs)

@@ -694,15 +694,17 @@ def test_compare_sets_validation_beside_test(data_dir, runs_dir):
     at = page("compare", data_dir, runs_dir)
     at.multiselect(key="compare_runs").set_value(names).run()
     no_exception(at)
-    table = frame_with(at, "AUC test − val").set_index("run")
+    table = frame_with(at, "test − validation").set_index(["run", "metric"])
+    facts = frame_with(at, "test images").set_index("run")
     expected = [shift.for_run(artifacts.load_run(runs_dir, name)) for name in names]
     for item in expected:
-        row = table.loc[item.name]
-        assert row["test split"] == "external: the download's own test/ folder"
+        assert facts.loc[item.name, "test split"] == "external"
         for metric, title in shift.METRICS.items():
-            assert row[f"{title} (val)"] == pytest.approx(item.val[metric])
-            assert row[f"{title} (test)"] == pytest.approx(item.test[metric])
-            assert row[f"{title} test − val"] == pytest.approx(item.change(metric))
+            row = table.loc[(item.name, title)]
+            assert row["validation"] == pytest.approx(item.val[metric])
+            assert row["test"] == pytest.approx(item.test[metric])
+            assert row["test − validation"] == pytest.approx(item.change(metric))
+    assert "external = the download's own test/ folder" in texts(at.caption)
     figure = chart(at, "Validation → test")
     assert figure["layout"]["yaxis"]["title"]["text"] == "Value on the split"
     for sentence in shift.shift_warnings(expected):

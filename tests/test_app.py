@@ -22,7 +22,7 @@ from core import files
 from core.data import download
 from core.evidence import run_evidence, shift, statistics, stress
 from core.inference import evaluation, run_kinds
-from core.reporting import wording
+from core.reporting import figures, wording
 from core.runs import artifacts
 from pages import _loaders as load
 from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, OTHER_SPLIT_RUN, REPO
@@ -695,7 +695,7 @@ def test_compare_sets_validation_beside_test(data_dir, runs_dir):
     at.multiselect(key="compare_runs").set_value(names).run()
     no_exception(at)
     table = frame_with(at, "test − validation").set_index(["run", "metric"])
-    facts = frame_with(at, "test images").set_index("run")
+    facts = frame_with(at, "validation images").set_index("run")
     expected = [shift.for_run(artifacts.load_run(runs_dir, name)) for name in names]
     for item in expected:
         assert facts.loc[item.name, "test split"] == "external"
@@ -887,10 +887,18 @@ def test_predict_flags_an_image_unlike_the_training_xrays(data_dir, runs_dir, sa
     )
     at.run()
     no_exception(at)
-    warnings = [w.value for w in at.warning if "Not like the training X-rays" in str(w.value)]
-    assert len(warnings) == 1 and "near-black fraction" in warnings[0]
+    warnings = [w.value for w in at.warning if "Not assessed: unlike the training X-rays" in str(w.value)]
+    assert len(warnings) == 1 and "near-black pixels (below 10 of 255): 100 % of the image" in warnings[0]
+    assert warnings[0].count("training X-rays") == 2  # the flag, and the range once: no repeated "not like ..."
     table = frame_with(at, "unusual").set_index("image")
     assert bool(table.loc["black.jpeg", "unusual"]) and not bool(table.loc["chest.jpeg", "unusual"])
+    # the table (what the CSV download writes) gives no diagnosis for the flagged image, but keeps the model's call
+    assert table.loc["black.jpeg", "label"] == "not assessed: unlike the training X-rays"
+    assert table.loc["black.jpeg", "model_label"] in ("NORMAL", "PNEUMONIA")
+    assert table.loc["chest.jpeg", "label"] == table.loc["chest.jpeg", "model_label"]
+    bars = [spec["data"][0] for spec in charts(at) if spec["data"] and spec["data"][0].get("type") == "bar"]
+    flagged_bar = next(bar for bar in bars if bar["text"][0].endswith("· not assessed"))
+    assert flagged_bar["marker"]["color"][0] == figures.NOT_ASSESSED_COLOR
 
 
 def test_tune_page_notes_tags_filters_archive_restore_delete_and_export(data_dir, copy_runs):

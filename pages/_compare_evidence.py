@@ -18,6 +18,7 @@ from core.evidence import comparison, run_evidence, shift, stress
 from core.reporting import curves, figures, report, wording
 from core.workflows import repeat
 from pages import _loaders as load
+from pages import _shared as ui
 from pages._compare_runs import Picked
 
 number_column = st.column_config.NumberColumn
@@ -51,20 +52,25 @@ def metrics_section(view: Picked) -> None:
     st.header("Metrics")
     ci = wording.ci_label(run_evidence.CONFIDENCE)
     # the evidence first, what the run is after it
-    metrics_table = pd.concat([wording.metrics_table(view.evidences), comparison.facts_table(view.picked_runs)], axis=1)
+    metrics_only = wording.metrics_table(view.evidences)
+    facts = comparison.facts_table(view.picked_runs)
+    metrics_table = pd.concat([metrics_only, facts], axis=1)  # the CSV download: everything in one table
     interval_help = wording.intervals_note(view.n_resamples, view.seed)
-    st.dataframe(
-        metrics_table, hide_index=True, key="metrics_table",
-        column_config={
-            "threshold": number_column(format="%.3f"),
-            **{k: number_column(format="%.3f") for k in (*wording.INTERVAL_TITLES.values(), *wording.POINT_METRIC_TITLES)},
-            **{f"{k} {ci}": st.column_config.TextColumn(help=interval_help) for k in wording.INTERVAL_TITLES.values()},
-            "parameters": number_column(format="localized"),
-            "training time (s)": number_column(format="%.1f", help="Time of the hyperparameter search (all trials)"),
-            "inference (ms/image)": number_column(format="%.2f", help="Batched, through the saved model's inference engine"),
-            "single image (ms)": number_column(format="%.2f"),
-        },
-    )
+    key_metrics, more_metrics = wording.split_metrics_table(metrics_only, ci)
+    column_config = {
+        "threshold": number_column(format="%.3f"),
+        **{k: number_column(format="%.3f") for k in (*wording.INTERVAL_TITLES.values(), *wording.POINT_METRIC_TITLES)},
+        **{f"{k} {ci}": st.column_config.TextColumn(help=interval_help) for k in wording.INTERVAL_TITLES.values()},
+        "parameters": number_column(format="localized"),
+        "training time (s)": number_column(format="%.1f", help="Time of the hyperparameter search (all trials)"),
+        "inference (ms/image)": number_column(format="%.2f", help="Batched, through the saved model's inference engine"),
+        "single image (ms)": number_column(format="%.2f"),
+        "input px": number_column(help="Image size the model reads (pixels per side)"),
+        **{title: number_column(format="%.3f", help=text) for title, text in wording.METRIC_HELP.items()},
+    }
+    st.dataframe(key_metrics, hide_index=True, key="metrics_table", column_config=column_config)
+    st.dataframe(more_metrics, hide_index=True, key="more_metrics_table", column_config=column_config)
+    st.dataframe(pd.concat([metrics_only[["run"]], facts], axis=1), hide_index=True, key="run_facts_table", column_config=column_config)
     for item in view.evidences:
         if item.intervals is None:
             st.warning(f"{item.name}: no intervals: {item.interval_problem}")
@@ -113,8 +119,7 @@ def shift_and_stress_section(view: Picked) -> None:
     ]
     for sentence in shift.shift_warnings(shifts):
         st.warning(f"Test is clearly worse than validation: {sentence}", icon=":material/trending_down:")
-    shift_left, shift_right = st.columns([1, 1])
-    shift_left.dataframe(
+    st.dataframe(
         shift.shift_table(shifts), hide_index=True, key="shift_table",
         column_config={
             "run": st.column_config.TextColumn("run", width="medium"),
@@ -123,6 +128,7 @@ def shift_and_stress_section(view: Picked) -> None:
             "test − validation": number_column(format="%+.3f", help="Test minus validation: negative is worse, except for ECE"),
         },
     )
+    shift_left, shift_right = st.columns([1, 1])
     shift_left.dataframe(
         shift.shift_runs_table(shifts), hide_index=True, key="shift_runs_table",
         column_config={
@@ -138,8 +144,9 @@ def shift_and_stress_section(view: Picked) -> None:
     stressed = stress.saved_results(view.picked_runs)
     st.subheader("Stress test on validation")
     if stressed:
+        stress_rows = stress.stress_table(stressed)
         st.dataframe(
-            stress.stress_table(stressed), hide_index=True, key="stress_table",
+            stress_rows, hide_index=True, key="stress_table", height=ui.table_height(len(stress_rows)),
             column_config={
                 **{column: number_column(format="%.3f") for column in ("sensitivity", "specificity")},
                 **{f"{m} change": number_column(format="%+.3f", help="minus the images as they are") for m in ("sensitivity", "specificity")},

@@ -196,6 +196,11 @@ def format_number(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and np.isfinite(value) else "–"
 
 
+def table_height(n_rows: int, max_rows: int = 40) -> int:
+    """The pixel height of an st.dataframe that shows `n_rows` rows (up to `max_rows`) without scrolling."""
+    return 38 + 35 * min(max(n_rows, 1), max_rows)
+
+
 def not_assessed_message(runs: list[str], reason: str, n_runs: int) -> str:
     """The warning above a flagged image's bars: what it means, which statistic is off (once), for which runs."""
     which = "" if len(runs) == n_runs else f" for {', '.join(runs)}"

@@ -425,7 +425,8 @@ def test_compare_shows_intervals_and_the_evidence_figures(data_dir, runs_dir):
     at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide"]).run()
     no_exception(at)
     for resamples, seed in ((1000, 0), (300, 5)):  # the default, then other interval settings
-        table = frame_with(at, "AUC 95% CI").set_index("run")
+        # the key metrics in a table narrow enough for 1,280 px, accuracy and the rest in the next
+        table = frame_with(at, "AUC 95% CI").set_index("run").join(frame_with(at, "accuracy 95% CI").set_index("run"))
         roc_names = [t.get("name", "") for t in chart(at, "ROC")["data"]]
         for name in ("cnn-small", "cnn-wide"):
             table_p = fixture_predictions(runs_dir, name)
@@ -726,8 +727,10 @@ def test_compare_combines_two_runs_into_an_ensemble_every_page_uses(data_dir, co
     assert duo.predictions()["probability"].to_numpy() == pytest.approx(mean.to_numpy(), abs=1e-6)
     metrics = frame_with(at, "AUC 95% CI").set_index("run")
     assert metrics.loc["duo", "AUC"] == pytest.approx(duo.metrics["test"]["auc"])
-    assert metrics.loc["duo", "family"] == "ensemble" and metrics.loc["duo", "threshold"] == pytest.approx(duo.metrics["threshold"])
-    assert frame_with(at, "AUC test − val").set_index("run").loc["duo", "AUC (val)"] == pytest.approx(duo.metrics["val"]["auc"])
+    assert metrics.loc["duo", "threshold"] == pytest.approx(duo.metrics["threshold"])
+    assert frame_with(at, "input px").set_index("run").loc["duo", "family"] == "ensemble"  # the run facts' table
+    shifted = frame_with(at, "test − validation").set_index(["run", "metric"])
+    assert shifted.loc[("duo", "AUC"), "validation"] == pytest.approx(duo.metrics["val"]["auc"])
     assert "Cannot pair" not in texts(at.error)  # same test images as its members
 
     at = page("predict", data_dir, folder)

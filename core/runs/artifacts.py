@@ -425,8 +425,8 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
                 "family": run.family,
                 "task": run.task,
                 "mode": run.settings[IMPORTED].get("format") if run.is_imported else run.settings.get("mode"),
-                "tuner": run.settings.get("tuner"),
-                "image_size": run.settings.get("image_size"),
+                "tuner": run.settings.get("tuner") or "–",  # an ensemble or an imported model has none
+                "image_size": _number(run.settings.get("image_size")),  # NaN for an ensemble (its members' own)
                 "state": run.state,
                 # an imported model was trained elsewhere: no trials here
                 "trials": "–" if run.is_imported else f"{run.progress.get('trials_done', 0)}/{run.progress.get('trials_total', '?')}",

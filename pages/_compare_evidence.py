@@ -128,7 +128,7 @@ def shift_and_stress_section(view: Picked) -> None:
             "test − validation": number_column(format="%+.3f", help="Test minus validation: negative is worse, except for ECE"),
         },
     )
-    shift_left, shift_right = st.columns([1, 1])
+    shift_left, shift_right = st.columns([3, 2])
     shift_left.dataframe(
         shift.shift_runs_table(shifts), hide_index=True, key="shift_runs_table",
         column_config={

@@ -65,7 +65,7 @@ def metrics_section(view: Picked) -> None:
         "training time (s)": number_column(format="%.1f", help="Time of the hyperparameter search (all trials)"),
         "inference (ms/image)": number_column(format="%.2f", help="Batched, through the saved model's inference engine"),
         "single image (ms)": number_column(format="%.2f"),
-        "input px": number_column(help="Image size the model reads (pixels per side)"),
+        "input px": st.column_config.TextColumn(help="Image size the model reads (pixels per side)"),
         **{title: number_column(format="%.3f", help=text) for title, text in wording.METRIC_HELP.items()},
     }
     st.dataframe(key_metrics, hide_index=True, key="metrics_table", column_config=column_config)

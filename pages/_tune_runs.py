@@ -185,7 +185,7 @@ def _runs_table(finished: list[artifacts.Run]) -> None:
         table, hide_index=True, key="tune_runs",
         column_config={
             "outcome": st.column_config.TextColumn("outcome", width="small"),
-            "image_size": st.column_config.NumberColumn("input px", help="Image size the model reads (pixels per side); an ensemble's members have their own"),
+            "image_size": st.column_config.TextColumn("input px", help="Image size the model reads (pixels per side); an ensemble's members have their own"),
             "started_at": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm"),
             "trials": st.column_config.TextColumn("trials", help="Trials done / planned"),
             "best_val_auc": st.column_config.NumberColumn("best val AUC", format="%.3f"),

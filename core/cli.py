@@ -447,7 +447,7 @@ def _predict(args) -> int:
     import pandas as pd
 
     from core import files
-    from core.inference import evaluation, run_kinds
+    from core.inference import evaluation, ood, run_kinds
     from core.runs import artifacts
     from core.workflows import site
 
@@ -465,10 +465,11 @@ def _predict(args) -> int:
     failed = int((table["error"] != "").sum())
     if failed:
         print(f"{failed} of {len(table)} files could not be read (see the error column)", file=sys.stderr)
+    ood_label = ood.NOT_ASSESSED
     flagged = sum(1 for value in table["unusual"] if value is not pd.NA and bool(value))  # NA: unreadable
     if flagged:
         print(f"{flagged} of {len(table)} images are not like the run's training X-rays (see unusual_reason): "
-              "their probabilities mean little", file=sys.stderr)
+              f"labelled {ood_label!r}, their probabilities mean little", file=sys.stderr)
     return 1 if failed == len(table) else 0
 
 

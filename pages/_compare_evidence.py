@@ -18,6 +18,7 @@ from core.evidence import comparison, run_evidence, shift, stress
 from core.reporting import curves, figures, report, wording
 from core.workflows import repeat
 from pages import _loaders as load
+from pages import _shared as ui
 from pages._compare_runs import Picked
 
 number_column = st.column_config.NumberColumn
@@ -51,20 +52,25 @@ def metrics_section(view: Picked) -> None:
     st.header("Metrics")
     ci = wording.ci_label(run_evidence.CONFIDENCE)
     # the evidence first, what the run is after it
-    metrics_table = pd.concat([wording.metrics_table(view.evidences), comparison.facts_table(view.picked_runs)], axis=1)
+    metrics_only = wording.metrics_table(view.evidences)
+    facts = comparison.facts_table(view.picked_runs)
+    metrics_table = pd.concat([metrics_only, facts], axis=1)  # the CSV download: everything in one table
     interval_help = wording.intervals_note(view.n_resamples, view.seed)
-    st.dataframe(
-        metrics_table, hide_index=True, key="metrics_table",
-        column_config={
-            "threshold": number_column(format="%.3f"),
-            **{k: number_column(format="%.3f") for k in (*wording.INTERVAL_TITLES.values(), *wording.POINT_METRIC_TITLES)},
-            **{f"{k} {ci}": st.column_config.TextColumn(help=interval_help) for k in wording.INTERVAL_TITLES.values()},
-            "parameters": number_column(format="localized"),
-            "training time (s)": number_column(format="%.1f", help="Time of the hyperparameter search (all trials)"),
-            "inference (ms/image)": number_column(format="%.2f", help="Batched, through the saved model's inference engine"),
-            "single image (ms)": number_column(format="%.2f"),
-        },
-    )
+    key_metrics, more_metrics = wording.split_metrics_table(metrics_only, ci)
+    column_config = {
+        "threshold": number_column(format="%.3f"),
+        **{k: number_column(format="%.3f") for k in (*wording.INTERVAL_TITLES.values(), *wording.POINT_METRIC_TITLES)},
+        **{f"{k} {ci}": st.column_config.TextColumn(help=interval_help) for k in wording.INTERVAL_TITLES.values()},
+        "parameters": number_column(format="localized"),
+        "training time (s)": number_column(format="%.1f", help="Time of the hyperparameter search (all trials)"),
+        "inference (ms/image)": number_column(format="%.2f", help="Batched, through the saved model's inference engine"),
+        "single image (ms)": number_column(format="%.2f"),
+        "input px": st.column_config.TextColumn(help="Image size the model reads (pixels per side)"),
+        **{title: number_column(format="%.3f", help=text) for title, text in wording.METRIC_HELP.items()},
+    }
+    st.dataframe(key_metrics, hide_index=True, key="metrics_table", column_config=column_config)
+    st.dataframe(more_metrics, hide_index=True, key="more_metrics_table", column_config=column_config)
+    st.dataframe(pd.concat([metrics_only[["run"]], facts], axis=1), hide_index=True, key="run_facts_table", column_config=column_config)
     for item in view.evidences:
         if item.intervals is None:
             st.warning(f"{item.name}: no intervals: {item.interval_problem}")
@@ -78,7 +84,11 @@ def metrics_section(view: Picked) -> None:
 
 
 def _downloads(view: Picked, metrics_table: pd.DataFrame) -> None:
-    c1, c2 = st.columns([1, 1])
+    c1, c2, c3 = st.columns([1, 1, 1])
+    include_folders = c3.checkbox(
+        "Folder paths in the report", key="report_folders",
+        help="Off: the data and artifacts folders are named without their place on this machine, fit to share.",
+    )
     c1.download_button(
         "Download metrics (CSV)", metrics_table.to_csv(index=False).encode(), file_name="metrics.csv",
         mime="text/csv", icon=":material/download:", key="download_metrics",
@@ -88,7 +98,8 @@ def _downloads(view: Picked, metrics_table: pd.DataFrame) -> None:
     def report_html() -> bytes:
         """Built only when the button is clicked (Streamlit calls it then), with the page's current choices."""
         return report.build_report(
-            runs, thresholds, predictions=predictions, n_resamples=view.n_resamples, seed=view.seed
+            runs, thresholds, predictions=predictions, n_resamples=view.n_resamples, seed=view.seed,
+            include_folders=include_folders,
         ).encode("utf-8")
 
     c2.download_button(
@@ -108,23 +119,34 @@ def shift_and_stress_section(view: Picked) -> None:
     ]
     for sentence in shift.shift_warnings(shifts):
         st.warning(f"Test is clearly worse than validation: {sentence}", icon=":material/trending_down:")
-    shift_left, shift_right = st.columns([3, 2])
-    shift_left.dataframe(
+    st.dataframe(
         shift.shift_table(shifts), hide_index=True, key="shift_table",
         column_config={
+            "run": st.column_config.TextColumn("run", width="medium"),
+            "validation": number_column(format="%.3f", help="On the validation split, where the threshold was chosen"),
+            "test": number_column(format="%.3f", help="On the test split"),
+            "test − validation": number_column(format="%+.3f", help="Test minus validation: negative is worse, except for ECE"),
+        },
+    )
+    shift_left, shift_right = st.columns([3, 2])
+    shift_left.dataframe(
+        shift.shift_runs_table(shifts), hide_index=True, key="shift_runs_table",
+        column_config={
             "threshold": number_column(format="%.3f"),
-            **{f"{title} {part}": number_column(format="%.3f") for title in shift.METRICS.values() for part in ("(val)", "(test)")},
-            **{f"{title} test − val": number_column(format="%+.3f", help="test minus validation") for title in shift.METRICS.values()},
+            "validation images": number_column(format="localized"),
+            "test images": number_column(format="localized"),
         },
     )
     shift_right.plotly_chart(figures.shift_figure(shift.figure_rows(shifts), view.colors), key="fig_shift")
+    shift_left.caption(shift.source_note(shifts))
     st.caption(f"{shift.NOTE} At the thresholds set above.")
 
     stressed = stress.saved_results(view.picked_runs)
     st.subheader("Stress test on validation")
     if stressed:
+        stress_rows = stress.stress_table(stressed)
         st.dataframe(
-            stress.stress_table(stressed), hide_index=True, key="stress_table",
+            stress_rows, hide_index=True, key="stress_table", height=ui.table_height(len(stress_rows)),
             column_config={
                 **{column: number_column(format="%.3f") for column in ("sensitivity", "specificity")},
                 **{f"{m} change": number_column(format="%+.3f", help="minus the images as they are") for m in ("sensitivity", "specificity")},

@@ -16,6 +16,7 @@ import numpy as np
 import streamlit as st
 
 from core.data import demo, folders
+from core.inference import ood
 from core.runs import artifacts
 from pages import _loaders as load
 
@@ -193,6 +194,18 @@ def format_duration(seconds: float | None) -> str:
 
 def format_number(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and np.isfinite(value) else "–"
+
+
+def table_height(n_rows: int, max_rows: int = 40) -> int:
+    """The pixel height of an st.dataframe that shows `n_rows` rows (up to `max_rows`) without scrolling."""
+    return 38 + 35 * min(max(n_rows, 1), max_rows)
+
+
+def not_assessed_message(runs: list[str], reason: str, n_runs: int) -> str:
+    """The warning above a flagged image's bars: what it means, which statistic is off (once), for which runs."""
+    which = "" if len(runs) == n_runs else f" for {', '.join(runs)}"
+    return (f"**{ood.NOT_ASSESSED[0].upper()}{ood.NOT_ASSESSED[1:]}**{which}: {reason}. "
+            "The probability is greyed below: a model says little about images unlike those it learned from.")
 
 
 def heatmap_caption(run_name: str, probability: float, label: str, has_evidence: bool, explained: str = "pneumonia",

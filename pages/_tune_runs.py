@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from core import jobs
@@ -77,13 +78,14 @@ def running_searches(folder: str, active: list[artifacts.Run]) -> None:
     """The Running searches header and a live panel for each."""
     st.header("Running searches")
     if not active:
-        st.caption("None running.")
+        st.caption("No search is running.")
     for run in active:
         live_panel(folder, run.name)
 
 
 # --------------------------------------------------------------------------
-# The buttons' actions: each leaves its outcome in "tune_message", shown above the finished runs
+# The buttons' actions: each leaves its outcome in "tune_message", shown above the finished runs, or for
+# the run details' buttons in ADMIN_MESSAGE, shown beside those buttons
 # --------------------------------------------------------------------------
 
 
@@ -95,26 +97,30 @@ def _resume(folder: str, name: str) -> None:
         st.session_state["tune_message"] = ("error", f"Cannot resume {name}: {error}")
 
 
-def act(folder: str, action: Callable[[str, str], object], name: str, done: str) -> None:
-    """Run `action(folder, name)` for a button (archive, restore, delete, continue a recipe); `done` says it worked."""
+ADMIN_MESSAGE = "tune_admin_message"
+
+
+def act(folder: str, action: Callable[[str, str], object], name: str, done: str, where: str = "tune_message") -> None:
+    """Run `action(folder, name)` for a button (archive, restore, delete, continue a recipe); `done` says it worked.
+    The outcome waits in session state under `where` for the place that shows it."""
     try:
         action(folder, name)
-        st.session_state["tune_message"] = ("success", done)
+        st.session_state[where] = ("success", done)
     except (artifacts.RunError, OSError) as error:
-        st.session_state["tune_message"] = ("error", f"{name}: {error}")
+        st.session_state[where] = ("error", f"{name}: {error}")
 
 
 def _save_notes(folder: str, name: str) -> None:
     state = st.session_state
     act(folder, lambda f, n: catalog.set_notes(f, n, note=state[f"tune_note_{n}"], tags=state[f"tune_tags_{n}"]),
-        name, f"Saved the note and tags of {name}.")
+        name, f"Saved the note and tags of {name}.", ADMIN_MESSAGE)
 
 
 def _export(folder: str, name: str) -> None:
     try:
         st.session_state["tune_export"] = (name, export.export_bytes(folder, name))
     except (artifacts.RunError, OSError, ValueError) as error:
-        st.session_state["tune_message"] = ("error", f"Cannot export {name}: {error}")
+        st.session_state[ADMIN_MESSAGE] = ("error", f"Cannot export {name}: {error}")
 
 
 def _repeat(folder: str, name: str) -> None:
@@ -170,9 +176,18 @@ def _runs_table(finished: list[artifacts.Run]) -> None:
     table.insert(0, "outcome", table["state"])
     if not table["archived"].any():
         table = table.drop(columns=["archived"])
+    table["started_at"] = pd.to_datetime(table["started_at"], errors="coerce", utc=True)
+    # what a reader compares first, then what the run is, then its bookkeeping
+    first = ["outcome", "run", "test_auc", "sensitivity", "specificity", "threshold", "accuracy", "best_val_auc"]
+    table = table.drop(columns=["state"])
+    table = table[first + [c for c in table.columns if c not in first]]
     st.dataframe(
-        table.drop(columns=["state"]), hide_index=True, key="tune_runs",
+        table, hide_index=True, key="tune_runs",
         column_config={
+            "outcome": st.column_config.TextColumn("outcome", width="small"),
+            "image_size": st.column_config.TextColumn("input px", help="Image size the model reads (pixels per side); an ensemble's members have their own"),
+            "started_at": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm"),
+            "trials": st.column_config.TextColumn("trials", help="Trials done / planned"),
             "best_val_auc": st.column_config.NumberColumn("best val AUC", format="%.3f"),
             "test_auc": st.column_config.NumberColumn("test AUC", format="%.3f"),
             "accuracy": st.column_config.NumberColumn(format="%.3f"),
@@ -218,18 +233,44 @@ def _run_details(folder: str, finished: list[artifacts.Run]) -> None:
     run = next(r for r in finished if r.name == detail)
     if run.is_imported:
         imported_model(run)
+    elif run.is_ensemble:
+        ensemble_members(run)
     else:
         st.markdown("**Trials**")
         trials_view(run, key="tune_trials")
-    left, right = st.columns(2)
+    log = run.log_tail(30)
+    left, right = st.columns(2) if log else (st.container(), None)
     with left:
         st.caption("Settings")
         st.json(run.settings, expanded=False)
-    with right:
-        st.caption("Log (last lines)")
-        st.code(run.log_tail(30) or "(no log)", language=None, wrap_lines=True)
+    if right is not None:  # an ensemble or an imported model trains nothing here: no log to show
+        with right:
+            st.caption("Log (last lines)")
+            st.code(log, language=None, wrap_lines=True)
     repeat_panel(folder, run)
     run_admin(folder, run)
+
+
+def ensemble_members(run: artifacts.Run) -> None:
+    """An ensemble trains nothing: its members, their weights, and how its threshold was chosen."""
+    settings = run.settings
+    members = list(settings.get("members") or [])
+    st.markdown("**Ensemble** (its members' probabilities combined: no trials of its own)")
+
+    def each(key: str) -> list:
+        values = list(settings.get(key) or [])
+        return values + [None] * (len(members) - len(values))
+
+    st.dataframe(
+        pd.DataFrame({"member": members, "family": each("member_families"), "input px": each("member_image_sizes"),
+                      "weight": each("weights")}),
+        hide_index=True, key=f"tune_ensemble_{run.name}",
+        column_config={"weight": st.column_config.NumberColumn(format="%.3f"),
+                       "input px": st.column_config.NumberColumn(help="Image size each member reads (pixels per side)")},
+    )
+    rule = (run.metrics or {}).get("threshold_rule")
+    st.caption(f"Weights: {settings.get('weight_rule') or 'as listed'}. Threshold {run.threshold:.3f}, chosen by "
+               f"{rule or 'the rule of its time'} on the ensemble's own validation predictions.")
 
 
 def imported_model(run: artifacts.Run) -> None:
@@ -285,26 +326,35 @@ def run_admin(folder: str, run: artifacts.Run) -> None:
         b1.button("Save note and tags", key=f"tune_save_notes_{name}", on_click=_save_notes, args=(folder, name), icon=":material/save:")
         if run.archived:
             b2.button("Restore", key=f"tune_restore_{name}", icon=":material/unarchive:",
-                      on_click=act, args=(folder, catalog.restore, name, f"Restored {name}."))
+                      on_click=act, args=(folder, catalog.restore, name, f"Restored {name}.", ADMIN_MESSAGE))
         else:
             b2.button("Archive", key=f"tune_archive_{name}", icon=":material/archive:", help="Hide it from the default lists; its files stay.",
-                      on_click=act, args=(folder, catalog.archive, name, f"Archived {name}: it is hidden from the default lists."))
+                      on_click=act, args=(folder, catalog.archive, name, f"Archived {name}: it is hidden from the default lists.",
+                                          ADMIN_MESSAGE))
         not_exportable = export.export_problem(run)
         b3.button("Prepare model card (zip)", key=f"tune_export_{name}", icon=":material/inventory_2:", on_click=_export, args=(folder, name),
                   disabled=bool(not_exportable),
                   help=not_exportable.capitalize() if not_exportable else "The model (.keras, .tflite), its threshold and MODEL_CARD.md in one zip.")
         if b4.button("Delete…", key=f"tune_delete_{name}", icon=":material/delete:"):
             st.session_state["tune_confirm_delete"] = name
+        if message := st.session_state.pop(ADMIN_MESSAGE, None):  # beside the button that caused it
+            (st.success if message[0] == "success" else st.error)(message[1])
         prepared = st.session_state.get("tune_export")
         if prepared and prepared[0] == name:
             st.download_button(f"Download {name}.zip", prepared[1], file_name=f"{name}.zip", mime="application/zip",
                                key=f"tune_download_{name}", icon=":material/download:")
-        if st.session_state.get("tune_confirm_delete") == name:
+        refused = catalog.delete_problem(folder, name) if st.session_state.get("tune_confirm_delete") == name else ""
+        if refused:  # said before any confirmation is offered
+            st.error(f"{name} cannot be deleted: {refused}.", icon=":material/block:")
+            if st.button("OK", key=f"tune_refused_delete_{name}"):
+                st.session_state.pop("tune_confirm_delete", None)
+                st.rerun()
+        elif st.session_state.get("tune_confirm_delete") == name:
             st.warning(f"Delete **{name}** and every file in its folder for good? Other runs and the shared caches stay.", icon=":material/warning:")
             c1, c2, _ = st.columns([1, 1, 3])
             if c1.button("Yes, delete it", key=f"tune_confirm_delete_{name}", type="primary"):
                 st.session_state.pop("tune_confirm_delete", None)
-                act(folder, catalog.delete, name, f"Deleted {name}.")
+                act(folder, catalog.delete, name, f"Deleted {name}.", ADMIN_MESSAGE)
                 st.rerun()
             if c2.button("Cancel", key=f"tune_cancel_delete_{name}"):
                 st.session_state.pop("tune_confirm_delete", None)

@@ -176,7 +176,7 @@ def heatmaps(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
                 except (artifacts.RunError, ValueError, OSError) as error:
                     st.caption(f"{row.run}: no {method_label} ({error})")
                     continue
-                explained = ui.explained_class(by_name[row.run], gradcam_class, row.label)
+                explained = ui.explained_class(by_name[row.run], gradcam_class, row.model_label)
                 caption = ui.heatmap_caption(row.run, float(row.probability), row.label, has_evidence, explained, method_label, region)
                 st.image(picture, caption=caption, width="stretch")
                 stem = f"{Path(image_name).stem}.{row.run}.{choice.method}"
@@ -202,6 +202,7 @@ for index, (image_name, content) in enumerate(images):
             "run": picked,
             "probability": [results[n]["probability"].iat[index] for n in picked],
             "label": [results[n]["label"].iat[index] for n in picked],
+            "model_label": [results[n]["model_label"].iat[index] for n in picked],
             "threshold": [results[n]["threshold"].iat[index] for n in picked],
             "operating_point": [results[n]["operating_point"].iat[index] for n in picked],
             "calibrated": [results[n]["calibrated_probability"].iat[index] if "calibrated_probability" in results[n] else None
@@ -218,8 +219,8 @@ for index, (image_name, content) in enumerate(images):
             for i, column in enumerate(class_columns.values())
         } if class_runs else {}
         long_rows.append({"image": image_name, "run": row.run, "task": run_tasks[row.run].name, "probability": row.probability,
-                          "label": row.label, "threshold": row.threshold, "operating point": row.operating_point,
-                          "calibrated probability": row.calibrated, **each_class,
+                          "label": row.label, "model_label": row.model_label, "threshold": row.threshold,
+                          "operating point": row.operating_point, "calibrated probability": row.calibrated, **each_class,
                           "unusual": bool(row.unusual), "unusual_reason": row.unusual_reason, "true class": truth.get(image_name, "")})
     with st.container(border=True):
         left, right = st.columns([1, 3], vertical_alignment="center")
@@ -228,10 +229,8 @@ for index, (image_name, content) in enumerate(images):
         with right:
             flagged = rows[rows["unusual"].astype(bool)]
             if not flagged.empty:
-                st.warning(
-                    f"**Not like the training X-rays** ({', '.join(flagged['run'])}): {flagged['unusual_reason'].iat[0]}. "
-                    "The probability below means little for such an image.", icon=":material/report:",
-                )
+                st.warning(ui.not_assessed_message(list(flagged["run"]), flagged["unusual_reason"].iat[0], len(rows)),
+                           icon=":material/report:")
             st.plotly_chart(figures.probability_figure(rows, colors, positive=positive), key=f"fig_predict_{index}")
             if class_runs:
                 per_class = pd.DataFrame(
@@ -262,6 +261,9 @@ if long_rows:
                 format="%.3f", help="A recalibrated site operating point's probability (Platt or temperature, fitted on the "
                 "site's images): the same decision at its threshold, a probability closer to the site's rates."),
             **{f"P({name})": st.column_config.NumberColumn(format="%.3f") for name in tasks.THREE_CLASS.names},
+            "model_label": st.column_config.TextColumn("model's call", help="What the model called the image, even when it is not assessed"),
+            "unusual": st.column_config.CheckboxColumn("unlike training X-rays"),
+            "unusual_reason": st.column_config.TextColumn("why unlike"),
         },
     )
     csv_column, regions_column = st.columns(2)

@@ -22,7 +22,7 @@ from core import files
 from core.data import download
 from core.evidence import run_evidence, shift, site_adaptation, statistics, stress
 from core.inference import evaluation, run_kinds
-from core.reporting import wording
+from core.reporting import figures, wording
 from core.runs import artifacts
 from pages import _loaders as load
 from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, OTHER_SPLIT_RUN, REPO
@@ -426,7 +426,8 @@ def test_compare_shows_intervals_and_the_evidence_figures(data_dir, runs_dir):
     at.multiselect(key="compare_runs").set_value(["cnn-small", "cnn-wide"]).run()
     no_exception(at)
     for resamples, seed in ((1000, 0), (300, 5)):  # the default, then other interval settings
-        table = frame_with(at, "AUC 95% CI").set_index("run")
+        # the key metrics in a table narrow enough for 1,280 px, accuracy and the rest in the next
+        table = frame_with(at, "AUC 95% CI").set_index("run").join(frame_with(at, "accuracy 95% CI").set_index("run"))
         roc_names = [t.get("name", "") for t in chart(at, "ROC")["data"]]
         for name in ("cnn-small", "cnn-wide"):
             table_p = fixture_predictions(runs_dir, name)
@@ -696,15 +697,17 @@ def test_compare_sets_validation_beside_test(data_dir, runs_dir):
     at = page("compare", data_dir, runs_dir)
     at.multiselect(key="compare_runs").set_value(names).run()
     no_exception(at)
-    table = frame_with(at, "AUC test − val").set_index("run")
+    table = frame_with(at, "test − validation").set_index(["run", "metric"])
+    facts = frame_with(at, "validation images").set_index("run")
     expected = [shift.for_run(artifacts.load_run(runs_dir, name)) for name in names]
     for item in expected:
-        row = table.loc[item.name]
-        assert row["test split"] == "external: the download's own test/ folder"
+        assert facts.loc[item.name, "test split"] == "external"
         for metric, title in shift.METRICS.items():
-            assert row[f"{title} (val)"] == pytest.approx(item.val[metric])
-            assert row[f"{title} (test)"] == pytest.approx(item.test[metric])
-            assert row[f"{title} test − val"] == pytest.approx(item.change(metric))
+            row = table.loc[(item.name, title)]
+            assert row["validation"] == pytest.approx(item.val[metric])
+            assert row["test"] == pytest.approx(item.test[metric])
+            assert row["test − validation"] == pytest.approx(item.change(metric))
+    assert "external = the download's own test/ folder" in texts(at.caption)
     figure = chart(at, "Validation → test")
     assert figure["layout"]["yaxis"]["title"]["text"] == "Value on the split"
     for sentence in shift.shift_warnings(expected):
@@ -726,8 +729,10 @@ def test_compare_combines_two_runs_into_an_ensemble_every_page_uses(data_dir, co
     assert duo.predictions()["probability"].to_numpy() == pytest.approx(mean.to_numpy(), abs=1e-6)
     metrics = frame_with(at, "AUC 95% CI").set_index("run")
     assert metrics.loc["duo", "AUC"] == pytest.approx(duo.metrics["test"]["auc"])
-    assert metrics.loc["duo", "family"] == "ensemble" and metrics.loc["duo", "threshold"] == pytest.approx(duo.metrics["threshold"])
-    assert frame_with(at, "AUC test − val").set_index("run").loc["duo", "AUC (val)"] == pytest.approx(duo.metrics["val"]["auc"])
+    assert metrics.loc["duo", "threshold"] == pytest.approx(duo.metrics["threshold"])
+    assert frame_with(at, "input px").set_index("run").loc["duo", "family"] == "ensemble"  # the run facts' table
+    shifted = frame_with(at, "test − validation").set_index(["run", "metric"])
+    assert shifted.loc[("duo", "AUC"), "validation"] == pytest.approx(duo.metrics["val"]["auc"])
     assert "Cannot pair" not in texts(at.error)  # same test images as its members
 
     at = page("predict", data_dir, folder)
@@ -906,10 +911,18 @@ def test_predict_flags_an_image_unlike_the_training_xrays(data_dir, runs_dir, sa
     )
     at.run()
     no_exception(at)
-    warnings = [w.value for w in at.warning if "Not like the training X-rays" in str(w.value)]
-    assert len(warnings) == 1 and "near-black fraction" in warnings[0]
+    warnings = [w.value for w in at.warning if "Not assessed: unlike the training X-rays" in str(w.value)]
+    assert len(warnings) == 1 and "near-black pixels (below 10 of 255): 100 % of the image" in warnings[0]
+    assert warnings[0].count("training X-rays") == 2  # the flag, and the range once: no repeated "not like ..."
     table = frame_with(at, "unusual").set_index("image")
     assert bool(table.loc["black.jpeg", "unusual"]) and not bool(table.loc["chest.jpeg", "unusual"])
+    # the table (what the CSV download writes) gives no diagnosis for the flagged image, but keeps the model's call
+    assert table.loc["black.jpeg", "label"] == "not assessed: unlike the training X-rays"
+    assert table.loc["black.jpeg", "model_label"] in ("NORMAL", "PNEUMONIA")
+    assert table.loc["chest.jpeg", "label"] == table.loc["chest.jpeg", "model_label"]
+    bars = [spec["data"][0] for spec in charts(at) if spec["data"] and spec["data"][0].get("type") == "bar"]
+    flagged_bar = next(bar for bar in bars if bar["text"][0].endswith("· not assessed"))
+    assert flagged_bar["marker"]["color"][0] == figures.NOT_ASSESSED_COLOR
 
 
 def test_tune_page_notes_tags_filters_archive_restore_delete_and_export(data_dir, copy_runs):

@@ -7,7 +7,9 @@ browser is downloaded. Screenshots of every page go to $CXR_SCREENSHOT_DIR (defa
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,6 +36,12 @@ PAGES = {
     "compare": ("ROC curves on the test split", "No finished runs with test results"),
     "predict": ("Upload chest X-rays", "No saved models in"),
 }
+
+WIDTH = 1280  # a common laptop screen: every page and the report must fit it
+# Compare's tables whose every column must show without scrolling sideways at WIDTH, each known by a
+# column of its own: the key metrics, validation against test, and its runs' thresholds and sizes
+FITTING_TABLES = ("AUC 95% CI", "test − validation", "validation images")
+NONE = re.compile(r"(?<![\w-])None(?![\w-])")  # a literal None leaking from Python into the page
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`"
@@ -147,7 +155,7 @@ def test_every_page_renders_in_a_browser(kind, browser, runs_dir, empty_dir, dat
     saved = []
     try:
         with _served(env) as base:
-            _check_every_page(browser, base, kind, shots, saved)
+            _check_every_page(browser, base, kind, shots, saved, (str(data_dir), str(artifacts_dir)))
     finally:
         with capsys.disabled():
             for shot in saved:
@@ -155,16 +163,21 @@ def test_every_page_renders_in_a_browser(kind, browser, runs_dir, empty_dir, dat
             print()
 
 
-def _check_every_page(browser, base: str, kind: str, shots: Path, saved: list[Path]) -> None:
+def _check_every_page(browser, base: str, kind: str, shots: Path, saved: list[Path], folders: tuple[str, ...]) -> None:
     """Every page opened in Chromium: its text, no exception, a screenshot; then a wrong data folder."""
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page = browser.new_page(viewport={"width": WIDTH, "height": 900})
     for path, texts in PAGES.items():
         expected = texts[0] if kind == "full" else texts[1]
         page.goto(f"{base}/{path}")
         _wait_until_rendered(page, expected)
-        if kind == "full" and path == "predict":  # score two images of the data folder
+        if kind == "full" and path == "predict":  # score two images of the data folder and a black one, flagged
             page.get_by_role("button", name="Pick at random").click()
             _wait_until_rendered(page, "All predictions")
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+                files=[{"name": "black.jpeg", "mimeType": "image/jpeg", "buffer": _black_jpeg()}]
+            )
+            _wait_until_rendered(page, "Not assessed: unlike the training X-rays")
+            assert page.get_by_text("· not assessed").count() > 0  # the grey bar's text, no class
         if kind == "full" and path == "compare":  # select the first image of the per-image table
             _select_first_row(page)
         shot = shots / f"{path or 'data'}.png"
@@ -178,6 +191,10 @@ def _check_every_page(browser, base: str, kind: str, shots: Path, saved: list[Pa
             assert any(text.startswith("mobilenet-none (AUC") for text in legend), legend
         if kind == "full" and path == "tune":
             assert page.get_by_text("broken-search").count() > 0
+        if kind == "full":
+            _check_fits(page, path or "data")
+        if kind == "full" and path == "compare":
+            _check_report(page, shots, saved, folders)
     # The sidebar checks the folders: a wrong data folder says what is wrong with it.
     page.goto(base)
     _wait_until_rendered(page, PAGES[""][0])
@@ -191,6 +208,57 @@ def _check_every_page(browser, base: str, kind: str, shots: Path, saved: list[Pa
     saved.append(shots / "data-missing.png")
     assert page.locator('[data-testid="stException"]').count() == 0
     page.close()
+
+
+def _black_jpeg() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (300, 300), 0).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _check_fits(page, name: str) -> None:
+    """At WIDTH: the page body does not scroll sideways, no literal None shows, and the named tables
+    show every column without sideways scrolling."""
+    widths = page.evaluate(
+        "() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+        " return [document.documentElement.scrollWidth, m.scrollWidth, m.clientWidth]; }"
+    )
+    assert widths[0] <= WIDTH and widths[1] <= widths[2] + 1, f"{name} page overflows sideways: {widths}"
+    text = page.inner_text("body")
+    leaked = [text[max(0, m.start() - 60) : m.end() + 20] for m in NONE.finditer(text)]
+    assert not leaked, f"{name} page shows a literal None: {leaked}"
+    grids = page.evaluate(
+        """(columns) => columns.map(c => {
+            const grid = [...document.querySelectorAll('[data-testid="stDataFrame"]')]
+                .find(g => [...g.querySelectorAll('th')].some(th => th.textContent.trim() === c));
+            const s = grid && grid.querySelector('.dvn-scroller');
+            return s ? [c, s.scrollWidth, s.clientWidth] : [c, -1, -1]; })""",
+        list(FITTING_TABLES),
+    ) if name == "compare" else []
+    for column, scroll_width, client_width in grids:
+        assert scroll_width >= 0, f"no table with the column {column!r} on Compare"
+        assert scroll_width <= client_width + 2, (
+            f"Compare's table with {column!r} scrolls sideways at {WIDTH} px: {scroll_width} > {client_width}")
+
+
+def _check_report(page, shots: Path, saved: list[Path], folders: tuple[str, ...]) -> None:
+    """The report downloaded from Compare: no absolute path, and it fits WIDTH."""
+    with page.expect_download(timeout=120_000) as download:
+        page.get_by_role("button", name="Download report (HTML)").click()
+    path = shots / "report.html"
+    download.value.save_as(path)
+    html = path.read_text(encoding="utf-8")
+    for folder in (*folders, str(REPO), tempfile.gettempdir() + "/"):
+        assert folder not in html, f"the report shows the path {folder}"
+    assert not re.search(r"<td>/[\w.-]+/", html)
+    page.goto(path.as_uri(), wait_until="load")  # the same tab: the next page is opened by its URL
+    page.wait_for_timeout(1000)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= WIDTH, f"the report is {width} px wide in a {WIDTH} px window"
+    page.screenshot(path=str(shots / "report.png"), full_page=True)
+    saved.append(shots / "report.png")
 
 
 def test_a_fresh_clone_runs_a_demo_search_compares_and_predicts_in_a_browser(browser, tmp_path, capsys):

@@ -113,9 +113,13 @@ def test_delete_removes_one_run_and_nothing_else(store):
 
 def test_an_ensemble_member_is_not_deleted_while_its_ensemble_exists(store):
     make_run(store, "duo", family="ensemble", members=["cnn-a", "cnn-b"], weights=[0.5, 0.5])
+    # said before a confirmation is offered (the Tune page asks `delete_problem` first)
+    assert catalog.delete_problem(store, "cnn-b") == "it is a member of the ensemble duo: delete it first"
+    assert catalog.delete_problem(store, "duo") == ""
     with pytest.raises(RunError, match="member of the ensemble duo"):
         catalog.delete(store, "cnn-b")
     catalog.delete(store, "duo")
+    assert catalog.delete_problem(store, "cnn-b") == ""
     catalog.delete(store, "cnn-b")
     assert not (store / "cnn-b").exists() and (store / "cnn-a").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
@@ -55,7 +56,24 @@ def test_blank_noise_and_non_xray_images_are_flagged(reference, tmp_path):
     paths = bad_images(tmp_path / "bad")
     flags = ood.flag_files(reference, paths)
     assert flags["unusual"].astype(bool).all(), flags.assign(path=paths).to_string()
-    assert all(reason.startswith("not like the training X-rays: ") for reason in flags["unusual_reason"])
+    # the statistic that is off, once, in words and units, beside the training X-rays' range
+    labels = tuple(f"{label}: " for label in ood.LABELS.values())
+    assert all(reason.startswith(labels) for reason in flags["unusual_reason"]), list(flags["unusual_reason"])
+    assert all("where 98 % of the training X-rays lie between" in reason for reason in flags["unusual_reason"])
+    assert not any("not like the training X-rays" in reason for reason in flags["unusual_reason"])
+
+
+def test_a_flagged_image_is_not_assessed():
+    labels = pd.Series(["PNEUMONIA", "NORMAL", "PNEUMONIA"])
+    assessed = ood.assessed_labels(labels, pd.Series([True, False, pd.NA], dtype=object))
+    assert list(assessed) == [ood.NOT_ASSESSED, "NORMAL", "PNEUMONIA"]  # NA (no reference): the model's call stands
+    assert ood.NOT_ASSESSED == "not assessed: unlike the training X-rays"
+    reference = {"train_low": [0.0] * len(ood.NAMES), "train_high": [0.021] * len(ood.NAMES)}
+    stats = np.zeros(len(ood.NAMES))
+    stats[ood.NAMES.index("near_black")] = 0.97
+    assert ood.reason(reference, stats, ood.NAMES.index("near_black")) == (
+        "near-black pixels (below 10 of 255): 97 % of the image, where 98 % of the training X-rays lie between 0.0 and 2.1"
+    )
 
 
 def test_a_run_reference_is_computed_once_and_saved(runs_dir, tmp_path):

@@ -40,13 +40,14 @@ def test_report_sets_validation_beside_test(fixture_runs, report_file):
     html = report_file.read_text(encoding="utf-8")
     section = html.split("<h2>Validation against test</h2>")[1].split("<h2>")[0]
     assert plotly.io.json.to_json_plotly("Validation → test")[1:-1] in section  # the figure
+    assert "external = the download&#x27;s own test/ folder" in section  # the shared data's own test/, once
     for run in fixture_runs:
         expected = shift.for_run(run)
-        row = section.split(f"<td>{run.name}</td>")[1].split("</tr>")[0]
-        assert "external: the download&#x27;s own test/ folder" in row  # the shared data's own test/
-        for metric in ("auc", "specificity", "ece"):
+        rows = section.split(f"<td>{run.name}</td>")
+        assert "<td>external</td>" in rows[-1].split("</tr>")[0]
+        for metric, title in shift.METRICS.items():
             val, test, change = expected.val[metric], expected.test[metric], expected.change(metric)
-            assert f"<td>{val:.3f}</td><td>{test:.3f}</td><td>{change:.3f}</td>" in row
+            assert f"<td>{run.name}</td><td>{title}</td><td>{val:.3f}</td><td>{test:.3f}</td><td>{change:.3f}</td>" in section
     for sentence in shift.shift_warnings([shift.for_run(run) for run in fixture_runs]):
         assert f"<li>{report._e(sentence)}</li>" in section
 
@@ -61,7 +62,7 @@ def test_report_holds_the_evidence_of_every_run(fixture_runs, report_file):
         ev = run_evidence.run_evidence(run.name, run.predictions(), run.metrics["threshold"], n_resamples=300, seed=4)
         auc = ev.interval("auc")
         # the metrics table row and the ROC legend carry the same interval
-        assert f"{auc.estimate:.3f} ({auc.low:.3f}–{auc.high:.3f})" in html
+        assert f"{auc.estimate:.3f} <span class='nowrap'>({auc.low:.3f}–{auc.high:.3f})</span>" in html
         legend = f"{run.name} (AUC {auc.estimate:.3f},<br>95% CI {auc.low:.3f}–{auc.high:.3f})"
         assert plotly.io.json.to_json_plotly(legend)[1:-1] in html  # as plotly writes it into the page
         assert f"id='run-{run.name}'" in html  # its settings and data section
@@ -97,6 +98,22 @@ def test_report_is_self_contained(report_file):
     assert html.count("plotly.js v") <= 2  # ... once (its banner), not once per figure
 
 
+def test_report_names_folders_without_their_place_on_disk(fixture_runs, report_file, runs_dir, data_dir):
+    html = report_file.read_text(encoding="utf-8")
+    # no absolute path of this machine: not the data folder, not the artifacts folder, not the temporary folders
+    assert str(data_dir) not in html and str(runs_dir) not in html and "/tmp/" not in html
+    assert not re.search(r"<td>/[\w.-]+/", html)
+    assert f"<td>{data_dir.name}</td>" in html  # named: the settings' data dir and the data summary's folder
+    assert "Folders are named without their place on disk." in html
+    # nested settings are a list, not a JSON string
+    assert report.without_folders({"a": ["/x/y/z.csv", "C:\\data\\chest_xray", "plain"]}) == {"a": ["z.csv", "chest_xray", "plain"]}
+    assert "<ul class='value'><li>dropout: 0.1</li>" in report._key_values({"fixed": {"dropout": 0.1, "learning_rate": 1.715e-4}})
+    assert "learning_rate: 1.72e-04" in report._key_values({"fixed": {"learning_rate": 1.716e-4}})
+    # asked to, the report includes the folders
+    full = report.build_report(fixture_runs[:1], n_resamples=50, include_folders=True)
+    assert f"<td>{data_dir}</td>" in full and "Folders are given in full" in full
+
+
 def test_report_uses_the_thresholds_it_is_given(fixture_runs):
     html = report.build_report(fixture_runs[:2], {"cnn-small": 0.0}, n_resamples=100)
     assert "0.0000 (set by hand)" in html  # cnn-small at the given threshold
@@ -106,10 +123,20 @@ def test_report_uses_the_thresholds_it_is_given(fixture_runs):
     small = fixture_runs[0].predictions()
     positives = small[small["y_true"] == 1]
     wilson = statistics.wilson_cluster_ci([1] * len(positives), positives["patient"])
-    assert wilson.low < 1.0 and f"1.000 ({wilson.low:.3f}–1.000)" in html
-    assert "1.000 (1.000–1.000)" not in html
+    assert wilson.low < 1.0 and f"1.000 <span class='nowrap'>({wilson.low:.3f}–1.000)</span>" in html
+    assert "(1.000–1.000)" not in html
     with pytest.raises(ValueError, match="at least one run"):
         report.build_report([])
+
+
+# [the document's width, the right edge of the widest table or figure, or of a box scrolling sideways]
+_WIDEST_BOX = """() => {
+    const boxes = [...document.querySelectorAll('main table, main .figure, main .scroll')];
+    const edge = e => e.classList.contains('scroll') && e.scrollWidth > e.clientWidth + 1
+        ? e.getBoundingClientRect().left + e.scrollWidth : e.getBoundingClientRect().right;
+    const widest = boxes.reduce((a, e) => edge(e) > edge(a) ? e : a, boxes[0]);
+    return [document.documentElement.scrollWidth, {right: Math.round(edge(widest)), text: widest.innerText.slice(0, 60)}];
+}"""
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`")
@@ -139,9 +166,19 @@ def test_report_draws_every_figure_offline_in_chromium(fixture_runs, report_file
                 }))"""
             )
             text = page.inner_text("body")
+            widths = {}  # the page's width and its widest box: at 1,280 and 1,920 px, and printed on A4 (703 px)
+            for width, media in ((1280, "screen"), (1920, "screen"), (703, "print")):
+                page.emulate_media(media=media)
+                page.set_viewport_size({"width": width, "height": 900})
+                page.evaluate("window.dispatchEvent(new Event('beforeprint'))")
+                page.wait_for_timeout(400)
+                widths[(width, media)] = page.evaluate(_WIDEST_BOX)
         finally:
             browser.close()
     assert not errors, errors
+    for (width, media), (page_width, widest) in widths.items():
+        assert page_width <= width, f"the report is {page_width} px wide in a {width} px {media} window"
+        assert widest["right"] <= width, f"{media} at {width} px: a box reaches {widest}"
     assert all(url.startswith(("file://", "data:", "blob:", "about:")) for url in requests), requests
     assert len(drawn) == expected_figures == 5
     for figure in drawn:

@@ -113,7 +113,28 @@ def test_loaded_models_passed_back_in_give_the_same_scores_and_unusual_images_ar
     flagged = run_kinds.predict_files(plain, paths, engine="keras", unusual=True)
     flags = ood.flag_files(ood.reference_for(plain), paths)
     pd.testing.assert_frame_equal(flagged[list(flags.columns)], flags)
-    assert list(flagged.columns[:4]) == ["path", "probability", "label", "error"]
+    assert list(flagged.columns[:5]) == ["path", "probability", "label", "model_label", "error"]
+
+
+def test_a_flagged_image_is_labelled_not_assessed_in_the_predict_csv(store, tmp_path, capsys):
+    from PIL import Image
+
+    from core import cli, files
+
+    black = tmp_path / "black.jpeg"
+    Image.new("L", (300, 300), 0).save(black)
+    real = _images(store)[0]
+    csv = tmp_path / "out.csv"
+    assert cli.main(["predict", "--run", "plain", "--artifacts", str(store), "--csv", str(csv), "--engine", "keras",
+                     str(black), real]) == 0
+    table = files.read_csv(csv).set_index("path")
+    flagged = table.loc[str(black)]
+    assert bool(flagged["unusual"]) and flagged["label"] == ood.NOT_ASSESSED == "not assessed: unlike the training X-rays"
+    assert flagged["model_label"] in ("NORMAL", "PNEUMONIA") and 0 <= flagged["probability"] <= 1  # kept, not hidden
+    assert flagged["unusual_reason"].startswith("near-black pixels (below 10 of 255): 100 % of the image")
+    unflagged = table.loc[real]
+    assert not bool(unflagged["unusual"]) and unflagged["label"] == unflagged["model_label"] in ("NORMAL", "PNEUMONIA")
+    assert "1 of 2 images are not like the run's training X-rays" in capsys.readouterr().err
 
 
 def test_heatmaps_through_the_entry_point(store):

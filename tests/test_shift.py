@@ -48,15 +48,21 @@ def test_table_puts_validation_and_test_side_by_side(flattering):
     val, test = flattering
     splits = pd.DataFrame({"split": ["test"], "folder_split": ["test"]})
     runs = [shift.run_shift("flat-run", val, test, 0.5, splits), shift.run_shift("old", None, test, 0.5)]
-    table = shift.shift_table(runs)
-    row = table.set_index("run").loc["flat-run"]
-    assert row["AUC (val)"] == pytest.approx(1.0) and row["specificity (val)"] == pytest.approx(1.0)
-    assert row["specificity (test)"] == pytest.approx(0.5) and row["specificity test − val"] == pytest.approx(-0.5)
-    assert row["ECE test − val"] == pytest.approx(row["ECE (test)"] - row["ECE (val)"])
-    assert row["test split"] == "external: the download's own test/ folder"
-    old = table.set_index("run").loc["old"]
-    assert math.isnan(old["AUC (val)"]) and math.isnan(old["AUC test − val"]) and old["test split"].startswith("unknown")
-    assert list(table.columns[:4]) == ["run", "test split", "threshold", "AUC (val)"]
+    table = shift.shift_table(runs).set_index(["run", "metric"])
+    assert list(table.columns) == ["validation", "test", "test − validation"]  # five columns in all: fits a narrow screen
+    assert table.loc[("flat-run", "AUC"), "validation"] == pytest.approx(1.0)
+    spec = table.loc[("flat-run", "specificity")]
+    assert spec["validation"] == pytest.approx(1.0) and spec["test"] == pytest.approx(0.5)
+    assert spec["test − validation"] == pytest.approx(-0.5)
+    ece = table.loc[("flat-run", "ECE")]
+    assert ece["test − validation"] == pytest.approx(ece["test"] - ece["validation"])
+    assert math.isnan(table.loc[("old", "AUC"), "validation"]) and math.isnan(table.loc[("old", "AUC"), "test − validation"])
+    facts = shift.shift_runs_table(runs).set_index("run")
+    assert facts.loc["flat-run", "test split"] == "external" and facts.loc["old", "test split"] == "unknown"
+    assert facts.loc["flat-run", "validation images"] == len(val) and facts.loc["old", "validation images"] == 0
+    # the long words once, in a note, for the sources present only
+    note = shift.source_note(runs)
+    assert "external = the download's own test/ folder" in note and "unknown" in note and "internal" not in note
 
 
 def test_warnings_spell_out_a_large_drop(flattering):

@@ -103,7 +103,8 @@ def facts_table(runs: Sequence[Run]) -> pd.DataFrame:
                 "family": facts.family,
                 "task": facts.task,
                 "mode": facts.mode,
-                "input px": facts.image_size,
+                # an ensemble's members read their own sizes: words, not a blank the grid would print as None
+                "input px": str(facts.image_size) if facts.image_size else "each member's own",
                 "parameters": facts.parameters,
                 "training time (s)": facts.search_s,
                 "inference (ms/image)": facts.ms_per_image,

@@ -113,19 +113,45 @@ def figure_rows(shifts: Sequence[Shift]) -> list[dict]:
     return [{"name": s.name, "val": s.val, "test": s.test, "metrics": METRICS} for s in shifts]
 
 
+# the columns of `shift_table`: one row per run and metric, so the key figures fit a narrow screen
+SHIFT_COLUMNS = ("run", "metric", "validation", "test", "test − validation")
+
+
 def shift_table(shifts: Sequence[Shift]) -> pd.DataFrame:
-    """One row per run: test split source, threshold, then each metric on validation, on test, and the change."""
-    rows = []
-    for shift in shifts:
-        row: dict[str, object] = {"run": shift.name, "test split": SOURCE_TEXT[shift.source], "threshold": shift.threshold}
-        for metric, title in METRICS.items():
-            row[f"{title} (val)"] = math.nan if shift.val is None else shift.val[metric]
-            row[f"{title} (test)"] = shift.test[metric]
-            row[f"{title} test − val"] = shift.change(metric)
-        row["val images"] = 0 if shift.val is None else shift.val["n"]
-        row["test images"] = shift.test["n"]
-        rows.append(row)
-    return pd.DataFrame(rows)
+    """One row per run and metric: the metric on validation, on test, and the change (test − validation)."""
+    rows = [
+        {
+            "run": shift.name, "metric": title,
+            "validation": math.nan if shift.val is None else shift.val[metric],
+            "test": shift.test[metric], "test − validation": shift.change(metric),
+        }
+        for shift in shifts
+        for metric, title in METRICS.items()
+    ]
+    return pd.DataFrame(rows, columns=list(SHIFT_COLUMNS))
+
+
+def shift_runs_table(shifts: Sequence[Shift]) -> pd.DataFrame:
+    """One row per run: its threshold, how many images each split has, and where its test split comes from
+    (a word: `source_note` says what it means)."""
+    return pd.DataFrame(
+        [
+            {
+                "run": shift.name, "threshold": shift.threshold,
+                "validation images": 0 if shift.val is None else int(shift.val["n"]), "test images": int(shift.test["n"]),
+                "test split": shift.source,
+            }
+            for shift in shifts
+        ],
+        columns=["run", "threshold", "validation images", "test images", "test split"],
+    )
+
+
+def source_note(shifts: Sequence[Shift]) -> str:
+    """What the test-split words of `shift_runs_table` mean, once for the sources present, e.g.
+    "Test split: external = the download's own test/ folder."."""
+    present = [source for source in SOURCE_TEXT if any(shift.source == source for shift in shifts)]
+    return "Test split: " + "; ".join(SOURCE_TEXT[source].replace(": ", " = ", 1) for source in present) + "." if present else ""
 
 
 def _signed(value: float) -> str:

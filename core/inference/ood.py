@@ -51,10 +51,11 @@ NAMES = (
     "edge_density", "gradient", "entropy", "centre_minus_border", "asymmetry", "colourfulness",
 )
 LABELS = {
-    "mean": "mean brightness", "std": "contrast (std)", "p1": "1st percentile", "p5": "5th percentile",
-    "p25": "25th percentile", "p50": "median brightness", "p75": "75th percentile", "p95": "95th percentile",
-    "p99": "99th percentile", "near_black": "near-black fraction", "near_white": "near-white fraction",
-    "edge_density": "edge density", "gradient": "mean gradient", "entropy": "histogram entropy",
+    "mean": "mean brightness", "std": "contrast (standard deviation of brightness)", "p1": "1st-percentile brightness",
+    "p5": "5th-percentile brightness", "p25": "25th-percentile brightness", "p50": "median brightness",
+    "p75": "75th-percentile brightness", "p95": "95th-percentile brightness", "p99": "99th-percentile brightness",
+    "near_black": "near-black pixels (below 10 of 255)", "near_white": "near-white pixels (above 245 of 255)",
+    "edge_density": f"edge pixels (brightness changing by more than {EDGE_STEP:.0f} per pixel)", "gradient": "mean gradient", "entropy": "histogram entropy",
     "centre_minus_border": "centre − border brightness", "asymmetry": "left-right asymmetry", "colourfulness": "colour",
 }
 # The least spread each statistic is given (its units), so near-constant statistics stay sane.
@@ -145,13 +146,38 @@ def scores(reference: dict, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z.max(axis=1), z.argmax(axis=1)
 
 
+# How each statistic is measured, for the reason an image is flagged: (unit after the number, scale).
+# Grey levels run 0-255; fractions are given in per cent of the image's pixels.
+_UNITS = {
+    **{name: ("of 255 grey levels", 1.0) for name in ("mean", "std", "p1", "p5", "p25", "p50", "p75", "p95", "p99")},
+    "near_black": ("% of the image", 100.0), "near_white": ("% of the image", 100.0),
+    "edge_density": ("% of the image", 100.0), "gradient": ("grey levels per pixel", 1.0),
+    "entropy": ("bits", 1.0), "centre_minus_border": ("grey levels", 1.0), "asymmetry": ("grey levels", 1.0),
+    "colourfulness": ("grey levels between the colour channels", 1.0),
+}
+# What a flagged image's label says instead of a class: the run does not assess it.
+NOT_ASSESSED = "not assessed: unlike the training X-rays"
+
+
 def reason(reference: dict, stats: np.ndarray, index: int) -> str:
+    """Which statistic is off, in words and units, once: "near-black pixels (below 10 of 255): 97 % of the
+    image, where 98 % of the training X-rays lie between 0 and 2.1"."""
     name = NAMES[index]
-    value = float(stats[index])
+    unit, scale = _UNITS[name]
+    value = float(stats[index]) * scale
     low, high = reference.get("train_low", [None] * len(NAMES))[index], reference.get("train_high", [None] * len(NAMES))[index]
-    fmt = (lambda v: f"{v:.3f}") if FLOORS[name] < 1 else (lambda v: f"{v:.1f}")
-    typical = f" (training X-rays: {fmt(low)} to {fmt(high)})" if low is not None and high is not None else ""
-    return f"{LABELS[name]} {fmt(value)}{typical}"
+
+    def fmt(v: float) -> str:
+        return f"{v:.0f}" if abs(v) >= 10 else f"{v:.1f}" if abs(v) >= 1 or v == 0 else f"{v:.2f}"
+
+    typical = f", where 98 % of the training X-rays lie between {fmt(low * scale)} and {fmt(high * scale)}" if low is not None and high is not None else ""
+    return f"{LABELS[name]}: {fmt(value)} {unit}{typical}"
+
+
+def assessed_labels(labels: pd.Series, unusual: pd.Series) -> pd.Series:
+    """`labels` with `NOT_ASSESSED` where an image is flagged: a flagged image gets no diagnosis."""
+    flagged = unusual.map(lambda value: value is not pd.NA and value is not None and bool(value))
+    return labels.where(~flagged.astype(bool), NOT_ASSESSED)
 
 
 def _sample(paths: list[str], limit: int, seed: int = 0) -> list[str]:
@@ -208,7 +234,7 @@ def flag_files(reference: dict | None, paths: list[str]) -> pd.DataFrame:
         rows.append(
             {
                 "unusual": unusual,
-                "unusual_reason": f"not like the training X-rays: {reason(reference, stats, int(index[0]))}" if unusual else "",
+                "unusual_reason": reason(reference, stats, int(index[0])) if unusual else "",
                 "ood_score": round(float(distance[0]), 3),
             }
         )

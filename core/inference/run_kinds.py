@@ -224,7 +224,8 @@ def predict_files(run: Run, paths: Sequence[str], models: Any = None, engine: st
     in `error` and no probability; the others are still scored. `models`: what `load_models` gave.
 
     With `unusual`, three more columns say whether each image is far from the run's training X-rays
-    (`core.inference.ood.flag_files`).
+    (`core.inference.ood.flag_files`), and a flagged image's label is `ood.NOT_ASSESSED`, not a class;
+    `model_label` keeps what the model called every image.
     """
     if problem := engine_problem(run, engine):
         raise RunError(problem)
@@ -232,6 +233,8 @@ def predict_files(run: Run, paths: Sequence[str], models: Any = None, engine: st
     if unusual:
         flags = ood.flag_files(ood.reference_for(run), list(paths))
         table = pd.concat([table, flags.set_index(table.index)], axis=1)
+        table.insert(table.columns.get_loc("label") + 1, "model_label", table["label"])
+        table["label"] = ood.assessed_labels(table["label"], table["unusual"])
     return table
 
 

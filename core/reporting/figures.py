@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 CLASS_COLORS = {"NORMAL": "#3b82c4", "PNEUMONIA": "#d1495b"}
+NOT_ASSESSED_COLOR = "#b8bec6"  # an image unlike the training X-rays: its probability greyed, not a diagnosis
 KIND_COLORS = {"normal": "#3b82c4", "bacteria": "#d1495b", "virus": "#edae49", "unknown": "#9e9e9e"}
 # The tasks' class names as a reader sees them (core.data.tasks), coloured as the kinds are.
 TASK_CLASS_COLORS = {"normal": "#3b82c4", "pneumonia": "#d1495b", "bacterial": "#d1495b", "viral": "#edae49"}
@@ -353,18 +354,27 @@ def probability_figure(
     vs viral), with the run's threshold marked.
 
     `rows` has columns `run`, `probability` (0..1, NaN when the run could not score the image),
-    `threshold` and optionally `label`.
+    `threshold` and optionally `label` and `unusual` (True: the image is unlike the run's training
+    X-rays: its bar is grey and says "not assessed", not a class).
     """
     rows = rows.reset_index(drop=True)
     runs = list(rows["run"])
     colors = dict(colors or run_colors(runs))
     probabilities = rows["probability"].astype(float)
     labels = rows["label"] if "label" in rows else pd.Series([""] * len(rows))
+    unassessed = [bool(v) if v is not None and v is not pd.NA else False for v in rows.get("unusual", [False] * len(rows))]
     fig = go.Figure()
     fig.add_bar(
         y=runs, x=probabilities.fillna(0).tolist(), orientation="h",
-        marker_color=[CLASS_COLORS.get(str(label).upper(), colors.get(run, RUN_PALETTE[0])) for run, label in zip(runs, labels, strict=True)],
-        text=[f"{p:.3f} · {label}" if np.isfinite(p) else "not scored" for p, label in zip(probabilities, labels, strict=True)],
+        marker_color=[
+            NOT_ASSESSED_COLOR if flagged else CLASS_COLORS.get(str(label).upper(), colors.get(run, RUN_PALETTE[0]))
+            for run, label, flagged in zip(runs, labels, unassessed, strict=True)
+        ],
+        text=[
+            "not scored" if not np.isfinite(p) else f"{p:.3f} · not assessed" if flagged else f"{p:.3f} · {label}"
+            for p, label, flagged in zip(probabilities, labels, unassessed, strict=True)
+        ],
+        textfont={"color": [NOT_ASSESSED_COLOR if flagged else "#1f2933" for flagged in unassessed]},
         textposition="outside", cliponaxis=False, showlegend=False,
         hovertemplate="%{y}: %{x:.3f}<extra></extra>",
     )

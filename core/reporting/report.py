@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 import pandas as pd
@@ -35,11 +35,12 @@ _ERROR_COLUMNS = {
     "false_negatives": "missed", "false_negative_rate": "missed rate",
     "false_positives": "false alarms", "false_positive_rate": "false alarm rate",
 }
+_WRAP_AFTER = 16  # characters: longer text in a table cell wraps, so that wide tables fit the page
 _PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: #1f2933; margin: 0;
        background: #fafafa; line-height: 1.45; }
-main { max-width: 1360px; margin: 0 auto; padding: 24px 32px 64px; background: #fff; }
+main { max-width: 1360px; margin: 0 auto; padding: 24px 32px 64px; background: #fff; box-sizing: border-box; }
 h1 { font-size: 1.8rem; margin-bottom: 0.2rem; }
 h2 { font-size: 1.35rem; margin-top: 2.2rem; border-bottom: 1px solid #e4e7eb; padding-bottom: 0.2rem; }
 h3 { font-size: 1.1rem; margin-top: 1.4rem; }
@@ -50,20 +51,45 @@ table { border-collapse: collapse; font-size: 0.86rem; margin: 8px 0 14px; }
 th, td { border: 1px solid #d9e2ec; padding: 4px 8px; text-align: right; white-space: nowrap; }
 th { background: #f0f4f8; text-align: center; white-space: normal; }
 td:first-child, th:first-child { text-align: left; }
+td.text { white-space: normal; min-width: 6.5em; }
+.nowrap { white-space: nowrap; }
 /* auto-fill keeps empty tracks: a figure drawn while the page is still loading already has its final width */
 .figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 12px; }
 .figure { border: 1px solid #e4e7eb; border-radius: 6px; padding: 6px; min-width: 0; }
 .run { border: 1px solid #e4e7eb; border-radius: 6px; padding: 4px 14px 10px; margin-bottom: 16px; }
-.columns { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 4px 24px; }
+.columns { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(420px, 100%), 1fr)); gap: 4px 24px; }
+.columns > div { min-width: 0; }
+/* key-value lists (facts, settings): as wide as their box, long values wrap */
+table.kv { width: 100%; table-layout: fixed; }
+table.kv td { white-space: normal; overflow-wrap: anywhere; text-align: left; vertical-align: top; }
+table.kv td:first-child { width: 38%; color: #52606d; }
+ul.value { margin: 0; padding-left: 1.1em; }
+details.value summary { cursor: pointer; color: #334e68; }
 .swatch { display: inline-block; width: 0.8em; height: 0.8em; border-radius: 50%; margin-right: 0.4em; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+@page { size: A4; margin: 12mm; }
+@media print {
+  body { background: #fff; font-size: 10pt; }
+  main { max-width: none; padding: 0; }
+  .scroll { overflow: visible; }
+  table { font-size: 7.5pt; max-width: 100%; }
+  th, td { white-space: normal; padding: 2px 3px; overflow-wrap: anywhere; }
+  td.text { min-width: 0; }
+  .figures, .columns { display: block; }
+  .figure, .run, tr, .note, .warn { break-inside: avoid; }
+  h2, h3, h4 { break-after: avoid; }
+  details > summary { list-style: none; }
+}
 """
 
 
 # Figures are drawn as the page is parsed; once everything is laid out, fit each to its box.
+# Before printing, fit them to the paper's width (and back afterwards).
 _RESIZE = (
-    "<script>window.addEventListener('load', function () {"
-    " document.querySelectorAll('.js-plotly-plot').forEach(function (p) { Plotly.Plots.resize(p); }); });</script>"
+    "<script>function fitFigures() {"
+    " document.querySelectorAll('.js-plotly-plot').forEach(function (p) { Plotly.Plots.resize(p); }); }"
+    " window.addEventListener('load', fitFigures); window.addEventListener('beforeprint', fitFigures);"
+    " window.addEventListener('afterprint', fitFigures);</script>"
 )
 
 
@@ -90,6 +116,15 @@ def _cell(value: Any, digits: int = 3) -> str:
     return _e(value)
 
 
+def _wrapped(text: str) -> str:
+    """Long text for a cell that may wrap, but an estimate and its interval "0.974 (0.962–0.987)" only
+    before the bracket."""
+    head, bracket, rest = text.partition(" (")
+    if bracket and rest.endswith(")") and " " not in head:
+        return f"{_e(head)} <span class='nowrap'>({_e(rest)}</span>"
+    return _e(text)
+
+
 def _table(frame: pd.DataFrame, digits: int = 3, class_name: str = "") -> str:
     """A DataFrame as an HTML table, numbers with ``digits`` decimals, every value escaped."""
     if frame.empty:
@@ -103,14 +138,50 @@ def _table(frame: pd.DataFrame, digits: int = 3, class_name: str = "") -> str:
                 value = value.item()  # numpy scalar -> python
             if isinstance(value, float) and value.is_integer() and abs(value) > 1e6:
                 value = int(value)
-            cells.append(f"<td>{_cell(value, digits)}</td>")
+            long_text = isinstance(value, str) and len(value) > _WRAP_AFTER
+            cells.append(f"<td class='text'>{_wrapped(value)}</td>" if long_text else f"<td>{_cell(value, digits)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<div class='scroll'><table class='{class_name}'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
+def _value(value: Any) -> str:
+    """One value of a key-value list: a nested mapping as its own short list, a long list folded."""
+    if isinstance(value, Mapping) and value:
+        return "<ul class='value'>" + "".join(f"<li>{_e(k)}: {_value(v)}</li>" for k, v in value.items()) + "</ul>"
+    if isinstance(value, (list, tuple)) and value:
+        items = ", ".join(_value(v) for v in value)
+        if len(value) > 6:
+            return f"<details class='value'><summary>{len(value)} values</summary>{items}</details>"
+        return items
+    if isinstance(value, float) and math.isfinite(value) and value != 0 and not 1e-3 <= abs(value) < 1e6:
+        return f"{value:.2e}"  # a learning rate as 1.72e-04, as the dashboard's tables show it
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}"
+    return _cell(value)
+
+
 def _key_values(items: Mapping[str, Any]) -> str:
-    rows = "".join(f"<tr><td>{_e(k)}</td><td>{_cell(v)}</td></tr>" for k, v in items.items())
-    return f"<table><tbody>{rows}</tbody></table>"
+    """A readable list of ``items``: names on the left, values wrapped within the box."""
+    rows = "".join(f"<tr><td>{_e(str(k).replace('_', ' '))}</td><td>{_value(v)}</td></tr>" for k, v in items.items())
+    return f"<table class='kv'><tbody>{rows}</tbody></table>"
+
+
+def _folder_name(value: str) -> str:
+    """An absolute path by its last part only: ``/home/me/data/chest_xray`` -> ``chest_xray``."""
+    windows = PureWindowsPath(value)
+    return (windows.name if windows.drive else PurePath(value).name) or value
+
+
+def without_folders(value: Any) -> Any:
+    """``value`` with every absolute path (a string, at any depth) cut to its folder's or file's name:
+    what a report shows of a run's settings unless asked to include the folders."""
+    if isinstance(value, str):
+        return _folder_name(value) if value.startswith("/") or PureWindowsPath(value).drive else value
+    if isinstance(value, Mapping):
+        return {k: without_folders(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_folders(v) for v in value]
+    return value
 
 
 class _Figures:
@@ -186,7 +257,7 @@ def _imported_from(run: Run) -> str | None:
     return f"{Path(record['source']).name} ({record['format']}, sha256 {record['sha256'][:12]}…), trained elsewhere"
 
 
-def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
+def _run_section(run: Run, evidence: ev.RunEvidence, color: str, include_folders: bool = False) -> str:
     choices = pd.DataFrame(
         [
             {"operating point": wording.choice_label(c), "threshold": c.threshold, "sensitivity on test": c.sensitivity, "specificity on test": c.specificity}
@@ -195,6 +266,7 @@ def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
     )
     run_facts = comparison.run_facts(run)
     task = comparison.run_task(run)
+    shown = (lambda value: value) if include_folders else without_folders
     facts = {
         "family": run_facts.family,
         "imported from": _imported_from(run),
@@ -214,8 +286,8 @@ def _run_section(run: Run, evidence: ev.RunEvidence, color: str) -> str:
         "<div class='columns'><div>"
         + _key_values({k: v for k, v in facts.items() if v is not None})
         + "<h4>Operating points</h4>" + _table(choices, 4)
-        + "<h4>Data</h4>" + _data_summary(run.read("data_summary.json"))
-        + "</div><div><h4>Settings</h4>" + _key_values(run.settings or {})
+        + "<h4>Data</h4>" + _data_summary(shown(run.read("data_summary.json")))
+        + "</div><div><h4>Settings</h4>" + _key_values(shown(run.settings or {}))
         + "</div></div></section>"
     )
 
@@ -292,7 +364,8 @@ def _shift_section(shifts: Sequence[shift.Shift], figure: _Figures, colors: Mapp
             f"<div class='warn'><b>Test is clearly worse than validation</b> (by {shift.FLAG_AT:.2f} or more):<ul>"
             + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul></div>"
         )
-    out.append(_table(shift.shift_table(shifts)))
+    out.append("<div class='columns'><div>" + _table(shift.shift_table(shifts)) + "</div><div>"
+               + _table(shift.shift_runs_table(shifts), 4) + f"<p class='meta'>{_e(shift.source_note(shifts))}</p></div></div>")
     out.append("<div class='figures'>" + figure(figures.shift_figure(shift.figure_rows(shifts), colors)) + "</div>")
     return "".join(out)
 
@@ -333,12 +406,15 @@ def build_report(
     confidence: float = ev.CONFIDENCE,
     generated_at: datetime | None = None,
     title: str = TITLE,
+    include_folders: bool = False,
 ) -> str:
     """The report of ``runs`` as one self-contained HTML document.
 
     ``thresholds`` (run name -> threshold) defaults to each run's validation-chosen threshold;
     ``predictions`` (run name -> its predictions table) defaults to reading each run's
     ``predictions.csv``. AUC intervals resample patients ``n_resamples`` times with ``seed``.
+    The data and artifacts folders are named without their place on this machine unless
+    ``include_folders`` (a report is meant to be shared).
     """
     runs = list(runs)
     if not runs:
@@ -421,7 +497,9 @@ def build_report(
     body.append(_where_they_look_section(runs, figure, colors))
     body += [
         "<h2>Runs: settings, data and operating points</h2>",
-        "".join(_run_section(run, evidence[run.name], colors[run.name]) for run in runs),
+        "".join(_run_section(run, evidence[run.name], colors[run.name], include_folders) for run in runs),
+        "<p class='meta'>" + ("Folders are given in full, as on the machine that made this report."
+                              if include_folders else "Folders are named without their place on disk.") + "</p>",
         "<p class='meta'>Research tool, not a medical device.</p>",
     ]
     return (

@@ -179,6 +179,22 @@ def clean_point_warning(shortfall: float) -> str:
 INTERVAL_TITLES = dict(zip(INTERVAL_METRICS, ("AUC", "sensitivity", "specificity", "accuracy"), strict=True))
 # The metrics table's other number columns: point estimates without an interval.
 POINT_METRIC_TITLES = ("precision", "F1", "average precision", "Brier", "ECE")
+# The metrics a reader compares first: the dashboard shows them in a table of their own, narrow enough
+# for a 1,280 px screen; the others follow in a second table.
+KEY_METRIC_TITLES = ("AUC", "sensitivity", "specificity")
+METRIC_HELP = {
+    "Brier": "Brier score: the mean squared difference between probability and truth (0 is perfect; lower is better)",
+    "ECE": "Expected calibration error: how far the probabilities are from the observed rates, over 10 bins (lower is better)",
+    "average precision": "Area under the precision-recall curve",
+}
+
+
+def split_metrics_table(table: pd.DataFrame, ci: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`metrics_table` as two narrower tables: run, threshold and the key metrics with their intervals;
+    then run, the other metrics and the test sizes."""
+    key = ["run", "threshold"] + [c for title in KEY_METRIC_TITLES for c in (title, f"{title} {ci}")]
+    rest = ["run"] + [c for c in table.columns if c not in key]
+    return table[[c for c in key if c in table.columns]], table[rest]
 
 
 def format_interval(interval: statistics.Interval | None, digits: int = 3) -> str:

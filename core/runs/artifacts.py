@@ -458,8 +458,9 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
                 "family": run.family,
                 "task": run.task,
                 "mode": run.settings[IMPORTED].get("format") if run.is_imported else run.settings.get("mode"),
-                "tuner": run.settings.get("tuner"),
-                "image_size": run.settings.get("image_size"),
+                "tuner": run.settings.get("tuner") or "–",  # an ensemble or an imported model has none
+                # an ensemble's members read their own sizes: words, not a blank a table would print as None
+                "image_size": str(run.settings["image_size"]) if run.settings.get("image_size") else "each member's own",
                 "state": run.state,
                 # an imported model was trained elsewhere: no trials here
                 "trials": "–" if run.is_imported else f"{run.progress.get('trials_done', 0)}/{run.progress.get('trials_total', '?')}",

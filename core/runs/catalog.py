@@ -94,6 +94,17 @@ def ensembles_using(artifacts_dir: str | os.PathLike, name: str) -> list[str]:
     return [r.name for r in artifacts.list_runs(artifacts_dir) if r.is_ensemble and name in r.members]
 
 
+def delete_problem(artifacts_dir: str | os.PathLike, name: str) -> str:
+    """Why `delete` would refuse the run (it is running, or an ensemble's member), or ""."""
+    run = artifacts.load_run(artifacts_dir, name)
+    if _running(run):
+        return "it is running: stop it first"
+    users = ensembles_using(artifacts_dir, name)
+    if users:
+        return f"it is a member of the ensemble{'s' if len(users) > 1 else ''} {', '.join(users)}: delete {'them' if len(users) > 1 else 'it'} first"
+    return ""
+
+
 def delete(artifacts_dir: str | os.PathLike, name: str) -> None:
     """Remove one run folder for good. Refused for a running search and for an ensemble's member.
 

@@ -326,6 +326,7 @@ def seed_summary(run: Run) -> pd.DataFrame:
 
 
 def seed_summaries(runs: Sequence[Run]) -> pd.DataFrame:
-    """`seed_summary` of every repeat among `runs`, one table (empty when none is a repeat)."""
-    tables = [t for t in (seed_summary(r) for r in runs) if not t.empty]
+    """`seed_summary` of every repeat among `runs` with two seeds or more, one table (empty when none
+    is): one seed has no spread to show."""
+    tables = [t for t in (seed_summary(r) for r in runs) if not t.empty and int(t["seeds"].iat[0]) >= 2]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

@@ -29,7 +29,7 @@ from core import files
 from core.data import folders, tasks
 from core.evidence import site_adaptation
 from core.evidence.site_adaptation import Calibration, SiteError
-from core.inference import run_kinds
+from core.inference import ood, run_kinds
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
 
@@ -138,6 +138,9 @@ def apply_point(table: pd.DataFrame, run: Run, point: dict | None) -> pd.DataFra
     scored = out["probability"].notna()
     probability = out.loc[scored, "probability"].to_numpy(dtype=np.float64)
     out.loc[scored, "label"] = [task.binary_classes[int(p >= threshold)] for p in probability]
+    if "unusual" in out:  # a flagged image stays not assessed at any point; model_label says what the point decides
+        out["model_label"] = out["label"]
+        out["label"] = ood.assessed_labels(out["label"], out["unusual"])
     if point.get("calibration"):
         out["calibrated_probability"] = np.nan
         out.loc[scored, "calibrated_probability"] = Calibration.from_dict(point["calibration"]).apply(probability)

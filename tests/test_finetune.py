@@ -147,6 +147,27 @@ def test_border_erasing_blacks_out_the_border_band_of_some_views_and_only_there(
     assert not augmentation.in_model("strong-border") and augmentation.in_model("strong")
 
 
+def test_acquisition_changes_and_noise_reach_the_cached_views_under_their_own_key():
+    pixels = np.random.default_rng(0).integers(30, 220, (40, 24, 24, 1)).astype(np.uint8)
+    changed = augmentation.change_acquisition(pixels, 1.0, np.random.default_rng(0))
+    assert ((changed != pixels).reshape(len(pixels), -1).any(axis=1)).mean() > 0.9  # every image (a level near 1 may keep one)
+    np.testing.assert_array_equal(augmentation.change_acquisition(pixels, 0.0, np.random.default_rng(0)), pixels)
+    site = augmentation.Augmentation(acquisition=1.0)
+    views = augmentation.augmented_views(pixels, site, 2, seed=1)
+    assert (views != pixels[None]).reshape(2, len(pixels), -1).any(axis=2).mean() > 0.9
+    np.testing.assert_array_equal(views, augmentation.augmented_views(pixels, site, 2, seed=1))
+    noisy = augmentation.Augmentation(noise=0.04)
+    grey = np.full((200, 16, 16, 1), 128, np.uint8)
+    spreads = (augmentation.augmented_views(grey, noisy, 1, seed=0)[0].astype(float) - 128).std(axis=(1, 2, 3))
+    assert spreads.max() < 0.04 * 255 * 1.2 and spreads.min() < 2 < 8 < spreads.max()  # σ drawn up to 4 % of 255
+    strong, preset = augmentation.preset("strong"), augmentation.preset("strong-site")
+    keys = {activations.views_key(a, 3, 42) for a in (strong, preset, site, noisy, augmentation.Augmentation())}
+    assert len(keys) == 5
+    with pytest.raises(ValueError, match="cached augmented views only"):
+        augmentation.augmentation_layers(preset)
+    assert not augmentation.in_model("strong-site") and "noise" in preset.describe() and not augmentation.cached_only(strong)
+
+
 def test_tta_views_are_fixed_mild_variations():
     pixels = np.zeros((1, 50, 50, 1), np.uint8)
     pixels[0, 20:30, 20:30] = 255

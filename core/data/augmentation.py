@@ -13,9 +13,12 @@ image (the image itself, a small zoom, small shifts). It is off unless a run ask
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+
+from core.data import acquisition
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,15 @@ class Augmentation:
     # fine-tuning): it is not a Keras layer, so no saved model carries it. Not in the repr, so the
     # cache keys of the presets without it stay as they were (`core.search.activations.views_key`).
     border_erase: float = field(default=0.0, repr=False)
+    # Gaussian sensor noise of a standard deviation up to this fraction of the 0..255 range, drawn per
+    # view (`add_noise`). Cached augmented views only (Keras' GaussianNoise takes a deviation of at
+    # most 1, for inputs in 0..1). Not in the repr: `core.search.activations.views_key` adds it when set.
+    noise: float = field(default=0.0, repr=False)
+    # the share of views given one acquisition difference no Keras layer makes, drawn at random
+    # (`ACQUISITION_CHANGES`: JPEG compression, gamma, exposure, a lower resolution): sites compress,
+    # expose and digitise differently, and the stress test found models' thresholds break there
+    # (docs/measurements.md, "Acquisition shifts"). Cached augmented views only, as `border_erase`.
+    acquisition: float = field(default=0.0, repr=False)
 
     @property
     def zoom_range_text(self) -> str:
@@ -61,6 +73,8 @@ class Augmentation:
             f"contrast ±{self.contrast:.0%}, brightness ±{self.brightness:.0%}"
         )
         text += f", sharpness ±{self.sharpness:.0%}" if self.sharpness else ""
+        text += f", noise σ up to {self.noise:.0%}" if self.noise else ""
+        text += f", JPEG/gamma/exposure/resolution changed on {self.acquisition:.0%} of views" if self.acquisition else ""
         return text + (f", border blacked out on {self.border_erase:.0%} of views" if self.border_erase else "")
 
 
@@ -71,13 +85,23 @@ AUGMENTATIONS = {
     "strong": Augmentation(rotation_deg=15, zoom=0.15, zoom_in=0.35, shift=0.1, contrast=0.4, brightness=0.15, sharpness=0.4),
     "strong-border": Augmentation(rotation_deg=15, zoom=0.15, zoom_in=0.35, shift=0.1, contrast=0.4, brightness=0.15, sharpness=0.4,
                                   border_erase=0.5),
+    # strong, plus a wider zoom out (the chest smaller inside a black border), sensor noise and the
+    # acquisition changes: for cut-point fine-tuning with the activation cache
+    "strong-site": Augmentation(rotation_deg=15, zoom=0.2, zoom_in=0.35, shift=0.1, contrast=0.4, brightness=0.15, sharpness=0.4,
+                                noise=0.04, acquisition=0.5),
 }
 BORDER_BAND_RANGE = (0.04, 0.15)  # the blacked-out band's width, a fraction of the side, drawn per side
 
 
 def in_model(name: str) -> bool:
-    """Whether preset `name` can run as Keras layers inside a model (every one but those that erase borders)."""
-    return not preset(name).border_erase
+    """Whether preset `name` can run as Keras layers inside a model (every one but those that erase
+    borders or make acquisition changes: cached augmented views only)."""
+    return not cached_only(preset(name))
+
+
+def cached_only(augmentation: Augmentation) -> bool:
+    """Whether `augmentation` needs the cached augmented views (no Keras layer does all it asks)."""
+    return bool(augmentation.border_erase or augmentation.acquisition or augmentation.noise)
 SEARCH = "search"  # the augmentation preset is a hyperparameter of the search (in-model augmentation only)
 
 
@@ -97,9 +121,9 @@ def augmentation_layers(augmentation: Augmentation, seed: int = 0) -> list:
     """
     import keras
 
-    if augmentation.border_erase:
-        raise ValueError("border erasing works on cached augmented views only (cut-point fine-tuning with the activation "
-                         "cache), not as Keras layers: pick another augmentation for this search")
+    if cached_only(augmentation):
+        raise ValueError("border erasing, acquisition changes and noise work on cached augmented views only (cut-point fine-tuning "
+                         "with the activation cache), not as Keras layers: pick another augmentation for this search")
     if augmentation.is_off:
         return []
     a = augmentation
@@ -135,14 +159,19 @@ def augmented_views(pixels: np.ndarray, augmentation: Augmentation, views: int, 
         out[:] = pixels[None]
         return out
     keras.utils.set_random_seed(seed)
-    layers = augmentation_layers(replace(augmentation, border_erase=0.0), seed)
+    layers = augmentation_layers(replace(augmentation, border_erase=0.0, acquisition=0.0, noise=0.0), seed)
     rng = np.random.default_rng(seed)  # the border erasing's own draws: the Keras layers' stay as they were
+    site_rng = np.random.default_rng([seed, 1])  # the acquisition changes' own draws
     for view in range(views):
         for start in range(0, len(pixels), batch_size):
             x = pixels[start : start + batch_size].astype(np.float32)
             for layer in layers:
                 x = layer(x, training=True)
             batch = np.clip(np.rint(keras.ops.convert_to_numpy(x)), 0, 255).astype(np.uint8)
+            if augmentation.acquisition:
+                batch = change_acquisition(batch, augmentation.acquisition, site_rng)
+            if augmentation.noise:
+                batch = add_noise(batch, augmentation.noise, site_rng)
             out[view, start : start + batch_size] = erase_borders(batch, augmentation.border_erase, rng) if augmentation.border_erase else batch
     return out
 
@@ -158,6 +187,35 @@ def erase_borders(pixels: np.ndarray, probability: float, rng: np.random.Generat
         out[i, size_y - bottom :] = 0
         out[i, :, :left] = 0
         out[i, :, size_x - right :] = 0
+    return out
+
+
+# Each draws its level at random within a site-sized range (those of the stress test's conditions:
+# core.evidence.stress.PERTURBATIONS), for one (1, s, s, 1) image.
+ACQUISITION_CHANGES: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "JPEG quality 10-50": lambda p, rng: acquisition.jpeg(p, int(rng.integers(10, 51))),
+    "gamma 0.6-1.6": lambda p, rng: acquisition.gamma(p, float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))),
+    "exposure ×0.7-×1.3": lambda p, rng: acquisition.exposure(p, float(rng.uniform(0.7, 1.3))),
+    "resolution ÷2-÷4 and back": lambda p, rng: acquisition.down_up(p, int(rng.integers(2, 5))),
+}
+
+
+def change_acquisition(pixels: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:
+    """A copy of (n, s, s, 1) images where each, with `probability`, has one of `ACQUISITION_CHANGES`
+    (drawn with its level)."""
+    out = np.array(pixels, copy=True)
+    changes = list(ACQUISITION_CHANGES.values())
+    for i in np.flatnonzero(rng.random(len(out)) < probability):
+        out[i : i + 1] = changes[int(rng.integers(len(changes)))](out[i : i + 1], rng)
+    return out
+
+
+def add_noise(pixels: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """(n, s, s, 1) images with Gaussian noise added, each with its own standard deviation drawn up
+    to `noise` of the 0..255 range (`acquisition.noise`)."""
+    out = np.empty_like(pixels)
+    for i in range(len(pixels)):
+        out[i : i + 1] = acquisition.noise(pixels[i : i + 1], float(rng.uniform(0, noise * 255.0)), seed=int(rng.integers(2**32)))
     return out
 
 

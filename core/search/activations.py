@@ -48,6 +48,7 @@ def cache_key(spec: BackboneSpec, cut: str, seed: int = 0) -> str:
 
 def views_key(augment: augmentation.Augmentation, views: int, seed: int) -> str:
     text = f"views-v1|{augment}|{views}|{seed}" + (f"|border{augment.border_erase}" if augment.border_erase else "")
+    text += (f"|noise{augment.noise}" if augment.noise else "") + (f"|acquisition{augment.acquisition}" if augment.acquisition else "")
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -163,7 +163,7 @@ class SearchSettings:
             problems.append("augmentation 'search' changes the images per trial, which the activation cache cannot: "
                             "pick a preset, or turn the activation cache off")
         elif self.augment in augmentation.AUGMENTATIONS and not augmentation.in_model(self.augment) and not self.uses_activation_cache:
-            problems.append(f"augmentation {self.augment!r} blacks out borders on cached augmented views only: it needs "
+            problems.append(f"augmentation {self.augment!r} blacks out borders or changes the acquisition on cached augmented views only: it needs "
                             "--mode finetune with the activation cache on (a backbone with a cut layer)")
         if not 1 <= int(self.augment_views) <= 16:
             problems.append("augmented views must be between 1 and 16")

@@ -325,7 +325,7 @@ def test_real_ensemble_in_the_report(real_ensemble):
     runs = [artifacts.load_run(real_ensemble, n) for n in ("duo", "cnn-small")]
     html = report.build_report(runs, n_resamples=100)
     assert "id='run-duo'" in html and "<td>family</td><td>ensemble</td>" in html
-    assert "<td>members</td><td>[&quot;cnn-small&quot;, &quot;cnn-wide&quot;]</td>" in html
+    assert "<td>members</td><td>cnn-small, cnn-wide</td>" in html  # the settings as a readable list
     assert "duo</b> vs <b>cnn-small</b>: not tested" not in html  # same test images: paired
 
 

@@ -626,7 +626,7 @@ def test_compare_shows_the_threshold_on_the_unchanged_images_and_warns_when_it_g
     y, as_is, stressed = _weak_model(3, n=200)
     y_test = np.repeat([0, 1], 30)
     test = _rows("test", y_test, np.round(0.48 + 0.02 * y_test + np.random.default_rng(0).normal(0, 0.0167, 60), 6))
-    old_rule = float(statistics.youden_threshold(np.tile(y, 7), np.concatenate([as_is, *stressed.values()])))
+    old_rule = float(statistics.youden_threshold(np.tile(y, 1 + len(stressed)), np.concatenate([as_is, *stressed.values()])))
     for name, threshold in (("old-rule", old_rule), ("new-rule", stress.robust_threshold(y, as_is, stressed))):
         folder = fake_run(tmp_path, name, _rows("val", y, as_is), test)
         metrics = files.read_json(folder / "metrics.json")

@@ -110,7 +110,7 @@ def test_saved_model_reproduces_the_saved_predictions(finished_run):
     result = run_cli("predict", "--run", "cnn", "--artifacts", str(store), "--csv", str(out), *saved["path"][:2])
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out)
-    assert list(table.columns) == ["path", "probability", "label", "error", "unusual", "unusual_reason", "ood_score"]
+    assert list(table.columns) == ["path", "probability", "label", "model_label", "error", "unusual", "unusual_reason", "ood_score"]
     np.testing.assert_allclose(table["probability"], saved["probability"][:2], atol=1e-4)
 
 

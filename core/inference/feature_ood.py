@@ -18,7 +18,8 @@ written atomically) the first time it is needed, so older runs get one lazily.
 An ensemble scores each member with the member's own reference and averages the members' scores,
 each divided by its cut-off; it flags an image when that mean exceeds 1. An imported model without
 layers (a TF Lite, ONNX or SavedModel file) has no features to read: `head_entry` is None and only
-the statistics apply (`core.inference.unusual` says so).
+the statistics apply (`core.inference.unusual` says so); an imported Keras model is read behind the
+layer that adapts its output.
 """
 
 from __future__ import annotations
@@ -53,13 +54,31 @@ METHOD = (
 # --------------------------------------------------------------------------
 
 
+def _output_dense(model):
+    """The Dense layer making the output (`explanation.output_dense`), also behind one last layer that
+    only adapts it (an imported Keras model's `ImportedOutput`); None when there is none."""
+    import keras
+
+    if not hasattr(model, "layers"):
+        return None
+    if (dense := explanation.output_dense(model)) is not None:
+        return dense
+    try:
+        inner = model.outputs[0]._keras_history[0].input._keras_history[0]
+    except (AttributeError, IndexError, ValueError):
+        return None
+    if hasattr(inner, "layers"):
+        return explanation.output_dense(inner)
+    return inner if isinstance(inner, keras.layers.Dense) else None
+
+
 def head_entry(model):
     """The first layer of the model's head (the Dropout and Dense layers that end in its output Dense
     layer, searched through nested models), whose input is the pooled feature vector; None when the
     model does not end in a Dense layer or has no layers (an imported TF Lite or ONNX file)."""
     import keras
 
-    layer = explanation.output_dense(model) if hasattr(model, "layers") else None
+    layer = _output_dense(model)
     while layer is not None:
         try:
             previous = layer.input._keras_history[0]

@@ -33,8 +33,8 @@ def _member_models(run: Run, models: Any) -> list[tuple[Run, Any]]:
     members = ensemble.member_runs(run) if run.is_ensemble else [run]
     if run.is_ensemble:
         given = models or {}
-        return [(m, given.get(m.name) or evaluation.load_model(m.model_path)) for m in members]
-    return [(run, models or evaluation.load_model(evaluation.own_model_path(run)))]
+        return [(m, given[m.name] if given.get(m.name) is not None else evaluation.load_model(m.model_path)) for m in members]
+    return [(run, models if models is not None else evaluation.load_model(evaluation.own_model_path(run)))]
 
 
 def feature_ratios(run: Run, paths: Sequence[str], models: Any = None) -> tuple[np.ndarray, str]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import weakref
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +44,7 @@ MAX_VAL = 400
 COMPONENTS = 32
 QUANTILE = 99.5
 BATCH = 32
+KEYS = {"version", "mean", "components", "variances", "rest", "cutoff", "n_train", "n_val"}  # what `fit` saves
 METHOD = (
     "Mahalanobis distance of the pooled features (the head's input) to the training images' mean, Ledoit-Wolf "
     f"covariance (top {COMPONENTS} directions kept, the rest as one), over the square root of the dimensions; "
@@ -215,9 +217,9 @@ def load(path: str | Path) -> dict | None:
     try:
         with np.load(io.BytesIO(Path(path).read_bytes())) as stored:
             reference = {key: stored[key] for key in stored.files}
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
-    if int(reference.get("version", -1)) != VERSION:
+    if int(reference.get("version", -1)) != VERSION or not KEYS <= set(reference):
         return None
     return {key: (value if value.ndim else value.item()) for key, value in reference.items()}
 

@@ -150,7 +150,7 @@ def test_saturated_sigmoid_still_gives_a_heatmap(opacity_detector, monkeypatch):
     """Scaled up so the probability rounds to 1.0: the logit still has gradients, p has none."""
     model = keras.models.clone_model(opacity_detector)
     model.set_weights(opacity_detector.get_weights())
-    dense = explanation._output_dense(model)
+    dense = explanation.output_dense(model)
     kernel, bias = dense.get_weights()
     dense.set_weights([kernel * 50, bias * 50])
     image = with_square(2, 2, seed=7)
@@ -159,7 +159,7 @@ def test_saturated_sigmoid_still_gives_a_heatmap(opacity_detector, monkeypatch):
     assert heatmap.max() == pytest.approx(1.0)
     assert _quadrant(heatmap) == (0, 0)
     # The probability's gradients vanish here: without the logit the guard gives an empty map.
-    monkeypatch.setattr(explanation, "_output_dense", lambda _model: None)
+    monkeypatch.setattr(explanation, "output_dense", lambda _model: None)
     np.testing.assert_array_equal(explanation.grad_cam(model, image), 0.0)
 
 
@@ -239,9 +239,9 @@ def test_the_keras_internals_grad_cam_reads_still_exist():
     model = keras.Model(inputs, output)
 
     history = getattr(model.outputs[0], "_keras_history", None)
-    assert history is not None, "keras tensors lost `_keras_history`: update explanation._output_dense"
+    assert history is not None, "keras tensors lost `_keras_history`: update explanation.output_dense"
     assert history[0].name == "probability"
-    assert explanation._output_dense(model).name == "probability"
+    assert explanation.output_dense(model).name == "probability"
     by_depth = getattr(model, "_nodes_by_depth", None)
     assert by_depth, "Functional models lost `_nodes_by_depth`: update explanation._nodes_in_order"
     assert explanation.find_last_feature_map(model).name == "conv"

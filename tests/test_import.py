@@ -15,7 +15,7 @@ import pytest
 
 from core import jobs
 from core.data import loading
-from core.inference import ensemble, evaluation, run_kinds
+from core.inference import ensemble, evaluation, feature_ood, run_kinds
 from core.models import imported, model_files
 from core.reporting import export
 from core.runs import artifacts
@@ -238,6 +238,17 @@ def test_occlusion_explains_any_import_and_grad_cam_only_keras(imported_runs, da
     assert run_kinds.default_method([onnx_run]) == "occlusion" and run_kinds.default_method([keras_run]) == "gradcam"
     heat, _ = run_kinds.heatmap(keras_run, image, method="gradcam")
     assert heat.ndim == 2 and heat.max() <= 1.0
+
+
+def test_unusual_images_of_an_import_file_are_checked_by_statistics_only_and_say_so(imported_runs, data):
+    images = [str(p) for p in sorted((data / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]]
+    onnx_run, keras_run = (artifacts.load_run(imported_runs, n) for n in ("onnx", "keras"))
+    onnx_flags = run_kinds.predict_files(onnx_run, images, unusual=True)
+    assert all("no feature check (checked by image statistics only): the imported model file has no layers" in r
+               for r in onnx_flags["unusual_reason"])
+    keras_flags = run_kinds.predict_files(keras_run, images, unusual=True)  # a Keras file has layers: both detectors
+    assert "no feature check" not in " ".join(keras_flags["unusual_reason"])
+    assert (keras_run.folder / feature_ood.REFERENCE).exists() and not (onnx_run.folder / feature_ood.REFERENCE).exists()
 
 
 def test_an_import_is_not_repeated(imported_runs):

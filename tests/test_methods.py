@@ -64,7 +64,7 @@ def test_a_model_that_sees_nothing_gives_an_empty_map(opacity_detector, name):
     """A model whose output ignores the image (a zero output kernel): no evidence, all zeros."""
     blind = keras.models.clone_model(opacity_detector)
     blind.set_weights(opacity_detector.get_weights())
-    dense = explanation._output_dense(blind)
+    dense = explanation.output_dense(blind)
     kernel, bias = dense.get_weights()
     dense.set_weights([np.zeros_like(kernel), bias])
     heatmap = methods.METHODS[name].compute(blind, with_square(2, 2, seed=1), None)

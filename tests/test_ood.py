@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from core.data import folders, splitting
 from core.inference import ood
+from tools import ood_negatives
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +91,15 @@ def test_a_run_reference_is_computed_once_and_saved(runs_dir, tmp_path):
     flags = ood.flag_files(reference, [str(unreadable)])
     assert flags["unusual"].isna().all()
     assert ood.flag_files(None, [str(unreadable)])["unusual_reason"].iat[0].startswith("no reference")
+
+
+def test_the_negative_set_is_greyscale_and_its_inverted_xrays_are_flagged(reference, data_dir, tmp_path):
+    """The set `tools/ood_measure.py` measures both detectors on (docs/measurements.md): greyscale, so
+    colour gives nothing away; the inverted X-rays, which the model's features miss, fail the statistics."""
+    paths = ood_negatives.write_negatives(tmp_path, ood_negatives.xrays_to_invert(data_dir / "train"))
+    assert len(paths) >= 60
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.mode == "L", path
+    inverted = [p for p in paths if "inverted-" in p]
+    assert len(inverted) == 10 and ood.flag_files(reference, inverted)["unusual"].astype(bool).all()

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from core import files
 from core.data import tasks
-from core.inference import ensemble, evaluation, explanation, methods, ood, run_kinds
+from core.inference import ensemble, evaluation, explanation, methods, ood, run_kinds, unusual
 from core.reporting import export
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
@@ -111,7 +111,7 @@ def test_loaded_models_passed_back_in_give_the_same_scores_and_unusual_images_ar
     plain = _load(store, "plain")
     assert run_kinds.load_models(plain, load) is not None and loaded[-1] == plain.model_path
     flagged = run_kinds.predict_files(plain, paths, engine="keras", unusual=True)
-    flags = ood.flag_files(ood.reference_for(plain), paths)
+    flags = unusual.flag_files(plain, paths)  # the image statistics and the model's features
     pd.testing.assert_frame_equal(flagged[list(flags.columns)], flags)
     assert list(flagged.columns[:5]) == ["path", "probability", "label", "model_label", "error"]
 

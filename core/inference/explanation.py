@@ -118,7 +118,7 @@ def find_last_feature_map(model: keras.Model) -> keras.layers.Layer:
     return last
 
 
-def _output_dense(model):
+def output_dense(model):
     """The Dense layer that makes the model's output, or None when the output is something else."""
     import keras
 
@@ -207,7 +207,7 @@ def class_score(model: keras.Model, x, class_index: int | None = None, column: i
     """
     import tensorflow as tf
 
-    dense = _output_dense(model)
+    dense = output_dense(model)
     dense_inputs: list = []
     if dense is None:
         probabilities = model(x, training=False)

@@ -40,6 +40,7 @@ import pandas as pd
 from PIL import Image
 
 from core.inference import ensemble, evaluation, methods, ood, quantization
+from core.inference import unusual as unusual_images
 from core.inference.methods import DEFAULT_METHOD
 from core.runs import artifacts
 from core.runs.artifacts import IMPORTED, REPEAT, Run, RunError
@@ -223,15 +224,18 @@ def predict_files(run: Run, paths: Sequence[str], models: Any = None, engine: st
     probability, the label then being the argmax class. A file that cannot be read gets its reason
     in `error` and no probability; the others are still scored. `models`: what `load_models` gave.
 
-    With `unusual`, three more columns say whether each image is far from the run's training X-rays
-    (`core.inference.ood.flag_files`), and a flagged image's label is `ood.NOT_ASSESSED`, not a class;
-    `model_label` keeps what the model called every image.
+    With `unusual`, three more columns say whether each image is far from the run's training X-rays,
+    by its image statistics or in the model's own features (`core.inference.unusual.flag_files`), and a
+    flagged image's label is `ood.NOT_ASSESSED`, not a class; `model_label` keeps what the model called
+    every image.
     """
     if problem := engine_problem(run, engine):
         raise RunError(problem)
+    if unusual and models is None:  # loaded once, for the scores and the features
+        models = load_models(run)
     table = kind_of(run).predict_files(run, paths, models, engine)
     if unusual:
-        flags = ood.flag_files(ood.reference_for(run), list(paths))
+        flags = unusual_images.flag_files(run, list(paths), models)
         table = pd.concat([table, flags.set_index(table.index)], axis=1)
         table.insert(table.columns.get_loc("label") + 1, "model_label", table["label"])
         table["label"] = ood.assessed_labels(table["label"], table["unusual"])

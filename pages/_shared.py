@@ -18,6 +18,7 @@ import streamlit as st
 from core.data import demo, folders
 from core.inference import ood
 from core.runs import artifacts
+from core.search import cost
 from pages import _loaders as load
 
 DATA_KEY = "data_dir"
@@ -182,14 +183,10 @@ def sidebar() -> None:
 
 
 def format_duration(seconds: float | None) -> str:
+    """A time a run took (`cost.took`), or "–" when unknown."""
     if seconds is None or not np.isfinite(seconds):
         return "–"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
+    return cost.took(seconds)
 
 
 def format_number(value, digits: int = 3) -> str:

@@ -275,8 +275,18 @@ def set_tiny_search(at: AppTest, name: str) -> AppTest:
 
 def test_tune_form_adapts_to_each_family(data_dir, empty_dir):
     from core.models import families
+    from core.search import presets
+    from core.workflows import recipe
 
     at = page("tune", data_dir, empty_dir)
+    # The recipe box's title and its text quote the one estimate and the one measured time (core.search.cost).
+    assert f"One click: {recipe.title()}" in texts(at.markdown)
+    assert recipe.measured_note() in texts(at.caption) and "Estimated CPU time on" in texts(at.caption)
+    # On the full data folder the box's estimate is the title's (the issue: "about 25 min", "took 22 min", "17 min 42 s").
+    title_estimate = recipe.title().split("(")[1].split(" on ")[0]
+    assert f"images: **{title_estimate}** on 2 cores" in texts(at.caption)
+    quick = presets.preset("quick").title.split("(")[1].split(" on ")[0]
+    assert f"**{quick}** on 2 cores" in texts(at.info)  # the form starts from the quick preset
     listed = at.selectbox(key="tune_family").options
     assert [option.split(" — ")[0] for option in listed] == list(families.FAMILIES)  # every registered family
     for family, info in families.FAMILIES.items():
@@ -288,7 +298,7 @@ def test_tune_form_adapts_to_each_family(data_dir, empty_dir):
         assert bool(search_radios) == info.transfer  # transfer mode and weights only for backbones
         if info.transfer:  # only the modes it trains in: finetune alone for the hybrid
             assert tuple(at.radio(key="tune_mode").options) == info.modes and at.radio(key="tune_mode").value in info.modes
-        assert "Rough CPU time" in texts(at.info)
+        assert "Estimated CPU time" in texts(at.info)
     at.selectbox(key="tune_family").set_value("mobilenet").run()
     at.selectbox(key="tune_mobilenet_version").set_value("v1")
     at.selectbox(key="tune_alpha").set_value(0.35).run()  # a width Keras has no v1 weights for

@@ -553,6 +553,8 @@ def test_compare_sentence_follows_the_patient_level_test(data_dir, copy_runs):
         "No evidence at the 5 % level that the error rates differ at the thresholds in use "
         "(73 vs 54 errors of 240 images; by patient: p = 0.241)." in captions
     )
+    # The method's name is explained where it appears.
+    assert "Method: Exact sign-flip: every way of flipping the sign of each patient's net disagreement" in captions
     assert "AUC is higher" not in captions and "makes fewer errors" not in captions
 
 
@@ -576,7 +578,7 @@ def test_compare_operating_point_sets_the_threshold(data_dir, runs_dir):
     saved = metrics_of(runs_dir, "cnn-small")["threshold"]
     choice = at.selectbox(key="operating_point::cnn-small")
     assert choice.value == "validation" and at.slider(key="threshold::cnn-small").value == pytest.approx(saved)
-    assert choice.options[0].startswith("validation-chosen") and choice.options[-1].startswith("custom")
+    assert choice.options[0].startswith(("validation-chosen", wording.POOLED_LABEL)) and choice.options[-1].startswith("custom")
 
     # The operating points are chosen on the run's validation predictions and measured on test.
     small = fixture_predictions(runs_dir, "cnn-small")
@@ -651,11 +653,11 @@ def test_compare_shows_the_threshold_on_the_unchanged_images_and_warns_when_it_g
     at.multiselect(key="compare_runs").set_value(["old-rule", "new-rule"]).run()
     no_exception(at)
     clean = stress.clean_point(y, as_is)
-    own = f"on them alone Youden's J would choose {clean['threshold']:.3f} ({100 * clean['sensitivity']:.1f} % · {100 * clean['specificity']:.1f} %)"
+    own = f"on them alone plain Youden's J would choose {clean['threshold']:.3f} ({100 * clean['sensitivity']:.1f} % · {100 * clean['specificity']:.1f} %)"
     captions = texts(at.caption)
     assert captions.count(own) == 2
     old_val = statistics.binary_metrics(y, as_is, old_rule)
-    assert f"at {old_rule:.3f} sensitivity {100 * old_val['sensitivity']:.1f} %" in captions
+    assert f"at the saved {old_rule:.3f} sensitivity {100 * old_val['sensitivity']:.1f} %" in captions
     warnings = [w.value for w in at.warning if "unchanged validation images" in w.value]
     assert len(warnings) == 1 and f"{100 * (clean['sensitivity'] - old_val['sensitivity']):.1f} points" in warnings[0]
 

@@ -51,6 +51,25 @@ def navigation(position: str = "sidebar") -> st.Page:
     )
 
 
+def next_step(page: str, label: str, why: str) -> None:
+    """A first-time user's way on: a link to `page` (e.g. "pages/tune.py") with one line on why."""
+    with st.container(border=True):
+        try:
+            st.page_link(page, label=label, icon=":material/arrow_forward:")
+        except st.errors.StreamlitAPIException:  # the page run on its own (tests): a plain link says the same
+            st.markdown(f":material/arrow_forward: **{label}**")
+        st.caption(why)
+
+
+def quick_step() -> tuple[str, str]:
+    """The next step of a user with no runs yet: the quick preset on Tune, with its estimated time."""
+    from core.search import presets
+
+    quick = presets.preset("quick")
+    return (f"Start the quick search on Tune ({cost.about(quick.estimate_s())} on 2 cores)",
+            "One fine-tuned MobileNetV2 run, the Tune form's default; the recipe box beside it trains three and their ensemble.")
+
+
 def leave_pages_folder_mode() -> None:
     """Make sure the page runs under streamlit_app.py's `st.navigation`, not Streamlit's old mode.
 

@@ -8,6 +8,7 @@ import streamlit as st
 from core.data import demo, folders, splitting, tasks
 from core.data.download import DOWNLOAD_SIZE, KAGGLE_URL, DownloadError, download_public_dataset
 from core.reporting import figures
+from core.runs import artifacts
 from pages import _loaders as load
 from pages import _shared as ui
 
@@ -119,6 +120,8 @@ cols[1].metric("Patients", f"{total_patients:,}")
 cols[2].metric(f"{positive.capitalize()} : {negative}, all splits", f"{ratio:.2f} : 1" if ratio is not None else "–",
                help="Over every split shown together; the caption under the class balance gives the training split's own ratio.")
 cols[3].metric("Unreadable files", f"{len(summary['unreadable']):,}")
+if summary["total_images"] and not artifacts.list_runs(ui.artifacts_dir()):
+    ui.next_step("pages/tune.py", *ui.quick_step())
 
 if images:
     left, right = st.columns(2)

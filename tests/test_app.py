@@ -1093,3 +1093,19 @@ def test_compare_adapts_a_run_to_a_site_and_predict_decides_at_its_point(tmp_pat
     assert table.loc[0, "calibrated probability"] == pytest.approx(float(calibration.apply(0.61)))
     thresholds = next(t for t in charts(at)[0]["data"] if t.get("name") == "run's threshold")["x"]
     assert thresholds[0] == pytest.approx(record["threshold"])
+
+
+def test_a_first_time_user_is_led_to_the_next_page(data_dir, empty_dir):
+    """Data, Compare and Predict with no runs lead to the quick search on Tune, with its time; Tune says where to start."""
+    from core.search import cost, presets
+
+    about = cost.about(presets.preset("quick").estimate_s())
+    for name in ("data", "compare", "predict"):
+        at = page(name, data_dir, empty_dir)
+        no_exception(at)
+        links = [e.proto.label for e in at.get("page_link")]  # or the plain link when the page runs alone
+        shown = " ".join(links) + texts(at.markdown)
+        assert f"Start the quick search on Tune ({about} on 2 cores)" in shown, name
+        assert "the recipe box beside it" in texts(at.caption), name
+    at = page("tune", data_dir, empty_dir)
+    assert "First time here?" in texts(at.info)

@@ -39,6 +39,8 @@ def test_the_two_youden_thresholds_are_named_for_the_images_each_is_chosen_on():
     plain = wording.choice_option("youden", choice("youden", on_test=False, threshold=0.31))
     assert pooled == "saved: Youden's J, validation pooled with its stress copies — 0.457"
     assert plain == "Youden's J, unchanged validation images only · on validation — 0.310"
+    earlier = "Youden's J on the validation split pooled with its stressed copies (framed tighter, sharpened, blurred, contrast changed: core.evidence.stress)"
+    assert wording.choice_option("validation", saved, earlier) == pooled  # the rule's wording before the bound
     # A run saved before the stress test chose thresholds keeps the plain name for its saved one.
     assert wording.choice_option("validation", saved, "Youden's J on the validation split").startswith("validation-chosen")
 

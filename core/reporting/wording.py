@@ -78,8 +78,9 @@ def choice_label(choice: ThresholdChoice) -> str:
 
 
 def is_pooled(rule: str | None) -> bool:
-    """Whether a run's saved threshold was chosen with its stress copies (metrics.json's `threshold_rule`)."""
-    return rule == stress.ROBUST_THRESHOLD_RULE
+    """Whether a run's saved threshold was chosen with its stress copies (metrics.json's `threshold_rule`: today's
+    `stress.ROBUST_THRESHOLD_RULE`, or its earlier wording without the bound on the unchanged images)."""
+    return bool(rule) and (rule == stress.ROBUST_THRESHOLD_RULE or "pooled with its stressed copies" in rule)
 
 
 def choice_option(key: str, choice: ThresholdChoice | None, rule: str | None = None) -> str:

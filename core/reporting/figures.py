@@ -456,7 +456,7 @@ def shift_figure(rows: Sequence[Mapping], colors: Mapping[str, str] | None = Non
     legend_rows = (len(rows) + 1) // 2
     _layout(fig, "Validation → test", "Metric", "Value on the split (0–1)", height=380 + 20 * legend_rows)
     # The legend below the plot, clear of the title; the axis fitted to the values so AUC differences show.
-    fig.update_layout(legend={"orientation": "h", "y": -0.18, "yanchor": "top", "x": 0, "xanchor": "left"},
+    fig.update_layout(legend={"orientation": "h", "y": -0.3, "yanchor": "top", "x": 0, "xanchor": "left"},
                       margin={**_MARGIN, "b": 80 + 20 * legend_rows})
     fig.update_xaxes(tickvals=list(range(len(titles))), ticktext=list(titles.values()), range=[-0.5, len(titles) - 0.5])
     fig.update_yaxes(range=value_range([part.get(m) for row in rows for part in (row["val"] or {}, row["test"]) for m in titles]))

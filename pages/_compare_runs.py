@@ -16,7 +16,7 @@ import streamlit as st
 from core.data import tasks
 from core.evidence import comparison, run_evidence, stress
 from core.inference import ensemble
-from core.reporting import figures
+from core.reporting import figures, wording
 from core.runs import artifacts
 from pages import _loaders as load
 from pages import _run_picker as run_picker
@@ -103,7 +103,8 @@ def _interval_settings(column) -> tuple[int, int]:
         )
         seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=run_evidence.SEED, step=1, key="compare_seed"))
         st.caption("95 % intervals: the AUC's is a patient bootstrap (the same seed gives the same interval); sensitivity, "
-                   "specificity and accuracy use Wilson's interval with the patients' design effect (no resampling).")
+                   "specificity and accuracy use Wilson's interval with the patients' design effect (no resampling). "
+                   + wording.glossary("design effect"))
     return n_resamples, seed
 
 

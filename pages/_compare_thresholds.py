@@ -83,12 +83,14 @@ def _run_threshold_box(view: Picked, name: str) -> None:
     if st.session_state.get(choice_key(name)) not in options:
         st.session_state[choice_key(name)] = run_evidence.CUSTOM_CHOICE
     st.markdown(f"<span style='color:{view.colors[name]}'>●</span> **{name}**", unsafe_allow_html=True)
+    rule = (run.metrics or {}).get("threshold_rule")
     st.selectbox(
         "Operating point", options, key=choice_key(name), on_change=_apply_choice, args=(name, at_saved),
-        format_func=lambda key: wording.choice_option(key, at_saved.choice(key)),
-        help="Validation-chosen: the run's own threshold (how it was chosen is in the slider's help: Youden's J on the "
+        format_func=lambda key: wording.choice_option(key, at_saved.choice(key), rule),
+        help="Saved: the run's own threshold (how it was chosen is in the slider's help: Youden's J on the "
         "validation split, pooled with the stress test's changed copies of it when the search ran one, kept where the "
-        f"unchanged images lose at most {100 * stress.CLEAN_MARGIN:g} points of sensitivity or specificity). The others "
+        f"unchanged images lose at most {100 * stress.CLEAN_MARGIN:g} points of sensitivity or specificity). 'Youden's J, "
+        "unchanged validation images only' is plain Youden's J on the validation images as they are. The others "
         "(sens@spec90: the best sensitivity with specificity at least 90 %, and so on) are chosen on the "
         "validation split too and measured on test; a run saved without validation predictions gets them "
         "from the test images instead, marked 'on test' (descriptive only).",
@@ -108,6 +110,8 @@ def _run_threshold_box(view: Picked, name: str) -> None:
         f"accuracy **{ui.format_number(m['accuracy'])}**"
     )
     chosen = at_saved.choice(st.session_state[choice_key(name)])
+    if chosen is not None and (miss := wording.target_miss_warning(chosen)):
+        st.warning(miss, icon=":material/warning:")
     if chosen is not None and chosen.on_test:
         st.caption(":material/info: On test — descriptive; the validation-chosen threshold is the honest one.")
     if abs(view.thresholds[name] - run.threshold) > 1e-9:

@@ -14,6 +14,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from core.runs import artifacts, catalog
+from pages import _shared as ui
 
 
 def runs_with_metrics(folder: str, archived: bool | None = False) -> list[artifacts.Run]:
@@ -38,10 +39,11 @@ def listed_runs(
     folder: str, usable: Callable[..., list[artifacts.Run]], archived_key: str, when_none: str
 ) -> list[artifacts.Run]:
     """The folder's runs a page can use (`usable`: `runs_with_metrics` or `runs_with_model`), archived ones
-    behind the switch `archived_key`; with none, `when_none` says what to do and the page stops."""
+    behind the switch `archived_key`; with none, `when_none` says what to do, a link leads to Tune, and the page stops."""
     runs = usable(folder, archived=archived_toggle(folder, archived_key))
     if not runs:
         st.info(when_none, icon=":material/inbox:")
+        ui.next_step("pages/tune.py", *ui.quick_step())
         st.stop()
     return runs
 

@@ -18,6 +18,7 @@ import streamlit as st
 from core.data import demo, folders
 from core.inference import ood
 from core.runs import artifacts
+from core.search import cost
 from pages import _loaders as load
 
 DATA_KEY = "data_dir"
@@ -48,6 +49,25 @@ def navigation(position: str = "sidebar") -> st.Page:
         ],
         position=position,
     )
+
+
+def next_step(page: str, label: str, why: str) -> None:
+    """A first-time user's way on: a link to `page` (e.g. "pages/tune.py") with one line on why."""
+    with st.container(border=True):
+        try:
+            st.page_link(page, label=label, icon=":material/arrow_forward:")
+        except st.errors.StreamlitAPIException:  # the page run on its own (tests): a plain link says the same
+            st.markdown(f":material/arrow_forward: **{label}**")
+        st.caption(why)
+
+
+def quick_step() -> tuple[str, str]:
+    """The next step of a user with no runs yet: the quick preset on Tune, with its estimated time."""
+    from core.search import presets
+
+    quick = presets.preset("quick")
+    return (f"Start the quick search on Tune ({cost.about(quick.estimate_s())} on 2 cores)",
+            "One fine-tuned MobileNetV2 run, the Tune form's default; the recipe box beside it trains three and their ensemble.")
 
 
 def leave_pages_folder_mode() -> None:
@@ -182,14 +202,10 @@ def sidebar() -> None:
 
 
 def format_duration(seconds: float | None) -> str:
+    """A time a run took (`cost.took`), or "–" when unknown."""
     if seconds is None or not np.isfinite(seconds):
         return "–"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
+    return cost.took(seconds)
 
 
 def format_number(value, digits: int = 3) -> str:

@@ -254,13 +254,14 @@ def _cost_estimate(
     version: str | None = None,
 ) -> None:
     """The search's rough CPU time on the images it would read (`views`: augmented views per image, 0 without augmentation)."""
-    total_images = data.summary["total_images"] if data.summary else 0
-    n_images = min(total_images, 6 * max_per_class) if max_per_class else total_images
-    if n_images:
-        seconds = cost.estimate_search_s(family, mode, image_size, trials, epochs, n_images, views=views, version=version)
+    if data.summary and data.summary["total_images"]:
+        n_images, n_train, n_val = cost.split_sizes(data.summary, 6 * max_per_class if max_per_class else None)
+        seconds = cost.estimate_search_s(family, mode, image_size, trials, epochs, n_images, views=views, version=version,
+                                         n_train=n_train, n_val=n_val)
         st.info(
-            f"Rough CPU time for this search on about {n_images:,} images: **{ui.format_duration(seconds)}** "
-            "(order of magnitude; the live panel below gives a real estimate once the first epoch ends).",
+            f"Estimated CPU time for this search on about {n_images:,} images: **{cost.about(seconds)}** on 2 cores, from an "
+            "empty cache (calibrated on measured runs, docs/measurements.md; the live panel below gives a real estimate once "
+            "the first epoch ends).",
             icon=":material/timer:",
         )
 

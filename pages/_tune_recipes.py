@@ -8,9 +8,9 @@ from core import jobs
 from core.data import folders, tasks
 from core.models import backbones
 from core.runs import artifacts
+from core.search import cost
 from core.search.settings import SettingsError
 from core.workflows import recipe
-from pages import _shared as ui
 from pages._tune_form import DataFolder
 from pages._tune_runs import act
 
@@ -31,8 +31,9 @@ def _start_recipe(folder: str, data: DataFolder) -> None:
 def recipe_box(folder: str, data: DataFolder) -> None:
     """The recipe in one click: its name, task and seed, its rough CPU time and command, and Start."""
     with st.container(border=True):
-        st.markdown(f"**:material/recommend: One click: {recipe.TITLE}**")
-        st.caption(recipe.DESCRIPTION + " docs/measurements.md gives what it measured on the official test split.")
+        st.markdown(f"**:material/recommend: One click: {recipe.title()}**")
+        st.caption(f"{recipe.DESCRIPTION} {recipe.measured_note()} docs/measurements.md gives what it measured on the "
+                   "official test split.")
         r1, r2, r3 = st.columns([2, 2, 1])
         recipe_name = r1.text_input("Recipe name", value="recipe", key="tune_recipe_name",
                                     help="Its runs are NAME-quick, NAME-recommended, NAME-repeat and the ensemble NAME.")
@@ -42,8 +43,9 @@ def recipe_box(folder: str, data: DataFolder) -> None:
             try:
                 planned = recipe.make_plan(recipe_name.strip() or "recipe", str(data.root), {
                     "task": st.session_state.get("tune_recipe_task"), "seed": int(st.session_state.get("tune_recipe_seed", 42))})
-                st.caption(f"Rough CPU time on {data.summary['total_images']:,} images: "
-                           f"**{ui.format_duration(recipe.estimate_s(planned, data.summary['total_images']))}**. "
+                n_images, n_train, n_val = cost.split_sizes(data.summary)
+                st.caption(f"Estimated CPU time on {n_images:,} images: "
+                           f"**{cost.about(recipe.estimate_s(planned, n_images, n_train, n_val))}** on 2 cores. "
                            f"Same from a terminal: `{recipe.command(planned)}`")
             except artifacts.RunError as error:
                 st.caption(f":material/error: {error}")

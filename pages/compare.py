@@ -35,6 +35,9 @@ runs = run_picker.listed_runs(
     when_none=f"No finished runs with test results in `{folder}` yet. Start a search on the **Tune** page, or point "
     "the **Artifacts folder** in the sidebar at a folder of saved runs.",
 )
+if len(runs) < 2:
+    ui.next_step("pages/tune.py", "Train a second run on Tune to compare with",
+                 f"Compare needs two runs to set side by side; {ui.quick_step()[0].removeprefix('Start ').lower()}.")
 view = pick_runs(folder, runs)
 curves_section(view)
 confusion_matrices_section(view)

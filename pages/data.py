@@ -8,6 +8,7 @@ import streamlit as st
 from core.data import demo, folders, splitting, tasks
 from core.data.download import DOWNLOAD_SIZE, KAGGLE_URL, DownloadError, download_public_dataset
 from core.reporting import figures
+from core.runs import artifacts
 from pages import _loaders as load
 from pages import _shared as ui
 
@@ -116,8 +117,11 @@ ratio = splitting.positive_per_negative(shown.get("task_images") or {}, task)
 cols = st.columns(4)
 cols[0].metric("Images", f"{shown['total_images']:,}")
 cols[1].metric("Patients", f"{total_patients:,}")
-cols[2].metric(f"{positive.capitalize()} : {negative}", f"{ratio:.2f} : 1" if ratio is not None else "–", help="Over all splits shown")
+cols[2].metric(f"{positive.capitalize()} : {negative}, all splits", f"{ratio:.2f} : 1" if ratio is not None else "–",
+               help="Over every split shown together; the caption under the class balance gives the training split's own ratio.")
 cols[3].metric("Unreadable files", f"{len(summary['unreadable']):,}")
+if summary["total_images"] and not artifacts.list_runs(ui.artifacts_dir()):
+    ui.next_step("pages/tune.py", *ui.quick_step())
 
 if images:
     left, right = st.columns(2)
@@ -136,8 +140,9 @@ if images:
         if weights:
             train_ratio = splitting.positive_per_negative(shown.get("task_images") or {}, task, ["train"])
             st.caption(
-                "Training split: "
-                + (f"{train_ratio:.2f} {positive} images per {negative} one; " if train_ratio else "")
+                "Training split only: "
+                + (f"{train_ratio:.2f} {positive} images per {negative} one (all splits: {ratio:.2f}); " if train_ratio and ratio else
+                   f"{train_ratio:.2f} {positive} images per {negative} one; " if train_ratio else "")
                 + "class weights used in training "
                 + ", ".join(f"{task.names[task.classes.index(name)] if name in task.classes else name} {value:.2f}" for name, value in weights.items())
                 + " (each class counts equally)."

@@ -22,13 +22,19 @@ st.caption(
 
 folder = ui.artifacts_dir()
 
+runs = artifacts.list_runs(folder)
+if not runs:
+    st.info("First time here? Press **Start the recipe** in the box below for the recommended runs, or start the form's "
+            "quick search (the form starts from it) for a first run in minutes; finished runs then appear on **Compare**.",
+            icon=":material/waving_hand:")
+
 st.header("New search")
 data = data_folder_notes(ui.data_dir())
 recipe_box(folder, data)
 search_form(folder, data)
 import_form(folder, data)
 
-runs = artifacts.list_runs(folder)
+runs = artifacts.list_runs(folder)  # again: a search started above is listed below
 active, finished = running_and_finished(runs)
 running_searches(folder, active)
 recipes_list(folder, runs)

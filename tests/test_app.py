@@ -275,8 +275,18 @@ def set_tiny_search(at: AppTest, name: str) -> AppTest:
 
 def test_tune_form_adapts_to_each_family(data_dir, empty_dir):
     from core.models import families
+    from core.search import presets
+    from core.workflows import recipe
 
     at = page("tune", data_dir, empty_dir)
+    # The recipe box's title and its text quote the one estimate and the one measured time (core.search.cost).
+    assert f"One click: {recipe.title()}" in texts(at.markdown)
+    assert recipe.measured_note() in texts(at.caption) and "Estimated CPU time on" in texts(at.caption)
+    # On the full data folder the box's estimate is the title's (the issue: "about 25 min", "took 22 min", "17 min 42 s").
+    title_estimate = recipe.title().split("(")[1].split(" on ")[0]
+    assert f"images: **{title_estimate}** on 2 cores" in texts(at.caption)
+    quick = presets.preset("quick").title.split("(")[1].split(" on ")[0]
+    assert f"**{quick}** on 2 cores" in texts(at.info)  # the form starts from the quick preset
     listed = at.selectbox(key="tune_family").options
     assert [option.split(" — ")[0] for option in listed] == list(families.FAMILIES)  # every registered family
     for family, info in families.FAMILIES.items():
@@ -288,7 +298,7 @@ def test_tune_form_adapts_to_each_family(data_dir, empty_dir):
         assert bool(search_radios) == info.transfer  # transfer mode and weights only for backbones
         if info.transfer:  # only the modes it trains in: finetune alone for the hybrid
             assert tuple(at.radio(key="tune_mode").options) == info.modes and at.radio(key="tune_mode").value in info.modes
-        assert "Rough CPU time" in texts(at.info)
+        assert "Estimated CPU time" in texts(at.info)
     at.selectbox(key="tune_family").set_value("mobilenet").run()
     at.selectbox(key="tune_mobilenet_version").set_value("v1")
     at.selectbox(key="tune_alpha").set_value(0.35).run()  # a width Keras has no v1 weights for
@@ -543,6 +553,8 @@ def test_compare_sentence_follows_the_patient_level_test(data_dir, copy_runs):
         "No evidence at the 5 % level that the error rates differ at the thresholds in use "
         "(73 vs 54 errors of 240 images; by patient: p = 0.241)." in captions
     )
+    # The method's name is explained where it appears.
+    assert "Method: Exact sign-flip: every way of flipping the sign of each patient's net disagreement" in captions
     assert "AUC is higher" not in captions and "makes fewer errors" not in captions
 
 
@@ -566,7 +578,7 @@ def test_compare_operating_point_sets_the_threshold(data_dir, runs_dir):
     saved = metrics_of(runs_dir, "cnn-small")["threshold"]
     choice = at.selectbox(key="operating_point::cnn-small")
     assert choice.value == "validation" and at.slider(key="threshold::cnn-small").value == pytest.approx(saved)
-    assert choice.options[0].startswith("validation-chosen") and choice.options[-1].startswith("custom")
+    assert choice.options[0].startswith(("validation-chosen", wording.POOLED_LABEL)) and choice.options[-1].startswith("custom")
 
     # The operating points are chosen on the run's validation predictions and measured on test.
     small = fixture_predictions(runs_dir, "cnn-small")
@@ -641,11 +653,11 @@ def test_compare_shows_the_threshold_on_the_unchanged_images_and_warns_when_it_g
     at.multiselect(key="compare_runs").set_value(["old-rule", "new-rule"]).run()
     no_exception(at)
     clean = stress.clean_point(y, as_is)
-    own = f"on them alone Youden's J would choose {clean['threshold']:.3f} ({100 * clean['sensitivity']:.1f} % · {100 * clean['specificity']:.1f} %)"
+    own = f"on them alone plain Youden's J would choose {clean['threshold']:.3f} ({100 * clean['sensitivity']:.1f} % · {100 * clean['specificity']:.1f} %)"
     captions = texts(at.caption)
     assert captions.count(own) == 2
     old_val = statistics.binary_metrics(y, as_is, old_rule)
-    assert f"at {old_rule:.3f} sensitivity {100 * old_val['sensitivity']:.1f} %" in captions
+    assert f"at the saved {old_rule:.3f} sensitivity {100 * old_val['sensitivity']:.1f} %" in captions
     warnings = [w.value for w in at.warning if "unchanged validation images" in w.value]
     assert len(warnings) == 1 and f"{100 * (clean['sensitivity'] - old_val['sensitivity']):.1f} points" in warnings[0]
 
@@ -1081,3 +1093,19 @@ def test_compare_adapts_a_run_to_a_site_and_predict_decides_at_its_point(tmp_pat
     assert table.loc[0, "calibrated probability"] == pytest.approx(float(calibration.apply(0.61)))
     thresholds = next(t for t in charts(at)[0]["data"] if t.get("name") == "run's threshold")["x"]
     assert thresholds[0] == pytest.approx(record["threshold"])
+
+
+def test_a_first_time_user_is_led_to_the_next_page(data_dir, empty_dir):
+    """Data, Compare and Predict with no runs lead to the quick search on Tune, with its time; Tune says where to start."""
+    from core.search import cost, presets
+
+    about = cost.about(presets.preset("quick").estimate_s())
+    for name in ("data", "compare", "predict"):
+        at = page(name, data_dir, empty_dir)
+        no_exception(at)
+        links = [e.proto.label for e in at.get("page_link")]  # or the plain link when the page runs alone
+        shown = " ".join(links) + texts(at.markdown)
+        assert f"Start the quick search on Tune ({about} on 2 cores)" in shown, name
+        assert "the recipe box beside it" in texts(at.caption), name
+    at = page("tune", data_dir, empty_dir)
+    assert "First time here?" in texts(at.info)

@@ -88,3 +88,15 @@ def test_curves_without_thresholds_keep_the_plain_hover():
         trace = _curve_trace(fig, "old")
         assert trace.customdata is None
         assert "threshold" not in trace.hovertemplate
+
+
+def test_a_small_split_in_the_kinds_figure_gets_its_counts_above_its_stack():
+    # The Data page's test split (117 normal, 116 bacteria, 79 virus) beside a 5,216-image train/: its
+    # segments are too thin for their numbers, which are written above the stack instead.
+    kinds = {"train": {"normal": 1341, "bacteria": 2530, "virus": 1345}, "test": {"normal": 117, "bacteria": 116, "virus": 79}}
+    fig = figures.kinds_figure(kinds)
+    assert all(text == "" for trace in fig.data for x, text in zip(trace.x, trace.text, strict=True) if x == "test")
+    assert {trace.name: trace.text[0] for trace in fig.data} == {"normal": "1,341", "bacteria": "2,530", "virus": "1,345"}
+    (note,) = fig.layout.annotations
+    assert note.x == "test" and note.text == "virus 79<br>bacteria 116<br>normal 117"
+    assert fig.layout.yaxis.title.text == "Images (count)" and fig.layout.yaxis.range[1] > 5216

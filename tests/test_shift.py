@@ -83,8 +83,20 @@ def test_figure_has_a_dot_per_split_and_titled_axes(flattering):
     val, test = flattering
     item = shift.run_shift("flat-run", val, test, 0.5)
     fig = figures.shift_figure([{"name": item.name, "val": item.val, "test": item.test, "metrics": shift.METRICS}])
-    assert fig.layout.xaxis.title.text == "Metric" and fig.layout.yaxis.title.text == "Value on the split"
+    assert fig.layout.xaxis.title.text == "Metric" and fig.layout.yaxis.title.text == "Value on the split (0–1)"
+    # The legend sits below the plot, clear of the title; the axis is fitted to the values it shows.
+    assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
+    values = [part[m] for part in (item.val, item.test) for m in shift.METRICS if part.get(m) is not None and np.isfinite(part[m])]
+    low, high = fig.layout.yaxis.range
+    assert low <= min(values) and high >= max(values) and (low > 0 or min(values) < 0.05)
     names = [t.name for t in fig.data if t.name]
     assert names == ["flat-run · validation", "flat-run · test"]
     test_trace = next(t for t in fig.data if t.name == "flat-run · test")
     assert list(test_trace.y)[2] == pytest.approx(0.5)  # specificity, third metric
+
+
+def test_the_validation_to_test_axis_fits_close_aucs():
+    # Two runs' AUCs 0.96-0.99: a 0-1 axis squashes them into a sliver; the fitted one spans about 0.1.
+    assert figures.value_range([0.96, 0.99, 0.975]) == pytest.approx([0.91, 1.02])
+    assert figures.value_range([0.5, 0.9]) == pytest.approx([0.45, 0.95])
+    assert figures.value_range([0.0, 1.0]) == [0.0, 1.02] and figures.value_range([]) == [0.0, 1.02]

@@ -167,7 +167,16 @@ def test_parallel_coordinates_map_choices_to_codes_and_spread_numbers_to_log(tmp
     log_axis = dims["learning_rate (log scale)"]
     assert log_axis["values"][0] == pytest.approx(np.log10(table.frame["learning_rate"].iloc[0]))
     assert list(dims)[-1] == trial_figures.SCORE_TITLE
+    # Axis ends written as the table writes them: AUC with 3 decimals, not plotly's 0.9940584 or 171.51µ.
+    assert dims[trial_figures.SCORE_TITLE]["tickformat"] == ".3f"
+    assert [trial_figures.number_format(v) for v in ([1.715e-4, 3e-4], [0.1, 0.25], [64, 128])] == [".2e", ".3f", "d"]
     assert fig["data"][0]["line"]["color"] == pytest.approx(table.frame[trials.SCORE].tolist())
+
+
+def test_optimisation_history_counts_whole_trials():
+    fig = trial_figures.optimisation_history_figure(_synthetic_table(3))
+    assert fig.layout.xaxis.tickformat == "d" and fig.layout.xaxis.dtick == 1  # no trial 1.5
+    assert trial_figures.optimisation_history_figure(_synthetic_table(45)).layout.xaxis.dtick == 5
 
 
 def test_learning_curves_draw_train_and_validation_with_the_best_highlighted(tmp_path):

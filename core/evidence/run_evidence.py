@@ -42,6 +42,30 @@ SITE_CHOICE_PREFIX = "site:"
 # The operating points offered beside the validation-chosen threshold, in the order shown
 # (names of `statistics.operating_points`; `core.reporting.wording.POINT_LABELS` says them in words).
 OPERATING_POINTS = ("youden", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95")
+# A point chosen on validation to meet a target (specificity >= 90 %, ...) "misses" it on test when the
+# test figure falls more than this below the target: the run's box then says so, with the figures.
+TARGET_MISS = 0.05
+_TARGET_METRICS = {"sens": "sensitivity", "spec": "specificity"}
+
+
+def point_target(key: str) -> tuple[str, float] | None:
+    """(metric, target) an operating point promises, e.g. ("specificity", 0.90) for "sens@spec90"; None for
+    points without a target (the saved threshold, Youden's J, a site's point)."""
+    _, at, target = key.partition("@")
+    if not at or target[:4] not in _TARGET_METRICS or not target[4:].replace(".", "", 1).isdigit():
+        return None
+    return _TARGET_METRICS[target[:4]], float(target[4:]) / 100
+
+
+def target_shortfall(choice: ThresholdChoice) -> tuple[str, float, float] | None:
+    """(metric, target, test value) when a validation-chosen point misses its target on test by more than
+    `TARGET_MISS`; None when it keeps it, has no target, or was chosen on test (where it holds by construction)."""
+    target = point_target(choice.key)
+    if target is None or choice.on_test:
+        return None
+    metric, wanted = target
+    value = getattr(choice, metric)
+    return (metric, wanted, value) if wanted - value > TARGET_MISS + 1e-9 else None
 
 
 # --------------------------------------------------------------------------

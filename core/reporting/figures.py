@@ -8,7 +8,7 @@ as base64 typed arrays), so a figure's JSON stays readable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -78,15 +78,28 @@ def patients_per_split_figure(patients: Mapping[str, int]) -> go.Figure:
     return fig
 
 
-def kinds_figure(kinds: Mapping[str, Mapping[str, int]]) -> go.Figure:
-    """Stacked bars: normal, bacterial and viral images per split (`summary["kinds"]`)."""
+def kinds_figure(kinds: Mapping[str, Mapping[str, int]], min_share: float = 0.08) -> go.Figure:
+    """Stacked bars: normal, bacterial and viral images per split (`summary["kinds"]`).
+
+    A segment under `min_share` of the tallest stack is too thin for its number: that split's counts are
+    written above its stack instead, one kind a line, so a small test split stays readable.
+    """
     splits = _ordered_splits(kinds)
     names = sorted({k for split in kinds.values() for k in split}, key=lambda k: (list(KIND_COLORS).index(k) if k in KIND_COLORS else 99, k))
+    totals = {s: sum(int(kinds[s].get(k, 0)) for k in names) for s in splits}
+    tallest = max(totals.values(), default=0) or 1
+    thin = {s for s in splits if any(0 < int(kinds[s].get(k, 0)) < min_share * tallest for k in names)}
     fig = go.Figure()
     for kind in names:
         counts = [int(kinds[s].get(kind, 0)) for s in splits]
-        fig.add_bar(name=kind, x=splits, y=counts, marker_color=KIND_COLORS.get(kind, "#9e9e9e"), text=[f"{c:,}" if c else "" for c in counts], textposition="inside")
-    return _layout(fig, "Pneumonia kinds per split", "Split", "Images (count)", barmode="stack")
+        fig.add_bar(name=kind, x=splits, y=counts, marker_color=KIND_COLORS.get(kind, "#9e9e9e"),
+                    text=[f"{c:,}" if c and s not in thin else "" for s, c in zip(splits, counts, strict=True)], textposition="inside")
+    for s in thin:
+        label = "<br>".join(f"{kind} {int(kinds[s].get(kind, 0)):,}" for kind in reversed(names) if kinds[s].get(kind))
+        fig.add_annotation(x=s, y=totals[s], text=label, showarrow=False, yanchor="bottom", font={"size": 12})
+    _layout(fig, "Pneumonia kinds per split", "Split", "Images (count)", barmode="stack")
+    fig.update_yaxes(range=[0, tallest * 1.12])
+    return fig
 
 
 def class_balance_figure(
@@ -440,7 +453,21 @@ def shift_figure(rows: Sequence[Mapping], colors: Mapping[str, str] | None = Non
                 legendgroup=row["name"], marker={"symbol": symbol, "size": 11, "color": color, "line": {"width": 2, "color": color}},
                 customdata=list(titles.values()), hovertemplate=f"{row['name']} · {label}<br>%{{customdata}} %{{y:.3f}}<extra></extra>",
             )
-    _layout(fig, "Validation → test", "Metric", "Value on the split", height=380 + 20 * ((len(rows) + 1) // 2))
+    legend_rows = (len(rows) + 1) // 2
+    _layout(fig, "Validation → test", "Metric", "Value on the split (0–1)", height=380 + 20 * legend_rows)
+    # The legend below the plot, clear of the title; the axis fitted to the values so AUC differences show.
+    fig.update_layout(legend={"orientation": "h", "y": -0.3, "yanchor": "top", "x": 0, "xanchor": "left"},
+                      margin={**_MARGIN, "b": 80 + 20 * legend_rows})
     fig.update_xaxes(tickvals=list(range(len(titles))), ticktext=list(titles.values()), range=[-0.5, len(titles) - 0.5])
-    fig.update_yaxes(range=[0, 1.02])
+    fig.update_yaxes(range=value_range([part.get(m) for row in rows for part in (row["val"] or {}, row["test"]) for m in titles]))
     return fig
+
+
+def value_range(values: Iterable[float], margin: float = 0.1, floor: float = 0.05) -> list[float]:
+    """A 0–1 axis fitted to `values` with `margin` of their spread (at least `floor`) on each side, kept in [0, 1.02]."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(float(v))]
+    if not finite:
+        return [0.0, 1.02]
+    low, high = min(finite), max(finite)
+    pad = max(floor, margin * (high - low))
+    return [max(0.0, low - pad), min(1.02, high + pad)]

@@ -58,14 +58,26 @@ def parallel_coordinates_figure(table: TrialTable, names: Sequence[str] | None =
             dimensions.append({"label": f"{name} (log scale)", "values": _list(logs), "tickvals": ticks,
                                "ticktext": [f"{10.0 ** t:g}" for t in ticks]})
         else:
-            dimensions.append({"label": name, "values": _list(codes)})
+            dimensions.append({"label": name, "values": _list(codes), "tickformat": number_format(codes)})
     score = scored[SCORE].to_numpy(float)
-    dimensions.append({"label": SCORE_TITLE, "values": _list(score)})
+    dimensions.append({"label": SCORE_TITLE, "values": _list(score), "tickformat": ".3f"})
     line = {"color": _list(score), "colorscale": "Viridis", "showscale": True, "colorbar": {"title": {"text": "val AUC"}}}
     fig = go.Figure(go.Parcoords(dimensions=dimensions, line=line))
     fig.update_layout(title={"text": f"Parallel coordinates ({len(scored)} scored trials; drag on an axis to filter)", "x": 0},
                       template="plotly_white", height=420, margin={"l": 60, "r": 40, "t": 80, "b": 30})
     return fig
+
+
+def number_format(values) -> str:
+    """A d3 format for a numeric axis that writes its values as the tables do: 1.72e-04 for a small rate,
+    an integer for whole numbers, three decimals otherwise (not plotly's SI "171.51µ" or "0.9940584")."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return ""
+    if np.all(finite == np.round(finite)):
+        return "d"
+    return ".2e" if np.nanmax(np.abs(finite)) < 0.01 else ".3f"
 
 
 def score_scatter_figure(table: TrialTable, names: Sequence[str] | None = None, columns: int = 3) -> go.Figure:
@@ -152,4 +164,6 @@ def optimisation_history_figure(table: TrialTable) -> go.Figure:
     fig.add_scatter(x=scored["trial"].tolist(), y=_list(scored["best_so_far"]), mode="lines", name="best so far",
                     line={"color": BEST_COLOR, "shape": "hv", "width": 3})
     _layout(fig, "Optimisation history", "Trial (in the order they ran)", SCORE_TITLE, height=320)
+    # Whole trial numbers only (plotly puts ticks at 1.5, 2.5 for a few trials).
+    fig.update_xaxes(tickformat="d", dtick=max(1, math.ceil(len(scored) / 10)), tick0=1)
     return fig

@@ -20,7 +20,10 @@ from core.evidence.run_evidence import (
     CUSTOM_CHOICE,
     INTERVAL_METRICS,
     SITE_CHOICE_PREFIX,
+    TARGET_MISS,
     VALIDATION_CHOICE,
+    ThresholdChoice,
+    target_shortfall,
 )
 
 if TYPE_CHECKING:
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
     from core.data.tasks import Task
     from core.evidence import statistics
     from core.evidence.comparison import ImageCheck
-    from core.evidence.run_evidence import PairedEvidence, RunEvidence, ThresholdChoice
+    from core.evidence.run_evidence import PairedEvidence, RunEvidence
 
 LEVEL = 0.05  # the significance level of every sentence
 
@@ -40,21 +43,26 @@ LEVEL = 0.05  # the significance level of every sentence
 
 
 VALIDATION_LABEL = "validation-chosen (the run's own threshold)"
+# The saved threshold's menu entry when the stress test chose it (`stress.ROBUST_THRESHOLD_RULE`), and
+# the plain Youden point beside it: two Youden thresholds, named for the images each is chosen on.
+POOLED_LABEL = "saved: Youden's J, validation pooled with its stress copies"
+YOUDEN_SHORT = "Youden's J, unchanged validation images only"
 # Operating point name in `statistics.operating_points` -> what the reader sees.
 POINT_LABELS = {
-    "youden": "Youden's J",
+    "youden": "Youden's J on the unchanged validation images alone",
     "sens@spec90": "best sensitivity at specificity ≥ 90 %",
     "sens@spec95": "best sensitivity at specificity ≥ 95 %",
     "spec@sens90": "best specificity at sensitivity ≥ 90 %",
     "spec@sens95": "best specificity at sensitivity ≥ 95 %",
 }
 # The page's operating-point menu is narrow: it names the points by their keys.
-_SHORT_LABELS = {VALIDATION_CHOICE: VALIDATION_LABEL, "youden": "Youden's J", CUSTOM_CHOICE: "custom (the slider)"}
+_SHORT_LABELS = {VALIDATION_CHOICE: VALIDATION_LABEL, "youden": YOUDEN_SHORT, CUSTOM_CHOICE: "custom (the slider)"}
 ON_VALIDATION = "chosen on validation"
 ON_TEST = "on test, descriptive"
 VALIDATION_NOTE = (
     "Operating points are chosen on the validation split, like the saved threshold, and measured on test: "
-    "a target met on validation (e.g. specificity ≥ 90 %) may be missed slightly on test, which is the honest figure."
+    "a target met on validation (e.g. specificity ≥ 90 %) can be missed on test, which is the honest figure; a run's box "
+    f"warns when its point misses the target by more than {100 * TARGET_MISS:g} points."
 )
 DESCRIPTIVE_NOTE = (
     "Runs saved without validation predictions get their operating points from the test images: those are "
@@ -69,9 +77,16 @@ def choice_label(choice: ThresholdChoice) -> str:
     return f"{POINT_LABELS.get(choice.key, choice.key)} ({ON_TEST if choice.on_test else ON_VALIDATION})"
 
 
-def choice_option(key: str, choice: ThresholdChoice | None) -> str:
-    """e.g. "sens@spec90 · on validation — 0.412": one entry of the page's operating-point menu."""
-    label = _SHORT_LABELS.get(key, key)
+def is_pooled(rule: str | None) -> bool:
+    """Whether a run's saved threshold was chosen with its stress copies (metrics.json's `threshold_rule`: today's
+    `stress.ROBUST_THRESHOLD_RULE`, or its earlier wording without the bound on the unchanged images)."""
+    return bool(rule) and (rule == stress.ROBUST_THRESHOLD_RULE or "pooled with its stressed copies" in rule)
+
+
+def choice_option(key: str, choice: ThresholdChoice | None, rule: str | None = None) -> str:
+    """e.g. "sens@spec90 · on validation — 0.412": one entry of the page's operating-point menu (`rule`: the
+    run's `threshold_rule`, which names its saved threshold)."""
+    label = POOLED_LABEL if key == VALIDATION_CHOICE and is_pooled(rule) else _SHORT_LABELS.get(key, key)
     if key.startswith(SITE_CHOICE_PREFIX):
         label = f"site point {key.removeprefix(SITE_CHOICE_PREFIX)} · on site images"
         return label if choice is None else f"{label} — {choice.threshold:.3f}"
@@ -153,11 +168,23 @@ def threshold_help(task: Task, saved_threshold: float, rule: str | None = None) 
     return text
 
 
+def target_miss_warning(choice: ThresholdChoice) -> str | None:
+    """What the run's box says when its validation-chosen point misses its target on test by more than
+    `run_evidence.TARGET_MISS` (None when it does not)."""
+    miss = target_shortfall(choice)
+    if miss is None:
+        return None
+    metric, target, value = miss
+    return (f"Chosen on validation for {metric} ≥ {100 * target:g} %, this threshold ({choice.threshold:.3f}) gives "
+            f"{100 * value:.1f} % {metric} on test: {100 * (target - value):.1f} points short of the target (more than the "
+            f"{100 * TARGET_MISS:g} this page tolerates). The validation images do not predict the test images here.")
+
+
 def clean_point_note(saved_threshold: float, at_saved: Mapping[str, float], clean: Mapping[str, float]) -> str:
     """The run's threshold on the unchanged validation images, beside their own Youden point."""
     return (
-        f"Unchanged validation images: at {saved_threshold:.3f} sensitivity {100 * at_saved['sensitivity']:.1f} % · "
-        f"specificity {100 * at_saved['specificity']:.1f} %; on them alone Youden's J would choose {clean['threshold']:.3f} "
+        f"Unchanged validation images: at the saved {saved_threshold:.3f} sensitivity {100 * at_saved['sensitivity']:.1f} % · "
+        f"specificity {100 * at_saved['specificity']:.1f} %; on them alone plain Youden's J would choose {clean['threshold']:.3f} "
         f"({100 * clean['sensitivity']:.1f} % · {100 * clean['specificity']:.1f} %)."
     )
 
@@ -216,13 +243,30 @@ def ci_label(confidence: float) -> str:
     return f"{100 * confidence:g}% CI"
 
 
+# One line each for the method names the page and the report print, said where they appear.
+GLOSSARY = {
+    "design effect": "design effect: the rate's variance with each patient's images counted together over its variance "
+    "if every image were independent (at least 1); Wilson's interval uses the image count divided by it",
+    "Durkalski chi-square": "Durkalski chi-square: McNemar's test on per-patient counts, so a patient with many images "
+    "counts once with its net disagreement (Durkalski et al. 2003)",
+    "exact sign-flip": "exact sign-flip: every way of flipping the sign of each patient's net disagreement is counted, "
+    "an exact p-value used when fewer than 25 patients disagree",
+}
+
+
+def glossary(*terms: str) -> str:
+    """The one-line explanations of `terms` (GLOSSARY keys), as one sentence per term."""
+    return " ".join(f"{GLOSSARY[term][0].upper()}{GLOSSARY[term][1:]}." for term in terms)
+
+
 def intervals_note(n_resamples: int, seed: int, confidence: float = CONFIDENCE) -> str:
     """How the intervals are made, in one sentence for the page and the report."""
     return (
         f"{ci_label(confidence)}: AUC by percentile bootstrap over patients (all images of a drawn patient together), "
         f"{n_resamples:,} resamples, seed {seed} (at perfect separation, where every resample gives the same AUC, "
         "Newcombe's score interval on the patients); sensitivity, specificity and accuracy by Wilson's score interval "
-        "widened by the patients' design effect, which holds near 0 % and 100 % where a bootstrap falls short."
+        "widened by the patients' design effect, which holds near 0 % and 100 % where a bootstrap falls short. "
+        + glossary("design effect")
     )
 
 
@@ -241,7 +285,8 @@ PAIRED_NOTE = (
     "patient (Obuchowski 1997), and McNemar's test of the errors at each run's threshold clustered by patient "
     "(exact sign-flip test of the per-patient differences under 25 patients with a net disagreement, else Durkalski 2003). "
     "b = images A got right and B wrong, c = the reverse. The image-level tests, which treat every image as "
-    "independent, are shown for reference only: with several images per patient their p-values are too small."
+    "independent, are shown for reference only: with several images per patient their p-values are too small. "
+    + glossary("exact sign-flip", "Durkalski chi-square")
 )
 
 
@@ -254,10 +299,7 @@ def mcnemar_method(result: statistics.ClusteredMcNemarResult, detailed: bool = F
     """Which clustered McNemar test ran: a table's short name, or with ``detailed`` the page's explanation."""
     exact = result.method == "exact_sign_flip"
     if detailed:
-        return (
-            "exact sign-flip test of the per-patient differences (under 25 patients with a net disagreement)"
-            if exact else "Durkalski's chi-square of the per-patient differences"
-        )
+        return glossary("exact sign-flip" if exact else "Durkalski chi-square").rstrip(".")
     return "exact sign-flip" if exact else "Durkalski chi-square"
 
 

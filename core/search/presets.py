@@ -10,15 +10,31 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 
 from core.models import families
+from core.search import cost
 from core.search.settings import SearchSettings
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    title: str
+    label: str
     description: str
     settings: dict = field(default_factory=dict)  # SearchSettings fields
+
+    @property
+    def title(self) -> str:
+        """The preset's name with its estimated time on the reference data (`estimate_s`)."""
+        return f"{self.label} ({cost.about(self.estimate_s())} on 2 cores)"
+
+    def estimate_s(self, n_images: int | None = None, n_train: float | None = None, n_val: float | None = None) -> float:
+        """The one estimate (`cost.estimate_search_s`) of the preset's search from an empty cache, on
+        `n_images` (default: the data `cost.MEASURED` was measured on, with its split)."""
+        if n_images is None:
+            n_images, n_train, n_val = (cost.MEASURED_DATA[key] for key in ("images", "train", "val"))
+        s = self.every_setting()
+        views = s["augment_views"] if s["augment"] != "off" else 0
+        return cost.estimate_search_s(s["family"], s["mode"], s["image_size"], s["trials"], s["epochs"], n_images,
+                                      activation_cache=s["activation_cache"], views=views, n_train=n_train, n_val=n_val)
 
     def command(self, data_dir: str = "DIR") -> str:
         """The same search as one `python -m core tune` command."""
@@ -44,14 +60,14 @@ PRESETS = {
     for p in (
         Preset(
             "quick",
-            "Quick (about 5 min on 2 cores)",
+            "Quick",
             "MobileNetV2 with ImageNet weights, its top blocks fine-tuned on cached activations with medium augmentation "
             "(one cached view per image): 1 trial of 3 epochs.",
             {"family": "mobilenet", "mode": "finetune", "trials": 1, "epochs": 3, "augment": "medium", "augment_views": 1},
         ),
         Preset(
             "recommended",
-            "Recommended (about 1 h on 2 cores)",
+            "Recommended",
             "MobileNetV2 with ImageNet weights, its top blocks fine-tuned on cached activations with strong augmentation "
             "(3 cached views per image): 4 trials of 6 epochs.",
             {"family": "mobilenet", "mode": "finetune", "trials": 4, "epochs": 6, "augment": "strong", "augment_views": 3},

@@ -3,7 +3,8 @@
 It is what docs/measurements.md measures best on the external test split: the quick preset, the
 recommended preset, the recommended run's best hyperparameters trained again with the next seed
 (a repeat, on the same split), and the equal-weight ensemble of those three, whose threshold is
-chosen on validation like any run's. 22 minutes on 2 cores for the full training set.
+chosen on validation like any run's. `cost.MEASURED` holds what its steps took on 2 cores for the
+full chest X-ray folder; `estimate_s` is calibrated on it.
 
 Each step is an ordinary run (`NAME-quick`, `NAME-recommended`, `NAME-repeat`) and the last one is
 the ensemble `NAME`, so every page, the report and `predict` read them as they read any run. Each
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from core import files
 from core.inference import ensemble
+from core.models import families
 from core.runs import artifacts
 from core.runs.artifacts import RunError
 from core.search import cost, presets
@@ -31,13 +33,26 @@ from core.search.settings import SearchSettings
 from core.workflows import repeat
 
 PLAN_FILE = "recipe.json"
-TITLE = "Recommended recipe (about 25 min on 2 cores)"
+LABEL = "Recommended recipe"
 DESCRIPTION = (
     "Runs the quick and the recommended presets, trains the recommended run's best hyperparameters again with the "
     "next seed (same split), then averages the three into an ensemble run whose threshold is chosen on validation. "
-    "Each step is an ordinary run; the ensemble is the recipe's result. On the 5,216 training images it took 22 min "
-    "on 2 cores, from an empty cache."
+    "Each step is an ordinary run; the ensemble is the recipe's result."
 )
+
+
+def title() -> str:
+    """The recipe's name with its estimated time on the reference data (the one estimate, `estimate_s`)."""
+    return f"{LABEL} ({cost.about(reference_estimate_s())} on 2 cores)"
+
+
+def measured_note() -> str:
+    """What the recipe took when measured (`cost.MEASURED`), quoted the one way."""
+    steps = ", ".join(f"{run.preset} {cost.took(run.elapsed_s)}" for run in cost.MEASURED)
+    return (f"Measured on the {cost.MEASURED_DATA['images']:,} images of the chest X-ray folder from an empty cache: "
+            f"{cost.took(cost.MEASURED_RECIPE_S)} on 2 cores ({steps}).")
+
+
 # Settings a user may change for the whole recipe (both searches); everything else is the presets'.
 OVERRIDABLE = ("task", "seed", "image_size", "weights", "max_per_class", "trials", "epochs", "augment_views", "batch_size")
 
@@ -214,17 +229,36 @@ def command(plan: dict) -> str:
     return f"python -m core recipe --data {plan['data_dir']} --name {plan['recipe']}{options}"
 
 
-def estimate_s(plan: dict, n_images: int) -> float:
-    """Rough CPU seconds for the whole chain on `n_images` images: each search's estimate, and for the
-    repeat one trial of its source's settings (its augmented views are drawn again with the new seed)."""
-    def search_s(step: Step, trials: int | None = None) -> float:
-        s = search_settings(plan, step, ".")
-        views = s.augment_views if s.augment != "off" else 0
-        return cost.estimate_search_s(s.family, s.mode, s.image_size or 224, trials or s.trials, s.epochs, n_images, views=views)
-
+def step_estimates(plan: dict, n_images: int, n_train: float | None = None, n_val: float | None = None) -> dict[str, float]:
+    """Estimated CPU seconds of each training step (`cost.estimate_search_s`), by run name: each search's
+    estimate, and for the repeat one trial of its source's settings (its augmented views are drawn again
+    with the new seed). Steps after the first find the pixels and un-augmented activations cached at the
+    same input size. The ensemble step takes a fraction of a second and is left out."""
+    estimates, sizes = {}, set()
     by_suffix = {step.suffix: step for step in STEPS}
-    return sum(search_s(step) if step.kind == "search" else search_s(by_suffix[step.source], trials=1)
-               for step in STEPS if step.kind != "ensemble")
+    for step in STEPS:
+        if step.kind == "ensemble":
+            continue
+        source = step if step.kind == "search" else by_suffix[step.source]
+        s = search_settings(plan, source, ".")
+        size = s.image_size or families.FAMILIES[s.family].default_image_size
+        views = s.augment_views if s.augment != "off" else 0
+        estimates[step.run_name(plan["recipe"])] = cost.estimate_search_s(
+            s.family, s.mode, size, s.trials if step.kind == "search" else 1, s.epochs, n_images, views=views,
+            n_train=n_train, n_val=n_val, warm=size in sizes)
+        sizes.add(size)
+    return estimates
+
+
+def estimate_s(plan: dict, n_images: int, n_train: float | None = None, n_val: float | None = None) -> float:
+    """Estimated CPU seconds for the whole chain on `n_images` images (`step_estimates`, summed)."""
+    return sum(step_estimates(plan, n_images, n_train, n_val).values())
+
+
+def reference_estimate_s() -> float:
+    """`estimate_s` of the default recipe on the data `cost.MEASURED` was measured on."""
+    data = cost.MEASURED_DATA
+    return estimate_s(make_plan("recipe", "."), data["images"], data["train"], data["val"])
 
 
 # --------------------------------------------------------------------------

@@ -340,7 +340,7 @@ def test_the_data_page_shows_the_class_balance_of_each_tasks_split(task_runs):
     )
     assert [trace["name"] for trace in balance["data"]] == ["bacterial", "viral"]
     # the headings name the task's classes, not the folders' normal and pneumonia
-    assert [m.label for m in at.metric if " : " in m.label] == ["Viral : bacterial"]
+    assert [m.label for m in at.metric if " : " in m.label] == ["Viral : bacterial, all splits"]
     assert [h.value.split(" (")[0] for h in at.subheader if h.value.endswith("images)")] == ["Bacterial", "Viral"]
     assert any("viral images per bacterial one" in c.value for c in at.caption)
     task = tasks.BACTERIAL_VS_VIRAL

@@ -32,8 +32,7 @@ test: $(VENV)/.installed browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-logo
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
-	# worksteal: an idle worker takes queued tests from a busy one, so the long tests do not end on one core
-	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
+	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr localhost:8000

@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import jobs
 from core.data import loading
-from core.inference import ensemble, evaluation, feature_ood, run_kinds
+from core.inference import ensemble, feature_ood, run_kinds
 from core.models import imported, model_files
 from core.reporting import export
 from core.runs import artifacts
@@ -309,17 +308,6 @@ def test_the_cli_imports_and_refuses_with_its_message(saved, data, tmp_path):
     refused = run_cli("import", str(saved[1]["tflite"]), "--name", "cli", "--data", str(data), "--scaling", "0-255",
                       "--artifacts", str(tmp_path))
     assert refused.returncode != 0 and "already exists" in refused.stderr
-
-
-def test_the_dashboard_starts_an_import_in_the_background(saved, data, tmp_path):
-    from tests.helpers import wait_for
-
-    name = jobs.start_import(options(saved[1]["onnx"], data, tmp_path, "background"))
-    wait_for(lambda: artifacts.load_run(tmp_path, name).state in ("completed", "failed"), timeout=180, what="the import")
-    run = artifacts.load_run(tmp_path, name)
-    assert run.state == "completed", run.log_tail()
-    np.testing.assert_allclose(run.predictions()["probability"],
-                               evaluation.predict_files(run, list(run.predictions()["path"]))["probability"], atol=1e-6)
 
 
 def test_the_adapter_maps_are_one_code_path_for_numpy_and_keras():

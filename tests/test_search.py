@@ -136,14 +136,18 @@ def test_runs_and_evaluate_commands(finished_run, dataset):
         (["evaluate", "--run", "cnn", "--data", "{data}/test/NORMAL"], "no chest X-ray images found"),
     ],
 )
-def test_cli_errors_are_one_line_without_traceback(finished_run, dataset, arguments, message):
+def test_cli_errors_are_one_line_without_traceback(finished_run, dataset, arguments, message, capsys):
+    """In this process (`cli.main`, as `python -m core` calls it: a fresh interpreter per case would cost
+    a TensorFlow import each; tests/test_console.py runs the real command line for its output)."""
+    from core import cli
+
     store, _, _ = finished_run
     arguments = [a.replace("{data}", str(dataset)) for a in arguments] + ["--artifacts", str(store)]
-    result = run_cli(*arguments)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and pytest.importorskip("re").search(message, errors[0]), result.stderr[-500:]
+    code = cli.main(arguments)  # an uncaught error would raise here: the user would see a traceback
+    stderr = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and pytest.importorskip("re").search(message, errors[0]), stderr[-500:]
     assert not (store / "escape").exists() and not (store.parent / "escape").exists()
 
 

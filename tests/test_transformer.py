@@ -172,12 +172,15 @@ def test_the_inference_engine_runs_the_saved_model(hybrid_run):
     np.testing.assert_allclose(engine.predict(x), model.predict(x, verbose=0), rtol=1e-3, atol=1e-4)
 
 
-def test_a_repeat_retrains_the_hybrid_on_its_split_with_its_encoder(hybrid_run):
+def test_a_repeat_retrains_the_hybrid_on_its_split_with_its_encoder(hybrid_run, monkeypatch):
     """`repeat` of a hybrid: its best encoder hyperparameters fixed, the next seed, the same split and cache."""
+    from core.workflows import repeat
+
     run, tmp = hybrid_run
-    result = run_cli("repeat", "hybrid", "--seeds", "1", "--name", "hybrid-again", "--artifacts", str(tmp / "runs"),
-                     env={"CXR_CACHE_DIR": str(tmp / "cache")})
-    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp / "cache"))  # the search's activation cache
+    settings = repeat.plan_repeat(tmp / "runs", "hybrid", 1, "hybrid-again")
+    repeat.create_repeat(tmp / "runs", settings)
+    repeat.run_repeat(tmp / "runs", "hybrid-again", log=None)  # in this process: `python -m core repeat` is tested in test_repeat
     again = artifacts.load_run(tmp / "runs", "hybrid-again")
     assert again.state == "completed" and again.is_repeat and again.settings["seed"] == run.settings["seed"] + 1
     assert again.settings["fixed_hyperparameters"]["depth"] == 1 and again.settings["mobilenet_version"] == "v2"

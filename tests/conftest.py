@@ -96,10 +96,27 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def _fixture_runs(tmp_path_factory, data_dir) -> Path:
-    root = tmp_path_factory.mktemp("runs")
-    make_runs(root / "artifacts", root / "other-split")
+def _fixture_runs(tmp_path_factory, data_dir, worker_id) -> Path:
+    """Made once per test session: under xdist the first worker trains them into the session's shared
+    temporary folder while the others wait on a file lock, then all read the same runs (as a run
+    without xdist does); tests that change runs work on a copy (`copy_runs`)."""
+    from core import files
+
+    if worker_id == "master":  # no xdist
+        root = tmp_path_factory.mktemp("runs")
+        _make_fixture_runs(root)
+        return root
+    root = tmp_path_factory.getbasetemp().parent / "shared-fixture-runs"
+    with files.file_lock(root.with_name("shared-fixture-runs.lock")):
+        if not (root / "ready").exists():
+            _make_fixture_runs(root)
+            (root / "ready").touch()
     return root
+
+
+def _make_fixture_runs(root: Path) -> None:
+    make_runs(root / "artifacts", root / "other-split")
+    shutil.copytree(root / "artifacts" / "cnn-small", root / "other-split" / "cnn-small", ignore=shutil.ignore_patterns("search.lock"))
 
 
 @pytest.fixture(scope="session")
@@ -111,10 +128,7 @@ def runs_dir(_fixture_runs) -> Path:
 @pytest.fixture(scope="session")
 def other_split_dir(_fixture_runs, runs_dir) -> Path:
     """cnn-small beside a real run made on another patient split: their test images differ."""
-    folder = _fixture_runs / "other-split"
-    if not (folder / "cnn-small").exists():
-        shutil.copytree(runs_dir / "cnn-small", folder / "cnn-small", ignore=shutil.ignore_patterns("search.lock"))
-    return folder
+    return _fixture_runs / "other-split"  # cnn-small copied there when the runs were made
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import numpy as np
 
 from core import files
 from core.data import loading
-from core.inference import explanation
+from core.inference import explanation, ood
 from core.runs import artifacts
 
 REFERENCE = "ood_features.npz"
@@ -233,15 +233,10 @@ def reference_for(run: artifacts.Run, model) -> dict | None:
         return stored
     if head_entry(model) is None:
         return None
-    splits_path = run.folder / artifacts.SPLITS
-    if not splits_path.exists():
+    if (images := ood.reference_images(run)) is None:
         return None
-    table = files.read_csv(splits_path, usecols=["path", "split"]).drop_duplicates("path")
-    exists = table["path"].map(lambda p: Path(p).is_file())
-    train = list(table.loc[(table["split"] == "train") & exists, "path"])
-    val = list(table.loc[(table["split"] == "val") & exists, "path"])
     try:
-        reference = build_reference(model, int(model.input_shape[1]), train, val)
+        reference = build_reference(model, int(model.input_shape[1]), *images)
     except ValueError:
         return None
     try:

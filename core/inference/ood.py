@@ -190,6 +190,19 @@ def build_reference(train_paths: list[str], val_paths: list[str]) -> dict:
     return fit(_many(_sample(train_paths, MAX_REFERENCE)), _many(_sample(val_paths, MAX_REFERENCE, seed=1)))
 
 
+def reference_images(run: artifacts.Run) -> tuple[list[str], list[str]] | None:
+    """(training, validation) image paths of the run that are still on disk, from its `splits.csv`:
+    what a reference of unusual images (these statistics, or the model's features) is built from.
+    None when the run has no `splits.csv`."""
+    splits_path = run.folder / artifacts.SPLITS
+    if not splits_path.exists():
+        return None
+    table = files.read_csv(splits_path, usecols=["path", "split"]).drop_duplicates("path")
+    exists = table["path"].map(lambda p: Path(p).is_file())
+    return (list(table.loc[(table["split"] == "train") & exists, "path"]),
+            list(table.loc[(table["split"] == "val") & exists, "path"]))
+
+
 def reference_for(run: artifacts.Run) -> dict | None:
     """The run's reference: read from its folder, else computed from its training images and saved.
 
@@ -199,15 +212,10 @@ def reference_for(run: artifacts.Run) -> dict | None:
     stored = files.read_json(path)
     if isinstance(stored, dict) and stored.get("version") == VERSION and stored.get("names") == list(NAMES):
         return stored
-    splits_path = run.folder / artifacts.SPLITS
-    if not splits_path.exists():
+    if (images := reference_images(run)) is None:
         return None
-    table = files.read_csv(splits_path, usecols=["path", "split"]).drop_duplicates("path")
-    exists = table["path"].map(lambda p: Path(p).is_file())
-    train = list(table.loc[(table["split"] == "train") & exists, "path"])
-    val = list(table.loc[(table["split"] == "val") & exists, "path"])
     try:
-        reference = build_reference(train, val)
+        reference = build_reference(*images)
     except ValueError:
         return None
     try:

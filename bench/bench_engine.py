@@ -90,13 +90,15 @@ def family_model(name: str) -> tuple[keras.Model, str]:
     return model, f"{arch.name} {size} ({'imagenet' if imagenet else 'random'})"
 
 
-def _time_pass(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> float:
+def images_per_s(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> float:
+    """Images per second of one batched pass of `run` over `x` (bench_int8.py times its engines with it too)."""
     start = time.perf_counter()
     run(x)
     return len(x) / (time.perf_counter() - start)
 
 
-def _latency_ms(run_one: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, calls: int) -> float:
+def latency_ms(run_one: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, calls: int) -> float:
+    """Median milliseconds of `calls` single-image calls, after 3 warm-up calls."""
     for _ in range(3):
         run_one(sample)
     times = []
@@ -137,10 +139,10 @@ def bench_model(name: str, n_images: int, batch: int, calls: int, repeats: int, 
     best = dict.fromkeys(methods, 0.0)
     for _ in range(repeats):
         for method, (_, run, _) in methods.items():
-            best[method] = max(best[method], _time_pass(run, x))
+            best[method] = max(best[method], images_per_s(run, x))
     rows = []
     for method, (setup, _, run_one) in methods.items():
-        ms = _latency_ms(run_one, x[0], calls)
+        ms = latency_ms(run_one, x[0], calls)
         rows.append({"model": label, "method": method, "setup_s": setup, "ips": best[method], "ms": ms})
         print(f"  {label:28s} {method:14s} {best[method]:8.1f} img/s  {ms:8.1f} ms/img", flush=True)
     # Sanity: the engine computes the same thing as model.predict.

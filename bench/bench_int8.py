@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info logs
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-import numpy as np  # noqa: E402
+
+from bench_engine import images_per_s, latency_ms  # noqa: E402  (this folder: a script's own directory is on sys.path)
 
 from core.data import loading  # noqa: E402
 from core.inference import evaluation, quantization  # noqa: E402
@@ -38,23 +37,6 @@ from core.runs import artifacts  # noqa: E402
 TARGET_RATIO = 1.5
 TARGET_AUC = 0.003
 TARGET_CHANGED = 2
-
-
-def _best_ips(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> float:
-    start = time.perf_counter()
-    run(x)
-    return len(x) / (time.perf_counter() - start)
-
-
-def _latency_ms(run_one: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, calls: int) -> float:
-    for _ in range(3):
-        run_one(sample)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        run_one(sample)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def bench_run(store: str, name: str, requantize: bool, n_images: int, batch: int, repeats: int, calls: int) -> dict:
@@ -81,10 +63,10 @@ def bench_run(store: str, name: str, requantize: bool, n_images: int, batch: int
     best = dict.fromkeys(engines, 0.0)
     for _ in range(repeats):
         for label, e in engines.items():
-            best[label] = max(best[label], _best_ips(lambda a, e=e: e.predict(a, batch), x))
+            best[label] = max(best[label], images_per_s(lambda a, e=e: e.predict(a, batch), x))
     for label, e in engines.items():
         row[f"ips_{label}"] = best[label]
-        row[f"ms_{label}"] = _latency_ms(e.predict_one, x[0], calls)
+        row[f"ms_{label}"] = latency_ms(e.predict_one, x[0], calls)
         print(f"  {name:22s} {label}: {best[label]:7.1f} img/s  {row[f'ms_{label}']:6.2f} ms/img", flush=True)
     return row
 

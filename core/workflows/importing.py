@@ -289,8 +289,10 @@ def import_warnings(result: dict, record: dict) -> list[str]:
 
 
 def _parameters(model) -> int | None:
-    weights = getattr(model, "weights", None)
-    return int(sum(int(np.prod(w.shape)) for w in weights)) if weights is not None else None
+    """The Keras model's parameter count (`builders.count_parameters`); None for a file run as it is."""
+    from core.models import builders
+
+    return builders.count_parameters(model) if hasattr(model, "weights") else None
 
 
 def import_model(options: ImportOptions, log=print) -> dict:

@@ -57,19 +57,30 @@ def metrics_section(view: Picked) -> None:
     metrics_table = pd.concat([metrics_only, facts], axis=1)  # the CSV download: everything in one table
     interval_help = wording.intervals_note(view.n_resamples, view.seed)
     key_metrics, more_metrics = wording.split_metrics_table(metrics_only, ci)
+    # pixel widths that keep each of the three tables within a 1,280 px screen (Compare's main column
+    # is about 820 px there); headers that would not fit are shortened here, their full words in the help
+    metric = {"format": "%.3f", "width": 80}
     column_config = {
-        "threshold": number_column(format="%.3f"),
-        **{k: number_column(format="%.3f") for k in (*wording.INTERVAL_TITLES.values(), *wording.POINT_METRIC_TITLES)},
-        **{f"{k} {ci}": st.column_config.TextColumn(help=interval_help) for k in wording.INTERVAL_TITLES.values()},
-        "parameters": number_column(format="localized"),
-        "training time (s)": number_column(format="%.1f", help="Time of the hyperparameter search (all trials)"),
-        "inference (ms/image)": number_column(format="%.2f", help="Batched, through the saved model's inference engine"),
-        "single image (ms)": number_column(format="%.2f"),
-        "input px": st.column_config.TextColumn(help="Image size the model reads (pixels per side)"),
-        **{title: number_column(format="%.3f", help=text) for title, text in wording.METRIC_HELP.items()},
+        "run": st.column_config.TextColumn("run", width=150),
+        "threshold": number_column(**metric),
+        **{k: number_column(**metric) for k in (*wording.INTERVAL_TITLES.values(), *wording.POINT_METRIC_TITLES)},
+        **{f"{k} {ci}": st.column_config.TextColumn(help=interval_help, width=110) for k in wording.INTERVAL_TITLES.values()},
+        **{title: number_column(**metric, help=text) for title, text in wording.METRIC_HELP.items()},
+        "average precision": number_column("avg precision", **metric, help=wording.METRIC_HELP["average precision"]),
+        "family": st.column_config.TextColumn(width=80),
+        "task": st.column_config.TextColumn(width=80),
+        "mode": st.column_config.TextColumn(width=70),
+        "input px": st.column_config.TextColumn(width=75, help="Image size the model reads (pixels per side)"),
+        "parameters": number_column(format="localized", width=85),
+        "training time (s)": number_column("training (s)", format="%.1f", width=80, help="Time of the hyperparameter search (all trials), in seconds"),
+        "inference (ms/image)": number_column("ms/image", format="%.2f", width=85,
+                                              help="Inference time per image in milliseconds, batched, through the saved model's inference engine"),
+        "single image (ms)": number_column("ms, 1 image", format="%.2f", width=85, help="Latency of one image alone, in milliseconds"),
     }
     st.dataframe(key_metrics, hide_index=True, key="metrics_table", column_config=column_config)
-    st.dataframe(more_metrics, hide_index=True, key="more_metrics_table", column_config=column_config)
+    # the test's sizes are in "Validation against test" below (and in the CSV): this table keeps to the metrics
+    st.dataframe(more_metrics.drop(columns=["test images", "test patients"], errors="ignore"), hide_index=True,
+                 key="more_metrics_table", column_config=column_config)
     st.dataframe(pd.concat([metrics_only[["run"]], facts], axis=1), hide_index=True, key="run_facts_table", column_config=column_config)
     for item in view.evidences:
         if item.intervals is None:
@@ -119,8 +130,9 @@ def shift_and_stress_section(view: Picked) -> None:
     ]
     for sentence in shift.shift_warnings(shifts):
         st.warning(f"Test is clearly worse than validation: {sentence}", icon=":material/trending_down:")
+    shift_rows = shift.shift_table(shifts)
     st.dataframe(
-        shift.shift_table(shifts), hide_index=True, key="shift_table",
+        shift_rows, hide_index=True, key="shift_table", height=ui.table_height(len(shift_rows)),
         column_config={
             "run": st.column_config.TextColumn("run", width="medium"),
             "validation": number_column(format="%.3f", help="On the validation split, where the threshold was chosen"),
@@ -128,8 +140,7 @@ def shift_and_stress_section(view: Picked) -> None:
             "test − validation": number_column(format="%+.3f", help="Test minus validation: negative is worse, except for ECE"),
         },
     )
-    shift_left, shift_right = st.columns([3, 2])
-    shift_left.dataframe(
+    st.dataframe(
         shift.shift_runs_table(shifts), hide_index=True, key="shift_runs_table",
         column_config={
             "threshold": number_column(format="%.3f"),
@@ -137,8 +148,8 @@ def shift_and_stress_section(view: Picked) -> None:
             "test images": number_column(format="localized"),
         },
     )
-    shift_right.plotly_chart(figures.shift_figure(shift.figure_rows(shifts), view.colors), key="fig_shift")
-    shift_left.caption(shift.source_note(shifts))
+    st.caption(shift.source_note(shifts))
+    st.plotly_chart(figures.shift_figure(shift.figure_rows(shifts), view.colors, shift.LOWER_IS_BETTER), key="fig_shift")
     st.caption(f"{shift.NOTE} At the thresholds set above.")
 
     stressed = stress.saved_results(view.picked_runs)
@@ -273,10 +284,11 @@ def errors_by_kind_section(view: Picked) -> None:
         st.info("These predictions carry no kind of image (normal, bacteria, virus).")
         return
     st.caption(f"At each run's threshold. {wording.errors_by_kind_note(view.run_tasks.values())}")
-    left, right = st.columns([1, 1])
-    left.plotly_chart(figures.error_breakdown_figure(errors, view.colors), key="fig_errors")
-    with right:
-        st.dataframe(
-            wording.errors_by_kind_wide(view.evidences, view.positive), hide_index=True, key="errors_table",
-            column_config={"images": st.column_config.TextColumn("images (error)")},
-        )
+    st.plotly_chart(figures.error_breakdown_figure(errors, view.colors), key="fig_errors")
+    # under the chart, not beside it: one column per run, narrower as runs are added, so it fits 1,280 px
+    table = wording.errors_by_kind_wide(view.evidences, view.positive)
+    st.dataframe(
+        table, hide_index=True, key="errors_table",
+        column_config={**ui.fitted_text_columns(list(table.columns), {"images": 200}),
+                       "images": st.column_config.TextColumn("images (error)", width=200)},
+    )

@@ -39,8 +39,14 @@ def per_image_section(view: Picked) -> None:
         shown, hide_index=True, key="image_table", on_select="rerun", selection_mode="single-row",
         column_order=["image", "class_name", "kind", *column.values(), "wrong in"],
         column_config={
-            "class_name": st.column_config.TextColumn("true class"),
-            **{column[name]: st.column_config.ProgressColumn(name, min_value=0.0, max_value=1.0, format="%.3f") for name in picked},
+            "image": st.column_config.TextColumn("image", width=180),
+            "class_name": st.column_config.TextColumn("true class", width=90),
+            "kind": st.column_config.TextColumn("kind", width=70),
+            "wrong in": st.column_config.TextColumn("wrong in", width=110, help="The runs that call this image wrongly"),
+            # each run's bar shares what is left of a 1,280 px screen (less the selection column)
+            **{column[name]: st.column_config.ProgressColumn(name, min_value=0.0, max_value=1.0, format="%.3f",
+                                                             width=max(80, (ui.TABLE_WIDTH - 490) // len(picked)))
+               for name in picked},
         },
     )
     selected = event.selection.rows if event is not None and hasattr(event, "selection") else []

@@ -38,12 +38,18 @@ def where_they_look_section(view: Picked) -> None:
     for line in where_it_looks.warnings_text(summaries, view.run_tasks):
         st.warning(line, icon=":material/warning:")
     table = where_it_looks.summary_table(summaries, view.run_tasks)
+    # pixel widths that fit 1,280 px: the intervals' columns wide enough to read whole, the rest sharing what is left
     st.dataframe(table, hide_index=True, key="where_it_looks_table", width="stretch",
+                 column_config=ui.fitted_text_columns(list(table.columns), {"run": 140, "method": 115, "gain ↑": 135,
+                                                                           "opacity hit": 75, "opacity IoU": 75}),
                  height=min(38 + 35 * len(table), 38 + 35 * 24))  # every row of up to four runs, no inner scrolling
     with st.expander("Deletion, insertion, marks, and how many X-rays look at the border"):
         details = where_it_looks.detail_table(summaries, view.run_tasks)
-        st.dataframe(details, hide_index=True, key="where_it_looks_details", width="stretch",
-                     height=min(38 + 35 * len(details), 38 + 35 * 24))
+        # two tables, the intervals first: together they would not fit 1,280 px
+        for part, columns in enumerate((list(details.columns[:5]), ["run", "method", *details.columns[5:]])):
+            fixed = {"run": 140, "method": 115, **{c: 135 for c in columns[2:] if part == 0}}
+            st.dataframe(details[columns], hide_index=True, key=f"where_it_looks_details_{part}", width="stretch",
+                         column_config=ui.fitted_text_columns(columns, fixed), height=min(38 + 35 * len(details), 38 + 35 * 24))
     first = next(iter(saved.values())).about
     st.caption(
         f"{first.get('n_images', '?')} test images per run ({first.get('per_class', '?')} per class, seed "

@@ -212,6 +212,19 @@ def format_number(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and np.isfinite(value) else "–"
 
 
+# The width a table may take on a 1,280 px screen: the main column is about 820 px there, beside the sidebar
+TABLE_WIDTH = 790
+
+
+def fitted_text_columns(columns: list[str], fixed: dict[str, int], total: int = TABLE_WIDTH, least: int = 70) -> dict:
+    """Column configs for a table of text cells that fits `total` pixels: the `fixed` columns at their
+    widths, the others sharing what is left (at least `least` each; a header that does not fit is shown
+    whole on hover)."""
+    rest = [c for c in columns if c not in fixed]
+    share = max(least, (total - sum(fixed.values())) // max(1, len(rest)))
+    return {c: st.column_config.TextColumn(c, width=fixed.get(c, share), help=None if c in fixed else c) for c in columns}
+
+
 def table_height(n_rows: int, max_rows: int = 40) -> int:
     """The pixel height of an st.dataframe that shows `n_rows` rows (up to `max_rows`) without scrolling."""
     return 38 + 35 * min(max(n_rows, 1), max_rows)

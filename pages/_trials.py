@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.reporting import trial_figures
 from core.runs import artifacts, trials
+from pages import _shared as ui
 
 OLD_RUN_NOTE = (
     "This run was saved before per-epoch histories were kept: the table and figures use trials.json only "
@@ -44,17 +45,34 @@ def trials_view(run: artifacts.Run, key: str) -> None:
     varied = trials.varied_hyperparameters(table)
     scored = len(table.scored)
     st.caption(f"{len(table.frame)} trials, {scored} with a validation AUC. Click a column header to sort.")
+    # Two tables that each fit 1,280 px: each trial's outcome, then the hyperparameters it tried
+    outcome = ["trial", trials.SCORE, "best_epoch", "epochs_run", "stopped_early", "duration_s", "status"]
+    trial_column = st.column_config.NumberColumn("trial", format="%d", width=60)
     st.dataframe(
-        table.frame.drop(columns=["trial_id"]), hide_index=True, key=f"{key}_table",
+        table.frame[outcome], hide_index=True, key=f"{key}_table",
         column_config={
-            trials.SCORE: st.column_config.NumberColumn("best val AUC", format="%.4f"),
-            "best_epoch": st.column_config.NumberColumn("at epoch", format="%d"),
-            "epochs_run": st.column_config.NumberColumn("epochs run", format="%d"),
-            "stopped_early": st.column_config.CheckboxColumn("stopped early"),
-            "duration_s": st.column_config.NumberColumn("duration (s)", format="%.1f"),
-            **{name: st.column_config.NumberColumn(format="%.2e") for name in table.hyperparameters if name == "learning_rate"},
+            "trial": trial_column,
+            trials.SCORE: st.column_config.NumberColumn("best val AUC", format="%.4f", width=110),
+            "best_epoch": st.column_config.NumberColumn("at epoch", format="%d", width=90),
+            "epochs_run": st.column_config.NumberColumn("epochs run", format="%d", width=90),
+            "stopped_early": st.column_config.CheckboxColumn("stopped early", width=110),
+            "duration_s": st.column_config.NumberColumn("duration (s)", format="%.1f", width=110),
+            "status": st.column_config.TextColumn("status", width=110),
         },
     )
+    names = list(table.hyperparameters)
+    if names:
+        share = max(70, (ui.TABLE_WIDTH - 60) // len(names))
+        st.dataframe(
+            table.frame[["trial", *names]], hide_index=True, key=f"{key}_hyperparameters",
+            column_config={
+                "trial": trial_column,
+                # human headers (the Keras Tuner names in the hover help and in the run's settings)
+                **{name: (st.column_config.NumberColumn(trials.hyperparameter_label(name), format="%.2e", width=share, help=name)
+                          if name == "learning_rate" else
+                          st.column_config.Column(trials.hyperparameter_label(name), width=share, help=name)) for name in names},
+            },
+        )
     if not scored:
         st.caption("No trial has a validation AUC yet: the figures appear when the first trial ends.")
         return

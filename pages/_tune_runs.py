@@ -172,28 +172,43 @@ def _filtered(finished: list[artifacts.Run]) -> list[artifacts.Run]:
 
 
 def _runs_table(finished: list[artifacts.Run]) -> None:
+    """Two tables that each fit 1,280 px: what a reader compares first, then what each run is and its bookkeeping."""
     table = artifacts.runs_table(finished)
     table.insert(0, "outcome", table["state"])
-    if not table["archived"].any():
-        table = table.drop(columns=["archived"])
     table["started_at"] = pd.to_datetime(table["started_at"], errors="coerce", utc=True)
-    # what a reader compares first, then what the run is, then its bookkeeping
-    first = ["outcome", "run", "test_auc", "sensitivity", "specificity", "threshold", "accuracy", "best_val_auc"]
-    table = table.drop(columns=["state"])
-    table = table[first + [c for c in table.columns if c not in first]]
+    results = ["outcome", "run", "test_auc", "sensitivity", "specificity", "accuracy", "threshold", "best_val_auc", "trials"]
+    # the tuner is in the run's settings below: the table keeps to what fits beside the rest
+    about = ["run", "family", "task", "mode", "image_size", "started_at", "tags", "note"]
+    if table["archived"].any():
+        about.append("archived")
+    metric = {"format": "%.3f", "width": 80}
     st.dataframe(
-        table, hide_index=True, key="tune_runs",
+        table[results], hide_index=True, key="tune_runs",
         column_config={
-            "outcome": st.column_config.TextColumn("outcome", width="small"),
-            "image_size": st.column_config.TextColumn("input px", help="Image size the model reads (pixels per side); an ensemble's members have their own"),
-            "started_at": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm"),
-            "trials": st.column_config.TextColumn("trials", help="Trials done / planned"),
-            "best_val_auc": st.column_config.NumberColumn("best val AUC", format="%.3f"),
-            "test_auc": st.column_config.NumberColumn("test AUC", format="%.3f"),
-            "accuracy": st.column_config.NumberColumn(format="%.3f"),
-            "sensitivity": st.column_config.NumberColumn(format="%.3f"),
-            "specificity": st.column_config.NumberColumn(format="%.3f"),
-            "threshold": st.column_config.NumberColumn(format="%.3f"),
+            "outcome": st.column_config.TextColumn("outcome", width=90),
+            "run": st.column_config.TextColumn("run", width=160),
+            "test_auc": st.column_config.NumberColumn("test AUC", **metric),
+            "sensitivity": st.column_config.NumberColumn("sensitivity", **metric),
+            "specificity": st.column_config.NumberColumn("specificity", **metric),
+            "accuracy": st.column_config.NumberColumn("accuracy", **metric),
+            "threshold": st.column_config.NumberColumn("threshold", **metric),
+            "best_val_auc": st.column_config.NumberColumn("best val AUC", **metric, help="The search's best trial on validation"),
+            "trials": st.column_config.TextColumn("trials", width=60, help="Trials done / planned"),
+        },
+    )
+    st.caption("Test metrics at each run's saved threshold.")
+    st.dataframe(
+        table[about], hide_index=True, key="tune_runs_about",
+        column_config={
+            "run": st.column_config.TextColumn("run", width=150),
+            "family": st.column_config.TextColumn("family", width=90),
+            "task": st.column_config.TextColumn("task", width=90),
+            "mode": st.column_config.TextColumn("mode", width=70),
+            "image_size": st.column_config.TextColumn("input px", width=75, help="Image size the model reads (pixels per side); an ensemble's members have their own"),
+            "started_at": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm", width=115),
+            "tags": st.column_config.TextColumn("tags", width=70),
+            "note": st.column_config.TextColumn("note", width=80, help="Hover a cell for the whole note; edit it under Run details"),
+            "archived": st.column_config.CheckboxColumn("archived", width=50),
         },
     )
 

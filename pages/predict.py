@@ -251,21 +251,45 @@ if long_rows:
     table = pd.DataFrame(long_rows)
     if table["calibrated probability"].isna().all():  # no run decides at a recalibrated site point
         table = table.drop(columns=["calibrated probability"])
+    # Three tables that each fit 1,280 px (the CSV below has every column in one): the calls, how each
+    # was decided and whether the image was assessed, and the three-class runs' class probabilities
+    where = {"image": st.column_config.TextColumn("image", width=160), "run": st.column_config.TextColumn("run", width=130)}
+    calls = ["image", "run", "true class", "probability", "threshold", "label"]
     st.dataframe(
-        table, hide_index=True, key="predict_table",
+        table[calls], hide_index=True, key="predict_table",
         column_config={
-            "probability": st.column_config.NumberColumn(f"probability of {positive}", format="%.3f",
-                                                         help="Three-class runs: P(bacterial) + P(viral). Bacterial vs viral runs: P(viral)."),
-            "threshold": st.column_config.NumberColumn(format="%.3f"),
-            "calibrated probability": st.column_config.NumberColumn(
-                format="%.3f", help="A recalibrated site operating point's probability (Platt or temperature, fitted on the "
-                "site's images): the same decision at its threshold, a probability closer to the site's rates."),
-            **{f"P({name})": st.column_config.NumberColumn(format="%.3f") for name in tasks.THREE_CLASS.names},
-            "model_label": st.column_config.TextColumn("model's call", help="What the model called the image, even when it is not assessed"),
-            "unusual": st.column_config.CheckboxColumn("unlike training X-rays"),
-            "unusual_reason": st.column_config.TextColumn("why unlike"),
+            **where,
+            "true class": st.column_config.TextColumn("true class", width=90),
+            "probability": st.column_config.NumberColumn(
+                f"probability of {positive}", format="%.3f", width=130,
+                help="Three-class runs: P(bacterial) + P(viral). Bacterial vs viral runs: P(viral)."),
+            "threshold": st.column_config.NumberColumn("threshold", format="%.3f", width=80),
+            "label": st.column_config.TextColumn("label", width=190, help="The call at the threshold, or \"not assessed\" "
+                                                 "for an image unlike the training X-rays"),
         },
     )
+    decided = ["image", "run", "task", "model_label", "operating point",
+               *[c for c in ("calibrated probability",) if c in table.columns], "unusual", "unusual_reason"]
+    st.dataframe(
+        table[decided], hide_index=True, key="predict_decided_table",
+        column_config={
+            **where,
+            "task": st.column_config.TextColumn("task", width=90),
+            "model_label": st.column_config.TextColumn("model's call", width=90, help="What the model called the image, even when it is not assessed"),
+            "operating point": st.column_config.TextColumn("operating point", width=100, help="The run's saved threshold, or a site's own"),
+            "calibrated probability": st.column_config.NumberColumn(
+                "calibrated", format="%.3f", width=80, help="A recalibrated site operating point's probability (Platt or temperature, fitted "
+                "on the site's images): the same decision at its threshold, a probability closer to the site's rates."),
+            "unusual": st.column_config.CheckboxColumn("unusual", width=70, help="Unlike the training X-rays: not assessed"),
+            "unusual_reason": st.column_config.TextColumn("why unlike", width=70 if "calibrated probability" in decided else 150,
+                                                          help="Which statistic is off; hover a cell for all of it"),
+        },
+    )
+    class_columns = [f"P({name})" for name in tasks.THREE_CLASS.names if f"P({name})" in table.columns]
+    if class_columns:
+        class_rows = table.dropna(subset=class_columns, how="all")[["image", "run", *class_columns]]
+        st.dataframe(class_rows, hide_index=True, key="predict_class_table",
+                     column_config={**where, **{c: st.column_config.NumberColumn(c, format="%.3f", width=100) for c in class_columns}})
     csv_column, regions_column = st.columns(2)
     csv_column.download_button("Download (CSV)", table.to_csv(index=False).encode(), file_name="predictions.csv", mime="text/csv",
                                key="predict_download", icon=":material/download:")

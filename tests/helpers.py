@@ -252,3 +252,15 @@ def train_opacity_detector():
     accuracy = float(((model.predict(x, verbose=0)[:, 0] >= 0.5) == y).mean())
     assert accuracy > 0.9, f"the detector did not learn (training accuracy {accuracy:.2f})"
     return model
+
+
+def predictions_shown(at):
+    """The Predict page's "All predictions" tables (the calls, how each was decided, the class
+    probabilities) joined back into one row per image and run, as the page's CSV has them."""
+    import pandas as pd
+
+    tables = [d.value for d in at.dataframe if {"image", "run"} <= set(d.value.columns)]
+    joined = tables[0]
+    for table in tables[1:]:
+        joined = joined.merge(table, on=["image", "run"], how="left")
+    return pd.DataFrame(joined)

@@ -26,6 +26,7 @@ from core.reporting import figures, wording
 from core.runs import artifacts
 from pages import _loaders as load
 from tests.conftest import FAILED_ERROR, FAILED_RUN, INTERRUPTED_RUN, OTHER_SPLIT_RUN, REPO
+from tests.helpers import predictions_shown
 
 # Loading a saved model without compiling it makes Keras say it skips the optimizer's state.
 pytestmark = pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
@@ -927,7 +928,7 @@ def test_predict_flags_an_image_unlike_the_training_xrays(data_dir, runs_dir, sa
     assert len(warnings) == 1 and "near-black pixels (below 10 of 255): 100 % of the image" in warnings[0]
     # each detector that fired says so once (the statistic with its range, the model's features): no repeated "not like ..."
     assert warnings[0].count("near-black pixels") == 1 and warnings[0].count("Not assessed") == 1
-    table = frame_with(at, "unusual").set_index("image")
+    table = predictions_shown(at).set_index("image")
     assert bool(table.loc["black.jpeg", "unusual"]) and not bool(table.loc["chest.jpeg", "unusual"])
     # the table (what the CSV download writes) gives no diagnosis for the flagged image, but keeps the model's call
     assert table.loc["black.jpeg", "label"] == "not assessed: unlike the training X-rays"
@@ -1082,12 +1083,12 @@ def test_compare_adapts_a_run_to_a_site_and_predict_decides_at_its_point(tmp_pat
     at.file_uploader(key="predict_upload").set_value([("chest.jpeg", image.read_bytes(), "image/jpeg")])
     at.run()
     no_exception(at)
-    own = at.dataframe[0].value
+    own = predictions_shown(at)
     assert (own.loc[0, "label"], own.loc[0, "threshold"], own.loc[0, "operating point"]) == ("PNEUMONIA", 0.5, "validation")
     assert "calibrated probability" not in own.columns
     at.selectbox(key="predict_point::plain").set_value("clinic-a").run()
     no_exception(at)
-    table = at.dataframe[0].value
+    table = predictions_shown(at)
     assert (table.loc[0, "label"], table.loc[0, "operating point"]) == ("NORMAL", "clinic-a")
     assert table.loc[0, "threshold"] == pytest.approx(record["threshold"])
     calibration = site_adaptation.Calibration.from_dict(record["calibration"])

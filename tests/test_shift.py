@@ -79,20 +79,35 @@ def test_warnings_spell_out_a_large_drop(flattering):
     assert runs[0].worse_by("ece") == pytest.approx(runs[0].change("ece"))
 
 
-def test_figure_has_a_dot_per_split_and_titled_axes(flattering):
+def test_figure_has_a_panel_per_metric_a_dot_per_split_and_titled_axes(flattering):
     val, test = flattering
     item = shift.run_shift("flat-run", val, test, 0.5)
-    fig = figures.shift_figure([{"name": item.name, "val": item.val, "test": item.test, "metrics": shift.METRICS}])
-    assert fig.layout.xaxis.title.text == "Metric" and fig.layout.yaxis.title.text == "Value on the split (0–1)"
-    # The legend sits below the plot, clear of the title; the axis is fitted to the values it shows.
+    fig = figures.shift_figure([{"name": item.name, "val": item.val, "test": item.test, "metrics": shift.METRICS}],
+                               lower_is_better=shift.LOWER_IS_BETTER)
+    assert fig.layout.yaxis.title.text == "Value on the split (0–1)" and fig.layout.xaxis.title.text
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["AUC", "sensitivity", "specificity", "ECE (lower is better)"]
+    # The legend sits below the plot, clear of the title; each panel's axis is fitted to its own metric.
     assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
-    values = [part[m] for part in (item.val, item.test) for m in shift.METRICS if part.get(m) is not None and np.isfinite(part[m])]
-    low, high = fig.layout.yaxis.range
-    assert low <= min(values) and high >= max(values) and (low > 0 or min(values) < 0.05)
-    names = [t.name for t in fig.data if t.name]
+    for number, metric in enumerate(shift.METRICS, start=1):
+        values = [part[metric] for part in (item.val, item.test) if np.isfinite(part[metric])]
+        low, high = fig.layout[f"yaxis{'' if number == 1 else number}"].range
+        assert low <= min(values) and high >= max(values)
+    names = [t.name for t in fig.data if t.showlegend is not False and t.name]
     assert names == ["flat-run · validation", "flat-run · test"]
-    test_trace = next(t for t in fig.data if t.name == "flat-run · test")
-    assert list(test_trace.y)[2] == pytest.approx(0.5)  # specificity, third metric
+    specificity_test = next(t for t in fig.data if t.name == "flat-run · test" and t.yaxis == "y3")
+    assert list(specificity_test.y) == [pytest.approx(0.5)]
+
+
+def test_close_aucs_keep_their_own_axis_beside_a_small_ece():
+    # Two runs' AUCs 0.96-0.98 beside ECEs of 0.03-0.06: one shared axis would span 0-1 and squash
+    # the AUCs; their own panel spans about 0.06.
+    rows = [{"name": name, "val": {"auc": v, "ece": 0.03}, "test": {"auc": t, "ece": 0.06}, "metrics": {"auc": "AUC", "ece": "ECE"}}
+            for name, v, t in (("a", 0.98, 0.97), ("b", 0.975, 0.96))]
+    fig = figures.shift_figure(rows)
+    low, high = fig.layout.yaxis.range
+    assert 0.9 < low < 0.96 and high - low < 0.1
+    assert 0.0 <= fig.layout.yaxis2.range[0] < 0.03 and fig.layout.yaxis2.range[1] < 0.1
 
 
 def test_the_validation_to_test_axis_fits_close_aucs():

@@ -22,7 +22,7 @@ from core.models import builders, families
 from core.runs import artifacts
 from core.search import hypermodel
 from core.search.settings import SearchSettings, SettingsError
-from tests.helpers import make_dataset, run_cli
+from tests.helpers import make_dataset, predictions_shown, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -280,7 +280,7 @@ def test_compare_predict_and_the_report_show_a_three_class_run(task_runs):
     at.session_state["predict_samples"] = [(str(image), "PNEUMONIA")]
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    table = at.dataframe[0].value.set_index("run")
+    table = predictions_shown(at).set_index("run")
     each_class = table.loc["three", ["P(normal)", "P(bacterial)", "P(viral)"]].astype(float)
     assert each_class.sum() == pytest.approx(1.0, abs=1e-5)
     assert table.loc["three", "probability"] == pytest.approx(each_class["P(bacterial)"] + each_class["P(viral)"], abs=2e-6)
@@ -320,7 +320,7 @@ def test_a_three_class_ensemble_predicts_and_explains_each_class(task_runs, tmp_
     at.session_state["predict_samples"] = [(str(images[0]), "PNEUMONIA")]
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    table = at.dataframe[0].value.set_index("run")
+    table = predictions_shown(at).set_index("run")
     assert table.loc["three-ens", ["P(normal)", "P(bacterial)", "P(viral)"]].astype(float).sum() == pytest.approx(1.0, abs=1e-5)
     at.selectbox(key="predict_gradcam_class").set_value("virus").run()
     captions = [caption for element in at.get("image") for caption in element.captions]

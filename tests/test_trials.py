@@ -163,8 +163,8 @@ def test_parallel_coordinates_map_choices_to_codes_and_spread_numbers_to_log(tmp
     dims = {d["label"]: d for d in fig["data"][0]["dimensions"]}
     assert dims["optimizer"]["ticktext"] == list(dict.fromkeys(table.frame["optimizer"]))
     assert set(dims["optimizer"]["values"]) <= {0, 1}
-    assert set(dims["batch_norm"]["ticktext"]) <= {"True", "False"}
-    log_axis = dims["learning_rate (log scale)"]
+    assert set(dims["batch norm"]["ticktext"]) <= {"True", "False"}
+    log_axis = dims["learning rate (log scale)"]  # human labels, not Keras Tuner names
     assert log_axis["values"][0] == pytest.approx(np.log10(table.frame["learning_rate"].iloc[0]))
     assert list(dims)[-1] == trial_figures.SCORE_TITLE
     # Axis ends written as the table writes them: AUC with 3 decimals, not plotly's 0.9940584 or 171.51µ.
@@ -212,7 +212,9 @@ def test_trials_view_renders_for_a_finished_search(tmp_path, tuner):
     at = _tune_page(tmp_path, f"{tuner}-run")
     assert not at.exception, [e.value for e in at.exception]
     table = next(d.value for d in at.dataframe if "best_epoch" in d.value.columns)
-    assert len(table) == 12 and {"learning_rate", "best_epoch", "duration_s", "status"} <= set(table.columns)
+    assert len(table) == 12 and {"best_epoch", "duration_s", "status"} <= set(table.columns)
+    tried = next(d.value for d in at.dataframe if "learning_rate" in d.value.columns)  # the hyperparameters, a table of their own
+    assert list(tried["trial"]) == list(table["trial"]) and "best_epoch" not in tried.columns
     titles = _titles(at)
     for title in ("Optimisation history", "Parallel coordinates", "Validation AUC against each hyperparameter",
                   "Hyperparameter importance (12 trials)", "Learning curves"):

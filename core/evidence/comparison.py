@@ -19,7 +19,7 @@ import pandas as pd
 from core.data import tasks
 from core.data.folders import CLASS_NAMES
 from core.evidence import multiclass
-from core.runs.artifacts import Run
+from core.runs.artifacts import PER_MEMBER, Run
 
 NEGATIVE, POSITIVE = CLASS_NAMES  # "NORMAL", "PNEUMONIA"
 # When the picked runs answer different questions, the binary views are named this way.
@@ -103,8 +103,7 @@ def facts_table(runs: Sequence[Run]) -> pd.DataFrame:
                 "family": facts.family,
                 "task": facts.task,
                 "mode": facts.mode,
-                # an ensemble's members read their own sizes: words, not a blank the grid would print as None
-                "input px": str(facts.image_size) if facts.image_size else "each member's own",
+                "input px": str(facts.image_size) if facts.image_size else PER_MEMBER,
                 "parameters": facts.parameters,
                 "training time (s)": facts.search_s,
                 "inference (ms/image)": facts.ms_per_image,

@@ -425,41 +425,47 @@ def site_curve_figure(curve: Sequence[Mapping], title: str = "How many site imag
     return fig
 
 
-def shift_figure(rows: Sequence[Mapping], colors: Mapping[str, str] | None = None) -> go.Figure:
-    """Validation → test for each run and metric: an open dot on validation, a filled one on test, joined.
+def shift_figure(rows: Sequence[Mapping], colors: Mapping[str, str] | None = None,
+                 lower_is_better: Iterable[str] = ()) -> go.Figure:
+    """Validation → test for each run, one panel per metric: an open dot on validation, a filled one on
+    test, joined. Each panel's axis is fitted to its own metric, so close AUCs stay apart even beside
+    an ECE near zero.
 
     `rows` are dicts with `name`, `val` and `test` (metric -> value, `val` may be None) and
-    `metrics` (metric key -> title), e.g. from `core.evidence.shift`.
+    `metrics` (metric key -> title), e.g. from `core.evidence.shift`; the panels of `lower_is_better`
+    metrics say so in their titles.
     """
+    from plotly.subplots import make_subplots
+
     names = [r["name"] for r in rows]
     colors = dict(colors or run_colors(names))
     titles = dict(rows[0]["metrics"]) if rows else {}
-    width = 0.6 / max(1, len(rows))
-    fig = go.Figure()
-    for j, row in enumerate(rows):
-        offset = (j - (len(rows) - 1) / 2) * width
-        xs = [i + offset for i in range(len(titles))]
-        val = [float((row["val"] or {}).get(m, np.nan)) for m in titles]
-        test = [float(row["test"].get(m, np.nan)) for m in titles]
-        color = colors.get(row["name"], RUN_PALETTE[0])
-        segments_x, segments_y = [], []
-        for x, v, t in zip(xs, val, test, strict=True):
-            segments_x += [x, x, None]
-            segments_y += [v if np.isfinite(v) else None, t if np.isfinite(t) else None, None]
-        fig.add_scatter(x=segments_x, y=segments_y, mode="lines", line={"color": color, "width": 2}, showlegend=False, hoverinfo="skip")
-        for label, values, symbol in (("validation", val, "circle-open"), ("test", test, "circle")):
-            fig.add_scatter(
-                x=xs, y=[v if np.isfinite(v) else None for v in values], mode="markers", name=f"{row['name']} · {label}",
-                legendgroup=row["name"], marker={"symbol": symbol, "size": 11, "color": color, "line": {"width": 2, "color": color}},
-                customdata=list(titles.values()), hovertemplate=f"{row['name']} · {label}<br>%{{customdata}} %{{y:.3f}}<extra></extra>",
-            )
-    legend_rows = (len(rows) + 1) // 2
-    _layout(fig, "Validation → test", "Metric", "Value on the split (0–1)", height=380 + 20 * legend_rows)
-    # The legend below the plot, clear of the title; the axis fitted to the values so AUC differences show.
-    fig.update_layout(legend={"orientation": "h", "y": -0.3, "yanchor": "top", "x": 0, "xanchor": "left"},
-                      margin={**_MARGIN, "b": 80 + 20 * legend_rows})
-    fig.update_xaxes(tickvals=list(range(len(titles))), ticktext=list(titles.values()), range=[-0.5, len(titles) - 0.5])
-    fig.update_yaxes(range=value_range([part.get(m) for row in rows for part in (row["val"] or {}, row["test"]) for m in titles]))
+    worse_up = set(lower_is_better)
+    fig = make_subplots(rows=1, cols=max(1, len(titles)), horizontal_spacing=0.08,
+                        subplot_titles=[f"{t} (lower is better)" if m in worse_up else t for m, t in titles.items()])
+    for column, (metric, title) in enumerate(titles.items(), start=1):
+        for j, row in enumerate(rows):
+            color = colors.get(row["name"], RUN_PALETTE[0])
+            val, test = float((row["val"] or {}).get(metric, np.nan)), float(row["test"].get(metric, np.nan))
+            ys = [v if np.isfinite(v) else None for v in (val, test)]
+            fig.add_scatter(x=[j, j], y=ys, mode="lines", line={"color": color, "width": 2}, showlegend=False,
+                            hoverinfo="skip", row=1, col=column)
+            for label, value, symbol in (("validation", ys[0], "circle-open"), ("test", ys[1], "circle")):
+                fig.add_scatter(
+                    x=[j], y=[value], mode="markers", name=f"{row['name']} · {label}", legendgroup=f"{row['name']} · {label}",
+                    showlegend=column == 1, marker={"symbol": symbol, "size": 11, "color": color, "line": {"width": 2, "color": color}},
+                    hovertemplate=f"{row['name']} · {label}<br>{title} %{{y:.3f}}<extra></extra>", row=1, col=column,
+                )
+        values = [part.get(metric) for row in rows for part in (row["val"] or {}, row["test"])]
+        fig.update_yaxes(range=value_range(values, floor=0.02), row=1, col=column)
+        fig.update_xaxes(range=[-0.6, len(rows) - 0.4], showticklabels=False, row=1, col=column)
+    legend_rows = len(rows)
+    _layout(fig, "Validation → test, one panel per metric", "", "", height=380 + 20 * legend_rows)
+    fig.update_yaxes(title_text="Value on the split (0–1)", row=1, col=1)
+    fig.update_xaxes(title_text="runs (colour)", row=1, col=1)
+    # The legend below the plot, clear of the title
+    fig.update_layout(legend={"orientation": "h", "y": -0.15, "yanchor": "top", "x": 0, "xanchor": "left"},
+                      margin={**_MARGIN, "b": 60 + 20 * legend_rows})
     return fig
 
 

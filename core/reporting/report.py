@@ -366,7 +366,7 @@ def _shift_section(shifts: Sequence[shift.Shift], figure: _Figures, colors: Mapp
         )
     out.append("<div class='columns'><div>" + _table(shift.shift_table(shifts)) + "</div><div>"
                + _table(shift.shift_runs_table(shifts), 4) + f"<p class='meta'>{_e(shift.source_note(shifts))}</p></div></div>")
-    out.append("<div class='figures'>" + figure(figures.shift_figure(shift.figure_rows(shifts), colors)) + "</div>")
+    out.append("<div class='figures'>" + figure(figures.shift_figure(shift.figure_rows(shifts), colors, shift.LOWER_IS_BETTER)) + "</div>")
     return "".join(out)
 
 

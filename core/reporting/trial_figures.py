@@ -16,7 +16,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.reporting.figures import RUN_PALETTE, _layout
-from core.runs.trials import SCORE, Importance, TrialTable, encode, is_categorical, optimisation_history
+from core.runs.trials import (
+    SCORE,
+    Importance,
+    TrialTable,
+    encode,
+    hyperparameter_label,
+    is_categorical,
+    optimisation_history,
+)
 
 SCORE_TITLE = "Best validation AUC"
 BEST_COLOR = "#d1495b"
@@ -50,15 +58,15 @@ def parallel_coordinates_figure(table: TrialTable, names: Sequence[str] | None =
         values = scored[name]
         codes, labels = encode(values)
         if labels is not None:
-            dimensions.append({"label": name, "values": _list(codes), "tickvals": list(range(len(labels))), "ticktext": labels,
+            dimensions.append({"label": hyperparameter_label(name), "values": _list(codes), "tickvals": list(range(len(labels))), "ticktext": labels,
                                "range": [-0.5, max(len(labels) - 0.5, 0.5)]})
         elif _is_log_scaled(values):
             logs = np.log10(codes)
             ticks = list(range(math.floor(np.nanmin(logs)), math.ceil(np.nanmax(logs)) + 1))
-            dimensions.append({"label": f"{name} (log scale)", "values": _list(logs), "tickvals": ticks,
+            dimensions.append({"label": f"{hyperparameter_label(name)} (log scale)", "values": _list(logs), "tickvals": ticks,
                                "ticktext": [f"{10.0 ** t:g}" for t in ticks]})
         else:
-            dimensions.append({"label": name, "values": _list(codes), "tickformat": number_format(codes)})
+            dimensions.append({"label": hyperparameter_label(name), "values": _list(codes), "tickformat": number_format(codes)})
     score = scored[SCORE].to_numpy(float)
     dimensions.append({"label": SCORE_TITLE, "values": _list(score), "tickformat": ".3f"})
     line = {"color": _list(score), "colorscale": "Viridis", "showscale": True, "colorbar": {"title": {"text": "val AUC"}}}
@@ -98,7 +106,7 @@ def score_scatter_figure(table: TrialTable, names: Sequence[str] | None = None, 
             marker={"color": colors, "size": 8, "opacity": 0.8}, customdata=scored["trial"].tolist(),
             hovertemplate=f"trial %{{customdata}}<br>{name} %{{x}}<br>val AUC %{{y:.4f}}<extra></extra>",
         )
-        axis = {"title_text": name, "row": row, "col": col}
+        axis = {"title_text": hyperparameter_label(name), "row": row, "col": col}
         if is_categorical(values):
             fig.update_xaxes(type="category", **axis)
         elif _is_log_scaled(values):

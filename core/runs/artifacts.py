@@ -447,6 +447,10 @@ def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
 
+# An ensemble's image size in tables: its members read their own sizes (words, not a blank a table would print as None)
+PER_MEMBER = "per member"
+
+
 def runs_table(runs: list[Run]) -> pd.DataFrame:
     """One row per run: what it is, its state and its test metrics (blank until evaluated)."""
     rows = []
@@ -460,10 +464,11 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
                 "mode": run.settings[IMPORTED].get("format") if run.is_imported else run.settings.get("mode"),
                 "tuner": run.settings.get("tuner") or "–",  # an ensemble or an imported model has none
                 # an ensemble's members read their own sizes: words, not a blank a table would print as None
-                "image_size": str(run.settings["image_size"]) if run.settings.get("image_size") else "each member's own",
+                "image_size": str(run.settings["image_size"]) if run.settings.get("image_size") else PER_MEMBER,
                 "state": run.state,
-                # an imported model was trained elsewhere: no trials here
-                "trials": "–" if run.is_imported else f"{run.progress.get('trials_done', 0)}/{run.progress.get('trials_total', '?')}",
+                # an imported model was trained elsewhere, an ensemble combines trained runs: no trials of their own
+                "trials": "–" if run.is_imported or run.is_ensemble
+                else f"{run.progress.get('trials_done', 0)}/{run.progress.get('trials_total', '?')}",
                 "best_val_auc": _number(run.progress.get("best_val_auc")),
                 "test_auc": _number(metrics.get("auc")),
                 "accuracy": _number(metrics.get("accuracy")),

@@ -228,6 +228,11 @@ def encode(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
     return codes.to_numpy(float), labels
 
 
+def hyperparameter_label(name: str) -> str:
+    """A hyperparameter's Keras Tuner name in words for a header or an axis: "conv_blocks" -> "conv blocks"."""
+    return name.replace("_", " ")
+
+
 def varied_hyperparameters(table: TrialTable) -> list[str]:
     """The hyperparameters that took more than one value among the scored trials."""
     scored = table.scored

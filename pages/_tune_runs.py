@@ -10,7 +10,7 @@ import streamlit as st
 
 from core import jobs
 from core.reporting import export
-from core.runs import artifacts, catalog
+from core.runs import artifacts, catalog, trials
 from core.runs.progress import trials_finished
 from core.search import cost
 from core.workflows import recipe, repeat
@@ -250,6 +250,8 @@ def _run_details(folder: str, finished: list[artifacts.Run]) -> None:
         imported_model(run)
     elif run.is_ensemble:
         ensemble_members(run)
+    elif run.is_repeat:
+        repeat_source(run)
     else:
         st.markdown("**Trials**")
         trials_view(run, key="tune_trials")
@@ -286,6 +288,21 @@ def ensemble_members(run: artifacts.Run) -> None:
     rule = (run.metrics or {}).get("threshold_rule")
     st.caption(f"Weights: {settings.get('weight_rule') or 'as listed'}. Threshold {run.threshold:.3f}, chosen by "
                f"{rule or 'the rule of its time'} on the ensemble's own validation predictions.")
+
+
+def repeat_source(run: artifacts.Run) -> None:
+    """A repeat searches nothing: whose hyperparameters it trained again, with which seeds, and those values."""
+    record = run.settings.get("repeat") or {}
+    seeds = ", ".join(str(s) for s in record.get("seeds") or [run.settings.get("seed")])
+    st.markdown(f"**Repeat** of **{record.get('source', '?')}**'s best hyperparameters, trained again with seed(s) {seeds}: "
+                "no search of its own.")
+    fixed = run.settings.get("fixed_hyperparameters") or {}
+    if fixed:
+        st.dataframe(pd.DataFrame({"hyperparameter": [trials.hyperparameter_label(k) for k in fixed],
+                                   "value": [str(v) for v in fixed.values()]}),
+                     hide_index=True, key=f"tune_repeat_{run.name}",
+                     column_config={"hyperparameter": st.column_config.TextColumn(width=200),
+                                    "value": st.column_config.TextColumn(width=300)})
 
 
 def imported_model(run: artifacts.Run) -> None:

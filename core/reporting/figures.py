@@ -387,8 +387,12 @@ def probability_figure(
             "not scored" if not np.isfinite(p) else f"{p:.3f} · not assessed" if flagged else f"{p:.3f} · {label}"
             for p, label, flagged in zip(probabilities, labels, unassessed, strict=True)
         ],
-        textfont={"color": [NOT_ASSESSED_COLOR if flagged else "#1f2933" for flagged in unassessed]},
-        textposition="outside", cliponaxis=False, showlegend=False,
+        # inside a long bar, beside a short one: a label never runs past the plot's right edge (dark on the
+        # pale grey of a flagged bar, white on a class colour)
+        textposition="auto", insidetextanchor="end",
+        insidetextfont={"color": ["#33404d" if flagged else "white" for flagged in unassessed]},
+        outsidetextfont={"color": [NOT_ASSESSED_COLOR if flagged else "#1f2933" for flagged in unassessed]},
+        cliponaxis=False, showlegend=False,
         hovertemplate="%{y}: %{x:.3f}<extra></extra>",
     )
     fig.add_scatter(

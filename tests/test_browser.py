@@ -8,6 +8,7 @@ browser is downloaded. Screenshots of every page go to $CXR_SCREENSHOT_DIR (defa
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import socket
@@ -272,6 +273,11 @@ def test_a_fresh_clone_runs_a_demo_search_compares_and_predicts_in_a_browser(bro
         _wait_until_rendered(page, "demo set")
         page.goto(f"{base}/tune")
         _wait_until_rendered(page, "New search")
+        for label in ("Trials", "Epochs per trial"):  # one trial of one epoch: the form, not the search's cost, is tested
+            box = page.get_by_label(label, exact=True)
+            box.fill("1")
+            box.press("Enter")
+        _wait_until_rendered(page, "New search")
         page.get_by_role("button", name="Start search").click()
         _wait_until_rendered(page, "Started search")
         deadline = time.monotonic() + 300
@@ -280,6 +286,8 @@ def test_a_fresh_clone_runs_a_demo_search_compares_and_predicts_in_a_browser(bro
             time.sleep(2)
         name = next(artifacts_dir.glob("*/metrics.json")).parent.name
         assert name.startswith("custom_cnn-")  # on the demo set the form starts with the custom CNN
+        settings = json.loads((artifacts_dir / name / "settings.json").read_text())
+        assert (settings["trials"], settings["epochs"]) == (1, 1)  # what was typed into the form
         page.goto(f"{base}/compare")
         _wait_until_rendered(page, "ROC curves on the test split")
         legend = page.locator(".js-plotly-plot .legendtext").evaluate_all("els => els.map(e => e.textContent)")

@@ -24,8 +24,18 @@ def _learnable(n: int, size: int, seed: int = 0):
     return np.clip(x, 0, 255).astype("float32"), y
 
 
+# The families whose saved model is also converted to TF Lite here: the recipe's (MobileNet, and the hybrid with
+# its own layers). Converting DenseNet121, Xception or InceptionV3 costs 20-70 s each on 2 cores; the conversion
+# itself is one code path for every Keras model (core.models.engine), and tests/test_engine.py converts InceptionV3.
+CONVERTED_HERE = ("mobilenet", "hybrid")
+
+
 @pytest.mark.parametrize("family", families.FAMILIES)
-def test_each_family_builds_a_model_that_trains(family):
+def test_each_family_builds_a_model_that_trains_and_reloads_with_its_preprocessing(family, tmp_path):
+    """One build per family (a big backbone costs 15-30 s on 2 cores): it trains, and the saved file,
+    loaded as the model card loads it, gives the same probabilities from raw pixels."""
+    from core.models import engine
+
     info = families.FAMILIES[family]
     mode, size = ("finetune" if info.transfer else "scratch"), info.min_image_size  # the smallest input: quick
     keras.utils.set_random_seed(0)
@@ -40,6 +50,14 @@ def test_each_family_builds_a_model_that_trains(family):
     assert np.isfinite(history.history["loss"][0])
     probabilities = model.predict(x, verbose=0)[:, 0]
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)  # as the model card loads it
+    pixels = x[:3]
+    expected = model.predict(pixels, verbose=0)
+    np.testing.assert_allclose(loaded.predict(pixels, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    if family in CONVERTED_HERE:
+        fast = engine.make_engine(loaded, "tflite", threads=1)  # the engine every search and prediction uses
+        np.testing.assert_allclose(fast.predict(pixels), expected, rtol=1e-3, atol=1e-4)
 
 
 def test_frozen_mode_trains_only_a_head_that_joins_the_backbone():
@@ -258,27 +276,3 @@ def test_each_familys_default_cut_splits_its_backbone(family):
     x = _learnable(2, info.min_image_size)[0]
     expected = backbone.predict(x, verbose=0)
     np.testing.assert_allclose(cut.top.predict(cut.bottom.predict(x, verbose=0), verbose=0), expected, rtol=1e-4, atol=1e-6)
-
-
-# The families whose saved model is also converted to TF Lite here: the recipe's (MobileNet, and the hybrid with
-# its own layers). Converting DenseNet121, Xception or InceptionV3 costs 20-70 s each on 2 cores; the conversion
-# itself is one code path for every Keras model (core.models.engine), and tests/test_engine.py converts InceptionV3.
-CONVERTED_HERE = ("mobilenet", "hybrid")
-
-
-@pytest.mark.parametrize("family", TRANSFER)
-def test_a_saved_model_keeps_its_preprocessing(family, tmp_path):
-    from core.models import engine
-
-    info = families.FAMILIES[family]
-    hp = keras_tuner.HyperParameters()
-    keras.utils.set_random_seed(0)
-    model = builders.build_finetune(hp, info.backbone(info.min_image_size, "none"), unfreeze=0)
-    model.save(tmp_path / "model.keras")
-    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)  # as the model card loads it
-    x = _learnable(3, info.min_image_size)[0]
-    expected = model.predict(x, verbose=0)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
-    if family in CONVERTED_HERE:
-        fast = engine.make_engine(loaded, "tflite", threads=1)  # the engine every search and prediction uses
-        np.testing.assert_allclose(fast.predict(x), expected, rtol=1e-3, atol=1e-4)

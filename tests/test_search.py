@@ -151,15 +151,17 @@ def test_cli_errors_are_one_line_without_traceback(finished_run, dataset, argume
     assert not (store / "escape").exists() and not (store.parent / "escape").exists()
 
 
-def test_frozen_search_fills_the_feature_cache_once(dataset, tmp_path):
+def test_frozen_search_fills_the_feature_cache_once(dataset, tmp_path, capsys):
+    """Two searches through `cli.main` in this process, as `python -m core tune` runs them (a fresh
+    interpreter each would cost a TensorFlow import; tests/test_console.py runs the real command line)."""
+    from core import cli
+
     common = ["--data", str(dataset), "--family", "mobilenet", "--weights", "none", "--image-size", "32",
               "--trials", "1", "--epochs", "1", "--artifacts", str(tmp_path)]
-    first = run_cli("tune", *common, "--name", "first")
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "backbone pass: 152 of 152 images" in first.stdout
-    second = run_cli("tune", *common, "--name", "second", "--tuner", "bayesian")
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "backbone pass skipped: all 152 images are in the feature cache" in second.stdout
+    assert cli.main(["tune", *common, "--name", "first"]) == 0, capsys.readouterr().err[-2000:]
+    assert "backbone pass: 152 of 152 images" in capsys.readouterr().out
+    assert cli.main(["tune", *common, "--name", "second", "--tuner", "bayesian"]) == 0, capsys.readouterr().err[-2000:]
+    assert "backbone pass skipped: all 152 images are in the feature cache" in capsys.readouterr().out
     first_metrics = artifacts.load_run(tmp_path, "first").metrics
     assert first_metrics["feature_cache"] is True and first_metrics["timings"]["features_s"] >= 0
     # The saved model is the whole image classifier (backbone + head), not the head alone.

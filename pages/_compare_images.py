@@ -91,7 +91,7 @@ def _heatmap_tile(view: Picked, name: str, row: pd.Series, content: bytes, choic
         picture, has_evidence, region = load.explanation_overlay(run, str(row["path"]), content, choice.opacity, gradcam_class,
                                                                  choice.method, choice.share)
     except (artifacts.RunError, ValueError, OSError) as error:
-        st.caption(f"{name}: no {label_of_method} ({error})")
+        st.caption(ui.no_heatmap_caption(name, label_of_method, error))
         return
     label = detail.loc[detail["run"] == name, "label"].iat[0]
     predicted = comparison.predicted_class(view.predictions[name], row["path"])

@@ -237,6 +237,13 @@ def not_assessed_message(runs: list[str], reason: str, n_runs: int) -> str:
             "The probability is greyed below: a model says little about images unlike those it learned from.")
 
 
+def no_heatmap_caption(run_name: str, method_label: str, error: Exception) -> str:
+    """Why a run shows no heatmap: the error alone when it already names the method (a method that does not
+    apply to the run says so whole), else the method and the error."""
+    text = str(error)
+    return f"{run_name}: {text}" if text.startswith(method_label) else f"{run_name}: no {method_label} ({text})"
+
+
 def heatmap_caption(run_name: str, probability: float, label: str, has_evidence: bool, explained: str = "pneumonia",
                     method: str = "Grad-CAM", region: dict | None = None) -> str:
     """`explained`: the class the heatmap is of (pneumonia, viral, or a three-class run's chosen class);

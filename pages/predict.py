@@ -174,7 +174,7 @@ def heatmaps(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
                     picture, has_evidence, region = load.explanation_overlay(by_name[row.run], image_name, content, choice.opacity,
                                                                              gradcam_class, choice.method, choice.share)
                 except (artifacts.RunError, ValueError, OSError) as error:
-                    st.caption(f"{row.run}: no {method_label} ({error})")
+                    st.caption(ui.no_heatmap_caption(row.run, method_label, error))
                     continue
                 explained = ui.explained_class(by_name[row.run], gradcam_class, row.model_label)
                 caption = ui.heatmap_caption(row.run, float(row.probability), row.label, has_evidence, explained, method_label, region)

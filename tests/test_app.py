@@ -1111,3 +1111,12 @@ def test_a_first_time_user_is_led_to_the_next_page(data_dir, empty_dir):
         assert "the recipe box beside it" in texts(at.caption), name
     at = page("tune", data_dir, empty_dir)
     assert "First time here?" in texts(at.info)
+
+
+def test_a_missing_heatmap_names_its_method_once():
+    from pages import _shared as ui
+
+    not_applicable = ValueError("Attention rollout does not apply to run 'cnn': no attention layers")
+    assert ui.no_heatmap_caption("cnn", "Attention rollout", not_applicable) == (
+        "cnn: Attention rollout does not apply to run 'cnn': no attention layers")
+    assert ui.no_heatmap_caption("cnn", "Grad-CAM", OSError("cannot read chest.jpeg")) == "cnn: no Grad-CAM (cannot read chest.jpeg)"

@@ -252,12 +252,15 @@ def test_search_cost_estimate_is_within_3x_of_measured_runs(search, seconds):
     assert seconds / 3 < estimate_search_s(*search) < 3 * seconds
 
 
+MEASURED_RECIPE = "cold"  # the name the measured recipe ran under: its runs are cold-quick, cold-recommended, cold-repeat
+
+
 def _measured_step_estimates() -> dict[str, float]:
     """The recipe's own estimate (`recipe.step_estimates`) of each measured step, on the measured data."""
     from core.workflows import recipe
 
     data = cost.MEASURED_DATA
-    estimates = recipe.step_estimates(recipe.make_plan("recipe", "."), data["images"], data["train"], data["val"])
+    estimates = recipe.step_estimates(recipe.make_plan(MEASURED_RECIPE, "."), data["images"], data["train"], data["val"])
     return {run.name: estimates[run.name] for run in cost.MEASURED}
 
 
@@ -294,8 +297,8 @@ def test_titles_text_and_estimate_quote_one_time():
     assert recipe.title() == f"{recipe.LABEL} ({cost.about(recipe.estimate_s(plan, data['images'], data['train'], data['val']))} on 2 cores)"
     assert cost.took(cost.MEASURED_RECIPE_S) in recipe.measured_note()
     quick = presets.preset("quick")
-    assert quick.title == f"Quick ({cost.about(_measured_step_estimates()['recipe-quick'])} on 2 cores)"
-    assert presets.preset("recommended").estimate_s() > _measured_step_estimates()["recipe-recommended"]  # cold: pays the clean pass
+    assert quick.title == f"Quick ({cost.about(_measured_step_estimates()['cold-quick'])} on 2 cores)"
+    assert presets.preset("recommended").estimate_s() > _measured_step_estimates()["cold-recommended"]  # cold: pays the clean pass
     assert "about 1 h" not in presets.preset("recommended").title and "25 min" not in recipe.DESCRIPTION
     assert [cost.about(s) for s in (20, 245, 1534, 5400, 5700)] == [
         "under a minute", "about 4 min", "about 26 min", "about 1 h 30 min", "about 1 h 35 min"]
@@ -308,7 +311,7 @@ def test_the_manual_quotes_the_measured_and_estimated_times_of_the_code():
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "measurements.md").read_text()
     section = text.split("### How long a search takes")[1].split("\n### ")[0]
-    rows = {line.split(" | ")[0].lstrip("| ").split(" ")[0]: line for line in section.splitlines() if line.startswith("| recipe-")}
+    rows = {line.split(" | ")[0].lstrip("| ").split(" ")[0]: line for line in section.splitlines() if line.startswith(f"| {MEASURED_RECIPE}-")}
     for name, estimate in _measured_step_estimates().items():
         run = next(r for r in cost.MEASURED if r.name == name)
         assert f"| {cost.took(run.elapsed_s)} |" in rows[name] and f"| {cost.took(estimate)} |" in rows[name], name

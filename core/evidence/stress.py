@@ -70,7 +70,7 @@ AS_IS = "as is"
 CLEAN_MARGIN = 0.05
 ROBUST_THRESHOLD_RULE = (
     "Youden's J on the validation split pooled with its stressed copies (framed tighter and wider, sharpened, blurred, "
-    "contrast, exposure and gamma changed, JPEG-compressed, lower resolution, rotated, noisy: core.evidence.stress), among "
+    "contrast, exposure and gamma changed, JPEG-compressed, lower resolution, rotated, noisy), among "
     f"the thresholds that keep the unchanged validation images' "
     f"sensitivity and specificity each within {100 * CLEAN_MARGIN:g} points of their own Youden point"
 )

@@ -103,3 +103,57 @@ def test_the_negative_set_is_greyscale_and_its_inverted_xrays_are_flagged(refere
             assert image.mode == "L", path
     inverted = [p for p in paths if "inverted-" in p]
     assert len(inverted) == 10 and ood.flag_files(reference, inverted)["unusual"].astype(bool).all()
+
+
+def _test_xrays(data_dir, n: int) -> list[np.ndarray]:
+    paths = sorted(str(p) for p in (data_dir / "test" / "NORMAL").glob("*.jpeg"))[:n]
+    return [np.asarray(Image.open(p).convert("L").resize((224, 224)), np.uint8) for p in paths]
+
+
+def test_noise_and_heavy_jpeg_are_flagged_and_named(reference, data_dir, tmp_path):
+    """The two acquisition changes that raise healthy X-rays' probabilities unseen by the other
+    statistics (docs/measurements.md, "Acquisition shifts"): sensor noise and heavy JPEG compression,
+    each flagged with its own statistic named; the same X-rays unchanged pass."""
+    from core.data import acquisition
+
+    xrays = np.stack(_test_xrays(data_dir, 6))[..., None]
+    kinds = {"as-is": xrays, "noise": acquisition.noise(xrays, 10, seed=1), "jpeg": acquisition.jpeg(xrays, 15)}
+    flags = {}
+    for kind, pixels in kinds.items():
+        paths = []
+        for i, image in enumerate(pixels):
+            paths.append(str(tmp_path / f"{kind}-{i}.png"))  # PNG: only the pixels carry the change
+            Image.fromarray(image[..., 0]).save(paths[-1])
+        flags[kind] = ood.flag_files(reference, paths)
+    assert not flags["as-is"]["unusual"].astype(bool).any()
+    assert flags["noise"]["unusual"].astype(bool).all()
+    assert all(reason.startswith(ood.LABELS["noise"]) for reason in flags["noise"]["unusual_reason"])
+    assert flags["jpeg"]["unusual"].astype(bool).all()
+    assert all(reason.startswith(ood.LABELS["blockiness"]) for reason in flags["jpeg"]["unusual_reason"])
+
+
+def test_blockiness_reads_the_8_pixel_grid_and_noise_the_laplacian():
+    y, x = np.mgrid[:64, :64]
+    smooth = (100 + 50 * np.sin(x / 9.0) * np.cos(y / 13.0)).astype(np.float32)
+    assert ood.blockiness(smooth) == pytest.approx(1.0, abs=0.05)
+    blocks = smooth.copy()
+    steps = np.repeat(np.arange(8) * 6.0, 8)  # a step after every 8th pixel, flat inside
+    blocks += steps[None, :] + steps[:, None]
+    assert ood.blockiness(blocks) > 2.0
+    shifted = blocks[3:, 3:]  # the same steps, 3 pixels off the grid: not JPEG's blocks
+    assert ood.blockiness(shifted) < 1.3
+    noisy = smooth + np.random.default_rng(0).normal(0, 10, smooth.shape)
+    assert ood.laplacian_noise(smooth) < 1.0 < 20.0 < ood.laplacian_noise(noisy)
+
+
+def test_cleaner_than_the_training_xrays_is_not_unusual(reference):
+    """Noise and blockiness count one way: an image smoother, or never compressed, passes on them."""
+    stats = np.asarray(reference["centre"], dtype=np.float64).copy()
+    for name in ood.ONE_SIDED:
+        low = stats.copy()
+        low[ood.NAMES.index(name)] = 0.0 if name == "noise" else 0.5
+        assert ood.scores(reference, low)[0][0] < reference["cutoff"]
+        high = stats.copy()
+        high[ood.NAMES.index(name)] = reference["train_high"][ood.NAMES.index(name)] + 5 * reference["above"][ood.NAMES.index(name)]
+        distance, index = ood.scores(reference, high)
+        assert distance[0] > reference["cutoff"] and ood.NAMES[index[0]] == name

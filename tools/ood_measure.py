@@ -35,7 +35,7 @@ def flagged(run: artifacts.Run, paths: list[str]) -> dict[str, np.ndarray]:
         print(f"{run.name}: {missing}", file=sys.stderr)
     combined = unusual.combine(statistics, ratios, missing)
     return {
-        "image statistics (17)": statistics["unusual"].astype(bool).to_numpy(),
+        f"image statistics ({len(ood.NAMES)})": statistics["unusual"].astype(bool).to_numpy(),
         "model features (Mahalanobis)": np.nan_to_num(ratios, nan=0.0) > 1.0,
         "combined (either)": combined["unusual"].astype(bool).to_numpy(),
     }

@@ -10,7 +10,16 @@ EXIF rotation and alpha handled as for the network), plus one colour statistic f
   gradient magnitude;
 - histogram entropy (32 bins, bits);
 - centre minus border brightness, and left-right asymmetry (mean |image − its mirror|);
-- colourfulness (mean spread between the R, G and B channels; 0 for a grayscale file).
+- colourfulness (mean spread between the R, G and B channels; 0 for a grayscale file);
+- noise: the median absolute Laplacian at `NOISE_SIZE` px (grey levels), which sensor noise raises
+  and X-rays' smooth shading does not;
+- blockiness: how much stronger brightness steps are across the 8-pixel grid of JPEG blocks than
+  elsewhere, measured on the file at its own size, where the grid lies (1 for an image never
+  compressed hard).
+
+Noise and heavy JPEG compression move a model's probabilities of healthy X-rays up while none of the
+other statistics notices (docs/measurements.md, "Acquisition shifts"): these two are what flags them.
+They count one way only (`ONE_SIDED`): a cleaner image than the training X-rays is not unusual.
 
 Each run gets a reference from its own training images (from its `splits.csv`, at most
 `MAX_REFERENCE` of them): per statistic the median and, on each side of it, the distance to the
@@ -29,13 +38,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from core import files
 from core.data import loading
 from core.runs import artifacts
 
 REFERENCE = "ood_reference.json"
-VERSION = 2
+VERSION = 3  # 3: noise and blockiness
 FEATURE_SIZE = 128
 EDGE_STEP = 24.0
 MAX_REFERENCE = 800  # training images per reference (a fixed, seeded sample): about a second to decode
@@ -48,7 +58,7 @@ METHOD = (
 )
 NAMES = (
     "mean", "std", "p1", "p5", "p25", "p50", "p75", "p95", "p99", "near_black", "near_white",
-    "edge_density", "gradient", "entropy", "centre_minus_border", "asymmetry", "colourfulness",
+    "edge_density", "gradient", "entropy", "centre_minus_border", "asymmetry", "colourfulness", "noise", "blockiness",
 )
 LABELS = {
     "mean": "mean brightness", "std": "contrast (standard deviation of brightness)", "p1": "1st-percentile brightness",
@@ -57,17 +67,53 @@ LABELS = {
     "near_black": "near-black pixels (below 10 of 255)", "near_white": "near-white pixels (above 245 of 255)",
     "edge_density": f"edge pixels (brightness changing by more than {EDGE_STEP:.0f} per pixel)", "gradient": "mean gradient", "entropy": "histogram entropy",
     "centre_minus_border": "centre − border brightness", "asymmetry": "left-right asymmetry", "colourfulness": "colour",
+    "noise": "noise (median absolute Laplacian)", "blockiness": "JPEG blockiness (steps on the 8-pixel grid against elsewhere)",
 }
 # The least spread each statistic is given (its units), so near-constant statistics stay sane.
 FLOORS = {
     "mean": 2.0, "std": 2.0, "p1": 2.0, "p5": 2.0, "p25": 2.0, "p50": 2.0, "p75": 2.0, "p95": 2.0, "p99": 2.0,
     "near_black": 0.01, "near_white": 0.01, "edge_density": 0.01, "gradient": 0.5, "entropy": 0.05,
-    "centre_minus_border": 2.0, "asymmetry": 1.0, "colourfulness": 2.0,
+    "centre_minus_border": 2.0, "asymmetry": 1.0, "colourfulness": 2.0, "noise": 0.5, "blockiness": 0.05,
 }
+ONE_SIDED = ("noise", "blockiness")  # only a high value is unusual
+NOISE_SIZE = 224  # the input size of the recommended models: noise as the network sees it
+BLOCK = 8  # JPEG's block side, in pixels of the file
+_CONTRAST_FLOOR = 0.5  # grey levels per pixel added to both sides of the blockiness ratio: a flat image is not blocky
 
 
-def statistics_of(gray: np.ndarray, colourfulness: float = 0.0) -> np.ndarray:
-    """The statistics (in `NAMES` order) of one grayscale image, (s, s) or (s, s, 1) uint8."""
+def laplacian_noise(x: np.ndarray) -> float:
+    """Median absolute 4-neighbour Laplacian of a 2-D float image, in grey levels: about 0.6 times the
+    Laplacian's spread for noise; X-rays' slow shading and sparse edges leave the median small."""
+    if x.shape[0] < 3 or x.shape[1] < 3:
+        return 0.0
+    lap = 4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]
+    return float(np.median(np.abs(lap)))
+
+
+def blockiness(gray: np.ndarray) -> float:
+    """Mean brightness step across the boundaries of the `BLOCK`-pixel grid over the mean step
+    elsewhere (rows and columns together), both plus `_CONTRAST_FLOOR`: about 1 for an image that
+    was never compressed hard, well above 1 when JPEG's blocks show. Measured at the image's own
+    size, where the grid of a compressed file lies; a resize scatters it (and the blocks with it)."""
+    x = np.asarray(gray, dtype=np.float32).reshape(gray.shape[0], gray.shape[1])
+    steps = [np.abs(np.diff(x, axis=1)), np.abs(np.diff(x, axis=0)).T]  # step j lies between pixels j and j + 1
+    across = inside = 0.0
+    n_across = n_inside = 0
+    for step in steps:
+        if step.shape[1] < 2 * BLOCK:
+            return 1.0
+        on_grid = np.zeros(step.shape[1], dtype=bool)
+        on_grid[BLOCK - 1 :: BLOCK] = True
+        across += float(step[:, on_grid].sum())
+        inside += float(step[:, ~on_grid].sum())
+        n_across += int(on_grid.sum()) * step.shape[0]
+        n_inside += int((~on_grid).sum()) * step.shape[0]
+    return (across / n_across + _CONTRAST_FLOOR) / (inside / n_inside + _CONTRAST_FLOOR)
+
+
+def statistics_of(gray: np.ndarray, colourfulness: float = 0.0, noise: float = 0.0, blocks: float = 1.0) -> np.ndarray:
+    """The statistics (in `NAMES` order) of one grayscale image, (s, s) or (s, s, 1) uint8, given the
+    file's colourfulness, noise and blockiness (which the small image cannot show)."""
     x = np.asarray(gray, dtype=np.float32).reshape(gray.shape[0], gray.shape[1])
     percentiles = np.percentile(x, [1, 5, 25, 50, 75, 95, 99])
     gy, gx = np.gradient(x)
@@ -81,7 +127,7 @@ def statistics_of(gray: np.ndarray, colourfulness: float = 0.0) -> np.ndarray:
         [
             x.mean(), x.std(), *percentiles, (x < 10).mean(), (x > 245).mean(),
             (magnitude > EDGE_STEP).mean(), magnitude.mean(), float(-(p * np.log2(p)).sum()),
-            centre - border, np.abs(x - x[:, ::-1]).mean(), colourfulness,
+            centre - border, np.abs(x - x[:, ::-1]).mean(), colourfulness, noise, blocks,
         ],
         dtype=np.float64,
     )
@@ -98,9 +144,22 @@ def _colourfulness(path: str | os.PathLike) -> float:
     return float((rgb.max(axis=-1) - rgb.min(axis=-1)).mean())
 
 
+def image_statistics(native: Image.Image, colourfulness: float = 0.0) -> np.ndarray:
+    """The statistics of one decoded grayscale ("L") image at its own size: blockiness from it as it
+    is, noise from it resized to `NOISE_SIZE` and the rest resized to `FEATURE_SIZE`, each as
+    `loading.load_image` resizes."""
+
+    def resized(size: int) -> np.ndarray:
+        return np.asarray(native.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+    noise = laplacian_noise(resized(NOISE_SIZE).astype(np.float32))
+    return statistics_of(resized(FEATURE_SIZE), colourfulness, noise, blockiness(np.asarray(native)))
+
+
 def file_statistics(path: str | os.PathLike) -> np.ndarray:
-    """The statistics of one image file (raises what `loading.load_image` raises for a bad file)."""
-    return statistics_of(loading.load_image(path, FEATURE_SIZE), _colourfulness(path))
+    """The statistics of one image file (raises what `loading.decode_image` raises for a bad file),
+    decoded once at its own size, where a compressed file's block grid lies."""
+    return image_statistics(loading.decode_image(path), _colourfulness(path))
 
 
 def _many(paths: list[str]) -> np.ndarray:
@@ -143,6 +202,8 @@ def scores(reference: dict, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distance, index of the statistic behind it) of each row of `stats`."""
     d = np.atleast_2d(stats) - np.asarray(reference["centre"])
     z = np.where(d >= 0, d / np.asarray(reference["above"]), -d / np.asarray(reference["below"]))
+    one_sided = np.isin(reference.get("names", NAMES), ONE_SIDED)
+    z[:, one_sided] = np.maximum(z[:, one_sided], 0.0) * (d[:, one_sided] >= 0)
     return z.max(axis=1), z.argmax(axis=1)
 
 
@@ -154,6 +215,7 @@ _UNITS = {
     "edge_density": ("% of the image", 100.0), "gradient": ("grey levels per pixel", 1.0),
     "entropy": ("bits", 1.0), "centre_minus_border": ("grey levels", 1.0), "asymmetry": ("grey levels", 1.0),
     "colourfulness": ("grey levels between the colour channels", 1.0),
+    "noise": ("grey levels", 1.0), "blockiness": ("times the steps elsewhere", 1.0),
 }
 # What a flagged image's label says instead of a class: the run does not assess it.
 NOT_ASSESSED = "not assessed: unlike the training X-rays"

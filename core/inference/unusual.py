@@ -2,8 +2,9 @@
 
 Two detectors, each with its cut-off chosen on the run's validation images:
 
-- `core.inference.ood`: 17 statistics of the decoded image (brightness, contrast, edges, colour...),
-  the same for every run; it catches blank, dark, bright, colour and noisy files;
+- `core.inference.ood`: 19 statistics of the decoded image (brightness, contrast, edges, colour,
+  noise, JPEG blocks...), the same for every run; it catches blank, dark, bright, colour, noisy and
+  heavily compressed files;
 - `core.inference.feature_ood`: the Mahalanobis distance of the pooled features the model itself
   computes; it catches images whose histogram looks like an X-ray's but whose content does not
   (a greyscale photograph, another body part, an inverted X-ray).

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--task", choices=list(TASKS),
                         help="what to predict: pneumonia (normal vs pneumonia, default), bacterial_vs_viral (pneumonia "
-                        "images only, viral positive) or three_class (normal / bacterial / viral, argmax)")
+                        "images only, viral positive) or three_class (normal / bacterial / viral: pneumonia or not at the threshold, then the kind)")
     shared.add_argument("--trials", type=_positive_int, help="default: 10")
     shared.add_argument("--epochs", type=_positive_int, help="default: 5")
     shared.add_argument("--image-size", type=_positive_int, help="pixels (default: the family's)")

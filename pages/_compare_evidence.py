@@ -169,7 +169,7 @@ def shift_and_stress_section(view: Picked) -> None:
 
 
 def three_class_section(view: Picked) -> None:
-    """The three-class runs at the argmax: metrics with intervals, one-vs-rest ROC, matrices, per-class table."""
+    """The three-class runs at their decision: metrics with intervals, one-vs-rest ROC, matrices, per-class table."""
     class_runs = comparison.three_class_runs(view.predictions, view.run_tasks)
     if not class_runs:
         return
@@ -188,7 +188,7 @@ def three_class_section(view: Picked) -> None:
     )
     for col, item in zip(matrix_cols[1:], class_items, strict=False):
         col.plotly_chart(
-            figures.confusion_matrix_figure(item.matrix, item.task.names, title=f"{item.name} (argmax)"), key=f"fig_class_cm_{item.name}"
+            figures.confusion_matrix_figure(item.matrix, item.task.names, title=item.name), key=f"fig_class_cm_{item.name}"
         )
     st.dataframe(
         wording.per_class_table(class_items), hide_index=True, key="per_class_table",

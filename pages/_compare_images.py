@@ -87,14 +87,14 @@ def _heatmap_tile(view: Picked, name: str, row: pd.Series, content: bytes, choic
 
     run = view.by_name[name]
     label_of_method = methods.METHODS[choice.method].label
+    predicted = comparison.predicted_class(view.predictions[name], row["path"])
     try:
-        picture, has_evidence, region = load.explanation_overlay(run, str(row["path"]), content, choice.opacity, gradcam_class,
-                                                                 choice.method, choice.share)
+        picture, has_evidence, region = load.explanation_overlay(run, str(row["path"]), content, choice.opacity,
+                                                                 ui.class_to_explain(run, gradcam_class, predicted), choice.method, choice.share)
     except (artifacts.RunError, ValueError, OSError) as error:
         st.caption(ui.no_heatmap_caption(name, label_of_method, error))
         return
     label = detail.loc[detail["run"] == name, "label"].iat[0]
-    predicted = comparison.predicted_class(view.predictions[name], row["path"])
     explained = ui.explained_class(run, gradcam_class, predicted)
     st.image(picture, caption=ui.heatmap_caption(name, comparison.probability_of(row, name), label, has_evidence, explained,
                                                  label_of_method, region), width="stretch")

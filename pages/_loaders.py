@@ -344,6 +344,6 @@ def _class_evidence(path: str, mtime_ns: int, name: str, task_name: str, n_resam
 
 
 def class_evidence_for(run: artifacts.Run, n_resamples: int, seed: int):
-    """A three-class run's `core.evidence.multiclass.ClassEvidence` (argmax metrics, intervals, one-vs-rest curves), cached."""
+    """A three-class run's `core.evidence.multiclass.ClassEvidence` (metrics at its decision, intervals, one-vs-rest curves), cached."""
     path = run.folder / artifacts.PREDICTIONS
     return _class_evidence(str(path), _mtime(path), run.name, run.task, int(n_resamples), int(seed))

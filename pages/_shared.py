@@ -306,15 +306,27 @@ def gradcam_class_choice(runs: list[artifacts.Run], key: str) -> str | None:
     shown = st.selectbox(
         "Grad-CAM class (three-class runs)", [GRADCAM_PREDICTED, *task.classes], key=key,
         format_func=lambda c: c if c == GRADCAM_PREDICTED else task.names[task.classes.index(c)],
-        help="Which class the heatmap of a three-class run explains: by default the class it predicts (argmax). "
+        help="Which class the heatmap of a three-class run explains: by default the class it predicts. "
         "Two-class runs always explain their positive class (pneumonia, or viral).",
     )
     return None if shown == GRADCAM_PREDICTED else shown
 
 
+def class_to_explain(run: artifacts.Run, class_name: str | None, label: str = "") -> str | None:
+    """The class a run's heatmap explains: the one chosen, else, for a three-class run, the class it
+    called the image (`label`, by the two-step rule; the model's own argmax may differ), else None
+    (a two-class run's positive class)."""
+    from core.data import tasks
+
+    task = tasks.task_for(run.task)
+    if class_name or task.is_binary:
+        return class_name
+    return label if label in task.classes else None
+
+
 def explained_class(run: artifacts.Run, class_name: str | None, label: str = "") -> str:
     """What a run's Grad-CAM explains, in words: a two-class run's positive class, a three-class
-    run's chosen class or (None) its predicted one (`label`, its argmax class)."""
+    run's chosen class or (None) its predicted one (`label`)."""
     from core.data import tasks
 
     task = tasks.task_for(run.task)

@@ -122,8 +122,9 @@ negative, positive = comparison.binary_names([by_name[n] for n in picked])
 class_runs = [name for name in picked if not run_tasks[name].is_binary]
 if class_runs:
     st.caption(
-        f"Three-class runs ({', '.join(class_runs)}) give each class's probability and call the class of largest "
-        "probability (argmax); their bar below is P(pneumonia) = P(bacterial) + P(viral) at their validation-chosen threshold."
+        f"Three-class runs ({', '.join(class_runs)}) give each class's probability; their bar below is P(pneumonia) = "
+        "P(bacterial) + P(viral) at their validation-chosen threshold, and an image at or above it is called the likelier "
+        "kind of pneumonia."
     )
 gradcam_class = ui.gradcam_class_choice([by_name[n] for n in picked], "predict_gradcam_class")
 
@@ -170,9 +171,10 @@ def heatmaps(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
         cols = st.columns(HEATMAPS_PER_ROW)
         for col, row in zip(cols, rows.iloc[start : start + HEATMAPS_PER_ROW].itertuples(), strict=False):
             with col:
+                shown_class = ui.class_to_explain(by_name[row.run], gradcam_class, row.model_label)
                 try:
                     picture, has_evidence, region = load.explanation_overlay(by_name[row.run], image_name, content, choice.opacity,
-                                                                             gradcam_class, choice.method, choice.share)
+                                                                             shown_class, choice.method, choice.share)
                 except (artifacts.RunError, ValueError, OSError) as error:
                     st.caption(ui.no_heatmap_caption(row.run, method_label, error))
                     continue
@@ -180,7 +182,7 @@ def heatmaps(image_name: str, content: bytes, rows: pd.DataFrame) -> None:
                 caption = ui.heatmap_caption(row.run, float(row.probability), row.label, has_evidence, explained, method_label, region)
                 st.image(picture, caption=caption, width="stretch")
                 stem = f"{Path(image_name).stem}.{row.run}.{choice.method}"
-                files_of_image = load.explanation_files(by_name[row.run], image_name, content, gradcam_class, choice.method,
+                files_of_image = load.explanation_files(by_name[row.run], image_name, content, shown_class, choice.method,
                                                         choice.share, probability=float(row.probability), label=row.label)
                 downloads.update({f"{stem}.{suffix}": data for suffix, data in files_of_image.items()})
 

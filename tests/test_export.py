@@ -116,14 +116,14 @@ def test_a_bacterial_vs_viral_export_names_viral_its_positive_class(tmp_path):
     assert set(labels.values()) == {"bacteria", "virus"}
 
 
-def test_a_three_class_export_gives_its_classes_and_the_argmax_rule(tmp_path):
+def test_a_three_class_export_gives_its_classes_and_the_two_step_rule(tmp_path):
     data = make_dataset(tmp_path / "data", {"train": 6, "test": 3})
     model_run(tmp_path / "artifacts", "three", data, task="three_class", seed=0)
     run = artifacts.load_run(tmp_path / "artifacts", "three")
     folder = _export_of(tmp_path / "artifacts", "three", tmp_path)
     rule = json.loads((folder / "threshold.json").read_text())
     assert rule["task"] == "three_class" and rule["classes"] == list(tasks.THREE_CLASS.classes)
-    assert rule["decision"] == "the class with the largest probability (argmax)"
+    assert rule["decision"] == "normal when probability (the binary view) < threshold, else the likelier of bacteria, virus"
     assert rule["positive_class"] == "PNEUMONIA" and rule["binary_view"] == (
         "probability = 1 - P(normal) = P(bacteria) + P(virus); probability >= threshold means PNEUMONIA, else NORMAL")
     assert "one probability per class (normal, bacteria, virus, in this order)" in (folder / "MODEL_CARD.md").read_text()
@@ -133,7 +133,7 @@ def test_a_three_class_export_gives_its_classes_and_the_argmax_rule(tmp_path):
     np.testing.assert_allclose([float(words[0]) for words in said], saved["probability"], atol=1e-4)
     columns = [tasks.probability_column(c) for c in tasks.THREE_CLASS.classes]
     np.testing.assert_allclose([json.loads(words[3]) for words in said], saved[columns].to_numpy(float), atol=1e-4)
-    assert [words[2] for words in said] == saved["predicted_class"].tolist()  # the argmax class
+    assert [words[2] for words in said] == saved["predicted_class"].tolist()  # normal below the threshold, else the likelier kind
     labels = dict(zip(saved["path"], (words[1] for words in said), strict=True))
     away = _away_from(saved, run.threshold)
     assert [labels[p] for p in away["path"]] == away["prediction"].tolist()  # the binary view

@@ -71,10 +71,11 @@ def test_a_run_with_its_own_model_scores_as_before(store, name):
     table = run_kinds.predict_files(run, _images(store), engine="keras")
     pd.testing.assert_frame_equal(table, evaluation.predict_files(run, _images(store), engine="keras"))
     assert table["error"].iat[-1].startswith("cannot read image") and np.isnan(table["probability"].iat[-1])
-    if name == "three":  # the task decides: a column per class, the label at the argmax
+    if name == "three":  # the task decides: a column per class, the label normal below the threshold, else the likelier kind
         columns = [tasks.probability_column(c) for c in tasks.THREE_CLASS.classes]
         each = table[columns][:4].to_numpy(float)
-        assert table["label"][:4].tolist() == [tasks.THREE_CLASS.classes[i] for i in np.argmax(each, axis=1)]
+        called = table["probability"][:4].to_numpy() >= run.threshold
+        assert table["label"][:4].tolist() == [tasks.THREE_CLASS.classes[i] for i in np.where(called, 1 + np.argmax(each[:, 1:], axis=1), 0)]
 
 
 @pytest.mark.parametrize(("name", "members"), [("duo", ["plain", "wide"]), ("three-duo", ["three", "three-b"])])
@@ -91,7 +92,8 @@ def test_an_ensemble_scores_the_weighted_mean_of_its_members(store, name, member
     if task.is_binary:
         assert table["label"][:4].tolist() == ["PNEUMONIA" if p >= run.threshold else "NORMAL" for p in table["probability"][:4]]
     else:
-        assert table["label"][:4].tolist() == [task.classes[i] for i in np.argmax(mean[:, 1:], axis=1)]
+        called = table["probability"][:4].to_numpy() >= run.threshold
+        assert table["label"][:4].tolist() == [task.classes[i] for i in np.where(called, 1 + np.argmax(mean[:, 2:], axis=1), 0)]
     assert table["error"].iat[-1].startswith("cannot read image")
 
 

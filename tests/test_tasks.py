@@ -159,6 +159,24 @@ def test_three_class_metrics_agree_with_scikit_learn():
     assert got["micro_auc"] == pytest.approx(roc_auc_score(np.eye(3)[y], p, average="micro"))
 
 
+def test_the_two_step_rule_follows_the_binary_call_then_the_likelier_kind():
+    p = np.array([[0.40, 0.35, 0.25],   # argmax normal, but P(pneumonia) 0.60 is called: bacterial
+                  [0.30, 0.45, 0.25],   # argmax bacterial, but not called (threshold above 0.70): normal
+                  [0.10, 0.30, 0.60],   # called: viral
+                  [0.90, 0.04, 0.06]])  # not called: normal
+    called = np.array([True, False, True, False])
+    assert multiclass.predicted_classes(p, called).tolist() == [1, 0, 2, 0]
+    assert multiclass.predicted_classes(p).tolist() == [0, 1, 2, 0]  # no calls: the argmax
+    y = np.array([1, 0, 2, 0])
+    assert multiclass.class_metrics(y, p, tasks.THREE_CLASS.classes, called)["accuracy"] == 1.0
+    assert multiclass.class_metrics(y, p, tasks.THREE_CLASS.classes)["accuracy"] == 0.5
+    table = pd.DataFrame({"prediction": ["PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL"]})
+    assert multiclass.binary_calls(table, tasks.THREE_CLASS).tolist() == called.tolist()
+    assert multiclass.binary_calls(table.drop(columns="prediction"), tasks.THREE_CLASS) is None
+    with pytest.raises(ValueError, match="one binary call per image"):
+        multiclass.predicted_classes(p, called[:3])
+
+
 def test_three_class_intervals_resample_patients():
     y, p = _softmax_sample(120, seed=3)
     # every patient has 5 identical images: treated as independent, the intervals come out too narrow
@@ -194,11 +212,17 @@ def test_the_derived_binary_view_of_a_three_class_run():
     # the binary threshold is chosen on validation, on the derived probability
     assert result["threshold"] == evaluation.choose_threshold((y_val != 0).astype(int), evaluation.saved_precision(p_val[:, 1] + p_val[:, 2]))
     assert result["test"]["auc"] == pytest.approx(roc_auc_score(y_test != 0, derived), abs=1e-4)
-    # the three classes at the argmax, with the class columns kept per image
-    assert (predictions["predicted_class"] == np.array(task.classes)[p_test.argmax(axis=1)]).all()
+    # the three classes in two steps: normal below the binary view's threshold, else the likelier kind;
+    # so the class never contradicts the binary call, with the class columns kept per image
+    called = evaluation.saved_precision(derived) >= result["threshold"]
+    expected = np.where(called, 1 + p_test[:, 1:].argmax(axis=1), 0)
+    assert (predictions["predicted_class"] == np.array(task.classes)[expected]).all()
+    assert ((predictions["predicted_class"] == "normal") == (predictions["prediction"] == "NORMAL")).all()
+    assert (expected != p_test.argmax(axis=1)).any()  # the sample has images where the two rules differ
     assert np.allclose(predictions[[tasks.probability_column(c) for c in task.classes]].sum(axis=1), 1, atol=1e-5)
-    assert result["multiclass"]["test"]["accuracy"] == pytest.approx(accuracy_score(y_test, p_test.argmax(axis=1)))
-    assert result["multiclass"]["decision_rule"].startswith("argmax")
+    assert result["multiclass"]["test"]["accuracy"] == pytest.approx(accuracy_score(y_test, expected))
+    assert result["multiclass"]["argmax_accuracy"]["test"] == pytest.approx(accuracy_score(y_test, p_test.argmax(axis=1)))
+    assert result["multiclass"]["decision_rule"] == multiclass.TWO_STEP_RULE
     y, p, _ = multiclass.from_predictions(predictions, task)
     assert (y == y_test).all() and np.allclose(p, p_test, atol=1e-6)
 
@@ -232,7 +256,8 @@ def test_a_three_class_search_saves_its_classes_and_shares_the_feature_cache(tas
     assert np.array(block["test"]["confusion_matrix"]).sum() == len(predictions)
     assert block["classes"] == list(tasks.THREE_CLASS.classes) and block["test_intervals"]["macro_auc"]["low"] is not None
     y, p, _ = multiclass.from_predictions(predictions, tasks.THREE_CLASS)
-    assert multiclass.class_metrics(y, p, tasks.THREE_CLASS.classes)["confusion_matrix"] == block["test"]["confusion_matrix"]
+    called = multiclass.binary_calls(predictions, tasks.THREE_CLASS)  # the saved binary view's calls decide normal
+    assert multiclass.class_metrics(y, p, tasks.THREE_CLASS.classes, called)["confusion_matrix"] == block["test"]["confusion_matrix"]
     summary = run.read(artifacts.DATA_SUMMARY)
     assert set(summary["task_images"]["train"]) == {"normal", "bacterial", "viral"}
     # the features do not depend on the task: both searches used one cache file
@@ -261,7 +286,7 @@ def test_compare_predict_and_the_report_show_a_three_class_run(task_runs):
     assert any("derived binary question" in i.value for i in at.info)
     three = artifacts.load_run(folder, "three")
     specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
-    matrices = [s for s in specs if (s["layout"].get("title") or {}).get("text") == "three (argmax)"]
+    matrices = [s for s in specs if (s["layout"].get("title") or {}).get("text") == "three"]
     assert len(matrices) == 1 and matrices[0]["data"][0]["y"] == ["normal", "bacterial", "viral"]
     counts = np.array(three.metrics["multiclass"]["test"]["confusion_matrix"])
     shown = [[int(cell.split("<br>")[0].replace(",", "")) for cell in row] for row in matrices[0]["data"][0]["text"]]
@@ -271,7 +296,7 @@ def test_compare_predict_and_the_report_show_a_three_class_run(task_runs):
     assert not at.error  # the three-class run and the pneumonia run are paired on the derived question
 
     report_html = report.build_report([three, artifacts.load_run(folder, "binary")], n_resamples=200)
-    assert "Three classes: normal / bacterial / viral" in report_html and "argmax" in report_html
+    assert "Three classes: normal / bacterial / viral" in report_html and "two steps (threshold, then kind)" in report_html
     assert "three_class (normal / bacterial / viral; positive: pneumonia, the derived P(bacterial) + P(viral))" in report_html
 
     image = next((task_runs["data"] / "test" / "PNEUMONIA").glob("*virus*.jpeg"))
@@ -284,9 +309,12 @@ def test_compare_predict_and_the_report_show_a_three_class_run(task_runs):
     each_class = table.loc["three", ["P(normal)", "P(bacterial)", "P(viral)"]].astype(float)
     assert each_class.sum() == pytest.approx(1.0, abs=1e-5)
     assert table.loc["three", "probability"] == pytest.approx(each_class["P(bacterial)"] + each_class["P(viral)"], abs=2e-6)
-    assert table.loc["three", "label"] == tasks.THREE_CLASS.classes[int(np.argmax(each_class.to_numpy()))]
+    # two steps: normal below the run's threshold, else the likelier kind; the heatmap explains that class
+    called = table.loc["three", "probability"] >= three.threshold
+    index = 1 + int(np.argmax(each_class.to_numpy()[1:])) if called else 0
+    assert table.loc["three", "label"] == tasks.THREE_CLASS.classes[index]
     captions = [caption for element in at.get("image") for caption in element.captions]
-    predicted = tasks.THREE_CLASS.names[int(np.argmax(each_class.to_numpy()))]
+    predicted = tasks.THREE_CLASS.names[index]
     assert any(c.startswith("three · Grad-CAM") and f"regions pointing to {predicted}" in c for c in captions), captions
     at.selectbox(key="predict_gradcam_class").set_value("virus").run()  # explain another class on request
     captions = [caption for element in at.get("image") for caption in element.captions]

@@ -8,8 +8,9 @@ row of the data table (``core.data``) becomes a label, and how the classes are n
 - ``bacterial_vs_viral``: bacterial (0) vs viral (1), pneumonia images only. Viral is the positive
   class, as in the paper's second question (its sensitivity is that of finding viral pneumonia).
 - ``three_class``: normal (0) / bacterial (1) / viral (2), every image; a softmax over three classes,
-  decided by the largest probability (argmax). Its "pneumonia vs normal" view is the derived binary
-  probability P(bacterial) + P(viral) = 1 − P(normal), so it can be compared with pneumonia runs.
+  decided in two steps: normal below the threshold of its "pneumonia vs normal" view, the derived
+  binary probability P(bacterial) + P(viral) = 1 − P(normal) (so it can be compared with pneumonia
+  runs), else the likelier kind (`core.evidence.multiclass`).
 
 Runs saved before tasks existed have none and are ``pneumonia`` runs; the name ``binary`` used then
 in code is accepted as an alias. Pure: numpy and pandas only (the dashboard's pages import it).
@@ -123,7 +124,7 @@ TASKS = {task.name: task for task in (PNEUMONIA, BACTERIAL_VS_VIRAL, THREE_CLASS
 DESCRIPTIONS = {
     "pneumonia": "normal vs pneumonia (every image; the paper's first question)",
     "bacterial_vs_viral": "bacterial vs viral, pneumonia images only; viral is the positive class (the paper's second question)",
-    "three_class": "normal / bacterial / viral (softmax, argmax decides); also gives pneumonia vs normal as P(bacterial) + P(viral)",
+    "three_class": "normal / bacterial / viral (softmax; normal below the pneumonia view's threshold, else the likelier kind); the pneumonia view is P(bacterial) + P(viral)",
 }
 
 

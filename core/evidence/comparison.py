@@ -149,7 +149,7 @@ def question_notes(runs: Sequence[Run]) -> list[str]:
         notes.append(
             "Three-class runs are compared with the others on the derived binary question, pneumonia vs normal: their "
             "probability of pneumonia is P(bacterial) + P(viral), and their threshold on it is chosen on validation like "
-            "any run's. Their three classes (argmax decision) are shown in their own section."
+            "any run's. Their three classes (normal below the threshold, else the likelier kind) are shown in their own section."
         )
     questions = {t.question for t in picked}
     if len(questions) > 1:
@@ -246,7 +246,8 @@ def probability_of(row: Mapping[str, Any], name: str) -> float:
 
 
 def predicted_class(predictions: pd.DataFrame, path: str) -> str:
-    """A multi-class run's predicted class (argmax) of the image at `path`; "" for a binary run or an image it did not score."""
+    """A multi-class run's predicted class (as saved, `multiclass.predicted_classes`) of the image at `path`; "" for a binary
+    run or an image it did not score."""
     if "predicted_class" not in predictions:
         return ""
     return str(predictions.set_index("path")["predicted_class"].get(path, ""))

@@ -1,7 +1,12 @@
 """Metrics of a run with more than two classes (the three-class task: normal / bacterial / viral).
 
-The decision rule is the argmax: an image is called the class of largest probability (no
-threshold is chosen, on validation or elsewhere). From the class probabilities and the true
+The decision rule has two steps (`TWO_STEP_RULE`), as a reader of the X-ray takes them: first
+pneumonia or not, by the run's binary view (P(bacterial) + P(viral)) at its threshold chosen on
+validation, the same call the pneumonia-vs-normal figures make; then, for an image called
+pneumonia, the kind of larger probability. So the three-class call never contradicts the binary
+one, and it inherits the threshold's robustness (the stress-pooled rule) that the plain argmax,
+which has no threshold, lacks (docs/measurements.md, "Three classes"). Without the binary calls
+(`called_positive` None) the rule is the argmax. From the class probabilities and the true
 classes this module makes what ``metrics.json`` keeps under ``multiclass`` and what Compare and
 the report show: the confusion matrix (counts; rows are the true classes), accuracy, per-class
 sensitivity and specificity (one class against the rest), one-vs-rest ROC curves and AUC per
@@ -26,7 +31,11 @@ import pandas as pd
 from core.data.tasks import Task, probability_column
 from core.evidence import statistics
 
-DECISION_RULE = "argmax: the class of largest probability (no threshold)"
+ARGMAX_RULE = "argmax: the class of largest probability (no threshold)"
+TWO_STEP_RULE = (
+    "two steps: normal when the binary view (P(bacterial) + P(viral)) is below the run's threshold chosen on "
+    "validation, otherwise the pneumonia kind of larger probability"
+)
 INTERVAL_METRICS = ("accuracy", "macro_auc", "micro_auc")
 
 
@@ -40,9 +49,22 @@ def _checked(y_class: Any, probabilities: Any) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
-def predicted_classes(probabilities: Any) -> np.ndarray:
-    """The argmax decision: the index of each row's largest probability."""
-    return np.asarray(probabilities).argmax(axis=1)
+def predicted_classes(probabilities: Any, called_positive: Any = None) -> np.ndarray:
+    """Each row's class index by `TWO_STEP_RULE`: the first class (normal) where the binary view did
+    not call the image positive (`called_positive`, one bool per row, from the saved threshold), else
+    the largest of the other classes. With `called_positive` None: the argmax over all classes."""
+    p = np.asarray(probabilities)
+    if called_positive is None:
+        return p.argmax(axis=1)
+    called = np.asarray(called_positive, dtype=bool)
+    if called.shape != (p.shape[0],):
+        raise ValueError(f"expected one binary call per image: {p.shape[0]} images, calls of shape {called.shape}")
+    return np.where(called, 1 + p[:, 1:].argmax(axis=1), 0)
+
+
+def decision_rule(called_positive: Any = None) -> str:
+    """The words of the rule `predicted_classes` applies with these calls."""
+    return ARGMAX_RULE if called_positive is None else TWO_STEP_RULE
 
 
 def confusion_matrix(y_class: Any, predicted: Any, n_classes: int) -> np.ndarray:
@@ -60,12 +82,12 @@ def _auc(y_binary: np.ndarray, score: np.ndarray) -> float:
     return float(statistics.weighted_auc(np.ones((1, y_binary.size)), y_binary, score)[0]) if 0 < y_binary.sum() < y_binary.size else math.nan
 
 
-def class_metrics(y_class: Any, probabilities: Any, classes: Sequence[str]) -> dict[str, Any]:
+def class_metrics(y_class: Any, probabilities: Any, classes: Sequence[str], called_positive: Any = None) -> dict[str, Any]:
     """Accuracy, the confusion matrix, each class's sensitivity, specificity and one-vs-rest AUC,
-    and the macro and micro one-vs-rest AUCs, at the argmax decision."""
+    and the macro and micro one-vs-rest AUCs, at the decision of `predicted_classes`."""
     y, p = _checked(y_class, probabilities)
     k = p.shape[1]
-    pred = predicted_classes(p)
+    pred = predicted_classes(p, called_positive)
     matrix = confusion_matrix(y, pred, k)
     per_class = {}
     for c, name in enumerate(classes):
@@ -88,11 +110,13 @@ def class_metrics(y_class: Any, probabilities: Any, classes: Sequence[str]) -> d
         "per_class": per_class,
         "macro_auc": float(np.mean(aucs)) if all(math.isfinite(a) for a in aucs) else math.nan,
         "micro_auc": _auc(one_hot.ravel(), p.ravel()),
+        "decision_rule": decision_rule(called_positive),
     }
 
 
 def class_intervals(
-    y_class: Any, probabilities: Any, groups: Any = None, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+    y_class: Any, probabilities: Any, groups: Any = None, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+    called_positive: Any = None,
 ) -> dict[str, statistics.Interval]:
     """Percentile intervals of accuracy, macro and micro AUC by patient bootstrap.
 
@@ -105,7 +129,7 @@ def class_intervals(
     k = p.shape[1]
     if len(np.unique(y)) < k:
         raise ValueError("intervals need test images of every class")
-    pred_right = (predicted_classes(p) == y).astype(np.float64)
+    pred_right = (predicted_classes(p, called_positive) == y).astype(np.float64)
     one_hot = np.eye(k, dtype=np.int64)[y]
     collected: dict[str, list[np.ndarray]] = {m: [] for m in INTERVAL_METRICS}
     n_skipped = 0
@@ -121,7 +145,7 @@ def class_intervals(
         raise ValueError(
             f"bootstrap skipped {n_skipped} of {n_resamples} resamples that lacked a class: too few patients of some class for an interval"
         )
-    point = class_metrics(y, p, [str(c) for c in range(k)])
+    point = class_metrics(y, p, [str(c) for c in range(k)], called_positive)
     alpha = 1.0 - confidence
     out = {}
     for metric in INTERVAL_METRICS:
@@ -136,11 +160,14 @@ def class_intervals(
 
 def summary(
     task: Task, y_val: Any, p_val: Any, y_test: Any, p_test: Any, test_groups: Any = None,
-    n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+    n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0, val_called: Any = None, test_called: Any = None,
 ) -> dict[str, Any]:
-    """What ``metrics.json`` keeps under ``multiclass``: metrics on validation and test, and the test intervals."""
+    """What ``metrics.json`` keeps under ``multiclass``: metrics on validation and test, and the test
+    intervals, by the two-step rule given each split's binary calls (`val_called`, `test_called`),
+    and the argmax's accuracy beside it."""
     try:
-        intervals = {k: v.to_dict() for k, v in class_intervals(y_test, p_test, test_groups, n_resamples, confidence, seed).items()}
+        intervals = {k: v.to_dict() for k, v in class_intervals(
+            y_test, p_test, test_groups, n_resamples, confidence, seed, test_called).items()}
         problem = ""
     except ValueError as error:
         intervals, problem = None, str(error)
@@ -148,9 +175,11 @@ def summary(
         "task": task.name,
         "classes": list(task.classes),
         "names": list(task.names),
-        "decision_rule": DECISION_RULE,
-        "val": class_metrics(y_val, p_val, task.classes),
-        "test": class_metrics(y_test, p_test, task.classes),
+        "decision_rule": decision_rule(test_called),
+        "val": class_metrics(y_val, p_val, task.classes, val_called),
+        "test": class_metrics(y_test, p_test, task.classes, test_called),
+        "argmax_accuracy": {"val": class_metrics(y_val, p_val, task.classes)["accuracy"],
+                            "test": class_metrics(y_test, p_test, task.classes)["accuracy"]},
         "test_intervals": intervals,
         "interval_problem": problem,
     }
@@ -161,11 +190,12 @@ def summary(
 # --------------------------------------------------------------------------
 
 
-def prediction_columns(task: Task, y_class: Any, probabilities: Any) -> pd.DataFrame:
+def prediction_columns(task: Task, y_class: Any, probabilities: Any, called_positive: Any = None) -> pd.DataFrame:
     """The columns a multi-class run adds to its predictions tables: the true and the predicted
-    (argmax) class, and one probability column per class (``tasks.probability_column``)."""
+    class (`predicted_classes`), and one probability column per class (``tasks.probability_column``)."""
     y, p = _checked(y_class, probabilities)
-    columns = {"true_class": [task.classes[i] for i in y], "predicted_class": [task.classes[i] for i in predicted_classes(p)]}
+    columns = {"true_class": [task.classes[i] for i in y],
+               "predicted_class": [task.classes[i] for i in predicted_classes(p, called_positive)]}
     for c, name in enumerate(task.classes):
         columns[probability_column(name)] = p[:, c]
     return pd.DataFrame(columns)
@@ -174,6 +204,14 @@ def prediction_columns(task: Task, y_class: Any, probabilities: Any) -> pd.DataF
 def has_classes(predictions: pd.DataFrame, task: Task) -> bool:
     """True when a predictions table carries the task's class probabilities (a multi-class run's)."""
     return not task.is_binary and all(probability_column(c) in predictions.columns for c in task.classes) and "true_class" in predictions.columns
+
+
+def binary_calls(predictions: pd.DataFrame, task: Task) -> np.ndarray | None:
+    """Whether the binary view called each image positive at the run's saved threshold (its
+    `prediction` column), or None for a table without one (then the rule is the argmax)."""
+    if "prediction" not in predictions.columns:
+        return None
+    return (predictions["prediction"].astype(str) == task.binary_classes[1]).to_numpy()
 
 
 def from_predictions(predictions: pd.DataFrame, task: Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -224,7 +262,7 @@ def per_class_table(run_name: str, metrics: dict[str, Any], names: Sequence[str]
 
 @dataclass(frozen=True)
 class ClassEvidence:
-    """A multi-class run's test predictions at the argmax: metrics, intervals and one-vs-rest curves."""
+    """A multi-class run's test predictions by `predicted_classes`: metrics, intervals and one-vs-rest curves."""
 
     name: str
     task: Task
@@ -246,11 +284,12 @@ def class_evidence(
 ) -> ClassEvidence:
     """The three-class evidence of one run from its saved predictions (``ValueError`` when they carry no class probabilities)."""
     y, p, groups = from_predictions(predictions, task)
+    called = binary_calls(predictions, task)
     try:
-        intervals, problem = class_intervals(y, p, groups, n_resamples, confidence, seed), ""
+        intervals, problem = class_intervals(y, p, groups, n_resamples, confidence, seed, called), ""
     except ValueError as error:
         intervals, problem = None, str(error)
     return ClassEvidence(
-        name=name, task=task, metrics=class_metrics(y, p, task.classes), intervals=intervals, interval_problem=problem,
+        name=name, task=task, metrics=class_metrics(y, p, task.classes, called), intervals=intervals, interval_problem=problem,
         curves=roc_curves(name, predictions, task), n_resamples=int(n_resamples), seed=int(seed), confidence=float(confidence),
     )

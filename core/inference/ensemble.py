@@ -253,7 +253,7 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
         result = evaluation.evaluate_scores(
             val_rows, y_val, combine(val_scores, weights), test_rows, y_test, combine(test_scores, weights), task, val_stressed
         )
-    else:  # the members' class probabilities, averaged: the argmax and the derived binary view follow from them
+    else:  # the members' class probabilities, averaged: the derived binary view and the classes follow from them
         (y_val, val_p), (y_test, test_p) = (
             _combined_classes([tables[r.name][index] for r in runs], rows, task, weights)
             for index, rows in ((0, val_rows), (1, test_rows))
@@ -346,7 +346,8 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
 
     `models` (member name -> loaded Keras model) spares loading them again. Same columns as
     `core.inference.evaluation.predict_files`: a multi-class ensemble also gives each class's probability (the
-    members' averaged) and its label is the argmax class. A file any member cannot read gets that
+    members' averaged) and its label is the class of the two-step rule (`multiclass.predicted_classes`:
+    normal below the threshold, else the likelier kind). A file any member cannot read gets that
     member's reason.
     """
     members, weights = member_runs(run), weights_of(run)
@@ -368,7 +369,8 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
         each_class = {}
         if classes is not None:
             each_class = dict(zip(class_columns, classes[i] if ok else [np.nan] * len(class_columns), strict=True))
-            label = task.classes[int(np.argmax(classes[i]))] if ok else ""
+            called = np.array([score >= threshold])
+            label = task.classes[int(multiclass.predicted_classes(classes[i][None], called)[0])] if ok else ""
         rows.append({"path": str(path), "probability": float(score) if ok else np.nan, "label": label, "error": error, **each_class})
     return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
 

@@ -10,7 +10,7 @@ saved per-image rows all see the same numbers (an image cannot change class betw
 and `predictions.csv`). Saved models are loaded with Keras `safe_mode`, and predictions go through
 the fast inference engine. A three-class run (``core.data.tasks``) is evaluated twice: on its binary
 view (pneumonia vs normal from P(bacterial) + P(viral)), exactly as a two-class run, and on its
-three classes at the argmax (``core.evidence.multiclass``). It knows one model at a time: scoring
+three classes by the two-step rule (``core.evidence.multiclass``). It knows one model at a time: scoring
 any kind of run (an ensemble uses several) goes through ``core.inference.run_kinds``.
 """
 
@@ -209,28 +209,35 @@ def evaluate_classes(
 ) -> dict:
     """A multi-class run's `metrics.json` content: its binary view through `evaluate_scores` (the
     derived probability 1 − P(first class), threshold chosen on validation), plus `multiclass`
-    (argmax metrics and intervals, `core.evidence.multiclass.summary`); the prediction tables get the true
-    and argmax class and a probability column per class. Labels are class indices."""
+    (metrics and intervals, `core.evidence.multiclass.summary`, by its two-step rule on the binary view's
+    calls at that threshold); the prediction tables get the true and the predicted class and a
+    probability column per class. Labels are class indices."""
     val_p = saved_precision(val_probabilities)
     test_p = saved_precision(test_probabilities)
     result = evaluate_scores(
         val_table, task.binary_labels(y_val), positive_probability(val_p), test_table, task.binary_labels(y_test),
         positive_probability(test_p), task, val_stressed,
     )
-    result["multiclass"] = multiclass.summary(task, y_val, val_p, y_test, test_p, test_table["patient"].astype(str).to_numpy())
+    called = {key: multiclass.binary_calls(result[key], task) for key in ("val_predictions", "predictions")}
+    result["multiclass"] = multiclass.summary(
+        task, y_val, val_p, y_test, test_p, test_table["patient"].astype(str).to_numpy(),
+        val_called=called["val_predictions"], test_called=called["predictions"],
+    )
     for key, y, p in (("val_predictions", y_val, val_p), ("predictions", y_test, test_p)):
         rows = result[key]
-        result[key] = pd.concat([rows, multiclass.prediction_columns(task, y, p).set_index(rows.index)], axis=1)
+        result[key] = pd.concat([rows, multiclass.prediction_columns(task, y, p, called[key]).set_index(rows.index)], axis=1)
     return result
 
 
 def multiclass_summary(result: dict) -> str:
-    """A log line's tail for a multi-class run ("" for others): argmax accuracy and macro AUC on test."""
+    """A log line's tail for a multi-class run ("" for others): accuracy (and the argmax's) and macro AUC on test."""
     block = result.get("multiclass") or {}
     test = block.get("test") or {}
     if not test:
         return ""
-    return f"; {len(block.get('classes', []))} classes (argmax): accuracy {test['accuracy']:.4f}, macro AUC {test['macro_auc']:.4f}"
+    argmax = (block.get("argmax_accuracy") or {}).get("test")
+    beside = f" (argmax {argmax:.4f})" if argmax is not None else ""
+    return f"; {len(block.get('classes', []))} classes: accuracy {test['accuracy']:.4f}{beside}, macro AUC {test['macro_auc']:.4f}"
 
 
 def evaluate_model(
@@ -330,7 +337,7 @@ def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str 
     positive class (pneumonia; viral for bacterial vs viral), label, error.
 
     A multi-class run also gives each class's probability (`tasks.probability_column`) and its
-    label is the argmax class. A file that cannot be read gets its reason in `error` and no
+    label is the class of the two-step rule (`multiclass.TWO_STEP_RULE`). A file that cannot be read gets its reason in `error` and no
     probability; the others are still scored. One model only: any kind of run (an ensemble
     averages its members'), and the flag of unusual images, is `core.inference.run_kinds.predict_files`.
     """
@@ -358,8 +365,9 @@ def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str 
             rows[row_index]["probability"] = score  # the label is decided on the number shown
             if task.is_binary:
                 rows[row_index]["label"] = task.binary_classes[int(score >= threshold)]
-            else:  # the argmax decides among the classes (core.evidence.multiclass.DECISION_RULE)
-                rows[row_index]["label"] = task.classes[int(np.argmax(output))]
+            else:  # pneumonia or not on the number shown, then its kind (core.evidence.multiclass.TWO_STEP_RULE)
+                called = np.array([score >= threshold])
+                rows[row_index]["label"] = task.classes[int(multiclass.predicted_classes(output[None], called)[0])]
                 rows[row_index].update({column: float(v) for column, v in zip(class_columns, output, strict=True)})
     return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
 

@@ -18,7 +18,7 @@ in `KINDS` (ordered, first match wins):
   takes every run no kind before it claims.
 
 Three-class is not a kind of run but a task (`core.data.tasks`): a plain run and an ensemble can
-both be three-class. What the task changes (a probability column per class, the argmax label, the
+both be three-class. What the task changes (a probability column per class, the two-step label, the
 class an explanation explains) is read from the run's `Task` by the code each kind calls, never here.
 
 A new kind is one more `RunKind` subclass in this file, listed in `KINDS` before `PlainRun`; nothing
@@ -221,7 +221,8 @@ def load_models(run: Run, load: ModelLoader = evaluation.load_model) -> Any:
 def predict_files(run: Run, paths: Sequence[str], models: Any = None, engine: str = "auto", unusual: bool = False) -> pd.DataFrame:
     """Score image files with any run: path, probability of its binary view's positive class
     (pneumonia; viral for bacterial vs viral), label, error; for a multi-class task also each class's
-    probability, the label then being the argmax class. A file that cannot be read gets its reason
+    probability, the label then being the class of the two-step rule (normal below the threshold, else
+    the likelier kind: `core.evidence.multiclass.TWO_STEP_RULE`). A file that cannot be read gets its reason
     in `error` and no probability; the others are still scored. `models`: what `load_models` gave.
 
     With `unusual`, three more columns say whether each image is far from the run's training X-rays,

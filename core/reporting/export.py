@@ -5,7 +5,8 @@ with a note if conversion fails), `threshold.json` and `MODEL_CARD.md`; and, whe
 int8 model (`python -m core quantize`, `core.inference.quantization`), `model.int8.tflite` and
 `int8.json`, its measured agreement with fp32, which the card shows too. The decision rule in
 `threshold.json` and the card's usage snippet follow the run's task (`core.data.tasks`): its classes,
-its positive class (viral for bacterial vs viral), and for three classes the argmax. The card's metrics and
+its positive class (viral for bacterial vs viral), and for three classes the two-step rule (pneumonia or
+not at the threshold, then the likelier kind). The card's metrics and
 intervals come from `core.evidence.run_evidence` (patient-level bootstrap for AUC, Wilson with the
 design effect for the rates) and its validation-against-test table from `core.evidence.shift`, so they are
 the numbers the Compare page shows. Whether a kind of run is exported is its kind's to say
@@ -116,8 +117,9 @@ def decision_rule(run: Run) -> dict:
     and what the model takes in.
 
     Two classes: one probability, of the task's positive class (pneumonia; viral for bacterial vs
-    viral), against the threshold. Three classes: one probability per class, the label at the
-    argmax; the threshold is that of the binary view, P(pneumonia) = 1 − P(normal).
+    viral), against the threshold. Three classes: one probability per class; the label is the first
+    class (normal) when the binary view, P(pneumonia) = 1 − P(normal), is below the threshold, else
+    the likelier of the other classes (`multiclass.TWO_STEP_RULE`).
     """
     metrics = run.metrics or {}
     task = tasks.task_for(run.task)
@@ -127,7 +129,9 @@ def decision_rule(run: Run) -> dict:
         outputs = {"output": f"one probability, of {positive}", "decision": binary_rule}
     else:
         others = " + ".join(f"P({c})" for c in task.classes[1:])
-        outputs = {"output": "one probability per class, in the order of classes", "decision": "the class with the largest probability (argmax)",
+        decision = (f"{task.classes[0]} when probability (the binary view) < threshold, else the likelier of "
+                    f"{', '.join(task.classes[1:])}")
+        outputs = {"output": "one probability per class, in the order of classes", "decision": decision,
                    "binary_view": f"probability = 1 - P({task.classes[0]}) = {others}; {binary_rule}"}
     return {
         "threshold": metrics.get("threshold"), "rule": metrics.get("threshold_rule"), "task": task.name,
@@ -168,11 +172,12 @@ def usage(task: tasks.Task, size: int, threshold: float, layers: bool = False) -
         reading = f"`p` is the probability of {task.binary_names[1]}; at or above the threshold the label is {positive}."
     else:
         predict = (f"probabilities = {outputs}[0]; classes = {task.classes!r}\n"
-                   f'p = float(1 - probabilities[0]); print(p, "{positive}" if p >= {threshold:.6f} else "{negative}", '
-                   "classes[int(np.argmax(probabilities))], probabilities.round(6).tolist())")
-        reading = (f"The model gives one probability per class ({', '.join(task.classes)}, in this order); the label is the "
-                   f"class with the largest (argmax). `p` = 1 − P({task.classes[0]}) is the binary view ({task.binary_names[1]} "
-                   f"vs {task.binary_names[0]}), at or above the threshold {positive}.")
+                   f"p = float(1 - probabilities[0]); called = p >= {threshold:.6f}\n"
+                   "label = classes[1 + int(np.argmax(probabilities[1:]))] if called else classes[0]\n"
+                   f'print(p, "{positive}" if called else "{negative}", label, probabilities.round(6).tolist())')
+        reading = (f"The model gives one probability per class ({', '.join(task.classes)}, in this order). `p` = 1 − "
+                   f"P({task.classes[0]}) is the binary view ({task.binary_names[1]} vs {task.binary_names[0]}): below the "
+                   f"threshold the label is {task.classes[0]}, at or above it the likelier of {', '.join(task.classes[1:])}.")
     registers = "import cxr_layers  # this zip's transformer layers (class token, position embedding), known to Keras once imported\n" if layers else ""
     return f"""```python
 import keras, numpy as np; from PIL import Image
@@ -240,7 +245,7 @@ def model_card(run: Run) -> str:
 
 - Task: **{task.name}** ({tasks.DESCRIPTIONS[task.name]}).
 {_origin(run, size)}
-- Decision threshold: **{threshold:.6f}** ({metrics.get('threshold_rule', "Youden's J on the validation split")}); probability ≥ threshold means {task.binary_classes[1]}{'' if task.is_binary else ' (the binary view); the three classes are decided by the largest probability (argmax)'}.
+- Decision threshold: **{threshold:.6f}** ({metrics.get('threshold_rule', "Youden's J on the validation split")}); probability ≥ threshold means {task.binary_classes[1]}{'' if task.is_binary else ' (the binary view); below it the label is ' + task.classes[0] + ', at or above it the likelier of the other classes'}.
 - Test-time augmentation: {f'{tta} views (core.data.augmentation.tta_views); the saved probabilities average them' if tta and tta > 1 else 'none'}.
 - Files: {_files_line(run, output)}{', `model.int8.tflite` and `int8.json` (below)' if not quantization.int8_problem(run) else ''}.
 

@@ -339,8 +339,8 @@ def confusion_matrix_figure(matrix, labels: Sequence[str] = ("NORMAL", "PNEUMONI
 
 
 def class_probability_figure(rows: pd.DataFrame, class_names: Sequence[str], title: str = "") -> go.Figure:
-    """Stacked horizontal bars, one per run: each class's probability (a multi-class run's), the
-    argmax class outlined in the text. `rows` has `run` and one column per name in `class_names`."""
+    """Stacked horizontal bars, one per run: each class's probability (a multi-class run's), each
+    named inside its bar. `rows` has `run` and one column per name in `class_names`."""
     rows = rows.reset_index(drop=True)
     runs = list(rows["run"])
     colors = [KIND_COLORS.get(key, RUN_PALETTE[i % len(RUN_PALETTE)]) for i, key in enumerate(("normal", "bacteria", "virus")[: len(class_names)])]

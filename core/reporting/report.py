@@ -326,7 +326,7 @@ def _paired_section(runs: Sequence[Run], evidence: Mapping[str, ev.RunEvidence],
 
 def _multiclass_section(runs: Sequence[Run], predictions: Mapping[str, pd.DataFrame], figure: _Figures, n_resamples: int, seed: int,
                         confidence: float) -> str:
-    """The three-class runs at the argmax: accuracy and AUCs with intervals, per-class table, matrices, one-vs-rest ROC."""
+    """The three-class runs at their decision: accuracy and AUCs with intervals, per-class table, matrices, one-vs-rest ROC."""
     run_tasks = {run.name: comparison.run_task(run) for run in runs}
     items = [
         multiclass.class_evidence(name, predictions[name], run_tasks[name], n_resamples, seed, confidence)
@@ -341,7 +341,7 @@ def _multiclass_section(runs: Sequence[Run], predictions: Mapping[str, pd.DataFr
         out.append("<div class='warn'><ul>" + "".join(problems) + "</ul></div>")
     class_curves = [curve for item in items for curve in item.curves]
     shown = [figure(figures.roc_figure(class_curves, figures.run_colors([c["name"] for c in class_curves]), title="One-vs-rest ROC per class (test)"))]
-    shown += [figure(figures.confusion_matrix_figure(item.matrix, item.task.names, title=f"{item.name} (argmax)")) for item in items]
+    shown += [figure(figures.confusion_matrix_figure(item.matrix, item.task.names, title=item.name)) for item in items]
     out.append("<div class='figures'>" + "".join(shown) + "</div>")
     for item in items:
         out.append(f"<h4>{_e(item.name)}: confusion matrix (rows: true class; count and row %)</h4>" + _table(wording.matrix_table(item)))

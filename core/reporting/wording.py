@@ -478,11 +478,15 @@ def errors_by_kind_wide(evidence: list[RunEvidence], positive: str = "pneumonia"
 # --------------------------------------------------------------------------
 
 MULTICLASS_NOTE = (
-    "Three-class runs call each image the class of largest probability (argmax; no threshold is chosen). "
+    "Three-class runs call an image normal when P(pneumonia) = P(bacterial) + P(viral) is below their threshold "
+    "chosen on validation (the call of their pneumonia view), otherwise the pneumonia kind of larger probability. "
     "Accuracy is the share of images called their true class; each class's sensitivity and specificity count it "
     "against the other two; AUCs are one class against the rest, averaged over the classes (macro) or pooled over "
     "every image and class (micro). Intervals resample patients, as the binary AUC's do."
 )
+
+# core.evidence.multiclass's rules -> the decision column's words
+DECISIONS = {multiclass.TWO_STEP_RULE: "two steps (threshold, then kind)", multiclass.ARGMAX_RULE: "argmax"}
 
 # core.evidence.multiclass.INTERVAL_METRICS -> column titles
 MULTICLASS_TITLES = {"accuracy": "accuracy", "macro_auc": "macro AUC", "micro_auc": "micro AUC"}
@@ -493,7 +497,7 @@ def multiclass_table(evidence: list[multiclass.ClassEvidence]) -> pd.DataFrame:
     rows = []
     for ev in evidence:
         label = ci_label(ev.confidence)
-        row: dict[str, Any] = {"run": ev.name, "decision": "argmax"}
+        row: dict[str, Any] = {"run": ev.name, "decision": DECISIONS.get(ev.metrics.get("decision_rule"), "argmax")}
         for metric, title in MULTICLASS_TITLES.items():
             value = float(ev.metrics[metric])
             interval = (ev.intervals or {}).get(metric)
@@ -504,7 +508,7 @@ def multiclass_table(evidence: list[multiclass.ClassEvidence]) -> pd.DataFrame:
 
 
 def per_class_table(evidence: list[multiclass.ClassEvidence]) -> pd.DataFrame:
-    """One row per run and class: images, sensitivity, specificity and one-vs-rest AUC at the argmax."""
+    """One row per run and class: images, sensitivity, specificity and one-vs-rest AUC at the run's decision."""
     parts = [multiclass.per_class_table(ev.name, ev.metrics, ev.task.names) for ev in evidence]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 

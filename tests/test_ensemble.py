@@ -371,3 +371,26 @@ def test_an_ensemble_whose_member_is_gone_or_misnamed_cannot_predict(two_runs):
     assert not run.has_model  # a member name that is not a plain run name is never followed
     with pytest.raises(artifacts.RunError, match="invalid run name '../outside'"):
         run_kinds.predict_files(run, ["x.jpeg"])
+
+
+def test_a_member_whose_training_collapsed_is_left_out_of_a_recipes_ensemble(tmp_path):
+    """A repeat that diverged (validation AUC 0.50 beside members at 0.99) would dilute the recipe's
+    ensemble by a third: the recipe leaves it out, saying why, while two members remain."""
+    from core.workflows import recipe
+
+    rng = np.random.default_rng(1)
+    y_val, y_test = np.repeat([0, 1], 20), np.repeat([0, 1], 30)
+    for name, auc in (("q", 0.99), ("r", 0.985), ("dead", 0.50)):
+        folder = fake_run(tmp_path, name, _rows("val", y_val, rng.uniform(size=y_val.size)), _rows("test", y_test, rng.uniform(size=y_test.size)))
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "val": {"auc": auc}}))
+    runs = [artifacts.load_run(tmp_path, n) for n in ("q", "r", "dead")]
+    collapsed = ensemble.collapsed_members(runs)
+    assert list(collapsed) == ["dead"] and "validation AUC is 0.50, at chance, where q's is 0.99" in collapsed["dead"]
+    logged: list[str] = []
+    assert recipe.working_members(tmp_path, ["q", "r", "dead"], logged.append) == ["q", "r"]
+    assert logged == [f"left out of the ensemble: {collapsed['dead']}"]
+    assert recipe.working_members(tmp_path, ["q", "dead"], logged.append) == ["q", "dead"]  # an ensemble needs two
+    # When no member works (a tiny or hard data set) nothing is compared, nothing is left out.
+    weak = [artifacts.Run(n, tmp_path / n, {}, {"val": {"auc": a}}, None) for n, a in (("x", 0.70), ("y", 0.52))]
+    assert ensemble.collapsed_members(weak) == {}

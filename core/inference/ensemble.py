@@ -42,6 +42,11 @@ WEIGHTED_RULE = (
 )
 MAX_GRID_POINTS = 2000  # the grid gets coarser with more members so it stays under this
 _ROW_COLUMNS = ["path", "patient", "kind", "class_name", "y_true"]
+# A member whose training collapsed: validation AUC at chance while another member's shows the task is
+# learnt (docs/measurements.md, "Three classes": a three-class repeat at learning rate 9·10⁻⁴ ended
+# at 0.50). Averaged in, it only dilutes the others.
+CHANCE_AUC = 0.55
+WORKING_AUC = 0.75
 
 
 # --------------------------------------------------------------------------
@@ -122,6 +127,22 @@ def _problem(run: Run) -> str:
     if not run.has_model:
         return f"{run.name} has no saved model"
     return ""
+
+
+def collapsed_members(runs: Sequence[Run]) -> dict[str, str]:
+    """{name: why} for each run whose validation AUC is at most `CHANCE_AUC` while another run's is at
+    least `WORKING_AUC`: a training that learnt nothing (a diverged learning rate), next to one that
+    did. Empty when no run works (a tiny or hard data set: nothing to compare with)."""
+    aucs = {run.name: float(((run.metrics or {}).get("val") or {}).get("auc", np.nan)) for run in runs}
+    working = {name: auc for name, auc in aucs.items() if np.isfinite(auc) and auc >= WORKING_AUC}
+    if not working:
+        return {}
+    best = max(working, key=working.get)
+    return {
+        name: (f"{name}'s validation AUC is {auc:.2f}, at chance, where {best}'s is {working[best]:.2f}: its training did "
+               "not learn (a learning rate too high for its seed is the usual cause); retrain it with a lower one")
+        for name, auc in aucs.items() if np.isfinite(auc) and auc <= CHANCE_AUC
+    }
 
 
 def same_images(first: Run, other: Run, a: pd.DataFrame, b: pd.DataFrame, split: str) -> str:

@@ -266,6 +266,18 @@ def reference_estimate_s() -> float:
 # --------------------------------------------------------------------------
 
 
+def working_members(artifacts_dir: str | os.PathLike, members: list[str], log=print) -> list[str]:
+    """The ensemble's members less those whose training collapsed (`ensemble.collapsed_members`),
+    each left out with its reason in the log, as long as two remain; otherwise all of them."""
+    collapsed = ensemble.collapsed_members([artifacts.load_run(artifacts_dir, m) for m in members])
+    kept = [m for m in members if m not in collapsed]
+    if not collapsed or len(kept) < 2:
+        return members
+    for reason in collapsed.values():
+        log(f"left out of the ensemble: {reason}")
+    return kept
+
+
 def run_recipe(artifacts_dir: str | os.PathLike, plan: dict, log=print) -> dict:
     """Run (or go on with) every step of `plan` in this process; returns the ensemble's metrics.
 
@@ -292,6 +304,7 @@ def run_recipe(artifacts_dir: str | os.PathLike, plan: dict, log=print) -> dict:
         if step.kind == "ensemble":
             _write_plan(folder, plan, number)
             members = [run_name(plan["recipe"], member) for member in step.members]
+            members = working_members(artifacts_dir, members, log)
             run = ensemble.build_ensemble(artifacts_dir, members, name)
             log(f"recipe {plan['recipe']}: done, test AUC {run.metrics['test']['auc']:.4f}, "
                 f"accuracy {run.metrics['test']['accuracy']:.4f} at the validation-chosen threshold {run.metrics['threshold']:.3f}")

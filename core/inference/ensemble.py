@@ -390,8 +390,7 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
         each_class = {}
         if classes is not None:
             each_class = dict(zip(class_columns, classes[i] if ok else [np.nan] * len(class_columns), strict=True))
-            called = np.array([score >= threshold])
-            label = task.classes[int(multiclass.predicted_classes(classes[i][None], called)[0])] if ok else ""
+            label = multiclass.class_of(task, classes[i], score >= threshold) if ok else ""
         rows.append({"path": str(path), "probability": float(score) if ok else np.nan, "label": label, "error": error, **each_class})
     return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
 

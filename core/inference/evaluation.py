@@ -366,8 +366,7 @@ def predict_files(run: artifacts.Run, paths: list[str], model=None, engine: str 
             if task.is_binary:
                 rows[row_index]["label"] = task.binary_classes[int(score >= threshold)]
             else:  # pneumonia or not on the number shown, then its kind (core.evidence.multiclass.TWO_STEP_RULE)
-                called = np.array([score >= threshold])
-                rows[row_index]["label"] = task.classes[int(multiclass.predicted_classes(output[None], called)[0])]
+                rows[row_index]["label"] = multiclass.class_of(task, output, score >= threshold)
                 rows[row_index].update({column: float(v) for column, v in zip(class_columns, output, strict=True)})
     return pd.DataFrame(rows, columns=["path", "probability", "label", "error", *class_columns])
 

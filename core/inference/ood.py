@@ -202,8 +202,8 @@ def scores(reference: dict, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distance, index of the statistic behind it) of each row of `stats`."""
     d = np.atleast_2d(stats) - np.asarray(reference["centre"])
     z = np.where(d >= 0, d / np.asarray(reference["above"]), -d / np.asarray(reference["below"]))
-    one_sided = np.isin(reference.get("names", NAMES), ONE_SIDED)
-    z[:, one_sided] = np.maximum(z[:, one_sided], 0.0) * (d[:, one_sided] >= 0)
+    below_on_one_side = np.isin(reference.get("names", NAMES), ONE_SIDED) & (d < 0)  # a cleaner image: no distance
+    z = np.where(below_on_one_side, 0.0, z)
     return z.max(axis=1), z.argmax(axis=1)
 
 

@@ -201,6 +201,19 @@ def test_tf_dataset_gives_rgb_float_batches(tmp_path):
     np.testing.assert_array_equal(batches[0][0][..., 2], pixels[:4, ..., 0].astype(np.float32))
 
 
+def test_training_pipelines_run_without_the_autotuning_thread():
+    """With tf.data's autotuning on, Keras's per-epoch iterators each waited up to 10 s on its thread."""
+    from core.search import activations
+
+    labels = np.arange(10) % 2
+    pixels = loading.make_tf_dataset(np.zeros((10, 8, 8, 1), np.uint8), labels, batch_size=4, shuffle=True)
+    views = activations.training_dataset(np.zeros((2, 10, 2, 2, 1), np.float16), np.zeros((10, 2, 2, 1), np.float16), labels, 4, 0)
+    for dataset in (pixels, views, loading.make_tf_dataset(np.zeros((10, 3)), batch_size=4)):
+        assert dataset.options().autotune.enabled is False
+    again = loading.make_tf_dataset(np.zeros((10, 8, 8, 1), np.uint8), labels, batch_size=4, shuffle=True)
+    assert [list(y) for _, y in pixels.as_numpy_iterator()] == [list(y) for _, y in again.as_numpy_iterator()]  # seeded order kept
+
+
 def test_the_fast_jpeg_header_check_agrees_with_pillow(tmp_path):
     sizes = [(64, 48), (7, 30), (300, 9)]
     for width, height in sizes:

@@ -198,4 +198,4 @@ def training_dataset(views: np.ndarray | None, clean: np.ndarray, labels: np.nda
         y = tf.gather(tf.constant(labels), index)
         return x, y
 
-    return indices.map(load, num_parallel_calls=1).prefetch(2)
+    return loading.without_autotune(indices.map(load, num_parallel_calls=1).prefetch(loading.PREFETCH_BATCHES))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from core.data import augmentation, loading
+from core.evidence import stress
 from core.inference import evaluation
 from core.models import backbone_cut, backbones
 from core.runs import artifacts
@@ -212,6 +213,24 @@ def test_finetuned_run_reloads_and_reproduces_its_probabilities_from_pixels(tmp_
     assert saved["probability"].std() > 1e-4, "real features give image-specific probabilities"
     again = evaluation.predict_files(run, list(saved["path"]), engine="keras")
     np.testing.assert_allclose(again["probability"], saved["probability"], atol=1e-4)
+
+    # The stress test scored the changed validation images through the top over their cached bottom
+    # activations: what the saved model gives on the changed pixels, to the 6 decimals saved.
+    stressed = run.val_stress_predictions()
+    model = evaluation.load_model(run.model_path)
+    pixels = np.stack([loading.load_image(p, 48) for p in stressed["path"]])
+    for name in ("JPEG quality 10", "rotated ±10°", "noise σ 12"):
+        whole, _ = evaluation.probabilities(model, stress.PERTURBATIONS[name](pixels), "auto")
+        np.testing.assert_allclose(stressed[name], whole, atol=1e-6, err_msg=name)
+    cached = list((tmp_path / "cache" / "activations").glob("*-stress-*.npy"))
+    assert len(cached) == 1 and np.load(cached[0], mmap_mode="r").dtype == np.float32
+    cut = backbone_cut.split_backbone(backbones.build_backbone(backbones.BackboneSpec("mobilenet_v2", 48, str(V2_WEIGHTS))), "block_12_add")
+    logged = []
+    with pytest.MonkeyPatch.context() as patch:  # a later run of the same backbone and cut computes nothing
+        patch.setattr("core.models.engine.make_engine", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+        again = activations.stressed_activations(cut, backbones.BackboneSpec("mobilenet_v2", 48, str(V2_WEIGHTS)), list(stressed["path"]),
+                                                 pixels, tmp_path / "cache", seed=42, log=logged.append)
+    assert list(again) == list(stress.PERTURBATIONS) and "is cached" in logged[0]
 
 
 @pytest.mark.skipif(not V2_WEIGHTS.exists(), reason="../shared/keras_home has no MobileNetV2 weights")

@@ -126,6 +126,57 @@ def cached_activations(
     return CachedActivations(clean, view_array, errors, [f for f in (clean_file, views_file) if f])
 
 
+def stressed_activations(
+    cut: CutBackbone,
+    spec: BackboneSpec,
+    val_paths: list[str],
+    val_pixels: np.ndarray,
+    cache_dir: str | os.PathLike,
+    seed: int = 0,
+    engine: str = "auto",
+    log: Callable[[str], None] = print,
+    stop: Callable[[], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Activations below the cut of the validation images under each stress-test change
+    (`core.evidence.stress.PERTURBATIONS`), by change; float32, cached, memory-mapped.
+
+    Every cut-point run of one backbone and cut scores the same changed validation images, and the
+    bottom below the cut is the same frozen network in each: the first run fills this cache, and
+    the later ones (a recipe's next steps) pass only their own top over it. float32, not the
+    training cache's float16, so the scores are bit for bit those of the saved model on the changed
+    pixels (tests/test_finetune.py).
+    """
+    from core.evidence import stress
+    from core.models.engine import make_engine
+
+    names = list(stress.PERTURBATIONS)
+    key = cache_key(spec, cut.cut, seed)
+    folder = Path(cache_dir) / "activations"
+    changes = hashlib.sha256(("stress-v1|" + "|".join(names)).encode()).hexdigest()[:12]
+    path = folder / f"{key}-{_images_key(val_paths)}-stress-{changes}.npy"
+    shape = (len(names), len(val_paths), *cut.activation_shape)
+    with files.file_lock(folder / f"{key}.lock"):
+        if _usable(path, shape):
+            log(f"stress test: the bottom pass of {len(val_paths)} changed validation images is cached")
+        else:
+            log(f"stress test: bottom pass below {cut.cut} of {len(val_paths)} validation images, {len(names)} changes")
+            runner = make_engine(cut.bottom, engine, cache_path=Path(cache_dir) / "engines" / f"{key}.tflite")
+
+            def write(tmp: Path) -> None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+                for i, change in enumerate(stress.PERTURBATIONS.values()):
+                    if stop:
+                        stop()
+                    out[i] = runner.predict(loading.to_network_input(change(val_pixels)), batch_size=32)
+                out.flush()
+                del out
+
+            folder.mkdir(parents=True, exist_ok=True)
+            files.atomic_write(path, write)
+    stored = np.load(path, mmap_mode="r")
+    return dict(zip(names, stored, strict=True))
+
+
 def _errors_frame(errors: list[folders.UnreadableFile]):
     import pandas as pd
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from core.data import augmentation, folders, loading
+from core.evidence import stress
 from core.inference import evaluation
 from core.models import backbone_cut, backbones, builders
 from core.runs import artifacts
@@ -116,6 +117,17 @@ class SearchInputs:
             settings.batch_size, tta=settings.tta, cache_path=folder / artifacts.TFLITE_MODEL, task=settings.task_info,
             val_stressed=val_stressed,
         )
+
+    def stressed_scores(self, trained: keras.Model, saved: keras.Model, data: EvaluationData, folder: Path,
+                        stop: StopFlag, log: Log) -> dict[str, np.ndarray]:
+        """The saved model's probabilities on the validation images under each stress-test change
+        (`core.evidence.stress`), by change."""
+        settings = self.settings
+
+        def score(images: np.ndarray) -> np.ndarray:
+            return evaluation.probabilities(saved, images, settings.engine, settings.batch_size, folder / artifacts.TFLITE_MODEL, settings.tta)[0]
+
+        return stress.stressed_scores(score, np.asarray(data.pixels)[data.held_out_part["val"]])
 
     def record(self) -> dict:
         """What metrics.json says about the inputs: which cache the trials trained on, if any."""
@@ -231,6 +243,25 @@ class ActivationInputs(SearchInputs):
     def saved_model(self, trained: keras.Model) -> keras.Model:
         """The frozen bottom joined to the trained top and head at the cut."""
         return backbone_cut.join(self.cut, trained)
+
+    def stressed_scores(self, trained, saved, data, folder, stop, log) -> dict[str, np.ndarray]:
+        """The same probabilities, through the trained top alone over the changed images' cached
+        bottom activations (`activations.stressed_activations`): bit for bit the saved model's, and
+        after the first run of a backbone and cut, about a quarter of the work. Test-time
+        augmentation needs pixels."""
+        from core.models.engine import make_engine
+
+        settings = self.settings
+        if settings.tta > 1:
+            return super().stressed_scores(trained, saved, data, folder, stop, log)
+        val = data.held_out_part["val"]
+        changed = activations.stressed_activations(
+            self.cut, self.spec, list(data.table.loc[data.rows, "path"][val]), np.asarray(data.pixels)[val],
+            cache_root(settings), seed=settings.seed, engine=settings.engine, log=log, stop=stop.check,
+        )
+        top = make_engine(trained, settings.engine)
+        return {name: builders.positive_probability(top.predict(bottom, batch_size=settings.batch_size)).astype(float)
+                for name, bottom in changed.items()}
 
     def record(self) -> dict:
         settings = self.settings

@@ -126,7 +126,7 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
     files.write_json(folder / artifacts.BEST_HYPERPARAMETERS, _chosen(best_hp))
     model = kind.saved_model(trained)
     data = inputs.EvaluationData(settings, table, labels, part)
-    val_stressed = _stress_test(settings, model, data, folder, progress, timings)
+    val_stressed = _stress_test(settings, kind, trained, model, data, folder, progress, stop, log, timings)
     result = kind.evaluate(trained, model, model_inputs, data, folder, val_stressed)
     timings["evaluate_s"] = time.monotonic() - clock - timings.get("stress_s", 0.0)
     _log_worst_stress(result, log)
@@ -193,8 +193,8 @@ def _chosen(best_hp) -> dict:
     return {k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")}
 
 
-def _stress_test(settings: SearchSettings, model, data: inputs.EvaluationData, folder: Path, progress: Progress,
-                 timings: dict[str, float]) -> dict[str, np.ndarray] | None:
+def _stress_test(settings: SearchSettings, kind: inputs.SearchInputs, trained, model, data: inputs.EvaluationData, folder: Path,
+                 progress: Progress, stop: StopFlag, log, timings: dict[str, float]) -> dict[str, np.ndarray] | None:
     """The stress test's changed validation images, scored by the saved model (None when it is off).
 
     Their probabilities choose the threshold with the images as they are
@@ -204,7 +204,7 @@ def _stress_test(settings: SearchSettings, model, data: inputs.EvaluationData, f
         return None
     progress.update(message="stress test on validation", force=True)
     clock = time.monotonic()
-    val_stressed = _stressed_scores(settings, model, np.asarray(data.pixels)[data.held_out_part["val"]], folder)
+    val_stressed = kind.stressed_scores(trained, model, data, folder, stop, log)
     timings["stress_s"] = time.monotonic() - clock
     return val_stressed
 
@@ -235,15 +235,6 @@ def _run_record(settings: SearchSettings, model, best_hp, timings: dict[str, flo
         "augmentation": _augmentation_record(settings, best_hp),
         "finished_at": now_utc(),
     }
-
-
-def _stressed_scores(settings: SearchSettings, model, val_pixels: np.ndarray, folder: Path) -> dict[str, np.ndarray]:
-    """The saved model's probabilities on validation images changed as sites differ (core.evidence.stress)."""
-
-    def score(images: np.ndarray) -> np.ndarray:
-        return evaluation.probabilities(model, images, settings.engine, settings.batch_size, folder / artifacts.TFLITE_MODEL, settings.tta)[0]
-
-    return stress.stressed_scores(score, val_pixels)
 
 
 def _augmentation_record(settings: SearchSettings, best_hp) -> dict | None:

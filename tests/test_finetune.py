@@ -34,10 +34,10 @@ def _cut(weights: str = "none", cut: str = "block_12_add") -> tuple[backbone_cut
     return backbone_cut.split_backbone(backbones.build_backbone(spec), cut), spec
 
 
-def _cache(cut, spec, images, cache_dir, augment="light", views=2, seed=0):
+def _cache(cut, spec, images, cache_dir, augment="light", views=2, seed=0, views_seed=None):
     train = np.arange(len(images)) < 6
     return activations.cached_activations(
-        cut, spec, images, train, cache_dir, augmentation.preset(augment), views, seed=seed, log=lambda _: None
+        cut, spec, images, train, cache_dir, augmentation.preset(augment), views, seed=seed, log=lambda _: None, views_seed=views_seed,
     )
 
 
@@ -87,8 +87,16 @@ def test_activation_cache_is_reused_and_invalidated(images, tmp_path, monkeypatc
     base = next(layer for layer in backbones.build_backbone(spec).layers if isinstance(layer, keras.Model))
     base.save_weights(weights)
     file_cut, file_spec = _cut(str(weights))
-    _cache(file_cut, file_spec, images, tmp_path)  # other weights: new clean and views
+    first_file = _cache(file_cut, file_spec, images, tmp_path)  # other weights: new clean and views
     assert len(files() - before) == 2
+    before = files()
+    # A repeat trains with another seed on its source's views (views_seed): nothing new is cached,
+    # while another seed's own views are new draws.
+    repeat_views = _cache(file_cut, file_spec, images, tmp_path, seed=43, views_seed=0)
+    assert files() == before
+    np.testing.assert_array_equal(np.asarray(repeat_views.views), np.asarray(first_file.views))
+    _cache(file_cut, file_spec, images, tmp_path, seed=43)
+    assert len(files() - before) == 1 and all("-views-" in name for name in files() - before)
 
 
 def test_training_data_draws_one_view_per_image_per_epoch():

@@ -150,6 +150,7 @@ def test_repeat_is_an_ordinary_run_with_every_seed_saved(repeated):
     seed_runs = [artifacts.load_run(run.folder / repeat.SEEDS_DIR, f"seed-{s}") for s in (43, 44)]
     for seed, seed_run in zip((43, 44), seed_runs, strict=True):
         assert seed_run.settings["seed"] == seed
+        assert seed_run.settings["views_seed"] == 42  # cut-point runs reuse the source's cached augmented views
         trials = json.loads((seed_run.folder / artifacts.TRIALS).read_text())
         assert [t["hyperparameters"] for t in trials] == [best]  # the fixed values reached Keras Tuner, and only they
         assert set(seed_run.predictions()["path"]) == set(source.predictions()["path"])  # same split: same test images

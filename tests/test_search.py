@@ -279,7 +279,7 @@ def test_the_estimate_is_calibrated_on_the_measured_recipe():
     data = cost.MEASURED_DATA
     for run in cost.MEASURED:
         phases = cost.estimate_phases("mobilenet", "finetune", 224, run.trials, run.epochs, data["images"], views=run.views,
-                                      n_train=data["train"], n_val=data["val"], warm=run.warm)
+                                      n_train=data["train"], n_val=data["val"], warm=run.warm, views_cached=run.views_cached)
         assert set(phases) <= set(run.timings)
         assert sum(phases.values()) == pytest.approx(estimates[run.name])
     recommended = next(run for run in cost.MEASURED if run.preset == "recommended")

@@ -83,19 +83,22 @@ def cached_activations(
     progress: Callable[[str], None] | None = None,
     log: Callable[[str], None] = print,
     stop: Callable[[], None] | None = None,
+    views_seed: int | None = None,
 ) -> CachedActivations:
-    """Activations below the cut for `paths`, and augmented views of the rows in `train_rows`.
+    """Activations below the cut for `paths`, and augmented views of the rows in `train_rows`,
+    drawn with `views_seed` (default: `seed`, which also draws a random bottom's weights).
 
     Computed once and then read back memory-mapped; two processes share one cache safely.
     """
     from core.models.engine import make_engine
 
+    views_seed = seed if views_seed is None else views_seed
     key = cache_key(spec, cut.cut, seed)
     folder = Path(cache_dir) / "activations"
     clean_file = folder / f"{key}-{_images_key(paths)}.npy"
     train_paths = [paths[i] for i in np.flatnonzero(train_rows)]
     augmented = not augment.is_off and views > 0
-    views_file = folder / f"{key}-{_images_key(train_paths)}-views-{views_key(augment, views, seed)}.npy" if augmented else None
+    views_file = folder / f"{key}-{_images_key(train_paths)}-views-{views_key(augment, views, views_seed)}.npy" if augmented else None
     errors_file = clean_file.with_suffix(".errors.csv")
     with files.file_lock(folder / f"{key}.lock"):
         runner = None
@@ -118,7 +121,7 @@ def cached_activations(
             log(f"caching {views} augmented views of {len(train_paths)} training images ({augment.describe()})")
 
             def make_views(pixels: np.ndarray, start: int) -> np.ndarray:
-                return augmentation.augmented_views(pixels, augment, views, seed=seed + start)
+                return augmentation.augmented_views(pixels, augment, views, seed=views_seed + start)
 
             _fill(views_file, train_paths, spec.image_size, cut.activation_shape, bottom_pass, (views, make_views), progress, stop, "augmented views")
     clean = np.load(clean_file, mmap_mode="r")

@@ -45,22 +45,24 @@ class MeasuredRun:
     warm: bool  # the pixels and un-augmented activations were already cached by an earlier step
     elapsed_s: float
     timings: dict  # metrics.json "timings": scan, activations, search (training), stress, evaluate
+    views_cached: bool = False  # its augmented views were cached by the run it repeats
 
 
 # The recommended recipe (`python -m core recipe --name cold`) into an empty artifacts folder (its
 # caches empty too) on 2 cores of an otherwise idle machine, 2026-12-04, with the stress test's 15
-# changes; MobileNetV2 fine-tuned on cached activations at 224 px, seed 42 (the repeat: 43). Its data:
-# the chest X-ray folder's 5,528 images, split by patient into 4,470 training, 746 validation and 312
-# test images. (An earlier run of the same recipe on a machine shared with other work took 25 min 28 s;
-# beside other work the figures below grow by half: docs/measurements.md, "How long a search takes".)
+# changes; MobileNetV2 fine-tuned on cached activations at 224 px, seed 42 (the repeat: 43, on the
+# recommended step's cached views). Its data: the chest X-ray folder's 5,528 images, split by patient
+# into 4,470 training, 746 validation and 312 test images. (Beside other work the figures below grow
+# by half, and the same idle machine's epochs vary by 10 % from hour to hour: docs/measurements.md,
+# "How long a search takes".)
 MEASURED_DATA = {"images": 5528, "train": 4470, "val": 746}
 MEASURED = (
-    MeasuredRun("cold-quick", "quick", 1, 3, 1, False, 132.3,
-                {"scan_s": 0.64, "activations_s": 35.61, "search_s": 52.33, "stress_s": 38.70, "evaluate_s": 3.81}),
-    MeasuredRun("cold-recommended", "recommended", 4, 6, 3, True, 518.3,
-                {"scan_s": 0.62, "activations_s": 54.70, "search_s": 418.80, "stress_s": 39.10, "evaluate_s": 4.00}),
-    MeasuredRun("cold-repeat", "repeat", 1, 6, 3, True, 201.3,
-                {"scan_s": 0.02, "activations_s": 57.20, "search_s": 99.30, "stress_s": 38.70, "evaluate_s": 4.00}),
+    MeasuredRun("cold-quick", "quick", 1, 3, 1, False, 123.9,
+                {"scan_s": 0.60, "activations_s": 34.15, "search_s": 40.57, "stress_s": 41.55, "evaluate_s": 5.87}),
+    MeasuredRun("cold-recommended", "recommended", 4, 6, 3, True, 404.3,
+                {"scan_s": 0.60, "activations_s": 52.74, "search_s": 334.54, "stress_s": 8.83, "evaluate_s": 6.47}),
+    MeasuredRun("cold-repeat", "repeat", 1, 6, 3, True, 102.4,
+                {"scan_s": 0.03, "activations_s": 0.04, "search_s": 84.56, "stress_s": 8.65, "evaluate_s": 6.90}, views_cached=True),
 )
 MEASURED_RECIPE_S = sum(run.elapsed_s for run in MEASURED)  # the ensemble step adds a fraction of a second
 TOLERANCE = 0.15  # the estimate of each measured run is within this share of its measured time (tests/test_search.py)
@@ -78,8 +80,8 @@ STARTUP_S = 2.0  # scanning the folder, building the model (TensorFlow's import 
 DECODE_MS = 0.6
 AUGMENT_MS = 1.7  # one augmented view of one image, cached (Keras preprocessing layers); MEASURED recommended's and repeat's activations
 HEAD_STEP_MS = 0.1  # a head on cached feature vectors
-TRIAL_S = 5.0  # a fine-tuning trial besides its epochs: model build, best weights restored; MEASURED quick's and repeat's training
-FINETUNE_EPOCH_S = 6.0  # a fine-tuning epoch besides its steps: validation AUC, best weights kept, progress written
+TRIAL_S = 0.5  # a fine-tuning trial besides its epochs: model build, best weights restored; MEASURED quick's and repeat's training
+FINETUNE_EPOCH_S = 3.8  # a fine-tuning epoch besides its steps: validation AUC, best weights kept, progress written
 KERAS_PASS = 1.25  # a whole-model pass through Keras (stress test, evaluation) over the engine's `frozen_pass_ms`; MEASURED stress
 # The stress test scores the validation images as they are and under each change (core.evidence.stress):
 # 16 ways today, as in the measured recipe.
@@ -109,7 +111,7 @@ def split_sizes(summary: dict, n_images: int | None = None) -> tuple[int, int, i
 def estimate_phases(
     family: str, mode: str, image_size: int, trials: int, epochs: int, n_images: int,
     activation_cache: bool = True, views: int = 0, version: str | None = None,
-    n_train: float | None = None, n_val: float | None = None, warm: bool = False,
+    n_train: float | None = None, n_val: float | None = None, warm: bool = False, views_cached: bool = False,
 ) -> dict[str, float]:
     """A search's time on a 2-core CPU before it starts, per phase, named as `metrics.json`'s timings.
 
@@ -117,8 +119,10 @@ def estimate_phases(
     for one pass below the cut (and one per augmented view), then a step of the top per image and
     epoch, and the stress test; the custom CNN and uncached fine-tuning pay a whole training step
     per image and epoch. Costs scale with the pixel count. `n_train` and `n_val` default to the
-    shares of a carved split (`split_sizes` gives a folder's own); `warm`: the pixels and the
-    un-augmented activations are cached by an earlier run at the same size (a recipe's later steps).
+    shares of a carved split (`split_sizes` gives a folder's own); `warm`: the pixels, the
+    un-augmented activations and the stress test's bottom pass are cached by an earlier run at the
+    same size (a recipe's later steps); `views_cached`: the augmented views too (a repeat's, drawn by
+    its source).
     """
     info = families.FAMILIES[family]
     cost = info.cost_for(version)  # a hybrid's stem costs what its own family measured
@@ -139,8 +143,11 @@ def estimate_phases(
     phases = {"scan_s": STARTUP_S, "stress_s": STRESS_CONDITIONS * n_val * keras_pass, "evaluate_s": (n_val + n_test) * keras_pass}
     if activation_cache:
         clean = 0 if warm else n_images
-        bottom = (clean + views * n_train) * cost.bottom_pass_ms * scale / 1000 + views * n_train * AUGMENT_MS * scale / 1000
+        fresh_views = 0 if views_cached else views
+        bottom = (clean + fresh_views * n_train) * cost.bottom_pass_ms * scale / 1000 + fresh_views * n_train * AUGMENT_MS * scale / 1000
         step = cost.top_step_ms * scale / 1000
+        if warm and cost.top_pass_ms:  # the changed images' bottom pass is cached: only the top passes them
+            phases["stress_s"] = len(stress.PERTURBATIONS) * n_val * cost.top_pass_ms * scale / 1000
         return {**phases, "activations_s": decode + bottom,
                 "search_s": trials * (TRIAL_S + epochs * (FINETUNE_EPOCH_S + epoch_images * step))}
     step = cost.finetune_step_ms * scale / 1000
@@ -150,11 +157,11 @@ def estimate_phases(
 def estimate_search_s(
     family: str, mode: str, image_size: int, trials: int, epochs: int, n_images: int,
     activation_cache: bool = True, views: int = 0, version: str | None = None,
-    n_train: float | None = None, n_val: float | None = None, warm: bool = False,
+    n_train: float | None = None, n_val: float | None = None, warm: bool = False, views_cached: bool = False,
 ) -> float:
     """A search's whole time on a 2-core CPU, before it starts (`estimate_phases`, summed)."""
     return sum(estimate_phases(family, mode, image_size, trials, epochs, n_images, activation_cache, views, version,
-                               n_train, n_val, warm).values())
+                               n_train, n_val, warm, views_cached).values())
 
 
 def about(seconds: float) -> str:

@@ -228,7 +228,7 @@ class ActivationInputs(SearchInputs):
         cached = activations.cached_activations(
             self.cut, self.spec, list(table["path"]), train_rows, cache_root(settings),
             augmentation.preset(settings.augment), settings.augment_views, seed=settings.seed, engine=settings.engine,
-            progress=lambda message: progress.update(message=message), log=log, stop=stop.check,
+            progress=lambda message: progress.update(message=message), log=log, stop=stop.check, views_seed=settings.views_seed,
         )
         self.views = _without_undecodable_views(cached.views, table, train_rows, cached.errors)
         return cached.clean, cached.errors

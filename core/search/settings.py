@@ -57,6 +57,9 @@ class SearchSettings:
     cut: str | None = None
     augment: str = "off"  # an augmentation preset (core.data.augmentation), or "search" for in-model augmentation
     augment_views: int = 3  # augmented copies of each training image cached for cut-point fine-tuning
+    # The seed those copies are drawn with; None: `seed`. A repeat keeps its source's (core.workflows.repeat):
+    # its seeds then train on the views already cached and differ in everything the training seed draws.
+    views_seed: int | None = None
     tta: int = 1  # test-time augmentation: views averaged when evaluating and predicting (1: off)
     stress_test: bool = True  # measure the model on changed validation images (core.evidence.stress)
     # edits of the default search space (core.models.search_space), e.g. {"dropout": 0.2}; None: the default space

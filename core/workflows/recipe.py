@@ -231,9 +231,9 @@ def command(plan: dict) -> str:
 
 def step_estimates(plan: dict, n_images: int, n_train: float | None = None, n_val: float | None = None) -> dict[str, float]:
     """Estimated CPU seconds of each training step (`cost.estimate_search_s`), by run name: each search's
-    estimate, and for the repeat one trial of its source's settings (its augmented views are drawn again
-    with the new seed). Steps after the first find the pixels and un-augmented activations cached at the
-    same input size. The ensemble step takes a fraction of a second and is left out."""
+    estimate, and for the repeat one trial of its source's settings on its source's cached augmented
+    views. Steps after the first find the pixels, the un-augmented activations and the stress test's
+    bottom pass cached at the same input size. The ensemble step takes a fraction of a second and is left out."""
     estimates, sizes = {}, set()
     by_suffix = {step.suffix: step for step in STEPS}
     for step in STEPS:
@@ -245,7 +245,7 @@ def step_estimates(plan: dict, n_images: int, n_train: float | None = None, n_va
         views = s.augment_views if s.augment != "off" else 0
         estimates[step.run_name(plan["recipe"])] = cost.estimate_search_s(
             s.family, s.mode, size, s.trials if step.kind == "search" else 1, s.epochs, n_images, views=views,
-            n_train=n_train, n_val=n_val, warm=size in sizes)
+            n_train=n_train, n_val=n_val, warm=size in sizes, views_cached=step.kind != "search")
         sizes.add(size)
     return estimates
 

@@ -3,7 +3,9 @@
 Owns what a repeat is: which runs can be repeated (finished searches with saved best
 hyperparameters; not ensembles, not repeats), which seeds (the source's seed + 1, + 2, ...), how
 each seed is trained (an ordinary search of one trial with every hyperparameter fixed, on the
-source's saved split, so only the training seed changes: weights, batch order, augmentation), and
+source's saved split, so only the training seed changes: weights, batch order, dropout and augmentation;
+cut-point fine-tuning reuses the source's cached augmented views, and the seed draws which one each
+epoch trains on), and
 the spread of the test metrics over the seeds (mean, SD, range) that Compare shows.
 
 A repeat is an ordinary run folder, so every page, the report, `predict` and `export` read it:
@@ -119,11 +121,20 @@ def plan_repeat(artifacts_dir: str | os.PathLike, source: str, n_seeds: int, nam
         "name": name,
         "artifacts_dir": str(artifacts_dir),
         "seed": seeds[0],
+        # The source's cached augmented views are reused: drawing new ones took most of a minute of
+        # a recipe's repeat on 2 cores (docs/measurements.md), and which view each epoch draws still follows the seed.
+        "views_seed": source_views_seed(run.settings),
         "trials": 1,
         "tuner": "random",  # one trial with every hyperparameter fixed: a tuner has nothing to choose
         "fixed_hyperparameters": best_hyperparameters(run),
         REPEAT: {"source": run.name, "seeds": seeds, "main": MAIN_PREDICTIONS},
     }
+
+
+def source_views_seed(settings: dict) -> int:
+    """The seed a run's cached augmented views were drawn with (`SearchSettings.views_seed`)."""
+    views_seed = settings.get("views_seed")
+    return int(settings.get("seed", 42) if views_seed is None else views_seed)
 
 
 def create_repeat(artifacts_dir: str | os.PathLike, settings: dict, progress: dict | None = None,

@@ -93,7 +93,7 @@ def load_images(
         except Exception as error:  # any decoder failure means "skip this file", never a crash
             errors.append(UnreadableFile(paths[i], f"cannot decode image: {error}"))
 
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+    with ThreadPoolExecutor(max_workers=max(2, usable_cores())) as pool:
         for done, _ in enumerate(pool.map(decode, range(len(paths))), start=1):
             if progress and (done % 200 == 0 or done == len(paths)):
                 progress(done, len(paths))
@@ -101,6 +101,14 @@ def load_images(
         write_csv(errors_file, pd.DataFrame([(e.path, e.reason) for e in errors], columns=["path", "reason"]))
         write_npy(cache_file, pixels)
     return pixels, errors
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use (respects CPU affinity, unlike a bare `os.cpu_count`)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not available on macOS / Windows
+        return max(1, os.cpu_count() or 1)
 
 
 def make_tf_dataset(x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 32, shuffle: bool = False, seed: int = 42):
@@ -113,7 +121,7 @@ def make_tf_dataset(x: np.ndarray, y: np.ndarray | None = None, batch_size: int 
 
     inputs = tf.data.Dataset.from_tensor_slices(x)
     if x.ndim == 4:
-        inputs = inputs.map(_to_network_input, num_parallel_calls=os.cpu_count() or 2, deterministic=True)
+        inputs = inputs.map(_to_network_input, num_parallel_calls=usable_cores(), deterministic=True)
     dataset = inputs if y is None else tf.data.Dataset.zip((inputs, tf.data.Dataset.from_tensor_slices(y)))
     if shuffle:
         dataset = dataset.shuffle(min(len(x), 4096), seed=seed, reshuffle_each_iteration=True)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import tempfile
 import threading
@@ -47,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from core import files
+from core.data import loading
 
 INT8 = "int8"
 BUILT_ENGINES = ("auto", "tflite", "keras")  # made from the model alone (what a search may use)
@@ -58,14 +58,6 @@ _CACHE_FORMAT = 1
 # TF 2.21 still ships tf.lite.Interpreter but warns on every construction that it will move to the
 # ai_edge_litert package (not installed here). The warning is pure noise for this project.
 _INTERPRETER_DEPRECATION = r"\s*Warning: tf\.lite\.Interpreter is deprecated"
-
-
-def default_threads() -> int:
-    """CPU cores this process may use (respects CPU affinity, unlike a bare `os.cpu_count`)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not available on macOS / Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def _sample_shape(model: keras.Model) -> tuple[int, ...]:
@@ -389,7 +381,7 @@ class TFLiteEngine(InferenceEngine):
     def __init__(self, model: keras.Model, model_content: bytes, threads: int | None = None) -> None:
         super().__init__(model)
         self.model_content = model_content
-        self.threads = threads or default_threads()
+        self.threads = threads or loading.usable_cores()
         # Batches and single samples use separate interpreters, so predict_one never re-plans the
         # batch interpreter (or vice versa). The single-sample one is created on first use.
         self._batch_runner = _Runner(model_content, self.threads, 1, self.sample_shape)

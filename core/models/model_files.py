@@ -164,12 +164,12 @@ def _load_saved_model(path: Path) -> ModelFile:
 def _load_tflite(path: Path) -> ModelFile:
     import tensorflow as tf
 
-    from core.models.engine import default_threads
+    from core.data.loading import usable_cores
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            interpreter = tf.lite.Interpreter(model_content=path.read_bytes(), num_threads=default_threads())
+            interpreter = tf.lite.Interpreter(model_content=path.read_bytes(), num_threads=usable_cores())
     except Exception as error:
         raise ModelFileError(f"{path.name} is not a TF Lite model: {str(error)[:200]}") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
@@ -211,10 +211,10 @@ def _load_onnx(path: Path) -> ModelFile:
         import onnxruntime
     except ImportError:
         raise ModelFileError("reading ONNX files needs onnxruntime: pip install onnxruntime") from None
-    from core.models.engine import default_threads
+    from core.data.loading import usable_cores
 
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = default_threads()
+    options.intra_op_num_threads = usable_cores()
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
     try:
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -174,8 +174,7 @@ def stressed_activations(
                 out.flush()
                 del out
 
-            folder.mkdir(parents=True, exist_ok=True)
-            files.atomic_write(path, write)
+            files.atomic_write(path, write)  # the lock above made the folder
     stored = np.load(path, mmap_mode="r")
     return dict(zip(names, stored, strict=True))
 

@@ -32,12 +32,13 @@ import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core.data.loading import usable_cores  # noqa: E402
 from core.models import (
     backbones,  # noqa: E402
     builders,
     families,
 )
-from core.models.engine import default_threads, make_engine  # noqa: E402
+from core.models.engine import make_engine  # noqa: E402
 
 
 def _calibrate_batchnorm(model: keras.Model, x: np.ndarray) -> None:
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
     load_before = os.getloadavg()[0]
     print(
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {default_threads()} usable cores, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {usable_cores()} usable cores, "
         f"{n_images} images x best of {repeats} passes, batch {args.batch}, latency = median of {calls}, "
         f"load average {load_before:.1f}",
         flush=True,

@@ -310,6 +310,7 @@ def convert_to_onnx(model, opset: int = 17) -> bytes:
     file, through tf2onnx from the model's inference call; ModelFileError when tf2onnx is missing or
     cannot convert it (for example a layer it has no ONNX op for)."""
     try:
+        import onnx
         import tensorflow as tf
         import tf2onnx
     except ImportError:
@@ -324,4 +325,29 @@ def convert_to_onnx(model, opset: int = 17) -> bytes:
             )
     except Exception as error:
         raise ModelFileError(f"tf2onnx cannot convert model {model.name!r}: {str(error)[:200]}") from None
+    _erfc_as_erf(proto.graph)
+    try:  # a file that ONNX Runtime cannot load is not shipped as if it were the model
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as error:
+        raise ModelFileError(f"tf2onnx made an invalid ONNX model of {model.name!r}: {str(error)[:200]}") from None
     return proto.SerializeToString()
+
+
+def _erfc_as_erf(graph) -> None:
+    """Rewrite each `Erfc` node as 1 - Erf(x), in place. tf2onnx passes TensorFlow's Erfc through
+    (Keras's exact GELU, in the transformers' MLPs, is 0.5 x erfc(-x/sqrt 2)), but ONNX has no such
+    op, so the file would not load."""
+    import onnx
+    from onnx import helper
+
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "Erfc":
+            nodes.append(node)
+            continue
+        one, erf = f"{node.name}/one", f"{node.name}/erf"
+        graph.initializer.append(helper.make_tensor(one, onnx.TensorProto.FLOAT, [], [1.0]))
+        nodes.append(helper.make_node("Erf", [node.input[0]], [erf], name=erf))
+        nodes.append(helper.make_node("Sub", [one, erf], [node.output[0]], name=f"{node.name}/one_minus_erf"))
+    del graph.node[:]
+    graph.node.extend(nodes)

@@ -8,7 +8,8 @@ Run by hand from the repository root, on finished runs (quantised first when the
 For each run it prints the agreement that `python -m core quantize` recorded (test AUC fp32 and
 int8, test and validation images that change side at the saved threshold, the verdict decided on
 validation) and, when the run keeps int8, images/s over batched passes of its own test images and
-the median latency of one image, fp32 engine (TF Lite, XNNPACK) against the int8 engine, with the
+the median latency of one image, the fp32 engine (TF Lite with XNNPACK; Keras for a model TF Lite cannot
+convert) against the int8 engine (ONNX Runtime), with the
 int8/fp32 ratios. Passes interleave the two engines and the best pass counts: other processes on a
 shared machine slow some passes down, never speed one up. Then it says whether the issue's target
 holds for each MobileNetV2 run at 224 px: int8 >= 1.5x fp32 images/s, test AUC within 0.003, at most
@@ -31,7 +32,7 @@ from bench_engine import images_per_s, latency_ms  # noqa: E402  (this folder: a
 
 from core.data import loading  # noqa: E402
 from core.inference import evaluation, quantization  # noqa: E402
-from core.models.engine import default_threads, make_engine  # noqa: E402
+from core.models.engine import make_engine  # noqa: E402
 from core.runs import artifacts  # noqa: E402
 
 TARGET_RATIO = 1.5
@@ -55,7 +56,7 @@ def bench_run(store: str, name: str, requantize: bool, n_images: int, batch: int
     paths = list(run.predictions()["path"][:n_images])
     x = loading.to_network_input(loading.load_images(paths, size)[0])
     engines = {
-        "fp32": make_engine(model, "tflite", cache_path=run.folder / artifacts.TFLITE_MODEL),
+        "fp32": make_engine(model, "auto", cache_path=run.folder / artifacts.TFLITE_MODEL),  # as predict: TF Lite, else Keras
         "int8": make_engine(model, "int8", cache_path=run.folder / artifacts.INT8_MODEL),
     }
     for e in engines.values():
@@ -67,7 +68,7 @@ def bench_run(store: str, name: str, requantize: bool, n_images: int, batch: int
     for label, e in engines.items():
         row[f"ips_{label}"] = best[label]
         row[f"ms_{label}"] = latency_ms(e.predict_one, x[0], calls)
-        print(f"  {name:22s} {label}: {best[label]:7.1f} img/s  {row[f'ms_{label}']:6.2f} ms/img", flush=True)
+        print(f"  {name:22s} {label} ({e.name}): {best[label]:7.1f} img/s  {row[f'ms_{label}']:6.2f} ms/img", flush=True)
     return row
 
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     import tensorflow as tf
 
     load_before = os.getloadavg()[0]
-    print(f"TensorFlow {tf.__version__}, {default_threads()} usable cores, {args.images} images x best of {args.repeats} "
+    print(f"TensorFlow {tf.__version__}, {loading.usable_cores()} usable cores, {args.images} images x best of {args.repeats} "
           f"passes, batch {args.batch}, latency = median of {args.calls}, load average {load_before:.1f}", flush=True)
     rows = [bench_run(args.artifacts, name, args.requantize, args.images, args.batch, args.repeats, args.calls) for name in args.runs]
     print_table(rows)

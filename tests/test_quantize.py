@@ -1,4 +1,4 @@
-"""int8 inference: full-integer quantisation of a run's model (core.models.quantize), its agreement with
+"""int8 inference: full-integer quantisation of a run's model (core.models.quantize, an ONNX model), its agreement with
 fp32 and the verdict (core.inference.quantization), the int8 engine (core.models.engine), and `--engine
 int8` refused with what to do when a run (or an ensemble's member) has no int8 model. Small real runs
 (tiny untrained models, `tests.helpers.model_run`)."""
@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Skipping variable loading for op
 
 # The stated tolerance: on tiny data, an int8 model's probabilities stay within this of fp32's.
 AGREEMENT = 0.02
-ANY_CHANGE = 1.0  # a tolerance no AUC change exceeds: the run keeps int8 whatever it measures
+ANY_CHANGE = 1.0  # a tolerance no AUC change or share of images exceeds: the run keeps int8 whatever it measures
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def store(tmp_path_factory) -> Path:
     model_run(folder, "plain", data, size=32, seed=0)
     model_run(folder, "wide", data, size=40, seed=1)
     ensemble.build_ensemble(folder, ["plain", "wide"], "duo")
-    quantization.quantize_run(artifacts.load_run(folder, "plain"), n_images=8, tolerance=ANY_CHANGE)
+    quantization.quantize_run(artifacts.load_run(folder, "plain"), n_images=8, tolerance=ANY_CHANGE, max_changed=ANY_CHANGE)
     return folder
 
 
@@ -73,17 +72,23 @@ def test_int8_probabilities_agree_with_fp32_on_tiny_data(store):
 
 
 def test_the_int8_file_is_full_integer_with_float_input_and_output(store):
-    import tensorflow as tf
+    import onnx
 
-    content = (_load(store, "plain").folder / artifacts.INT8_MODEL).read_bytes()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_content=content)
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    assert inp["dtype"] == np.float32 and out["dtype"] == np.float32
-    floats = {d["index"] for d in interpreter.get_tensor_details() if d["dtype"] == np.float32}
-    assert floats == {inp["index"], out["index"]}  # every tensor in between is integer
-    assert any(d["dtype"] == np.int8 for d in interpreter.get_tensor_details())
+    graph = onnx.load(_load(store, "plain").folder / artifacts.INT8_MODEL).graph
+    inputs = {i.name for i in graph.initializer}
+    float32 = onnx.TensorProto.FLOAT
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [float32]
+    assert [o.type.tensor_type.elem_type for o in graph.output] == [float32]
+    # Every convolution and matrix product reads dequantised int8 weights and uint8 activations (QDQ):
+    # no float weight is left for ONNX Runtime to run in float.
+    made_by = {output: node for node in graph.node for output in node.output}
+    weighted = [n for n in graph.node if n.op_type in {"Conv", "MatMul", "Gemm"}]
+    assert len(weighted) >= 2  # the tiny model: a convolution and a dense layer
+    for node in weighted:
+        for tensor in node.input[:2]:
+            assert tensor not in inputs and made_by[tensor].op_type == "DequantizeLinear", (node.name, tensor)
+    zero_points = {i.name: i.data_type for i in graph.initializer if i.name.endswith("zero_point")}
+    assert onnx.TensorProto.INT8 in zero_points.values() and onnx.TensorProto.UINT8 in zero_points.values()
 
 
 def test_engine_int8_is_refused_with_what_to_do_when_there_is_no_int8_model(store):
@@ -113,7 +118,7 @@ def test_a_run_whose_auc_moves_too_much_keeps_fp32_and_says_why(tmp_path):
     data = make_dataset(tmp_path / "data", {"train": 4, "test": 2})
     model_run(tmp_path / "artifacts", "lossy", data, size=32)
     run = _load(tmp_path / "artifacts", "lossy")
-    quantization.quantize_run(run, n_images=4, tolerance=ANY_CHANGE)
+    quantization.quantize_run(run, n_images=4, tolerance=ANY_CHANGE, max_changed=ANY_CHANGE)
     assert (run.folder / artifacts.INT8_MODEL).exists()
     # A negative tolerance: any change, even none, is too much. The int8 model made before goes.
     record = quantization.quantize_run(run, n_images=4, tolerance=-1.0)
@@ -159,12 +164,22 @@ def test_agreement_counts_the_images_that_change_side():
 
 def test_the_verdict_is_the_validation_auc_change_against_the_tolerance():
     def val(change):
-        return {"auc_fp32": 0.99, "auc_change": change}
+        return {"auc_fp32": 0.99, "auc_change": change, "changed_side": 0, "images": 100}
 
     assert quantization.verdict(val(-0.003))[0] == quantization.KEEP_INT8
     assert quantization.verdict(val(0.003))[0] == quantization.KEEP_INT8
     assert quantization.verdict(val(-0.0031))[0] == quantization.KEEP_FP32
     assert quantization.verdict(val(0.0031))[0] == quantization.KEEP_FP32  # a gain that large is another model too
+
+
+def test_the_verdict_keeps_fp32_when_too_many_validation_images_change_side():
+    def val(changed):
+        return {"auc_fp32": 0.99, "auc_change": 0.0, "changed_side": changed, "images": 200}
+
+    assert quantization.verdict(val(10))[0] == quantization.KEEP_INT8  # 5 %: at the line
+    kept, why = quantization.verdict(val(11))
+    assert kept == quantization.KEEP_FP32 and "11 of 200 validation images (5.5%) changed side" in why
+    assert quantization.verdict(val(11), max_changed=0.06)[0] == quantization.KEEP_INT8
 
 
 def test_calibration_images_are_a_seeded_sample_of_training_images_only():
@@ -202,8 +217,8 @@ def test_the_model_card_zip_carries_a_kept_int8_model_and_its_agreement(store):
 
     with zipfile.ZipFile(io.BytesIO(export.export_bytes(store, "plain"))) as archive:
         names = set(archive.namelist())
-        assert {"plain/model.tflite", "plain/model.int8.tflite", "plain/int8.json"} <= names
-        assert archive.read("plain/model.int8.tflite") == (_load(store, "plain").folder / artifacts.INT8_MODEL).read_bytes()
+        assert {"plain/model.tflite", "plain/model.int8.onnx", "plain/int8.json"} <= names
+        assert archive.read("plain/model.int8.onnx") == (_load(store, "plain").folder / artifacts.INT8_MODEL).read_bytes()
         record = json.loads(archive.read("plain/int8.json"))
         card = archive.read("plain/MODEL_CARD.md").decode()
     assert "## int8 model" in card and "| test | 12 |" in card
@@ -211,3 +226,17 @@ def test_the_model_card_zip_carries_a_kept_int8_model_and_its_agreement(store):
     with zipfile.ZipFile(io.BytesIO(export.export_bytes(store, "wide"))) as archive:
         assert not any("int8" in n for n in archive.namelist())
         assert "`python -m core quantize wide` makes one" in archive.read("wide/MODEL_CARD.md").decode()
+
+
+def test_a_run_quantised_before_int8_models_were_onnx_is_told_to_quantise_again(tmp_path):
+    from core.reporting import export
+
+    data = make_dataset(tmp_path / "data", {"train": 4, "test": 2})
+    model_run(tmp_path / "artifacts", "older", data, size=32)
+    run = _load(tmp_path / "artifacts", "older")
+    quantization.quantize_run(run, n_images=4, tolerance=ANY_CHANGE, max_changed=ANY_CHANGE)
+    (run.folder / artifacts.INT8_MODEL).unlink()  # its record says int8, its model was a model.int8.tflite
+    (run.folder / "model.int8.tflite").write_bytes(b"TFL3")
+    assert quantization.int8_problem(run) == "run 'older' has no int8 model: run `python -m core quantize older` first"
+    section = export.int8_section(run)
+    assert "`python -m core quantize older` makes one" in section and "keeps fp32" not in section

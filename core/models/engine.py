@@ -18,8 +18,8 @@ TensorFlow's generic kernels). Two faster paths:
 ``auto`` (the default) tries ``tflite`` and falls back to ``keras`` when conversion or interpreter
 creation fails, recording why in ``fallback_reason``.
 
-``int8`` runs a full-integer quantised flatbuffer made beforehand (``core.models.quantize``: it needs
-calibration images, so it is never made here) and stored with `store_flatbuffer`; it is refused
+``int8`` runs a full-integer quantised ONNX model made beforehand (``core.models.quantize``: it needs
+calibration images, so it is never made here) with ONNX Runtime, stored with `store_converted`; it is refused
 (ValueError) when there is none for these weights, never silently replaced by fp32. Its input and
 output stay float32, so callers feed and read the same arrays. The engine logs nothing; the caller records
 ``engine.name`` (and ``fallback_reason``) in its run files.
@@ -316,20 +316,20 @@ def _store_cached(cache_path: Path, meta: dict[str, Any], data: bytes) -> None:
     files.write_json(_sidecar_path(cache_path), sidecar)
 
 
-def store_flatbuffer(path: str | Path, model: keras.Model, data: bytes, precision: str) -> None:
-    """Write a flatbuffer made from ``model`` (e.g. an int8 one, ``core.models.quantize``) to ``path``
+def store_converted(path: str | Path, model: keras.Model, data: bytes, precision: str) -> None:
+    """Write a model file converted from ``model`` (e.g. an int8 one, ``core.models.quantize``) to ``path``
     atomically, with the sidecar that ties it to the model's shapes and weights and to ``precision``."""
     _store_cached(Path(path), _cache_meta(model, precision), data)
 
 
-def load_flatbuffer(path: str | Path, model: keras.Model, precision: str) -> bytes | None:
-    """The flatbuffer at ``path`` if its sidecar says it was made from these weights at ``precision``
+def load_converted(path: str | Path, model: keras.Model, precision: str) -> bytes | None:
+    """The converted model file at ``path`` if its sidecar says it was made from these weights at ``precision``
     and the file is intact; None otherwise (missing, stale or damaged)."""
     return _load_cached(Path(path), _cache_meta(model, precision))
 
 
-def remove_flatbuffer(path: str | Path) -> None:
-    """Delete a stored flatbuffer and its sidecar, if there."""
+def remove_converted(path: str | Path) -> None:
+    """Delete a stored converted model file and its sidecar, if there."""
     for file in (Path(path), _sidecar_path(Path(path))):
         file.unlink(missing_ok=True)
 
@@ -413,17 +413,36 @@ class TFLiteEngine(InferenceEngine):
         return self._one_runner.run(sample_batch)
 
 
-class Int8Engine(TFLiteEngine):
-    """A full-integer quantised TF Lite model (``core.models.quantize``): float32 in and out, int8
-    inside, run by XNNPACK's quantised kernels."""
+class Int8Engine(InferenceEngine):
+    """A full-integer quantised ONNX model (``core.models.quantize``): float32 in and out, int8
+    inside, run by ONNX Runtime's integer kernels on the CPU."""
 
     name = INT8
+
+    def __init__(self, model: keras.Model, model_content: bytes, threads: int | None = None) -> None:
+        import onnxruntime
+
+        super().__init__(model)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or loading.usable_cores()
+        options.inter_op_num_threads = 1  # one op at a time: the graph is a chain
+        options.log_severity_level = 3  # errors only
+        self.session = onnxruntime.InferenceSession(model_content, options, providers=["CPUExecutionProvider"])
+        (inp,), (out,) = self.session.get_inputs(), self.session.get_outputs()
+        self.input_name = inp.name
+        if tuple(inp.shape[1:]) != self.sample_shape or len(out.shape) != 1 + len(self.output_sample_shape):
+            raise ValueError(f"the int8 model takes {inp.shape} and gives {out.shape}; the Keras model takes "
+                             f"{self.sample_shape} per sample and gives {self.output_sample_shape}")
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        # A session may run from several threads at once (unlike a TF Lite interpreter).
+        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
 
 
 def _int8_engine(model: keras.Model, path: str | Path | None, threads: int | None) -> Int8Engine:
     if path is None:
         raise ValueError("the int8 engine reads a quantised model made beforehand: pass its file as cache_path")
-    data = load_flatbuffer(path, model, INT8)
+    data = load_converted(path, model, INT8)
     if data is None:
         raise ValueError(f"no int8 model of these weights at {path}: quantise the model first (core.models.quantize)")
     return Int8Engine(model, data, threads)

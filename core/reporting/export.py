@@ -2,7 +2,7 @@
 
 The zip holds `model.keras`, `model.tflite` (converted on first use, as the engine does; left out
 with a note if conversion fails), `threshold.json` and `MODEL_CARD.md`; and, when the run keeps an
-int8 model (`python -m core quantize`, `core.inference.quantization`), `model.int8.tflite` and
+int8 model (`python -m core quantize`, `core.inference.quantization`), `model.int8.onnx` and
 `int8.json`, its measured agreement with fp32, which the card shows too. The decision rule in
 `threshold.json` and the card's usage snippet follow the run's task (`core.data.tasks`): its classes,
 its positive class (viral for bacterial vs viral), and for three classes the two-step rule (pneumonia or
@@ -84,11 +84,11 @@ def _onnx(run: Run) -> bytes | None:
 def int8_section(run: Run) -> str:
     """The card's int8 paragraph: the agreement with fp32 of a kept int8 model, why the run keeps
     fp32, or how to make one."""
-    record = run.read(artifacts.INT8_RECORD)
-    if not record:
-        return f"No int8 model: `python -m core quantize {run.name}` makes one and measures it against fp32."
-    if quantization.int8_problem(run):
+    record = run.read(artifacts.INT8_RECORD) or {}
+    if record.get("verdict") == quantization.KEEP_FP32:
         return f"No int8 model: this run keeps fp32. {record.get('reason', '')}".rstrip() + "."
+    if quantization.int8_problem(run):  # never quantised, or before int8 models were ONNX files
+        return f"No int8 model: `python -m core quantize {run.name}` makes one and measures it against fp32."
     rows = ["| split | images | AUC fp32 | AUC int8 | change | images changing side | largest change of probability |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for split, title in (("val", "validation"), ("test", "test")):
@@ -96,8 +96,8 @@ def int8_section(run: Run) -> str:
         rows.append(f"| {title} | {a['images']} | {a['auc_fp32']:.4f} | {a['auc_int8']:.4f} | {a['auc_change']:+.4f} | "
                     f"{a['changed_side']} | {a['max_abs_change']:.4f} |")
     calibration = record["calibration"]
-    return (f"`model.int8.tflite` is this model with full-integer (int8) weights and activations, float32 in and out "
-            f"(the same pixels, the same probability), for faster CPU inference. Calibrated on {calibration['images']} "
+    return (f"`model.int8.onnx` is this model with full-integer (int8) weights and activations, float32 in and out "
+            f"(the same pixels, the same probability), for faster CPU inference with ONNX Runtime. Calibrated on {calibration['images']} "
             f"training images (seed {calibration['seed']}); kept because {record['reason']}. Against the fp32 model, at "
             f"the threshold above:\n\n" + "\n".join(rows) + "\n\nThe figures are in `int8.json`.")
 
@@ -247,7 +247,7 @@ def model_card(run: Run) -> str:
 {_origin(run, size)}
 - Decision threshold: **{threshold:.6f}** ({metrics.get('threshold_rule', "Youden's J on the validation split")}); probability ≥ threshold means {task.binary_classes[1]}{'' if task.is_binary else ' (the binary view); below it the label is ' + task.classes[0] + ', at or above it the likelier of the other classes'}.
 - Test-time augmentation: {f'{tta} views (core.data.augmentation.tta_views); the saved probabilities average them' if tta and tta > 1 else 'none'}.
-- Files: {_files_line(run, output)}{', `model.int8.tflite` and `int8.json` (below)' if not quantization.int8_problem(run) else ''}.
+- Files: {_files_line(run, output)}{', `model.int8.onnx` and `int8.json` (below)' if not quantization.int8_problem(run) else ''}.
 
 ## Intended use
 

@@ -116,13 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe = commands.add_parser(
         "recipe", parents=[shared],
-        description="The recommended recipe (core.workflows.recipe): the quick and the recommended presets, the recommended run's "
-        "best hyperparameters again with the next seed, and the equal-weight ensemble of the three. The setting options "
-        "change both searches; left out, each keeps its preset's value.",
-        help="the recommended recipe: quick and recommended presets, a repeat with the next seed, their ensemble "
+        description="The recommended recipe (core.workflows.recipe): the recommended preset, its best hyperparameters again "
+        "with the next seed, and the equal-weight ensemble of the two. The setting options change the search (and so its "
+        "repeat); left out, each keeps the preset's value.",
+        help="the recommended recipe: the recommended preset, a repeat with the next seed, their ensemble "
         "(one run each; the ensemble NAME is the result); run it again to continue a stopped one")
-    recipe.add_argument("--name", required=True, help="the recipe's name: its runs are NAME-quick, NAME-recommended, "
-                        "NAME-repeat and the ensemble NAME")
+    recipe.add_argument("--name", required=True, help="the recipe's name: its runs are NAME-recommended, NAME-repeat "
+                        "and the ensemble NAME")
     recipe.add_argument("--data", default=None,
                         help="the data folder (as for tune); leave it out to continue recipe NAME with its own settings")
     recipe.add_argument("--artifacts", default=artifacts_default)

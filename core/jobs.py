@@ -144,7 +144,7 @@ def start_recipe(artifacts_dir: str, recipe_name: str, data_dir: str, overrides:
     for name in plan["steps"]:
         if artifacts.run_dir(artifacts_dir, name).exists():
             raise artifacts.RunError(f"a run named {name!r} already exists: pick another name for the recipe")
-    first = recipe.search_settings(plan, recipe.STEPS[0], artifacts_dir)
+    first = recipe.search_settings(plan, recipe.first_search(plan), artifacts_dir)
     return start_search(first, extra_json={recipe.PLAN_FILE: recipe.step_plan(plan, 1)})
 
 

@@ -67,7 +67,7 @@ def quick_step() -> tuple[str, str]:
 
     quick = presets.preset("quick")
     return (f"Start the quick search on Tune ({cost.about(quick.estimate_s())} on 2 cores)",
-            "One fine-tuned MobileNetV2 run, the Tune form's default; the recipe box beside it trains three and their ensemble.")
+            "One fine-tuned MobileNetV2 run, the Tune form's default; the recipe box beside it trains the recommended preset twice and their ensemble.")
 
 
 def leave_pages_folder_mode() -> None:

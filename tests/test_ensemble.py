@@ -391,6 +391,7 @@ def test_a_member_whose_training_collapsed_is_left_out_of_a_recipes_ensemble(tmp
     assert recipe.working_members(tmp_path, ["q", "r", "dead"], logged.append) == ["q", "r"]
     assert logged == [f"left out of the ensemble: {collapsed['dead']}"]
     assert recipe.working_members(tmp_path, ["q", "dead"], logged.append) == ["q", "dead"]  # an ensemble needs two
+    assert logged[-1] == f"kept in the ensemble, which needs two members: {collapsed['dead']}; compare the ensemble with q"
     # When no member works (a tiny or hard data set) nothing is compared, nothing is left out.
     weak = [artifacts.Run(n, tmp_path / n, {}, {"val": {"auc": a}}, None) for n, a in (("x", 0.70), ("y", 0.52))]
     assert ensemble.collapsed_members(weak) == {}

@@ -27,16 +27,14 @@ TINY = ["--image-size", "32", "--weights", "none", "--trials", "1", "--epochs", 
 
 def test_plan_names_its_runs_and_merges_each_preset_with_the_overrides(tmp_path):
     plan = recipe.make_plan("mine", tmp_path, {"epochs": 2, "seed": 7, "task": None})
-    assert plan["steps"] == ["mine-quick", "mine-recommended", "mine-repeat", "mine"]
+    assert plan["steps"] == ["mine-recommended", "mine-repeat", "mine"]
     assert plan["overrides"] == {"epochs": 2, "seed": 7}  # options left out keep the presets' values
     # A default passed explicitly (the page passes every field) is the same plan as one left out.
     assert recipe.make_plan("mine", tmp_path, {"seed": 42, "task": "pneumonia"}) == recipe.make_plan("mine", tmp_path)
-    quick, recommended = (recipe.search_settings(plan, step, tmp_path) for step in recipe.STEPS[:2])
-    assert (quick.name, recommended.name) == ("mine-quick", "mine-recommended")
-    for settings, preset in ((quick, "quick"), (recommended, "recommended")):
-        wanted = {**presets.preset(preset).settings, "epochs": 2, "seed": 7}
-        assert {key: getattr(settings, key) for key in wanted} == wanted
-    assert quick.augment != recommended.augment  # the two searches really are the two presets
+    recommended = recipe.search_settings(plan, recipe.first_search(plan), tmp_path)
+    assert recommended.name == "mine-recommended"
+    wanted = {**presets.preset("recommended").settings, "epochs": 2, "seed": 7}
+    assert {key: getattr(recommended, key) for key in wanted} == wanted
     assert recipe.command(plan) == f"python -m core recipe --data {plan['data_dir']} --name mine --epochs 2 --seed 7"
 
 
@@ -61,35 +59,35 @@ def cooked(tmp_path_factory) -> Path:
     store = root / "artifacts"
     done = run_cli("recipe", "--data", str(data), "--name", "r", *TINY, "--artifacts", str(store))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "recipe r: r-quick -> r-recommended -> r-repeat -> r" in done.stdout
+    assert "recipe r: r-recommended -> r-repeat -> r" in done.stdout
     return store
 
 
-def test_the_recipe_makes_four_ordinary_runs_ending_in_their_ensemble(cooked):
-    quick, recommended, again, result = (artifacts.load_run(cooked, n) for n in ("r-quick", "r-recommended", "r-repeat", "r"))
-    assert all(run.state == "completed" for run in (quick, recommended, again, result))
-    # Each search is its preset, changed only where the recipe said.
-    assert quick.settings["augment"] == presets.preset("quick").settings["augment"]
+def test_the_recipe_makes_three_ordinary_runs_ending_in_their_ensemble(cooked):
+    recommended, again, result = (artifacts.load_run(cooked, n) for n in ("r-recommended", "r-repeat", "r"))
+    assert all(run.state == "completed" for run in (recommended, again, result))
+    assert not (cooked / "r-quick").exists()
+    # The search is its preset, changed only where the recipe said.
     assert recommended.settings["augment"] == presets.preset("recommended").settings["augment"]
-    assert quick.settings["image_size"] == recommended.settings["image_size"] == 32
+    assert recommended.settings["image_size"] == 32
     # The repeat trains the recommended run's best hyperparameters with the next seed, on its split.
     assert again.is_repeat and again.settings["repeat"]["source"] == "r-recommended"
     assert again.settings["repeat"]["seeds"] == [recommended.settings["seed"] + 1]
-    # The result is the equal-weight ensemble of the three, its threshold chosen on validation.
-    assert result.is_ensemble and result.members == ["r-quick", "r-recommended", "r-repeat"]
-    members = [run.predictions().set_index("path")["probability"] for run in (quick, recommended, again)]
-    mean = sum(members) / 3
+    # The result is the equal-weight ensemble of the two, its threshold chosen on validation.
+    assert result.is_ensemble and result.members == ["r-recommended", "r-repeat"]
+    members = [run.predictions().set_index("path")["probability"] for run in (recommended, again)]
+    mean = sum(members) / 2
     mine = result.predictions().set_index("path")["probability"]
     np.testing.assert_allclose(mine.to_numpy(), mean.loc[mine.index].to_numpy(), atol=1e-6)
     assert "validation" in result.metrics["threshold_rule"]
     # Every step knows its place in the chain.
-    for number, run in enumerate((quick, recommended, again, result), 1):
+    for number, run in enumerate((recommended, again, result), 1):
         plan = recipe.read_plan(run.folder)
         assert plan["recipe"] == "r" and plan["step"] == number and recipe.step_number(plan, run.name) == number
 
 
 def test_a_finished_recipe_is_not_run_again(cooked):
-    for args in (["resume", "r-quick"], ["recipe", "--name", "r"]):
+    for args in (["resume", "r-recommended"], ["recipe", "--name", "r"]):
         done = run_cli(*args, "--artifacts", str(cooked))
         assert done.returncode == 2 and "already complete" in done.stderr and "Traceback" not in done.stderr
 
@@ -99,10 +97,10 @@ def test_running_it_again_continues_from_the_first_missing_step(cooked, tmp_path
     shutil.copytree(cooked, store)
     for name in ("r-repeat", "r"):  # as if the process died after the recommended search
         shutil.rmtree(store / name)
-    kept = {n: (store / n / artifacts.METRICS).stat().st_mtime_ns for n in ("r-quick", "r-recommended")}
+    kept = {n: (store / n / artifacts.METRICS).stat().st_mtime_ns for n in ("r-recommended",)}
     done = run_cli("recipe", "--name", "r", "--artifacts", str(store))  # no --data: its own settings
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "step 3 of 4" in done.stdout and "step 4 of 4" in done.stdout and "step 1 of 4" not in done.stdout
+    assert "step 2 of 3" in done.stdout and "step 3 of 3" in done.stdout and "step 1 of 3" not in done.stdout
     assert {n: (store / n / artifacts.METRICS).stat().st_mtime_ns for n in kept} == kept  # finished steps untouched
     assert artifacts.load_run(store, "r").is_ensemble
 
@@ -110,15 +108,32 @@ def test_running_it_again_continues_from_the_first_missing_step(cooked, tmp_path
 def test_a_stopped_step_ends_the_chain_and_nothing_after_it_starts(cooked, tmp_path, monkeypatch):
     store = tmp_path / "artifacts"
     shutil.copytree(cooked, store)
-    for name in ("r-recommended", "r-repeat", "r"):
+    for name in ("r-repeat", "r"):
         shutil.rmtree(store / name)
+    (store / "r-recommended" / artifacts.METRICS).unlink()  # as if it had stopped mid-search
     plan = recipe.find_plan(store, "r")
     calls = []
     monkeypatch.setattr(loop, "run_search", lambda settings, log, resume: calls.append(settings.name) or {"state": "stopped"})
     assert recipe.run_recipe(store, plan, log=lambda _: None) == {"state": "stopped", "step": "r-recommended"}
     assert calls == ["r-recommended"]
     assert not (store / "r-repeat").exists() and not (store / "r").exists()
-    assert [row["state"] for row in recipe.status(store, plan)][2:] == ["not started", "not started"]
+    assert [row["state"] for row in recipe.status(store, plan)][1:] == ["not started", "not started"]
+
+
+def test_a_recipe_started_with_the_quick_step_goes_on_as_it_began(cooked, tmp_path, monkeypatch):
+    store = tmp_path / "artifacts"
+    plan = {"recipe": "old", "data_dir": str(cooked.parent / "data"), "overrides": {},
+            "steps": ["old-quick", "old-recommended", "old-repeat", "old"]}  # a plan written before 2026-12-04
+    assert recipe.steps_of(plan) == recipe.WITH_QUICK and recipe.first_search(plan).preset == "quick"
+    assert [row["what"] for row in recipe.status(store, plan)] == [
+        "quick preset", "recommended preset", "recommended's best hyperparameters, next seed",
+        "equal-weight ensemble of quick, recommended, repeat"]
+    calls = []
+    monkeypatch.setattr(loop, "run_search", lambda settings, log, resume: calls.append(settings.name) or {"state": "stopped"})
+    assert recipe.run_recipe(store, plan, log=lambda _: None) == {"state": "stopped", "step": "old-quick"}
+    assert calls == ["old-quick"] and recipe.find_plan(store, "old") == plan  # found by its quick step's recipe.json
+    with pytest.raises(RunError, match="has steps this version does not know"):
+        recipe.steps_of({**plan, "steps": ["old-a", "old"]})
 
 
 def test_refusals_are_one_clear_line(cooked, tmp_path):
@@ -133,8 +148,8 @@ def test_refusals_are_one_clear_line(cooked, tmp_path):
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     # A name whose run exists but belongs to no recipe.
     store = tmp_path / "artifacts"
-    shutil.copytree(cooked / "r-quick", store / "other-quick")
-    (store / "other-quick" / recipe.PLAN_FILE).unlink()
+    shutil.copytree(cooked / "r-recommended", store / "other-recommended")
+    (store / "other-recommended" / recipe.PLAN_FILE).unlink()
     done = run_cli("recipe", "--name", "other", "--data", str(data), *TINY, "--artifacts", str(store))
     assert done.returncode == 2 and "is not a step of recipe 'other'" in done.stderr
 
@@ -148,7 +163,7 @@ def test_tune_page_starts_a_recipe_in_one_click_and_lists_recipes(cooked, tmp_pa
     at = page("tune", cooked.parent / "data", store)
     no_exception(at)
     steps = next(d.value for d in at.dataframe if "step" in d.value.columns)
-    assert list(steps["step"]) == ["r-quick", "r-recommended", "r-repeat", "r"] and set(steps["state"]) == {"completed"}
+    assert list(steps["step"]) == ["r-recommended", "r-repeat", "r"] and set(steps["state"]) == {"completed"}
     assert not [b for b in at.button if b.key == "tune_recipe_continue_r"]  # complete: nothing to continue
     at.selectbox(key="tune_recipe_task").set_value("three_class").run()  # the box's command follows its widgets
     assert any(f"python -m core recipe --data {cooked.parent / 'data'} --name recipe --task three_class" in c.value for c in at.caption)
@@ -170,27 +185,27 @@ def test_tune_page_starts_a_recipe_in_one_click_and_lists_recipes(cooked, tmp_pa
     at.text_input(key="tune_recipe_name").set_value("fresh").run()
     at.button(key="tune_recipe_start").click().run()
     assert any("Not started" in e.value and "could not be downloaded" in e.value for e in at.error)
-    assert not launched and not (store / "fresh-quick").exists()
+    assert not launched and not (store / "fresh-recommended").exists()
 
     if not V2_WEIGHTS.exists():
         pytest.skip("../shared/keras_home has no MobileNetV2 weights")
     monkeypatch.setenv("KERAS_HOME", str(V2_WEIGHTS.parent.parent))
     at.button(key="tune_recipe_start").click().run()
     no_exception(at)
-    assert launched == [("fresh-quick", None)]  # `resume fresh-quick`, which goes on with the chain
-    first = artifacts.load_run(store, "fresh-quick")
-    assert recipe.read_plan(first.folder)["step"] == 1 and first.settings["augment"] == presets.preset("quick").settings["augment"]
+    assert launched == [("fresh-recommended", None)]  # `resume fresh-recommended`, which goes on with the chain
+    first = artifacts.load_run(store, "fresh-recommended")
+    assert recipe.read_plan(first.folder)["step"] == 1 and first.settings["augment"] == presets.preset("recommended").settings["augment"]
     assert json.loads((first.folder / artifacts.PROGRESS).read_text())["state"] == "starting"
     at = page("tune", cooked.parent / "data", store)  # its live panel says where it is in the chain
-    assert any("Step 1 of 4 of recipe **fresh**" in c.value for c in at.caption)
+    assert any("Step 1 of 3 of recipe **fresh**" in c.value for c in at.caption)
 
     # A recipe whose process ended between steps: Continue launches `recipe --name`.
-    shutil.rmtree(store / "fresh-quick")
+    shutil.rmtree(store / "fresh-recommended")
     shutil.rmtree(store / "r")
     at = page("tune", cooked.parent / "data", store)
     at.button(key="tune_recipe_continue_r").click().run()
     no_exception(at)
-    assert launched[-1] == ("r-quick", ["recipe", "--name", "r"])
+    assert launched[-1] == ("r-recommended", ["recipe", "--name", "r"])
 
 
 def test_stop_by_the_recipes_name_stops_its_running_step(cooked, tmp_path):
@@ -204,6 +219,6 @@ def test_stop_by_the_recipes_name_stops_its_running_step(cooked, tmp_path):
     files.write_json(step / artifacts.PROGRESS, {"state": "running", "phase": "searching", "pid": os.getpid(),
                                                      "host": artifacts.this_host(), jobs.LAUNCHING: True})
     assert "asked to stop: run 'r-recommended'" in jobs.stop_search(str(store), "r")
-    assert (step / StopFlag.FILE).exists() and not (store / "r-quick" / StopFlag.FILE).exists()
+    assert (step / StopFlag.FILE).exists() and not (store / "r-repeat" / StopFlag.FILE).exists()
     with pytest.raises(RunError, match="no run or recipe named 'nothing'"):
         jobs.stop_search(str(store), "nothing")

@@ -1,18 +1,19 @@
 """The recommended recipe: a chain of runs that one click or one command starts, ending in an ensemble.
 
-It is what docs/measurements.md measures best on the external test split: the quick preset, the
-recommended preset, the recommended run's best hyperparameters trained again with the next seed
-(a repeat, on the same split), and the equal-weight ensemble of those three, whose threshold is
-chosen on validation like any run's. `cost.MEASURED` holds what its steps took on 2 cores for the
-full chest X-ray folder; `estimate_s` is calibrated on it.
+It is what docs/measurements.md measures best on the external test split: the recommended preset,
+its best hyperparameters trained again with the next seed (a repeat, on the same split and the same
+cached augmented views), and the equal-weight ensemble of the two, whose threshold is chosen on
+validation like any run's. `cost.MEASURED` holds what its steps took on 2 cores for the full chest
+X-ray folder; `estimate_s` is calibrated on it. (Recipes started before 2026-12-04 began with the
+quick preset too, `WITH_QUICK`, and go on as they began.)
 
-Each step is an ordinary run (`NAME-quick`, `NAME-recommended`, `NAME-repeat`) and the last one is
-the ensemble `NAME`, so every page, the report and `predict` read them as they read any run. Each
-step's folder also holds `recipe.json`, the plan: the recipe's name, the data folder, the settings
-that apply to both searches and the step's number. That is how `python -m core resume STEP` (the
-dashboard's Resume) goes on with the whole chain rather than the one run, and how the pages say
-"step k of 4". Running a recipe again continues it: finished steps are kept, a stopped or
-interrupted one resumes where it stopped.
+Each step is an ordinary run (`NAME-recommended`, `NAME-repeat`) and the last one is the ensemble
+`NAME`, so every page, the report and `predict` read them as they read any run. Each step's folder
+also holds `recipe.json`, the plan: the recipe's name, the data folder, the settings that apply to
+the search and the step's number. That is how `python -m core resume STEP` (the dashboard's Resume)
+goes on with the whole chain rather than the one run, and how the pages say "step k of 3". Running
+a recipe again continues it: finished steps are kept, a stopped or interrupted one resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from core.workflows import repeat
 PLAN_FILE = "recipe.json"
 LABEL = "Recommended recipe"
 DESCRIPTION = (
-    "Runs the quick and the recommended presets, trains the recommended run's best hyperparameters again with the "
-    "next seed (same split), then averages the three into an ensemble run whose threshold is chosen on validation. "
-    "Each step is an ordinary run; the ensemble is the recipe's result."
+    "Runs the recommended preset, trains its best hyperparameters again with the next seed (same split), then "
+    "averages the two into an ensemble run whose threshold is chosen on validation. Each step is an ordinary run; "
+    "the ensemble is the recipe's result."
 )
 
 
@@ -53,7 +54,7 @@ def measured_note() -> str:
             f"{cost.took(cost.MEASURED_RECIPE_S)} on 2 cores ({steps}).")
 
 
-# Settings a user may change for the whole recipe (both searches); everything else is the presets'.
+# Settings a user may change for the whole recipe (its search, and so its repeat); everything else is the preset's.
 OVERRIDABLE = ("task", "seed", "image_size", "weights", "max_per_class", "trials", "epochs", "augment_views", "batch_size")
 
 
@@ -77,15 +78,36 @@ def run_name(recipe: str, suffix: str) -> str:
 
 
 STEPS = (
-    Step("search", "quick", preset="quick"),
     Step("search", "recommended", preset="recommended"),
     Step("repeat", "repeat", source="recommended"),  # one other seed: the recommended run's seed + 1
+    Step("ensemble", "", members=("recommended", "repeat")),
+)
+# The chain of recipes started before 2026-12-04, which began with the quick preset and averaged it in
+# too. On validation the quick run added nothing to the ensemble (docs/measurements.md, "The recipe
+# in under 10 minutes"), and it took 2 of the recipe's 11 minutes. Such a recipe goes on as it began.
+WITH_QUICK = (
+    Step("search", "quick", preset="quick"),
+    *STEPS[:2],
     Step("ensemble", "", members=("quick", "recommended", "repeat")),
 )
 
 
-def step_names(recipe: str) -> list[str]:
-    return [step.run_name(recipe) for step in STEPS]
+def step_names(recipe: str, steps: tuple[Step, ...] = STEPS) -> list[str]:
+    return [step.run_name(recipe) for step in steps]
+
+
+def steps_of(plan: dict) -> tuple[Step, ...]:
+    """The chain a plan was started with: today's `STEPS`, or `WITH_QUICK` for a recipe started before."""
+    for steps in (STEPS, WITH_QUICK):
+        if plan["steps"] == step_names(plan["recipe"], steps):
+            return steps
+    raise RunError(f"recipe {plan['recipe']!r} has steps this version does not know ({', '.join(plan['steps'])}): "
+                   "start it again under another name")
+
+
+def first_search(plan: dict) -> Step:
+    """The plan's first step (a search, which starts the chain)."""
+    return steps_of(plan)[0]
 
 
 def make_plan(recipe: str, data_dir: str | os.PathLike, overrides: dict | None = None) -> dict:
@@ -133,7 +155,7 @@ def read_plan(folder: str | os.PathLike) -> dict | None:
 
 def find_plan(artifacts_dir: str | os.PathLike, recipe: str) -> dict:
     """The plan of recipe `recipe`, read from the first of its steps that exists; `RunError` when none does."""
-    for name in step_names(recipe):
+    for name in dict.fromkeys(step_names(recipe) + step_names(recipe, WITH_QUICK)):
         try:
             plan = read_plan(artifacts.run_dir(artifacts_dir, name))
         except RunError:
@@ -193,7 +215,7 @@ def check_start(artifacts_dir: str | os.PathLike, plan: dict) -> None:
 def status(artifacts_dir: str | os.PathLike, plan: dict) -> list[dict]:
     """Each step: its run's name, what it is, and its state ("not started" before its folder exists)."""
     rows = []
-    for step, name in zip(STEPS, plan["steps"], strict=True):
+    for step, name in zip(steps_of(plan), plan["steps"], strict=True):
         folder = artifacts.run_dir(artifacts_dir, name)
         state = "not started"
         if (folder / artifacts.SETTINGS).exists():
@@ -235,8 +257,9 @@ def step_estimates(plan: dict, n_images: int, n_train: float | None = None, n_va
     views. Steps after the first find the pixels, the un-augmented activations and the stress test's
     bottom pass cached at the same input size. The ensemble step takes a fraction of a second and is left out."""
     estimates, sizes = {}, set()
-    by_suffix = {step.suffix: step for step in STEPS}
-    for step in STEPS:
+    steps = steps_of(plan)
+    by_suffix = {step.suffix: step for step in steps}
+    for step in steps:
         if step.kind == "ensemble":
             continue
         source = step if step.kind == "search" else by_suffix[step.source]
@@ -268,10 +291,15 @@ def reference_estimate_s() -> float:
 
 def working_members(artifacts_dir: str | os.PathLike, members: list[str], log=print) -> list[str]:
     """The ensemble's members less those whose training collapsed (`ensemble.collapsed_members`),
-    each left out with its reason in the log, as long as two remain; otherwise all of them."""
+    each left out with its reason in the log, as long as two remain; otherwise all of them, the log
+    saying which collapsed (today's two-member recipe cannot leave one out)."""
     collapsed = ensemble.collapsed_members([artifacts.load_run(artifacts_dir, m) for m in members])
     kept = [m for m in members if m not in collapsed]
-    if not collapsed or len(kept) < 2:
+    if not collapsed:
+        return members
+    if len(kept) < 2:
+        for reason in collapsed.values():
+            log(f"kept in the ensemble, which needs two members: {reason}; compare the ensemble with {', '.join(kept) or 'its members'}")
         return members
     for reason in collapsed.values():
         log(f"left out of the ensemble: {reason}")
@@ -291,7 +319,8 @@ def run_recipe(artifacts_dir: str | os.PathLike, plan: dict, log=print) -> dict:
     if is_complete(artifacts_dir, plan):
         raise RunError(f"recipe {plan['recipe']!r} is already complete: its result is the ensemble run {plan['recipe']!r}")
     stopped = threading.Event()
-    for number, (step, name) in enumerate(zip(STEPS, plan["steps"], strict=True), 1):
+    steps = steps_of(plan)
+    for number, (step, name) in enumerate(zip(steps, plan["steps"], strict=True), 1):
         folder = artifacts.run_dir(artifacts_dir, name)
         if (folder / artifacts.METRICS).exists():
             continue
@@ -300,7 +329,7 @@ def run_recipe(artifacts_dir: str | os.PathLike, plan: dict, log=print) -> dict:
             signal.signal(sig, lambda *_: stopped.set())
         if stopped.is_set():
             return {"state": "stopped", "step": name}
-        log(f"recipe {plan['recipe']}: step {number} of {len(STEPS)}, {name} ({describe(step)})")
+        log(f"recipe {plan['recipe']}: step {number} of {len(steps)}, {name} ({describe(step)})")
         if step.kind == "ensemble":
             _write_plan(folder, plan, number)
             members = [run_name(plan["recipe"], member) for member in step.members]

@@ -54,6 +54,9 @@ def quantize(model: keras.Model, calibration: np.ndarray) -> bytes:
     if len(data) == 0:
         raise ValueError("quantisation needs at least one calibration input")
 
+    float_model = model_files.convert_to_onnx(model)
+    input_name = onnx.load_from_string(float_model).graph.input[0].name
+
     class OneAtATime(CalibrationDataReader):
         # One input per step: the calibrator records each tensor's min and max over all of them.
         def __init__(self) -> None:
@@ -67,9 +70,7 @@ def quantize(model: keras.Model, calibration: np.ndarray) -> bytes:
 
     with tempfile.TemporaryDirectory() as work:
         float_path, prepared, quantised = (Path(work) / name for name in ("float.onnx", "prepared.onnx", "int8.onnx"))
-        float_model = model_files.convert_to_onnx(model)
         float_path.write_bytes(float_model)
-        input_name = onnx.load_from_string(float_model).graph.input[0].name
         # Folds constants and infers shapes so that every convolution is quantised (onnxruntime's
         # advice before static quantisation); symbolic shape inference would need sympy.
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)

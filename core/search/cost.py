@@ -74,12 +74,14 @@ TOLERANCE = 0.15  # the estimate of each measured run is within this share of it
 # family's default size; calibrated on `MEASURED` where a MobileNetV2 run measures them.
 STARTUP_S = 2.0  # scanning the folder, building the model (TensorFlow's import comes before the run's clock starts)
 # First decode and resize of an X-ray (pixels are cached per size afterwards): on 2 cores it overlaps the
-# bottom pass, so it adds little; MEASURED quick's activations (decode, bottom pass, one augmented view)
+# bottom pass, so it adds little; a quick-preset run's activations (decode, bottom pass, one augmented view)
 DECODE_MS = 0.6
 AUGMENT_MS = 1.7  # one augmented view of one image, cached (Keras preprocessing layers); MEASURED recommended's and repeat's activations
 HEAD_STEP_MS = 0.1  # a head on cached feature vectors
-TRIAL_S = 0.5  # a fine-tuning trial besides its epochs: model build, best weights restored; MEASURED quick's and repeat's training
-FINETUNE_EPOCH_S = 3.8  # a fine-tuning epoch besides its steps: validation AUC, best weights kept, progress written
+TRIAL_S = 0.5  # a fine-tuning trial besides its epochs: model build, best weights restored; MEASURED repeat's training
+# A fine-tuning epoch besides its steps and validation pass (the best weights kept, progress written, a new
+# iterator): an epoch's parts timed on 2 cores (docs/measurements.md, "How long a search takes")
+FINETUNE_EPOCH_S = 0.5
 KERAS_PASS = 1.25  # a whole-model pass through Keras (stress test, evaluation) over the engine's `frozen_pass_ms`; MEASURED stress
 # The stress test scores the validation images as they are and under each change (core.evidence.stress):
 # 16 ways today, as in the measured recipe.

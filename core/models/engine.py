@@ -37,7 +37,7 @@ import queue
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,14 +214,8 @@ class KerasEngine(InferenceEngine):
 
 def convert_to_tflite(model: keras.Model) -> bytes:
     """Convert ``model`` (inference mode) to a float32 TF Lite flatbuffer with a dynamic batch size:
-    `convert` with only TFLITE_BUILTINS ops (no Flex/Select TF ops, so the whole graph can run in
-    XNNPACK) and no optimisation flags, so weights stay float32."""
-    return convert(model, _float32)
-
-
-def convert(model: keras.Model, configure: Callable[[tf.lite.TFLiteConverter], None]) -> bytes:
-    """``model`` (inference mode) as a TF Lite flatbuffer with a dynamic batch size, the converter
-    set up by ``configure`` (ops, optimisations, a representative data set) before it converts.
+    only TFLITE_BUILTINS ops (no Flex/Select TF ops, so the whole graph can run in XNNPACK) and no
+    optimisation flags, so weights stay float32.
 
     The model's call is traced as a `tf.function` over ``[None, *sample_shape]`` and its variables
     are frozen into constants before conversion: in TF 2.21 with Keras 3,
@@ -239,31 +233,27 @@ def convert(model: keras.Model, configure: Callable[[tf.lite.TFLiteConverter], N
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     except ImportError:
-        return _convert_via_saved_model(model, spec, configure)
+        return _convert_via_saved_model(model, spec)
     frozen = convert_variables_to_constants_v2(concrete)
     # The frozen function holds no variables, so an empty module is a complete trackable object
     # (and passing one avoids the converter's deprecated no-trackable path and its warning).
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
-    configure(converter)
-    return bytes(converter.convert())
+    return _float32(tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module()))
 
 
-def _convert_via_saved_model(
-    model: keras.Model, spec: tf.TensorSpec, configure: Callable[[tf.lite.TFLiteConverter], None]
-) -> bytes:
+def _convert_via_saved_model(model: keras.Model, spec: tf.TensorSpec) -> bytes:
     with tempfile.TemporaryDirectory() as saved:
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
         archive.write_out(saved, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-        configure(converter)
-        return bytes(converter.convert())
+        return _float32(tf.lite.TFLiteConverter.from_saved_model(saved))
 
 
-def _float32(converter: tf.lite.TFLiteConverter) -> None:
+def _float32(converter: tf.lite.TFLiteConverter) -> bytes:
+    """The converter's flatbuffer with builtin ops only and weights left float32."""
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.optimizations = []
+    return bytes(converter.convert())
 
 
 def _weights_digest(model: keras.Model) -> str:

@@ -90,6 +90,7 @@ WITH_QUICK = (
     *STEPS[:2],
     Step("ensemble", "", members=("quick", "recommended", "repeat")),
 )
+CHAINS = (STEPS, WITH_QUICK)  # every chain a recipe folder may hold, today's first
 
 
 def step_names(recipe: str, steps: tuple[Step, ...] = STEPS) -> list[str]:
@@ -98,7 +99,7 @@ def step_names(recipe: str, steps: tuple[Step, ...] = STEPS) -> list[str]:
 
 def steps_of(plan: dict) -> tuple[Step, ...]:
     """The chain a plan was started with: today's `STEPS`, or `WITH_QUICK` for a recipe started before."""
-    for steps in (STEPS, WITH_QUICK):
+    for steps in CHAINS:
         if plan["steps"] == step_names(plan["recipe"], steps):
             return steps
     raise RunError(f"recipe {plan['recipe']!r} has steps this version does not know ({', '.join(plan['steps'])}): "
@@ -155,7 +156,7 @@ def read_plan(folder: str | os.PathLike) -> dict | None:
 
 def find_plan(artifacts_dir: str | os.PathLike, recipe: str) -> dict:
     """The plan of recipe `recipe`, read from the first of its steps that exists; `RunError` when none does."""
-    for name in dict.fromkeys(step_names(recipe) + step_names(recipe, WITH_QUICK)):
+    for name in dict.fromkeys(name for steps in CHAINS for name in step_names(recipe, steps)):
         try:
             plan = read_plan(artifacts.run_dir(artifacts_dir, name))
         except RunError:

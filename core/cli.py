@@ -116,12 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe = commands.add_parser(
         "recipe", parents=[shared],
-        description="The recommended recipe (core.workflows.recipe): the recommended preset, its best hyperparameters again "
-        "with the next seed, and the equal-weight ensemble of the two. The setting options change the search (and so its "
-        "repeat); left out, each keeps the preset's value.",
-        help="the recommended recipe: the recommended preset, a repeat with the next seed, their ensemble "
+        description="The recommended recipe (core.workflows.recipe): the recommended preset, its second-best trial kept as "
+        "a run of its own (the runner-up; nothing trains), and the equal-weight ensemble of the search's best and the "
+        "runner-up. The setting options change the search; left out, each keeps the preset's value. With --trials 1 "
+        "there is no runner-up: the best is trained again with the next seed (a repeat) instead.",
+        help="the recommended recipe: the recommended preset, its runner-up trial, their ensemble "
         "(one run each; the ensemble NAME is the result); run it again to continue a stopped one")
-    recipe.add_argument("--name", required=True, help="the recipe's name: its runs are NAME-recommended, NAME-repeat "
+    recipe.add_argument("--name", required=True, help="the recipe's name: its runs are NAME-recommended, NAME-runner-up "
                         "and the ensemble NAME")
     recipe.add_argument("--data", default=None,
                         help="the data folder (as for tune); leave it out to continue recipe NAME with its own settings")

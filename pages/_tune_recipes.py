@@ -36,7 +36,7 @@ def recipe_box(folder: str, data: DataFolder) -> None:
                    "official test split.")
         r1, r2, r3 = st.columns([2, 2, 1])
         recipe_name = r1.text_input("Recipe name", value="recipe", key="tune_recipe_name",
-                                    help="Its runs are NAME-recommended, NAME-repeat and the ensemble NAME.")
+                                    help="Its runs are NAME-recommended, NAME-runner-up and the ensemble NAME.")
         r2.selectbox("Task", list(tasks.TASKS), key="tune_recipe_task", format_func=lambda n: f"{n} — {tasks.DESCRIPTIONS[n]}")
         r3.number_input("Seed (split)", value=42, step=1, key="tune_recipe_seed")
         if data.summary and data.summary["total_images"]:

@@ -16,18 +16,18 @@ from core.runs import artifacts
 from core.runs.artifacts import RunError
 from core.runs.progress import StopFlag
 from core.search import loop, presets
-from core.workflows import recipe
+from core.workflows import recipe, runner_up
 from tests.helpers import make_dataset, run_cli
 from tests.test_app import no_exception, page
 from tests.test_finetune import V2_WEIGHTS
 
-# A tiny recipe: every search 1 trial of 1 epoch at 32 px, random weights, one cached view.
-TINY = ["--image-size", "32", "--weights", "none", "--trials", "1", "--epochs", "1", "--augment-views", "1"]
+# A tiny recipe: its search 2 trials of 1 epoch at 32 px, random weights, one cached view.
+TINY = ["--image-size", "32", "--weights", "none", "--trials", "2", "--epochs", "1", "--augment-views", "1"]
 
 
 def test_plan_names_its_runs_and_merges_each_preset_with_the_overrides(tmp_path):
     plan = recipe.make_plan("mine", tmp_path, {"epochs": 2, "seed": 7, "task": None})
-    assert plan["steps"] == ["mine-recommended", "mine-repeat", "mine"]
+    assert plan["steps"] == ["mine-recommended", "mine-runner-up", "mine"]
     assert plan["overrides"] == {"epochs": 2, "seed": 7}  # options left out keep the presets' values
     # A default passed explicitly (the page passes every field) is the same plan as one left out.
     assert recipe.make_plan("mine", tmp_path, {"seed": 42, "task": "pneumonia"}) == recipe.make_plan("mine", tmp_path)
@@ -36,6 +36,19 @@ def test_plan_names_its_runs_and_merges_each_preset_with_the_overrides(tmp_path)
     wanted = {**presets.preset("recommended").settings, "epochs": 2, "seed": 7}
     assert {key: getattr(recommended, key) for key in wanted} == wanted
     assert recipe.command(plan) == f"python -m core recipe --data {plan['data_dir']} --name mine --epochs 2 --seed 7"
+
+
+def test_a_recipe_of_one_trial_repeats_its_best_instead_of_a_runner_up(tmp_path):
+    plan = recipe.make_plan("one", tmp_path, {"trials": 1})
+    assert recipe.steps_of(plan) == recipe.WITH_REPEAT
+    assert plan["steps"] == ["one-recommended", "one-repeat", "one"]
+    assert [row["what"] for row in recipe.status(tmp_path, plan)] == [
+        "recommended preset", "recommended's best hyperparameters, next seed", "equal-weight ensemble of recommended, repeat"]
+    assert recipe.steps_of(recipe.make_plan("two", tmp_path, {"trials": 2})) == recipe.STEPS
+    # No training for the runner-up: it is estimated at its evaluation, far below a repeat's training.
+    estimates = recipe.step_estimates(recipe.make_plan("r", tmp_path), 5528, 4470, 746)
+    repeated = recipe.step_estimates(plan, 5528, 4470, 746)
+    assert 0 < estimates["r-runner-up"] < repeated["one-repeat"] / 3
 
 
 @pytest.mark.parametrize(
@@ -59,22 +72,25 @@ def cooked(tmp_path_factory) -> Path:
     store = root / "artifacts"
     done = run_cli("recipe", "--data", str(data), "--name", "r", *TINY, "--artifacts", str(store))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "recipe r: r-recommended -> r-repeat -> r" in done.stdout
+    assert "recipe r: r-recommended -> r-runner-up -> r" in done.stdout
     return store
 
 
 def test_the_recipe_makes_three_ordinary_runs_ending_in_their_ensemble(cooked):
-    recommended, again, result = (artifacts.load_run(cooked, n) for n in ("r-recommended", "r-repeat", "r"))
+    recommended, again, result = (artifacts.load_run(cooked, n) for n in ("r-recommended", "r-runner-up", "r"))
     assert all(run.state == "completed" for run in (recommended, again, result))
     assert not (cooked / "r-quick").exists()
     # The search is its preset, changed only where the recipe said.
     assert recommended.settings["augment"] == presets.preset("recommended").settings["augment"]
     assert recommended.settings["image_size"] == 32
-    # The repeat trains the recommended run's best hyperparameters with the next seed, on its split.
-    assert again.is_repeat and again.settings["repeat"]["source"] == "r-recommended"
-    assert again.settings["repeat"]["seeds"] == [recommended.settings["seed"] + 1]
+    # The runner-up is the search's second-best trial, on its split; nothing trained for it.
+    second = sorted(recommended.read(artifacts.TRIALS), key=lambda row: row["score"], reverse=True)[1]
+    assert again.settings["kept_trial"] == {"source": "r-recommended", "rank": 2, "trial_id": second["trial_id"]}
+    assert again.read(artifacts.BEST_HYPERPARAMETERS) == second["hyperparameters"] != recommended.read(artifacts.BEST_HYPERPARAMETERS)
+    assert again.metrics["trials_completed"] == 0 and not (again.folder / artifacts.TUNER_DIR).exists()
+    assert files.read_csv(again.folder / artifacts.SPLITS).equals(files.read_csv(recommended.folder / artifacts.SPLITS))
     # The result is the equal-weight ensemble of the two, its threshold chosen on validation.
-    assert result.is_ensemble and result.members == ["r-recommended", "r-repeat"]
+    assert result.is_ensemble and result.members == ["r-recommended", "r-runner-up"]
     members = [run.predictions().set_index("path")["probability"] for run in (recommended, again)]
     mean = sum(members) / 2
     mine = result.predictions().set_index("path")["probability"]
@@ -95,7 +111,7 @@ def test_a_finished_recipe_is_not_run_again(cooked):
 def test_running_it_again_continues_from_the_first_missing_step(cooked, tmp_path):
     store = tmp_path / "artifacts"
     shutil.copytree(cooked, store)
-    for name in ("r-repeat", "r"):  # as if the process died after the recommended search
+    for name in ("r-runner-up", "r"):  # as if the process died after the recommended search
         shutil.rmtree(store / name)
     kept = {n: (store / n / artifacts.METRICS).stat().st_mtime_ns for n in ("r-recommended",)}
     done = run_cli("recipe", "--name", "r", "--artifacts", str(store))  # no --data: its own settings
@@ -108,7 +124,7 @@ def test_running_it_again_continues_from_the_first_missing_step(cooked, tmp_path
 def test_a_stopped_step_ends_the_chain_and_nothing_after_it_starts(cooked, tmp_path, monkeypatch):
     store = tmp_path / "artifacts"
     shutil.copytree(cooked, store)
-    for name in ("r-repeat", "r"):
+    for name in ("r-runner-up", "r"):
         shutil.rmtree(store / name)
     (store / "r-recommended" / artifacts.METRICS).unlink()  # as if it had stopped mid-search
     plan = recipe.find_plan(store, "r")
@@ -116,7 +132,7 @@ def test_a_stopped_step_ends_the_chain_and_nothing_after_it_starts(cooked, tmp_p
     monkeypatch.setattr(loop, "run_search", lambda settings, log, resume: calls.append(settings.name) or {"state": "stopped"})
     assert recipe.run_recipe(store, plan, log=lambda _: None) == {"state": "stopped", "step": "r-recommended"}
     assert calls == ["r-recommended"]
-    assert not (store / "r-repeat").exists() and not (store / "r").exists()
+    assert not (store / "r-runner-up").exists() and not (store / "r").exists()
     assert [row["state"] for row in recipe.status(store, plan)][1:] == ["not started", "not started"]
 
 
@@ -134,6 +150,24 @@ def test_a_recipe_started_with_the_quick_step_goes_on_as_it_began(cooked, tmp_pa
     assert calls == ["old-quick"] and recipe.find_plan(store, "old") == plan  # found by its quick step's recipe.json
     with pytest.raises(RunError, match="has steps this version does not know"):
         recipe.steps_of({**plan, "steps": ["old-a", "old"]})
+
+
+def test_a_recipe_started_with_the_repeat_goes_on_as_it_began(cooked, tmp_path):
+    """A recipe planned before the runner-up (recommended, repeat, ensemble) trains its repeat."""
+    store = tmp_path / "artifacts"
+    plan = {"recipe": "old", "data_dir": str(cooked.parent / "data"), "overrides": {"image_size": 32, "weights": "none",
+            "trials": 2, "epochs": 1, "augment_views": 1}, "steps": ["old-recommended", "old-repeat", "old"]}
+    shutil.copytree(cooked / "r-recommended", store / "old-recommended")
+    for path in (store / "old-recommended").rglob("*"):  # the run as that recipe's first step
+        if path.suffix in (".json", ".csv", ".txt"):
+            path.write_text(path.read_text().replace("r-recommended", "old-recommended"))
+    files.write_json(store / "old-recommended" / recipe.PLAN_FILE, recipe.step_plan(plan, 1))
+    assert recipe.steps_of(recipe.find_plan(store, "old")) == recipe.WITH_REPEAT
+    done = run_cli("recipe", "--name", "old", "--artifacts", str(store))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    again, result = artifacts.load_run(store, "old-repeat"), artifacts.load_run(store, "old")
+    assert again.is_repeat and again.settings["repeat"]["source"] == "old-recommended"
+    assert result.members == ["old-recommended", "old-repeat"] and not (store / "old-runner-up").exists()
 
 
 def test_refusals_are_one_clear_line(cooked, tmp_path):
@@ -163,7 +197,7 @@ def test_tune_page_starts_a_recipe_in_one_click_and_lists_recipes(cooked, tmp_pa
     at = page("tune", cooked.parent / "data", store)
     no_exception(at)
     steps = next(d.value for d in at.dataframe if "step" in d.value.columns)
-    assert list(steps["step"]) == ["r-recommended", "r-repeat", "r"] and set(steps["state"]) == {"completed"}
+    assert list(steps["step"]) == ["r-recommended", "r-runner-up", "r"] and set(steps["state"]) == {"completed"}
     assert not [b for b in at.button if b.key == "tune_recipe_continue_r"]  # complete: nothing to continue
     at.selectbox(key="tune_recipe_task").set_value("three_class").run()  # the box's command follows its widgets
     assert any(f"python -m core recipe --data {cooked.parent / 'data'} --name recipe --task three_class" in c.value for c in at.caption)
@@ -219,6 +253,72 @@ def test_stop_by_the_recipes_name_stops_its_running_step(cooked, tmp_path):
     files.write_json(step / artifacts.PROGRESS, {"state": "running", "phase": "searching", "pid": os.getpid(),
                                                      "host": artifacts.this_host(), jobs.LAUNCHING: True})
     assert "asked to stop: run 'r-recommended'" in jobs.stop_search(str(store), "r")
-    assert (step / StopFlag.FILE).exists() and not (store / "r-repeat" / StopFlag.FILE).exists()
+    assert (step / StopFlag.FILE).exists() and not (store / "r-runner-up" / StopFlag.FILE).exists()
     with pytest.raises(RunError, match="no run or recipe named 'nothing'"):
         jobs.stop_search(str(store), "nothing")
+
+
+# --------------------------------------------------------------------------
+# The runner-up (core.workflows.runner_up), on the tiny recipe's search
+# --------------------------------------------------------------------------
+
+
+def _layer_arrays(checkpoint: Path) -> list[np.ndarray]:
+    """The layer weights Keras Tuner saved for a trial's best epoch (its optimizer's state left out)."""
+    import h5py
+
+    arrays = []
+    with h5py.File(checkpoint, "r") as handle:
+        handle.visititems(lambda name, item: arrays.append(np.asarray(item))
+                          if isinstance(item, h5py.Dataset) and name.startswith("layers/") else None)
+    return arrays
+
+
+def _holds(weights: list[np.ndarray], arrays: list[np.ndarray]) -> bool:
+    return all(any(w.shape == a.shape and np.array_equal(w, a) for w in weights) for a in arrays)
+
+
+def test_a_kept_trial_is_that_trials_saved_weights_and_leaves_the_search_as_it_was(cooked, tmp_path):
+    import keras
+
+    store = tmp_path / "artifacts"
+    shutil.copytree(cooked, store)
+    source = store / "r-recommended"
+    before = {path: path.read_bytes() for path in source.rglob("*") if path.is_file()}
+    result = runner_up.keep_trial(store, "r-recommended", "second", log=lambda _: None)
+    assert {path: path.read_bytes() for path in source.rglob("*") if path.is_file()} == before
+    kept = artifacts.load_run(store, "second")
+    assert kept.state == "completed" and result["test"]["auc"] == kept.metrics["test"]["auc"]
+    ranked = runner_up.finished_trials(artifacts.load_run(store, "r-recommended"))
+    assert kept.settings["kept_trial"]["trial_id"] == ranked[1]["trial_id"] != ranked[0]["trial_id"]
+    # Its model is the second trial's best epoch, joined to the frozen bottom; not the best trial's.
+    weights = keras.saving.load_model(kept.folder / artifacts.MODEL, compile=False).get_weights()
+    checkpoint = source / artifacts.TUNER_DIR / "trial_{}" / "checkpoint.weights.h5"
+    assert _holds(weights, _layer_arrays(Path(str(checkpoint).format(ranked[1]["trial_id"]))))
+    assert not _holds(weights, _layer_arrays(Path(str(checkpoint).format(ranked[0]["trial_id"]))))
+    # Interrupted before its metrics were written, keeping it again evaluates it again, to the same numbers.
+    predictions = kept.predictions()
+    (kept.folder / artifacts.METRICS).unlink()
+    runner_up.keep_trial(store, "r-recommended", "second", log=lambda _: None)
+    assert artifacts.load_run(store, "second").predictions().equals(predictions)
+
+
+def test_what_has_no_runner_up_is_refused_with_what_to_do(cooked, tmp_path):
+    store = tmp_path / "artifacts"
+    shutil.copytree(cooked, store)
+    cases = [
+        ("r", 2, "has no search folder"),  # the ensemble
+        ("r-runner-up", 2, "has no search folder"),  # a kept trial
+        ("r-recommended", 3, "finished 2 trials, so it has no number 3"),
+        ("r-recommended", 1, "ranked 2 or more"),
+        ("nothing", 2, "no run named 'nothing'"),
+    ]
+    for source, rank, message in cases:
+        with pytest.raises(RunError, match=message):
+            runner_up.plan(store, source, "x", rank)
+    (store / "r-recommended" / artifacts.METRICS).unlink()
+    with pytest.raises(RunError, match="is not finished"):
+        runner_up.plan(store, "r-recommended", "x")
+    with pytest.raises(RunError, match="already exists and keeps no trial"):
+        runner_up.keep_trial(store, "r-recommended", "r")
+    assert not (store / "x").exists()

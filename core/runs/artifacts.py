@@ -156,6 +156,13 @@ def existing_run_dir(artifacts: str | os.PathLike, name: str) -> Path:
 # --------------------------------------------------------------------------
 
 
+def copy_split(source: Path, target: Path) -> None:
+    """Give run folder `target` the split of run folder `source` (`splits.csv`, `data_summary.json`): a
+    search started there uses a saved split as it is (core.search.splits.prepare_split)."""
+    files.write_csv(target / SPLITS, files.read_csv(source / SPLITS))
+    files.write_json(target / DATA_SUMMARY, files.read_json(source / DATA_SUMMARY))
+
+
 def this_host() -> str:
     return socket.gethostname()
 

@@ -103,26 +103,31 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
                         n_features=kind.n_features, task=task, augment=settings.augment, cut=kind.cut, weights=settings.weights)
 
     clock = time.monotonic()
-    recorder = trials.HistoryRecorder(_history_path(folder, progress, role), files.read_json(folder / artifacts.TRIALS, []) or [])
-    tuner = make_tuner(settings, space, folder, progress, stop, log, recorder)
-    total = planned_trials(tuner, settings)
-    progress.update(state="running", phase="searching", trials_total=total, epochs=settings.epochs, force=True)
-    log(f"searching: {settings.tuner} search, {total} trials, {settings.epochs} epochs, class weights {weights}")
-    train_ds, val_ds = kind.datasets(model_inputs, targets, part)
-    callbacks = trial_callbacks(settings, progress, stop, log, recorder)
-    watcher = watch_chief(tuner, progress, folder) if role == "chief" else None
-    _run_trials(tuner, train_ds, val_ds, settings.epochs, weights, callbacks, watcher)
-    if role == "worker":
-        return _worker_done(progress, log)
-    stop.check()
-    save_trials(tuner, folder, recorder)
+    if settings.kept_trial:  # another search's finished trial, kept as this run: nothing trains
+        tuner, chosen = _kept_trial(settings, space, progress, stop, log)
+        completed = 0
+    else:
+        recorder = trials.HistoryRecorder(_history_path(folder, progress, role), files.read_json(folder / artifacts.TRIALS, []) or [])
+        tuner = make_tuner(settings, space, folder, progress, stop, log, recorder)
+        total = planned_trials(tuner, settings)
+        progress.update(state="running", phase="searching", trials_total=total, epochs=settings.epochs, force=True)
+        log(f"searching: {settings.tuner} search, {total} trials, {settings.epochs} epochs, class weights {weights}")
+        train_ds, val_ds = kind.datasets(model_inputs, targets, part)
+        callbacks = trial_callbacks(settings, progress, stop, log, recorder)
+        watcher = watch_chief(tuner, progress, folder) if role == "chief" else None
+        _run_trials(tuner, train_ds, val_ds, settings.epochs, weights, callbacks, watcher)
+        if role == "worker":
+            return _worker_done(progress, log)
+        stop.check()
+        save_trials(tuner, folder, recorder)
+        completed = len(_completed_trials(tuner))
+        chosen = tuner.oracle.get_best_trials(1)[0]
     timings["search_s"] = time.monotonic() - clock
-    completed = _completed_trials(tuner)
 
     progress.update(phase="evaluating", message="evaluating the best model", force=True)
     clock = time.monotonic()
-    best_hp = tuner.get_best_hyperparameters(1)[0]
-    trained = tuner.get_best_models(1)[0]
+    best_hp = chosen.hyperparameters
+    trained = tuner.load_model(chosen)  # the trial's best epoch, as Keras Tuner's get_best_models loads it
     files.write_json(folder / artifacts.BEST_HYPERPARAMETERS, _chosen(best_hp))
     model = kind.saved_model(trained)
     data = inputs.EvaluationData(settings, table, labels, part)
@@ -132,7 +137,7 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
     _log_worst_stress(result, log)
     files.save_model(folder / artifacts.MODEL, model)
     result["inference"] = _time_inference(settings, model, table[part["test"]], folder)
-    result.update(_run_record(settings, model, best_hp, timings, len(completed), kind))
+    result.update(_run_record(settings, model, best_hp, timings, completed, kind))
     evaluation.write_result(folder, result)
     return result
 
@@ -177,6 +182,23 @@ def _worker_done(progress: Progress, log) -> dict:
     """A worker ends after its trials: the chief saves and evaluates the run."""
     log(f"worker finished: ran trials {progress.state.get('trials_run', [])}")
     return {"state": "worker-done", "trials_run": progress.state.get("trials_run", [])}
+
+
+def _kept_trial(settings: SearchSettings, space: SearchSpace, progress: Progress, stop: StopFlag, log):
+    """(the source search's tuner, read only; the finished trial `settings.kept_trial` names): a
+    runner-up run's model is that trial's saved best epoch (`core.workflows.runner_up`)."""
+    kept = settings.kept_trial
+    source = artifacts.load_run(settings.artifacts_dir, kept["source"])
+    source_settings = SearchSettings.from_dict({**source.settings, "artifacts_dir": settings.artifacts_dir})
+    tuner = make_tuner(source_settings, space, source.folder, progress, stop, log, None)
+    trial = tuner.oracle.trials.get(kept["trial_id"])
+    if trial is None or trial.status != "COMPLETED" or trial.score is None:
+        raise artifacts.RunError(f"{kept['source']} has no finished trial {kept['trial_id']} to keep: its search folder "
+                                 f"({artifacts.TUNER_DIR}/) changed or is gone; keep another trial under another name")
+    progress.update(state="running", phase="evaluating", trials_total=0, force=True)
+    log(f"keeping trial {trial.trial_id} of {kept['source']} (its number {kept['rank']}, validation AUC {trial.score:.4f}): "
+        "nothing trains")
+    return tuner, trial
 
 
 def _completed_trials(tuner) -> list:

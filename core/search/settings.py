@@ -68,6 +68,9 @@ class SearchSettings:
     # `core.workflows.repeat` retrains a run's best hyperparameters this way with other seeds. Unlike a `space`
     # edit, this replays a finished trial exactly, hyperparameters outside the editable space included.
     fixed_hyperparameters: dict | None = None
+    # Another search's finished trial kept as this run, {"source": RUN, "rank": K, "trial_id": ID}: nothing
+    # trains, the trial's saved best epoch is evaluated as a search evaluates its best (core.workflows.runner_up).
+    kept_trial: dict | None = None
     cache_dir: str | None = None  # the shared pixel and feature caches, when not `artifacts_dir/.cache`
     # Early stopping per trial: end a trial after this many epochs without a better validation AUC.
     # 0 = off by default: the presets were measured without it, and their 1-6 epochs leave little to cut.
@@ -146,6 +149,8 @@ class SearchSettings:
         if self.engine not in ("auto", "tflite", "keras"):
             problems.append("engine must be auto, tflite or keras")
         problems += self._augmentation_problems()
+        if self.kept_trial is not None and not _is_kept_trial(self.kept_trial):
+            problems.append("kept_trial must name a finished search's trial: {'source': RUN, 'rank': 2 or more, 'trial_id': ID}")
         if not 0 <= int(self.patience) <= 1000:
             problems.append("patience (early stopping) must be between 0 (off) and 1000 epochs")
         if not problems:  # the space depends on the settings above: check it once they hold
@@ -203,6 +208,11 @@ class SearchSettings:
 
     def backbone(self) -> backbones.BackboneSpec | None:
         return self.family_info.backbone(self.image_size, self.weights, self.mobilenet_version, self.alpha)
+
+
+def _is_kept_trial(kept) -> bool:
+    return (isinstance(kept, dict) and isinstance(kept.get("source"), str) and isinstance(kept.get("trial_id"), str)
+            and isinstance(kept.get("rank"), int) and not isinstance(kept.get("rank"), bool) and kept["rank"] >= 2)
 
 
 def cache_root(settings: SearchSettings) -> Path:

@@ -1,13 +1,14 @@
 """The recommended recipe: a chain of runs that one click or one command starts, ending in an ensemble.
 
 It is what docs/measurements.md measures best on the external test split: the recommended preset,
-its best hyperparameters trained again with the next seed (a repeat, on the same split and the same
-cached augmented views), and the equal-weight ensemble of the two, whose threshold is chosen on
-validation like any run's. `cost.MEASURED` holds what its steps took on 2 cores for the full chest
-X-ray folder; `estimate_s` is calibrated on it. (Recipes started before 2026-12-04 began with the
-quick preset too, `WITH_QUICK`, and go on as they began.)
+its second-best trial kept as a run of its own (the runner-up, `core.workflows.runner_up`: nothing
+trains), and the equal-weight ensemble of the search's best and runner-up, whose threshold is chosen
+on validation like any run's. `cost.MEASURED` holds what its steps took on 2 cores for the full chest
+X-ray folder; `estimate_s` is calibrated on it. A recipe of one trial has no runner-up: it repeats its
+best with the next seed instead (`WITH_REPEAT`, the recipe before the runner-up). Recipes started
+before keep their own chain (`WITH_REPEAT`, or `WITH_QUICK`) and go on as they began.
 
-Each step is an ordinary run (`NAME-recommended`, `NAME-repeat`) and the last one is the ensemble
+Each step is an ordinary run (`NAME-recommended`, `NAME-runner-up`) and the last one is the ensemble
 `NAME`, so every page, the report and `predict` read them as they read any run. Each step's folder
 also holds `recipe.json`, the plan: the recipe's name, the data folder, the settings that apply to
 the search and the step's number. That is how `python -m core resume STEP` (the dashboard's Resume)
@@ -31,14 +32,14 @@ from core.runs import artifacts
 from core.runs.artifacts import RunError
 from core.search import cost, presets
 from core.search.settings import SearchSettings
-from core.workflows import repeat
+from core.workflows import repeat, runner_up
 
 PLAN_FILE = "recipe.json"
 LABEL = "Recommended recipe"
 DESCRIPTION = (
-    "Runs the recommended preset, trains its best hyperparameters again with the next seed (same split), then "
-    "averages the two into an ensemble run whose threshold is chosen on validation. Each step is an ordinary run; "
-    "the ensemble is the recipe's result."
+    "Runs the recommended preset, keeps its second-best trial as a run of its own (nothing trains), then averages "
+    "the search's best and that runner-up into an ensemble run whose threshold is chosen on validation. Each step is "
+    "an ordinary run; the ensemble is the recipe's result."
 )
 
 
@@ -60,12 +61,13 @@ OVERRIDABLE = ("task", "seed", "image_size", "weights", "max_per_class", "trials
 
 @dataclass(frozen=True)
 class Step:
-    """One link of the chain: a preset's search, a repeat of an earlier step, or the ensemble of earlier steps."""
+    """One link of the chain: a preset's search, a repeat or the runner-up of an earlier step, or the
+    ensemble of earlier steps."""
 
-    kind: str  # "search", "repeat" or "ensemble"
+    kind: str  # "search", "repeat", "runner-up" or "ensemble"
     suffix: str  # the run is NAME-suffix; the ensemble (no suffix) is NAME itself
     preset: str | None = None  # search: the preset it runs
-    source: str | None = None  # repeat: the suffix of the step it repeats
+    source: str | None = None  # repeat, runner-up: the suffix of the search step it draws on
     members: tuple[str, ...] = ()  # ensemble: the suffixes of its members
 
     def run_name(self, recipe: str) -> str:
@@ -79,6 +81,15 @@ def run_name(recipe: str, suffix: str) -> str:
 
 STEPS = (
     Step("search", "recommended", preset="recommended"),
+    Step("runner-up", "runner-up", source="recommended"),  # the search's second-best trial, kept as a run
+    Step("ensemble", "", members=("recommended", "runner-up")),
+)
+# The best trained again with the next seed: the second member before the runner-up (2026-12-04), and
+# still when the search has one trial (`--trials 1`), which leaves no runner-up. On validation the runner-up does as
+# well, and it trains nothing: 1 min 52 s of the recipe's 10 min 25 s became about 20 s
+# (docs/measurements.md, "The runner-up instead of the repeat").
+WITH_REPEAT = (
+    STEPS[0],
     Step("repeat", "repeat", source="recommended"),  # one other seed: the recommended run's seed + 1
     Step("ensemble", "", members=("recommended", "repeat")),
 )
@@ -87,18 +98,24 @@ STEPS = (
 # in under 10 minutes"), and it took 2 of the recipe's 11 minutes. Such a recipe goes on as it began.
 WITH_QUICK = (
     Step("search", "quick", preset="quick"),
-    *STEPS[:2],
+    *WITH_REPEAT[:2],
     Step("ensemble", "", members=("quick", "recommended", "repeat")),
 )
-CHAINS = (STEPS, WITH_QUICK)  # every chain a recipe folder may hold, today's first
+CHAINS = (STEPS, WITH_REPEAT, WITH_QUICK)  # every chain a recipe folder may hold, today's first
 
 
 def step_names(recipe: str, steps: tuple[Step, ...] = STEPS) -> list[str]:
     return [step.run_name(recipe) for step in steps]
 
 
+def chain_for(overrides: dict) -> tuple[Step, ...]:
+    """The chain a new recipe runs: `STEPS`, or `WITH_REPEAT` when its search has one trial (no runner-up)."""
+    trials = overrides.get("trials", presets.preset(STEPS[0].preset).settings["trials"])
+    return STEPS if int(trials) >= 2 else WITH_REPEAT
+
+
 def steps_of(plan: dict) -> tuple[Step, ...]:
-    """The chain a plan was started with: today's `STEPS`, or `WITH_QUICK` for a recipe started before."""
+    """The chain a plan was started with: one of `CHAINS`."""
     for steps in CHAINS:
         if plan["steps"] == step_names(plan["recipe"], steps):
             return steps
@@ -121,12 +138,12 @@ def make_plan(recipe: str, data_dir: str | os.PathLike, overrides: dict | None =
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
         raise RunError(f"a recipe cannot change {', '.join(unknown)}: it may change {', '.join(OVERRIDABLE)}")
-    for name in step_names(recipe):
+    for name in dict.fromkeys(name for steps in CHAINS for name in step_names(recipe, steps)):
         if not artifacts.RUN_NAME.match(name):
             raise RunError(f"{recipe!r} cannot name a recipe: its runs ({name!r}) need letters, digits, '.', '_' or '-', "
                            f"at most {80 - len('-recommended')} characters")
     return {"recipe": recipe, "data_dir": os.path.abspath(os.path.expanduser(str(data_dir))), "overrides": overrides,
-            "steps": step_names(recipe)}
+            "steps": step_names(recipe, chain_for(overrides))}
 
 
 def _is_default(key: str, value) -> bool:
@@ -230,6 +247,8 @@ def describe(step: Step) -> str:
         return f"{step.preset} preset"
     if step.kind == "repeat":
         return f"{step.source}'s best hyperparameters, next seed"
+    if step.kind == "runner-up":
+        return f"{step.source}'s second-best trial, kept as a run (nothing trains)"
     return "equal-weight ensemble of " + ", ".join(step.members)
 
 
@@ -254,9 +273,10 @@ def command(plan: dict) -> str:
 
 def step_estimates(plan: dict, n_images: int, n_train: float | None = None, n_val: float | None = None) -> dict[str, float]:
     """Estimated CPU seconds of each training step (`cost.estimate_search_s`), by run name: each search's
-    estimate, and for the repeat one trial of its source's settings on its source's cached augmented
-    views. Steps after the first find the pixels, the un-augmented activations and the stress test's
-    bottom pass cached at the same input size. The ensemble step takes a fraction of a second and is left out."""
+    estimate, for the repeat one trial of its source's settings on its source's cached augmented
+    views, and for the runner-up none (its evaluation and stress test only). Steps after the first
+    find the pixels, the un-augmented activations and the stress test's bottom pass cached at the
+    same input size. The ensemble step takes a fraction of a second and is left out."""
     estimates, sizes = {}, set()
     steps = steps_of(plan)
     by_suffix = {step.suffix: step for step in steps}
@@ -268,7 +288,7 @@ def step_estimates(plan: dict, n_images: int, n_train: float | None = None, n_va
         size = s.image_size or families.FAMILIES[s.family].default_image_size
         views = s.augment_views if s.augment != "off" else 0
         estimates[step.run_name(plan["recipe"])] = cost.estimate_search_s(
-            s.family, s.mode, size, s.trials if step.kind == "search" else 1, s.epochs, n_images, views=views,
+            s.family, s.mode, size, {"search": s.trials, "repeat": 1}.get(step.kind, 0), s.epochs, n_images, views=views,
             n_train=n_train, n_val=n_val, warm=size in sizes, views_cached=step.kind != "search")
         sizes.add(size)
     return estimates
@@ -344,6 +364,9 @@ def run_recipe(artifacts_dir: str | os.PathLike, plan: dict, log=print) -> dict:
                 settings = repeat.plan_repeat(artifacts_dir, run_name(plan["recipe"], step.source), 1, name=name)
                 repeat.create_repeat(artifacts_dir, settings, extra_json={PLAN_FILE: step_plan(plan, number)})
             result = repeat.run_repeat(artifacts_dir, name, log=log)
+        elif step.kind == "runner-up":
+            result = runner_up.keep_trial(artifacts_dir, run_name(plan["recipe"], step.source), name,
+                                          extra_json={PLAN_FILE: step_plan(plan, number)}, log=log)
         else:
             _write_plan(folder, plan, number)
             settings = search_settings(plan, step, artifacts_dir)

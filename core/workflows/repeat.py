@@ -148,18 +148,13 @@ def create_repeat(artifacts_dir: str | os.PathLike, settings: dict, progress: di
     except FileExistsError:
         raise RunError(f"a run named {settings['name']!r} already exists: pick another --name") from None
     source = artifacts.load_run(artifacts_dir, settings[REPEAT]["source"])
-    _copy_split(source.folder, folder)
+    artifacts.copy_split(source.folder, folder)
     if progress is not None:
         files.write_json(folder / artifacts.PROGRESS, progress)
     for file_name, content in (extra_json or {}).items():
         files.write_json(folder / file_name, content)
     files.write_json(folder / artifacts.SETTINGS, settings)
     return folder
-
-
-def _copy_split(source: Path, target: Path) -> None:
-    files.write_csv(target / artifacts.SPLITS, files.read_csv(source / artifacts.SPLITS))
-    files.write_json(target / artifacts.DATA_SUMMARY, files.read_json(source / artifacts.DATA_SUMMARY))
 
 
 # --------------------------------------------------------------------------
@@ -230,7 +225,7 @@ def _train_seed(top, seed: int, seeds_dir: Path, folder: Path, log) -> dict:
     resume = (seed_folder / artifacts.SETTINGS).exists()
     if not resume:
         seed_folder.mkdir(parents=True, exist_ok=True)
-        _copy_split(folder, seed_folder)  # `prepare_split` uses a saved split as it is
+        artifacts.copy_split(folder, seed_folder)  # `prepare_split` uses a saved split as it is
     return loop.run_search(settings, log=log, resume=resume)
 
 

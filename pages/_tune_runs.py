@@ -252,6 +252,8 @@ def _run_details(folder: str, finished: list[artifacts.Run]) -> None:
         ensemble_members(run)
     elif run.is_repeat:
         repeat_source(run)
+    elif run.settings.get("kept_trial"):
+        kept_trial_source(run)
     else:
         st.markdown("**Trials**")
         trials_view(run, key="tune_trials")
@@ -296,11 +298,25 @@ def repeat_source(run: artifacts.Run) -> None:
     seeds = ", ".join(str(s) for s in record.get("seeds") or [run.settings.get("seed")])
     st.markdown(f"**Repeat** of **{record.get('source', '?')}**'s best hyperparameters, trained again with seed(s) {seeds}: "
                 "no search of its own.")
+    _fixed_hyperparameters(run)
+
+
+def kept_trial_source(run: artifacts.Run) -> None:
+    """A runner-up (core.workflows.runner_up) trains nothing: which trial of which search it keeps, and its values."""
+    kept = run.settings["kept_trial"]
+    st.markdown(f"**Runner-up**: trial {kept.get('trial_id', '?')} of **{kept.get('source', '?')}**, its number "
+                f"{kept.get('rank', '?')} by validation AUC, kept as a run of its own: nothing trained here; the trials "
+                f"are {kept.get('source', '?')}'s.")
+    _fixed_hyperparameters(run)
+
+
+def _fixed_hyperparameters(run: artifacts.Run) -> None:
+    """The hyperparameters a repeat or a runner-up took over, as a table."""
     fixed = run.settings.get("fixed_hyperparameters") or {}
     if fixed:
         st.dataframe(pd.DataFrame({"hyperparameter": [trials.hyperparameter_label(k) for k in fixed],
                                    "value": [str(v) for v in fixed.values()]}),
-                     hide_index=True, key=f"tune_repeat_{run.name}",
+                     hide_index=True, key=f"tune_fixed_{run.name}",
                      column_config={"hyperparameter": st.column_config.TextColumn(width=200),
                                     "value": st.column_config.TextColumn(width=300)})
 

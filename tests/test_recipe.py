@@ -199,6 +199,10 @@ def test_tune_page_starts_a_recipe_in_one_click_and_lists_recipes(cooked, tmp_pa
     steps = next(d.value for d in at.dataframe if "step" in d.value.columns)
     assert list(steps["step"]) == ["r-recommended", "r-runner-up", "r"] and set(steps["state"]) == {"completed"}
     assert not [b for b in at.button if b.key == "tune_recipe_continue_r"]  # complete: nothing to continue
+    at.selectbox(key="tune_detail").set_value("r-runner-up").run()  # the runner-up says whose trial it keeps
+    no_exception(at)
+    trial_id = artifacts.load_run(store, "r-runner-up").settings["kept_trial"]["trial_id"]
+    assert any(f"**Runner-up**: trial {trial_id} of **r-recommended**, its number 2" in m.value for m in at.markdown)
     at.selectbox(key="tune_recipe_task").set_value("three_class").run()  # the box's command follows its widgets
     assert any(f"python -m core recipe --data {cooked.parent / 'data'} --name recipe --task three_class" in c.value for c in at.caption)
     at.selectbox(key="tune_recipe_task").set_value("pneumonia").run()

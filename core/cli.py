@@ -1,4 +1,4 @@
-"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|predict|adapt|explain|evaluate|import|quantize|export|data`.
+"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|keep-trial|predict|adapt|explain|evaluate|import|quantize|export|data`.
 
 Headless twin of the dashboard, for terminals, GPU boxes and clusters. Errors a user can fix
 print one line (`error: ...`) and exit with status 2, without a traceback.
@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how many other seeds (the run's seed + 1, + 2, ...); same split, only the training seed changes")
     repeat.add_argument("--name", default=None, help="the new run's name (default: RUN-xNseeds)")
     repeat.add_argument("--artifacts", default=artifacts_default)
+
+    keep = commands.add_parser("keep-trial", help="keep another trial of a finished search as a run of its own (nothing trains)")
+    keep.add_argument("run", help="a finished search with two trials or more")
+    keep.add_argument("--rank", type=int, default=2,
+                      help="which trial, by validation AUC: 2 (default) is the runner-up; 1 is the search's own model")
+    keep.add_argument("--name", default=None, help="the new run's name (default: RUN-trialK)")
+    keep.add_argument("--artifacts", default=artifacts_default)
 
     predict = commands.add_parser("predict", help="score images with a saved run")
     predict.add_argument("--run", required=True)
@@ -431,6 +438,15 @@ def _repeat(args) -> int:
     return _repeat_finish(repeat.run_repeat(args.artifacts, settings["name"]))
 
 
+def _keep_trial(args) -> int:
+    from core.workflows import runner_up
+
+    name = args.name or f"{args.run}-trial{args.rank}"
+    run = runner_up.plan(args.artifacts, args.run, name, args.rank)  # refusals before anything is made
+    print(f"{name}: trial {run['kept_trial']['trial_id']} of {args.run}, its number {args.rank} by validation AUC")
+    return _finish(runner_up.keep_trial(args.artifacts, args.run, name, args.rank))
+
+
 def _repeat_finish(result: dict) -> int:
     """The spread over the seeds, then the first seed's test metrics (the run's own)."""
     if result.get("state") == "stopped":
@@ -632,7 +648,7 @@ def _data(args) -> int:
     return 0
 
 
-HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "stop": _stop, "runs": _runs,
+HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "keep-trial": _keep_trial, "stop": _stop, "runs": _runs,
             "ensemble": _ensemble, "predict": _predict, "adapt": _adapt, "explain": _explain, "where-it-looks": _where_it_looks, "evaluate": _evaluate,
             "import": _import, "quantize": _quantize, "export": _export, "data": _data}
 

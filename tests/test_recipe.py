@@ -326,3 +326,18 @@ def test_what_has_no_runner_up_is_refused_with_what_to_do(cooked, tmp_path):
     with pytest.raises(RunError, match="already exists and keeps no trial"):
         runner_up.keep_trial(store, "r-recommended", "r")
     assert not (store / "x").exists()
+
+
+def test_keep_trial_on_the_command_line(cooked, tmp_path):
+    store = tmp_path / "artifacts"
+    shutil.copytree(cooked, store)
+    done = run_cli("keep-trial", "r-recommended", "--rank", "3", "--artifacts", str(store))
+    assert done.returncode == 2 and "has no number 3" in done.stderr and "Traceback" not in done.stderr
+    assert not (store / "r-recommended-trial3").exists()
+    done = run_cli("keep-trial", "r-recommended", "--artifacts", str(store))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    kept = artifacts.load_run(store, "r-recommended-trial2")
+    assert f"trial {kept.settings['kept_trial']['trial_id']} of r-recommended, its number 2" in done.stdout
+    assert f"test: AUC {kept.metrics['test']['auc']:.4f}" in done.stdout
+    # The same trial as the recipe's runner-up: the same predictions.
+    assert kept.predictions().equals(artifacts.load_run(store, "r-runner-up").predictions())

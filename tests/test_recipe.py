@@ -16,7 +16,7 @@ from core.runs import artifacts
 from core.runs.artifacts import RunError
 from core.runs.progress import StopFlag
 from core.search import loop, presets
-from core.workflows import recipe, runner_up
+from core.workflows import recipe, repeat, runner_up
 from tests.helpers import make_dataset, run_cli
 from tests.test_app import no_exception, page
 from tests.test_finetune import V2_WEIGHTS
@@ -152,22 +152,20 @@ def test_a_recipe_started_with_the_quick_step_goes_on_as_it_began(cooked, tmp_pa
         recipe.steps_of({**plan, "steps": ["old-a", "old"]})
 
 
-def test_a_recipe_started_with_the_repeat_goes_on_as_it_began(cooked, tmp_path):
-    """A recipe planned before the runner-up (recommended, repeat, ensemble) trains its repeat."""
+def test_a_recipe_started_with_the_repeat_goes_on_as_it_began(cooked, tmp_path, monkeypatch):
+    """A recipe planned before the runner-up (recommended, repeat, ensemble) repeats its search's best."""
     store = tmp_path / "artifacts"
-    plan = {"recipe": "old", "data_dir": str(cooked.parent / "data"), "overrides": {"image_size": 32, "weights": "none",
-            "trials": 2, "epochs": 1, "augment_views": 1}, "steps": ["old-recommended", "old-repeat", "old"]}
-    shutil.copytree(cooked / "r-recommended", store / "old-recommended")
-    for path in (store / "old-recommended").rglob("*"):  # the run as that recipe's first step
-        if path.suffix in (".json", ".csv", ".txt"):
-            path.write_text(path.read_text().replace("r-recommended", "old-recommended"))
-    files.write_json(store / "old-recommended" / recipe.PLAN_FILE, recipe.step_plan(plan, 1))
-    assert recipe.steps_of(recipe.find_plan(store, "old")) == recipe.WITH_REPEAT
-    done = run_cli("recipe", "--name", "old", "--artifacts", str(store))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    again, result = artifacts.load_run(store, "old-repeat"), artifacts.load_run(store, "old")
-    assert again.is_repeat and again.settings["repeat"]["source"] == "old-recommended"
-    assert result.members == ["old-recommended", "old-repeat"] and not (store / "old-runner-up").exists()
+    plan = {"recipe": "r", "data_dir": str(cooked.parent / "data"), "overrides": {}, "steps": ["r-recommended", "r-repeat", "r"]}
+    shutil.copytree(cooked / "r-recommended", store / "r-recommended")
+    files.write_json(store / "r-recommended" / recipe.PLAN_FILE, recipe.step_plan(plan, 1))  # its first step, finished
+    assert recipe.steps_of(recipe.find_plan(store, "r")) == recipe.WITH_REPEAT
+    repeated = []
+    monkeypatch.setattr(repeat, "run_repeat", lambda artifacts_dir, name, log: repeated.append(name) or {"state": "stopped"})
+    assert recipe.run_recipe(store, plan, log=lambda _: None) == {"state": "stopped", "step": "r-repeat"}
+    again = artifacts.load_run(store, "r-repeat")  # planned as the recommended run's repeat, with the next seed
+    assert repeated == ["r-repeat"] and again.settings["repeat"]["source"] == "r-recommended"
+    assert again.settings["repeat"]["seeds"] == [artifacts.load_run(store, "r-recommended").settings["seed"] + 1]
+    assert recipe.read_plan(again.folder)["step"] == 2 and not (store / "r-runner-up").exists()
 
 
 def test_refusals_are_one_clear_line(cooked, tmp_path):
@@ -282,29 +280,36 @@ def _holds(weights: list[np.ndarray], arrays: list[np.ndarray]) -> bool:
     return all(any(w.shape == a.shape and np.array_equal(w, a) for w in weights) for a in arrays)
 
 
-def test_a_kept_trial_is_that_trials_saved_weights_and_leaves_the_search_as_it_was(cooked, tmp_path):
+def test_keep_trial_keeps_that_trials_saved_weights_and_leaves_the_search_as_it_was(cooked, tmp_path):
     import keras
 
     store = tmp_path / "artifacts"
     shutil.copytree(cooked, store)
     source = store / "r-recommended"
     before = {path: path.read_bytes() for path in source.rglob("*") if path.is_file()}
-    result = runner_up.keep_trial(store, "r-recommended", "second", log=lambda _: None)
+    done = run_cli("keep-trial", "r-recommended", "--rank", "3", "--artifacts", str(store))
+    assert done.returncode == 2 and "has no number 3" in done.stderr and "Traceback" not in done.stderr
+    assert not (store / "r-recommended-trial3").exists()
+    done = run_cli("keep-trial", "r-recommended", "--artifacts", str(store))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert {path: path.read_bytes() for path in source.rglob("*") if path.is_file()} == before
-    kept = artifacts.load_run(store, "second")
-    assert kept.state == "completed" and result["test"]["auc"] == kept.metrics["test"]["auc"]
+    kept = artifacts.load_run(store, "r-recommended-trial2")
+    assert kept.state == "completed" and f"test: AUC {kept.metrics['test']['auc']:.4f}" in done.stdout
     ranked = runner_up.finished_trials(artifacts.load_run(store, "r-recommended"))
     assert kept.settings["kept_trial"]["trial_id"] == ranked[1]["trial_id"] != ranked[0]["trial_id"]
+    assert f"trial {ranked[1]['trial_id']} of r-recommended, its number 2" in done.stdout
     # Its model is the second trial's best epoch, joined to the frozen bottom; not the best trial's.
     weights = keras.saving.load_model(kept.folder / artifacts.MODEL, compile=False).get_weights()
     checkpoint = source / artifacts.TUNER_DIR / "trial_{}" / "checkpoint.weights.h5"
     assert _holds(weights, _layer_arrays(Path(str(checkpoint).format(ranked[1]["trial_id"]))))
     assert not _holds(weights, _layer_arrays(Path(str(checkpoint).format(ranked[0]["trial_id"]))))
-    # Interrupted before its metrics were written, keeping it again evaluates it again, to the same numbers.
+    # The same trial as the recipe's runner-up: the same predictions.
     predictions = kept.predictions()
+    assert predictions.equals(artifacts.load_run(store, "r-runner-up").predictions())
+    # Interrupted before its metrics were written, keeping it again evaluates it again, to the same numbers.
     (kept.folder / artifacts.METRICS).unlink()
-    runner_up.keep_trial(store, "r-recommended", "second", log=lambda _: None)
-    assert artifacts.load_run(store, "second").predictions().equals(predictions)
+    runner_up.keep_trial(store, "r-recommended", "r-recommended-trial2", log=lambda _: None)
+    assert artifacts.load_run(store, "r-recommended-trial2").predictions().equals(predictions)
 
 
 def test_what_has_no_runner_up_is_refused_with_what_to_do(cooked, tmp_path):
@@ -327,17 +332,3 @@ def test_what_has_no_runner_up_is_refused_with_what_to_do(cooked, tmp_path):
         runner_up.keep_trial(store, "r-recommended", "r")
     assert not (store / "x").exists()
 
-
-def test_keep_trial_on_the_command_line(cooked, tmp_path):
-    store = tmp_path / "artifacts"
-    shutil.copytree(cooked, store)
-    done = run_cli("keep-trial", "r-recommended", "--rank", "3", "--artifacts", str(store))
-    assert done.returncode == 2 and "has no number 3" in done.stderr and "Traceback" not in done.stderr
-    assert not (store / "r-recommended-trial3").exists()
-    done = run_cli("keep-trial", "r-recommended", "--artifacts", str(store))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    kept = artifacts.load_run(store, "r-recommended-trial2")
-    assert f"trial {kept.settings['kept_trial']['trial_id']} of r-recommended, its number 2" in done.stdout
-    assert f"test: AUC {kept.metrics['test']['auc']:.4f}" in done.stdout
-    # The same trial as the recipe's runner-up: the same predictions.
-    assert kept.predictions().equals(artifacts.load_run(store, "r-runner-up").predictions())

@@ -104,24 +104,13 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
 
     clock = time.monotonic()
     if settings.kept_trial:  # another search's finished trial, kept as this run: nothing trains
-        tuner, chosen = _kept_trial(settings, space, progress, stop, log)
-        completed = 0
+        tuner, chosen, completed = _kept_trial(settings, space, progress, stop, log)
     else:
-        recorder = trials.HistoryRecorder(_history_path(folder, progress, role), files.read_json(folder / artifacts.TRIALS, []) or [])
-        tuner = make_tuner(settings, space, folder, progress, stop, log, recorder)
-        total = planned_trials(tuner, settings)
-        progress.update(state="running", phase="searching", trials_total=total, epochs=settings.epochs, force=True)
-        log(f"searching: {settings.tuner} search, {total} trials, {settings.epochs} epochs, class weights {weights}")
-        train_ds, val_ds = kind.datasets(model_inputs, targets, part)
-        callbacks = trial_callbacks(settings, progress, stop, log, recorder)
-        watcher = watch_chief(tuner, progress, folder) if role == "chief" else None
-        _run_trials(tuner, train_ds, val_ds, settings.epochs, weights, callbacks, watcher)
-        if role == "worker":
+        trained_trials = _search_trials(settings, space, lambda: kind.datasets(model_inputs, targets, part), weights, folder,
+                                        progress, stop, log, role)
+        if trained_trials is None:
             return _worker_done(progress, log)
-        stop.check()
-        save_trials(tuner, folder, recorder)
-        completed = len(_completed_trials(tuner))
-        chosen = tuner.oracle.get_best_trials(1)[0]
+        tuner, chosen, completed = trained_trials
     timings["search_s"] = time.monotonic() - clock
 
     progress.update(phase="evaluating", message="evaluating the best model", force=True)
@@ -164,6 +153,29 @@ def _history_path(folder: Path, progress: Progress, role: str | None) -> Path:
     return folder / artifacts.TRIAL_HISTORY
 
 
+def _search_trials(settings: SearchSettings, space: SearchSpace, make_datasets, class_weight: dict, folder: Path,
+                   progress: Progress, stop: StopFlag, log, role: str | None):
+    """Keras Tuner's trials on the (training, validation) datasets `make_datasets()` gives: (the
+    tuner, its best trial, how many trials finished), or None for a distributed worker, whose chief
+    evaluates. The datasets are made after the tuner, as they always were: the order of the seeded
+    random draws decides what every trial starts from."""
+    recorder = trials.HistoryRecorder(_history_path(folder, progress, role), files.read_json(folder / artifacts.TRIALS, []) or [])
+    tuner = make_tuner(settings, space, folder, progress, stop, log, recorder)
+    total = planned_trials(tuner, settings)
+    progress.update(state="running", phase="searching", trials_total=total, epochs=settings.epochs, force=True)
+    log(f"searching: {settings.tuner} search, {total} trials, {settings.epochs} epochs, class weights {class_weight}")
+    datasets = make_datasets()
+    callbacks = trial_callbacks(settings, progress, stop, log, recorder)
+    watcher = watch_chief(tuner, progress, folder) if role == "chief" else None
+    _run_trials(tuner, *datasets, settings.epochs, class_weight, callbacks, watcher)
+    if role == "worker":
+        return None
+    stop.check()
+    save_trials(tuner, folder, recorder)
+    completed = len(_completed_trials(tuner))
+    return tuner, tuner.oracle.get_best_trials(1)[0], completed
+
+
 def _run_trials(tuner, train_ds, val_ds, epochs: int, class_weight: dict, callbacks: list, watcher) -> None:
     """Keras Tuner's search, with the collector's long-lived objects frozen and the chief's watcher ended after."""
     # Keras Tuner clears the Keras session before every trial, and that runs a full gc.collect()
@@ -185,8 +197,8 @@ def _worker_done(progress: Progress, log) -> dict:
 
 
 def _kept_trial(settings: SearchSettings, space: SearchSpace, progress: Progress, stop: StopFlag, log):
-    """(the source search's tuner, read only; the finished trial `settings.kept_trial` names): a
-    runner-up run's model is that trial's saved best epoch (`core.workflows.runner_up`)."""
+    """(the source search's tuner, read only; the finished trial `settings.kept_trial` names; 0 trials
+    trained): a runner-up run's model is that trial's saved best epoch (`core.workflows.runner_up`)."""
     kept = settings.kept_trial
     source = artifacts.load_run(settings.artifacts_dir, kept["source"])
     source_settings = SearchSettings.from_dict({**source.settings, "artifacts_dir": settings.artifacts_dir})
@@ -198,7 +210,7 @@ def _kept_trial(settings: SearchSettings, space: SearchSpace, progress: Progress
     progress.update(state="running", phase="evaluating", trials_total=0, force=True)
     log(f"keeping trial {trial.trial_id} of {kept['source']} (its number {kept['rank']}, validation AUC {trial.score:.4f}): "
         "nothing trains")
-    return tuner, trial
+    return tuner, trial, 0  # no trial trained here
 
 
 def _completed_trials(tuner) -> list:

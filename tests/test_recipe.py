@@ -111,14 +111,17 @@ def test_a_finished_recipe_is_not_run_again(cooked):
 def test_running_it_again_continues_from_the_first_missing_step(cooked, tmp_path):
     store = tmp_path / "artifacts"
     shutil.copytree(cooked, store)
-    for name in ("r-runner-up", "r"):  # as if the process died after the recommended search
-        shutil.rmtree(store / name)
+    # As if the process died while it evaluated the runner-up: it is evaluated again, to the same numbers.
+    predictions = artifacts.load_run(store, "r-runner-up").predictions()
+    (store / "r-runner-up" / artifacts.METRICS).unlink()
+    shutil.rmtree(store / "r")
     kept = {n: (store / n / artifacts.METRICS).stat().st_mtime_ns for n in ("r-recommended",)}
     done = run_cli("recipe", "--name", "r", "--artifacts", str(store))  # no --data: its own settings
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "step 2 of 3" in done.stdout and "step 3 of 3" in done.stdout and "step 1 of 3" not in done.stdout
     assert {n: (store / n / artifacts.METRICS).stat().st_mtime_ns for n in kept} == kept  # finished steps untouched
     assert artifacts.load_run(store, "r").is_ensemble
+    assert artifacts.load_run(store, "r-runner-up").predictions().equals(predictions)
 
 
 def test_a_stopped_step_ends_the_chain_and_nothing_after_it_starts(cooked, tmp_path, monkeypatch):
@@ -280,36 +283,32 @@ def _holds(weights: list[np.ndarray], arrays: list[np.ndarray]) -> bool:
     return all(any(w.shape == a.shape and np.array_equal(w, a) for w in weights) for a in arrays)
 
 
-def test_keep_trial_keeps_that_trials_saved_weights_and_leaves_the_search_as_it_was(cooked, tmp_path):
+def test_keep_trial_keeps_that_trials_saved_weights_and_leaves_the_search_as_it_was(cooked, tmp_path, capsys):
     import keras
+
+    from core import cli
 
     store = tmp_path / "artifacts"
     shutil.copytree(cooked, store)
     source = store / "r-recommended"
     before = {path: path.read_bytes() for path in source.rglob("*") if path.is_file()}
-    done = run_cli("keep-trial", "r-recommended", "--rank", "3", "--artifacts", str(store))
-    assert done.returncode == 2 and "has no number 3" in done.stderr and "Traceback" not in done.stderr
-    assert not (store / "r-recommended-trial3").exists()
-    done = run_cli("keep-trial", "r-recommended", "--artifacts", str(store))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert cli.main(["keep-trial", "r-recommended", "--rank", "3", "--artifacts", str(store)]) == cli.EXIT_USAGE
+    assert "has no number 3" in capsys.readouterr().err and not (store / "r-recommended-trial3").exists()
+    assert cli.main(["keep-trial", "r-recommended", "--artifacts", str(store)]) == 0
+    printed = capsys.readouterr().out
     assert {path: path.read_bytes() for path in source.rglob("*") if path.is_file()} == before
     kept = artifacts.load_run(store, "r-recommended-trial2")
-    assert kept.state == "completed" and f"test: AUC {kept.metrics['test']['auc']:.4f}" in done.stdout
+    assert kept.state == "completed" and f"test: AUC {kept.metrics['test']['auc']:.4f}" in printed
     ranked = runner_up.finished_trials(artifacts.load_run(store, "r-recommended"))
     assert kept.settings["kept_trial"]["trial_id"] == ranked[1]["trial_id"] != ranked[0]["trial_id"]
-    assert f"trial {ranked[1]['trial_id']} of r-recommended, its number 2" in done.stdout
+    assert f"trial {ranked[1]['trial_id']} of r-recommended, its number 2" in printed
     # Its model is the second trial's best epoch, joined to the frozen bottom; not the best trial's.
     weights = keras.saving.load_model(kept.folder / artifacts.MODEL, compile=False).get_weights()
     checkpoint = source / artifacts.TUNER_DIR / "trial_{}" / "checkpoint.weights.h5"
     assert _holds(weights, _layer_arrays(Path(str(checkpoint).format(ranked[1]["trial_id"]))))
     assert not _holds(weights, _layer_arrays(Path(str(checkpoint).format(ranked[0]["trial_id"]))))
     # The same trial as the recipe's runner-up: the same predictions.
-    predictions = kept.predictions()
-    assert predictions.equals(artifacts.load_run(store, "r-runner-up").predictions())
-    # Interrupted before its metrics were written, keeping it again evaluates it again, to the same numbers.
-    (kept.folder / artifacts.METRICS).unlink()
-    runner_up.keep_trial(store, "r-recommended", "r-recommended-trial2", log=lambda _: None)
-    assert artifacts.load_run(store, "r-recommended-trial2").predictions().equals(predictions)
+    assert kept.predictions().equals(artifacts.load_run(store, "r-runner-up").predictions())
 
 
 def test_what_has_no_runner_up_is_refused_with_what_to_do(cooked, tmp_path):

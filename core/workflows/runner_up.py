@@ -18,7 +18,6 @@ any search writes, without a `tuner/` folder or `trials.json` of its own.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from core import files
 from core.runs import artifacts
@@ -89,7 +88,7 @@ def keep_trial(artifacts_dir: str | os.PathLike, source: str, name: str, rank: i
         return loop.run_search(SearchSettings.from_dict({**saved, "artifacts_dir": str(artifacts_dir)}), log=log, resume=True)
     settings = plan(artifacts_dir, source, name, rank)
     folder.mkdir(parents=True, exist_ok=True)
-    artifacts.copy_split(Path(artifacts.run_dir(artifacts_dir, source)), folder)
+    artifacts.copy_split(artifacts.run_dir(artifacts_dir, source), folder)
     for file_name, content in (extra_json or {}).items():
         files.write_json(folder / file_name, content)
     return loop.run_search(SearchSettings.from_dict(settings), log=log)

@@ -334,11 +334,10 @@ def run_recipe(artifacts_dir: str | os.PathLike, plan: dict, log=print) -> dict:
     Stop button, `python -m core stop STEP`, SIGTERM) ends the recipe after that step stops, with
     {"state": "stopped", "step": STEP}; running the recipe again continues it.
     """
-    from core.search import loop  # it loads TensorFlow: pages that list recipes do without it
-
     check_start(artifacts_dir, plan)
     if is_complete(artifacts_dir, plan):
         raise RunError(f"recipe {plan['recipe']!r} is already complete: its result is the ensemble run {plan['recipe']!r}")
+    from core.search import loop  # it loads TensorFlow: refusals above, and pages that list recipes, do without it
     stopped = threading.Event()
     steps = steps_of(plan)
     for number, (step, name) in enumerate(zip(steps, plan["steps"], strict=True), 1):

@@ -314,9 +314,10 @@ def _space_edits(args) -> dict:
 def _search(settings, resume: bool = False, role: str | None = None) -> dict:
     """Run a search, its log lines printed above a progress bar when stderr is a terminal."""
     from core.runs import artifacts
+
+    settings = settings.resolved()  # bad settings are refused before TensorFlow loads
     from core.search import loop
 
-    settings = settings.resolved()
     bar = console.ProgressBar()
     bar.watch(artifacts.run_dir(settings.artifacts_dir, settings.name) / artifacts.PROGRESS)
     try:
@@ -326,13 +327,14 @@ def _search(settings, resume: bool = False, role: str | None = None) -> dict:
 
 
 def _tune(args) -> int:
-    from core.search import distributed
     from core.search.settings import SettingsError
 
     settings = tune_settings(args)
     if args.distributed:
         if not args.oracle:
             raise SettingsError("--distributed chief needs --oracle HOST:PORT to listen on")
+        from core.search import distributed  # it loads TensorFlow
+
         distributed.configure_distributed("chief", args.oracle)
     return _finish(_search(settings, role=args.distributed))
 

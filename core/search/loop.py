@@ -204,7 +204,7 @@ def _kept_trial(settings: SearchSettings, space: SearchSpace, progress: Progress
     source_settings = SearchSettings.from_dict({**source.settings, "artifacts_dir": settings.artifacts_dir})
     tuner = make_tuner(source_settings, space, source.folder, progress, stop, log, None)
     trial = tuner.oracle.trials.get(kept["trial_id"])
-    if trial is None or trial.status != "COMPLETED" or trial.score is None:
+    if trial is None or not _finished(trial):
         raise artifacts.RunError(f"{kept['source']} has no finished trial {kept['trial_id']} to keep: its search folder "
                                  f"({artifacts.TUNER_DIR}/) changed or is gone; keep another trial under another name")
     progress.update(state="running", phase="evaluating", trials_total=0, force=True)
@@ -213,9 +213,14 @@ def _kept_trial(settings: SearchSettings, space: SearchSpace, progress: Progress
     return tuner, trial, 0  # no trial trained here
 
 
+def _finished(trial) -> bool:
+    """Whether a Keras Tuner trial finished with a score."""
+    return trial.status == "COMPLETED" and trial.score is not None
+
+
 def _completed_trials(tuner) -> list:
     """The trials that finished with a score; none is an error naming the last trial's."""
-    completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
+    completed = [t for t in tuner.oracle.trials.values() if _finished(t)]
     if not completed:
         messages = [row["message"] for row in trial_rows(tuner) if row["message"]]
         raise RuntimeError(f"no trial finished; last error: {messages[-1] if messages else 'unknown'}")

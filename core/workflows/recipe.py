@@ -85,9 +85,9 @@ STEPS = (
     Step("ensemble", "", members=("recommended", "runner-up")),
 )
 # The best trained again with the next seed: the second member before the runner-up (2026-12-04), and
-# still when the search has one trial (`--trials 1`), which leaves no runner-up. On validation the runner-up does as
-# well, and it trains nothing: 1 min 52 s of the recipe's 10 min 25 s became about 20 s
-# (docs/measurements.md, "The runner-up instead of the repeat").
+# still when the search has one trial (`--trials 1`), which leaves no runner-up. On validation the
+# runner-up does as well, and it trains nothing: 1 min 52 s of the recipe's 10 min 25 s became about
+# 20 s (docs/measurements.md, "The runner-up instead of the repeat").
 WITH_REPEAT = (
     STEPS[0],
     Step("repeat", "repeat", source="recommended"),  # one other seed: the recommended run's seed + 1
@@ -138,12 +138,13 @@ def make_plan(recipe: str, data_dir: str | os.PathLike, overrides: dict | None =
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
         raise RunError(f"a recipe cannot change {', '.join(unknown)}: it may change {', '.join(OVERRIDABLE)}")
-    for name in dict.fromkeys(name for steps in CHAINS for name in step_names(recipe, steps)):
+    names = step_names(recipe, chain_for(overrides))
+    for name in names:
         if not artifacts.RUN_NAME.match(name):
             raise RunError(f"{recipe!r} cannot name a recipe: its runs ({name!r}) need letters, digits, '.', '_' or '-', "
                            f"at most {80 - len('-recommended')} characters")
     return {"recipe": recipe, "data_dir": os.path.abspath(os.path.expanduser(str(data_dir))), "overrides": overrides,
-            "steps": step_names(recipe, chain_for(overrides))}
+            "steps": names}
 
 
 def _is_default(key: str, value) -> bool:

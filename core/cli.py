@@ -1,4 +1,4 @@
-"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|keep-trial|predict|adapt|explain|evaluate|import|quantize|export|data`.
+"""The command line: `python -m core tune|recipe|resume|stop|runs|ensemble|repeat|keep-trial|cross-fit|predict|adapt|explain|evaluate|import|quantize|export|data`.
 
 Headless twin of the dashboard, for terminals, GPU boxes and clusters. Errors a user can fix
 print one line (`error: ...`) and exit with status 2, without a traceback.
@@ -165,6 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="which trial, by validation AUC: 2 (default) is the runner-up; 1 is the search's own model")
     keep.add_argument("--name", default=None, help="the new run's name (default: RUN-trialK)")
     keep.add_argument("--artifacts", default=artifacts_default)
+
+    fit = commands.add_parser(
+        "cross-fit", help="choose a run's threshold on out-of-fold predictions over K patient-grouped folds, saved as an operating point",
+        description="Train the run's models again (an ensemble's members each) on K-1 of K patient-grouped folds of its training and "
+        "validation images, score each held-out fold as it is and under the stress test's changes, and choose the threshold on all "
+        "of them by the run's own rule: a threshold that does not depend on which patients the seed drew into validation. Saved "
+        "as a named operating point of the run (its model, threshold and test predictions stay as they were); Compare and "
+        "`predict --operating-point NAME` use it. It trains K times per model; Ctrl-C stops it after keeping the folds saved, "
+        "and the same command goes on.",
+    )
+    fit.add_argument("run", help="a finished two-class search run, its kept runner-up, or an ensemble of them")
+    fit.add_argument("--folds", type=int, default=5, help="how many patient-grouped folds (2-10; default 5)")
+    fit.add_argument("--point-name", default="out-of-fold", help="the operating point's name (default: out-of-fold)")
+    fit.add_argument("--replace", action="store_true", help="replace an operating point of the same name")
+    fit.add_argument("--artifacts", default=artifacts_default)
 
     predict = commands.add_parser("predict", help="score images with a saved run")
     predict.add_argument("--run", required=True)
@@ -449,6 +464,21 @@ def _keep_trial(args) -> int:
     return _finish(runner_up.keep_trial(args.artifacts, args.run, name, args.rank))
 
 
+def _cross_fit(args) -> int:
+    from core.reporting import wording
+    from core.runs.progress import SearchStopped
+    from core.workflows import cross_fit
+
+    try:
+        record = cross_fit.cross_fit(args.artifacts, args.run, args.folds, args.point_name, args.replace)
+    except SearchStopped:
+        print("stopped: the folds saved so far are kept; run the same command to go on", file=sys.stderr)
+        return 130
+    print(wording.site_point_summary(record))
+    print(f"saved: `python -m core predict --run {record['run']} --operating-point {record['name']} IMAGES` decides at it")
+    return 0
+
+
 def _repeat_finish(result: dict) -> int:
     """The spread over the seeds, then the first seed's test metrics (the run's own)."""
     if result.get("state") == "stopped":
@@ -650,7 +680,7 @@ def _data(args) -> int:
     return 0
 
 
-HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "keep-trial": _keep_trial, "stop": _stop, "runs": _runs,
+HANDLERS = {"worker": _worker, "tune": _tune, "resume": _resume, "recipe": _recipe, "repeat": _repeat, "keep-trial": _keep_trial, "cross-fit": _cross_fit, "stop": _stop, "runs": _runs,
             "ensemble": _ensemble, "predict": _predict, "adapt": _adapt, "explain": _explain, "where-it-looks": _where_it_looks, "evaluate": _evaluate,
             "import": _import, "quantize": _quantize, "export": _export, "data": _data}
 

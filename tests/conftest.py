@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import TINY_RECIPE, make_dataset, run_cli
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = (REPO / ".." / "shared" / "data" / "chest_xray").resolve()
 
@@ -156,3 +158,15 @@ def copy_runs(runs_dir, tmp_path):
         return target
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def cooked(tmp_path_factory) -> Path:
+    """The whole recipe, tiny, run once by the CLI (tests/test_recipe.py, tests/test_cross_fit.py); tests that change it copy it."""
+    root = tmp_path_factory.mktemp("recipe")
+    data = make_dataset(root / "data", {"train": 6, "test": 3})
+    store = root / "artifacts"
+    done = run_cli("recipe", "--data", str(data), "--name", "r", *TINY_RECIPE, "--artifacts", str(store))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "recipe r: r-recommended -> r-runner-up -> r" in done.stdout
+    return store

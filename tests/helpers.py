@@ -28,6 +28,10 @@ def xray(rng: np.random.Generator, pneumonia: bool, size: int = 48) -> Image.Ima
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
 
 
+# A tiny recipe (tests/conftest.py's `cooked`): its search 2 trials of 1 epoch at 32 px, random weights, one cached view.
+TINY_RECIPE = ["--image-size", "32", "--weights", "none", "--trials", "2", "--epochs", "1", "--augment-views", "1"]
+
+
 def make_dataset(root: Path, patients: dict[str, int], images_per_patient: int = 2, seed: int = 0, size: int = 48) -> Path:
     """Write `<root>/<split>/<CLASS>/<file>` with public-download file names.
 

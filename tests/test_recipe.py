@@ -17,12 +17,10 @@ from core.runs.artifacts import RunError
 from core.runs.progress import StopFlag
 from core.search import loop, presets
 from core.workflows import recipe, repeat, runner_up
-from tests.helpers import make_dataset, run_cli
+from tests.helpers import TINY_RECIPE as TINY
+from tests.helpers import run_cli
 from tests.test_app import no_exception, page
 from tests.test_finetune import V2_WEIGHTS
-
-# A tiny recipe: its search 2 trials of 1 epoch at 32 px, random weights, one cached view.
-TINY = ["--image-size", "32", "--weights", "none", "--trials", "2", "--epochs", "1", "--augment-views", "1"]
 
 
 def test_plan_names_its_runs_and_merges_each_preset_with_the_overrides(tmp_path):
@@ -62,18 +60,6 @@ def test_a_recipe_of_one_trial_repeats_its_best_instead_of_a_runner_up(tmp_path)
 def test_bad_plans_are_refused(tmp_path, name, overrides, message):
     with pytest.raises(RunError, match=message):
         recipe.make_plan(name, tmp_path, overrides)
-
-
-@pytest.fixture(scope="module")
-def cooked(tmp_path_factory) -> Path:
-    """The whole recipe, tiny, run once by the CLI."""
-    root = tmp_path_factory.mktemp("recipe")
-    data = make_dataset(root / "data", {"train": 6, "test": 3})
-    store = root / "artifacts"
-    done = run_cli("recipe", "--data", str(data), "--name", "r", *TINY, "--artifacts", str(store))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "recipe r: r-recommended -> r-runner-up -> r" in done.stdout
-    return store
 
 
 def test_the_recipe_makes_three_ordinary_runs_ending_in_their_ensemble(cooked):

@@ -31,6 +31,21 @@ def _carve(pool: pd.DataFrame, fraction: float, seed: int, column: str = "class_
     return mask
 
 
+def patient_folds(table: pd.DataFrame, n_folds: int, seed: int, column: str = "class_name") -> np.ndarray:
+    """Fold number (0 .. n_folds - 1) of each row: patient-grouped (a patient is in one fold only) and
+    stratified by `column` (the task's classes), as `_carve` picks a split. `DataError` when there
+    are fewer patients than folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if table["patient"].nunique() < n_folds:
+        raise DataError(f"only {table['patient'].nunique()} patients for {n_folds} folds: use fewer folds or more images")
+    fold = np.full(len(table), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for number, (_, held) in enumerate(splitter.split(table, table[column], groups=table["patient"])):
+        fold[held] = number
+    return fold
+
+
 def _has_enough(table: pd.DataFrame, task: Task = PNEUMONIA) -> bool:
     counts = table[task.column].value_counts()
     return all(counts.get(name, 0) >= MIN_SPLIT_IMAGES_PER_CLASS for name in task.classes)

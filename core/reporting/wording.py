@@ -110,11 +110,14 @@ def site_point_summary(record: Mapping[str, Any]) -> str:
     """A saved site operating point (`core.workflows.site`) in a few lines: the threshold, what it and
     the run's own threshold give on the site's images, with intervals, and its calibration."""
     intervals, before = record.get("intervals") or {}, record.get("at_run_threshold") or {}
+    # An out-of-fold point (core.workflows.cross_fit) is chosen on the run's own images, scored by fold models.
+    images = "out-of-fold images" if record.get("folds") else "site images"
     lines = [
         f"operating point {record.get('name')} of {record.get('run')}: threshold {record['threshold']:.3f} "
-        f"({record.get('rule_text', record.get('rule'))}), on {record['n_images']} site images "
-        f"({record['n_positive']} positive, {record['n_patients']} patients) from {record.get('site')}",
-        f"  on the site images, {ci_label(record.get('confidence', CONFIDENCE))} by patient: sensitivity "
+        f"({record.get('rule_text', record.get('rule'))}), on {record['n_images']} {images} "
+        f"({record['n_positive']} positive, {record['n_patients']} patients)"
+        + ("" if record.get("folds") else f" from {record.get('site')}"),
+        f"  on the {images}, {ci_label(record.get('confidence', CONFIDENCE))} by patient: sensitivity "
         f"{_interval_text(intervals.get('sensitivity'))}, specificity {_interval_text(intervals.get('specificity'))}",
         f"  the run's own threshold {record['run_threshold']:.3f} gave there: sensitivity "
         f"{_interval_text(before.get('sensitivity'))}, specificity {_interval_text(before.get('specificity'))}",
@@ -123,6 +126,8 @@ def site_point_summary(record: Mapping[str, Any]) -> str:
         lines.append(f"  recalibrated ({calibration['method']}): the threshold is {record['calibrated_threshold']:.3f} on the "
                      f"calibrated probability; Brier score on the site images {record['brier']:.3f} → {record['brier_calibrated']:.3f} "
                      "(fitted on the same images: optimistic)")
+    if record.get("fold_thresholds"):
+        lines.append(f"  each fold's own threshold: {', '.join(f'{t:.3f}' for t in record['fold_thresholds'])}")
     if record.get("skipped_files"):
         lines.append(f"  {record['skipped_files']} files of the folder could not be read and were left out")
     return "\n".join(lines)

@@ -226,10 +226,13 @@ def _fill(path: Path, paths, image_size, shape, bottom_pass, views, progress, st
 # --------------------------------------------------------------------------
 
 
-def training_dataset(views: np.ndarray | None, clean: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
+def training_dataset(views: np.ndarray | None, clean: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+                     view_index: np.ndarray | None = None):
     """A tf.data pipeline over cached activations that draws one augmented view per image per epoch.
 
-    `clean` and `labels` are the training rows; `views` is (k, n, ...) or None (no augmentation).
+    `clean` and `labels` are the training rows; `views` is (k, n, ...) or None (no augmentation), its
+    columns the training rows, or with `view_index` any rows: training row i is column view_index[i]
+    (a cross-fit's fold trains on part of the rows it cached views of, without copying them).
     """
     import tensorflow as tf
 
@@ -240,7 +243,8 @@ def training_dataset(views: np.ndarray | None, clean: np.ndarray, labels: np.nda
         if views is None:
             return np.asarray(clean[index], np.float32)
         view = rng.integers(0, len(views), len(index))
-        return np.stack([views[v, i] for v, i in zip(view, index, strict=True)]).astype(np.float32)
+        columns = index if view_index is None else view_index[index]
+        return np.stack([views[v, i] for v, i in zip(view, columns, strict=True)]).astype(np.float32)
 
     shape = clean.shape[1:]
     indices = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size)

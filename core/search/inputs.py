@@ -236,7 +236,12 @@ class ActivationInputs(SearchInputs):
     def datasets(self, inputs, targets, part):
         """Training draws one cached augmented view per image per epoch; validation reads the clean activations."""
         settings = self.settings
-        train = activations.training_dataset(self.views, inputs[part["train"]], targets[part["train"]], settings.batch_size, settings.seed)
+        rows = np.flatnonzero(part["train"])
+        # The views cover the rows that were training rows when they were cached: every row for a
+        # cross-fit (core.workflows.cross_fit), whose folds each train on a part of them.
+        covers_all = self.views is not None and self.views.shape[1] == len(inputs)
+        train = activations.training_dataset(self.views, inputs[rows], targets[rows], settings.batch_size, settings.seed,
+                                             view_index=rows if covers_all else None)
         val = loading.make_tf_dataset(np.asarray(inputs[part["val"]], np.float32), targets[part["val"]], settings.batch_size)
         return train, val
 

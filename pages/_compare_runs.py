@@ -77,6 +77,7 @@ def pick_runs(folder: str, runs: list[artifacts.Run]) -> Picked:
         name: run_evidence.with_site_points(
             load.evidence_for(by_name[name], by_name[name].threshold, n_resamples, seed), predictions[name],
             {point: record["threshold"] for point, record in by_name[name].operating_points().items()},
+            out_of_fold={point for point, record in by_name[name].operating_points().items() if record.get("folds")},
         )
         for name in picked
     }

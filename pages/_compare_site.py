@@ -90,7 +90,9 @@ def site_section(view: Picked) -> None:
     st.dataframe(wording.site_points_table(saved), hide_index=True, key="site_points_table",
                  column_config={"threshold": st.column_config.NumberColumn(format="%.3f"),
                                 "run's threshold": st.column_config.NumberColumn(format="%.3f")})
-    options = [f"{run} · {name}" for run, points in saved.items() for name in points]
+    options = [f"{run} · {name}" for run, points in saved.items() for name in points if points[name].get("curve")]
+    if not options:  # out-of-fold points (core.workflows.cross_fit) have no curve of site images
+        return
     if st.session_state.get("site_shown") not in options:
         st.session_state["site_shown"] = options[-1]
     shown = st.selectbox("Curve of", options, key="site_shown")

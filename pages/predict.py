@@ -11,7 +11,7 @@ from core import files
 from core.data import demo, folders, tasks
 from core.evidence import comparison
 from core.inference import methods, run_kinds
-from core.reporting import figures
+from core.reporting import figures, wording
 from core.runs import artifacts
 from core.workflows import site
 from pages import _loaders as load
@@ -43,9 +43,10 @@ if points:
         point_columns[i % len(point_columns)].selectbox(
             f"Operating point of {name}", [site.VALIDATION_POINT, *saved], key=f"predict_point::{name}",
             format_func=lambda key, saved=saved: "its own threshold (validation-chosen)" if key == site.VALIDATION_POINT
-            else f"site point {key} — {saved[key]['threshold']:.3f}",
+            else wording.point_option(key, saved[key]),
             help="A site operating point was chosen on a few labelled images of a site (Compare's 'Adapt to your site', or "
-            "`python -m core adapt`); a recalibrated one also shows the calibrated probability.",
+            "`python -m core adapt`); a recalibrated one also shows the calibrated probability. An out-of-fold point was "
+            "chosen on every training image, scored by models that never saw it (`python -m core cross-fit`).",
         )
 
 

@@ -1055,9 +1055,9 @@ def test_compare_adapts_a_run_to_a_site_and_predict_decides_at_its_point(tmp_pat
     test = a_run.predictions()
     on_test = statistics.binary_metrics(test["y_true"], test["probability"], record["threshold"])
     assert f"Sensitivity **{on_test['sensitivity']:.3f}** · specificity **{on_test['specificity']:.3f}**" in texts(at.markdown)
-    saved = frame_with(at, "site specificity")
-    assert saved.loc[0, "operating point"] == "clinic-a" and saved.loc[0, "site specificity"].startswith("1.000 (")
-    assert saved.loc[0, "specificity there"].startswith("0.000 (")  # the run's own threshold at this site
+    saved = frame_with(at, "its specificity there")
+    assert saved.loc[0, "operating point"] == "clinic-a" and saved.loc[0, "specificity there"].startswith("1.000 (")
+    assert saved.loc[0, "its specificity there"].startswith("0.000 (")  # the run's own threshold at this site
     curve = chart(at, "How many site images it takes")
     assert curve["layout"]["xaxis"]["title"]["text"] == "Labelled site images (count)"
     assert curve["layout"]["yaxis"]["title"]["text"] == "On the site's images (%)"
@@ -1095,6 +1095,41 @@ def test_compare_adapts_a_run_to_a_site_and_predict_decides_at_its_point(tmp_pat
     assert table.loc[0, "calibrated probability"] == pytest.approx(float(calibration.apply(0.61)))
     thresholds = next(t for t in charts(at)[0]["data"] if t.get("name") == "run's threshold")["x"]
     assert thresholds[0] == pytest.approx(record["threshold"])
+
+
+def test_an_out_of_fold_point_joins_compare_and_predict_as_what_it_is(tmp_path, monkeypatch):
+    """A point saved by `python -m core cross-fit` (core.workflows.cross_fit) is offered in Compare's menu,
+    measured on test and named for how it was chosen; it is listed without a site curve; Predict offers it."""
+    from core.workflows import cross_fit, site
+    from tests.test_site import plain_run
+
+    a_run = plain_run(tmp_path / "artifacts")
+    record = {"name": "out-of-fold", "kind": cross_fit.KIND, "run": "plain", "threshold": 0.62, "folds": 5,
+              "site": "out-of-fold: 5 patient-grouped folds of plain's training and validation images", "rule": cross_fit.KIND,
+              "n_images": 5216, "n_patients": 2900, "n_positive": 3875, "run_threshold": a_run.threshold, "calibration": None,
+              "intervals": {}, "at_run_threshold": {}, "fold_thresholds": [0.6, 0.61, 0.62, 0.63, 0.64]}
+    files.write_json(site.point_path(a_run, "out-of-fold"), record)
+    at = page("compare", tmp_path, a_run.folder.parent)
+    at.multiselect(key="compare_runs").set_value(["plain"]).run()
+    no_exception(at)
+    menu = at.selectbox(key="operating_point::plain")
+    assert any(o.startswith("out-of-fold point out-of-fold · on train/ by fold models — 0.620") for o in menu.options)
+    menu.set_value("oof:out-of-fold").run()
+    no_exception(at)
+    assert at.slider(key="threshold::plain").value == pytest.approx(0.62)
+    test = a_run.predictions()
+    on_test = statistics.binary_metrics(test["y_true"], test["probability"], 0.62)
+    assert f"Sensitivity **{on_test['sensitivity']:.3f}** · specificity **{on_test['specificity']:.3f}**" in texts(at.markdown)
+    listed = frame_with(at, "chosen on")
+    assert listed.loc[0, "chosen on"].startswith("out-of-fold: 5 patient-grouped folds")
+    titles = [(spec["layout"].get("title") or {}).get("text", "") for spec in charts(at)]
+    assert not any(t.startswith("How many site images it takes") for t in titles)  # no site images, no curve
+
+    at = page("predict", tmp_path, a_run.folder.parent)
+    at.multiselect(key="predict_runs").set_value(["plain"]).run()
+    no_exception(at)
+    point = at.selectbox(key="predict_point::plain")
+    assert point.options == ["its own threshold (validation-chosen)", "out-of-fold point out-of-fold — 0.620"]
 
 
 def test_a_first_time_user_is_led_to_the_next_page(data_dir, empty_dir):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,6 +39,7 @@ CUSTOM_CHOICE = "custom"
 # A run's named operating point chosen on a site's labelled images (core.workflows.site) is the menu
 # entry "site:<name>", measured on test like the others.
 SITE_CHOICE_PREFIX = "site:"
+OUT_OF_FOLD_CHOICE_PREFIX = "oof:"  # a saved point chosen on out-of-fold predictions (core.workflows.cross_fit)
 # The operating points offered beside the validation-chosen threshold, in the order shown
 # (names of `statistics.operating_points`; `core.reporting.wording.POINT_LABELS` says them in words).
 OPERATING_POINTS = ("youden", "sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95")
@@ -221,21 +222,23 @@ def threshold_choices(
     return choices
 
 
-def site_choice_key(point_name: str) -> str:
-    return f"{SITE_CHOICE_PREFIX}{point_name}"
+def site_choice_key(point_name: str, out_of_fold: bool = False) -> str:
+    return f"{OUT_OF_FOLD_CHOICE_PREFIX if out_of_fold else SITE_CHOICE_PREFIX}{point_name}"
 
 
-def with_site_points(evidence: RunEvidence, predictions: pd.DataFrame, points: Mapping[str, float]) -> RunEvidence:
-    """`evidence` with a menu entry per site operating point ({name: threshold}), each measured on
-    the test predictions, after the validation-chosen points (none for a run without points)."""
+def with_site_points(evidence: RunEvidence, predictions: pd.DataFrame, points: Mapping[str, float],
+                     out_of_fold: Collection[str] = ()) -> RunEvidence:
+    """`evidence` with a menu entry per saved operating point ({name: threshold}; those named in
+    `out_of_fold` were chosen on out-of-fold predictions, the others on site images), each measured
+    on the test predictions, after the validation-chosen points (none for a run without points)."""
     if not points or not evidence.choices:
         return evidence
     y, s, _ = arrays(predictions)
     extra = []
     for point_name, threshold in points.items():
         at = statistics.binary_metrics(y, s, float(threshold))
-        extra.append(ThresholdChoice(site_choice_key(point_name), float(threshold), float(at["sensitivity"]),
-                                     float(at["specificity"]), on_test=False))
+        extra.append(ThresholdChoice(site_choice_key(point_name, point_name in out_of_fold), float(threshold),
+                                     float(at["sensitivity"]), float(at["specificity"]), on_test=False))
     return replace(evidence, choices=[*evidence.choices, *extra])
 
 

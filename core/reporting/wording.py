@@ -19,6 +19,7 @@ from core.evidence.run_evidence import (
     CONFIDENCE,
     CUSTOM_CHOICE,
     INTERVAL_METRICS,
+    OUT_OF_FOLD_CHOICE_PREFIX,
     SITE_CHOICE_PREFIX,
     TARGET_MISS,
     VALIDATION_CHOICE,
@@ -90,6 +91,9 @@ def choice_option(key: str, choice: ThresholdChoice | None, rule: str | None = N
     if key.startswith(SITE_CHOICE_PREFIX):
         label = f"site point {key.removeprefix(SITE_CHOICE_PREFIX)} · on site images"
         return label if choice is None else f"{label} — {choice.threshold:.3f}"
+    if key.startswith(OUT_OF_FOLD_CHOICE_PREFIX):
+        label = f"out-of-fold point {key.removeprefix(OUT_OF_FOLD_CHOICE_PREFIX)} · on train/ by fold models"
+        return label if choice is None else f"{label} — {choice.threshold:.3f}"
     if choice is None:
         return label
     if key != VALIDATION_CHOICE:
@@ -133,22 +137,30 @@ def site_point_summary(record: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def point_option(name: str, record: Mapping[str, Any]) -> str:
+    """e.g. "site point clinic-a — 0.700": a saved operating point in a menu, by how it was chosen
+    (on site images, or on out-of-fold predictions: a record with `folds`)."""
+    kind = "out-of-fold point" if record.get("folds") else "site point"
+    return f"{kind} {name} — {float(record['threshold']):.3f}"
+
+
 def site_points_table(points: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
-    """One row per saved site operating point ({run: {name: record}}): where it was made, its rule and
-    threshold, and the site's sensitivity and specificity with intervals, at it and at the run's own threshold."""
+    """One row per saved operating point ({run: {name: record}}): what it was chosen on (a site's images,
+    or out-of-fold predictions), its rule and threshold, and the sensitivity and specificity there with
+    intervals, at it and at the run's own threshold."""
     rows = []
     for run, records in points.items():
         for name, r in records.items():
             intervals, before = r.get("intervals") or {}, r.get("at_run_threshold") or {}
             rows.append({
-                "run": run, "operating point": name, "site": r.get("site"), "images": r.get("n_images"),
+                "run": run, "operating point": name, "chosen on": r.get("site"), "images": r.get("n_images"),
                 "rule": r.get("rule"), "calibration": (r.get("calibration") or {}).get("method", "none"),
                 "threshold": r.get("threshold"),
-                "site sensitivity": _interval_text(intervals.get("sensitivity")),
-                "site specificity": _interval_text(intervals.get("specificity")),
+                "sensitivity there": _interval_text(intervals.get("sensitivity")),
+                "specificity there": _interval_text(intervals.get("specificity")),
                 "run's threshold": r.get("run_threshold"),
-                "sensitivity there": _interval_text(before.get("sensitivity")),
-                "specificity there": _interval_text(before.get("specificity")),
+                "its sensitivity there": _interval_text(before.get("sensitivity")),
+                "its specificity there": _interval_text(before.get("specificity")),
                 "made": r.get("created_at"),
             })
     return pd.DataFrame(rows)

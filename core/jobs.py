@@ -22,7 +22,7 @@ from core.runs import artifacts
 from core.runs.progress import StopFlag
 from core.search.settings import SearchSettings
 from core.search.splits import preflight
-from core.workflows import importing, localisation, recipe, repeat
+from core.workflows import cross_fit, importing, localisation, recipe, repeat
 
 PROCESS_LOG = "process.log"
 # In progress.json while the pid is the launcher's (the dashboard's), not yet the search's: never signalled.
@@ -253,3 +253,46 @@ def stop_where_it_looks(artifacts_dir: str, names: list[str]) -> None:
     """Ask the measurement of `names` to stop; what each run saved before is kept."""
     for name in names:
         localisation.stop(artifacts.load_run(artifacts_dir, name))
+
+
+# --------------------------------------------------------------------------
+# The out-of-fold threshold (core.workflows.cross_fit)
+# --------------------------------------------------------------------------
+
+CROSS_FIT_ACTIVE = (QUEUED, "running", "starting")
+
+
+def cross_fit_state(run: artifacts.Run) -> str:
+    """"" (never started), "queued", "running", "completed", "stopped", "failed", or "interrupted"
+    (its process is gone while the file still says it runs)."""
+    progress = cross_fit.progress_of(run)
+    return artifacts.effective_state(progress, active=CROSS_FIT_ACTIVE) if progress else ""
+
+
+def start_cross_fit(artifacts_dir: str, name: str, n_folds: int = cross_fit.FOLDS) -> int:
+    """Cross-fit run `name`'s threshold in a background process (`python -m core cross-fit NAME --folds K
+    --replace`); returns its pid. Folds saved by an earlier, stopped cross-fit are kept. Refused, with
+    the reason, for a run that cannot be cross-fitted or is being cross-fitted."""
+    _reap()
+    n_folds = cross_fit.check_folds(n_folds)
+    run = artifacts.load_run(artifacts_dir, name)
+    if problem := cross_fit.source_problem(run) or cross_fit.folds_problem(run, n_folds):
+        raise artifacts.RunError(f"cannot cross-fit: {problem}")
+    if cross_fit_state(run) in CROSS_FIT_ACTIVE:
+        raise artifacts.RunError(f"{name} is already being cross-fitted")
+    folder = run.folder / cross_fit.OOF_DIR
+    folder.mkdir(exist_ok=True)
+    (folder / cross_fit.STOP_FILE).unlink(missing_ok=True)  # an old request must not stop the new cross-fit
+    queued = {"state": QUEUED, "message": "starting", "folds_done": 0, "folds_total": None, "host": artifacts.this_host(),
+              "pid": os.getpid(), "error": None}
+    files.write_json(folder / cross_fit.PROGRESS_FILE, queued)
+    try:
+        pid = _launch(folder, artifacts_dir, ["cross-fit", name, "--folds", str(n_folds), "--replace"])
+    except OSError as error:
+        files.write_json(folder / cross_fit.PROGRESS_FILE, {**queued, "state": "failed", "error": str(error)})
+        raise
+    current = files.read_json(folder / cross_fit.PROGRESS_FILE) or {}
+    if current.get("state") == QUEUED:  # the child may already have written its own progress: keep it
+        files.write_json(folder / cross_fit.PROGRESS_FILE, {**queued, "pid": pid})
+    return pid
+

@@ -22,6 +22,7 @@ from pages._compare_evidence import (
 )
 from pages._compare_images import per_image_section
 from pages._compare_localisation import where_they_look_section
+from pages._compare_out_of_fold import out_of_fold_section
 from pages._compare_runs import ensemble_section, pick_runs
 from pages._compare_site import site_section
 from pages._compare_thresholds import confusion_matrices_section
@@ -42,6 +43,7 @@ view = pick_runs(folder, runs)
 curves_section(view)
 confusion_matrices_section(view)
 site_section(view)
+out_of_fold_section(view)
 metrics_section(view)
 shift_and_stress_section(view)
 ensemble_section(view)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -1130,6 +1131,41 @@ def test_an_out_of_fold_point_joins_compare_and_predict_as_what_it_is(tmp_path, 
     no_exception(at)
     point = at.selectbox(key="predict_point::plain")
     assert point.options == ["its own threshold (validation-chosen)", "out-of-fold point out-of-fold — 0.620"]
+
+
+def test_compare_starts_a_cross_fit_in_the_background_and_can_stop_it(cooked, tmp_path, monkeypatch):
+    """The out-of-fold form offers the runs that can be cross-fitted, starts `python -m core cross-fit` as a
+    background process (here none starts: this test's process stands in), shows its progress and stops it."""
+    from core import jobs
+    from core.workflows import cross_fit
+
+    store = tmp_path / "artifacts"
+    shutil.copytree(cooked, store)
+    launched = []
+    monkeypatch.setattr(jobs, "_launch", lambda folder, artifacts_dir, command=None, log_name=None: launched.append(command) or 0)
+    at = page("compare", tmp_path, store)
+    at.multiselect(key="compare_runs").set_value(["r", "r-recommended"]).run()
+    no_exception(at)
+    assert at.selectbox(key="oof_run").options == ["r", "r-recommended"]
+    at.selectbox(key="oof_run").set_value("r").run()
+    at.number_input(key="oof_folds").set_value(3).run()
+    assert "3 folds × 2 model(s)" in texts(at.caption) and "`python -m core cross-fit r --folds 3`" in texts(at.caption)
+    at.button(key="oof_start").click().run()
+    no_exception(at)
+    assert launched == [["cross-fit", "r", "--folds", "3", "--replace"]]
+    assert "Cross-fitting r in the background" in texts(at.success)
+    run = artifacts.load_run(store, "r")
+    files.write_json(run.folder / cross_fit.OOF_DIR / cross_fit.PROGRESS_FILE,  # as the child writes it, mid-way
+                     {"state": "running", "message": "r-recommended: fold 2 of 3", "folds_done": 1, "folds_total": 6,
+                      "pid": os.getpid(), "host": artifacts.this_host()})
+    at.run()
+    no_exception(at)
+    assert any("r: cross-fit running · r-recommended: fold 2 of 3 (1 of 6 folds)" in p.proto.text for p in at.get("progress"))
+    at.button(key="oof_stop::r").click().run()
+    assert (run.folder / cross_fit.OOF_DIR / cross_fit.STOP_FILE).exists()
+    # A second start while it runs is refused, with the reason.
+    with pytest.raises(artifacts.RunError, match="already being cross-fitted"):
+        jobs.start_cross_fit(store, "r", 3)
 
 
 def test_a_first_time_user_is_led_to_the_next_page(data_dir, empty_dir):

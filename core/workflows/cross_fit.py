@@ -44,6 +44,8 @@ POINT_NAME = "out-of-fold"
 KIND = "out-of-fold"  # a saved operating point's `kind` (a site point has none)
 OOF_DIR = "out_of_fold"
 FOLDS_FILE = "folds.csv"
+PROGRESS_FILE = "progress.json"  # in OOF_DIR: state (queued, running, completed, stopped, failed), message, pid
+STOP_FILE = "stop.request"  # in OOF_DIR: asks a running cross-fit to stop after its current batch
 RULE = "Youden's J{pooled} on out-of-fold predictions over {k} patient-grouped folds of the run's training and validation images"
 POOLED = (", pooled with their stress-test copies, among the thresholds that keep the unchanged images' sensitivity and "
           f"specificity each within {round(stress.CLEAN_MARGIN * 100)} points of their own Youden point")
@@ -124,6 +126,7 @@ def _train_folds(member: Run, pool: pd.DataFrame, n_folds: int, folder: Path, pr
     """Train `member`'s configuration on each fold's other folds and save its held-out probabilities
     (as is and under each stress change); folds already saved are kept."""
     todo = [k for k in range(n_folds) if not fold_path(folder, member.name, k).exists()]
+    progress.update(folds_done=progress.state.get("folds_done", 0) + n_folds - len(todo), force=True)
     if not todo:
         log(f"{member.name}: every fold is saved")
         return
@@ -171,6 +174,7 @@ def _train_folds(member: Run, pool: pd.DataFrame, n_folds: int, folder: Path, pr
         for name, scores in stressed.items():
             rows[name] = evaluation.saved_precision(scores)
         files.write_csv(fold_path(folder, member.name, k), rows)  # atomic: a fold is saved whole or not at all
+        progress.update(folds_done=progress.state.get("folds_done", 0) + 1, force=True)
         log(f"{member.name}: fold {k + 1} saved (AUC {statistics.binary_metrics(rows['y_true'], rows['probability'])['auc']:.4f} "
             "on its held-out images)")
         keras.backend.clear_session()
@@ -270,6 +274,8 @@ def cross_fit(
     path = site.point_path(run, point_name)  # RunError for a bad name
     if path.exists() and not replace:
         raise RunError(f"run {run.name!r} already has an operating point named {point_name!r}: pick another --point-name, or --replace")
+    if problem := folds_problem(run, n_folds):
+        raise RunError(problem)
     seed = int(run.settings.get("seed") or 42)
     folder = run.folder / OOF_DIR
     folder.mkdir(exist_ok=True)
@@ -279,40 +285,91 @@ def cross_fit(
     start = time.monotonic()
     with files.file_lock(folder / ".lock"):
         run_log = open_log(folder, log)
-        progress = Progress(folder, None)
-        stop = StopFlag(run.folder)
+        progress = Progress(folder, None, PROGRESS_FILE)
+        progress.update(state="running", message="reading the images", force=True)
+        stop = StopFlag(folder, STOP_FILE)
         stop.file.unlink(missing_ok=True)
         stop.install_signal_handlers()
+        progress.update(folds_done=0, folds_total=n_folds * len(members), force=True)
         run_log(f"cross-fit of {run.name}: {n_folds} patient-grouped folds of {len(pool)} images "
                 f"({pool['patient'].nunique()} patients), models {', '.join(m.name for m in members)}")
         try:
             for member in members:
                 _train_folds(member, pool, n_folds, folder, progress, stop, run_log)
         except SearchStopped:
-            progress.update(state="stopped", message="stopped: saved folds are kept", force=True)
-            run_log("stopped: saved folds are kept; run the same command to go on")
+            progress.update(state="stopped", message="stopped: the folds saved are kept", force=True)
+            run_log("stopped: the folds saved are kept; run the same command to go on")
+            raise
+        except Exception as error:
+            progress.update(state="failed", message="failed: the folds saved are kept", error=f"{type(error).__name__}: {error}",
+                            force=True)
             raise
         scores = out_of_fold_scores(run, folder, members, n_folds)
         files.write_csv(folder / "out_of_fold_predictions.csv", scores)
         record = point_record(run, scores, n_folds, seed, point_name, {m.name: chosen_epochs(m) for m in members})
         record["elapsed_s"] = round(time.monotonic() - start, 1)
         files.write_json(path, record)
-        progress.update(state="completed", message=f"saved operating point {point_name}", force=True)
+        progress.update(state="completed", message=f"saved operating point {point_name}", folds_done=n_folds * len(members),
+                        force=True)
         run_log(f"out-of-fold threshold {record['threshold']:.3f} (the run's own: {run.threshold:.3f}; the folds' own: "
                 f"{min(record['fold_thresholds']):.3f}-{max(record['fold_thresholds']):.3f}), saved as operating point {point_name}")
     return record
 
 
+def progress_of(run: Run) -> dict | None:
+    """The cross-fit's progress file (`PROGRESS_FILE`), or None when none was started."""
+    return files.read_json(run.folder / OOF_DIR / PROGRESS_FILE)
+
+
+def stop(run: Run) -> None:
+    """Ask a running cross-fit of `run` to stop; the folds it saved are kept."""
+    files.write_bytes(run.folder / OOF_DIR / STOP_FILE, b"stop\n")
+
+
+def estimated_s(run: Run, n_folds: int = FOLDS) -> float | None:
+    """About how long a cross-fit of `run` takes on this machine: each model's epochs, K times, at the
+    pace its own search trained (seconds per epoch per training image, `metrics.json`'s timings),
+    on (K - 1)/K of the pool, plus the stress test's pass per fold. None without timings."""
+    total = 0.0
+    for member in models_of(run):
+        source = _trained_by(member)
+        timings, trials = (source.metrics or {}).get("timings") or {}, (source.metrics or {}).get("trials_completed")
+        epochs, search_s = source.settings.get("epochs"), timings.get("search_s")
+        summary = source.read(artifacts.DATA_SUMMARY) or {}
+        n_train = ((summary.get("images") or {}).get("train") or {})
+        n_train = sum(n_train.values()) if isinstance(n_train, dict) else None
+        if not (search_s and trials and epochs and n_train and chosen_epochs(member)):
+            return None
+        pool = n_train + sum(((summary.get("images") or {}).get("val") or {}).values())
+        per_image_epoch = search_s / (trials * epochs * n_train)
+        total += n_folds * chosen_epochs(member) * per_image_epoch * pool * (n_folds - 1) / n_folds
+        total += (timings.get("stress_s") or 0.0) * pool / max(1, sum(((summary.get("images") or {}).get("val") or {}).values()))
+    return total
+
+
+def _trained_by(member: Run) -> Run:
+    """The run whose search trained `member`'s model: itself, or a kept runner-up's source."""
+    kept = member.settings.get("kept_trial")
+    return artifacts.load_run(member.folder.parent, kept["source"]) if isinstance(kept, dict) else member
+
+
+def folds_problem(run: Run, n_folds: int) -> str:
+    """Why a cross-fit of `run` with `n_folds` would not match the folds saved before ("" when it would,
+    or none are saved): fold files of other folds are never mixed."""
+    saved = run.folder / OOF_DIR / FOLDS_FILE
+    if not saved.exists():
+        return ""
+    before, current = files.read_csv(saved), pool_with_folds(run, n_folds, int(run.settings.get("seed") or 42))
+    if len(before) == len(current) and before["path"].equals(current["path"]) and before["fold"].equals(current["fold"]):
+        return ""
+    return (f"{saved.parent} holds folds made with other settings (another number of folds): delete that folder, or "
+            f"cross-fit with {before['fold'].nunique()} folds")
+
+
 def _same_folds_as_before(folder: Path, pool: pd.DataFrame) -> None:
-    """Write the folds on the first start; refuse to mix folds saved with other folds (another --folds)."""
-    saved = folder / FOLDS_FILE
-    current = pool[["path", "patient", "fold"]]
-    if saved.exists():
-        before = files.read_csv(saved)
-        if not (len(before) == len(current) and before["path"].equals(current["path"]) and before["fold"].equals(current["fold"])):
-            raise RunError(f"{folder} holds folds made with other settings (another --folds): delete it, or cross-fit with the "
-                           "same number of folds")
+    """Write the folds on the first start (dropping fold files whose folds file was lost: they cannot be trusted)."""
+    if (folder / FOLDS_FILE).exists():
         return
-    for old in folder.glob("*/fold-*.csv"):  # probabilities of a cross-fit whose folds file was lost: not trusted
+    for old in folder.glob("*/fold-*.csv"):
         old.unlink()
-    files.write_csv(saved, current)
+    files.write_csv(folder / FOLDS_FILE, pool[["path", "patient", "fold"]])

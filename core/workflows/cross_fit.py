@@ -137,8 +137,7 @@ def _train_folds(member: Run, pool: pd.DataFrame, n_folds: int, folder: Path, pr
     from core.search.hypermodel import SearchSpace
     from core.search.settings import SearchSettings
 
-    # Keras scores each fold model: converting a model to TF Lite costs seconds, and each fold's is used once.
-    settings = SearchSettings.from_dict({**member.settings, "artifacts_dir": str(member.folder.parent), "engine": "keras"})
+    settings = SearchSettings.from_dict({**member.settings, "artifacts_dir": str(member.folder.parent)})
     task = settings.task_info
     epochs = chosen_epochs(member)
     hp = keras_tuner.HyperParameters()

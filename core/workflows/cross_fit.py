@@ -46,7 +46,7 @@ OOF_DIR = "out_of_fold"
 FOLDS_FILE = "folds.csv"
 PROGRESS_FILE = "progress.json"  # in OOF_DIR: state (queued, running, completed, stopped, failed), message, pid
 STOP_FILE = "stop.request"  # in OOF_DIR: asks a running cross-fit to stop after its current batch
-RULE = "Youden's J{pooled} on out-of-fold predictions over {k} patient-grouped folds of the run's training and validation images"
+RULE = "Youden's J on out-of-fold predictions over {k} patient-grouped folds of the run's training and validation images{pooled}"
 POOLED = (", pooled with their stress-test copies, among the thresholds that keep the unchanged images' sensitivity and "
           f"specificity each within {round(stress.CLEAN_MARGIN * 100)} points of their own Youden point")
 

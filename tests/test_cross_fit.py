@@ -130,3 +130,10 @@ def test_runs_that_cannot_be_cross_fitted_say_why(cooked, tmp_path):
     with pytest.raises(RunError, match="is not finished"):
         cross_fit.cross_fit(store, "r-recommended", 2, log=lambda _: None)
     assert not (run.folder / cross_fit.OOF_DIR).exists()  # refused before anything is written
+
+
+def test_a_fold_model_at_chance_counts_as_collapsed_only_where_the_run_itself_worked():
+    assert cross_fit.collapsed(0.50, 0.99)  # the seed-44 runner-up's first fold: trained again with another seed
+    assert not cross_fit.collapsed(0.93, 0.99)
+    assert not cross_fit.collapsed(0.50, 0.52)  # a run at chance itself (the tiny test runs): nothing to retry for
+    assert not cross_fit.collapsed(0.50, None)

@@ -40,6 +40,8 @@ from core.runs.progress import Progress, SearchStopped, StopFlag, open_log
 
 FOLDS = 5
 MAX_FOLDS = 10
+RETRIES = 2  # a fold model that fell to chance is trained again with another seed, at most this many times
+RETRY_SEED_STEP = 1000
 POINT_NAME = "out-of-fold"
 KIND = "out-of-fold"  # a saved operating point's `kind` (a site point has none)
 OOF_DIR = "out_of_fold"
@@ -158,25 +160,44 @@ def _train_folds(member: Run, pool: pd.DataFrame, n_folds: int, folder: Path, pr
                         force=True)
         log(f"{member.name}: fold {k + 1} of {n_folds}: training {epochs} epochs on {int((~held).sum())} images, "
             f"scoring {int(held.sum())}")
-        keras.utils.set_random_seed(settings.seed + k)
-        train, _ = kind.datasets(model_inputs, targets, part)
-        model = space.build(hp)
-        model.fit(train, epochs=epochs, class_weight=splitting.class_weights(labels[~held], task.n_classes), verbose=0,
-                  shuffle=False, callbacks=[_stop_callback(stop)])  # the dataset shuffles itself
-        saved = kind.saved_model(model)
         data = inputs.EvaluationData(settings, table, labels, part)
+        y_held = task.binary_labels(labels[held])
+        for attempt in range(1 + RETRIES):
+            # A learning rate near the edge can fall to chance with one seed and not another (docs/measurements.md,
+            # "Three classes"): a fold model that did so is trained again with another seed, not averaged in.
+            keras.utils.set_random_seed(settings.seed + k + RETRY_SEED_STEP * attempt)
+            train, _ = kind.datasets(model_inputs, targets, part)
+            model = space.build(hp)
+            model.fit(train, epochs=epochs, class_weight=splitting.class_weights(labels[~held], task.n_classes), verbose=0,
+                      shuffle=False, callbacks=[_stop_callback(stop)])  # the dataset shuffles itself
+            saved = kind.saved_model(model)
+            as_is = evaluation.probabilities(saved, np.asarray(data.pixels), settings.engine, settings.batch_size, None,
+                                             settings.tta)[0]
+            fold_auc = statistics.binary_metrics(y_held, as_is)["auc"]
+            if not collapsed(fold_auc, (member.metrics or {}).get("val", {}).get("auc")):
+                break
+            if attempt == RETRIES:
+                raise RunError(f"{member.name}'s model fell to chance on fold {k + 1} with {RETRIES + 1} seeds (held-out AUC "
+                               f"{fold_auc:.3f}, against {member.metrics['val']['auc']:.3f} on its validation split): its "
+                               "hyperparameters do not train reliably, so no out-of-fold threshold is made from it")
+            log(f"{member.name}: fold {k + 1}'s model fell to chance (held-out AUC {fold_auc:.3f}): training it again "
+                "with another seed")
         fold_dir = folder / member.name / f"fold-{k}"
-        as_is = evaluation.probabilities(saved, np.asarray(data.pixels), settings.engine, settings.batch_size, None, settings.tta)[0]
         stressed = kind.stressed_scores(model, saved, data, fold_dir, stop, log) if settings.stress_test else {}
-        rows = table.loc[held, ["path", "patient", "fold"]].assign(y_true=task.binary_labels(labels[held]),
+        rows = table.loc[held, ["path", "patient", "fold"]].assign(y_true=y_held,
                                                                    probability=evaluation.saved_precision(as_is))
         for name, scores in stressed.items():
             rows[name] = evaluation.saved_precision(scores)
         files.write_csv(fold_path(folder, member.name, k), rows)  # atomic: a fold is saved whole or not at all
         progress.update(folds_done=progress.state.get("folds_done", 0) + 1, force=True)
-        log(f"{member.name}: fold {k + 1} saved (AUC {statistics.binary_metrics(rows['y_true'], rows['probability'])['auc']:.4f} "
-            "on its held-out images)")
+        log(f"{member.name}: fold {k + 1} saved (AUC {fold_auc:.4f} on its held-out images)")
         keras.backend.clear_session()
+
+
+def collapsed(fold_auc: float, run_val_auc: float | None) -> bool:
+    """Whether a fold model fell to chance (held-out AUC at most `ensemble.CHANCE_AUC`) where the run's own
+    model worked (validation AUC at least `ensemble.WORKING_AUC`), as `ensemble.collapsed_members` judges runs."""
+    return run_val_auc is not None and run_val_auc >= ensemble.WORKING_AUC and fold_auc <= ensemble.CHANCE_AUC
 
 
 def _stop_callback(stop: StopFlag):

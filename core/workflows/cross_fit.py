@@ -46,6 +46,7 @@ POINT_NAME = "out-of-fold"
 KIND = "out-of-fold"  # a saved operating point's `kind` (a site point has none)
 OOF_DIR = "out_of_fold"
 FOLDS_FILE = "folds.csv"
+ID_COLUMNS = ["path", "patient", "fold", "y_true"]  # an out-of-fold table's columns that are not scores
 PROGRESS_FILE = "progress.json"  # in OOF_DIR: state (queued, running, completed, stopped, failed), message, pid
 STOP_FILE = "stop.request"  # in OOF_DIR: asks a running cross-fit to stop after its current batch
 RULE = "Youden's J on out-of-fold predictions over {k} patient-grouped folds of the run's training and validation images{pooled}"
@@ -97,8 +98,7 @@ def chosen_epochs(run: Run) -> int | None:
     """How many epochs the run's model trained: its chosen trial's best epoch (a kept runner-up's, in its source's trials)."""
     kept = run.settings.get("kept_trial")
     if isinstance(kept, dict):
-        source = artifacts.load_run(run.folder.parent, kept["source"])
-        rows = [t for t in source.trials() if t.get("trial_id") == kept.get("trial_id")]
+        rows = [t for t in _trained_by(run).trials() if t.get("trial_id") == kept.get("trial_id")]
     else:
         rows = sorted((t for t in run.trials() if t.get("status") == "COMPLETED" and t.get("score") is not None),
                       key=lambda t: t["score"], reverse=True)[:1]
@@ -106,18 +106,23 @@ def chosen_epochs(run: Run) -> int | None:
     return int(step) + 1 if isinstance(step, (int, float)) else None
 
 
-def pool_with_folds(run: Run, n_folds: int, seed: int) -> pd.DataFrame:
-    """The run's training and validation images (path, patient, kind, class_name, ...) with their `fold`."""
+def pool_with_folds(run: Run, n_folds: int) -> pd.DataFrame:
+    """The run's training and validation images (path, patient, kind, class_name, ...) with their `fold`,
+    drawn with the run's seed."""
     table = files.read_csv(run.folder / artifacts.SPLITS)
     pool = table[table["split"].isin(["train", "val"])].reset_index(drop=True)
     task = tasks.task_for(run.task)
-    pool["fold"] = splitting.patient_folds(pool, n_folds, seed, column=task.column)
+    pool["fold"] = splitting.patient_folds(pool, n_folds, run_seed(run), column=task.column)
     return pool
 
 
 # --------------------------------------------------------------------------
 # One model, fold by fold
 # --------------------------------------------------------------------------
+
+
+def run_seed(run: Run) -> int:
+    return int(run.settings.get("seed") or 42)
 
 
 def fold_path(folder: Path, member: str, fold: int) -> Path:
@@ -223,18 +228,23 @@ def out_of_fold_scores(run: Run, folder: Path, members: list[Run], n_folds: int)
     if any(not t["path"].equals(first["path"]) for t in tables[1:]):
         raise RunError(f"the members' out-of-fold files in {folder} cover different images: delete {folder} and cross-fit again")
     weights = ensemble.weights_of(run) if run.is_ensemble else np.ones(1)
-    score_columns = [c for c in first.columns if c not in ("path", "patient", "fold", "y_true")]
-    out = first[["path", "patient", "fold", "y_true"]].copy()
+    score_columns = [c for c in first.columns if c not in ID_COLUMNS]
+    out = first[ID_COLUMNS].copy()
     for column in score_columns:
         out[column] = evaluation.saved_precision(ensemble.combine(np.column_stack([t[column] for t in tables]), weights))
     return out
+
+
+def _stress_columns(scores: pd.DataFrame) -> list[str]:
+    """The columns of an out-of-fold table that hold a stress change's scores."""
+    return [c for c in scores.columns if c not in (*ID_COLUMNS, "probability")]
 
 
 def choose(scores: pd.DataFrame) -> float:
     """The run's own rule (`evaluation.choose_threshold`) on out-of-fold scores: pooled with the stress
     changes when there are any."""
     y = scores["y_true"].to_numpy(np.int64)
-    stressed = {c: scores[c].to_numpy() for c in scores.columns if c not in ("path", "patient", "fold", "y_true", "probability")}
+    stressed = {c: scores[c].to_numpy() for c in _stress_columns(scores)}
     return evaluation.choose_threshold(y, scores["probability"].to_numpy(), stressed=stressed or None)
 
 
@@ -246,7 +256,7 @@ def point_record(run: Run, scores: pd.DataFrame, n_folds: int, seed: int, name: 
     threshold = choose(scores)
     y, s = scores["y_true"].to_numpy(np.int64), scores["probability"].to_numpy()
     groups = scores["patient"].astype(str).to_numpy()
-    stressed = [c for c in scores.columns if c not in ("path", "patient", "fold", "y_true", "probability")]
+    stressed = _stress_columns(scores)
 
     def intervals(at: float) -> dict:
         return {k: v.to_dict() for k, v in site_adaptation.proportion_intervals(y, s, at, groups).items()}
@@ -294,12 +304,11 @@ def cross_fit(
     path = site.point_path(run, point_name)  # RunError for a bad name
     if path.exists() and not replace:
         raise RunError(f"run {run.name!r} already has an operating point named {point_name!r}: pick another --point-name, or --replace")
-    if problem := folds_problem(run, n_folds):
+    pool = pool_with_folds(run, n_folds)
+    if problem := _saved_folds_problem(run, pool):
         raise RunError(problem)
-    seed = int(run.settings.get("seed") or 42)
     folder = run.folder / OOF_DIR
     folder.mkdir(exist_ok=True)
-    pool = pool_with_folds(run, n_folds, seed)
     _same_folds_as_before(folder, pool)
     members = models_of(run)
     start = time.monotonic()
@@ -326,7 +335,7 @@ def cross_fit(
             raise
         scores = out_of_fold_scores(run, folder, members, n_folds)
         files.write_csv(folder / "out_of_fold_predictions.csv", scores)
-        record = point_record(run, scores, n_folds, seed, point_name, {m.name: chosen_epochs(m) for m in members})
+        record = point_record(run, scores, n_folds, run_seed(run), point_name, {m.name: chosen_epochs(m) for m in members})
         record["elapsed_s"] = round(time.monotonic() - start, 1)
         files.write_json(path, record)
         progress.update(state="completed", message=f"saved operating point {point_name}", folds_done=n_folds * len(members),
@@ -355,15 +364,15 @@ def estimated_s(run: Run, n_folds: int = FOLDS) -> float | None:
         source = _trained_by(member)
         timings, trials = (source.metrics or {}).get("timings") or {}, (source.metrics or {}).get("trials_completed")
         epochs, search_s = source.settings.get("epochs"), timings.get("search_s")
-        summary = source.read(artifacts.DATA_SUMMARY) or {}
-        n_train = ((summary.get("images") or {}).get("train") or {})
-        n_train = sum(n_train.values()) if isinstance(n_train, dict) else None
-        if not (search_s and trials and epochs and n_train and chosen_epochs(member)):
+        images = (source.read(artifacts.DATA_SUMMARY) or {}).get("images") or {}
+        n_train, n_val = (sum((images.get(split) or {}).values()) for split in ("train", "val"))
+        kept_epochs = chosen_epochs(member)
+        if not (search_s and trials and epochs and n_train and kept_epochs):
             return None
-        pool = n_train + sum(((summary.get("images") or {}).get("val") or {}).values())
+        pool = n_train + n_val
         per_image_epoch = search_s / (trials * epochs * n_train)
-        total += n_folds * chosen_epochs(member) * per_image_epoch * pool * (n_folds - 1) / n_folds
-        total += (timings.get("stress_s") or 0.0) * pool / max(1, sum(((summary.get("images") or {}).get("val") or {}).values()))
+        total += n_folds * kept_epochs * per_image_epoch * pool * (n_folds - 1) / n_folds
+        total += (timings.get("stress_s") or 0.0) * pool / max(1, n_val)
     return total
 
 
@@ -376,10 +385,17 @@ def _trained_by(member: Run) -> Run:
 def folds_problem(run: Run, n_folds: int) -> str:
     """Why a cross-fit of `run` with `n_folds` would not match the folds saved before ("" when it would,
     or none are saved): fold files of other folds are never mixed."""
+    if not (run.folder / OOF_DIR / FOLDS_FILE).exists():
+        return ""
+    return _saved_folds_problem(run, pool_with_folds(run, n_folds))
+
+
+def _saved_folds_problem(run: Run, current: pd.DataFrame) -> str:
+    """`folds_problem` for folds already drawn (`pool_with_folds`)."""
     saved = run.folder / OOF_DIR / FOLDS_FILE
     if not saved.exists():
         return ""
-    before, current = files.read_csv(saved), pool_with_folds(run, n_folds, int(run.settings.get("seed") or 42))
+    before = files.read_csv(saved)
     if len(before) == len(current) and before["path"].equals(current["path"]) and before["fold"].equals(current["fold"]):
         return ""
     return (f"{saved.parent} holds folds made with other settings (another number of folds): delete that folder, or "

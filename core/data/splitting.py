@@ -56,16 +56,30 @@ def assign_splits(
 ) -> tuple[pd.DataFrame, list[str]]:
     """Add a `split` column so that no patient is in two splits; return the table and notes.
 
-    Only the task's images are kept (`Task.select`: pneumonia images for bacterial vs viral). The
-    download's own `test/` is kept when it holds every class of the task; a missing or tiny `val/`
-    (the public one has 16 images) is folded into the training pool and a validation split is
-    carved out of it, stratified by the task's classes and grouped by patient.
+    Patients are split once, by the pneumonia question's rule, whatever the task; then only the
+    task's images are kept (`Task.select`: pneumonia images for bacterial vs viral). So runs of
+    different tasks made with the same data, fractions and seed hold the same patients in each
+    split: a bacterial-vs-viral run never trained on a pneumonia run's validation or test patients,
+    and the two can be composed into a three-class run (`core.inference.ensemble`). The price: a
+    task's kinds (bacterial, viral) are not stratified on their own; with hundreds of patients per
+    kind their shares in validation stay close to training's.
+
+    The download's own `test/` is kept when it holds both classes; a missing or tiny `val/` (the
+    public one has 16 images) is folded into the training pool and a validation split is carved out
+    of it, stratified by class (normal, pneumonia) and grouped by patient.
     """
-    notes: list[str] = []
+    table, notes = _split_patients(table, val_fraction, test_fraction, seed)
     unused = int((~task.rows(table)).sum())
-    table = task.select(table)
     if unused and task is not PNEUMONIA:
-        notes.append(f"the {task.name} task uses {len(table):,} of the images; {unused:,} are not of its classes ({', '.join(task.names)})")
+        notes.append(f"the {task.name} task uses {int(task.rows(table).sum()):,} of the images; {unused:,} are not of its classes ({', '.join(task.names)})")
+    return task.select(table), notes
+
+
+def _split_patients(table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> tuple[pd.DataFrame, list[str]]:
+    """Every image's split by the pneumonia question's rule (`assign_splits`)."""
+    task = PNEUMONIA
+    notes: list[str] = []
+    table = task.select(table)
     table["split"] = ""
     in_folder = {split: table["folder_split"] == split for split in SPLITS}
 

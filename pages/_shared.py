@@ -299,15 +299,17 @@ def gradcam_class_choice(runs: list[artifacts.Run], key: str) -> str | None:
     """A select box for the class three-class runs' Grad-CAM explains (shown only when one is picked):
     None for each run's predicted class, else a class of the three-class task."""
     from core.data import tasks
+    from core.inference import run_kinds
 
-    if not any(not tasks.task_for(r.task).is_binary for r in runs):
+    if not any(run_kinds.explains_each_class(r) for r in runs):
         return None
     task = tasks.THREE_CLASS
     shown = st.selectbox(
         "Grad-CAM class (three-class runs)", [GRADCAM_PREDICTED, *task.classes], key=key,
         format_func=lambda c: c if c == GRADCAM_PREDICTED else task.names[task.classes.index(c)],
         help="Which class the heatmap of a three-class run explains: by default the class it predicts. "
-        "Two-class runs always explain their positive class (pneumonia, or viral).",
+        "Two-class runs always explain their positive class (pneumonia, or viral), and so does a three-class run "
+        "composed of pneumonia and bacterial-vs-viral runs (where its pneumonia runs look for pneumonia).",
     )
     return None if shown == GRADCAM_PREDICTED else shown
 
@@ -317,9 +319,12 @@ def class_to_explain(run: artifacts.Run, class_name: str | None, label: str = ""
     called the image (`label`, by the two-step rule; the model's own argmax may differ), else None
     (a two-class run's positive class)."""
     from core.data import tasks
+    from core.inference import run_kinds
 
     task = tasks.task_for(run.task)
-    if class_name or task.is_binary:
+    if not run_kinds.explains_each_class(run):
+        return None
+    if class_name:
         return class_name
     return label if label in task.classes else None
 
@@ -328,9 +333,10 @@ def explained_class(run: artifacts.Run, class_name: str | None, label: str = "")
     """What a run's Grad-CAM explains, in words: a two-class run's positive class, a three-class
     run's chosen class or (None) its predicted one (`label`)."""
     from core.data import tasks
+    from core.inference import run_kinds
 
     task = tasks.task_for(run.task)
-    if task.is_binary:
+    if not run_kinds.explains_each_class(run):
         return task.binary_names[1]
     chosen = class_name or label
     return task.names[task.classes.index(chosen)] if chosen in task.classes else "its predicted class"

@@ -78,16 +78,26 @@ def test_task_names_old_runs_and_bad_names(tmp_path):
 
 
 @pytest.mark.parametrize("task_name", list(tasks.TASKS))
-def test_splits_are_patient_grouped_and_stratified_by_the_tasks_classes(real_table, task_name):
+def test_splits_are_patient_grouped_and_the_same_patients_for_every_task(real_table, task_name):
     task = tasks.task_for(task_name)
     table, _ = splitting.assign_splits(real_table, task=task)
     splitting.check_patient_disjoint(table)
     assert set(table[task.column]) == set(task.classes)  # only the task's images
     assert len(table) == task.rows(real_table).sum()
     assert (table.loc[table["split"] == "test", "folder_split"] == "test").all()  # the official test/ is kept
-    shares = table.groupby("split")[task.column].value_counts(normalize=True).unstack()
-    # validation is carved out of train/ stratified by the task's classes: the same shares as training
+    # every task keeps the pneumonia question's split of its images: a patient is in the same split whatever
+    # the task, so runs of two tasks can be composed without one having trained on the other's validation
+    pneumonia, _ = splitting.assign_splits(real_table, task=tasks.PNEUMONIA)
+    expected = pneumonia.set_index("path").loc[table["path"], "split"].to_numpy()
+    assert (table["split"].to_numpy() == expected).all()
+    other_seed, _ = splitting.assign_splits(real_table, seed=43, task=task)
+    assert (other_seed.set_index("path").loc[table["path"], "split"].to_numpy() != expected).mean() > 0.05
+    # validation is carved out of train/ stratified by normal / pneumonia: the same shares as training
+    shares = table.groupby("split")["class_name"].value_counts(normalize=True).unstack()
     assert np.allclose(shares.loc["val"], shares.loc["train"], atol=0.03), shares
+    # every kind of the task in every split, with shares that are not far from training's
+    kinds = table.groupby("split")[task.column].value_counts(normalize=True).unstack()
+    assert np.allclose(kinds.loc["val"], kinds.loc["train"], atol=0.12), kinds
     weights = splitting.summarize(folders.Dataset(Path("."), real_table), table, task)["class_weights"]
     train_counts = table.loc[table["split"] == "train", task.column].value_counts()
     assert set(weights) == set(task.classes)
@@ -232,14 +242,15 @@ def test_the_derived_binary_view_of_a_three_class_run():
 
 @pytest.fixture(scope="module")
 def task_runs(tmp_path_factory) -> dict[str, Path]:
-    """A three-class and a pneumonia search (frozen MobileNet, random weights, 32 px) on the same tiny data.
+    """A three-class, a pneumonia and a bacterial-vs-viral search (frozen MobileNet, random weights, 32 px)
+    on the same tiny data.
 
-    test/ has enough images of every class to be kept by both tasks: their test images are the same.
+    test/ has enough images of every class to be kept by every task: their test images are the same.
     """
     root = tmp_path_factory.mktemp("tasks")
     data_dir = make_dataset(root / "data", {"train": 16, "test": 26}, images_per_patient=2, size=40)
     folder = root / "artifacts"
-    for name, task in (("three", "three_class"), ("binary", "pneumonia")):
+    for name, task in (("three", "three_class"), ("binary", "pneumonia"), ("kinds", "bacterial_vs_viral")):
         result = run_cli(
             "tune", "--data", str(data_dir), "--task", task, "--family", "mobilenet", "--weights", "none", "--image-size", "32",
             "--trials", "1", "--epochs", "1", "--name", name, "--artifacts", str(folder), timeout=400,
@@ -377,3 +388,53 @@ def test_the_data_page_shows_the_class_balance_of_each_tasks_split(task_runs):
     for split, text in zip(viral["y"], viral["text"], strict=True):
         expected = int(((table["split"] == split) & (table["kind"] == "virus")).sum())
         assert text.endswith(f"({expected:,})")  # counts of the split a search of this task makes
+
+
+def test_a_pneumonia_and_a_bacterial_vs_viral_run_compose_a_three_class_run(task_runs, tmp_path):
+    import shutil
+
+    from core.inference import ensemble
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(task_runs["artifacts"], folder)
+    binary, kinds = artifacts.load_run(folder, "binary"), artifacts.load_run(folder, "kinds")
+    run = ensemble.build_ensemble(folder, ["binary", "kinds"], "composed")
+    assert run.task == "three_class" and ensemble.is_composed(ensemble.member_tasks(run))
+    assert ensemble.COMPOSE_RULE in run.metrics["ensemble"]["weight_rule"]
+
+    # the chain rule on the members' own numbers: p from the pneumonia run, q = P(viral) from the other
+    predictions = run.predictions().set_index("path")
+    p = binary.predictions().set_index("path").loc[predictions.index, "probability"].to_numpy(float)
+    kind_scores = kinds.predictions().set_index("path")["probability"]
+    normal = predictions["kind"].to_numpy() == "normal"
+    assert set(kind_scores.index) == set(predictions.index[~normal])  # it never saw the normal X-rays ...
+    q = np.empty(len(predictions))
+    q[~normal] = kind_scores.loc[predictions.index[~normal]].to_numpy(float)
+    q[normal] = evaluation.predict_files(kinds, list(predictions.index[normal]))["probability"].to_numpy(float)  # ... so it scores them
+    shown = predictions[[tasks.probability_column(c) for c in tasks.THREE_CLASS.classes]].to_numpy(float)
+    assert np.allclose(shown, np.column_stack([1 - p, p * (1 - q), p * q]), atol=2e-6)
+    assert np.allclose(predictions["probability"], p, atol=2e-6)  # the binary view is the pneumonia run's
+    assert run.threshold == pytest.approx(binary.threshold)  # chosen on validation by the same rule, on the same scores
+    # two steps: normal below the threshold, else the likelier kind
+    y, classes, _ = multiclass.from_predictions(run.predictions(), tasks.THREE_CLASS)
+    called = multiclass.binary_calls(run.predictions(), tasks.THREE_CLASS)
+    expected = np.where(called, np.where(q >= 0.5, 2, 1), 0)
+    ties = np.isclose(q, 0.5, atol=1e-5)
+    assert (multiclass.predicted_classes(classes, called)[~ties] == expected[~ties]).all()
+
+    # new images: the same numbers through predict, and the heatmap is the pneumonia run's
+    images = [str(i) for i in sorted((task_runs["data"] / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]]
+    mine = run_kinds.predict_files(run, images).set_index("path")
+    assert np.allclose(mine.loc[images, "probability"], predictions.loc[images, "probability"], atol=2e-6)
+    assert list(mine.loc[images, "label"]) == list(predictions.loc[images, "predicted_class"])
+    assert not run_kinds.explains_each_class(run) and run_kinds.explains_each_class(artifacts.load_run(folder, "three"))
+    heat, _ = run_kinds.heatmap(run, images[0], class_name="virus")
+    own, _ = run_kinds.heatmap(binary, images[0])
+    assert np.allclose(heat, own, atol=1e-6)
+
+    # runs split another way are refused, naming the problem
+    val = kinds.val_predictions()
+    val.iloc[1:].to_csv(folder / "kinds" / artifacts.VAL_PREDICTIONS, index=False)
+    with pytest.raises(artifacts.RunError, match="kinds was validated on other images than binary's pneumonia X-rays.*split the same way"):
+        ensemble.build_ensemble(folder, ["binary", "kinds"], "composed-2")
+    assert not (folder / "composed-2").exists()

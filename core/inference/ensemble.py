@@ -5,7 +5,10 @@ tested and validated on exactly the same images), how the weights are chosen (eq
 point of a coarse grid on the simplex with the best validation AUC), and how an ensemble scores
 new images and explains them (each member at its own input size, averaged with the weights).
 Members of one multi-class task (three-class runs) make an ensemble of that task, whose class
-probabilities are the members' averaged; any other mix answers the members' binary question.
+probabilities are the members' averaged. Runs of the paper's two questions, pneumonia vs normal and
+bacterial vs viral, split the same way, are *composed* into a three-class run (`COMPOSE_RULE`: the
+first question, then the second, as Kermany et al. asked them). Any other mix answers the members'
+binary question.
 
 An ensemble is saved as an ordinary run folder, so every page, the report and `predict` read it
 like any other run: `predictions.csv`, `val_predictions.csv` and `metrics.json` are made by
@@ -32,6 +35,7 @@ from core import files
 from core.data import tasks
 from core.evidence import multiclass, stress
 from core.inference import evaluation, explanation, methods
+from core.models.builders import positive_probability
 from core.runs import artifacts
 from core.runs.artifacts import Run, RunError
 
@@ -47,6 +51,12 @@ _ROW_COLUMNS = ["path", "patient", "kind", "class_name", "y_true"]
 # at 0.50). Averaged in, it only dilutes the others.
 CHANCE_AUC = 0.55
 WORKING_AUC = 0.75
+# A composed run's members answer these two questions; its three classes follow from them by the chain rule.
+COMPOSED_QUESTIONS = (tasks.PNEUMONIA.name, tasks.BACTERIAL_VS_VIRAL.name)
+COMPOSE_RULE = (
+    "composed: P(normal) = 1 − p, P(bacterial) = p·(1 − q), P(viral) = p·q, where p is the pneumonia members' "
+    "probability and q the bacterial-vs-viral members' P(viral), each question's members averaged with their weights"
+)
 
 
 # --------------------------------------------------------------------------
@@ -166,18 +176,41 @@ def check_members(runs: Sequence[Run]) -> dict[str, tuple[pd.DataFrame, pd.DataF
     problems = [p for p in (_problem(r) for r in runs) if p]
     if problems:
         raise RunError("cannot combine: " + "; ".join(problems))
-    first_task = tasks.task_for(runs[0].task)
-    for other in runs[1:]:
-        if problem := tasks.comparability_problem(first_task, tasks.task_for(other.task)):
-            raise RunError(f"cannot combine {runs[0].name} and {other.name}: {problem}")
+    composed = is_composed([r.task for r in runs])
+    groups = [[r for r, keep in zip(runs, mask, strict=True) if keep] for mask in question_masks([r.task for r in runs])] \
+        if composed else [list(runs)]
+    for group in groups:
+        first_task = tasks.task_for(group[0].task)
+        for other in group[1:]:
+            if problem := tasks.comparability_problem(first_task, tasks.task_for(other.task)):
+                raise RunError(f"cannot combine {group[0].name} and {other.name}: {problem}")
     tables = {r.name: (r.val_predictions(), r.predictions()) for r in runs}
-    first = runs[0]
-    for other in runs[1:]:
+    for group in groups:
+        first = group[0]
+        for other in group[1:]:
+            for index, split in ((0, "validated"), (1, "tested")):
+                problem = same_images(first, other, tables[first.name][index], tables[other.name][index], split)
+                if problem:
+                    raise RunError(f"cannot combine: {problem}")
+    if composed:
+        (first, *_), (kind_run, *_) = groups
         for index, split in ((0, "validated"), (1, "tested")):
-            problem = same_images(first, other, tables[first.name][index], tables[other.name][index], split)
-            if problem:
-                raise RunError(f"cannot combine: {problem}")
+            if problem := _same_pneumonia_images(first, kind_run, tables[first.name][index], tables[kind_run.name][index], split):
+                raise RunError(f"cannot compose: {problem}")
     return tables
+
+
+def _same_pneumonia_images(pneumonia_run: Run, kind_run: Run, pneumonia: pd.DataFrame, kinds: pd.DataFrame, split: str) -> str:
+    """Why a bacterial-vs-viral run's images are not the pneumonia run's pneumonia images of a known kind ("" when they are)."""
+    expected = set(pneumonia.loc[tasks.BACTERIAL_VS_VIRAL.rows(pneumonia), "path"])
+    found = set(kinds["path"])
+    if expected == found:
+        return ""
+    return (
+        f"{kind_run.name} was {split} on other images than {pneumonia_run.name}'s pneumonia X-rays ({len(found)} and "
+        f"{len(expected)} images, {len(found & expected)} in common): compose runs split the same way (same data, seed and "
+        "image cap; runs made before every task kept the pneumonia split cannot be composed)"
+    )
 
 
 def _aligned(tables: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -194,11 +227,34 @@ def _aligned(tables: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
     return rows, np.column_stack(columns)
 
 
+def is_composed(member_tasks: Sequence[str | None]) -> bool:
+    """Whether members of these tasks compose a three-class run: every one a pneumonia or a bacterial-vs-viral
+    run, and both questions there."""
+    names = {tasks.canonical_name(name) for name in member_tasks}
+    return names == set(COMPOSED_QUESTIONS)
+
+
+def question_masks(member_tasks: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(pneumonia members, bacterial-vs-viral members) of a composed run, as boolean masks over its members."""
+    names = np.array([tasks.canonical_name(name) for name in member_tasks])
+    return names == COMPOSED_QUESTIONS[0], names == COMPOSED_QUESTIONS[1]
+
+
+def compose_classes(pneumonia: np.ndarray, viral: np.ndarray) -> np.ndarray:
+    """The three-class probabilities (normal, bacterial, viral) by `COMPOSE_RULE` from P(pneumonia) and
+    P(viral | pneumonia): (images, 3), each row summing to 1."""
+    p, q = np.asarray(pneumonia, dtype=np.float64), np.asarray(viral, dtype=np.float64)
+    return np.column_stack([1.0 - p, p * (1.0 - q), p * q])
+
+
 def ensemble_task(runs: Sequence[Run]) -> tasks.Task:
     """The question an ensemble answers. Members of one multi-class task (all three-class runs) make
-    an ensemble of that task: their class probabilities are averaged. Otherwise the members'
+    an ensemble of that task: their class probabilities are averaged. Pneumonia and bacterial-vs-viral
+    members together compose a three-class run (`is_composed`). Otherwise the members'
     probabilities answer one binary question (a three-class member's is P(pneumonia)), and so
     does the ensemble."""
+    if is_composed([r.task for r in runs]):
+        return tasks.THREE_CLASS
     first = tasks.task_for(runs[0].task)
     if not first.is_binary and all(tasks.task_for(r.task) == first for r in runs):
         return first
@@ -245,23 +301,70 @@ def total(values: list) -> float | None:
 # --------------------------------------------------------------------------
 
 
-def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str, weighted: bool = False) -> Run:
-    """Combine finished runs into a new run `name` in the same folder; return it.
+def _kind_scores(kind_runs: Sequence[Run], tables: Mapping, index: int, rows: pd.DataFrame) -> np.ndarray:
+    """The bacterial-vs-viral members' P(viral) for every image of `rows` (images, members): their saved
+    predictions for the pneumonia X-rays, and their models' for the normal ones, which they never saw (a
+    composed run's P(bacterial) and P(viral) of a normal X-ray need them)."""
+    normal = ~tasks.BACTERIAL_VS_VIRAL.rows(rows)
+    columns = []
+    for run in kind_runs:
+        saved = tables[run.name][index].set_index("path")
+        column = np.full(len(rows), np.nan)
+        column[~normal] = saved.loc[rows.loc[~normal, "path"], "probability"].to_numpy(dtype=np.float64)
+        if normal.any():
+            scored = evaluation.predict_files(run, list(rows.loc[normal, "path"]))
+            if (bad := scored[scored["error"] != ""]).size:
+                raise RunError(f"{run.name} cannot score {len(bad)} normal X-rays of the split (e.g. {bad['path'].iloc[0]}: "
+                               f"{bad['error'].iloc[0]}): restore the data folder")
+            column[normal] = scored["probability"].to_numpy(dtype=np.float64)
+        columns.append(column)
+    return np.column_stack(columns)
 
-    Refuses (`RunError`, naming the runs) an existing name, fewer than two members, unfinished
-    runs, ensembles as members, and members validated or tested on different images.
-    """
-    start = time.monotonic()
-    folder = artifacts.run_dir(artifacts_dir, name)
-    if (folder / artifacts.SETTINGS).exists():
-        raise RunError(f"a run named {name!r} already exists: pick another --name")
-    runs = [artifacts.load_run(artifacts_dir, member) for member in members]
-    tables = check_members(runs)
+
+def _group_weights(y: np.ndarray, scores: np.ndarray, weighted: bool) -> np.ndarray:
+    """One question's member weights: equal, or `choose_weights` on validation."""
+    if weighted and scores.shape[1] > 1:
+        return choose_weights(y, scores, grid_steps(scores.shape[1]))[0]
+    return np.full(scores.shape[1], 1.0 / scores.shape[1])
+
+
+def _composed_result(runs: Sequence[Run], tables: Mapping, weighted: bool) -> tuple[dict, np.ndarray, str]:
+    """(metrics, weights, weight rule) of a composed three-class run (`COMPOSE_RULE`). Each question's members
+    are weighted among themselves (the saved weights sum to 1 within each question); the threshold of the
+    binary view, p, is chosen on validation from the pneumonia members' scores, stressed copies included, as
+    theirs were."""
+    task = tasks.THREE_CLASS
+    pneumonia_mask, kind_mask = question_masks([r.task for r in runs])
+    pneumonia_runs = [r for r, keep in zip(runs, pneumonia_mask, strict=True) if keep]
+    kind_runs = [r for r, keep in zip(runs, kind_mask, strict=True) if keep]
+    parts = []
+    for index in (0, 1):  # validation, test
+        rows, scores = _aligned([tables[r.name][index] for r in pneumonia_runs])
+        known = task.rows(rows)  # a pneumonia X-ray of unknown kind has no three-class label
+        rows, scores = rows[known].reset_index(drop=True), scores[known]
+        parts.append((rows, scores, _kind_scores(kind_runs, tables, index, rows)))
+    (val_rows, val_p, val_q), (test_rows, test_p, test_q) = parts
+    y_val, y_test = task.labels(val_rows), task.labels(test_rows)
+    pneumonia_weights = _group_weights((y_val != 0).astype(np.int64), val_p, weighted)
+    is_kind = y_val != 0
+    kind_weights = _group_weights((y_val[is_kind] == 2).astype(np.int64), val_q[is_kind], weighted)
+    weights = np.zeros(len(runs))
+    weights[pneumonia_mask], weights[kind_mask] = np.round(pneumonia_weights, 6), np.round(kind_weights, 6)
+    val_stressed = _combined_stress(pneumonia_runs, val_rows["path"], weights[pneumonia_mask])
+    result = evaluation.evaluate_classes(
+        val_rows, y_val, compose_classes(combine(val_p, weights[pneumonia_mask]), combine(val_q, weights[kind_mask])),
+        test_rows, y_test, compose_classes(combine(test_p, weights[pneumonia_mask]), combine(test_q, weights[kind_mask])),
+        task, val_stressed,
+    )
+    rule = (WEIGHTED_RULE.format(steps=grid_steps(max(len(pneumonia_runs), len(kind_runs)))) if weighted else EQUAL_RULE)
+    return result, weights, f"{rule}, within each question; {COMPOSE_RULE}"
+
+
+def _combined_result(runs: Sequence[Run], tables: Mapping, task: tasks.Task, weighted: bool) -> tuple[dict, np.ndarray, str]:
+    """(metrics, weights, weight rule) of an ensemble whose members answer one question."""
     val_rows, val_scores = _aligned([tables[r.name][0] for r in runs])
     test_rows, test_scores = _aligned([tables[r.name][1] for r in runs])
     y_val, y_test = val_rows["y_true"].to_numpy(np.int64), test_rows["y_true"].to_numpy(np.int64)
-    task = ensemble_task(runs)
-
     if weighted:
         steps = grid_steps(len(runs))
         weights, _ = choose_weights(y_val, val_scores, steps)
@@ -280,6 +383,26 @@ def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str,
             for index, rows in ((0, val_rows), (1, test_rows))
         )
         result = evaluation.evaluate_classes(val_rows, y_val, val_p, test_rows, y_test, test_p, task, val_stressed)
+    return result, weights, rule
+
+
+def build_ensemble(artifacts_dir: str | Path, members: Sequence[str], name: str, weighted: bool = False) -> Run:
+    """Combine finished runs into a new run `name` in the same folder; return it.
+
+    Refuses (`RunError`, naming the runs) an existing name, fewer than two members, unfinished
+    runs, ensembles as members, and members validated or tested on different images.
+    """
+    start = time.monotonic()
+    folder = artifacts.run_dir(artifacts_dir, name)
+    if (folder / artifacts.SETTINGS).exists():
+        raise RunError(f"a run named {name!r} already exists: pick another --name")
+    runs = [artifacts.load_run(artifacts_dir, member) for member in members]
+    tables = check_members(runs)
+    task = ensemble_task(runs)
+    if is_composed([r.task for r in runs]):
+        result, weights, rule = _composed_result(runs, tables, weighted)
+    else:
+        result, weights, rule = _combined_result(runs, tables, task, weighted)
     member_metrics = [r.metrics or {} for r in runs]
     now = datetime.now(UTC).isoformat(timespec="seconds")
     result.update(
@@ -357,6 +480,22 @@ def weights_of(run: Run) -> np.ndarray:
     return weights / weights.sum()
 
 
+def member_tasks(run: Run) -> list[str]:
+    """Each member's task, as the ensemble saved them (ensembles saved before tasks existed: the ensemble's)."""
+    return list(run.settings.get("member_tasks") or [run.task] * len(run.members))
+
+
+def view_members(run: Run) -> list[tuple[Run, float]]:
+    """(member, weight) of each member with weight whose probability makes the ensemble's binary view: every
+    one, or a composed run's pneumonia members (its view is P(pneumonia); they are what scores pixels and is
+    explained)."""
+    members, weights = member_runs(run), weights_of(run)
+    if is_composed(member_tasks(run)):
+        pneumonia, _ = question_masks(member_tasks(run))
+        members, weights = [m for m, keep in zip(members, pneumonia, strict=True) if keep], weights[pneumonia]
+    return [(m, float(w)) for m, w in zip(members, weights, strict=True) if w > 0]
+
+
 def weights_text(run: Run) -> str:
     """e.g. "cnn-small 0.60, cnn-wide 0.40": each member with its weight as saved."""
     return ", ".join(f"{m} {w:.2f}" for m, w in zip(run.members, run.settings["weights"], strict=True))
@@ -379,10 +518,18 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     threshold = run.threshold
     combined = evaluation.saved_precision(combine(scores, weights))  # the label is decided on the number shown
     class_columns = [] if task.is_binary else [tasks.probability_column(c) for c in task.classes]
-    classes = (
-        evaluation.saved_precision(combine(np.stack([t[class_columns].to_numpy(dtype=np.float64) for t in tables], axis=-1), weights))
-        if class_columns else None
-    )
+    if is_composed(member_tasks(run)):
+        pneumonia, kind = question_masks(member_tasks(run))
+        classes = evaluation.saved_precision(
+            compose_classes(combine(scores[:, pneumonia], weights[pneumonia]), combine(scores[:, kind], weights[kind]))
+        )
+        combined = evaluation.saved_precision(positive_probability(classes))
+    elif class_columns:
+        classes = evaluation.saved_precision(
+            combine(np.stack([t[class_columns].to_numpy(dtype=np.float64) for t in tables], axis=-1), weights)
+        )
+    else:
+        classes = None
     rows = []
     for i, (path, score, error) in enumerate(zip(paths, combined, errors, strict=True)):
         ok = not error and np.isfinite(score)
@@ -404,7 +551,7 @@ def score_pixels(run: Run, images: np.ndarray, models: Mapping | None = None) ->
     """The ensemble's probability of its binary view's positive class for a batch of square RGB images
     (n, S, S, 3) in 0..255: the members' (`evaluation.score_pixels`, each at its own size) combined with the weights;
     a member without weight is neither loaded nor run."""
-    weighted = [(m, w) for m, w in zip(member_runs(run), weights_of(run), strict=True) if w > 0]  # as `heatmap_for_run`
+    weighted = view_members(run)  # as `heatmap_for_run`
     scores = [evaluation.score_pixels(_member_model(m, models), images) for m, _ in weighted]
     return combine(np.column_stack(scores), [w for _, w in weighted])
 
@@ -413,12 +560,13 @@ def heatmap_for_run(
     run: Run, image_path: str | Path, models: Mapping | None = None, class_name: str | None = None, method: str = methods.DEFAULT_METHOD
 ):
     """(the weighted mean of the members' `method` heatmaps, the original image); see `explanation.combine_heatmaps`.
-    Three-class members explain `class_name` (by default each its own predicted class). ValueError, naming
-    the member, when the method does not apply to one of them."""
+    Three-class members explain `class_name` (by default each its own predicted class); a composed run
+    shows its pneumonia members' heatmaps of pneumonia (`view_members`), whatever `class_name`. ValueError,
+    naming the member, when the method does not apply to one of them."""
     heatmaps, weights, original = [], [], None
-    for member, weight in zip(member_runs(run), weights_of(run), strict=True):
-        if weight <= 0:
-            continue  # a member without weight does not take part in the ensemble's decision
+    if is_composed(member_tasks(run)):
+        class_name = None  # a composed run shows where its pneumonia members look for pneumonia
+    for member, weight in view_members(run):  # a member without weight does not take part in the decision
         try:
             heatmap, original = methods.heatmap_for_run(
                 member, image_path, model=(models or {}).get(member.name), class_name=class_name, method=method
@@ -433,9 +581,7 @@ def heatmap_for_run(
 def method_problem(run: Run, method: str, models: Mapping | None = None) -> str:
     """Why `method` cannot explain the ensemble ("" when it explains every member that has weight)."""
     chosen = methods.method_named(method)
-    for member, weight in zip(member_runs(run), weights_of(run), strict=True):
-        if weight <= 0:
-            continue  # not explained (see `heatmap_for_run`): its model need not be loaded
+    for member, _ in view_members(run):  # the others are not explained (see `heatmap_for_run`): no model to load
         model = _member_model(member, models)
         if problem := chosen.problem(model):
             return f"{chosen.label} does not apply to member {member.name!r}: {problem}"

@@ -258,6 +258,17 @@ def heatmap(run: Run, image_path: str | Path, models: Any = None, class_name: st
     return kind_of(run).heatmap(run, image_path, models, class_name, method)
 
 
+def explains_each_class(run: Run) -> bool:
+    """Whether the run's heatmap explains whichever class of its task is asked (a three-class model, or an
+    ensemble of them), rather than its binary view's positive class: a two-class run, and a composed
+    three-class run, which shows where its pneumonia members look for pneumonia (`ensemble.view_members`)."""
+    from core.data import tasks
+
+    if tasks.task_for(run.task).is_binary:
+        return False
+    return not (run.is_ensemble and ensemble.is_composed(ensemble.member_tasks(run)))
+
+
 def default_method(runs: Sequence[Run]) -> str:
     """The explanation method a page shows first for `runs` (`methods.default_for`), read from their
     settings without loading a model: an imported file without gradients (`model_files.KERAS_FORMATS`

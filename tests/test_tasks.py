@@ -432,6 +432,23 @@ def test_a_pneumonia_and_a_bacterial_vs_viral_run_compose_a_three_class_run(task
     own, _ = run_kinds.heatmap(binary, images[0])
     assert np.allclose(heat, own, atol=1e-6)
 
+    # the pages read it as a three-class run, explained where its pneumonia run looks
+    at = _page("compare", task_runs["data"], folder)
+    at.session_state["compare_runs"] = ["composed", "three"]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Three classes: normal / bacterial / viral" in [h.value for h in at.header]
+    at = _page("predict", task_runs["data"], folder)
+    at.session_state["predict_runs"] = ["composed"]
+    at.session_state["predict_samples"] = [(images[0], "PNEUMONIA")]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = predictions_shown(at).set_index("run")
+    assert shown.loc["composed", ["P(normal)", "P(bacterial)", "P(viral)"]].astype(float).sum() == pytest.approx(1.0, abs=1e-5)
+    assert not [s for s in at.selectbox if s.key == "predict_gradcam_class"]  # no class to choose: it explains pneumonia
+    captions = [caption for element in at.get("image") for caption in element.captions]
+    assert any(c.startswith("composed · Grad-CAM") for c in captions) and not any("regions pointing to" in c for c in captions)
+
     # runs split another way are refused, naming the problem
     val = kinds.val_predictions()
     val.iloc[1:].to_csv(folder / "kinds" / artifacts.VAL_PREDICTIONS, index=False)

@@ -19,7 +19,9 @@ in `KINDS` (ordered, first match wins):
 
 Three-class is not a kind of run but a task (`core.data.tasks`): a plain run and an ensemble can
 both be three-class. What the task changes (a probability column per class, the two-step label, the
-class an explanation explains) is read from the run's `Task` by the code each kind calls, never here.
+class an explanation explains) is read from the run's `Task` by the code each kind calls, never here;
+the one exception is `explains_each_class`, since a composed ensemble (pneumonia and bacterial-vs-viral
+members) is three-class but explains only pneumonia.
 
 A new kind is one more `RunKind` subclass in this file, listed in `KINDS` before `PlainRun`; nothing
 else dispatches.
@@ -39,6 +41,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from core.data import tasks
 from core.inference import ensemble, evaluation, methods, ood, quantization
 from core.inference import unusual as unusual_images
 from core.inference.methods import DEFAULT_METHOD
@@ -85,6 +88,10 @@ class RunKind(ABC):
     @abstractmethod
     def method_problem(self, run: Run, method: str, models: Any = None) -> str:
         """Why `method` cannot explain this run ("" when it can)."""
+
+    def explains_each_class(self, run: Run) -> bool:
+        """Whether `heatmap` explains the `class_name` asked: a multi-class task's runs do."""
+        return not tasks.task_for(run.task).is_binary
 
     @abstractmethod
     def export_problem(self, run: Run) -> str:
@@ -186,6 +193,10 @@ class EnsembleRun(RunKind):
     def method_problem(self, run: Run, method: str, models: Any = None) -> str:
         return ensemble.method_problem(run, method, models=models)
 
+    def explains_each_class(self, run: Run) -> bool:
+        # a composed run shows its pneumonia members' heatmaps of pneumonia (`ensemble.view_members`)
+        return super().explains_each_class(run) and not ensemble.is_composed(ensemble.member_tasks(run))
+
     def export_problem(self, run: Run) -> str:
         return (
             f"run {run.name!r} is an ensemble: it has no model of its own, so it is not exported; export its members "
@@ -260,13 +271,9 @@ def heatmap(run: Run, image_path: str | Path, models: Any = None, class_name: st
 
 def explains_each_class(run: Run) -> bool:
     """Whether the run's heatmap explains whichever class of its task is asked (a three-class model, or an
-    ensemble of them), rather than its binary view's positive class: a two-class run, and a composed
-    three-class run, which shows where its pneumonia members look for pneumonia (`ensemble.view_members`)."""
-    from core.data import tasks
-
-    if tasks.task_for(run.task).is_binary:
-        return False
-    return not (run.is_ensemble and ensemble.is_composed(ensemble.member_tasks(run)))
+    ensemble of them), rather than its binary view's positive class (a two-class run; a composed three-class
+    run, which shows where its pneumonia members look for pneumonia)."""
+    return kind_of(run).explains_each_class(run)
 
 
 def default_method(runs: Sequence[Run]) -> str:

@@ -177,13 +177,12 @@ def check_members(runs: Sequence[Run]) -> dict[str, tuple[pd.DataFrame, pd.DataF
     if problems:
         raise RunError("cannot combine: " + "; ".join(problems))
     composed = is_composed([r.task for r in runs])
-    groups = [[r for r, keep in zip(runs, mask, strict=True) if keep] for mask in question_masks([r.task for r in runs])] \
-        if composed else [list(runs)]
-    for group in groups:
-        first_task = tasks.task_for(group[0].task)
-        for other in group[1:]:
+    if not composed:  # a composed run's questions differ on purpose; each of its groups holds one task
+        first_task = tasks.task_for(runs[0].task)
+        for other in runs[1:]:
             if problem := tasks.comparability_problem(first_task, tasks.task_for(other.task)):
-                raise RunError(f"cannot combine {group[0].name} and {other.name}: {problem}")
+                raise RunError(f"cannot combine {runs[0].name} and {other.name}: {problem}")
+    groups = by_question(runs, [r.task for r in runs]) if composed else (list(runs),)
     tables = {r.name: (r.val_predictions(), r.predictions()) for r in runs}
     for group in groups:
         first = group[0]
@@ -238,6 +237,13 @@ def question_masks(member_tasks: Sequence[str | None]) -> tuple[np.ndarray, np.n
     """(pneumonia members, bacterial-vs-viral members) of a composed run, as boolean masks over its members."""
     names = np.array([tasks.canonical_name(name) for name in member_tasks])
     return names == COMPOSED_QUESTIONS[0], names == COMPOSED_QUESTIONS[1]
+
+
+def by_question(items: Sequence, member_tasks: Sequence[str | None]) -> tuple[list, list]:
+    """(the pneumonia members', the bacterial-vs-viral members') `items`, one item per member, in member order."""
+    pneumonia, kind = question_masks(member_tasks)
+    return ([item for item, keep in zip(items, pneumonia, strict=True) if keep],
+            [item for item, keep in zip(items, kind, strict=True) if keep])
 
 
 def compose_classes(pneumonia: np.ndarray, viral: np.ndarray) -> np.ndarray:
@@ -301,24 +307,30 @@ def total(values: list) -> float | None:
 # --------------------------------------------------------------------------
 
 
-def _kind_scores(kind_runs: Sequence[Run], tables: Mapping, index: int, rows: pd.DataFrame) -> np.ndarray:
-    """The bacterial-vs-viral members' P(viral) for every image of `rows` (images, members): their saved
-    predictions for the pneumonia X-rays, and their models' for the normal ones, which they never saw (a
-    composed run's P(bacterial) and P(viral) of a normal X-ray need them)."""
-    normal = ~tasks.BACTERIAL_VS_VIRAL.rows(rows)
-    columns = []
-    for run in kind_runs:
-        saved = tables[run.name][index].set_index("path")
-        column = np.full(len(rows), np.nan)
-        column[~normal] = saved.loc[rows.loc[~normal, "path"], "probability"].to_numpy(dtype=np.float64)
-        if normal.any():
-            scored = evaluation.predict_files(run, list(rows.loc[normal, "path"]))
-            if (bad := scored[scored["error"] != ""]).size:
+def _kind_scores(kind_runs: Sequence[Run], tables: Mapping, rows_by_split: Sequence[pd.DataFrame]) -> list[np.ndarray]:
+    """The bacterial-vs-viral members' P(viral) for every image of each of `rows_by_split` (validation, test):
+    one (images, members) array per split. Their saved predictions for the pneumonia X-rays, and their
+    models' for the normal ones, which they never saw (a composed run's P(bacterial) and P(viral) of a
+    normal X-ray need them): each model scores the normal X-rays of both splits in one call."""
+    normal = [~tasks.BACTERIAL_VS_VIRAL.rows(rows) for rows in rows_by_split]
+    normal_paths = [path for rows, is_normal in zip(rows_by_split, normal, strict=True) for path in rows.loc[is_normal, "path"]]
+    out = [np.full((len(rows), len(kind_runs)), np.nan) for rows in rows_by_split]
+    for j, run in enumerate(kind_runs):
+        scored = np.empty(0)
+        if normal_paths:
+            table = evaluation.predict_files(run, normal_paths)
+            if (bad := table[table["error"] != ""]).size:
                 raise RunError(f"{run.name} cannot score {len(bad)} normal X-rays of the split (e.g. {bad['path'].iloc[0]}: "
                                f"{bad['error'].iloc[0]}): restore the data folder")
-            column[normal] = scored["probability"].to_numpy(dtype=np.float64)
-        columns.append(column)
-    return np.column_stack(columns)
+            scored = table["probability"].to_numpy(dtype=np.float64)
+        start = 0
+        for index, (rows, is_normal, q) in enumerate(zip(rows_by_split, normal, out, strict=True)):
+            saved = tables[run.name][index].set_index("path")
+            q[~is_normal, j] = saved.loc[rows.loc[~is_normal, "path"], "probability"].to_numpy(dtype=np.float64)
+            count = int(is_normal.sum())
+            q[is_normal, j] = scored[start:start + count]
+            start += count
+    return out
 
 
 def _group_weights(y: np.ndarray, scores: np.ndarray, weighted: bool) -> np.ndarray:
@@ -335,18 +347,17 @@ def _composed_result(runs: Sequence[Run], tables: Mapping, weighted: bool) -> tu
     theirs were."""
     task = tasks.THREE_CLASS
     pneumonia_mask, kind_mask = question_masks([r.task for r in runs])
-    pneumonia_runs = [r for r, keep in zip(runs, pneumonia_mask, strict=True) if keep]
-    kind_runs = [r for r, keep in zip(runs, kind_mask, strict=True) if keep]
+    pneumonia_runs, kind_runs = by_question(runs, [r.task for r in runs])
     parts = []
     for index in (0, 1):  # validation, test
         rows, scores = _aligned([tables[r.name][index] for r in pneumonia_runs])
         known = task.rows(rows)  # a pneumonia X-ray of unknown kind has no three-class label
-        rows, scores = rows[known].reset_index(drop=True), scores[known]
-        parts.append((rows, scores, _kind_scores(kind_runs, tables, index, rows)))
-    (val_rows, val_p, val_q), (test_rows, test_p, test_q) = parts
+        parts.append((rows[known].reset_index(drop=True), scores[known]))
+    (val_rows, val_p), (test_rows, test_p) = parts
+    val_q, test_q = _kind_scores(kind_runs, tables, [val_rows, test_rows])
     y_val, y_test = task.labels(val_rows), task.labels(test_rows)
-    pneumonia_weights = _group_weights((y_val != 0).astype(np.int64), val_p, weighted)
     is_kind = y_val != 0
+    pneumonia_weights = _group_weights(is_kind.astype(np.int64), val_p, weighted)
     kind_weights = _group_weights((y_val[is_kind] == 2).astype(np.int64), val_q[is_kind], weighted)
     weights = np.zeros(len(runs))
     weights[pneumonia_mask], weights[kind_mask] = np.round(pneumonia_weights, 6), np.round(kind_weights, 6)
@@ -489,11 +500,10 @@ def view_members(run: Run) -> list[tuple[Run, float]]:
     """(member, weight) of each member with weight whose probability makes the ensemble's binary view: every
     one, or a composed run's pneumonia members (its view is P(pneumonia); they are what scores pixels and is
     explained)."""
-    members, weights = member_runs(run), weights_of(run)
+    weighted = list(zip(member_runs(run), weights_of(run), strict=True))
     if is_composed(member_tasks(run)):
-        pneumonia, _ = question_masks(member_tasks(run))
-        members, weights = [m for m, keep in zip(members, pneumonia, strict=True) if keep], weights[pneumonia]
-    return [(m, float(w)) for m, w in zip(members, weights, strict=True) if w > 0]
+        weighted, _ = by_question(weighted, member_tasks(run))
+    return [(m, float(w)) for m, w in weighted if w > 0]
 
 
 def weights_text(run: Run) -> str:
@@ -516,20 +526,21 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     scores = np.column_stack([t["probability"].to_numpy(dtype=np.float64) for t in tables])
     errors = [next((e for e in row if e), "") for row in zip(*(t["error"] for t in tables), strict=True)]
     threshold = run.threshold
-    combined = evaluation.saved_precision(combine(scores, weights))  # the label is decided on the number shown
     class_columns = [] if task.is_binary else [tasks.probability_column(c) for c in task.classes]
-    if is_composed(member_tasks(run)):
+    classes, composed = None, is_composed(member_tasks(run))
+    if composed:
         pneumonia, kind = question_masks(member_tasks(run))
         classes = evaluation.saved_precision(
             compose_classes(combine(scores[:, pneumonia], weights[pneumonia]), combine(scores[:, kind], weights[kind]))
         )
-        combined = evaluation.saved_precision(positive_probability(classes))
     elif class_columns:
         classes = evaluation.saved_precision(
             combine(np.stack([t[class_columns].to_numpy(dtype=np.float64) for t in tables], axis=-1), weights)
         )
-    else:
-        classes = None
+    # the label is decided on the number shown: a composed run's view is its classes' P(pneumonia)
+    combined = evaluation.saved_precision(
+        positive_probability(classes) if composed else combine(scores, weights)
+    )
     rows = []
     for i, (path, score, error) in enumerate(zip(paths, combined, errors, strict=True)):
         ok = not error and np.isfinite(score)

@@ -136,7 +136,7 @@ def test_runs_that_cannot_be_cross_fitted_say_why(cooked, tmp_path):
 
 
 def test_a_fold_model_at_chance_counts_as_collapsed_only_where_the_run_itself_worked():
-    assert cross_fit.collapsed(0.50, 0.99)  # the seed-44 runner-up's first fold: trained again with another seed
-    assert not cross_fit.collapsed(0.93, 0.99)
-    assert not cross_fit.collapsed(0.50, 0.52)  # a run at chance itself (the tiny test runs): nothing to retry for
-    assert not cross_fit.collapsed(0.50, None)
+    assert ensemble.fell_to_chance(0.50, 0.99)  # the seed-44 runner-up's first fold: trained again with another seed
+    assert not ensemble.fell_to_chance(0.93, 0.99)
+    assert not ensemble.fell_to_chance(0.50, 0.52)  # a run at chance itself (the tiny test runs): nothing to retry for
+    assert not ensemble.fell_to_chance(0.50, None)

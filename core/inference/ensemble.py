@@ -151,8 +151,15 @@ def collapsed_members(runs: Sequence[Run]) -> dict[str, str]:
     return {
         name: (f"{name}'s validation AUC is {auc:.2f}, at chance, where {best}'s is {working[best]:.2f}: its training did "
                "not learn (a learning rate too high for its seed is the usual cause); retrain it with a lower one")
-        for name, auc in aucs.items() if np.isfinite(auc) and auc <= CHANCE_AUC
+        for name, auc in aucs.items() if fell_to_chance(auc, working[best])
     }
+
+
+def fell_to_chance(auc: float, reference_auc: float | None) -> bool:
+    """Whether a model at `auc` learnt nothing (at most `CHANCE_AUC`) where a model at `reference_auc`
+    shows the task is learnt (at least `WORKING_AUC`)."""
+    return (reference_auc is not None and np.isfinite(auc) and np.isfinite(reference_auc)
+            and reference_auc >= WORKING_AUC and auc <= CHANCE_AUC)
 
 
 def same_images(first: Run, other: Run, a: pd.DataFrame, b: pd.DataFrame, split: str) -> str:

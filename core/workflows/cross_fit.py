@@ -179,7 +179,8 @@ def _train_folds(member: Run, pool: pd.DataFrame, n_folds: int, folder: Path, pr
             as_is = evaluation.probabilities(saved, np.asarray(data.pixels), settings.engine, settings.batch_size, None,
                                              settings.tta)[0]
             fold_auc = statistics.binary_metrics(y_held, as_is)["auc"]
-            if not collapsed(fold_auc, (member.metrics or {}).get("val", {}).get("auc")):
+            # as `ensemble.collapsed_members` judges runs: at chance where the run's own model worked
+            if not ensemble.fell_to_chance(fold_auc, (member.metrics or {}).get("val", {}).get("auc")):
                 break
             if attempt == RETRIES:
                 raise RunError(f"{member.name}'s model fell to chance on fold {k + 1} with {RETRIES + 1} seeds (held-out AUC "
@@ -197,12 +198,6 @@ def _train_folds(member: Run, pool: pd.DataFrame, n_folds: int, folder: Path, pr
         progress.update(folds_done=progress.state.get("folds_done", 0) + 1, force=True)
         log(f"{member.name}: fold {k + 1} saved (AUC {fold_auc:.4f} on its held-out images)")
         keras.backend.clear_session()
-
-
-def collapsed(fold_auc: float, run_val_auc: float | None) -> bool:
-    """Whether a fold model fell to chance (held-out AUC at most `ensemble.CHANCE_AUC`) where the run's own
-    model worked (validation AUC at least `ensemble.WORKING_AUC`), as `ensemble.collapsed_members` judges runs."""
-    return run_val_auc is not None and run_val_auc >= ensemble.WORKING_AUC and fold_auc <= ensemble.CHANCE_AUC
 
 
 def _stop_callback(stop: StopFlag):

@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--artifacts", default=artifacts_default)
 
     ensemble = commands.add_parser("ensemble", help="combine finished runs into a new run that averages their probabilities")
-    ensemble.add_argument("members", nargs="+", metavar="RUN", help="two or more finished runs, split the same way; pneumonia and bacterial_vs_viral runs together compose a three_class run")
+    ensemble.add_argument("members", nargs="+", metavar="RUN", help="two or more finished runs, split the same way; pneumonia and bacterial_vs_viral runs together compose a three_class run, and three_class runs beside them average their answer in")
     ensemble.add_argument("--name", required=True, help="the new run's name")
     ensemble.add_argument("--weighted", action="store_true",
                           help="choose the weights on validation (best validation AUC on a grid); default: equal weights")

@@ -16,7 +16,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from core import files
 from core.data import folders, splitting, tasks
-from core.evidence import multiclass
+from core.evidence import multiclass, stress
 from core.inference import evaluation, run_kinds
 from core.models import builders, families
 from core.runs import artifacts
@@ -451,3 +451,42 @@ def test_a_pneumonia_and_a_bacterial_vs_viral_run_compose_a_three_class_run(task
     with pytest.raises(artifacts.RunError, match="kinds was validated on other images than binary's pneumonia X-rays.*split the same way"):
         ensemble.build_ensemble(folder, ["binary", "kinds"], "composed-2")
     assert not (folder / "composed-2").exists()
+
+
+def test_three_class_runs_join_a_composed_run_and_the_two_answers_are_averaged(task_runs, tmp_path):
+    """The three-class recipe's result: the composed classes and the three-class run's own, half and half."""
+    import shutil
+
+    from core.inference import ensemble
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(task_runs["artifacts"], folder)
+    composed = ensemble.build_ensemble(folder, ["binary", "kinds"], "composed")
+    both = ensemble.build_ensemble(folder, ["three", "binary", "kinds"], "both")
+    assert both.task == "three_class" and ensemble.is_composed(ensemble.member_tasks(both))
+    assert ensemble.BOTH_ANSWERS_RULE in both.metrics["ensemble"]["weight_rule"] and both.settings["weights"] == [1.0, 1.0, 1.0]
+    columns = [tasks.probability_column(c) for c in tasks.THREE_CLASS.classes]
+    for table in ("predictions", "val_predictions"):
+        shown = getattr(both, table)().set_index("path")
+        halves = [getattr(r, table)().set_index("path").loc[shown.index, columns].to_numpy(float)
+                  for r in (composed, artifacts.load_run(folder, "three"))]
+        assert np.allclose(shown[columns].to_numpy(float), (halves[0] + halves[1]) / 2, atol=2e-6), table
+        assert np.allclose(shown["probability"], 1 - shown[columns[0]], atol=2e-6)  # its view: P(bacterial) + P(viral)
+    assert both.metrics["threshold_rule"] == stress.ROBUST_THRESHOLD_RULE  # chosen as every run's, stressed copies too
+
+    # new images: predict gives the saved numbers and the two-step class; the heatmap is the pneumonia run's
+    images = [str(i) for i in sorted((task_runs["data"] / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]]
+    mine = run_kinds.predict_files(both, images).set_index("path")
+    saved = both.predictions().set_index("path")
+    assert np.allclose(mine.loc[images, columns].to_numpy(float), saved.loc[images, columns].to_numpy(float), atol=2e-6)
+    assert list(mine.loc[images, "label"]) == list(saved.loc[images, "predicted_class"])
+    assert not run_kinds.explains_each_class(both)
+    heat, _ = run_kinds.heatmap(both, images[0])
+    assert np.allclose(heat, run_kinds.heatmap(artifacts.load_run(folder, "binary"), images[0])[0], atol=1e-6)
+
+    # a three-class run made on other images is refused, naming it
+    val = artifacts.load_run(folder, "three").val_predictions()
+    val.iloc[1:].to_csv(folder / "three" / artifacts.VAL_PREDICTIONS, index=False)
+    with pytest.raises(artifacts.RunError, match="three was validated on other images than binary's X-rays of a known class"):
+        ensemble.build_ensemble(folder, ["three", "binary", "kinds"], "both-2")
+    assert not (folder / "both-2").exists()

@@ -7,8 +7,9 @@ new images and explains them (each member at its own input size, averaged with t
 Members of one multi-class task (three-class runs) make an ensemble of that task, whose class
 probabilities are the members' averaged. Runs of the paper's two questions, pneumonia vs normal and
 bacterial vs viral, split the same way, are *composed* into a three-class run (`COMPOSE_RULE`: the
-first question, then the second, as Kermany et al. asked them). Any other mix answers the members'
-binary question.
+first question, then the second, as Kermany et al. asked them). Three-class runs may join a composed
+run: its classes are then the mean of the two answers, composed and three-class (`BOTH_ANSWERS_RULE`,
+the three-class recipe's result). Any other mix answers the members' binary question.
 
 An ensemble is saved as an ordinary run folder, so every page, the report and `predict` read it
 like any other run: `predictions.csv`, `val_predictions.csv` and `metrics.json` are made by
@@ -56,6 +57,13 @@ COMPOSED_QUESTIONS = (tasks.PNEUMONIA.name, tasks.BACTERIAL_VS_VIRAL.name)
 COMPOSE_RULE = (
     "composed: P(normal) = 1 − p, P(bacterial) = p·(1 − q), P(viral) = p·q, where p is the pneumonia members' "
     "probability and q the bacterial-vs-viral members' P(viral), each question's members averaged with their weights"
+)
+# Three-class members of a composed run answer the same three-way question another way. The two answers
+# are averaged half and half: chosen on validation at three seeds over either answer alone
+# (docs/measurements.md, "Both answers averaged").
+BOTH_ANSWERS_RULE = (
+    "both answers: the composed class probabilities and the three-class members' own (averaged with their weights), "
+    "half and half"
 )
 
 
@@ -189,31 +197,37 @@ def check_members(runs: Sequence[Run]) -> dict[str, tuple[pd.DataFrame, pd.DataF
         for other in runs[1:]:
             if problem := tasks.comparability_problem(first_task, tasks.task_for(other.task)):
                 raise RunError(f"cannot combine {runs[0].name} and {other.name}: {problem}")
-    groups = by_question(runs, [r.task for r in runs]) if composed else (list(runs),)
+    groups = answer_groups(runs, [r.task for r in runs]) if composed else (list(runs),)
     tables = {r.name: (r.val_predictions(), r.predictions()) for r in runs}
-    for group in groups:
+    for group in (group for group in groups if group):
         first = group[0]
         for other in group[1:]:
             for index, split in ((0, "validated"), (1, "tested")):
                 problem = same_images(first, other, tables[first.name][index], tables[other.name][index], split)
                 if problem:
                     raise RunError(f"cannot combine: {problem}")
-    if composed:
-        (first, *_), (kind_run, *_) = groups
-        for index, split in ((0, "validated"), (1, "tested")):
-            if problem := _same_pneumonia_images(first, kind_run, tables[first.name][index], tables[kind_run.name][index], split):
-                raise RunError(f"cannot compose: {problem}")
+    if composed:  # every other answer is made on the pneumonia members' images (those of its task)
+        (first, *_), *others = groups
+        for task, group in zip((tasks.BACTERIAL_VS_VIRAL, tasks.THREE_CLASS), others, strict=True):
+            for index, split in ((0, "validated"), (1, "tested")):
+                if group and (problem := _same_pneumonia_images(first, group[0], tables[first.name][index],
+                                                                 tables[group[0].name][index], split, task)):
+                    raise RunError(f"cannot compose: {problem}")
     return tables
 
 
-def _same_pneumonia_images(pneumonia_run: Run, kind_run: Run, pneumonia: pd.DataFrame, kinds: pd.DataFrame, split: str) -> str:
-    """Why a bacterial-vs-viral run's images are not the pneumonia run's pneumonia images of a known kind ("" when they are)."""
-    expected = set(pneumonia.loc[tasks.BACTERIAL_VS_VIRAL.rows(pneumonia), "path"])
-    found = set(kinds["path"])
+def _same_pneumonia_images(
+    pneumonia_run: Run, other_run: Run, pneumonia: pd.DataFrame, other: pd.DataFrame, split: str, task: tasks.Task
+) -> str:
+    """Why a bacterial-vs-viral or three-class run's images are not the pneumonia run's images of that task
+    (its pneumonia X-rays of a known kind, or every X-ray of a known class) ("" when they are)."""
+    expected = set(pneumonia.loc[task.rows(pneumonia), "path"])
+    found = set(other["path"])
     if expected == found:
         return ""
+    what = "pneumonia X-rays" if task == tasks.BACTERIAL_VS_VIRAL else "X-rays of a known class"
     return (
-        f"{kind_run.name} was {split} on other images than {pneumonia_run.name}'s pneumonia X-rays ({len(found)} and "
+        f"{other_run.name} was {split} on other images than {pneumonia_run.name}'s {what} ({len(found)} and "
         f"{len(expected)} images, {len(found & expected)} in common): compose runs split the same way (same data, seed and "
         "image cap; runs made before every task kept the pneumonia split cannot be composed)"
     )
@@ -234,10 +248,10 @@ def _aligned(tables: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def is_composed(member_tasks: Sequence[str | None]) -> bool:
-    """Whether members of these tasks compose a three-class run: every one a pneumonia or a bacterial-vs-viral
-    run, and both questions there."""
+    """Whether members of these tasks compose a three-class run: both questions there (pneumonia, bacterial vs
+    viral), and every other member a three-class run (`BOTH_ANSWERS_RULE`)."""
     names = {tasks.canonical_name(name) for name in member_tasks}
-    return names == set(COMPOSED_QUESTIONS)
+    return set(COMPOSED_QUESTIONS) <= names <= {*COMPOSED_QUESTIONS, tasks.THREE_CLASS.name}
 
 
 def question_masks(member_tasks: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -246,11 +260,23 @@ def question_masks(member_tasks: Sequence[str | None]) -> tuple[np.ndarray, np.n
     return names == COMPOSED_QUESTIONS[0], names == COMPOSED_QUESTIONS[1]
 
 
+def class_mask(member_tasks: Sequence[str | None]) -> np.ndarray:
+    """A composed run's three-class members (the other answer, `BOTH_ANSWERS_RULE`), as a boolean mask."""
+    return np.array([tasks.canonical_name(name) == tasks.THREE_CLASS.name for name in member_tasks], dtype=bool)
+
+
 def by_question(items: Sequence, member_tasks: Sequence[str | None]) -> tuple[list, list]:
     """(the pneumonia members', the bacterial-vs-viral members') `items`, one item per member, in member order."""
     pneumonia, kind = question_masks(member_tasks)
     return ([item for item, keep in zip(items, pneumonia, strict=True) if keep],
             [item for item, keep in zip(items, kind, strict=True) if keep])
+
+
+def answer_groups(items: Sequence, member_tasks: Sequence[str | None]) -> tuple[list, list, list]:
+    """A composed run's `items` by role: (pneumonia members', bacterial-vs-viral members', three-class members');
+    the last is empty when the run composes the two questions alone."""
+    return (*by_question(items, member_tasks),
+            [item for item, keep in zip(items, class_mask(member_tasks), strict=True) if keep])
 
 
 def compose_classes(pneumonia: np.ndarray, viral: np.ndarray) -> np.ndarray:
@@ -348,13 +374,15 @@ def _group_weights(y: np.ndarray, scores: np.ndarray, weighted: bool) -> np.ndar
 
 
 def _composed_result(runs: Sequence[Run], tables: Mapping, weighted: bool) -> tuple[dict, np.ndarray, str]:
-    """(metrics, weights, weight rule) of a composed three-class run (`COMPOSE_RULE`). Each question's members
-    are weighted among themselves (the saved weights sum to 1 within each question); the threshold of the
-    binary view, p, is chosen on validation from the pneumonia members' scores, stressed copies included, as
-    theirs were."""
+    """(metrics, weights, weight rule) of a composed three-class run (`COMPOSE_RULE`, and `BOTH_ANSWERS_RULE` with
+    three-class members). Each question's members, and the three-class members, are weighted among themselves (the
+    saved weights sum to 1 within each group); the threshold of the binary view is chosen on validation from the
+    members' scores, stressed copies included, as theirs were."""
     task = tasks.THREE_CLASS
-    pneumonia_mask, kind_mask = question_masks([r.task for r in runs])
-    pneumonia_runs, kind_runs = by_question(runs, [r.task for r in runs])
+    member_tasks_ = [r.task for r in runs]
+    pneumonia_mask, kind_mask = question_masks(member_tasks_)
+    classes_mask = class_mask(member_tasks_)
+    pneumonia_runs, kind_runs, class_runs = answer_groups(runs, member_tasks_)
     parts = []
     for index in (0, 1):  # validation, test
         rows, scores = _aligned([tables[r.name][index] for r in pneumonia_runs])
@@ -364,18 +392,32 @@ def _composed_result(runs: Sequence[Run], tables: Mapping, weighted: bool) -> tu
     val_q, test_q = _kind_scores(kind_runs, tables, [val_rows, test_rows])
     y_val, y_test = task.labels(val_rows), task.labels(test_rows)
     is_kind = y_val != 0
-    pneumonia_weights = _group_weights(is_kind.astype(np.int64), val_p, weighted)
-    kind_weights = _group_weights((y_val[is_kind] == 2).astype(np.int64), val_q[is_kind], weighted)
     weights = np.zeros(len(runs))
-    weights[pneumonia_mask], weights[kind_mask] = np.round(pneumonia_weights, 6), np.round(kind_weights, 6)
-    val_stressed = _combined_stress(pneumonia_runs, val_rows["path"], weights[pneumonia_mask])
-    result = evaluation.evaluate_classes(
-        val_rows, y_val, compose_classes(combine(val_p, weights[pneumonia_mask]), combine(val_q, weights[kind_mask])),
-        test_rows, y_test, compose_classes(combine(test_p, weights[pneumonia_mask]), combine(test_q, weights[kind_mask])),
-        task, val_stressed,
+    weights[pneumonia_mask] = np.round(_group_weights(is_kind.astype(np.int64), val_p, weighted), 6)
+    weights[kind_mask] = np.round(_group_weights((y_val[is_kind] == 2).astype(np.int64), val_q[is_kind], weighted), 6)
+    val_classes, test_classes = (
+        compose_classes(combine(p, weights[pneumonia_mask]), combine(q, weights[kind_mask]))
+        for p, q in ((val_p, val_q), (test_p, test_q))
     )
-    rule = (WEIGHTED_RULE.format(steps=grid_steps(max(len(pneumonia_runs), len(kind_runs)))) if weighted else EQUAL_RULE)
-    return result, weights, f"{rule}, within each question; {COMPOSE_RULE}"
+    val_stressed = _combined_stress(pneumonia_runs, val_rows["path"], weights[pneumonia_mask])
+    if class_runs:  # the other answer: the three-class members' own class probabilities, averaged in half and half
+        views = np.column_stack([tables[r.name][0].set_index("path").loc[val_rows["path"], "probability"] for r in class_runs])
+        weights[classes_mask] = np.round(_group_weights(is_kind.astype(np.int64), views.astype(np.float64), weighted), 6)
+        (y_own, val_own), (y_own_test, test_own) = (
+            _combined_classes([tables[r.name][index] for r in class_runs], rows, task, weights[classes_mask])
+            for index, rows in ((0, val_rows), (1, test_rows))
+        )
+        if not (np.array_equal(y_own, y_val) and np.array_equal(y_own_test, y_test)):
+            raise RunError("the three-class members and the pneumonia members disagree on the true class of some images")
+        val_classes, test_classes = (val_classes + val_own) / 2, (test_classes + test_own) / 2
+        own_stressed = _combined_stress(class_runs, val_rows["path"], weights[classes_mask])
+        val_stressed = ({name: (val_stressed[name] + own_stressed[name]) / 2 for name in val_stressed if name in own_stressed}
+                        if val_stressed and own_stressed else None) or None
+    result = evaluation.evaluate_classes(val_rows, y_val, val_classes, test_rows, y_test, test_classes, task, val_stressed)
+    groups = max(len(pneumonia_runs), len(kind_runs), len(class_runs))
+    rule = (WEIGHTED_RULE.format(steps=grid_steps(groups)) if weighted else EQUAL_RULE)
+    both = f"; {BOTH_ANSWERS_RULE}" if class_runs else ""
+    return result, weights, f"{rule}, within each question; {COMPOSE_RULE}{both}"
 
 
 def _combined_result(runs: Sequence[Run], tables: Mapping, task: tasks.Task, weighted: bool) -> tuple[dict, np.ndarray, str]:
@@ -504,9 +546,10 @@ def member_tasks(run: Run) -> list[str]:
 
 
 def view_members(run: Run) -> list[tuple[Run, float]]:
-    """(member, weight) of each member with weight whose probability makes the ensemble's binary view: every
-    one, or a composed run's pneumonia members (its view is P(pneumonia); they are what scores pixels and is
-    explained)."""
+    """(member, weight) of each member with weight that scores pixels and is explained: every one, or a composed
+    run's pneumonia members (they answer its first question, P(pneumonia), directly; with three-class members
+    beside them, `BOTH_ANSWERS_RULE`, the run's view also averages theirs in, but a three-class model explains
+    one class, not pneumonia)."""
     weighted = list(zip(member_runs(run), weights_of(run), strict=True))
     if is_composed(member_tasks(run)):
         weighted, _ = by_question(weighted, member_tasks(run))
@@ -537,9 +580,12 @@ def predict_files(run: Run, paths: list[str], models: Mapping | None = None, eng
     classes, composed = None, is_composed(member_tasks(run))
     if composed:
         pneumonia, kind = question_masks(member_tasks(run))
-        classes = evaluation.saved_precision(
-            compose_classes(combine(scores[:, pneumonia], weights[pneumonia]), combine(scores[:, kind], weights[kind]))
-        )
+        classes = compose_classes(combine(scores[:, pneumonia], weights[pneumonia]), combine(scores[:, kind], weights[kind]))
+        if (own := class_mask(member_tasks(run))).any():  # `BOTH_ANSWERS_RULE`
+            own_tables = [t for t, keep in zip(tables, own, strict=True) if keep]
+            classes = (classes + combine(np.stack([t[class_columns].to_numpy(dtype=np.float64) for t in own_tables], axis=-1),
+                                         weights[own])) / 2
+        classes = evaluation.saved_precision(classes)
     elif class_columns:
         classes = evaluation.saved_precision(
             combine(np.stack([t[class_columns].to_numpy(dtype=np.float64) for t in tables], axis=-1), weights)

@@ -36,7 +36,8 @@ def recipe_box(folder: str, data: DataFolder) -> None:
                    "official test split.")
         r1, r2, r3 = st.columns([2, 2, 1])
         recipe_name = r1.text_input("Recipe name", value="recipe", key="tune_recipe_name",
-                                    help="Its runs are NAME-recommended, NAME-runner-up and the ensemble NAME.")
+                                    help="Its runs are NAME-recommended, NAME-runner-up (and for three classes NAME-pneumonia, "
+                                    "NAME-kinds and their runner-ups) and the ensemble NAME.")
         r2.selectbox("Task", list(tasks.TASKS), key="tune_recipe_task", format_func=lambda n: f"{n} — {tasks.DESCRIPTIONS[n]}")
         r3.number_input("Seed (split)", value=42, step=1, key="tune_recipe_seed")
         if data.summary and data.summary["total_images"]:
@@ -45,7 +46,8 @@ def recipe_box(folder: str, data: DataFolder) -> None:
                     "task": st.session_state.get("tune_recipe_task"), "seed": int(st.session_state.get("tune_recipe_seed", 42))})
                 n_images, n_train, n_val = cost.split_sizes(data.summary)
                 st.caption(f"Estimated CPU time on {n_images:,} images: "
-                           f"**{cost.about(recipe.estimate_s(planned, n_images, n_train, n_val))}** on 2 cores. "
+                           f"**{cost.about(recipe.estimate_s(planned, n_images, n_train, n_val))}** on 2 cores, "
+                           f"{len(planned['steps'])} steps ({', '.join(planned['steps'])}). "
                            f"Same from a terminal: `{recipe.command(planned)}`")
             except artifacts.RunError as error:
                 st.caption(f":material/error: {error}")

@@ -392,6 +392,11 @@ def test_a_member_whose_training_collapsed_is_left_out_of_a_recipes_ensemble(tmp
     assert logged == [f"left out of the ensemble: {collapsed['dead']}"]
     assert recipe.working_members(tmp_path, ["q", "dead"], logged.append) == ["q", "dead"]  # an ensemble needs two
     assert logged[-1] == f"kept in the ensemble, which needs two members: {collapsed['dead']}; compare the ensemble with q"
+    # In a three-class recipe each question needs a member: the only one answering its question stays.
+    settings = json.loads((tmp_path / "dead" / "settings.json").read_text())
+    (tmp_path / "dead" / "settings.json").write_text(json.dumps({**settings, "task": "bacterial_vs_viral"}))
+    assert recipe.working_members(tmp_path, ["q", "r", "dead"], logged.append) == ["q", "r", "dead"]
+    assert logged[-1] == f"kept in the ensemble, where no other member answers its question (bacterial_vs_viral): {collapsed['dead']}"
     # When no member works (a tiny or hard data set) nothing is compared, nothing is left out.
     weak = [artifacts.Run(n, tmp_path / n, {}, {"val": {"auc": a}}, None) for n, a in (("x", 0.70), ("y", 0.52))]
     assert ensemble.collapsed_members(weak) == {}

@@ -49,6 +49,40 @@ def test_a_recipe_of_one_trial_repeats_its_best_instead_of_a_runner_up(tmp_path)
     assert 0 < estimates["r-runner-up"] < repeated["one-repeat"] / 3
 
 
+def test_the_three_class_recipe_asks_both_ways_and_averages_the_answers(tmp_path, monkeypatch):
+    """Three searches (three classes; pneumonia; bacterial vs viral), each with its runner-up, then one ensemble of
+    all six: each search answers its own question, and a name too long for the longest step is refused."""
+    from types import SimpleNamespace
+
+    from core.inference import ensemble
+
+    plan = recipe.make_plan("tc", tmp_path, {"task": "three_class", "seed": 43})
+    assert recipe.steps_of(plan) == recipe.THREE_CLASS_STEPS
+    assert plan["steps"] == ["tc-recommended", "tc-runner-up", "tc-pneumonia", "tc-pneumonia-runner-up", "tc-kinds",
+                             "tc-kinds-runner-up", "tc"]
+    assert recipe.make_plan("tc", tmp_path, {"task": "three_class", "trials": 1})["steps"] == ["tc-recommended", "tc-repeat", "tc"]
+    calls = []
+    monkeypatch.setattr(loop, "run_search", lambda settings, log, resume: calls.append(
+        ("search", settings.name, settings.task, settings.seed, settings.trials)) or {"state": "completed"})
+    monkeypatch.setattr(runner_up, "keep_trial", lambda artifacts_dir, source, name, extra_json, log: calls.append(
+        ("keep", name, source)) or {"state": "completed"})
+    monkeypatch.setattr(recipe, "working_members", lambda artifacts_dir, members, log: members)
+    built = SimpleNamespace(metrics={"test": {"auc": 0.9, "accuracy": 0.8}, "threshold": 0.5})
+    monkeypatch.setattr(ensemble, "build_ensemble", lambda artifacts_dir, members, name: calls.append(("ensemble", name, members)) or built)
+    assert recipe.run_recipe(tmp_path / "store", plan, log=lambda _: None) is built.metrics
+    trials = presets.preset("recommended").settings["trials"]
+    assert calls == [
+        ("search", "tc-recommended", "three_class", 43, trials), ("keep", "tc-runner-up", "tc-recommended"),
+        ("search", "tc-pneumonia", "pneumonia", 43, trials), ("keep", "tc-pneumonia-runner-up", "tc-pneumonia"),
+        ("search", "tc-kinds", "bacterial_vs_viral", 43, trials), ("keep", "tc-kinds-runner-up", "tc-kinds"),
+        ("ensemble", "tc", plan["steps"][:-1]),
+    ]
+    assert [row["what"] for row in recipe.status(tmp_path, plan)][2] == "recommended preset, normal vs pneumonia"
+    with pytest.raises(RunError, match=f"at most {80 - len('-pneumonia-runner-up')} characters"):
+        recipe.make_plan("x" * 62, tmp_path, {"task": "three_class"})
+    recipe.make_plan("x" * 62, tmp_path)  # the same name fits the two-class chain
+
+
 @pytest.mark.parametrize(
     ("name", "overrides", "message"),
     [

@@ -6,7 +6,10 @@ trains), and the equal-weight ensemble of the search's best and runner-up, whose
 on validation like any run's. `cost.MEASURED` holds what its steps took on 2 cores for the full chest
 X-ray folder; `estimate_s` is calibrated on it. A recipe of one trial has no runner-up: it repeats its
 best with the next seed instead (`WITH_REPEAT`, the recipe before the runner-up). Recipes started
-before keep their own chain (`WITH_REPEAT`, or `WITH_QUICK`) and go on as they began.
+before keep their own chain (`WITH_REPEAT`, or `WITH_QUICK`) and go on as they began. The three-class
+recipe (`THREE_CLASS_STEPS`) asks its question two ways, each a search and its runner-up: the three
+classes at once, and the paper's two questions one after the other (pneumonia, then bacterial vs
+viral); its ensemble averages the two answers (`ensemble.BOTH_ANSWERS_RULE`).
 
 Each step is an ordinary run (`NAME-recommended`, `NAME-runner-up`) and the last one is the ensemble
 `NAME`, so every page, the report and `predict` read them as they read any run. Each step's folder
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import files
+from core.data import tasks
 from core.inference import ensemble
 from core.models import families
 from core.runs import artifacts
@@ -39,7 +43,9 @@ LABEL = "Recommended recipe"
 DESCRIPTION = (
     "Runs the recommended preset, keeps its second-best trial as a run of its own (nothing trains), then averages "
     "the search's best and that runner-up into an ensemble run whose threshold is chosen on validation. Each step is "
-    "an ordinary run; the ensemble is the recipe's result."
+    "an ordinary run; the ensemble is the recipe's result. For three classes it also asks the paper's two questions "
+    "one after the other (pneumonia, then bacterial vs viral: two more searches, each with its runner-up) and "
+    "averages both answers."
 )
 
 
@@ -69,6 +75,7 @@ class Step:
     preset: str | None = None  # search: the preset it runs
     source: str | None = None  # repeat, runner-up: the suffix of the search step it draws on
     members: tuple[str, ...] = ()  # ensemble: the suffixes of its members
+    task: str | None = None  # search: the question it answers when not the recipe's own (a three-class recipe's)
 
     def run_name(self, recipe: str) -> str:
         return run_name(recipe, self.suffix)
@@ -101,7 +108,20 @@ WITH_QUICK = (
     *WITH_REPEAT[:2],
     Step("ensemble", "", members=("quick", "recommended", "repeat")),
 )
-CHAINS = (STEPS, WITH_REPEAT, WITH_QUICK)  # every chain a recipe folder may hold, today's first
+# The three-class recipe (`--task three_class`) answers the question two ways and averages them
+# (`ensemble.BOTH_ANSWERS_RULE`): the three-class search and its runner-up, and the paper's two questions
+# asked one after the other, each by the recommended preset and its runner-up, composed by the chain
+# rule. On validation at three seeds it beat either way alone (docs/measurements.md, "Both answers
+# averaged"); it trains three searches instead of one.
+THREE_CLASS_STEPS = (
+    *STEPS[:2],
+    Step("search", "pneumonia", preset="recommended", task=tasks.PNEUMONIA.name),
+    Step("runner-up", "pneumonia-runner-up", source="pneumonia"),
+    Step("search", "kinds", preset="recommended", task=tasks.BACTERIAL_VS_VIRAL.name),
+    Step("runner-up", "kinds-runner-up", source="kinds"),
+    Step("ensemble", "", members=("recommended", "runner-up", "pneumonia", "pneumonia-runner-up", "kinds", "kinds-runner-up")),
+)
+CHAINS = (STEPS, THREE_CLASS_STEPS, WITH_REPEAT, WITH_QUICK)  # every chain a recipe folder may hold, today's first
 
 
 def step_names(recipe: str, steps: tuple[Step, ...] = STEPS) -> list[str]:
@@ -109,9 +129,12 @@ def step_names(recipe: str, steps: tuple[Step, ...] = STEPS) -> list[str]:
 
 
 def chain_for(overrides: dict) -> tuple[Step, ...]:
-    """The chain a new recipe runs: `STEPS`, or `WITH_REPEAT` when its search has one trial (no runner-up)."""
+    """The chain a new recipe runs: `STEPS`, `THREE_CLASS_STEPS` for the three-class task, or `WITH_REPEAT`
+    when its search has one trial (no runner-up)."""
     trials = overrides.get("trials", presets.preset(STEPS[0].preset).settings["trials"])
-    return STEPS if int(trials) >= 2 else WITH_REPEAT
+    if int(trials) < 2:
+        return WITH_REPEAT
+    return THREE_CLASS_STEPS if tasks.canonical_name(overrides.get("task")) == tasks.THREE_CLASS.name else STEPS
 
 
 def steps_of(plan: dict) -> tuple[Step, ...]:
@@ -138,11 +161,13 @@ def make_plan(recipe: str, data_dir: str | os.PathLike, overrides: dict | None =
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
         raise RunError(f"a recipe cannot change {', '.join(unknown)}: it may change {', '.join(OVERRIDABLE)}")
-    names = step_names(recipe, chain_for(overrides))
+    steps = chain_for(overrides)
+    names = step_names(recipe, steps)
     for name in names:
         if not artifacts.RUN_NAME.match(name):
+            longest = max(len(step.suffix) for step in steps) + 1
             raise RunError(f"{recipe!r} cannot name a recipe: its runs ({name!r}) need letters, digits, '.', '_' or '-', "
-                           f"at most {80 - len('-recommended')} characters")
+                           f"at most {80 - longest} characters")
     return {"recipe": recipe, "data_dir": os.path.abspath(os.path.expanduser(str(data_dir))), "overrides": overrides,
             "steps": names}
 
@@ -201,7 +226,7 @@ def step_number(plan: dict, name: str) -> int:
 
 def search_settings(plan: dict, step: Step, artifacts_dir: str | os.PathLike):
     """The settings of a search step: its preset's, then the recipe's overrides."""
-    values = {**presets.preset(step.preset).settings, **plan["overrides"]}
+    values = {**presets.preset(step.preset).settings, **plan["overrides"], **({"task": step.task} if step.task else {})}
     return SearchSettings(data_dir=plan["data_dir"], artifacts_dir=str(artifacts_dir), name=step.run_name(plan["recipe"]), **values)
 
 
@@ -245,7 +270,7 @@ def status(artifacts_dir: str | os.PathLike, plan: dict) -> list[dict]:
 
 def describe(step: Step) -> str:
     if step.kind == "search":
-        return f"{step.preset} preset"
+        return f"{step.preset} preset" + (f", {tasks.task_for(step.task).title}" if step.task else "")
     if step.kind == "repeat":
         return f"{step.source}'s best hyperparameters, next seed"
     if step.kind == "runner-up":
@@ -313,18 +338,24 @@ def reference_estimate_s() -> float:
 
 def working_members(artifacts_dir: str | os.PathLike, members: list[str], log=print) -> list[str]:
     """The ensemble's members less those whose training collapsed (`ensemble.collapsed_members`),
-    each left out with its reason in the log, as long as two remain; otherwise all of them, the log
-    saying which collapsed (today's two-member recipe cannot leave one out)."""
-    collapsed = ensemble.collapsed_members([artifacts.load_run(artifacts_dir, m) for m in members])
-    kept = [m for m in members if m not in collapsed]
+    each left out with its reason in the log, as long as another member of its task stays (a
+    three-class recipe composes questions, each needing one) and two members remain; otherwise all
+    of them, the log saying which collapsed (a two-member ensemble cannot leave one out)."""
+    runs = {m: artifacts.load_run(artifacts_dir, m) for m in members}
+    collapsed = ensemble.collapsed_members([runs[m] for m in members])
     if not collapsed:
         return members
+    task_of = {m: tasks.canonical_name(runs[m].task) for m in members}
+    left_out = {m for m in collapsed if any(task_of[o] == task_of[m] and o not in collapsed for o in members)}
+    kept = [m for m in members if m not in left_out]
     if len(kept) < 2:
         for reason in collapsed.values():
-            log(f"kept in the ensemble, which needs two members: {reason}; compare the ensemble with {', '.join(kept) or 'its members'}")
+            log(f"kept in the ensemble, which needs two members: {reason}; compare the ensemble with "
+                f"{', '.join(m for m in members if m not in collapsed) or 'its members'}")
         return members
-    for reason in collapsed.values():
-        log(f"left out of the ensemble: {reason}")
+    for name, reason in collapsed.items():
+        log(f"left out of the ensemble: {reason}" if name in left_out else
+            f"kept in the ensemble, where no other member answers its question ({task_of[name]}): {reason}")
     return kept
 
 

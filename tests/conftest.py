@@ -97,23 +97,30 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
-@pytest.fixture(scope="session")
-def _fixture_runs(tmp_path_factory, data_dir, worker_id) -> Path:
-    """Made once per test session: under xdist the first worker trains them into the session's shared
-    temporary folder while the others wait on a file lock, then all read the same runs (as a run
-    without xdist does); tests that change runs work on a copy (`copy_runs`)."""
+def once_per_session(tmp_path_factory, worker_id: str, name: str, make) -> Path:
+    """`make(root)` run once per test session, into a folder every worker reads: under xdist the first
+    worker makes it in the session's shared temporary folder while the others wait on a file lock (as
+    a run without xdist makes it once). What it makes is read, never changed: tests that change it copy it."""
     from core import files
 
     if worker_id == "master":  # no xdist
-        root = tmp_path_factory.mktemp("runs")
-        _make_fixture_runs(root)
+        root = tmp_path_factory.mktemp(name)
+        make(root)
         return root
-    root = tmp_path_factory.getbasetemp().parent / "shared-fixture-runs"
-    with files.file_lock(root.with_name("shared-fixture-runs.lock")):
+    root = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with files.file_lock(root.with_name(f"shared-{name}.lock")):
         if not (root / "ready").exists():
-            _make_fixture_runs(root)
+            shutil.rmtree(root, ignore_errors=True)  # what a worker killed halfway left
+            make(root)
             (root / "ready").touch()
     return root
+
+
+@pytest.fixture(scope="session")
+def _fixture_runs(tmp_path_factory, data_dir, worker_id) -> Path:
+    """The fixture runs, made once per test session (`once_per_session`); tests that change runs work on a
+    copy (`copy_runs`)."""
+    return once_per_session(tmp_path_factory, worker_id, "fixture-runs", _make_fixture_runs)
 
 
 def _make_fixture_runs(root: Path) -> None:
@@ -161,12 +168,14 @@ def copy_runs(runs_dir, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def cooked(tmp_path_factory) -> Path:
-    """The whole recipe, tiny, run once by the CLI (tests/test_recipe.py, tests/test_cross_fit.py); tests that change it copy it."""
-    root = tmp_path_factory.mktemp("recipe")
+def cooked(tmp_path_factory, worker_id) -> Path:
+    """The whole recipe, tiny, run once per session by the CLI (tests/test_recipe.py, tests/test_cross_fit.py,
+    `once_per_session`); tests that change it copy it."""
+    return once_per_session(tmp_path_factory, worker_id, "recipe", _cook) / "artifacts"
+
+
+def _cook(root: Path) -> None:
     data = make_dataset(root / "data", {"train": 6, "test": 3})
-    store = root / "artifacts"
-    done = run_cli("recipe", "--data", str(data), "--name", "r", *TINY_RECIPE, "--artifacts", str(store))
+    done = run_cli("recipe", "--data", str(data), "--name", "r", *TINY_RECIPE, "--artifacts", str(root / "artifacts"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "recipe r: r-recommended -> r-runner-up -> r" in done.stdout
-    return store

@@ -240,6 +240,19 @@ def test_finetuned_run_reloads_and_reproduces_its_probabilities_from_pixels(tmp_
                                                  pixels, tmp_path / "cache", seed=42, log=logged.append)
     assert list(again) == list(stress.PERTURBATIONS) and "is cached" in logged[0]
 
+    # The same search again, every cache now warm: it draws no views, and trains the same model.
+    result = run_cli(
+        "tune", "--data", str(dataset), "--family", "mobilenet", "--mode", "finetune", "--weights", str(V2_WEIGHTS),
+        "--image-size", "48", "--trials", "1", "--epochs", "1", "--augment", "light", "--augment-views", "2",
+        "--name", "warm", "--artifacts", str(tmp_path / "runs"), env={"CXR_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    warm = artifacts.load_run(tmp_path / "runs", "warm")
+    log = (warm.folder / "log.txt").read_text()
+    assert "bottom pass skipped" in log and "augmented views of" not in log
+    for table in ("predictions", "val_predictions"):
+        np.testing.assert_allclose(getattr(warm, table)()["probability"], getattr(run, table)()["probability"], atol=1e-6, err_msg=table)
+
 
 @pytest.mark.skipif(not V2_WEIGHTS.exists(), reason="../shared/keras_home has no MobileNetV2 weights")
 def test_tta_is_recorded_and_used_by_predict(tmp_path):

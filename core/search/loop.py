@@ -94,6 +94,10 @@ def search(settings: SearchSettings, folder: Path, progress: Progress, stop: Sto
     table, model_inputs = kind.prepare(table, folder, progress, stop, log, timings)
     splitting.require_splits(table, task)
     stop.check()
+    # Seeded again: preparing the inputs draws random numbers only when a cache is cold (augmented views,
+    # a backbone's weights), so without this the same search trained differently with a warm cache
+    # (docs/measurements.md, "Both answers averaged").
+    keras.utils.set_random_seed(settings.seed)
 
     labels = task.labels(table)
     part = {split: (table["split"] == split).to_numpy() for split in folders.SPLITS}

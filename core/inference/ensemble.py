@@ -399,7 +399,7 @@ def _composed_result(runs: Sequence[Run], tables: Mapping, weighted: bool) -> tu
         compose_classes(combine(p, weights[pneumonia_mask]), combine(q, weights[kind_mask]))
         for p, q in ((val_p, val_q), (test_p, test_q))
     )
-    val_stressed = _combined_stress(pneumonia_runs, val_rows["path"], weights[pneumonia_mask])
+    view_runs, view_weights = pneumonia_runs, weights[pneumonia_mask]  # whose scores make the pneumonia view
     if class_runs:  # the other answer: the three-class members' own class probabilities, averaged in half and half
         views = np.column_stack([tables[r.name][0].set_index("path").loc[val_rows["path"], "probability"] for r in class_runs])
         weights[classes_mask] = np.round(_group_weights(is_kind.astype(np.int64), views.astype(np.float64), weighted), 6)
@@ -410,9 +410,9 @@ def _composed_result(runs: Sequence[Run], tables: Mapping, weighted: bool) -> tu
         if not (np.array_equal(y_own, y_val) and np.array_equal(y_own_test, y_test)):
             raise RunError("the three-class members and the pneumonia members disagree on the true class of some images")
         val_classes, test_classes = (val_classes + val_own) / 2, (test_classes + test_own) / 2
-        own_stressed = _combined_stress(class_runs, val_rows["path"], weights[classes_mask])
-        val_stressed = ({name: (val_stressed[name] + own_stressed[name]) / 2 for name in val_stressed if name in own_stressed}
-                        if val_stressed and own_stressed else None) or None
+        # each group's weights sum to 1, so together (normalised by `combine`) each group counts half
+        view_runs, view_weights = [*pneumonia_runs, *class_runs], np.concatenate([view_weights, weights[classes_mask]])
+    val_stressed = _combined_stress(view_runs, val_rows["path"], view_weights)
     result = evaluation.evaluate_classes(val_rows, y_val, val_classes, test_rows, y_test, test_classes, task, val_stressed)
     groups = max(len(pneumonia_runs), len(kind_runs), len(class_runs))
     rule = (WEIGHTED_RULE.format(steps=grid_steps(groups)) if weighted else EQUAL_RULE)

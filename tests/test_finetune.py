@@ -7,6 +7,8 @@ and reloaded, the probabilities of its evaluation from raw pixels.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import keras_tuner
 import numpy as np
@@ -205,16 +207,21 @@ def test_cut_model_builds_fresh_tops_per_trial():
     assert any(np.abs(w).sum() > 0 for w in second.layers[1].get_weights())
 
 
-@pytest.mark.skipif(not V2_WEIGHTS.exists(), reason="../shared/keras_home has no MobileNetV2 weights")
-def test_finetuned_run_reloads_and_reproduces_its_probabilities_from_pixels(tmp_path):
-    dataset = make_dataset(tmp_path / "chest_xray", {"train": 12, "test": 6}, images_per_patient=2, size=48)
+def _cut_point_search(dataset: Path, tmp_path: Path, name: str) -> artifacts.Run:
+    """A one-trial fine-tuned search above the cut on 2 cached views, its caches in tmp_path/cache."""
     result = run_cli(
         "tune", "--data", str(dataset), "--family", "mobilenet", "--mode", "finetune", "--weights", str(V2_WEIGHTS),
         "--image-size", "48", "--trials", "1", "--epochs", "1", "--augment", "light", "--augment-views", "2",
-        "--name", "cut", "--artifacts", str(tmp_path / "runs"), env={"CXR_CACHE_DIR": str(tmp_path / "cache")},
+        "--name", name, "--artifacts", str(tmp_path / "runs"), env={"CXR_CACHE_DIR": str(tmp_path / "cache")},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    run = artifacts.load_run(tmp_path / "runs", "cut")
+    return artifacts.load_run(tmp_path / "runs", name)
+
+
+@pytest.mark.skipif(not V2_WEIGHTS.exists(), reason="../shared/keras_home has no MobileNetV2 weights")
+def test_finetuned_run_reloads_and_reproduces_its_probabilities_from_pixels(tmp_path):
+    dataset = make_dataset(tmp_path / "chest_xray", {"train": 12, "test": 6}, images_per_patient=2, size=48)
+    run = _cut_point_search(dataset, tmp_path, "cut")
     assert run.metrics["activation_cache"] == {"cut": "block_12_add", "augment": "light", "views": 2}
     assert "bottom pass below block_12_add" in (run.folder / "log.txt").read_text()
     saved = run.predictions()
@@ -241,13 +248,7 @@ def test_finetuned_run_reloads_and_reproduces_its_probabilities_from_pixels(tmp_
     assert list(again) == list(stress.PERTURBATIONS) and "is cached" in logged[0]
 
     # The same search again, every cache now warm: it draws no views, and trains the same model.
-    result = run_cli(
-        "tune", "--data", str(dataset), "--family", "mobilenet", "--mode", "finetune", "--weights", str(V2_WEIGHTS),
-        "--image-size", "48", "--trials", "1", "--epochs", "1", "--augment", "light", "--augment-views", "2",
-        "--name", "warm", "--artifacts", str(tmp_path / "runs"), env={"CXR_CACHE_DIR": str(tmp_path / "cache")},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    warm = artifacts.load_run(tmp_path / "runs", "warm")
+    warm = _cut_point_search(dataset, tmp_path, "warm")
     log = (warm.folder / "log.txt").read_text()
     assert "bottom pass skipped" in log and "augmented views of" not in log
     for table in ("predictions", "val_predictions"):
